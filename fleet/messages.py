@@ -1,0 +1,241 @@
+"""Wire protocol v1 messages. Every JSON payload carries ``schema_version``; all models are frozen.
+
+Bundle chunks travel as binary frames (see `encode_chunk`), everything else as JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from enum import StrEnum
+from typing import Annotated, Final, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fleet.errors import ProtocolError
+
+SCHEMA_VERSION: Final = 1
+MAX_JSON_BYTES: Final = 512 * 1024
+MAX_CHUNK_BYTES: Final = 1024 * 1024
+_CHUNK_MAGIC: Final = b"EFC1"
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+
+
+class WireModel(BaseModel):
+    """Base of every JSON wire message: frozen, strict about unknown fields, versioned."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class InstalledModel(WireModel):
+    """A model version installed on a device."""
+
+    model: Name
+    version: Name
+    sha256: Sha256
+    target: Name
+
+
+class UpdateState(StrEnum):
+    """Where a device is in its update state machine (reported in state and events)."""
+
+    IDLE = "idle"
+    DOWNLOAD = "download"
+    VERIFY = "verify"
+    INSTALL = "install"
+    HEALTH_CHECK = "health_check"
+    COMMIT = "commit"
+    ROLLBACK = "rollback"
+    FAILED = "failed"
+    DONE = "done"
+
+
+class DeviceState(WireModel):
+    """Retained device state; the last will publishes the same shape with ``online=False``."""
+
+    device_id: DeviceId
+    online: bool
+    target: Name | None = None
+    agent_version: str | None = None
+    active: InstalledModel | None = None
+    last_known_good: InstalledModel | None = None
+    update_state: UpdateState = UpdateState.IDLE
+    deployment_id: str | None = None
+    ts: float = 0.0
+
+
+class Heartbeat(WireModel):
+    """Periodic liveness message, QoS 0."""
+
+    device_id: DeviceId
+    ts: float
+    uptime_s: float
+    requests_total: int = Field(ge=0)
+
+
+class DeploymentOrder(WireModel):
+    """The hub's desired state for one device, retained on its deployment topic."""
+
+    deployment_id: Name
+    model: Name
+    version: Name
+    target: Name
+    tuf_target: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._/-]+$")
+    sha256: Sha256
+    size_bytes: int = Field(gt=0)
+    chunk_size: int = Field(gt=0, le=MAX_CHUNK_BYTES)
+    chunk_count: int = Field(gt=0)
+    allow_downgrade: bool = False
+    issued_at: float = 0.0
+
+
+class UpdateEvent(WireModel):
+    """Progress or outcome of a deployment on one device."""
+
+    device_id: DeviceId
+    deployment_id: Name
+    state: UpdateState
+    ok: bool = True
+    detail: str = ""
+    progress: float | None = Field(default=None, ge=0.0, le=1.0)
+    ts: float = 0.0
+
+
+class FetchRequest(WireModel):
+    """A device asks for bundle chunks (``kind='chunks'``) or a TUF metadata file (``kind='metadata'``)."""
+
+    request_id: Name
+    kind: Literal["chunks", "metadata"]
+    sha256: Sha256 | None = None
+    chunks: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=100_000)
+    name: str | None = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+
+
+class MetadataReply(WireModel):
+    """The hub's answer to a metadata `FetchRequest`: the file, or ``found=False``."""
+
+    request_id: Name
+    name: str
+    found: bool
+    data_b64: str = ""
+
+
+class Histogram(WireModel):
+    """Fixed-bucket histogram: ``counts[i]`` counts values <= ``edges[i]``; the last count is overflow."""
+
+    edges: list[float]
+    counts: list[Annotated[int, Field(ge=0)]]
+    total: float = 0.0
+
+
+class ShadowStats(WireModel):
+    """Candidate model run beside the active one on sampled requests."""
+
+    candidate_version: Name
+    compared: int = Field(ge=0)
+    agreed: int = Field(ge=0)
+    latency_ms: Histogram
+
+
+class TelemetryBatch(WireModel):
+    """Telemetry for one model version over one time window; the hub drops repeated ``batch_id``."""
+
+    batch_id: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+    device_id: DeviceId
+    target: Name
+    model: Name
+    version: Name
+    window_start: float
+    window_end: float
+    requests: int = Field(ge=0)
+    errors: int = Field(ge=0)
+    offloaded: int = Field(default=0, ge=0)
+    latency_ms: Histogram
+    confidence: Histogram
+    predictions: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    feature_sketches: dict[str, str] = Field(default_factory=dict)
+    shadow: ShadowStats | None = None
+
+
+M = TypeVar("M", bound=WireModel)
+
+
+def encode(message: WireModel) -> bytes:
+    """Serialise a wire message to compact JSON bytes."""
+    return message.model_dump_json().encode()
+
+
+def decode(model: type[M], payload: bytes, *, topic: str | None = None) -> M:
+    """Parse ``payload`` as ``model``; raise `ProtocolError` naming the topic and the first bad field."""
+    if len(payload) > MAX_JSON_BYTES:
+        raise ProtocolError(f"message of {len(payload)} bytes exceeds the {MAX_JSON_BYTES}-byte limit", topic=topic)
+    try:
+        raw = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"malformed JSON: {exc}", topic=topic) from exc
+    if not isinstance(raw, dict):
+        raise ProtocolError("message is not a JSON object", topic=topic)
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise ProtocolError(
+            f"unsupported schema_version {raw.get('schema_version')!r}; this side speaks {SCHEMA_VERSION}",
+            topic=topic,
+        )
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "message"
+        raise ProtocolError(f"invalid {model.__name__}: {where}: {first['msg']}", topic=topic) from exc
+
+
+class ChunkFrame(BaseModel):
+    """One decoded bundle chunk."""
+
+    model_config = ConfigDict(frozen=True)
+    sha256: str
+    index: int
+    count: int
+    data: bytes
+
+
+def encode_chunk(sha256: str, index: int, count: int, data: bytes) -> bytes:
+    """Binary chunk frame: magic, header length, JSON header (with the chunk digest), then the bytes."""
+    header = json.dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "sha256": sha256,
+            "index": index,
+            "count": count,
+            "chunk_sha256": hashlib.sha256(data).hexdigest(),
+        }
+    ).encode()
+    return _CHUNK_MAGIC + struct.pack(">I", len(header)) + header + data
+
+
+def decode_chunk(payload: bytes, *, topic: str | None = None) -> ChunkFrame:
+    """Parse and check a chunk frame; a corrupt chunk raises `ProtocolError` saying which one."""
+    if len(payload) > MAX_CHUNK_BYTES + 4096:
+        raise ProtocolError(f"chunk frame of {len(payload)} bytes is oversized", topic=topic)
+    if payload[:4] != _CHUNK_MAGIC or len(payload) < 8:
+        raise ProtocolError("not a chunk frame (bad magic)", topic=topic)
+    (header_len,) = struct.unpack(">I", payload[4:8])
+    if header_len > 4096 or 8 + header_len > len(payload):
+        raise ProtocolError("chunk frame header length out of range", topic=topic)
+    try:
+        header = json.loads(payload[8 : 8 + header_len])
+        sha256, index, count, digest = header["sha256"], header["index"], header["count"], header["chunk_sha256"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"malformed chunk header: {exc}", topic=topic) from exc
+    if header.get("schema_version") != SCHEMA_VERSION:
+        raise ProtocolError(f"unsupported chunk schema_version {header.get('schema_version')!r}", topic=topic)
+    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+        raise ProtocolError(f"chunk index {index!r} out of range for count {count!r}", topic=topic)
+    data = payload[8 + header_len :]
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ProtocolError(f"chunk {index} of bundle {str(sha256)[:12]} is corrupt (digest mismatch)", topic=topic)
+    return ChunkFrame(sha256=sha256, index=index, count=count, data=data)

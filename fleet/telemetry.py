@@ -1,0 +1,400 @@
+"""Telemetry building blocks shared by the agent (to build batches) and the hub (to merge them).
+
+Light on purpose: numpy and datasketches only, so a Raspberry Pi can import it.
+
+- Fixed bucket edges (`LATENCY_BUCKETS_MS`, `CONFIDENCE_BUCKETS`) every agent uses, so histograms merge by
+  adding counts.
+- `HistogramAccumulator` observes values and produces / merges `fleet.messages.Histogram`.
+- KLL sketch helpers: build, serialise to base64 for ``TelemetryBatch.feature_sketches``, parse, merge.
+- `FeatureSketcher` keeps one KLL sketch per feature on the device.
+- `TelemetryAggregate` merges many `TelemetryBatch` (one device, one cohort, one rollout group) into one.
+
+Malformed telemetry (bad edges, corrupt sketches) raises `fleet.errors.ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+from datasketches import kll_floats_sketch
+
+from fleet.errors import FleetConfigError, ProtocolError
+from fleet.messages import Histogram, TelemetryBatch
+
+__all__ = [
+    "CONFIDENCE_BUCKETS",
+    "DEFAULT_SKETCH_K",
+    "LATENCY_BUCKETS_MS",
+    "MAX_SKETCH_BYTES",
+    "FeatureSketcher",
+    "HistogramAccumulator",
+    "TelemetryAggregate",
+    "deserialize_sketch",
+    "histogram_count",
+    "histogram_mean",
+    "histogram_quantile",
+    "merge_histograms",
+    "merge_sketches",
+    "new_sketch",
+    "serialize_sketch",
+    "sketch_from_values",
+    "sketch_items",
+]
+
+#: Upper edges (inclusive) of the latency buckets, in milliseconds; one overflow bucket follows.
+LATENCY_BUCKETS_MS: Final[tuple[float, ...]] = (
+    0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0,
+    150.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 2000.0, 5000.0, 10000.0,
+)  # fmt: skip
+#: Upper edges (inclusive) of the confidence buckets: 0.05 wide on [0, 1]; one overflow bucket follows.
+CONFIDENCE_BUCKETS: Final[tuple[float, ...]] = tuple(round(0.05 * i, 2) for i in range(1, 21))
+#: KLL accuracy parameter: k=200 gives about 1.65% normalised rank error (99% confidence).
+DEFAULT_SKETCH_K: Final = 200
+#: A serialised sketch larger than this is refused (k=200 sketches stay well under 8 KiB).
+MAX_SKETCH_BYTES: Final = 64 * 1024
+
+
+# --------------------------------------------------------------------------------------------- histograms
+
+
+def _check_histogram(hist: Histogram) -> None:
+    if len(hist.counts) != len(hist.edges) + 1:
+        raise ProtocolError(
+            f"histogram has {len(hist.counts)} counts for {len(hist.edges)} edges; expected edges + 1 (overflow)"
+        )
+    if any(b <= a for a, b in zip(hist.edges, hist.edges[1:], strict=False)):
+        raise ProtocolError("histogram edges are not strictly increasing")
+
+
+class HistogramAccumulator:
+    """Counts values into fixed buckets: ``counts[i]`` holds values ``<= edges[i]`` (and above the previous
+    edge); the last count is the overflow. Adds `Histogram` messages with the same edges.
+
+    With ``edges=None`` the accumulator adopts the edges of the first histogram it is given.
+    """
+
+    __slots__ = ("_counts", "_edges", "_total")
+
+    def __init__(self, edges: Sequence[float] | None = None) -> None:
+        self._edges: np.ndarray | None = None
+        self._counts: np.ndarray | None = None
+        self._total = 0.0
+        if edges is not None:
+            self._set_edges(edges)
+
+    def _set_edges(self, edges: Sequence[float]) -> None:
+        arr = np.asarray(edges, dtype=np.float64)
+        if arr.ndim != 1 or arr.size == 0 or np.any(np.diff(arr) <= 0):
+            raise FleetConfigError("histogram edges must be a non-empty, strictly increasing sequence")
+        self._edges = arr
+        self._counts = np.zeros(arr.size + 1, dtype=np.int64)
+
+    @property
+    def edges(self) -> tuple[float, ...]:
+        """The bucket upper edges (empty before the first histogram when created without edges)."""
+        return () if self._edges is None else tuple(float(e) for e in self._edges)
+
+    @property
+    def count(self) -> int:
+        """Number of values seen."""
+        return 0 if self._counts is None else int(self._counts.sum())
+
+    @property
+    def total(self) -> float:
+        """Sum of the values seen."""
+        return self._total
+
+    def observe(self, value: float) -> None:
+        """Count one value."""
+        self.observe_many(np.asarray([value], dtype=np.float64))
+
+    def observe_many(self, values: Iterable[float] | np.ndarray) -> None:
+        """Count many values at once; NaN values are ignored."""
+        if self._edges is None or self._counts is None:
+            raise FleetConfigError("histogram accumulator has no edges yet")
+        arr = np.asarray(values, dtype=np.float64).ravel()
+        arr = arr[~np.isnan(arr)]
+        if arr.size == 0:
+            return
+        idx = np.searchsorted(self._edges, arr, side="left")
+        self._counts += np.bincount(idx, minlength=self._counts.size)
+        self._total += float(arr.sum())
+
+    def add(self, hist: Histogram) -> None:
+        """Merge a histogram message with the same edges; `ProtocolError` if they differ."""
+        _check_histogram(hist)
+        if self._edges is None or self._counts is None:
+            self._set_edges(hist.edges)
+        edges, counts = self._edges, self._counts
+        if edges is None or counts is None:  # unreachable: _set_edges sets both
+            raise FleetConfigError("histogram accumulator has no edges")
+        if len(hist.edges) != edges.size or not np.allclose(hist.edges, edges, rtol=0, atol=1e-12):
+            raise ProtocolError("histogram edges differ from this accumulator's; cannot merge")
+        counts += np.asarray(hist.counts, dtype=np.int64)
+        self._total += hist.total
+
+    def merge(self, other: HistogramAccumulator) -> None:
+        """Merge another accumulator (no-op if it never got edges)."""
+        if other._edges is None:
+            return
+        self.add(other.to_histogram())
+
+    def reset(self) -> None:
+        """Zero the counts, keep the edges."""
+        if self._counts is not None:
+            self._counts[:] = 0
+        self._total = 0.0
+
+    def to_histogram(self) -> Histogram:
+        """The wire message for the counts so far."""
+        if self._edges is None or self._counts is None:
+            raise FleetConfigError("histogram accumulator has no edges yet")
+        return Histogram(edges=list(self.edges), counts=[int(c) for c in self._counts], total=self._total)
+
+
+def merge_histograms(hists: Iterable[Histogram]) -> Histogram | None:
+    """Sum histograms with identical edges; ``None`` for an empty input."""
+    acc = HistogramAccumulator()
+    seen = False
+    for h in hists:
+        acc.add(h)
+        seen = True
+    return acc.to_histogram() if seen else None
+
+
+def histogram_count(hist: Histogram) -> int:
+    """Number of values counted in ``hist``."""
+    return int(sum(hist.counts))
+
+
+def histogram_mean(hist: Histogram) -> float:
+    """Mean of the counted values (``total / count``); NaN when empty."""
+    n = histogram_count(hist)
+    return hist.total / n if n else math.nan
+
+
+def histogram_quantile(hist: Histogram, q: float) -> float:
+    """Estimate the ``q`` quantile by linear interpolation inside the bucket, like Prometheus'
+    ``histogram_quantile``: the first bucket starts at 0 and the overflow bucket answers its lower edge.
+    NaN when empty."""
+    if not 0.0 <= q <= 1.0:
+        raise FleetConfigError(f"quantile {q} is outside [0, 1]")
+    _check_histogram(hist)
+    counts = np.asarray(hist.counts, dtype=np.float64)
+    n = counts.sum()
+    if n == 0:
+        return math.nan
+    cum = np.cumsum(counts)
+    rank = q * n
+    i = int(np.searchsorted(cum, rank, side="left"))
+    i = min(i, counts.size - 1)
+    if i >= len(hist.edges):  # overflow bucket: no upper edge to interpolate to
+        return float(hist.edges[-1])
+    lower = 0.0 if i == 0 else float(hist.edges[i - 1])
+    upper = float(hist.edges[i])
+    below = 0.0 if i == 0 else float(cum[i - 1])
+    inside = counts[i]
+    if inside == 0:
+        return upper
+    return lower + (upper - lower) * (rank - below) / inside
+
+
+# ------------------------------------------------------------------------------------------------ sketches
+
+
+def new_sketch(k: int = DEFAULT_SKETCH_K) -> kll_floats_sketch:
+    """An empty KLL float sketch."""
+    if not 8 <= k <= 65535:
+        raise FleetConfigError(f"KLL k must be in [8, 65535], got {k}")
+    return kll_floats_sketch(k)
+
+
+def sketch_from_values(values: Iterable[float] | np.ndarray, k: int = DEFAULT_SKETCH_K) -> kll_floats_sketch:
+    """A KLL sketch of ``values`` (NaN values are skipped)."""
+    sk = new_sketch(k)
+    arr = np.asarray(values, dtype=np.float32).ravel()
+    arr = arr[~np.isnan(arr)]
+    if arr.size:
+        sk.update(arr)
+    return sk
+
+
+def serialize_sketch(sketch: kll_floats_sketch) -> str:
+    """Base64 text of the sketch's compact serialisation, as carried in ``TelemetryBatch.feature_sketches``."""
+    return base64.b64encode(sketch.serialize()).decode("ascii")
+
+
+def deserialize_sketch(text: str) -> kll_floats_sketch:
+    """Parse a base64 KLL float sketch; `ProtocolError` if it is oversized, not base64 or not a sketch."""
+    if len(text) > MAX_SKETCH_BYTES * 4 // 3 + 4:
+        raise ProtocolError(f"sketch of {len(text)} base64 characters exceeds the {MAX_SKETCH_BYTES}-byte limit")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError(f"sketch is not valid base64: {exc}") from exc
+    try:
+        return kll_floats_sketch.deserialize(raw)
+    except (RuntimeError, ValueError, TypeError) as exc:  # datasketches raises RuntimeError on bad bytes
+        raise ProtocolError(f"corrupt KLL sketch: {exc}") from exc
+
+
+def merge_sketches(
+    sketches: Iterable[str | kll_floats_sketch], k: int = DEFAULT_SKETCH_K
+) -> kll_floats_sketch:
+    """Merge sketches (objects or base64 text) into a new sketch; inputs are left untouched."""
+    out = new_sketch(k)
+    for sk in sketches:
+        out.merge(deserialize_sketch(sk) if isinstance(sk, str) else sk)
+    return out
+
+
+def sketch_items(sketch: kll_floats_sketch) -> tuple[np.ndarray, np.ndarray]:
+    """The sketch's retained items (sorted, float64) and their integer weights. The weights sum to ``n``;
+    while the sketch is not in estimation mode the items are exactly the values it was fed."""
+    pairs = list(sketch)
+    if not pairs:
+        return np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
+    items = np.fromiter((p[0] for p in pairs), dtype=np.float64, count=len(pairs))
+    weights = np.fromiter((p[1] for p in pairs), dtype=np.int64, count=len(pairs))
+    order = np.argsort(items, kind="stable")
+    return items[order], weights[order]
+
+
+class FeatureSketcher:
+    """One KLL sketch per feature, filled on the device and drained into a `TelemetryBatch`."""
+
+    __slots__ = ("_k", "_max_features", "_sketches")
+
+    def __init__(self, k: int = DEFAULT_SKETCH_K, max_features: int = 256) -> None:
+        new_sketch(k)  # validates k
+        self._k = k
+        self._max_features = max_features
+        self._sketches: dict[str, kll_floats_sketch] = {}
+
+    def _sketch(self, name: str) -> kll_floats_sketch:
+        sk = self._sketches.get(name)
+        if sk is None:
+            if len(self._sketches) >= self._max_features:
+                raise FleetConfigError(f"more than {self._max_features} sketched features")
+            sk = self._sketches[name] = new_sketch(self._k)
+        return sk
+
+    def update(self, features: Mapping[str, float]) -> None:
+        """Add one row of feature values (NaN skipped)."""
+        for name, value in features.items():
+            if value == value:  # not NaN
+                self._sketch(name).update(float(value))
+
+    def update_column(self, name: str, values: Iterable[float] | np.ndarray) -> None:
+        """Add many values of one feature."""
+        arr = np.asarray(values, dtype=np.float32).ravel()
+        arr = arr[~np.isnan(arr)]
+        if arr.size:
+            self._sketch(name).update(arr)
+
+    def to_wire(self) -> dict[str, str]:
+        """Serialised sketches for ``TelemetryBatch.feature_sketches`` (empty sketches left out)."""
+        return {name: serialize_sketch(sk) for name, sk in self._sketches.items() if not sk.is_empty()}
+
+    def drain(self) -> dict[str, str]:
+        """`to_wire`, then start afresh for the next window."""
+        wire = self.to_wire()
+        self._sketches.clear()
+        return wire
+
+
+# ----------------------------------------------------------------------------------------------- aggregate
+
+
+@dataclass
+class TelemetryAggregate:
+    """Sum of many telemetry batches: the unit drift and canary analysis work on.
+
+    Histograms and counts add, sketches merge; ``devices`` remembers who contributed.
+    """
+
+    k: int = DEFAULT_SKETCH_K
+    requests: int = 0
+    errors: int = 0
+    offloaded: int = 0
+    batches: int = 0
+    latency_ms: HistogramAccumulator = field(default_factory=HistogramAccumulator)
+    confidence: HistogramAccumulator = field(default_factory=HistogramAccumulator)
+    predictions: Counter[str] = field(default_factory=Counter)
+    sketches: dict[str, kll_floats_sketch] = field(default_factory=dict)
+    shadow_compared: int = 0
+    shadow_agreed: int = 0
+    shadow_latency_ms: HistogramAccumulator = field(default_factory=HistogramAccumulator)
+    devices: set[str] = field(default_factory=set)
+    targets: set[str] = field(default_factory=set)
+    window_start: float = math.inf
+    window_end: float = -math.inf
+
+    def add(self, batch: TelemetryBatch) -> None:
+        """Fold one batch in; a corrupt sketch or mismatched histogram raises `ProtocolError`."""
+        parsed = {name: deserialize_sketch(text) for name, text in batch.feature_sketches.items()}
+        self.latency_ms.add(batch.latency_ms)
+        self.confidence.add(batch.confidence)
+        self.requests += batch.requests
+        self.errors += batch.errors
+        self.offloaded += batch.offloaded
+        self.batches += 1
+        self.predictions.update(batch.predictions)
+        for name, sk in parsed.items():
+            self._merge_sketch(name, sk)
+        if batch.shadow is not None:
+            self.shadow_compared += batch.shadow.compared
+            self.shadow_agreed += batch.shadow.agreed
+            self.shadow_latency_ms.add(batch.shadow.latency_ms)
+        self.devices.add(batch.device_id)
+        self.targets.add(batch.target)
+        self.window_start = min(self.window_start, batch.window_start)
+        self.window_end = max(self.window_end, batch.window_end)
+
+    def _merge_sketch(self, name: str, sk: kll_floats_sketch) -> None:
+        mine = self.sketches.get(name)
+        if mine is None:
+            mine = self.sketches[name] = new_sketch(self.k)
+        mine.merge(sk)
+
+    def merge(self, other: TelemetryAggregate) -> None:
+        """Fold another aggregate in."""
+        self.latency_ms.merge(other.latency_ms)
+        self.confidence.merge(other.confidence)
+        self.shadow_latency_ms.merge(other.shadow_latency_ms)
+        self.requests += other.requests
+        self.errors += other.errors
+        self.offloaded += other.offloaded
+        self.batches += other.batches
+        self.predictions.update(other.predictions)
+        for name, sk in other.sketches.items():
+            self._merge_sketch(name, sk)
+        self.shadow_compared += other.shadow_compared
+        self.shadow_agreed += other.shadow_agreed
+        self.devices |= other.devices
+        self.targets |= other.targets
+        self.window_start = min(self.window_start, other.window_start)
+        self.window_end = max(self.window_end, other.window_end)
+
+    @classmethod
+    def from_batches(cls, batches: Iterable[TelemetryBatch], k: int = DEFAULT_SKETCH_K) -> TelemetryAggregate:
+        """Aggregate of ``batches``."""
+        agg = cls(k=k)
+        for b in batches:
+            agg.add(b)
+        return agg
+
+    def latency_histogram(self) -> Histogram | None:
+        """Merged latency histogram, or ``None`` when no batch carried one."""
+        return self.latency_ms.to_histogram() if self.latency_ms.edges else None
+
+    def confidence_histogram(self) -> Histogram | None:
+        """Merged confidence histogram, or ``None`` when no batch carried one."""
+        return self.confidence.to_histogram() if self.confidence.edges else None
