@@ -29,9 +29,7 @@ class Dataset:
         if len(set(sizes.values())) != 1:
             raise InvalidDataError(f"{self.origin}: inputs disagree on sample count: {sizes}")
         if self.labels is not None and len(self.labels) != len(self):
-            raise InvalidDataError(
-                f"{self.origin}: {len(self.labels)} labels for {len(self)} samples"
-            )
+            raise InvalidDataError(f"{self.origin}: {len(self.labels)} labels for {len(self)} samples")
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from converters.errors import ConversionError, UnsupportedOperatorError
+from converters.quiet import quiet_toolchains
 
 if TYPE_CHECKING:
     import torch
@@ -80,6 +81,17 @@ def _export_dynamo(
 ) -> None:
     import torch
 
+    dims: dict[str, Any] = {}
+    dynamic_shapes = None
+    if axes:
+        dynamic_shapes = tuple(
+            {
+                axis: dims.setdefault(label, torch.export.Dim(label))
+                for axis, label in axes.get(name, {}).items()
+            }
+            or None
+            for name in input_names
+        )
     torch.onnx.export(
         module,
         example_inputs,
@@ -87,7 +99,7 @@ def _export_dynamo(
         opset_version=opset,
         input_names=list(input_names),
         output_names=list(output_names),
-        dynamic_axes=axes,
+        dynamic_shapes=dynamic_shapes,
         dynamo=True,
         external_data=False,
         optimize=True,
@@ -147,7 +159,7 @@ def export_onnx(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet_toolchains():
             _export_dynamo(module, inputs, tmp, opset, input_names, output_names, axes)
         _check_self_contained(tmp, opset)
         tmp.replace(out)
