@@ -1,0 +1,25 @@
+"""The hub's registry: models, semver versions, per-target variants, devices, deployments, telemetry."""
+
+from hub.registry.db import Database
+from hub.registry.repository import Registry
+from hub.registry.tables import (
+    Deployment,
+    DeploymentDevice,
+    Device,
+    Model,
+    ModelVersion,
+    TelemetryRecord,
+    Variant,
+)
+
+__all__ = [
+    "Database",
+    "Deployment",
+    "DeploymentDevice",
+    "Device",
+    "Model",
+    "ModelVersion",
+    "Registry",
+    "TelemetryRecord",
+    "Variant",
+]

@@ -1,0 +1,275 @@
+"""Registry operations. Every public method opens its own transaction; results are detached rows."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import semver
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, func, select
+
+from fleet.messages import DeviceState, TelemetryBatch, UpdateEvent
+from hub.credentials import hash_secret, new_secret, verify_secret
+from hub.errors import ConflictError, InvalidRequestError, NotFoundError
+from hub.registry.db import Database
+from hub.registry.tables import (
+    Deployment,
+    DeploymentDevice,
+    Device,
+    Model,
+    ModelVersion,
+    TelemetryRecord,
+    Variant,
+)
+from targets import TargetError, get_target
+
+
+def parse_semver(version: str) -> semver.Version:
+    """Parse a semantic version or raise `InvalidRequestError` saying what is wrong."""
+    try:
+        return semver.Version.parse(version)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequestError(f"version {version!r} is not semantic versioning (MAJOR.MINOR.PATCH): {exc}") from exc
+
+
+class Registry:
+    """Models, versions, variants, devices, deployments and telemetry records."""
+
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    # -- models and versions ---------------------------------------------------------------------------
+
+    def ensure_model(self, name: str, description: str = "") -> Model:
+        """Return the model called ``name``, creating it if needed."""
+        with self.db.session() as session:
+            model = session.exec(select(Model).where(Model.name == name)).first()
+            if model is None:
+                model = Model(name=name, description=description)
+                session.add(model)
+                session.flush()
+            return model
+
+    def list_models(self) -> list[Model]:
+        """All models by name."""
+        with self.db.session() as session:
+            return list(session.exec(select(Model).order_by(Model.name)))
+
+    def add_version(self, model_name: str, version: str, notes: str = "") -> ModelVersion:
+        """Register a new semver version of ``model_name`` (created if missing)."""
+        parsed = parse_semver(version)
+        model = self.ensure_model(model_name)
+        try:
+            with self.db.session() as session:
+                row = ModelVersion(model_id=model.id, version=str(parsed), major=parsed.major, minor=parsed.minor,
+                                   patch=parsed.patch, prerelease=parsed.prerelease or "", notes=notes)
+                session.add(row)
+                session.flush()
+                return row
+        except IntegrityError as exc:
+            raise ConflictError(f"{model_name}:{version} is already registered") from exc
+
+    def get_version(self, model_name: str, version: str) -> ModelVersion:
+        """The version row, or `NotFoundError`."""
+        with self.db.session() as session:
+            row = session.exec(
+                select(ModelVersion).join(Model).where(Model.name == model_name, ModelVersion.version == version)
+            ).first()
+        if row is None:
+            raise NotFoundError(f"model version {model_name}:{version} is not registered")
+        return row
+
+    def list_versions(self, model_name: str) -> list[ModelVersion]:
+        """Versions of a model, highest semver first."""
+        with self.db.session() as session:
+            rows = list(session.exec(select(ModelVersion).join(Model).where(Model.name == model_name)))
+        return sorted(rows, key=lambda r: semver.Version.parse(r.version), reverse=True)
+
+    # -- variants -----------------------------------------------------------------------------------------
+
+    def add_variant(self, model_name: str, version: str, *, target: str, runtime: str, precision: str,
+                    artifact_sha256: str, size_bytes: int, bundle_sha256: str, bundle_size: int,
+                    tuf_target: str, metrics: dict[str, Any] | None = None) -> Variant:
+        """Attach a built variant to a registered version."""
+        try:
+            get_target(target)
+        except TargetError as exc:
+            raise InvalidRequestError(str(exc)) from exc
+        version_row = self.get_version(model_name, version)
+        try:
+            with self.db.session() as session:
+                row = Variant(version_id=version_row.id, target=target, runtime=runtime, precision=precision,
+                              artifact_sha256=artifact_sha256, size_bytes=size_bytes, bundle_sha256=bundle_sha256,
+                              bundle_size=bundle_size, tuf_target=tuf_target, metrics=metrics or {})
+                session.add(row)
+                session.flush()
+                return row
+        except IntegrityError as exc:
+            raise ConflictError(f"{model_name}:{version} already has a {precision} variant for {target}") from exc
+
+    def list_variants(self, model_name: str, version: str) -> list[Variant]:
+        """Variants of one version."""
+        version_row = self.get_version(model_name, version)
+        with self.db.session() as session:
+            return list(session.exec(select(Variant).where(Variant.version_id == version_row.id)))
+
+    def variant_by_bundle(self, bundle_sha256: str) -> Variant | None:
+        """The variant whose bundle has this digest."""
+        with self.db.session() as session:
+            return session.exec(select(Variant).where(Variant.bundle_sha256 == bundle_sha256)).first()
+
+    # -- devices -------------------------------------------------------------------------------------------
+
+    def provision_device(self, device_id: str, target: str, labels: dict[str, str] | None = None) -> tuple[Device, str]:
+        """Create a device with a fresh credential; return the row and the clear-text secret (shown once)."""
+        from fleet.errors import ProtocolError
+        from fleet.topics import validate_device_id
+
+        try:
+            validate_device_id(device_id)
+            get_target(target)
+        except (ProtocolError, TargetError) as exc:
+            raise InvalidRequestError(str(exc)) from exc
+        secret = new_secret()
+        try:
+            with self.db.session() as session:
+                device = Device(id=device_id, target=target, labels=labels or {}, credential_hash=hash_secret(secret))
+                session.add(device)
+                session.flush()
+                return device, secret
+        except IntegrityError as exc:
+            raise ConflictError(f"device {device_id} is already provisioned") from exc
+
+    def check_device_secret(self, device_id: str, secret: str) -> bool:
+        """Whether ``secret`` is the device's credential."""
+        with self.db.session() as session:
+            device = session.get(Device, device_id)
+        return device is not None and verify_secret(secret, device.credential_hash)
+
+    def get_device(self, device_id: str) -> Device:
+        """The device row, or `NotFoundError`."""
+        with self.db.session() as session:
+            device = session.get(Device, device_id)
+        if device is None:
+            raise NotFoundError(f"device {device_id} is not provisioned")
+        return device
+
+    def list_devices(self) -> list[Device]:
+        """All devices by id."""
+        with self.db.session() as session:
+            return list(session.exec(select(Device).order_by(Device.id)))
+
+    def apply_device_state(self, state: DeviceState) -> bool:
+        """Record a device's reported state; return False for devices that are not provisioned."""
+        with self.db.session() as session:
+            device = session.get(Device, state.device_id)
+            if device is None:
+                return False
+            device.online = state.online
+            device.last_seen = time.time()
+            device.update_state = state.update_state.value
+            if state.active is not None:
+                device.active_model = state.active.model
+                device.active_version = state.active.version
+                device.active_sha256 = state.active.sha256
+            session.add(device)
+            return True
+
+    # -- deployments --------------------------------------------------------------------------------------
+
+    def create_deployment(self, model_name: str, version: str, device_ids: list[str], *,
+                          allow_downgrade: bool = False) -> tuple[Deployment, dict[str, Variant]]:
+        """Record a deployment and pick each device's variant by its target; return both.
+
+        A device whose target has no variant is refused with `InvalidRequestError` naming it: it is never
+        sent a variant built for other hardware.
+        """
+        variants = self.list_variants(model_name, version)
+        by_target: dict[str, Variant] = {}
+        for variant in variants:
+            by_target.setdefault(variant.target, variant)
+        chosen: dict[str, Variant] = {}
+        missing: list[str] = []
+        for device_id in device_ids:
+            device = self.get_device(device_id)
+            if device.target in by_target:
+                chosen[device_id] = by_target[device.target]
+            else:
+                missing.append(f"{device_id} ({device.target})")
+        if missing:
+            raise InvalidRequestError(f"{model_name}:{version} has no variant for: {', '.join(missing)}")
+        deployment = Deployment(id=f"dep-{uuid.uuid4().hex[:12]}", model=model_name, version=version,
+                                device_ids=list(device_ids), allow_downgrade=allow_downgrade)
+        with self.db.session() as session:
+            session.add(deployment)
+            session.flush()
+            for device_id, variant in chosen.items():
+                session.add(DeploymentDevice(deployment_id=deployment.id, device_id=device_id, variant_id=variant.id))
+        return deployment, chosen
+
+    def get_deployment(self, deployment_id: str) -> Deployment:
+        """The deployment row, or `NotFoundError`."""
+        with self.db.session() as session:
+            row = session.get(Deployment, deployment_id)
+        if row is None:
+            raise NotFoundError(f"deployment {deployment_id} does not exist")
+        return row
+
+    def list_deployments(self) -> list[Deployment]:
+        """All deployments, newest first."""
+        with self.db.session() as session:
+            return list(session.exec(select(Deployment).order_by(col(Deployment.created_at).desc())))
+
+    def deployment_devices(self, deployment_id: str) -> list[DeploymentDevice]:
+        """Per-device progress of a deployment."""
+        with self.db.session() as session:
+            return list(session.exec(select(DeploymentDevice).where(DeploymentDevice.deployment_id == deployment_id)))
+
+    def record_update_event(self, event: UpdateEvent) -> bool:
+        """Apply a device's update event to its deployment row; False when no such row exists."""
+        with self.db.session() as session:
+            row = session.get(DeploymentDevice, (event.deployment_id, event.device_id))
+            if row is None:
+                return False
+            if row.state in ("done", "failed", "rollback") and event.state.value not in ("done", "failed", "rollback"):
+                return True  # a late progress message after the outcome changes nothing (QoS 1 redelivery)
+            row.state = event.state.value
+            row.ok = event.ok
+            row.detail = event.detail
+            row.updated_at = time.time()
+            session.add(row)
+            return True
+
+    # -- telemetry -----------------------------------------------------------------------------------------
+
+    def record_telemetry(self, batches: list[TelemetryBatch]) -> int:
+        """Store batches in one transaction, skipping batch ids already stored; return how many were new."""
+        if not batches:
+            return 0
+        unique = {b.batch_id: b for b in batches}
+        with self.db.session() as session:
+            seen = set(session.exec(select(TelemetryRecord.batch_id).where(col(TelemetryRecord.batch_id).in_(unique))))
+            fresh = [b for batch_id, b in unique.items() if batch_id not in seen]
+            for batch in fresh:
+                session.add(TelemetryRecord(
+                    batch_id=batch.batch_id, device_id=batch.device_id, target=batch.target, model=batch.model,
+                    version=batch.version, window_start=batch.window_start, window_end=batch.window_end,
+                    requests=batch.requests, errors=batch.errors, payload=batch.model_dump(mode="json")))
+        return len(fresh)
+
+    def telemetry_batches(self, model_name: str | None = None, version: str | None = None) -> list[TelemetryBatch]:
+        """Stored batches, optionally for one model version, oldest first."""
+        query = select(TelemetryRecord).order_by(TelemetryRecord.window_end)
+        if model_name is not None:
+            query = query.where(TelemetryRecord.model == model_name)
+        if version is not None:
+            query = query.where(TelemetryRecord.version == version)
+        with self.db.session() as session:
+            return [TelemetryBatch.model_validate(r.payload) for r in session.exec(query)]
+
+    def telemetry_count(self) -> int:
+        """Number of stored batches."""
+        with self.db.session() as session:
+            return int(session.exec(select(func.count()).select_from(TelemetryRecord)).one())
