@@ -28,7 +28,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
-from typing import Annotated, Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Annotated, Literal, NamedTuple, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -184,7 +184,13 @@ class GateVerdict(BaseModel):
 
 
 _BUSY_UPDATE_STATES = frozenset(
-    {UpdateState.DOWNLOAD, UpdateState.VERIFY, UpdateState.INSTALL, UpdateState.HEALTH_CHECK, UpdateState.COMMIT}
+    {
+        UpdateState.DOWNLOAD,
+        UpdateState.VERIFY,
+        UpdateState.INSTALL,
+        UpdateState.HEALTH_CHECK,
+        UpdateState.COMMIT,
+    }
 )
 
 
@@ -292,7 +298,7 @@ class TransitionRecord(BaseModel):
 class RolloutSnapshot(BaseModel):
     """Everything a rollout is: store it as JSON, load it after a restart, pass it to ``step``."""
 
-    schema_version: Literal[1] = SNAPSHOT_SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     rollout_id: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     plan: RolloutPlan
     variants: list[Variant]
@@ -345,7 +351,7 @@ class DeployTo(_Action):
 
 
 class RollBack(_Action):
-    """Return each device to its last known good model (an order with ``allow_downgrade``), or clear its order."""
+    """Return each device to its last known good model (``allow_downgrade`` order), or clear its order."""
 
     kind: Literal["rollback"] = "rollback"
     deployment_id: Name
@@ -428,7 +434,9 @@ class StepResult(NamedTuple):
 # ------------------------------------------------------------------------------------------- API
 
 
-def new_rollout(rollout_id: str, plan: RolloutPlan, variants: Iterable[Variant], *, now: float) -> RolloutSnapshot:
+def new_rollout(
+    rollout_id: str, plan: RolloutPlan, variants: Iterable[Variant], *, now: float
+) -> RolloutSnapshot:
     """A rollout in PENDING; the first ``step`` starts it with the devices it is given."""
     return RolloutSnapshot(
         rollout_id=rollout_id,
@@ -452,7 +460,13 @@ def step(
     ``snapshot`` is not modified. A ``command`` not allowed in the current state raises `RolloutError`.
     """
     engine = _Engine(snapshot.model_copy(deep=True), now)
-    engine.run(list(devices), gate_verdict, Command(command) if command is not None else None)
+    try:
+        parsed = Command(command) if command is not None else None
+    except ValueError:
+        raise RolloutError(
+            f"unknown command {command!r}; use one of {', '.join(c.value for c in Command)}"
+        ) from None
+    engine.run(list(devices), gate_verdict, parsed)
     return StepResult(engine.s, engine.actions)
 
 
@@ -487,7 +501,7 @@ class _Engine:
         self.plan = snapshot.plan
         self.actions: list[Action] = []
         self.seed = self.plan.seed or snapshot.rollout_id
-        self.online: dict[str, bool] = {}
+        self.seen: dict[str, DeviceStatus] = {}
 
     # -------------------------------------------------------------- driving
     def run(self, devices: list[DeviceStatus], verdict: GateInput | None, command: Command | None) -> None:
@@ -520,6 +534,8 @@ class _Engine:
         if (source, event) in ADVANCING:
             self.s.wave += 1
             self.s.gate = None
+        elif event == E.START:
+            self.s.wave = self.plan.first_wave
         self.s.state = target
         self.s.reason = reason
         if target != source:
@@ -548,15 +564,19 @@ class _Engine:
             self.s.gate = None
             self.actions.append(Pause(reason=self.s.reason))
         elif target == S.AWAITING_APPROVAL and self.plan.needs_approval(self.s.wave):
-            self.actions.append(Pause(reason=f"{self._wave_name(self.s.wave)} passed; waiting for approval "
-                                             "(resume or promote to start the next wave)"))
+            self.actions.append(
+                Pause(
+                    reason=f"{self._wave_name(self.s.wave)} passed; waiting for approval "
+                    "(resume or promote to start the next wave)"
+                )
+            )
         elif target == S.ABORTING:
             self._start_rollback()
 
     # -------------------------------------------------------------- observing devices
     def _observe(self, devices: list[DeviceStatus]) -> None:
         seen: dict[str, DeviceStatus] = {d.device_id: d for d in devices}
-        self.online = {d.device_id: d.online for d in devices}
+        self.seen = seen
         selector = parse_selector(self.plan.selector)
         accepting = self.s.state in _OPEN_STATES
         newcomers: list[DeviceStatus] = []
@@ -641,10 +661,10 @@ class _Engine:
     def _time_out(self) -> None:
         limit = self.plan.device_timeout_s
         for record in self.s.devices.values():
-            if record.phase == Phase.DISPATCHED and record.dispatched_at is not None:
-                if self.now >= record.dispatched_at + limit:
-                    record.phase, record.finished_at = Phase.TIMED_OUT, self.now
-                    record.detail = f"no outcome within {limit:g} s"
+            due = record.dispatched_at is not None and self.now >= record.dispatched_at + limit
+            if record.phase == Phase.DISPATCHED and due:
+                record.phase, record.finished_at = Phase.TIMED_OUT, self.now
+                record.detail = f"no outcome within {limit:g} s"
 
     # -------------------------------------------------------------- counting
     def _records(self, phases: frozenset[Phase]) -> list[DeviceRecord]:
@@ -679,24 +699,26 @@ class _Engine:
             for cls, members in by_class.items():
                 canary += members[: quotas[cls]]
         chosen = {r.device_id for r in canary}
-        # spread each class evenly over the waves: a device's key is its rank within its class, scaled to [0, 1)
+        # spread each class evenly over the waves: key = rank within the class, scaled to [0, 1)
         rest: list[tuple[float, str, DeviceRecord]] = []
-        for cls, members in by_class.items():
+        for members in by_class.values():
             others = [m for m in members if m.device_id not in chosen]
-            rest += [((i + 0.5) / len(others), _digest(self.seed, m.device_id), m) for i, m in enumerate(others)]
+            rest += [
+                ((i + 0.5) / len(others), _digest(self.seed, m.device_id), m) for i, m in enumerate(others)
+            ]
         ordered = sorted(canary, key=self._rank) + [m for _, _, m in sorted(rest, key=lambda t: t[:2])]
         for position, record in enumerate(ordered):
             record.order = position
             record.canary = record.device_id in chosen
-        self.s.next_order = len(ordered) + sum(1 for r in self.s.devices.values() if r.phase != Phase.PENDING)
-        self.s.wave = self.plan.first_wave
 
     def _rank(self, record: DeviceRecord) -> tuple[bool, str]:
-        return (not self.online.get(record.device_id, False), _digest(self.seed, record.device_id))
+        status = self.seen.get(record.device_id)
+        return (not (status is not None and status.online), _digest(self.seed, record.device_id))
 
     def _canary_quotas(self, sizes: dict[str, int], population: int) -> dict[str, int]:
         spec = self.plan.canary
-        assert spec is not None  # noqa: S101 - guarded by the caller
+        if spec is None:
+            return dict.fromkeys(sizes, 0)
         quotas = {c: min(spec.min_per_class, n) for c, n in sizes.items()}
         remaining = spec.requested(population) - sum(quotas.values())
         if remaining > 0:
@@ -745,7 +767,10 @@ class _Engine:
         by_variant: dict[str, list[str]] = defaultdict(list)
         for record in candidates:
             record.phase, record.wave, record.dispatched_at, record.detail = (
-                Phase.DISPATCHED, self.s.wave, self.now, "",
+                Phase.DISPATCHED,
+                self.s.wave,
+                self.now,
+                "",
             )
             by_variant[record.variant_id or ""].append(record.device_id)
         variants = {v.variant_id: v for v in self.s.variants}
@@ -768,9 +793,7 @@ class _Engine:
         gate.attempts += 1
         gate.outstanding = True
         candidates = tuple(sorted(r.device_id for r in self._records(frozenset({Phase.SUCCEEDED}))))
-        baseline = tuple(
-            sorted(r.device_id for r in self._records(frozenset({Phase.PENDING, Phase.REMOVED, Phase.SKIPPED})))
-        )
+        baseline = tuple(sorted(r.device_id for r in self._records(frozenset({Phase.PENDING}))))
         self.actions.append(
             RequestGate(
                 request_id=f"{gate.request_id}.{gate.attempts}",
@@ -788,8 +811,12 @@ class _Engine:
         verdict, reasons = _verdict_of(value)
         gate = self.s.gate
         if self.s.state != S.GATE or gate is None or not gate.outstanding:
-            self.actions.append(Notice(message=f"gate verdict {verdict.value} ignored: no verdict was awaited "
-                                               f"(rollout is {self.s.state.value})"))
+            self.actions.append(
+                Notice(
+                    message=f"gate verdict {verdict.value} ignored: no verdict was awaited "
+                    f"(rollout is {self.s.state.value})"
+                )
+            )
             return
         gate.outstanding = False
         gate.reasons = reasons
@@ -799,15 +826,18 @@ class _Engine:
         elif verdict == Verdict.FAIL:
             self._fire(E.GATE_FAIL, f"gate failed after {self._wave_name(gate.wave)}: {why}")
         else:
-            assert self.plan.gate is not None  # noqa: S101 - a gate exists whenever one is outstanding
-            gate.next_request_at = self.now + self.plan.gate.retry_interval_s
+            retry = self.plan.gate.retry_interval_s if self.plan.gate else 0.0
+            gate.next_request_at = self.now + retry
             self._fire(E.GATE_INCONCLUSIVE, f"gate inconclusive (attempt {gate.attempts}): {why}")
 
     # -------------------------------------------------------------- detecting events
     def _detect(self) -> tuple[Event, str] | None:
         state = self.s.state
         if state == S.PENDING:
-            return E.START, f"started with {len(self._records(frozenset({Phase.PENDING})))} device(s) to update"
+            return (
+                E.START,
+                f"started with {len(self._records(frozenset({Phase.PENDING})))} device(s) to update",
+            )
         if state in (S.WAVE_RUNNING, S.GATE, S.AWAITING_APPROVAL, S.PAUSED):
             tripped = self._failure_threshold()
             if tripped:
@@ -835,7 +865,8 @@ class _Engine:
         if spec.max_count is not None and failed > spec.max_count:
             return f"{failed} device(s) failed, more than the {spec.max_count} allowed"
         if spec.max_rate is not None and failed / finished > spec.max_rate:
-            return f"{failed} of {finished} finished device(s) failed ({failed / finished:.1%} > {spec.max_rate:.1%})"
+            rate = failed / finished
+            return f"{failed} of {finished} finished device(s) failed ({rate:.1%} > {spec.max_rate:.1%})"
         return None
 
     def _wave_event(self) -> tuple[Event, str] | None:
@@ -868,7 +899,8 @@ class _Engine:
         if gate is None or not self.plan.gated(gate.wave):
             return E.GATE_SKIPPED, f"no gate after {self._wave_name(self.s.wave)}"
         spec = self.plan.gate
-        assert spec is not None  # noqa: S101 - gated() is false without a gate spec
+        if spec is None:  # gated() is false without a gate spec
+            return E.GATE_SKIPPED, "no gate configured"
         deadline = gate.started_at + spec.max_wait_s
         waiting_too_long = self.now >= deadline or (not gate.outstanding and gate.next_request_at > deadline)
         if waiting_too_long:
@@ -896,10 +928,17 @@ class _Engine:
         self.s.rollback_started_at = self.now
         targets = sorted(r.device_id for r in self._records(_ENGAGED))
         for device_id in targets:
-            self.s.devices[device_id].rollback = True
+            record = self.s.devices[device_id]
+            record.rollback = True
+            if device_id in self.seen:
+                self._check_rolled_back(record, self.seen[device_id])
         if targets:
             self.actions.append(
-                RollBack(deployment_id=self.s.rollback_deployment_id, device_ids=tuple(targets), reason=self.s.reason)
+                RollBack(
+                    deployment_id=self.s.rollback_deployment_id,
+                    device_ids=tuple(targets),
+                    reason=self.s.reason,
+                )
             )
 
 
@@ -1037,4 +1076,3 @@ __all__ = [
     "step",
     "summarize",
 ]
-_: Any = None

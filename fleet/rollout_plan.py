@@ -15,6 +15,7 @@ Invalid plans raise pydantic's ``ValidationError``; the CLI helpers raise `fleet
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Annotated, Literal
 
@@ -65,7 +66,7 @@ class PercentWaves(_Config):
     @field_validator("steps")
     @classmethod
     def _increasing(cls, steps: list[float]) -> list[float]:
-        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(steps)):
             raise ValueError("wave percentages must strictly increase")
         if steps[-1] != 100:
             raise ValueError("the last wave must reach 100 percent")
@@ -73,7 +74,7 @@ class PercentWaves(_Config):
 
 
 class ExponentialWaves(_Config):
-    """Waves of ``initial`` devices, then each ``factor`` times larger than the last, until all are reached."""
+    """Waves of ``initial`` devices, then each ``factor`` times larger than the last, until all are in."""
 
     type: Literal["exponential"] = "exponential"
     initial: Annotated[int, Field(ge=1)]
@@ -194,7 +195,9 @@ def parse_canary(text: str) -> CanarySpec | None:
             return CanarySpec(percent=float(raw[:-1]))
         return CanarySpec(count=int(raw))
     except (ValueError, ValidationError) as exc:
-        raise FleetConfigError(f"invalid canary {text!r}: use a device count like 3 or a percentage like 5%") from exc
+        raise FleetConfigError(
+            f"invalid canary {text!r}: use a device count like 3 or a percentage like 5%"
+        ) from exc
 
 
 def parse_waves(text: str) -> PercentWaves | ExponentialWaves:
@@ -207,7 +210,8 @@ def parse_waves(text: str) -> PercentWaves | ExponentialWaves:
         return PercentWaves(steps=[float(part.rstrip("%")) for part in raw.split(",")])
     except (ValueError, ValidationError) as exc:
         raise FleetConfigError(
-            f"invalid waves {text!r}: use increasing percentages ending at 100 (10,50,100) or exp:INITIALxFACTOR"
+            f"invalid waves {text!r}: use increasing percentages ending at 100 (10,50,100) "
+            "or exp:INITIALxFACTOR (exp:10x2)"
         ) from exc
 
 
@@ -238,7 +242,9 @@ def plan_from_cli(
             waves=parse_waves(waves),
             success_threshold=success_threshold,
             approval=approval,  # type: ignore[arg-type]  # validated by pydantic
-            failure=FailureThreshold(max_rate=max_failure_rate, max_count=max_failures, min_devices=min_devices),
+            failure=FailureThreshold(
+                max_rate=max_failure_rate, max_count=max_failures, min_devices=min_devices
+            ),
             gate=GateSpec() if gate else None,
             device_timeout_s=device_timeout_s,
         )

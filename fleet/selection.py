@@ -142,7 +142,7 @@ def _check(variant: Variant, target: Target, policy: SelectionPolicy) -> Rejecti
         return Rejection(
             variant_id=vid,
             code=RejectCode.LATENCY,
-            detail=f"p95 latency {variant.latency_ms:g} ms exceeds the budget of {target.latency_budget_ms:g} ms",
+            detail=f"p95 latency {variant.latency_ms:g} ms > budget {target.latency_budget_ms:g} ms",
         )
     return None
 
@@ -150,7 +150,7 @@ def _check(variant: Variant, target: Target, policy: SelectionPolicy) -> Rejecti
 def _preference(variant: Variant, target: Target) -> tuple[int, int, float, int, str]:
     latency_known = 0 if variant.latency_ms is not None else 1
     return (
-        target.precisions.index(variant.precision),  # type: ignore[arg-type]
+        target.precisions.index(variant.precision),
         latency_known,
         variant.latency_ms or 0.0,
         variant.size_bytes,
@@ -172,7 +172,9 @@ def select_variant(
         try:
             target = get_target(target)
         except UnknownTargetError as exc:
-            return Selection(target=target, variant=None, code=RejectCode.UNKNOWN_TARGET, reason=str(exc))
+            return Selection(
+                target=str(target), variant=None, code=RejectCode.UNKNOWN_TARGET, reason=str(exc)
+            )
     own = [v for v in pool if v.target == target.name]
     if not own:
         built = sorted({v.target for v in pool})
@@ -232,7 +234,7 @@ class Requirement:
     values: tuple[str, ...] = ()
 
     def matches(self, labels: Mapping[str, str]) -> bool:
-        """Whether ``labels`` satisfy this clause (Kubernetes semantics: ``!=`` and ``notin`` match absence)."""
+        """Whether ``labels`` satisfy this clause (as in Kubernetes, ``!=`` and ``notin`` match absence)."""
         present = self.key in labels
         value = labels.get(self.key)
         if self.op == "exists":

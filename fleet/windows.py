@@ -152,7 +152,13 @@ class _CronSpec:
         dow = frozenset(d % 7 for d in parsed[4])
         # like Vixie cron: a day field starting with '*' does not restrict, so the other one decides
         return _CronSpec(
-            parsed[0], parsed[1], parsed[2], parsed[3], dow, fields[2].startswith("*"), fields[4].startswith("*")
+            parsed[0],
+            parsed[1],
+            parsed[2],
+            parsed[3],
+            dow,
+            fields[2].startswith("*"),
+            fields[4].startswith("*"),
         )
 
     def matches(self, moment: datetime) -> bool:
