@@ -51,7 +51,13 @@ class ProportionTest:
 
 
 def two_proportion_z(
-    x_a: int, n_a: int, x_b: int, n_b: int, *, alternative: Alternative = "two-sided", variance_inflation: float = 1.0
+    x_a: int,
+    n_a: int,
+    x_b: int,
+    n_b: int,
+    *,
+    alternative: Alternative = "two-sided",
+    variance_inflation: float = 1.0,
 ) -> ProportionTest:
     """Pooled two-proportion z-test of ``x_b/n_b`` against ``x_a/n_a``. ``alternative='greater'`` tests
     p_b > p_a. ``variance_inflation`` (>= 1) widens the standard error for clustered data (design effect).

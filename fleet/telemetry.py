@@ -8,6 +8,8 @@ Light on purpose: numpy and datasketches only, so a Raspberry Pi can import it.
 - KLL sketch helpers: build, serialise to base64 for ``TelemetryBatch.feature_sketches``, parse, merge.
 - `FeatureSketcher` keeps one KLL sketch per feature on the device.
 - `TelemetryAggregate` merges many `TelemetryBatch` (one device, one cohort, one rollout group) into one.
+- `ReferenceProfile` is the same telemetry computed on a model version's reference data (shipped with the
+  bundle or stored by the hub): what drift is measured against.
 
 Malformed telemetry (bad edges, corrupt sketches) raises `fleet.errors.ProtocolError`.
 """
@@ -16,15 +18,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import math
 import struct
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 import numpy as np
 from datasketches import kll_floats_sketch
+from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.errors import FleetConfigError, ProtocolError
 from fleet.messages import Histogram, TelemetryBatch
@@ -36,6 +40,7 @@ __all__ = [
     "MAX_SKETCH_BYTES",
     "FeatureSketcher",
     "HistogramAccumulator",
+    "ReferenceProfile",
     "TelemetryAggregate",
     "deserialize_sketch",
     "histogram_count",
@@ -68,7 +73,8 @@ MAX_SKETCH_BYTES: Final = 64 * 1024
 def _check_histogram(hist: Histogram) -> None:
     if len(hist.counts) != len(hist.edges) + 1:
         raise ProtocolError(
-            f"histogram has {len(hist.counts)} counts for {len(hist.edges)} edges; expected edges + 1 (overflow)"
+            f"histogram has {len(hist.counts)} counts for {len(hist.edges)} edges; "
+            "expected one more (overflow)"
         )
     if any(b <= a for a, b in zip(hist.edges, hist.edges[1:], strict=False)):
         raise ProtocolError("histogram edges are not strictly increasing")
@@ -228,7 +234,7 @@ def sketch_from_values(values: Iterable[float] | np.ndarray, k: int = DEFAULT_SK
 
 
 def serialize_sketch(sketch: kll_floats_sketch) -> str:
-    """Base64 text of the sketch's compact serialisation, as carried in ``TelemetryBatch.feature_sketches``."""
+    """Base64 of the sketch's compact serialisation, as carried in ``TelemetryBatch.feature_sketches``."""
     return base64.b64encode(sketch.serialize()).decode("ascii")
 
 
@@ -284,9 +290,7 @@ def _check_kll_bytes(raw: bytes) -> None:
     capacity = _kll_total_capacity(k, m, num_levels)
     levels = [*struct.unpack_from(f"<{num_levels}I", raw, 20), capacity]
     items_at = 20 + 4 * num_levels + 8
-    if any(b < a for a, b in zip(levels, levels[1:], strict=False)) or len(raw) != items_at + 4 * (
-        capacity - levels[0]
-    ):
+    if any(b < a for a, b in itertools.pairwise(levels)) or len(raw) != items_at + 4 * (capacity - levels[0]):
         raise ProtocolError("KLL sketch level offsets do not match its length")
     if sum((levels[i + 1] - levels[i]) << i for i in range(num_levels)) != n or n == 0:
         raise ProtocolError("KLL sketch weights do not add up to its item count")
@@ -304,7 +308,9 @@ def _check_kll_bytes(raw: bytes) -> None:
 def deserialize_sketch(text: str) -> kll_floats_sketch:
     """Parse a base64 KLL float sketch; `ProtocolError` if it is oversized, not base64 or not a sketch."""
     if len(text) > MAX_SKETCH_BYTES * 4 // 3 + 4:
-        raise ProtocolError(f"sketch of {len(text)} base64 characters exceeds the {MAX_SKETCH_BYTES}-byte limit")
+        raise ProtocolError(
+            f"sketch of {len(text)} base64 characters exceeds the {MAX_SKETCH_BYTES}-byte limit"
+        )
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -469,3 +475,57 @@ class TelemetryAggregate:
     def confidence_histogram(self) -> Histogram | None:
         """Merged confidence histogram, or ``None`` when no batch carried one."""
         return self.confidence.to_histogram() if self.confidence.edges else None
+
+
+class ReferenceProfile(BaseModel):
+    """Telemetry of a model version's reference data, the baseline for drift.
+
+    Built once from the reference (training or validation) data with `ReferenceProfile.from_arrays`, stored
+    as JSON beside the bundle; ``feature_kinds`` declares categorical features (codes sketched as floats).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    feature_sketches: dict[str, str] = Field(default_factory=dict)
+    feature_kinds: dict[str, Literal["numerical", "categorical"]] = Field(default_factory=dict)
+    predictions: dict[str, int] = Field(default_factory=dict)
+    confidence: Histogram | None = None
+
+    @classmethod
+    def from_arrays(
+        cls,
+        features: Mapping[str, Iterable[float] | np.ndarray],
+        *,
+        predictions: Iterable[str] | None = None,
+        confidences: Iterable[float] | np.ndarray | None = None,
+        categorical: Iterable[str] = (),
+        k: int = DEFAULT_SKETCH_K,
+    ) -> ReferenceProfile:
+        """Profile of raw reference data: one sketch per feature, prediction counts, confidence histogram."""
+        kinds: dict[str, Literal["numerical", "categorical"]] = {name: "categorical" for name in categorical}
+        confidence = None
+        if confidences is not None:
+            acc = HistogramAccumulator(CONFIDENCE_BUCKETS)
+            acc.observe_many(
+                np.asarray(list(confidences) if not isinstance(confidences, np.ndarray) else confidences)
+            )
+            confidence = acc.to_histogram()
+        return cls(
+            feature_sketches={
+                name: serialize_sketch(sketch_from_values(v, k)) for name, v in features.items()
+            },
+            feature_kinds=kinds,
+            predictions=dict(Counter(predictions or ())),
+            confidence=confidence,
+        )
+
+    def to_aggregate(self, k: int = DEFAULT_SKETCH_K) -> TelemetryAggregate:
+        """The profile as an aggregate, to compare against live telemetry."""
+        agg = TelemetryAggregate(k=k)
+        for name, text in self.feature_sketches.items():
+            agg._merge_sketch(name, deserialize_sketch(text))
+        agg.predictions.update(self.predictions)
+        if self.confidence is not None:
+            agg.confidence.add(self.confidence)
+        return agg
