@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from hub.errors import HubError
 
-class ServingError(Exception):
+
+class ServingError(HubError):
     """Base of every serving error; an unexpected server-side failure unless a subclass says otherwise."""
 
     status_code: int = 500

@@ -6,11 +6,12 @@ library), labels ``model`` and ``version``.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -40,49 +41,59 @@ class ServingMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ("model", "version")
-        kw = {"registry": registry}
         self.registry = registry
         self.requests = Counter(
-            "edgefleet_serving_requests", "Inference requests received.", labels, **kw
+            "edgefleet_serving_requests", "Inference requests received.", labels, registry=registry
         )
         self.failures = Counter(
             "edgefleet_serving_request_failures",
             "Inference requests that failed, by reason.",
             (*labels, "reason"),
-            **kw,
+            registry=registry,
         )
         self.inferences = Counter(
-            "edgefleet_serving_inferences", "Rows inferred (a batch of 8 rows counts 8).", labels, **kw
+            "edgefleet_serving_inferences",
+            "Rows inferred (a batch of 8 rows counts 8).",
+            labels,
+            registry=registry,
         )
-        self.batches = Counter("edgefleet_serving_batches", "Model executions (batches).", labels, **kw)
+        self.batches = Counter(
+            "edgefleet_serving_batches", "Model executions (batches).", labels, registry=registry
+        )
         self.request_seconds = Histogram(
             "edgefleet_serving_request_duration_seconds",
             "Time from request arrival to response, per request.",
             labels,
             buckets=_LATENCY_BUCKETS,
-            **kw,
+            registry=registry,
         )
         self.queue_seconds = Histogram(
             "edgefleet_serving_queue_duration_seconds",
             "Time a request waited in the batch queue.",
             labels,
             buckets=_LATENCY_BUCKETS,
-            **kw,
+            registry=registry,
         )
         self.compute_seconds = Histogram(
             "edgefleet_serving_compute_duration_seconds",
             "Time one batch spent in the runtime.",
             labels,
             buckets=_LATENCY_BUCKETS,
-            **kw,
+            registry=registry,
         )
         self.batch_size = Histogram(
-            "edgefleet_serving_batch_size", "Rows per executed batch.", labels, buckets=_BATCH_BUCKETS, **kw
+            "edgefleet_serving_batch_size",
+            "Rows per executed batch.",
+            labels,
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
         )
         self.queue_depth = Gauge(
-            "edgefleet_serving_queue_depth", "Requests waiting in the batch queue.", labels, **kw
+            "edgefleet_serving_queue_depth", "Requests waiting in the batch queue.", labels, registry=registry
         )
-        self.models_loaded = Gauge("edgefleet_serving_models_loaded", "Model versions loaded.", **kw)
+        self.models_loaded = Gauge(
+            "edgefleet_serving_models_loaded", "Model versions loaded.", registry=registry
+        )
 
     def bind(self, model: str, version: str) -> ModelMetrics:
         """The children of one model version."""
@@ -102,7 +113,5 @@ class ServingMetrics:
 
     def unbind(self, model: str, version: str) -> None:
         """Drop the gauge of an unloaded model (counters and histograms keep their history)."""
-        try:
+        with contextlib.suppress(KeyError):
             self.queue_depth.remove(model, version)
-        except KeyError:
-            pass

@@ -97,7 +97,7 @@ def to_json_data(arr: np.ndarray) -> list[Any]:
     """Flat row-major JSON data of an output tensor."""
     if arr.dtype.kind in "OSU":
         return [_to_text(v) for v in arr.reshape(-1)]
-    return arr.reshape(-1).tolist()  # type: ignore[no-any-return]
+    return arr.reshape(-1).tolist()
 
 
 def to_binary(arr: np.ndarray) -> bytes:

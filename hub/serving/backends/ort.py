@@ -72,4 +72,4 @@ class OrtBackend:
 
     def close(self) -> None:
         """Drop the session."""
-        self._session = None  # type: ignore[assignment]
+        self._session = None

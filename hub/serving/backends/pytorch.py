@@ -19,7 +19,9 @@ from hub.serving.tensors import v2_datatype
 class _TorchBackend:
     platform = "pytorch_libtorch"
 
-    def __init__(self, spec: ModelSpec, module: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]):
+    def __init__(
+        self, spec: ModelSpec, module: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+    ):
         import torch
 
         self._torch = torch
@@ -30,7 +32,7 @@ class _TorchBackend:
         module = module.to(self.device)
         if self._half:
             module = module.half()
-        self._module = module.eval() if hasattr(module, "eval") else module
+        self._module = module.eval() if isinstance(module, torch.jit.ScriptModule) else module
         self.inputs = tuple(spec.inputs or inputs)
         self.outputs = tuple(spec.outputs or outputs)
 

@@ -1,0 +1,54 @@
+"""The standalone serving app: the V2 router, ``/metrics`` on a registry the caller owns, and a lifespan
+that loads the start-up models and unloads everything at shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from hub.serving.backends import load_backend
+from hub.serving.config import ModelSpec
+from hub.serving.manager import Loader, ModelManager
+from hub.serving.metrics import ServingMetrics
+from hub.serving.oip import build_router
+from hub.serving.repository import ModelRepository, StaticRepository
+
+
+def add_metrics_endpoint(app: FastAPI, registry: CollectorRegistry) -> None:
+    """Expose ``registry`` at ``GET /metrics`` in Prometheus text format."""
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(
+    specs: Iterable[ModelSpec] = (),
+    *,
+    registry: CollectorRegistry,
+    repository: ModelRepository | None = None,
+    loader: Loader = load_backend,
+) -> FastAPI:
+    """A FastAPI app serving ``specs`` (loaded at start-up) and whatever ``repository`` can resolve.
+
+    ``repository`` defaults to a :class:`StaticRepository` of ``specs``. The manager is ``app.state.manager``.
+    """
+    specs = list(specs)
+    manager = ModelManager(repository or StaticRepository(specs), ServingMetrics(registry), loader=loader)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await manager.start(specs)
+        try:
+            yield
+        finally:
+            await manager.close()
+
+    app = FastAPI(title="EdgeFleet serving", lifespan=lifespan)
+    app.state.manager = manager
+    app.include_router(build_router(manager))
+    add_metrics_endpoint(app, registry)
+    return app
