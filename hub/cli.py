@@ -16,6 +16,7 @@ app = typer.Typer(
 # Modules exposing ``register(app: typer.Typer) -> None``. Each area owns one entry.
 COMMAND_MODULES: tuple[str, ...] = (
     "hub.cli_hub",
+    "hub.cli_serve",
 )
 
 
