@@ -1,0 +1,82 @@
+"""Agent configuration (``agent.toml``), validated with pydantic."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.errors import AgentConfigError
+from fleet.topics import DEVICE_ID_PATTERN
+from targets import TARGETS
+
+
+class AgentConfig(BaseModel):
+    """Everything one device needs; paths are relative to the config file's directory when loaded."""
+
+    model_config = ConfigDict(extra="forbid")
+    device_id: str
+    target: str
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    password: str | None = Field(default=None, description="device credential; prefer password_file")
+    password_file: Path | None = None
+    data_dir: Path = Path("var/agent")
+    trust_root: Path = Field(description="the hub's TUF root.json given at provisioning")
+    http_host: str = "127.0.0.1"
+    http_port: int | None = Field(default=None, ge=0, le=65535, description="local inference API; None disables")
+    telemetry_interval_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(default=30.0, gt=0)
+    outbox_max_batches: int = Field(default=10_000, ge=10)
+    chunk_timeout_s: float = Field(default=5.0, gt=0)
+    download_timeout_s: float = Field(default=600.0, gt=0)
+    metadata_timeout_s: float = Field(default=10.0, gt=0)
+    offload_url: str | None = Field(default=None, description="hub serving endpoint for heavy models")
+    offload_timeout_s: float = Field(default=2.0, gt=0)
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, value: str) -> str:
+        if not DEVICE_ID_PATTERN.match(value):
+            raise ValueError("device_id must be 1-63 letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if value not in TARGETS:
+            raise ValueError(f"unknown target {value!r}; known: {', '.join(sorted(TARGETS))}")
+        return value
+
+    @field_validator("http_host")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        if value not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError("the local inference API listens on loopback only")
+        return value
+
+    def secret(self) -> str | None:
+        """The device password, read from ``password_file`` when given."""
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text().strip()
+            except OSError as exc:
+                raise AgentConfigError(f"cannot read password_file {self.password_file}: {exc}") from exc
+        return self.password
+
+    @classmethod
+    def load(cls, path: Path) -> AgentConfig:
+        """Read and validate a TOML config; relative paths resolve against the file's directory."""
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise AgentConfigError(f"cannot read agent config {path}: {exc}") from exc
+        for key in ("data_dir", "trust_root", "password_file"):
+            if key in raw and not Path(raw[key]).is_absolute():
+                raw[key] = str(path.parent / raw[key])
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise AgentConfigError(f"{path}: {where}: {first['msg']}") from exc

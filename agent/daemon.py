@@ -1,0 +1,211 @@
+"""`Agent`: the device daemon wiring broker, updater, inference, telemetry and the local API together."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from agent.config import AgentConfig
+from agent.errors import AgentError
+from agent.http_api import LocalApi
+from agent.inference import InferenceService
+from agent.state_store import StateStore
+from agent.telemetry import Outbox, TelemetryCollector, TelemetrySender
+from agent.transfer import ChunkDownloader, MetadataClient
+from agent.updater import Updater
+from agent.verifier import BundleVerifier
+from fleet import topics
+from fleet.errors import ProtocolError
+from fleet.messages import DeploymentOrder, DeviceState, Heartbeat, UpdateEvent, UpdateState, decode, encode
+from fleet.mqtt import BrokerAddress, PahoBroker, Will
+from fleet.transport import Message
+
+log = logging.getLogger(__name__)
+_STOP = object()
+
+
+def _agent_version() -> str:
+    try:
+        return version("edgefleet")
+    except PackageNotFoundError:
+        return "dev"
+
+
+class Agent:
+    """One device. ``start()`` connects and serves; ``stop()`` says goodbye and releases everything."""
+
+    def __init__(self, config: AgentConfig, *, before_step: Callable[[UpdateState], None] | None = None) -> None:
+        self.config = config
+        self.data_dir = config.data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.collector = TelemetryCollector(config.device_id, config.target)
+        self.service = InferenceService(self.collector)
+        self.outbox = Outbox(self.data_dir / "outbox", max_batches=config.outbox_max_batches)
+        self.store = StateStore(self.data_dir / "state.json")
+        self._before_step = before_step
+        self._orders: queue.Queue[Any] = queue.Queue()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._started_at = time.monotonic()
+        self._update_state = UpdateState.IDLE
+        self._deployment_id: str | None = None
+        self.update_finished = threading.Condition()
+        self.finished_deployments: dict[str, UpdateState] = {}
+        self.broker: PahoBroker | None = None
+        self.api: LocalApi | None = None
+        self.updater: Updater | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    def start(self, *, connect_timeout_s: float = 15.0) -> None:
+        """Connect, announce, load the installed model and start the worker threads."""
+        cfg = self.config
+        try:
+            trust_root = cfg.trust_root.read_bytes()
+        except OSError as exc:
+            raise AgentError(f"cannot read trust root {cfg.trust_root}: {exc}") from exc
+        address = BrokerAddress.from_url(cfg.broker_url).with_credentials(cfg.device_id, cfg.secret())
+        will = Will(topics.device_topic(cfg.device_id, "state"),
+                    encode(DeviceState(device_id=cfg.device_id, online=False, target=cfg.target)))
+        self.broker = PahoBroker(address, client_id=cfg.device_id, will=will, on_connect=self._announce,
+                                 connect_timeout_s=connect_timeout_s)
+        metadata = MetadataClient(self.broker, cfg.device_id, timeout_s=cfg.metadata_timeout_s)
+        downloader = ChunkDownloader(self.broker, cfg.device_id, self.data_dir / "downloads",
+                                     chunk_timeout_s=cfg.chunk_timeout_s)
+        verifier = BundleVerifier(self.data_dir / "tuf", trust_root, metadata.get)
+        self.updater = Updater(self.store, downloader, verifier, self.data_dir / "slots",
+                               activate=self.service.activate, report=self._report,
+                               download_timeout_s=cfg.download_timeout_s, before_step=self._before_step)
+        self.service.activate(self.updater.load_active())
+        self.sender = TelemetrySender(self.outbox, cfg.device_id, self._publish_and_wait)
+        self._announce()
+        self.broker.subscribe(topics.device_topic(cfg.device_id, "deployment"), self._on_deployment, qos=1)
+        pending = self.updater.pending()
+        if pending is not None:
+            self._orders.put(pending)
+        self._spawn(self._update_loop, "updates")
+        self._spawn(self._telemetry_loop, "telemetry")
+        if cfg.http_port is not None:
+            self.api = LocalApi(self.service, cfg.http_host, cfg.http_port)
+            self.api.start()
+
+    def stop(self) -> None:
+        """Flush telemetry, mark the device offline (clean disconnect) and join every thread."""
+        self._stopping.set()
+        self._orders.put(_STOP)
+        for thread in self._threads:
+            thread.join(timeout=30)
+        if self.api is not None:
+            self.api.stop()
+        if self.broker is not None:
+            self.flush_telemetry()
+            self.broker.publish_and_wait(topics.device_topic(self.config.device_id, "state"),
+                                         encode(self._state(online=False)), retain=True, timeout_s=5)
+            self.broker.close()
+
+    # -- operations -------------------------------------------------------------------------------------------
+
+    def flush_telemetry(self) -> int:
+        """Move recorded telemetry to the outbox and send what the broker acknowledges; return sent count."""
+        for batch in self.collector.drain():
+            self.outbox.put(batch)
+        if self.broker is None or not self.broker.connected:
+            return 0
+        return self.sender.flush()
+
+    def wait_for_deployment(self, deployment_id: str, timeout_s: float) -> UpdateState | None:
+        """Block until the deployment finished here; return its final state (None on timeout)."""
+        with self.update_finished:
+            self.update_finished.wait_for(lambda: deployment_id in self.finished_deployments, timeout_s)
+            return self.finished_deployments.get(deployment_id)
+
+    # -- internals --------------------------------------------------------------------------------------------
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=f"{self.config.device_id}-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _state(self, *, online: bool = True) -> DeviceState:
+        state = self.store.load() if self.updater is None else self.updater.state
+        return DeviceState(
+            device_id=self.config.device_id, online=online, target=self.config.target,
+            agent_version=_agent_version(), active=state.active.installed() if state.active else None,
+            last_known_good=state.last_known_good.installed() if state.last_known_good else None,
+            update_state=self._update_state, deployment_id=self._deployment_id, ts=time.time())
+
+    def _announce(self) -> None:
+        if self.broker is not None and not self._stopping.is_set():
+            self.broker.publish(topics.device_topic(self.config.device_id, "state"), encode(self._state()),
+                                qos=1, retain=True)
+
+    def _publish_and_wait(self, topic: str, payload: bytes) -> bool:
+        return self.broker is not None and self.broker.publish_and_wait(topic, payload, timeout_s=10)
+
+    def _on_deployment(self, message: Message) -> None:
+        if not message.payload:
+            return
+        try:
+            order = decode(DeploymentOrder, message.payload, topic=message.topic)
+        except ProtocolError as exc:
+            log.warning("%s: ignored deployment order: %s", self.config.device_id, exc)
+            return
+        if order.target != self.config.target:
+            self._report(order, UpdateState.FAILED, False,
+                         f"order is for target {order.target}, this device is {self.config.target}", None)
+            return
+        self._orders.put(order)
+
+    def _update_loop(self) -> None:
+        while not self._stopping.is_set():
+            order = self._orders.get()
+            if order is _STOP:
+                return
+            while not self._orders.empty():  # only the newest desired state matters
+                newer = self._orders.get()
+                if newer is _STOP:
+                    return
+                order = newer
+            assert self.updater is not None  # set in start() before this thread runs
+            try:
+                final = self.updater.apply(order)
+            except Exception as exc:  # keep serving whatever happens to one update
+                log.exception("%s: update %s crashed", self.config.device_id, order.deployment_id)
+                self._report(order, UpdateState.FAILED, False, f"agent error: {exc}", None)
+                final = UpdateState.FAILED
+            with self.update_finished:
+                self.finished_deployments[order.deployment_id] = final
+                self.update_finished.notify_all()
+
+    def _telemetry_loop(self) -> None:
+        next_heartbeat = 0.0
+        while not self._stopping.wait(self.config.telemetry_interval_s):
+            try:
+                self.flush_telemetry()
+                if time.monotonic() >= next_heartbeat and self.broker is not None:
+                    beat = Heartbeat(device_id=self.config.device_id, ts=time.time(),
+                                     uptime_s=time.monotonic() - self._started_at,
+                                     requests_total=self.service.requests_total)
+                    self.broker.publish(topics.device_topic(self.config.device_id, "heartbeat"), encode(beat), qos=0)
+                    next_heartbeat = time.monotonic() + self.config.heartbeat_interval_s
+            except Exception:
+                log.exception("%s: telemetry cycle failed", self.config.device_id)
+
+    def _report(self, order: DeploymentOrder, state: UpdateState, ok: bool, detail: str,
+                progress: float | None) -> None:
+        if self.broker is None:
+            return
+        changed = state != self._update_state or self._deployment_id != order.deployment_id
+        self._update_state, self._deployment_id = state, order.deployment_id
+        if progress is not None and not changed:
+            return  # progress within a state is not worth a message per chunk
+        event = UpdateEvent(device_id=self.config.device_id, deployment_id=order.deployment_id, state=state, ok=ok,
+                            detail=detail[:2000], progress=progress, ts=time.time())
+        self.broker.publish(topics.device_topic(self.config.device_id, "events"), encode(event), qos=1)
+        if changed:
+            self._announce()

@@ -1,0 +1,46 @@
+"""Errors of the device agent. Each message says what was wrong and where.
+
+Exceptions::
+
+    AgentError
+     ├── AgentConfigError       invalid agent.toml or settings
+     ├── TransferError          a bundle download could not complete (timeout, wrong size or digest)
+     ├── VerificationError      TUF refused the bundle or its metadata: unsigned, tampered, expired,
+     │                          rolled back, or signed for another model/target
+     ├── BundleError            the archive or its manifest is malformed or unsafe
+     ├── RuntimeUnavailableError   the bundle's runtime cannot run on this device
+     ├── HealthCheckError       the candidate failed its self-test or its latency budget
+     └── InferenceError         a request that cannot be answered (bad input shape or type)
+"""
+
+
+class AgentError(Exception):
+    """Base class for agent errors."""
+
+
+class AgentConfigError(AgentError, ValueError):
+    """Invalid agent configuration."""
+
+
+class TransferError(AgentError):
+    """A bundle transfer failed."""
+
+
+class VerificationError(AgentError):
+    """The bundle or its metadata failed TUF verification."""
+
+
+class BundleError(AgentError, ValueError):
+    """A malformed or unsafe bundle archive."""
+
+
+class RuntimeUnavailableError(AgentError):
+    """The bundle's runtime is not available on this device."""
+
+
+class HealthCheckError(AgentError):
+    """The candidate model failed its health check."""
+
+
+class InferenceError(AgentError, ValueError):
+    """The request cannot be answered."""

@@ -1,0 +1,75 @@
+"""The agent's persistent state: active and last-known-good slots, and the update in progress.
+
+Written atomically (temp file, fsync, rename) before every update step, so a power cut leaves either
+the old or the new state on disk, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from agent.errors import AgentError
+from fleet.messages import DeploymentOrder, InstalledModel, UpdateState
+
+
+class Slot(BaseModel):
+    """An installed bundle."""
+
+    model_config = ConfigDict(frozen=True)
+    model: str
+    version: str
+    target: str
+    sha256: str
+    path: str
+
+    def installed(self) -> InstalledModel:
+        """The wire form."""
+        return InstalledModel(model=self.model, version=self.version, sha256=self.sha256, target=self.target)
+
+
+class UpdateRecord(BaseModel):
+    """An update in progress (or just finished)."""
+
+    order: DeploymentOrder
+    state: UpdateState
+    detail: str = ""
+    candidate: Slot | None = None
+
+
+class AgentState(BaseModel):
+    """Everything the agent must remember across restarts."""
+
+    active: Slot | None = None
+    last_known_good: Slot | None = None
+    update: UpdateRecord | None = None
+    completed_deployments: list[str] = []
+
+
+class StateStore:
+    """Loads and saves `AgentState` at ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> AgentState:
+        """The saved state, or a fresh one when none exists."""
+        try:
+            return AgentState.model_validate_json(self.path.read_bytes())
+        except FileNotFoundError:
+            return AgentState()
+        except (ValidationError, ValueError) as exc:
+            raise AgentError(f"agent state file {self.path} is unreadable: {exc}; move it aside to start clean") from exc
+
+    def save(self, state: AgentState) -> None:
+        """Persist atomically."""
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w") as handle:
+            handle.write(json.dumps(state.model_dump(mode="json")))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)

@@ -1,0 +1,117 @@
+"""Hub-side commands: ``hub serve``, ``devices``, ``demo``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hub.config import HubSettings
+
+console = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the hub's commands to ``app``."""
+    hub_app = typer.Typer(help="Run the hub.", no_args_is_help=True)
+    devices_app = typer.Typer(help="Device inventory.", no_args_is_help=True)
+    app.add_typer(hub_app, name="hub")
+    app.add_typer(devices_app, name="devices")
+
+    @hub_app.command("serve")
+    def serve(data_dir: Path = typer.Option(Path("var/hub"), help="registry, artifacts and TUF keys"),
+              broker_url: str | None = typer.Option(None, help="mqtt://host:port; omitted: embedded broker"),
+              database_url: str | None = typer.Option(None, help="SQLAlchemy URL; omitted: SQLite in data dir"),
+              broker_port: int = typer.Option(1883, help="embedded broker port"),
+              api_port: int = typer.Option(8600, help="REST API port")) -> None:
+        """Start the hub (REST API, MQTT wiring; an in-process broker when no broker URL is given)."""
+        import uvicorn
+
+        from hub.api import create_app
+        from hub.service import Hub
+
+        settings = HubSettings(data_dir=data_dir, broker_url=broker_url, database_url=database_url,
+                               broker_port=broker_port, api_port=api_port)
+        hub = Hub(settings)
+        hub.start()
+        console.print(f"hub: broker {hub.broker_address.host}:{hub.broker_address.port}, "
+                      f"API http://{settings.api_host}:{settings.api_port}/docs")
+        try:
+            uvicorn.run(create_app(hub), host=settings.api_host, port=settings.api_port, log_level="warning")
+        finally:
+            hub.stop()
+
+    @devices_app.command("add")
+    def add(device_id: str, target: str = typer.Option(..., help="target profile name"),
+            label: list[str] = typer.Option([], help="key=value, repeatable"),
+            data_dir: Path = typer.Option(Path("var/hub"))) -> None:
+        """Provision a device and print its credential (shown once)."""
+        from hub.registry import Database, Registry
+
+        labels = dict(item.split("=", 1) for item in label)
+        registry = Registry(Database(HubSettings(data_dir=data_dir).resolved_database_url()))
+        _, secret = registry.provision_device(device_id, target, labels)
+        typer.echo(json.dumps({"device_id": device_id, "target": target, "secret": secret}))
+
+    @devices_app.command("list")
+    def list_devices(data_dir: Path = typer.Option(Path("var/hub")), as_json: bool = typer.Option(False, "--json")) -> None:
+        """List devices with target, labels, online status and installed version."""
+        from hub.registry import Database, Registry
+
+        registry = Registry(Database(HubSettings(data_dir=data_dir).resolved_database_url()))
+        rows = [{"id": d.id, "target": d.target, "labels": d.labels, "online": d.online,
+                 "model": d.active_model, "version": d.active_version, "update_state": d.update_state}
+                for d in registry.list_devices()]
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        table = Table("device", "target", "labels", "online", "model:version", "update")
+        for row in rows:
+            table.add_row(row["id"], row["target"], ",".join(f"{k}={v}" for k, v in row["labels"].items()),
+                          "yes" if row["online"] else "no", f"{row['model']}:{row['version']}" if row["model"] else "-",
+                          row["update_state"])
+        Console().print(table)
+
+    @app.command("demo")
+    def demo(devices: int = typer.Option(5, min=1, max=200, help="simulated devices"),
+             requests: int = typer.Option(50, min=1, help="inference requests per device"),
+             as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+             broker_url: str | None = typer.Option(None, help="use this broker instead of the embedded one")) -> None:
+        """Train a model, ship it to a simulated fleet, drive traffic, and summarise."""
+        from hub.demo import run_demo
+
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        summary = run_demo(devices, requests_per_device=requests, broker_url=broker_url,
+                           log=None if as_json else console.print)
+        if as_json:
+            typer.echo(json.dumps(summary, indent=2))
+        else:
+            _print_summary(summary)
+        raise typer.Exit(0 if summary["ok"] else 1)
+
+
+def _print_summary(summary: dict[str, object]) -> None:
+    out = Console()
+    table = Table(title=f"EdgeFleet demo: digits:1.0.0 on {summary['devices_total']} devices")
+    table.add_column("device")
+    table.add_column("deployment")
+    table.add_column("inferences ok", justify="right")
+    table.add_column("accuracy", justify="right")
+    devices = summary["devices"]
+    deployment = summary["deployment"]
+    assert isinstance(devices, dict) and isinstance(deployment, dict)
+    for device_id, stats in devices.items():
+        accuracy = stats["correct"] / stats["ok"] if stats["ok"] else 0.0
+        table.add_row(device_id, deployment["devices"].get(device_id, "?"), str(stats["ok"]), f"{accuracy:.3f}")
+    out.print(table)
+    out.print(f"devices on version: {summary['devices_on_version']}/{summary['devices_total']}  "
+              f"inferences ok: {summary['inferences_ok']}  telemetry batches: {summary['telemetry_batches_received']}")
+    out.print(f"bundle sha256 {summary['bundle_sha256']} ({summary['bundle_bytes']} bytes); "
+              f"hub egress {summary['hub_egress_bytes']} bytes; {summary['duration_s']} s")
+    out.print("[green]OK[/green]" if summary["ok"] else "[red]FAILED[/red]")

@@ -1,0 +1,159 @@
+"""`Hub`: registry, artifact store, TUF repository and MQTT wiring started and stopped as one unit."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fleet.acl import HUB_USERNAME
+from fleet.bundle import BundleManifest
+from fleet.messages import UpdateEvent
+from fleet.mqtt import BrokerAddress, PahoBroker
+from hub.bundles import PublishedVariant, publish_variant
+from hub.config import HubSettings
+from hub.embedded_broker import EmbeddedBroker
+from hub.ingest import TelemetryIngestor
+from hub.mqtt_service import HubMqtt
+from hub.registry import Database, Deployment, Registry
+from hub.store import ArtifactStore
+from hub.tuf_repo import TufRepository
+
+log = logging.getLogger(__name__)
+TERMINAL_STATES = frozenset({"done", "failed"})
+
+
+class Hub:
+    """The central service. ``start()`` connects everything; ``stop()`` releases every thread and port."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(settings.resolved_database_url())
+        self.registry = Registry(self.db)
+        self.store = ArtifactStore(settings.data_dir / "artifacts")
+        self.tuf = TufRepository(settings.data_dir / "tuf")
+        self.hub_secret = settings.hub_secret or self._load_or_create_secret()
+        self.embedded: EmbeddedBroker | None = None
+        self.broker: PahoBroker | None = None
+        self.ingestor: TelemetryIngestor | None = None
+        self.mqtt: HubMqtt | None = None
+        self._event_listeners: list[Any] = []
+        self._progress = threading.Condition()
+
+    @property
+    def broker_address(self) -> BrokerAddress:
+        """Where devices connect (without credentials)."""
+        if self.embedded is not None:
+            return BrokerAddress(self.embedded.host, self.embedded.port)
+        if self.settings.broker_url is None:
+            raise RuntimeError("hub is not started")
+        address = BrokerAddress.from_url(self.settings.broker_url)
+        return BrokerAddress(address.host, address.port)
+
+    def start(self) -> None:
+        """Start the embedded broker when no URL is configured, connect, and subscribe."""
+        if self.settings.broker_url is None:
+            self.embedded = EmbeddedBroker(self.settings.broker_host, self.settings.broker_port,
+                                           check=self._check_credentials)
+            self.embedded.start()
+            address = self.broker_address.with_credentials(HUB_USERNAME, self.hub_secret)
+        else:
+            address = BrokerAddress.from_url(self.settings.broker_url)
+            if address.username is None:
+                address = address.with_credentials(HUB_USERNAME, self.hub_secret)
+        self.broker = PahoBroker(address, client_id=f"edgefleet-hub-{secrets.token_hex(4)}")
+        self.ingestor = TelemetryIngestor(self.registry)
+        self.mqtt = HubMqtt(self.broker, self.registry, self.store, self.tuf, self.ingestor,
+                            chunk_size=self.settings.chunk_size,
+                            rebroadcast_window_s=self.settings.rebroadcast_window_s, on_event=self._dispatch_event)
+        self.mqtt.start()
+
+    def stop(self) -> None:
+        """Stop in reverse order; safe to call twice."""
+        if self.mqtt is not None:
+            self.mqtt.stop()
+        if self.ingestor is not None:
+            self.ingestor.close()
+        if self.broker is not None:
+            self.broker.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+        self.db.close()
+        self.mqtt = self.ingestor = self.broker = self.embedded = None
+
+    def __enter__(self) -> Hub:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- operations -----------------------------------------------------------------------------------------
+
+    def publish(self, manifest: BundleManifest, model_path: Path, selftest_inputs: np.ndarray,
+                selftest_outputs: np.ndarray, *, reference: dict[str, Any] | None = None,
+                metrics: dict[str, Any] | None = None) -> PublishedVariant:
+        """Register ``manifest.model:manifest.version`` if new, then publish this variant's signed bundle."""
+        if not any(v.version == manifest.version for v in self.registry.list_versions(manifest.model)):
+            self.registry.add_version(manifest.model, manifest.version)
+        return publish_variant(self.registry, self.store, self.tuf, manifest, model_path, selftest_inputs,
+                               selftest_outputs, reference=reference, metrics=metrics)
+
+    def deploy(self, model: str, version: str, device_ids: list[str], *, allow_downgrade: bool = False) -> Deployment:
+        """Create a deployment and send each device the order for its target's variant."""
+        if self.mqtt is None:
+            raise RuntimeError("hub is not started")
+        deployment, chosen = self.registry.create_deployment(model, version, device_ids,
+                                                             allow_downgrade=allow_downgrade)
+        for device_id, variant in chosen.items():
+            order = self.mqtt.order_for(deployment.id, variant.bundle_sha256, model=model, version=version,
+                                        target=variant.target, tuf_target=variant.tuf_target,
+                                        allow_downgrade=allow_downgrade)
+            self.mqtt.send_deployment(device_id, order)
+        return deployment
+
+    def on_update_event(self, listener: Any) -> Any:
+        """Call ``listener(event)`` for every device update event; return a function that removes it."""
+        self._event_listeners.append(listener)
+        return lambda: self._event_listeners.remove(listener)
+
+    def wait_deployment(self, deployment_id: str, timeout_s: float) -> dict[str, str]:
+        """Block until every device of the deployment finished (done or failed); return state per device."""
+        deadline = time.monotonic() + timeout_s
+
+        def states() -> dict[str, str]:
+            return {row.device_id: row.state for row in self.registry.deployment_devices(deployment_id)}
+
+        with self._progress:
+            while True:
+                current = states()
+                remaining = deadline - time.monotonic()
+                if all(s in TERMINAL_STATES for s in current.values()) or remaining <= 0:
+                    return current
+                self._progress.wait(remaining)
+
+    def _dispatch_event(self, event: UpdateEvent) -> None:
+        for listener in list(self._event_listeners):
+            listener(event)
+        with self._progress:
+            self._progress.notify_all()
+
+    def _check_credentials(self, username: str, password: str) -> bool:
+        if username == HUB_USERNAME:
+            return secrets.compare_digest(password, self.hub_secret)
+        return self.registry.check_device_secret(username, password)
+
+    def _load_or_create_secret(self) -> str:
+        path = self.settings.data_dir / "hub.secret"
+        if path.exists():
+            return path.read_text().strip()
+        secret = secrets.token_urlsafe(32)
+        path.touch(mode=0o600)
+        path.write_text(secret)
+        return secret
