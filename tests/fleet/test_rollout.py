@@ -686,3 +686,16 @@ def test_transition_table_is_closed_and_final_states_are_final() -> None:
     assert TRANSITIONS[(RolloutState.WAVE_RUNNING, Event.FAILURE_THRESHOLD)] == RolloutState.ABORTING
     assert TRANSITIONS[(RolloutState.GATE, Event.GATE_FAIL)] == RolloutState.ABORTING
     assert TRANSITIONS[(RolloutState.GATE, Event.GATE_EXHAUSTED)] == RolloutState.PAUSED
+
+
+def test_a_real_canary_report_is_a_gate_input() -> None:
+    from fleet.canary import analyse_canary
+
+    report = analyse_canary([], [])  # no telemetry at all: inconclusive, saying why
+    fleet = mixed_fleet(FLEET)
+    snapshot = new_rollout("r27", plan(gate=GateSpec(after="canary")), VARIANTS, now=T0)
+    snapshot, now = drive(snapshot, fleet, until=lambda s: s.state == RolloutState.GATE)
+    snapshot, actions = step(snapshot, now, fleet.statuses(now), gate_verdict=report)
+    assert snapshot.state == RolloutState.GATE and snapshot.gate is not None
+    assert snapshot.gate.reasons == list(report.reasons) and report.reasons
+    assert [a.event for a in actions if isinstance(a, StateChanged)] == [Event.GATE_INCONCLUSIVE]
