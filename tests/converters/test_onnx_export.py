@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from converter_models import TinyCNN, TinyEncoder, mystery_model  # noqa: E402
+from tests.converters.converter_models import TinyCNN, TinyEncoder, mystery_model  # noqa: E402
 
 from converters import ConversionError, UnsupportedOperatorError, export_onnx  # noqa: E402
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import GatedBackend, sample
+from tests.hub.serving.conftest import GatedBackend, sample
 
 from hub.serving import (
     BackendError,
@@ -49,7 +49,9 @@ def test_requests_are_merged_into_one_batch_and_split_back(metrics: ServingMetri
 
     async def body(b: DynamicBatcher) -> list[dict[str, np.ndarray]]:
         # the batch can only leave when it holds 4 rows (the delay is far longer than the test)
-        return await asyncio.gather(*(b.submit(rows(1, start=10 * i)) for i in range(3)), b.submit(rows(1, 99)))
+        return await asyncio.gather(
+            *(b.submit(rows(1, start=10 * i)) for i in range(3)), b.submit(rows(1, 99))
+        )
 
     results = run(backend, metrics, body, max_batch_size=4, max_queue_delay_ms=30_000)
     assert backend.batches == [4]

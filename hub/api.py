@@ -1,0 +1,116 @@
+"""The hub's REST API (FastAPI): models, versions, variants, devices, deployments, health.
+
+Errors: every `hub.errors.HubError` is answered with its ``status_code`` by one handler.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from hub.errors import HubError, NotFoundError
+from hub.service import Hub
+
+
+class VersionIn(BaseModel):
+    """A new model version."""
+
+    version: str = Field(examples=["1.2.0"])
+    notes: str = ""
+
+
+class DeviceIn(BaseModel):
+    """A device to provision."""
+
+    device_id: str
+    target: str
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class DeploymentIn(BaseModel):
+    """Bring devices to a model version."""
+
+    model: str
+    version: str
+    device_ids: list[str] = Field(min_length=1)
+    allow_downgrade: bool = False
+
+
+def create_app(hub: Hub) -> FastAPI:
+    """The REST application bound to a started ``hub``."""
+    app = FastAPI(title="EdgeFleet hub", version="1", description="Models, variants, devices and deployments.")
+    registry = hub.registry
+
+    @app.exception_handler(HubError)
+    async def _hub_error(_request: Request, exc: HubError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code, content={"error": type(exc).__name__, "detail": str(exc)})
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        """Liveness plus the state of the broker connection and database."""
+        return {"status": "ok", "broker_connected": bool(hub.broker and hub.broker.connected),
+                "devices": len(registry.list_devices()), "telemetry_batches": registry.telemetry_count()}
+
+    @app.get("/models")
+    def models() -> list[dict[str, Any]]:
+        """All models with their versions (highest first)."""
+        return [{"name": m.name, "description": m.description,
+                 "versions": [v.version for v in registry.list_versions(m.name)]} for m in registry.list_models()]
+
+    @app.post("/models/{name}/versions", status_code=201)
+    def add_version(name: str, body: VersionIn) -> dict[str, Any]:
+        """Register a semver version."""
+        row = registry.add_version(name, body.version, body.notes)
+        return {"model": name, "version": row.version}
+
+    @app.get("/models/{name}/versions")
+    def versions(name: str) -> list[dict[str, Any]]:
+        """Versions of one model."""
+        rows = registry.list_versions(name)
+        if not rows:
+            raise NotFoundError(f"model {name} has no versions")
+        return [{"version": v.version, "notes": v.notes, "created_at": v.created_at} for v in rows]
+
+    @app.get("/models/{name}/versions/{version}/variants")
+    def variants(name: str, version: str) -> list[dict[str, Any]]:
+        """Per-target variants of one version."""
+        return [v.model_dump(exclude={"id", "version_id"}) for v in registry.list_variants(name, version)]
+
+    @app.get("/devices")
+    def devices() -> list[dict[str, Any]]:
+        """Inventory (credentials never included)."""
+        return [d.model_dump(exclude={"credential_hash"}) for d in registry.list_devices()]
+
+    @app.post("/devices", status_code=201)
+    def provision(body: DeviceIn) -> dict[str, Any]:
+        """Provision a device; the secret appears only in this answer, with the TUF trust root."""
+        device, secret = registry.provision_device(body.device_id, body.target, body.labels)
+        return {"device_id": device.id, "target": device.target, "secret": secret,
+                "trust_root": hub.tuf.trusted_root().decode()}
+
+    @app.get("/devices/{device_id}")
+    def device(device_id: str) -> dict[str, Any]:
+        """One device."""
+        return registry.get_device(device_id).model_dump(exclude={"credential_hash"})
+
+    @app.post("/deployments", status_code=201)
+    def deploy(body: DeploymentIn) -> dict[str, Any]:
+        """Send a version to devices (each gets its target's variant)."""
+        deployment = hub.deploy(body.model, body.version, body.device_ids, allow_downgrade=body.allow_downgrade)
+        return deployment.model_dump()
+
+    @app.get("/deployments")
+    def deployments() -> list[dict[str, Any]]:
+        """All deployments, newest first."""
+        return [d.model_dump() for d in registry.list_deployments()]
+
+    @app.get("/deployments/{deployment_id}")
+    def deployment(deployment_id: str) -> dict[str, Any]:
+        """A deployment with per-device progress."""
+        row = registry.get_deployment(deployment_id)
+        return {**row.model_dump(), "devices": [d.model_dump() for d in registry.deployment_devices(deployment_id)]}
+
+    return app
