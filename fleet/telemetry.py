@@ -333,13 +333,27 @@ def merge_sketches(
 
 
 def sketch_items(sketch: kll_floats_sketch) -> tuple[np.ndarray, np.ndarray]:
-    """The sketch's retained items (sorted, float64) and their integer weights. The weights sum to ``n``;
-    while the sketch is not in estimation mode the items are exactly the values it was fed."""
-    pairs = list(sketch)
-    if not pairs:
+    """The sketch's retained items (sorted, float64) and their integer weights, which sum to ``n``; while
+    the sketch is not in estimation mode the items are exactly the values it was fed.
+
+    Read from the serialised form: the Python binding's iterator reports weight 1 for every item of some
+    merged sketches (datasketches 5.x), which would silently distort every statistic built on it.
+    """
+    raw = sketch.serialize()
+    flags = raw[3]
+    if flags & _FLAG_EMPTY:
         return np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
-    items = np.fromiter((p[0] for p in pairs), dtype=np.float64, count=len(pairs))
-    weights = np.fromiter((p[1] for p in pairs), dtype=np.int64, count=len(pairs))
+    if flags & _FLAG_SINGLE_ITEM:
+        return np.frombuffer(raw, dtype="<f4", count=1, offset=8).astype(np.float64), np.ones(
+            1, dtype=np.int64
+        )
+    num_levels = raw[18]
+    k, m = struct.unpack_from("<H", raw, 4)[0], raw[6]
+    levels = np.array(
+        [*struct.unpack_from(f"<{num_levels}I", raw, 20), _kll_total_capacity(k, m, num_levels)]
+    )
+    items = np.frombuffer(raw, dtype="<f4", offset=20 + 4 * num_levels + 8).astype(np.float64)
+    weights = np.repeat(np.left_shift(1, np.arange(num_levels, dtype=np.int64)), np.diff(levels))
     order = np.argsort(items, kind="stable")
     return items[order], weights[order]
 
