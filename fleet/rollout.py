@@ -459,7 +459,7 @@ def step(
 
     ``snapshot`` is not modified. A ``command`` not allowed in the current state raises `RolloutError`.
     """
-    engine = _Engine(snapshot.model_copy(deep=True), now)
+    engine = _Engine(_private_copy(snapshot), now)
     try:
         parsed = Command(command) if command is not None else None
     except ValueError:
@@ -468,6 +468,17 @@ def step(
         ) from None
     engine.run(list(devices), gate_verdict, parsed)
     return StepResult(engine.s, engine.actions)
+
+
+def _private_copy(snapshot: RolloutSnapshot) -> RolloutSnapshot:
+    """A copy ``step`` may mutate: the records and the gate are copied, immutable parts are shared.
+
+    (Plan and variants are frozen; lists such as ``history`` are replaced, never changed in place.)
+    """
+    copy = snapshot.model_copy()
+    copy.devices = {device_id: record.model_copy() for device_id, record in snapshot.devices.items()}
+    copy.gate = snapshot.gate.model_copy() if snapshot.gate is not None else None
+    return copy
 
 
 def allowed_commands(snapshot: RolloutSnapshot) -> list[Command]:
