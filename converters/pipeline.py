@@ -120,6 +120,7 @@ class Int8StaticStep(_Step):
     per_channel: bool = True
     nodes_to_exclude: tuple[str, ...] = ()
     exclude_first_last: bool = False
+    activation_type: Literal["int8", "uint8"] = "uint8"
     max_calibration_samples: int = Field(128, ge=1)
 
 
@@ -155,6 +156,7 @@ class CoreMLQuantizeStep(_Step):
     accepts: tuple[Format, ...] = ("coreml",)
     mode: Literal["linear_symmetric", "linear"] = "linear_symmetric"
     granularity: Literal["per_tensor", "per_channel"] = "per_channel"
+    weight_threshold: int = Field(0, ge=0)
 
 
 class CoreMLPalettizeStep(_Step):
@@ -164,6 +166,7 @@ class CoreMLPalettizeStep(_Step):
     accepts: tuple[Format, ...] = ("coreml",)
     nbits: Literal[1, 2, 3, 4, 6, 8] = 6
     mode: Literal["kmeans", "uniform"] = "kmeans"
+    weight_threshold: int = Field(0, ge=0)
 
 
 Step = Annotated[

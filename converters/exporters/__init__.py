@@ -1,0 +1,1 @@
+"""Exporters: one module per runtime format, each implementing the `Exporter` protocol."""
