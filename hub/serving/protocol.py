@@ -65,10 +65,10 @@ def parse_request(body: bytes, header_length: int | None) -> tuple[InferRequest,
         head, tail = body[:header_length], memoryview(body)[header_length:]
     try:
         request = InferRequest.model_validate(json.loads(head))
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise InvalidInputError(f"request is not valid JSON: {exc}") from exc
-    except ValidationError as exc:
+    except ValidationError as exc:  # before ValueError: it is one
         raise InvalidInputError(f"request does not follow the V2 schema: {_first_error(exc)}") from exc
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InvalidInputError(f"request is not valid JSON: {exc}") from exc
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for item in request.inputs:

@@ -58,7 +58,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
 
     def reference(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return model(torch.from_numpy(x)).numpy()  # type: ignore[no-any-return]
+            return np.asarray(model(torch.from_numpy(x)).numpy())
 
     return TinyModels(onnx_path, ts_path, pt2_path, reference)
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.hub.serving.conftest import IN_FEATURES, OUT_FEATURES, TinyModels
 from pydantic import ValidationError
 
 from hub.serving import BackendError, ModelSpec, TensorSpec, load_backend
 from hub.serving.backends.ort import CPU, CUDA, choose_providers
+from tests.hub.serving.conftest import IN_FEATURES, OUT_FEATURES, TinyModels
 
 X = np.random.default_rng(0).standard_normal((3, IN_FEATURES)).astype(np.float32)
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.hub.serving.conftest import GatedBackend, sample
 
 from hub.serving import (
     BackendError,
@@ -20,6 +19,7 @@ from hub.serving import (
     OverloadedError,
     ServingMetrics,
 )
+from tests.hub.serving.conftest import GatedBackend, sample
 
 
 def rows(n: int, start: float = 0.0, width: int = 2) -> dict[str, np.ndarray]:
@@ -105,7 +105,7 @@ def test_requests_with_different_row_shapes_are_not_merged(metrics: ServingMetri
     backend = GatedBackend()
 
     async def body(b: DynamicBatcher) -> list[dict[str, np.ndarray]]:
-        return await asyncio.gather(b.submit(rows(1)), b.submit(rows(1, width=3)), b.submit(rows(1)))
+        return list(await asyncio.gather(b.submit(rows(1)), b.submit(rows(1, width=3)), b.submit(rows(1))))
 
     results = run(backend, metrics, body, max_batch_size=2, max_queue_delay_ms=50)
     assert sorted(backend.batches) == [1, 2]
@@ -162,7 +162,7 @@ def test_backend_failure_fails_every_request_of_the_batch(metrics: ServingMetric
     backend = GatedBackend(fail=True)
 
     async def body(b: DynamicBatcher) -> list[Any]:
-        return await asyncio.gather(b.submit(rows(1)), b.submit(rows(1)), return_exceptions=True)
+        return list(await asyncio.gather(b.submit(rows(1)), b.submit(rows(1)), return_exceptions=True))
 
     results = run(backend, metrics, body, max_batch_size=2, max_queue_delay_ms=30_000)
     assert [type(r) for r in results] == [BackendError, BackendError]

@@ -7,18 +7,24 @@ import gzip
 import json
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from tests.hub.serving.conftest import IN_FEATURES, OUT_FEATURES, GatedBackend, TinyModels, fake_spec, running_server, sample
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from hub.serving import Backend, ModelSpec, StaticRepository, TensorSpec, create_app, load_backend
+from hub.serving import Backend, ModelSpec, StaticRepository, TensorSpec, create_app
+from tests.hub.serving.conftest import (
+    IN_FEATURES,
+    OUT_FEATURES,
+    GatedBackend,
+    TinyModels,
+    fake_spec,
+    running_server,
+    sample,
+)
 
 X = np.random.default_rng(1).standard_normal((2, IN_FEATURES)).astype(np.float32)
 
@@ -330,15 +336,13 @@ def test_default_timeout_comes_from_the_model_config(registry: CollectorRegistry
     assert response.status_code == 504
 
 
-def test_unload_lets_queued_work_finish(tiny_models: TinyModels, registry: CollectorRegistry) -> None:
+def test_unload_every_version_then_load_the_latest(
+    tiny_models: TinyModels, registry: CollectorRegistry
+) -> None:
     spec = ModelSpec(name="mlp", path=tiny_models.onnx)
-    other = replace(spec) if False else spec.model_copy(update={"version": "2"})
+    other = spec.model_copy(update={"version": "2"})
     with running_server(create_app([spec, other], registry=registry)) as base:
         assert _post(base, {}, "/v2/repository/models/mlp/unload").json()["unloaded"] == ["1", "2"]
         assert _post(base, infer_body(X), "/v2/models/mlp/infer").status_code == 404
         assert _post(base, {}, "/v2/repository/models/mlp/load").json()["version"] == "2"
         assert _post(base, infer_body(X), "/v2/models/mlp/infer").status_code == 200
-
-
-def _unused(path: Path) -> None:  # keeps load_backend imported for type checkers of loaders
-    load_backend

@@ -12,6 +12,8 @@ from hub.serving import InvalidInputError
 from hub.serving.protocol import encode_response, parse_request, requested_outputs
 from hub.serving.tensors import from_binary, from_json, numpy_dtype, to_binary, to_json_data, v2_datatype
 
+X0 = {"name": "x", "datatype": "FP32", "shape": [1], "data": [0]}
+
 
 @pytest.mark.parametrize("datatype", ["BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64"])
 def test_numeric_tensors_round_trip_through_json_and_binary(datatype: str) -> None:
@@ -107,16 +109,13 @@ def test_malformed_requests_are_invalid_input(body: bytes) -> None:
 
 
 def test_timeout_parameter_is_in_microseconds() -> None:
-    body = b'{"parameters": {"timeout": 250000}, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [0]}]}'
-    request, _ = parse_request(body, None)
+    body = {"parameters": {"timeout": 250000}, "inputs": [X0]}
+    request, _ = parse_request(json.dumps(body).encode(), None)
     assert request.timeout_s() == pytest.approx(0.25)
 
 
 def test_unknown_requested_output_is_invalid() -> None:
-    request, _ = parse_request(
-        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [0]}], "outputs": [{"name": "q"}]}',
-        None,
-    )
+    request, _ = parse_request(json.dumps({"inputs": [X0], "outputs": [{"name": "q"}]}).encode(), None)
     with pytest.raises(InvalidInputError, match="unknown output"):
         requested_outputs(request, ["y"])
 
