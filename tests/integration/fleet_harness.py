@@ -1,0 +1,93 @@
+"""A hub with in-process agents on a real broker, and a published digits model, for integration tests."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agent.config import AgentConfig
+from agent.daemon import Agent
+from fleet.bundle import BundleManifest, Postprocess, Preprocess, SelfTest, TensorSpec
+from hub.bundles import PublishedVariant
+from hub.config import HubSettings
+from hub.demo_model import TrainedDigits
+from hub.service import Hub
+
+TARGET = "x86-onnx-cpu"
+
+
+def manifest_for(trained: TrainedDigits, version: str, *, atol: float = 1e-4) -> BundleManifest:
+    """The digits bundle manifest for ``version``."""
+    return BundleManifest(
+        model="digits", version=version, target=TARGET, runtime="onnxruntime", model_file="model.onnx",
+        input=TensorSpec(name="input", shape=[-1, 64]),
+        preprocess=Preprocess(kind="affine", mean=trained.mean.tolist(), std=trained.std.tolist()),
+        postprocess=Postprocess(labels=[str(i) for i in range(10)]), selftest=SelfTest(atol=atol))
+
+
+@dataclass
+class Harness:
+    """Hub plus agents; everything stopped by `close`."""
+
+    hub: Hub
+    root: Path
+    trained: TrainedDigits
+    agents: list[Agent] = field(default_factory=list)
+    prefix: str = field(default_factory=lambda: f"it-{uuid.uuid4().hex[:8]}")
+
+    def publish(self, version: str, *, golden_outputs: np.ndarray | None = None) -> PublishedVariant:
+        """Publish the digits model as ``version`` (optionally with wrong golden outputs)."""
+        outputs = self.trained.golden_logits if golden_outputs is None else golden_outputs
+        return self.hub.publish(manifest_for(self.trained, version), self.trained.onnx_path, self.trained.golden_x,
+                                outputs)
+
+    def agent(self, name: str, *, start: bool = True, **overrides: object) -> Agent:
+        """Provision a device and create (and by default start) its agent."""
+        device_id = f"{self.prefix}-{name}"
+        _, secret = self.hub.registry.provision_device(device_id, TARGET)
+        directory = self.root / device_id
+        directory.mkdir(parents=True)
+        (directory / "root.json").write_bytes(self.hub.tuf.trusted_root())
+        address = self.hub.broker_address
+        settings: dict[str, object] = {
+            "device_id": device_id, "target": TARGET, "broker_url": f"mqtt://{address.host}:{address.port}",
+            "password": secret, "data_dir": directory / "data", "trust_root": directory / "root.json",
+            "telemetry_interval_s": 3600, "chunk_timeout_s": 1.0, "download_timeout_s": 60,
+        }
+        settings.update(overrides)
+        agent = Agent(AgentConfig.model_validate(settings))
+        if start:
+            agent.start()
+        self.agents.append(agent)
+        return agent
+
+    def deploy(self, version: str, agents: list[Agent], *, allow_downgrade: bool = False,
+               timeout_s: float = 60.0) -> dict[str, str]:
+        """Deploy and wait for every agent to finish; return the hub's per-device states."""
+        deployment = self.hub.deploy("digits", version, [a.config.device_id for a in agents],
+                                     allow_downgrade=allow_downgrade)
+        for agent in agents:
+            agent.wait_for_deployment(deployment.id, timeout_s)
+        return self.hub.wait_deployment(deployment.id, timeout_s)
+
+    def detail(self, agent: Agent) -> str:
+        """The agent's last update detail."""
+        record = agent.updater.state.update if agent.updater else None
+        return record.detail if record else ""
+
+    def close(self) -> None:
+        """Stop agents, then the hub."""
+        for agent in self.agents:
+            agent.stop()
+        self.hub.stop()
+
+
+def start_hub(root: Path, broker_url: str | None, database_url: str | None = None) -> Hub:
+    """A started hub on the given broker (None: embedded) and database (None: SQLite)."""
+    hub = Hub(HubSettings(data_dir=root / "hub", broker_url=broker_url, database_url=database_url,
+                          chunk_size=4096, rebroadcast_window_s=0.5))
+    hub.start()
+    return hub
