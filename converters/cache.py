@@ -71,9 +71,7 @@ class StepCache:
             meta = json.loads((entry / "artifact.json").read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
-        artifact = Artifact(
-            entry, meta["main"], meta["format"], meta["precision"], tuple(meta["files"]), meta["meta"]
-        )
+        artifact = Artifact(entry, meta["main"], meta["format"], meta["precision"], tuple(meta["files"]), meta["meta"])
         if not all((entry / name).exists() for name in artifact.files):
             return None
         return artifact

@@ -107,11 +107,7 @@ def plan_variants(
         for step in plan.pipeline.steps:
             registry.check_available(step.type)
         runtime_module = registry.RUNTIME_MODULES.get(plan.target.runtime)
-        if (
-            runtime_module
-            and plan.target.runtime != "coreml"
-            and not registry.module_available(runtime_module)
-        ):
+        if runtime_module and plan.target.runtime != "coreml" and not registry.module_available(runtime_module):
             raise registry.MissingExtraError(f"{plan.target.runtime} runtime", runtime_module)
     return plans
 
@@ -168,9 +164,7 @@ def convert(
     evaluation = _as_dataset(eval, names)
     training = _as_dataset(train, names)
     calibration_data = calibration or evaluation or synthetic_dataset(source.examples, 64)
-    evaluation_data = (evaluation or calibration or synthetic_dataset(source.examples, 32, seed=1)).head(
-        eval_limit
-    )
+    evaluation_data = (evaluation or calibration or synthetic_dataset(source.examples, 32, seed=1)).head(eval_limit)
     notify("source", source.name, f"running the source on {len(evaluation_data)} evaluation samples")
     reference = source.reference(evaluation_data)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -212,9 +206,7 @@ def convert(
                 "kind": source.kind,
                 "path": str(source.path) if source.path else None,
                 "sha256": source.digest,
-                "inputs": {
-                    k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in source.examples.items()
-                },
+                "inputs": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in source.examples.items()},
                 "dynamic_axes": {k: dict(v) for k, v in source.dynamic_axes.items()},
             },
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -460,7 +452,8 @@ def _evaluate(run: _Run, plan: VariantPlan, artifact: Artifact, key: str) -> dic
         return cached
     runner = load_runner(plan.target, artifact, run.threads)
     try:
-        metrics = ReferenceEvaluator().evaluate(runner, run.reference, run.evaluation)
+        batch = 64 if artifact.meta.get("batch_dynamic", True) else 1
+        metrics = ReferenceEvaluator(batch).evaluate(runner, run.reference, run.evaluation)
     except ExecutionError as exc:
         exc.target = plan.target.name
         raise
@@ -475,9 +468,7 @@ def _measure(run: _Run, plan: VariantPlan, artifact: Artifact, key: str) -> dict
         return cached
     run.progress("step", plan.name, "measure")
     sample = run.evaluation.sample(0)
-    result = measure(
-        lambda: load_runner(plan.target, artifact, run.threads), sample, budget_s=run.measure_budget_s
-    )
+    result = measure(lambda: load_runner(plan.target, artifact, run.threads), sample, budget_s=run.measure_budget_s)
     run.cache.put_json(cache_key, result)
     return result
 
@@ -497,9 +488,7 @@ def _build_variant(run: _Run, plan: VariantPlan) -> VariantReport:
         except ConversionError as exc:
             if len(candidates) == 1:
                 raise
-            trials.append(
-                Trial(pipeline=pipeline.to_config(), quality_loss=None, within_budget=None, error=str(exc))
-            )
+            trials.append(Trial(pipeline=pipeline.to_config(), quality_loss=None, within_budget=None, error=str(exc)))
             continue
         executable, reason = executable_here(plan.target, artifact)
         if not executable:
@@ -567,9 +556,7 @@ def _build_variant(run: _Run, plan: VariantPlan) -> VariantReport:
         executed=True,
         within_budget=within,
         status="ok" if within else "out_of_budget",
-        reason=None
-        if within
-        else f"{metric_name} {loss:.4g} exceeds the budget {budget:.4g}; closest miss kept",
+        reason=None if within else f"{metric_name} {loss:.4g} exceeds the budget {budget:.4g}; closest miss kept",
         pipeline=pipeline.to_config(),
         steps=records,
         search=search,

@@ -32,8 +32,7 @@ class MissingExtraError(ConversionError):
 
     def __init__(self, step: str, module: str, extra: str = "convert") -> None:
         super().__init__(
-            f"step {step!r} needs the Python module {module!r}; install it with "
-            f"`pip install edgefleet[{extra}]`",
+            f"step {step!r} needs the Python module {module!r}; install it with `pip install edgefleet[{extra}]`",
             stage=step,
         )
         self.step = step

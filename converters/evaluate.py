@@ -52,5 +52,8 @@ def run_dataset(runner: RunnerFn, data: Dataset, batch_size: int = 64) -> np.nda
 class ReferenceEvaluator:
     """The default `Evaluator`: runs the variant over the data and compares with the source outputs."""
 
+    def __init__(self, batch_size: int = 64) -> None:
+        self.batch_size = batch_size
+
     def evaluate(self, runner: RunnerFn, reference: np.ndarray, data: Dataset) -> dict[str, Any]:
-        return compare(reference, run_dataset(runner, data), data.labels)
+        return compare(reference, run_dataset(runner, data, self.batch_size), data.labels)

@@ -85,10 +85,7 @@ def _export_dynamo(
     dynamic_shapes = None
     if axes:
         dynamic_shapes = tuple(
-            {
-                axis: dims.setdefault(label, torch.export.Dim(label))
-                for axis, label in axes.get(name, {}).items()
-            }
+            {axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.get(name, {}).items()}
             or None
             for name in input_names
         )
@@ -115,6 +112,12 @@ def _check_self_contained(path: Path, opset: int) -> None:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             raise ConversionError(f"exported ONNX file {path} references external data", stage="export")
     onnx.checker.check_model(model)
+
+
+def _set_mode(module: torch.nn.Module, *, training: bool) -> None:
+    """``module.train(training)``; modules unlifted from an ExportedProgram refuse it (and need none)."""
+    with contextlib.suppress(NotImplementedError):
+        module.train(training)
 
 
 def export_onnx(
@@ -154,7 +157,7 @@ def export_onnx(
     axes = _dynamic_axes(input_names, output_names, dynamic_batch, dynamic_axes)
     inputs = _widen_batch(tuple(example_inputs)) if dynamic_batch else tuple(example_inputs)
     was_training = module.training
-    module.eval()
+    _set_mode(module, training=False)
     fd, tmp_name = tempfile.mkstemp(suffix=".onnx.tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -177,7 +180,7 @@ def export_onnx(
             stage="export",
         ) from exc
     finally:
-        module.train(was_training)
+        _set_mode(module, training=was_training)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         for leftover in out.parent.glob(tmp.name + "*"):

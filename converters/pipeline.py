@@ -225,9 +225,7 @@ def parse_pipeline(config: Sequence[dict[str, Any] | _Step] | Pipeline) -> Pipel
     """Validate ``config`` (a list of step dicts) into a `Pipeline` or raise `PipelineConfigError`."""
     if isinstance(config, Pipeline):
         return config
-    raw = [
-        step.model_dump(exclude={"kind", "accepts"}) if isinstance(step, _Step) else step for step in config
-    ]
+    raw = [step.model_dump(exclude={"kind", "accepts"}) if isinstance(step, _Step) else step for step in config]
     for item in raw:
         if isinstance(item, dict) and ("kind" in item or "accepts" in item):
             raise PipelineConfigError("step fields 'kind' and 'accepts' are fixed by the step type")

@@ -116,9 +116,7 @@ class ConversionReport(BaseModel):
 
     def variant(self, target: str, precision: str | None = None) -> VariantReport:
         """The variant for ``target`` (and ``precision``; else the first successful one for it)."""
-        matches = [
-            v for v in self.variants if v.target == target and (precision is None or v.precision == precision)
-        ]
+        matches = [v for v in self.variants if v.target == target and (precision is None or v.precision == precision)]
         usable = [v for v in matches if v.path is not None]
         if not (usable or matches):
             raise KeyError(f"no variant for {target}" + (f"/{precision}" if precision else ""))

@@ -41,6 +41,7 @@ class SourceModel:
     dynamic_axes: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
     digest: str = ""
     history: tuple[str, ...] = ()
+    batch_dynamic: bool = True
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -69,6 +70,7 @@ class SourceModel:
 
     def reference(self, data: Dataset, batch_size: int = 64) -> np.ndarray:
         """Source outputs for every sample of ``data``."""
+        batch_size = batch_size if self.batch_dynamic else 1
         try:
             return np.concatenate([self.run(batch) for batch in data.batches(batch_size)])
         except Exception as exc:
@@ -131,9 +133,7 @@ def from_module(
 ) -> SourceModel:
     """A source from an ``nn.Module`` and example inputs (tensors or arrays, batch first)."""
     arrays = _as_numpy(example_inputs)
-    names = tuple(
-        input_names or (["input"] if len(arrays) == 1 else [f"input_{i}" for i in range(len(arrays))])
-    )
+    names = tuple(input_names or (["input"] if len(arrays) == 1 else [f"input_{i}" for i in range(len(arrays))]))
     if len(names) != len(arrays):
         raise InvalidSourceError(f"{len(arrays)} example inputs but {len(names)} input names")
     module.eval()
@@ -159,9 +159,7 @@ def load_source(path: Path, *, examples: Dataset | None = None) -> SourceModel:
         raise InvalidSourceError(f"source model {path} does not exist")
     kind = SOURCE_SUFFIXES.get(path.suffix.lower())
     if kind is None:
-        raise InvalidSourceError(
-            f"{path}: unknown model format; expected one of {', '.join(SOURCE_SUFFIXES)}"
-        )
+        raise InvalidSourceError(f"{path}: unknown model format; expected one of {', '.join(SOURCE_SUFFIXES)}")
     try:
         if kind == "exported":
             return _load_exported(path, examples)
@@ -194,11 +192,14 @@ def _load_exported(path: Path, examples: Dataset | None) -> SourceModel:
     ]
     nodes = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
     axes: dict[str, dict[int, str]] = {}
+    batch_dynamic = True
     for name in placeholders:
         value = nodes[name].meta.get("val")
         for axis, size in enumerate(getattr(value, "shape", ())):
             if axis > 0 and isinstance(size, torch.SymInt):
-                axes.setdefault(name, {})[axis] = str(size)
+                axes.setdefault(name, {})[axis] = f"dim{axis}_{name}"
+            if axis == 0 and not isinstance(size, torch.SymInt):
+                batch_dynamic = False
     if examples is not None:
         example = _first_sample(examples, placeholders, path)
     elif program.example_inputs:
@@ -214,6 +215,7 @@ def _load_exported(path: Path, examples: Dataset | None) -> SourceModel:
         path=path,
         dynamic_axes=axes,
         digest=file_digest(path),
+        batch_dynamic=batch_dynamic,
     )
 
 

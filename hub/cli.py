@@ -17,6 +17,7 @@ app = typer.Typer(
 COMMAND_MODULES: tuple[str, ...] = (
     "hub.cli_hub",
     "hub.cli_serve",
+    "hub.cli_convert",
 )
 
 

@@ -38,13 +38,16 @@ def export_program(source: SourceModel, *, dynamic: bool = True, batch_one: bool
         examples = tuple(t[:1] for t in examples)
     shapes = None
     if dynamic:
-        examples = _widen_batch(examples)
+        batch = {0: "batch"} if source.batch_dynamic else {}
+        if source.batch_dynamic:
+            examples = _widen_batch(examples)
         dims: dict[str, Any] = {}
         shapes = tuple(
             {
                 axis: dims.setdefault(label, torch.export.Dim(label))
-                for axis, label in {0: "batch", **dict(source.dynamic_axes.get(name, {}))}.items()
+                for axis, label in {**batch, **dict(source.dynamic_axes.get(name, {}))}.items()
             }
+            or None
             for name in source.input_names
         )
     module = source.module
@@ -135,6 +138,7 @@ def captured_stderr() -> Iterator[list[str]]:
 def io_meta(source: SourceModel, **extra: Any) -> dict[str, Any]:
     """Artifact metadata describing the model's inputs and outputs."""
     meta: dict[str, Any] = {
+        "batch_dynamic": source.batch_dynamic,
         "input_names": list(source.input_names),
         "input_dtypes": [str(a.dtype) for a in source.examples.values()],
         "output_names": list(source.output_names),

@@ -66,9 +66,7 @@ def _convert_int8(
         sample = data.sample(index)
         prepared(*(torch.from_numpy(np.ascontiguousarray(sample[n])) for n in model.input_names))
     converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
-    return litert_torch.convert(
-        converted, examples, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)
-    )
+    return litert_torch.convert(converted, examples, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
 
 
 def _io_quantization(path: Path) -> dict[str, Any]:

@@ -36,7 +36,7 @@ class OnnxExporter:
                 opset=self.config.opset,
                 input_names=model.input_names,
                 output_names=model.output_names,
-                dynamic_batch=True,
+                dynamic_batch=model.batch_dynamic,
                 dynamic_axes=model.dynamic_axes,
                 target=target.name,
             )

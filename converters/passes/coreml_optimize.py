@@ -41,9 +41,7 @@ class CoreMLQuantizePass:
                 granularity=self.config.granularity,
                 weight_threshold=self.config.weight_threshold,
             )
-            return cto.coreml.linear_quantize_weights(
-                mlmodel, cto.coreml.OptimizationConfig(global_config=op_config)
-            )
+            return cto.coreml.linear_quantize_weights(mlmodel, cto.coreml.OptimizationConfig(global_config=op_config))
 
         files = _compress(artifact, out, "coreml_quantize", self.context.target.name, apply)
         meta = dict(artifact.meta, weights="int8", quantization=self.config.mode)
@@ -64,9 +62,7 @@ class CoreMLPalettizePass:
             op_config = cto.coreml.OpPalettizerConfig(
                 nbits=self.config.nbits, mode=self.config.mode, weight_threshold=self.config.weight_threshold
             )
-            return cto.coreml.palettize_weights(
-                mlmodel, cto.coreml.OptimizationConfig(global_config=op_config)
-            )
+            return cto.coreml.palettize_weights(mlmodel, cto.coreml.OptimizationConfig(global_config=op_config))
 
         files = _compress(artifact, out, "coreml_palettize", self.context.target.name, apply)
         meta = dict(artifact.meta, weights=f"palettized-{self.config.nbits}bit")

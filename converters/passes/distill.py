@@ -11,9 +11,7 @@ from converters.source import SourceModel, module_digest
 from converters.types import StepContext
 
 
-def distillation_loss(
-    student_logits: Any, teacher_logits: Any, labels: Any, temperature: float, alpha: float
-) -> Any:
+def distillation_loss(student_logits: Any, teacher_logits: Any, labels: Any, temperature: float, alpha: float) -> Any:
     """``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels)``.
 
     Without labels the loss is the distillation term alone.

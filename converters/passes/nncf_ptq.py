@@ -37,9 +37,7 @@ class NNCFPass:
                     ]
                     ignored = nncf.IgnoredScope(names=matmuls[-1:])
                 preset = (
-                    nncf.QuantizationPreset.MIXED
-                    if config.preset == "mixed"
-                    else nncf.QuantizationPreset.PERFORMANCE
+                    nncf.QuantizationPreset.MIXED if config.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE
                 )
                 kwargs = {"model_type": nncf.ModelType.TRANSFORMER} if config.transformer else {}
                 quantized = nncf.quantize(

@@ -50,9 +50,7 @@ class Int8DynamicPass:
                 target=self.context.target.name,
                 stage="int8_dynamic",
             ) from exc
-        return _onnx_artifact(
-            artifact, out, "int8", quantization="dynamic", per_channel=self.config.per_channel
-        )
+        return _onnx_artifact(artifact, out, "int8", quantization="dynamic", per_channel=self.config.per_channel)
 
 
 class Int8StaticPass:
@@ -76,9 +74,7 @@ class Int8StaticPass:
             excluded += [n for n in first_last_compute_nodes(artifact.path) if n not in excluded]
         data = self.context.calibration.head(config.max_calibration_samples)
         names = list(artifact.meta.get("input_names", data.inputs.keys()))
-        extra: dict[str, Any] = (
-            {"CalibPercentile": config.percentile} if config.calibration == "percentile" else {}
-        )
+        extra: dict[str, Any] = {"CalibPercentile": config.percentile} if config.calibration == "percentile" else {}
         activation = QuantType.QUInt8 if config.activation_type == "uint8" else QuantType.QInt8
         with tempfile.TemporaryDirectory(dir=out) as scratch:
             source = Path(scratch) / "prepared.onnx"

@@ -15,9 +15,7 @@ def prunable(module: Any) -> list[tuple[Any, str]]:
     """(layer, "weight") pairs for every Linear and Conv layer of ``module``."""
     from torch import nn
 
-    return [
-        (m, "weight") for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
-    ]
+    return [(m, "weight") for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
 
 
 def sparsity(module: Any) -> float:
