@@ -52,7 +52,9 @@ class ServableModel:
         expected = spec.shape[1:]
         if batch.ndim == len(expected):
             batch = batch[None, ...]
-        if batch.ndim != len(spec.shape) or any(e not in (-1, g) for e, g in zip(expected, batch.shape[1:], strict=True)):
+        dims_ok = batch.ndim == len(spec.shape) and all(
+            e in (-1, g) for e, g in zip(expected, batch.shape[1:], strict=True))
+        if not dims_ok:
             raise InferenceError(f"input shape {list(batch.shape)} does not match model input {spec.shape}")
         if self.manifest.preprocess.kind == "affine":
             batch = (batch * self.manifest.preprocess.scale - self._mean) / self._std

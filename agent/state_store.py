@@ -63,7 +63,8 @@ class StateStore:
         except FileNotFoundError:
             return AgentState()
         except (ValidationError, ValueError) as exc:
-            raise AgentError(f"agent state file {self.path} is unreadable: {exc}; move it aside to start clean") from exc
+            raise AgentError(
+                f"agent state file {self.path} is unreadable: {exc}; move it aside to start clean") from exc
 
     def save(self, state: AgentState) -> None:
         """Persist atomically."""

@@ -212,8 +212,7 @@ def _print_table(report: Any, out: Path) -> None:
     for v in report.variants:
         size = None if v.size_bytes is None else v.size_bytes / 1024
         table.add_row(
-            v.target,
-            v.precision,
+            v.name,
             f"[{styles[v.status]}]{v.status}[/]",
             fmt(size, 4),
             fmt(v.max_abs_error),
@@ -224,7 +223,7 @@ def _print_table(report: Any, out: Path) -> None:
             fmt(v.executed),
             fmt(v.within_budget),
         )
-    console = Console()
+    console = Console(width=max(Console().width, 120))
     console.print(table)
     for v in report.variants:
         if v.reason or v.error:

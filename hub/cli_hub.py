@@ -59,22 +59,22 @@ def register(app: typer.Typer) -> None:
         typer.echo(json.dumps({"device_id": device_id, "target": target, "secret": secret}))
 
     @devices_app.command("list")
-    def list_devices(data_dir: Path = typer.Option(Path("var/hub")), as_json: bool = typer.Option(False, "--json")) -> None:
+    def list_devices(data_dir: Path = typer.Option(Path("var/hub")),
+                     as_json: bool = typer.Option(False, "--json")) -> None:
         """List devices with target, labels, online status and installed version."""
         from hub.registry import Database, Registry
 
         registry = Registry(Database(HubSettings(data_dir=data_dir).resolved_database_url()))
-        rows = [{"id": d.id, "target": d.target, "labels": d.labels, "online": d.online,
-                 "model": d.active_model, "version": d.active_version, "update_state": d.update_state}
-                for d in registry.list_devices()]
+        devices = registry.list_devices()
         if as_json:
+            rows = [d.model_dump(exclude={"credential_hash"}) for d in devices]
             typer.echo(json.dumps(rows, indent=2))
             return
         table = Table("device", "target", "labels", "online", "model:version", "update")
-        for row in rows:
-            table.add_row(row["id"], row["target"], ",".join(f"{k}={v}" for k, v in row["labels"].items()),
-                          "yes" if row["online"] else "no", f"{row['model']}:{row['version']}" if row["model"] else "-",
-                          row["update_state"])
+        for d in devices:
+            installed = f"{d.active_model}:{d.active_version}" if d.active_model else "-"
+            table.add_row(d.id, d.target, ",".join(f"{k}={v}" for k, v in d.labels.items()),
+                          "yes" if d.online else "no", installed, d.update_state)
         Console().print(table)
 
     @app.command("demo")

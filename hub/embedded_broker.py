@@ -77,8 +77,9 @@ try:  # the plugins subclass amqtt's bases; amqtt is a hub dependency
             if topic is None or topic.startswith("$SYS"):
                 return False
             username = session.username if session else None
-            access = "write" if action == Action.PUBLISH else "read"
-            return allowed(_rules_for(username), access, topic)
+            if action == Action.PUBLISH:
+                return allowed(_rules_for(username), "write", topic)
+            return allowed(_rules_for(username), "read", topic)
 
     _AMQTT_ERROR: str | None = None
 except ImportError as exc:  # pragma: no cover - only without the hub extra

@@ -34,6 +34,12 @@ def parse_semver(version: str) -> semver.Version:
         raise InvalidRequestError(f"version {version!r} is not semantic versioning (MAJOR.MINOR.PATCH): {exc}") from exc
 
 
+def _id(value: int | None) -> int:
+    if value is None:  # rows read back from the database always have their key
+        raise ConflictError("row has no primary key yet")
+    return value
+
+
 class Registry:
     """Models, versions, variants, devices, deployments and telemetry records."""
 
@@ -63,7 +69,7 @@ class Registry:
         model = self.ensure_model(model_name)
         try:
             with self.db.session() as session:
-                row = ModelVersion(model_id=model.id, version=str(parsed), major=parsed.major, minor=parsed.minor,
+                row = ModelVersion(model_id=_id(model.id), version=str(parsed), major=parsed.major, minor=parsed.minor,
                                    patch=parsed.patch, prerelease=parsed.prerelease or "", notes=notes)
                 session.add(row)
                 session.flush()
@@ -100,7 +106,7 @@ class Registry:
         version_row = self.get_version(model_name, version)
         try:
             with self.db.session() as session:
-                row = Variant(version_id=version_row.id, target=target, runtime=runtime, precision=precision,
+                row = Variant(version_id=_id(version_row.id), target=target, runtime=runtime, precision=precision,
                               artifact_sha256=artifact_sha256, size_bytes=size_bytes, bundle_sha256=bundle_sha256,
                               bundle_size=bundle_size, tuf_target=tuf_target, metrics=metrics or {})
                 session.add(row)
@@ -261,7 +267,7 @@ class Registry:
 
     def telemetry_batches(self, model_name: str | None = None, version: str | None = None) -> list[TelemetryBatch]:
         """Stored batches, optionally for one model version, oldest first."""
-        query = select(TelemetryRecord).order_by(TelemetryRecord.window_end)
+        query = select(TelemetryRecord).order_by(col(TelemetryRecord.window_end))
         if model_name is not None:
             query = query.where(TelemetryRecord.model == model_name)
         if version is not None:

@@ -11,9 +11,8 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from tests.converters.converter_models import TinyCNN, TinyEncoder, mystery_model  # noqa: E402
-
 from converters import ConversionError, UnsupportedOperatorError, export_onnx  # noqa: E402
+from tests.converters.converter_models import TinyCNN, TinyEncoder, mystery_model  # noqa: E402
 
 
 def test_cnn_export_is_self_contained_with_dynamic_batch(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ def test_chunk_frames_round_trip_and_detect_corruption() -> None:
     decoded = decode_chunk(frame)
     assert (decoded.index, decoded.count, decoded.data) == (2, 5, b"hello world")
     corrupt = frame[:-1] + bytes([frame[-1] ^ 1])
-    with pytest.raises(ProtocolError, match="chunk 2 .* is corrupt"):
+    with pytest.raises(ProtocolError, match=r"chunk 2 .* is corrupt"):
         decode_chunk(corrupt)
     with pytest.raises(ProtocolError, match="bad magic"):
         decode_chunk(b"XXXX" + frame[4:])

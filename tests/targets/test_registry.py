@@ -24,5 +24,5 @@ def test_required_hardware_classes_exist() -> None:
 
 
 def test_unknown_target_lists_the_known_ones() -> None:
-    with pytest.raises(UnknownTargetError, match="unknown target 'toaster'; known targets: .*rpi4-arm64"):
+    with pytest.raises(UnknownTargetError, match=r"unknown target 'toaster'; known targets: .*rpi4-arm64"):
         get_target("toaster")
