@@ -43,9 +43,7 @@ class TinyEncoder(nn.Module):
     def __init__(self, dim: int = 32, heads: int = 2, layers: int = 1) -> None:
         super().__init__()
         self.embed = nn.Embedding(self.vocab, dim)
-        layer = nn.TransformerEncoderLayer(
-            dim, heads, dim * 2, dropout=0.0, activation="gelu", batch_first=True
-        )
+        layer = nn.TransformerEncoderLayer(dim, heads, dim * 2, dropout=0.0, activation="gelu", batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, 4)
