@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from hub.api_rollouts import create_rollouts_router
 from hub.errors import HubError, NotFoundError
 from hub.service import Hub
 
@@ -113,4 +114,5 @@ def create_app(hub: Hub) -> FastAPI:
         row = registry.get_deployment(deployment_id)
         return {**row.model_dump(), "devices": [d.model_dump() for d in registry.deployment_devices(deployment_id)]}
 
+    app.include_router(create_rollouts_router(hub))
     return app

@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hub.cli_hub",
     "hub.cli_serve",
     "hub.cli_convert",
+    "hub.cli_rollout",
     "hub.cli_monitor",
 )
 

@@ -7,7 +7,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from hub.mqtt_service import HubMqtt
 from hub.registry import Database, Deployment, Registry
 from hub.store import ArtifactStore
 from hub.tuf_repo import TufRepository
+
+if TYPE_CHECKING:
+    from hub.rollouts import RolloutManager
 
 log = logging.getLogger(__name__)
 TERMINAL_STATES = frozenset({"done", "failed"})
@@ -45,6 +48,7 @@ class Hub:
         self.mqtt: HubMqtt | None = None
         self._event_listeners: list[Any] = []
         self._progress = threading.Condition()
+        self.rollouts: RolloutManager | None = None  # hub/rollouts.py, started last, stopped first
 
     @property
     def broker_address(self) -> BrokerAddress:
@@ -73,9 +77,16 @@ class Hub:
                             chunk_size=self.settings.chunk_size,
                             rebroadcast_window_s=self.settings.rebroadcast_window_s, on_event=self._dispatch_event)
         self.mqtt.start()
+        from hub.rollouts import RolloutManager  # rollouts: persisted in the DB, ticked on a timer and events
+
+        self.rollouts = RolloutManager.for_hub(self)
+        self.rollouts.start()
 
     def stop(self) -> None:
         """Stop in reverse order; safe to call twice."""
+        if self.rollouts is not None:
+            self.rollouts.stop()
+            self.rollouts = None
         if self.mqtt is not None:
             self.mqtt.stop()
         if self.ingestor is not None:

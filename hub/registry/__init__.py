@@ -2,6 +2,7 @@
 
 from hub.registry.db import Database
 from hub.registry.repository import Registry
+from hub.registry.rollout_tables import RolloutCommandRow, RolloutOutbox, RolloutRow
 from hub.registry.tables import (
     Deployment,
     DeploymentDevice,
@@ -20,6 +21,9 @@ __all__ = [
     "Model",
     "ModelVersion",
     "Registry",
+    "RolloutCommandRow",
+    "RolloutOutbox",
+    "RolloutRow",
     "TelemetryRecord",
     "Variant",
 ]

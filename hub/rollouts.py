@@ -1,0 +1,509 @@
+"""Rollouts driven by the hub: the pure engine of `fleet.rollout`, persisted in the database and acted on.
+
+`RolloutStore` keeps each rollout's `RolloutSnapshot` (JSON) with an outbox of the actions of every step and
+a queue of operator commands; the CLI needs nothing else. `RolloutManager` runs inside a started `Hub`: it
+ticks every open rollout on a timer and whenever a device reports (coalesced on one worker thread), turns
+``DeployTo`` into retained `DeploymentOrder`s (``deployment_id`` = the rollout id), ``RollBack`` into
+orders for each device's last known good model (``allow_downgrade``), and answers ``RequestGate`` with
+`fleet.canary.analyse_canary` on the stored telemetry. Persist, then act: a restarted hub drains the
+outbox and keeps stepping from the stored snapshot.
+
+Errors are `hub.errors` ones: `NotFoundError` (unknown rollout or version), `InvalidRequestError` (a version
+without variants, an unknown command), `ConflictError` (a command the rollout's state does not allow).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from sqlmodel import col, select
+
+from fleet import topics
+from fleet.canary import CanaryConfig, DeviceMetrics, analyse_canary, device_metrics
+from fleet.errors import ProtocolError
+from fleet.messages import DeploymentOrder, DeviceState, InstalledModel, UpdateEvent, UpdateState, decode
+from fleet.rollout import (
+    Action,
+    Command,
+    DeployTo,
+    DeviceStatus,
+    GateInput,
+    Notice,
+    Pause,
+    RequestGate,
+    RollBack,
+    RolloutError,
+    RolloutSnapshot,
+    RolloutStatus,
+    Skipped,
+    StateChanged,
+    allowed_commands,
+    dump_actions,
+    load_actions,
+    new_rollout,
+    step,
+    summarize,
+)
+from fleet.rollout_plan import RolloutPlan
+from fleet.selection import Variant as PlanVariant
+from fleet.transport import Broker, Message, Unsubscribe
+from hub.errors import ConflictError, InvalidRequestError, NotFoundError
+from hub.registry import Database, Registry, RolloutCommandRow, RolloutOutbox, RolloutRow, Variant
+
+if TYPE_CHECKING:
+    from hub.mqtt_service import HubMqtt
+    from hub.service import Hub
+
+log = logging.getLogger(__name__)
+
+GateAnalysis = Callable[[RequestGate, RolloutSnapshot], GateInput]
+_MAX_GATE_ROUNDS = 8
+
+
+# ------------------------------------------------------------------------------------------ storage
+
+
+class RolloutStore:
+    """Rollout rows, their action outbox and the operator command queue (each method one transaction)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(self, snapshot: RolloutSnapshot) -> None:
+        """Store a new rollout."""
+        with self.db.session() as session:
+            if session.get(RolloutRow, snapshot.rollout_id) is not None:
+                raise ConflictError(f"rollout {snapshot.rollout_id} already exists")
+            session.add(_row(snapshot))
+
+    def load(self, rollout_id: str) -> RolloutSnapshot:
+        """The stored snapshot, or `NotFoundError`."""
+        with self.db.session() as session:
+            row = session.get(RolloutRow, rollout_id)
+        if row is None:
+            raise NotFoundError(f"rollout {rollout_id} does not exist")
+        return RolloutSnapshot.model_validate_json(row.snapshot)
+
+    def all(self) -> list[RolloutRow]:
+        """All rollouts, newest first."""
+        with self.db.session() as session:
+            return list(session.exec(select(RolloutRow).order_by(col(RolloutRow.created_at).desc())))
+
+    def open_ids(self) -> list[str]:
+        """Ids of rollouts that are not completed or aborted, oldest first."""
+        with self.db.session() as session:
+            query = select(RolloutRow.id).where(col(RolloutRow.final).is_(False)).order_by(col(RolloutRow.created_at))
+            return list(session.exec(query))
+
+    def save(self, snapshot: RolloutSnapshot, actions: list[Action]) -> int | None:
+        """Store the snapshot and, in the same transaction, its actions as an outbox row; return its id."""
+        with self.db.session() as session:
+            row = session.get(RolloutRow, snapshot.rollout_id)
+            if row is None:
+                raise NotFoundError(f"rollout {snapshot.rollout_id} does not exist")
+            row.snapshot = snapshot.model_dump_json()
+            row.state, row.final, row.updated_at = snapshot.state.value, snapshot.final, time.time()
+            session.add(row)
+            if not actions:
+                return None
+            outbox = RolloutOutbox(rollout_id=snapshot.rollout_id, actions=dump_actions(actions).decode())
+            session.add(outbox)
+            session.flush()
+            return outbox.id
+
+    def undone_actions(self) -> list[tuple[int, str, list[Action]]]:
+        """Outbox rows not yet carried out, oldest first: (id, rollout id, actions)."""
+        with self.db.session() as session:
+            rows = list(session.exec(select(RolloutOutbox).where(col(RolloutOutbox.done).is_(False))
+                                     .order_by(col(RolloutOutbox.id))))
+        return [(r.id or 0, r.rollout_id, load_actions(r.actions)) for r in rows]
+
+    def mark_done(self, outbox_id: int | None) -> None:
+        """Record that an outbox row's actions were carried out."""
+        if outbox_id is None:
+            return
+        with self.db.session() as session:
+            row = session.get(RolloutOutbox, outbox_id)
+            if row is not None:
+                row.done = True
+                session.add(row)
+
+    def history(self, rollout_id: str) -> list[Action]:
+        """Every action the rollout produced, in order (the audit log)."""
+        with self.db.session() as session:
+            rows = list(session.exec(select(RolloutOutbox).where(RolloutOutbox.rollout_id == rollout_id)
+                                     .order_by(col(RolloutOutbox.id))))
+        return [a for r in rows for a in load_actions(r.actions)]
+
+    def queue_command(self, rollout_id: str, command: Command) -> int:
+        """Queue an operator command for the hub's next tick."""
+        with self.db.session() as session:
+            row = RolloutCommandRow(rollout_id=rollout_id, command=command.value)
+            session.add(row)
+            session.flush()
+            return row.id or 0
+
+    def pending_commands(self) -> list[RolloutCommandRow]:
+        """Queued commands, oldest first."""
+        with self.db.session() as session:
+            return list(session.exec(select(RolloutCommandRow).where(col(RolloutCommandRow.done).is_(False))
+                                     .order_by(col(RolloutCommandRow.id))))
+
+    def finish_command(self, command_id: int | None, error: str = "") -> None:
+        """Mark a queued command as handled (with the error when it could not be applied)."""
+        with self.db.session() as session:
+            row = session.get(RolloutCommandRow, command_id)
+            if row is not None:
+                row.done, row.error = True, error
+                session.add(row)
+
+
+def _row(snapshot: RolloutSnapshot) -> RolloutRow:
+    return RolloutRow(id=snapshot.rollout_id, model=snapshot.plan.model, version=snapshot.plan.version,
+                      state=snapshot.state.value, final=snapshot.final, snapshot=snapshot.model_dump_json(),
+                      created_at=snapshot.created_at, updated_at=snapshot.updated_at)
+
+
+# ------------------------------------------------------------------------------- operator actions
+
+
+def plan_variants(registry: Registry, model: str, version: str) -> list[PlanVariant]:
+    """The registry's variants of ``model:version`` as the selection engine sees them."""
+    rows = registry.list_variants(model, version)
+    if not rows:
+        raise InvalidRequestError(f"{model}:{version} has no published variants")
+    return [_plan_variant(row) for row in rows]
+
+
+def _plan_variant(row: Variant) -> PlanVariant:
+    metrics = row.metrics or {}
+
+    def positive(*keys: str) -> float | None:
+        for key in keys:
+            value = metrics.get(key)
+            if isinstance(value, int | float) and value > 0:
+                return float(value)
+        return None
+
+    params = metrics.get("param_count")
+    return PlanVariant(variant_id=str(row.id), target=row.target, precision=row.precision,
+                       size_bytes=max(1, row.size_bytes), param_count=params if isinstance(params, int) else None,
+                       latency_ms=positive("latency_ms", "p95_ms", "latency_p95_ms"),
+                       peak_memory_mb=positive("peak_memory_mb"), sha256=row.bundle_sha256)
+
+
+def create_rollout(store: RolloutStore, registry: Registry, plan: RolloutPlan, *,
+                   rollout_id: str | None = None, now: float | None = None) -> RolloutSnapshot:
+    """Store a new rollout of ``plan`` in state pending; the hub's next tick starts it."""
+    rollout_id = rollout_id or f"ro-{uuid.uuid4().hex[:10]}"
+    registry.get_version(plan.model, plan.version)
+    snapshot = new_rollout(rollout_id, plan, plan_variants(registry, plan.model, plan.version),
+                           now=time.time() if now is None else now)
+    store.create(snapshot)
+    return snapshot
+
+
+def request_command(store: RolloutStore, rollout_id: str, command: Command | str) -> Command:
+    """Check ``command`` against the rollout's state now and queue it for the hub; return it parsed."""
+    try:
+        parsed = Command(command)
+    except ValueError:
+        raise InvalidRequestError(f"unknown command {command!r}; use one of "
+                                  f"{', '.join(c.value for c in Command)}") from None
+    snapshot = store.load(rollout_id)
+    if parsed not in allowed_commands(snapshot):
+        allowed = ", ".join(c.value for c in allowed_commands(snapshot)) or "none"
+        raise ConflictError(f"rollout {rollout_id} is {snapshot.state.value}: {parsed.value} is not allowed "
+                            f"(allowed: {allowed})")
+    store.queue_command(rollout_id, parsed)
+    return parsed
+
+
+def rollout_status(store: RolloutStore, rollout_id: str) -> RolloutStatus:
+    """`fleet.rollout.summarize` of the stored snapshot."""
+    return summarize(store.load(rollout_id))
+
+
+# ------------------------------------------------------------------------------------------ gate
+
+
+def canary_gate(registry: Registry, config: CanaryConfig | None = None) -> GateAnalysis:
+    """A gate analysis: `analyse_canary` on telemetry since the request's ``since``, candidates on the new
+    version against the baseline devices still on another version, device classes as in the rollout."""
+
+    def analyse(request: RequestGate, snapshot: RolloutSnapshot) -> GateInput:
+        batches = [b for b in registry.telemetry_batches(request.model) if b.window_end >= request.since]
+        candidates, baseline = set(request.candidates), set(request.baseline)
+
+        def metrics(ids: set[str], on_version: bool) -> list[DeviceMetrics]:
+            chosen = [b for b in batches if b.device_id in ids and (b.version == request.version) == on_version]
+            out = []
+            for m in device_metrics(chosen, shadow_candidate=request.version):
+                record = snapshot.devices.get(m.device_id)
+                out.append(m.model_copy(update={"device_class": record.device_class}) if record else m)
+            return out
+
+        return analyse_canary(metrics(candidates, True), metrics(baseline, False), config or CanaryConfig())
+
+    return analyse
+
+
+# --------------------------------------------------------------------------------------- manager
+
+
+class RolloutManager:
+    """Steps every open rollout, persists each step with its actions, then carries the actions out."""
+
+    def __init__(self, registry: Registry, mqtt: HubMqtt, *, tick_s: float = 2.0,
+                 analyse: GateAnalysis | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.registry = registry
+        self.mqtt = mqtt
+        self.store = RolloutStore(registry.db)
+        self.tick_s = tick_s
+        self.analyse = analyse or canary_gate(registry)
+        self.clock = clock
+        self._states: dict[str, DeviceState] = {}
+        self._errors: dict[tuple[str, str], str] = {}
+        self._data_lock = threading.Lock()
+        self._tick_lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._unsubscribes: list[Unsubscribe] = []
+        self._state_broker: Broker | None = None
+        self.ticks = 0
+
+    @classmethod
+    def for_hub(cls, hub: Hub, *, tick_s: float = 2.0) -> RolloutManager:
+        """A manager for a started hub, with its own broker connection for retained device states."""
+        import secrets
+
+        from fleet.acl import HUB_USERNAME
+        from fleet.mqtt import BrokerAddress, PahoBroker
+
+        if hub.mqtt is None:
+            raise RuntimeError("hub is not started")
+        manager = cls(hub.registry, hub.mqtt, tick_s=tick_s)
+        if hub.settings.broker_url is None:
+            address = hub.broker_address.with_credentials(HUB_USERNAME, hub.hub_secret)
+        else:
+            address = BrokerAddress.from_url(hub.settings.broker_url)
+            if address.username is None:
+                address = address.with_credentials(HUB_USERNAME, hub.hub_secret)
+        broker = PahoBroker(address, client_id=f"edgefleet-rollouts-{secrets.token_hex(4)}")
+        manager.watch_states(broker, own=True)
+        manager._unsubscribes.append(hub.on_update_event(manager.observe_event))
+        return manager
+
+    # -- inputs ---------------------------------------------------------------------------------------------
+
+    def watch_states(self, broker: Broker, *, own: bool = False) -> None:
+        """Follow retained device states on ``broker`` (closed by `stop` when ``own``)."""
+        self._unsubscribes.append(broker.subscribe(topics.device_wildcard("state"), self._on_state_message))
+        if own:
+            self._state_broker = broker
+
+    def _on_state_message(self, message: Message) -> None:
+        if not message.payload:
+            return
+        try:
+            device_id, _ = topics.parse_device_topic(message.topic)
+            state = decode(DeviceState, message.payload, topic=message.topic)
+        except ProtocolError as exc:
+            log.warning("rollouts: ignored state message: %s", exc)
+            return
+        if state.device_id != device_id:
+            return
+        self.observe_state(state)
+
+    def observe_state(self, state: DeviceState) -> None:
+        """Record a device's reported state and schedule a tick."""
+        with self._data_lock:
+            self._states[state.device_id] = state
+        self._wake.set()
+
+    def observe_event(self, event: UpdateEvent) -> None:
+        """Record a device's update event (failures feed `DeviceStatus.error`) and schedule a tick."""
+        if not event.ok or event.state in (UpdateState.FAILED, UpdateState.ROLLBACK):
+            with self._data_lock:
+                self._errors[(event.device_id, event.deployment_id)] = event.detail or f"reported {event.state}"
+        self._wake.set()
+
+    def statuses(self) -> list[DeviceStatus]:
+        """The whole inventory as the engine sees it: registry rows, refined by retained states."""
+        with self._data_lock:
+            states = dict(self._states)
+            errors = dict(self._errors)
+        out = []
+        for device in self.registry.list_devices():
+            state = states.get(device.id)
+            if state is not None:
+                error = errors.get((device.id, state.deployment_id)) if state.deployment_id else None
+                out.append(DeviceStatus.from_state(state.model_copy(update={"target": state.target or device.target}),
+                                                   device.labels, error))
+            else:
+                out.append(DeviceStatus(device_id=device.id, target=device.target, labels=device.labels,
+                                        online=device.online, active_model=device.active_model,
+                                        active_version=device.active_version))
+        return out
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Carry out actions left in the outbox by a previous run, then tick on a worker thread."""
+        self.drain_outbox()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="edgefleet-rollouts", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the worker and the state subscription; safe to call twice."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        for unsubscribe in self._unsubscribes:
+            unsubscribe()
+        self._unsubscribes.clear()
+        if self._state_broker is not None:
+            self._state_broker.close()
+            self._state_broker = None
+
+    def wake(self) -> None:
+        """Ask the worker for a tick now."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.tick_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.tick()
+            except Exception:  # a bad tick must not stop the rollouts
+                log.exception("rollout tick failed")
+
+    # -- operator API (REST) --------------------------------------------------------------------------------
+
+    def start_rollout(self, plan: RolloutPlan, *, rollout_id: str | None = None) -> RolloutSnapshot:
+        """Create a rollout and step it once (it starts at once)."""
+        snapshot = create_rollout(self.store, self.registry, plan, rollout_id=rollout_id, now=self.clock())
+        self.tick()
+        return self.store.load(snapshot.rollout_id)
+
+    def command(self, rollout_id: str, command: Command | str) -> RolloutStatus:
+        """Apply an operator command now; return the status after it."""
+        request_command(self.store, rollout_id, command)
+        self.tick()
+        return rollout_status(self.store, rollout_id)
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def drain_outbox(self) -> None:
+        """Carry out actions persisted but not (known to be) carried out, e.g. before a crash."""
+        with self._tick_lock:
+            for outbox_id, rollout_id, actions in self.store.undone_actions():
+                snapshot = self.store.load(rollout_id)
+                self._act(snapshot, actions, self.statuses())
+                self.store.mark_done(outbox_id)
+
+    def tick(self) -> None:
+        """Apply queued commands, then step every open rollout once (answering gate requests at once)."""
+        with self._tick_lock:
+            self.ticks += 1
+            statuses = self.statuses()
+            for command in self.store.pending_commands():
+                try:
+                    snapshot = self.store.load(command.rollout_id)
+                    snapshot, actions = step(snapshot, self.clock(), statuses, command=command.command)
+                except (RolloutError, NotFoundError) as exc:
+                    self.store.finish_command(command.id, str(exc))
+                    continue
+                self._commit(snapshot, actions, statuses)
+                self.store.finish_command(command.id)
+            for rollout_id in self.store.open_ids():
+                snapshot, actions = step(self.store.load(rollout_id), self.clock(), statuses)
+                self._commit(snapshot, actions, statuses)
+
+    def _commit(self, snapshot: RolloutSnapshot, actions: list[Action], statuses: list[DeviceStatus]) -> None:
+        for _ in range(_MAX_GATE_ROUNDS):
+            outbox_id = self.store.save(snapshot, actions)
+            verdict = self._act(snapshot, actions, statuses)
+            self.store.mark_done(outbox_id)
+            if verdict is None:
+                return
+            snapshot, actions = step(snapshot, self.clock(), statuses, gate_verdict=verdict)
+        log.warning("rollout %s: gate kept asking within one tick", snapshot.rollout_id)
+
+    def _act(self, snapshot: RolloutSnapshot, actions: Iterable[Action],
+             statuses: list[DeviceStatus]) -> GateInput | None:
+        verdict: GateInput | None = None
+        for action in actions:
+            if isinstance(action, DeployTo):
+                self._deploy(action)
+            elif isinstance(action, RollBack):
+                self._roll_back(snapshot, action)
+            elif isinstance(action, RequestGate):
+                try:
+                    verdict = self.analyse(action, snapshot)
+                except Exception:
+                    log.exception("rollout %s: canary analysis failed", snapshot.rollout_id)
+            elif isinstance(action, Pause | Skipped):
+                log.warning("rollout %s: %s", snapshot.rollout_id, _describe(action))
+            elif isinstance(action, StateChanged | Notice):
+                log.info("rollout %s: %s", snapshot.rollout_id, _describe(action))
+        return verdict
+
+    def _deploy(self, action: DeployTo) -> None:
+        row = self._variant_row(action.model, action.version, action.variant.variant_id)
+        order = self.mqtt.order_for(action.deployment_id, row.bundle_sha256, model=action.model,
+                                    version=action.version, target=row.target, tuf_target=row.tuf_target)
+        for device_id in action.device_ids:
+            self.mqtt.send_deployment(device_id, order)
+
+    def _roll_back(self, snapshot: RolloutSnapshot, action: RollBack) -> None:
+        with self._data_lock:
+            states = {d: self._states.get(d) for d in action.device_ids}
+        plan = snapshot.plan
+        for device_id, state in states.items():
+            good: InstalledModel | None = None
+            if state is not None:
+                active = state.active
+                on_new = active is not None and (active.model, active.version) == (plan.model, plan.version)
+                good = state.last_known_good if on_new or active is None else active
+            order = self._order_for_installed(action.deployment_id, good) if good is not None else None
+            if order is None:
+                self.mqtt.broker.publish(topics.device_topic(device_id, "deployment"), b"", qos=1, retain=True)
+            else:
+                self.mqtt.send_deployment(device_id, order)
+
+    def _order_for_installed(self, deployment_id: str, installed: InstalledModel) -> DeploymentOrder | None:
+        row = self.registry.variant_by_bundle(installed.sha256)
+        if row is None:
+            try:
+                rows = self.registry.list_variants(installed.model, installed.version)
+            except NotFoundError:
+                return None
+            row = next((r for r in rows if r.target == installed.target), None)
+        if row is None:
+            return None
+        return self.mqtt.order_for(deployment_id, row.bundle_sha256, model=installed.model,
+                                   version=installed.version, target=row.target, tuf_target=row.tuf_target,
+                                   allow_downgrade=True)
+
+    def _variant_row(self, model: str, version: str, variant_id: str) -> Variant:
+        for row in self.registry.list_variants(model, version):
+            if str(row.id) == variant_id:
+                return row
+        raise NotFoundError(f"variant {variant_id} of {model}:{version} no longer exists")
+
+
+def _describe(action: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in action.model_dump(exclude={"kind"}).items())

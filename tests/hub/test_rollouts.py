@@ -1,0 +1,250 @@
+"""RolloutManager against the registry and an in-memory broker: devices are simulated by their reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from fleet import topics
+from fleet.messages import DeploymentOrder, DeviceState, InstalledModel, UpdateEvent, UpdateState, decode
+from fleet.rollout import GateVerdict, RequestGate, RolloutSnapshot, RolloutState, Verdict
+from fleet.rollout_plan import plan_from_cli
+from fleet.transport import InMemoryBroker, Message
+from hub.api import create_app
+from hub.config import HubSettings
+from hub.errors import ConflictError, HubError
+from hub.mqtt_service import HubMqtt
+from hub.rollouts import RolloutManager, RolloutStore, create_rollout, request_command
+from hub.service import Hub
+
+TARGET = "x86-onnx-cpu"
+
+
+class Fleet:
+    """A hub (not started) whose MQTT side runs on an in-memory broker, and simulated devices."""
+
+    def __init__(self, root: Path) -> None:
+        self.hub = Hub(HubSettings(data_dir=root, chunk_size=1024))
+        self.broker = InMemoryBroker()
+        self.mqtt = HubMqtt(self.broker, self.hub.registry, self.hub.store, self.hub.tuf,
+                            ingestor=None)  # type: ignore[arg-type]  # telemetry is not used here
+        self.orders: dict[str, DeploymentOrder | None] = {}
+        self.broker.subscribe(topics.device_wildcard("deployment"), self._on_order)
+        self.installed: dict[str, InstalledModel] = {}
+        for version in ("1.0.0", "2.0.0"):
+            self.add_version(version)
+        self.verdict: GateVerdict | None = None
+        self.gate_requests: list[RequestGate] = []
+
+    def add_version(self, version: str) -> None:
+        registry = self.hub.registry
+        registry.add_version("digits", version)
+        bundle = f"bundle {version}".encode() * 100
+        sha = self.hub.store.put_bytes(bundle)
+        registry.add_variant("digits", version, target=TARGET, runtime="onnxruntime", precision="fp32",
+                             artifact_sha256=hashlib.sha256(bundle).hexdigest(), size_bytes=len(bundle),
+                             bundle_sha256=sha, bundle_size=len(bundle), tuf_target=f"digits/{version}/{TARGET}")
+
+    def _on_order(self, message: Message) -> None:
+        device_id, _ = topics.parse_device_topic(message.topic)
+        self.orders[device_id] = decode(DeploymentOrder, message.payload) if message.payload else None
+
+    def manager(self) -> RolloutManager:
+        def analyse(request: RequestGate, snapshot: RolloutSnapshot) -> GateVerdict | None:
+            self.gate_requests.append(request)
+            return self.verdict
+
+        manager = RolloutManager(self.hub.registry, self.mqtt, analyse=analyse)  # type: ignore[arg-type]
+        manager.watch_states(self.broker)
+        return manager
+
+    def device(self, name: str, version: str = "1.0.0") -> str:
+        self.hub.registry.provision_device(name, TARGET, {"site": "north" if len(self.installed) % 2 else "south"})
+        self.installed[name] = self._installed(version)
+        self.report(name, UpdateState.IDLE, deployment_id=None)
+        return name
+
+    def _installed(self, version: str) -> InstalledModel:
+        variant = self.hub.registry.list_variants("digits", version)[0]
+        return InstalledModel(model="digits", version=version, sha256=variant.bundle_sha256, target=TARGET)
+
+    def report(self, device_id: str, update_state: UpdateState, deployment_id: str | None,
+               previous: InstalledModel | None = None) -> None:
+        state = DeviceState(device_id=device_id, online=True, target=TARGET, active=self.installed[device_id],
+                            last_known_good=previous, update_state=update_state, deployment_id=deployment_id)
+        self.broker.publish(topics.device_topic(device_id, "state"), state.model_dump_json().encode(), retain=True)
+
+    def obey(self, manager: RolloutManager, *, fail: bool = False) -> int:
+        """Every device with an order it has not carried out installs it (or fails); return how many."""
+        acted = 0
+        for device_id, order in self.orders.items():
+            current = self.installed[device_id]
+            if order is None or order.sha256 == current.sha256:
+                continue
+            acted += 1
+            if fail and not order.allow_downgrade:
+                manager.observe_event(UpdateEvent(device_id=device_id, deployment_id=order.deployment_id,
+                                                  state=UpdateState.FAILED, ok=False, detail="self-test failed"))
+                self.report(device_id, UpdateState.FAILED, order.deployment_id, previous=current)
+                self.installed[device_id] = current
+                continue
+            self.installed[device_id] = self._installed(order.version)
+            self.report(device_id, UpdateState.DONE, order.deployment_id, previous=current)
+        return acted
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    f = Fleet(tmp_path / "hub")
+    yield f
+    f.hub.db.close()
+
+
+def _plan(**options: object):  # type: ignore[no-untyped-def]
+    defaults: dict[str, object] = {"canary": "1", "waves": "50,100", "gate": False, "min_devices": 1}
+    defaults.update(options)
+    return plan_from_cli("digits:2.0.0", **defaults)  # type: ignore[arg-type]
+
+
+def _drive(fleet: Fleet, manager: RolloutManager, rollout_id: str, *, fail: bool = False,
+           rounds: int = 20) -> RolloutSnapshot:
+    for _ in range(rounds):
+        manager.tick()
+        snapshot = manager.store.load(rollout_id)
+        if snapshot.final:
+            return snapshot
+        fleet.obey(manager, fail=fail)
+    return manager.store.load(rollout_id)
+
+
+def test_good_version_reaches_every_device_in_waves(fleet: Fleet) -> None:
+    devices = [fleet.device(f"d{i}") for i in range(6)]
+    manager = fleet.manager()
+    snapshot = manager.start_rollout(_plan(), rollout_id="ro-good")
+    sent = {d for d, o in fleet.orders.items() if o is not None}
+    assert len(sent) == 1 and snapshot.state == RolloutState.WAVE_RUNNING  # the canary only
+    snapshot = _drive(fleet, manager, "ro-good")
+    assert snapshot.state == RolloutState.COMPLETED
+    assert {fleet.installed[d].version for d in devices} == {"2.0.0"}
+    assert {o.deployment_id for o in fleet.orders.values() if o} == {"ro-good"}
+    waves = [a.wave for a in manager.store.history("ro-good") if a.kind == "deploy"]
+    assert waves == sorted(waves) and len(set(waves)) == 3  # canary, 50%, 100%
+
+
+def test_failing_version_aborts_and_rolls_back_to_last_known_good(fleet: Fleet) -> None:
+    devices = [fleet.device(f"d{i}") for i in range(4)]
+    manager = fleet.manager()
+    manager.start_rollout(_plan(canary="2", max_failures=0), rollout_id="ro-bad")
+    snapshot = _drive(fleet, manager, "ro-bad", fail=True)
+    assert snapshot.state == RolloutState.ABORTED
+    rollbacks = {d: o for d, o in fleet.orders.items() if o is not None and o.deployment_id == "ro-bad.rollback"}
+    assert len(rollbacks) == 2 and all(o.allow_downgrade and o.version == "1.0.0" for o in rollbacks.values())
+    assert {fleet.installed[d].version for d in devices} == {"1.0.0"}
+    assert sum(1 for o in fleet.orders.values() if o is not None and o.deployment_id == "ro-bad") == 0
+
+
+def test_abort_after_success_sends_devices_back_to_their_previous_model(fleet: Fleet) -> None:
+    devices = [fleet.device(f"d{i}") for i in range(4)]
+    manager = fleet.manager()
+    manager.start_rollout(_plan(canary="2", waves="100"), rollout_id="ro-x")
+    fleet.obey(manager)
+    manager.tick()
+    assert sum(fleet.installed[d].version == "2.0.0" for d in devices) == 2
+    manager.command("ro-x", "abort")
+    orders = [o for o in fleet.orders.values() if o is not None and o.deployment_id == "ro-x.rollback"]
+    # the canary ran 2.0.0; the 100% wave was sent but not installed yet: all four go (or stay) on 1.0.0
+    assert len(orders) == 4 and {o.version for o in orders} == {"1.0.0"} and all(o.allow_downgrade for o in orders)
+    snapshot = _drive(fleet, manager, "ro-x")
+    assert snapshot.state == RolloutState.ABORTED
+    assert {fleet.installed[d].version for d in devices} == {"1.0.0"}
+
+
+def test_gate_verdict_fail_aborts_and_pass_continues(fleet: Fleet) -> None:
+    for i in range(4):
+        fleet.device(f"d{i}")
+    manager = fleet.manager()
+    manager.start_rollout(_plan(canary="2", waves="100", gate=True), rollout_id="ro-gate")
+    fleet.verdict = GateVerdict(verdict=Verdict.FAIL, reasons=("p95 latency 40% worse",))
+    snapshot = _drive(fleet, manager, "ro-gate")
+    assert fleet.gate_requests and set(fleet.gate_requests[0].candidates) <= set(snapshot.devices)
+    assert snapshot.state == RolloutState.ABORTED
+    assert "p95 latency" in json.dumps([a.model_dump() for a in manager.store.history("ro-gate")])
+
+
+def test_a_new_manager_continues_from_the_database_and_drains_the_outbox(fleet: Fleet) -> None:
+    for i in range(4):
+        fleet.device(f"d{i}")
+    first = fleet.manager()
+    first.start_rollout(_plan(canary="1", waves="100"), rollout_id="ro-r")
+    # a crash after persisting a step but before acting on it: the outbox row stays undone
+    snapshot = first.store.load("ro-r")
+    deploy = next(a for a in first.store.history("ro-r") if a.kind == "deploy")
+    device_id = deploy.device_ids[0]
+    fleet.orders.clear()
+    first.store.save(snapshot, [deploy])
+    second = fleet.manager()
+    second.drain_outbox()
+    assert fleet.orders[device_id] is not None and fleet.orders[device_id].deployment_id == "ro-r"  # type: ignore[union-attr]
+    assert _drive(fleet, second, "ro-r").state == RolloutState.COMPLETED
+
+
+def test_commands_are_checked_then_queued_for_the_hub(fleet: Fleet) -> None:
+    fleet.device("d0")
+    store = RolloutStore(fleet.hub.db)
+    snapshot = create_rollout(store, fleet.hub.registry, _plan(), rollout_id="ro-q")
+    assert snapshot.state == RolloutState.PENDING
+    with pytest.raises(ConflictError, match="not allowed"):
+        request_command(store, "ro-q", "resume")
+    with pytest.raises(HubError, match="unknown command"):
+        request_command(store, "ro-q", "explode")
+    manager = fleet.manager()
+    manager.tick()
+    request_command(store, "ro-q", "pause")
+    manager.tick()
+    assert store.load("ro-q").state == RolloutState.PAUSED
+    assert not store.pending_commands()
+
+
+def test_rest_routes(fleet: Fleet) -> None:
+    for i in range(3):
+        fleet.device(f"d{i}")
+    manager = fleet.manager()
+    fleet.hub.rollouts = manager
+    client = TestClient(create_app(fleet.hub), raise_server_exceptions=False)
+    body = {"model_version": "digits:2.0.0", "canary": "1", "waves": "100", "gate": False, "rollout_id": "ro-api"}
+    created = client.post("/rollouts", json=body)
+    assert created.status_code == 201 and created.json()["state"] == "wave_running"
+    assert created.json()["totals"]["dispatched"] == 1
+    assert client.get("/rollouts").json()[0]["rollout_id"] == "ro-api"
+    paused = client.post("/rollouts/ro-api/pause")
+    assert paused.status_code == 200 and paused.json()["state"] == "paused"
+    assert client.post("/rollouts/ro-api/explode").status_code == 422
+    unknown = {**body, "model_version": "digits:9.9.9", "rollout_id": None}
+    assert client.post("/rollouts", json=unknown).status_code == 404
+
+
+def test_cli_start_status_and_commands(fleet: Fleet, tmp_path: Path) -> None:
+    from hub.cli import app
+
+    fleet.device("d0")
+    data_dir = str(fleet.hub.settings.data_dir)
+    runner = CliRunner()
+    started = runner.invoke(app, ["rollout", "start", "digits:2.0.0", "--canary", "1", "--waves", "100",
+                                  "--no-gate", "--id", "ro-cli", "--data-dir", data_dir])
+    assert started.exit_code == 0, started.output
+    assert started.stdout.strip() == "ro-cli"
+    bad = runner.invoke(app, ["rollout", "resume", "ro-cli", "--data-dir", data_dir])
+    assert bad.exit_code == 2 and "not allowed" in bad.output
+    assert runner.invoke(app, ["rollout", "abort", "ro-cli", "--data-dir", data_dir]).exit_code == 0
+    fleet.manager().tick()
+    status = runner.invoke(app, ["rollout", "status", "ro-cli", "--json", "--data-dir", data_dir])
+    assert json.loads(status.stdout)["state"] in ("aborting", "aborted")
+    table = runner.invoke(app, ["rollout", "status", "ro-cli", "--data-dir", data_dir])
+    assert table.exit_code == 0 and "per device class" in table.stdout
+    assert "ro-cli" in runner.invoke(app, ["rollout", "list", "--data-dir", data_dir]).stdout
