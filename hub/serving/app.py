@@ -1,10 +1,9 @@
-"""The standalone serving app: the V2 router, ``/metrics`` on a registry the caller owns, and a lifespan
-that loads the start-up models and unloads everything at shutdown."""
+"""The standalone serving app (``edgefleet serve``): the V2 router and ``/metrics`` on a registry the
+caller owns. The hub mounts the same router next to its own API (see docs/serving.md)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -38,17 +37,8 @@ def create_app(
     """
     specs = list(specs)
     manager = ModelManager(repository or StaticRepository(specs), ServingMetrics(registry), loader=loader)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await manager.start(specs)
-        try:
-            yield
-        finally:
-            await manager.close()
-
-    app = FastAPI(title="EdgeFleet serving", lifespan=lifespan)
+    app = FastAPI(title="EdgeFleet serving")
     app.state.manager = manager
-    app.include_router(build_router(manager))
+    app.include_router(build_router(manager, startup=specs))
     add_metrics_endpoint(app, registry)
     return app

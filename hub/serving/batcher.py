@@ -42,6 +42,7 @@ class _Pending:
     key: Hashable
     future: asyncio.Future[Arrays]
     enqueued: float = field(default_factory=time.perf_counter)
+    taken: bool = False  # left the queue for a batch
 
 
 class DynamicBatcher:
@@ -139,15 +140,22 @@ class DynamicBatcher:
         return n, key
 
     def _forget(self, item: _Pending) -> None:
-        try:
-            self._queue.remove(item)
-        except ValueError:
-            return  # already dispatched
+        if item.taken:
+            return
+        for i, p in enumerate(self._queue):  # by identity: == on queued items is needlessly slow
+            if p is item:
+                del self._queue[i]
+                break
+        else:
+            return
+        item.taken = True
         self._metrics.queue_depth.dec()
         if self._arrival is not None:
             self._arrival.set()  # the head may have changed
 
     def _take(self, items: list[_Pending]) -> list[_Pending]:
+        for p in items:
+            p.taken = True
         if all(a is b for a, b in zip(items, self._queue, strict=False)):
             for _ in items:
                 self._queue.popleft()

@@ -54,9 +54,7 @@ class BatchingConfig(BaseModel):
     def _preferred_fit(self) -> BatchingConfig:
         for size in self.preferred_batch_sizes:
             if size < 1 or size > max(self.max_batch_size, 1):
-                raise ValueError(
-                    f"preferred batch size {size} must lie in 1..max_batch_size ({self.max_batch_size})"
-                )
+                raise ValueError(f"preferred batch size {size} must lie in 1..max_batch_size ({self.max_batch_size})")
         return self
 
 
@@ -71,6 +69,9 @@ class ModelSpec(BaseModel):
     runtime: Runtime | None = None
     device: Device = "auto"
     fp16: bool = Field(default=True, description="run float models in fp16 on GPU (torch runtimes)")
+    intra_op_threads: int | None = Field(
+        default=None, ge=1, description="ONNX Runtime threads per model instance (None: runtime default)"
+    )
     batching: BatchingConfig = BatchingConfig()
     inputs: tuple[TensorSpec, ...] | None = Field(
         default=None, description="declare inputs when the runtime cannot report them (TorchScript)"

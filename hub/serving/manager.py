@@ -77,9 +77,7 @@ class ServedModel:
             if len(spec.shape) != arr.ndim or any(
                 want not in (-1, got) for want, got in zip(spec.shape, arr.shape, strict=True)
             ):
-                raise InvalidInputError(
-                    f"input {name!r} has shape {list(arr.shape)}, model expects {list(spec.shape)}"
-                )
+                raise InvalidInputError(f"input {name!r} has shape {list(arr.shape)}, model expects {list(spec.shape)}")
         return arrays
 
     async def infer(self, arrays: Arrays, timeout_s: float | None = None) -> Arrays:
@@ -123,9 +121,7 @@ def _batchable(backend: Backend) -> bool:
 class ModelManager:
     """Loads model versions from ``repository`` and routes requests to them."""
 
-    def __init__(
-        self, repository: ModelRepository, metrics: ServingMetrics, *, loader: Loader = load_backend
-    ) -> None:
+    def __init__(self, repository: ModelRepository, metrics: ServingMetrics, *, loader: Loader = load_backend) -> None:
         self.repository = repository
         self._metrics = metrics
         self._loader = loader

@@ -42,9 +42,7 @@ class ServingMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ("model", "version")
         self.registry = registry
-        self.requests = Counter(
-            "edgefleet_serving_requests", "Inference requests received.", labels, registry=registry
-        )
+        self.requests = Counter("edgefleet_serving_requests", "Inference requests received.", labels, registry=registry)
         self.failures = Counter(
             "edgefleet_serving_request_failures",
             "Inference requests that failed, by reason.",
@@ -57,9 +55,7 @@ class ServingMetrics:
             labels,
             registry=registry,
         )
-        self.batches = Counter(
-            "edgefleet_serving_batches", "Model executions (batches).", labels, registry=registry
-        )
+        self.batches = Counter("edgefleet_serving_batches", "Model executions (batches).", labels, registry=registry)
         self.request_seconds = Histogram(
             "edgefleet_serving_request_duration_seconds",
             "Time from request arrival to response, per request.",
@@ -91,9 +87,7 @@ class ServingMetrics:
         self.queue_depth = Gauge(
             "edgefleet_serving_queue_depth", "Requests waiting in the batch queue.", labels, registry=registry
         )
-        self.models_loaded = Gauge(
-            "edgefleet_serving_models_loaded", "Model versions loaded.", registry=registry
-        )
+        self.models_loaded = Gauge("edgefleet_serving_models_loaded", "Model versions loaded.", registry=registry)
 
     def bind(self, model: str, version: str) -> ModelMetrics:
         """The children of one model version."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from contextlib import asynccontextmanager
 from importlib import metadata
 from typing import Any
 
@@ -18,6 +19,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
+from hub.serving.config import ModelSpec
 from hub.serving.errors import InvalidInputError, ModelUnavailableError, OverloadedError, ServingError
 from hub.serving.manager import ModelManager
 from hub.serving.protocol import HEADER_LENGTH, encode_response, parse_request, requested_outputs
@@ -103,11 +105,38 @@ def _version_parameter(body: dict[str, Any], allowed: set[str]) -> str | None:
     return None if version is None else str(version)
 
 
-def build_router(manager: ModelManager, *, server_name: str = "edgefleet") -> APIRouter:
-    """The V2 endpoints over ``manager``; include it in any FastAPI app (the app runs ``manager``'s
-    ``start``/``close`` in its lifespan)."""
-    router = APIRouter(route_class=ServingRoute, tags=["serving"])
+def build_router(
+    manager: ModelManager, *, startup: Iterable[ModelSpec] = (), server_name: str = "edgefleet"
+) -> APIRouter:
+    """The V2 endpoints over ``manager``, ready to include in any FastAPI app (the hub's, or the
+    standalone one). Its lifespan, merged into the app's, loads ``startup`` and unloads all at shutdown."""
+    startup = list(startup)
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        await manager.start(startup)
+        try:
+            yield
+        finally:
+            await manager.close()
+
+    router = APIRouter(route_class=ServingRoute, tags=["serving"], lifespan=lifespan)
     server_version = _server_version()
+
+    # the hot path first: routes are matched in order
+    @router.post("/v2/models/{name}/infer")
+    @router.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
+        model = manager.get(name, version)
+        with model.observe():
+            body = _decode_body(await request.body(), request.headers.get("content-encoding"))
+            req, arrays = parse_request(body, _header_length(request.headers.get(HEADER_LENGTH)))
+            chosen = requested_outputs(req, model.output_names)
+            outputs = await model.infer(arrays, req.timeout_s())
+            payload, json_length = encode_response(model.name, model.version, req.id, outputs, chosen)
+        if json_length is None:
+            return Response(payload, media_type="application/json")
+        return Response(payload, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_length)})
 
     @router.get("/v2/health/live")
     async def live() -> dict[str, bool]:
@@ -141,22 +170,6 @@ def build_router(manager: ModelManager, *, server_name: str = "edgefleet") -> AP
         model = manager.get(name, version)
         return triton_config(
             model.name, model.backend.platform, model.backend.inputs, model.backend.outputs, model.batching
-        )
-
-    @router.post("/v2/models/{name}/infer")
-    @router.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        model = manager.get(name, version)
-        with model.observe():
-            body = _decode_body(await request.body(), request.headers.get("content-encoding"))
-            req, arrays = parse_request(body, _header_length(request.headers.get(HEADER_LENGTH)))
-            chosen = requested_outputs(req, model.output_names)
-            outputs = await model.infer(arrays, req.timeout_s())
-            payload, json_length = encode_response(model.name, model.version, req.id, outputs, chosen)
-        if json_length is None:
-            return Response(payload, media_type="application/json")
-        return Response(
-            payload, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_length)}
         )
 
     @router.post("/v2/repository/index")

@@ -80,6 +80,4 @@ def parse_model_arg(arg: str, batching: BatchingConfig | None = None) -> ModelSp
     if not sep or not ident or not path:
         raise ValueError(f"expected NAME=PATH or NAME:VERSION=PATH, got {arg!r}")
     name, _, version = ident.partition(":")
-    return ModelSpec(
-        name=name, version=version or "1", path=Path(path), batching=batching or BatchingConfig()
-    )
+    return ModelSpec(name=name, version=version or "1", path=Path(path), batching=batching or BatchingConfig())

@@ -71,9 +71,7 @@ def from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> np.n
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInputError(f"input {name!r}: data does not fit {datatype}: {exc}") from exc
     if arr.size != count:
-        raise InvalidInputError(
-            f"input {name!r}: shape {list(shape)} needs {count} elements, data has {arr.size}"
-        )
+        raise InvalidInputError(f"input {name!r}: shape {list(shape)} needs {count} elements, data has {arr.size}")
     return arr.reshape(tuple(shape))
 
 

@@ -59,6 +59,10 @@ class OrtBackend:
         providers = choose_providers(ort.get_available_providers(), spec.device)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # idle intra-op threads must not spin: they would starve the event loop that parses requests
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if spec.intra_op_threads is not None:
+            options.intra_op_num_threads = spec.intra_op_threads
         self._session = ort.InferenceSession(str(spec.path), sess_options=options, providers=providers)
         self.device = "cuda" if self._session.get_providers()[0] == CUDA else "cpu"
         self.inputs = spec.inputs or tuple(_spec(a) for a in self._session.get_inputs())

@@ -19,9 +19,7 @@ from hub.serving.tensors import v2_datatype
 class _TorchBackend:
     platform = "pytorch_libtorch"
 
-    def __init__(
-        self, spec: ModelSpec, module: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
-    ):
+    def __init__(self, spec: ModelSpec, module: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]):
         import torch
 
         self._torch = torch

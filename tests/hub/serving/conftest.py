@@ -94,9 +94,7 @@ class GatedBackend:
 
 def fake_spec(name: str = "fake", version: str = "1", **batching: object) -> ModelSpec:
     """A spec for the fake backend (the path is never opened)."""
-    return ModelSpec.model_validate(
-        {"name": name, "version": version, "path": "fake.onnx", "batching": batching}
-    )
+    return ModelSpec.model_validate({"name": name, "version": version, "path": "fake.onnx", "batching": batching})
 
 
 @pytest.fixture

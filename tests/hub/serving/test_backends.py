@@ -86,7 +86,9 @@ def test_corrupt_model_is_a_backend_error(tmp_path: Path) -> None:
 def test_unknown_suffix_needs_an_explicit_runtime(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="runtime"):
         ModelSpec(name="m", path=tmp_path / "model.bin")
-    assert (
-        ModelSpec(name="m", path=tmp_path / "model.bin", runtime="onnxruntime").resolved_runtime
-        == "onnxruntime"
-    )
+    assert ModelSpec(name="m", path=tmp_path / "model.bin", runtime="onnxruntime").resolved_runtime == "onnxruntime"
+
+
+def test_onnx_thread_count_is_configurable(tiny_models: TinyModels) -> None:
+    backend = load_backend(ModelSpec(name="m", path=tiny_models.onnx, intra_op_threads=1))
+    np.testing.assert_allclose(backend.infer({"x": X})["y"], tiny_models.reference(X), rtol=1e-5, atol=1e-6)

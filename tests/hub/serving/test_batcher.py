@@ -49,9 +49,7 @@ def test_requests_are_merged_into_one_batch_and_split_back(metrics: ServingMetri
 
     async def body(b: DynamicBatcher) -> list[dict[str, np.ndarray]]:
         # the batch can only leave when it holds 4 rows (the delay is far longer than the test)
-        return await asyncio.gather(
-            *(b.submit(rows(1, start=10 * i)) for i in range(3)), b.submit(rows(1, 99))
-        )
+        return await asyncio.gather(*(b.submit(rows(1, start=10 * i)) for i in range(3)), b.submit(rows(1, 99)))
 
     results = run(backend, metrics, body, max_batch_size=4, max_queue_delay_ms=30_000)
     assert backend.batches == [4]
@@ -177,9 +175,7 @@ def test_backend_failure_fails_every_request_of_the_batch(metrics: ServingMetric
         {"x": np.float32(1.0).reshape(())},  # no batch dimension
     ],
 )
-def test_requests_that_cannot_be_batched_are_invalid(
-    metrics: ServingMetrics, inputs: dict[str, np.ndarray]
-) -> None:
+def test_requests_that_cannot_be_batched_are_invalid(metrics: ServingMetrics, inputs: dict[str, np.ndarray]) -> None:
     async def body(b: DynamicBatcher) -> None:
         with pytest.raises(InvalidInputError):
             await b.submit(inputs)

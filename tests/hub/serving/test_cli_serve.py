@@ -59,11 +59,7 @@ def test_serve_builds_an_app_with_the_given_models(
         config = client.get("/v2/models/mlp/versions/2/config").json()
         assert config["max_batch_size"] == 8
         assert config["dynamic_batching"]["preferred_batch_size"] == [4]
-        body = {
-            "inputs": [
-                {"name": "x", "datatype": "FP32", "shape": [1, IN_FEATURES], "data": [0.0] * IN_FEATURES}
-            ]
-        }
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, IN_FEATURES], "data": [0.0] * IN_FEATURES}]}
         assert client.post("/v2/models/mlp/infer", json=body).status_code == 200
 
 
@@ -131,11 +127,7 @@ def test_export_triton(cli: typer.Typer, tiny_models: TinyModels, tmp_path: Path
     assert "kind: KIND_CPU" in pbtxt
 
 
-def test_export_triton_reports_unexportable_models(
-    cli: typer.Typer, tiny_models: TinyModels, tmp_path: Path
-) -> None:
-    result = CliRunner().invoke(
-        cli, ["serve", "export-triton", f"ep={tiny_models.exported}", "-o", str(tmp_path)]
-    )
+def test_export_triton_reports_unexportable_models(cli: typer.Typer, tiny_models: TinyModels, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["serve", "export-triton", f"ep={tiny_models.exported}", "-o", str(tmp_path)])
     assert result.exit_code == 1
     assert "ONNX or TorchScript" in result.output

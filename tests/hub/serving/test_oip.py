@@ -134,9 +134,7 @@ def test_infer_binary_data_extension(client: TestClient, tiny_models: TinyModels
 
 def test_gzip_request_body_is_accepted(client: TestClient) -> None:
     raw = gzip.compress(json.dumps(infer_body(X)).encode())
-    response = client.post(
-        "/v2/models/mlp/versions/1/infer", content=raw, headers={"Content-Encoding": "gzip"}
-    )
+    response = client.post("/v2/models/mlp/versions/1/infer", content=raw, headers={"Content-Encoding": "gzip"})
     assert response.status_code == 200, response.text
 
 
@@ -230,9 +228,7 @@ def test_model_config_reflects_batching(client: TestClient) -> None:
 
 
 def test_model_without_batch_dimension_is_served_unbatched(registry: CollectorRegistry) -> None:
-    fixed = GatedBackend(
-        inputs=(TensorSpec(name="x", shape=(1, 2)),), outputs=(TensorSpec(name="y", shape=(1, 2)),)
-    )
+    fixed = GatedBackend(inputs=(TensorSpec(name="x", shape=(1, 2)),), outputs=(TensorSpec(name="y", shape=(1, 2)),))
     app = create_app([fake_spec()], registry=registry, loader=lambda spec: fixed)
     with TestClient(app) as c:
         assert c.get("/v2/models/fake/config").json()["max_batch_size"] == 0
@@ -254,9 +250,7 @@ def _post(base: str, body: dict[str, Any], path: str = "/v2/models/fake/infer") 
     return httpx.post(f"http://{base}{path}", json=body, timeout=30)
 
 
-def test_concurrent_http_requests_form_one_batch(
-    tiny_models: TinyModels, registry: CollectorRegistry
-) -> None:
+def test_concurrent_http_requests_form_one_batch(tiny_models: TinyModels, registry: CollectorRegistry) -> None:
     # the batch can only leave full (4 rows): the 30 s delay is far beyond the test
     spec = ModelSpec.model_validate(
         {
@@ -318,10 +312,7 @@ def test_request_past_its_timeout_answers_504(registry: CollectorRegistry) -> No
     assert "50 ms" in response.json()["error"]
     assert backend.batches == []
     assert (
-        sample(
-            registry, "edgefleet_serving_request_failures_total", model="fake", version="1", reason="timeout"
-        )
-        == 1
+        sample(registry, "edgefleet_serving_request_failures_total", model="fake", version="1", reason="timeout") == 1
     )
 
 
@@ -336,9 +327,7 @@ def test_default_timeout_comes_from_the_model_config(registry: CollectorRegistry
     assert response.status_code == 504
 
 
-def test_unload_every_version_then_load_the_latest(
-    tiny_models: TinyModels, registry: CollectorRegistry
-) -> None:
+def test_unload_every_version_then_load_the_latest(tiny_models: TinyModels, registry: CollectorRegistry) -> None:
     spec = ModelSpec(name="mlp", path=tiny_models.onnx)
     other = spec.model_copy(update={"version": "2"})
     with running_server(create_app([spec, other], registry=registry)) as base:
@@ -346,3 +335,32 @@ def test_unload_every_version_then_load_the_latest(
         assert _post(base, infer_body(X), "/v2/models/mlp/infer").status_code == 404
         assert _post(base, {}, "/v2/repository/models/mlp/load").json()["version"] == "2"
         assert _post(base, infer_body(X), "/v2/models/mlp/infer").status_code == 200
+
+
+def test_router_mounts_in_another_app_with_its_lifecycle(tiny_models: TinyModels) -> None:
+    from fastapi import FastAPI
+
+    from hub.errors import HubError
+    from hub.serving import ModelManager, ServingMetrics, build_router
+
+    host = FastAPI()  # stands in for the hub's app, with its own error handler and routes
+
+    @host.exception_handler(HubError)
+    async def _hub_error(_: Any, exc: HubError) -> Any:
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+    @host.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    spec = ModelSpec(name="mlp", path=tiny_models.onnx)
+    manager = ModelManager(StaticRepository([spec]), ServingMetrics(CollectorRegistry()))
+    host.include_router(build_router(manager, startup=[spec]))
+    with TestClient(host) as c:
+        assert c.get("/health").json() == {"status": "ok"}
+        assert c.get("/v2/health/ready").status_code == 200
+        assert c.post("/v2/models/mlp/infer", json=infer_body(X)).status_code == 200
+        assert c.post("/v2/models/nope/infer", json=infer_body(X)).json() == {"error": "model 'nope' is not loaded"}
+    assert not manager.ready and manager.loaded() == []  # unloaded at shutdown
