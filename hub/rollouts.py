@@ -272,6 +272,7 @@ class RolloutManager:
         self._data_lock = threading.Lock()
         self._tick_lock = threading.RLock()
         self._wake = threading.Event()
+        self._ticked = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._unsubscribes: list[Unsubscribe] = []
@@ -280,7 +281,7 @@ class RolloutManager:
 
     @classmethod
     def for_hub(cls, hub: Hub, *, tick_s: float = 2.0) -> RolloutManager:
-        """A manager for a started hub, with its own broker connection for retained device states."""
+        """A manager for a started hub, with its own broker connection for device states and events."""
         import secrets
 
         from fleet.acl import HUB_USERNAME
@@ -296,14 +297,17 @@ class RolloutManager:
             if address.username is None:
                 address = address.with_credentials(HUB_USERNAME, hub.hub_secret)
         broker = PahoBroker(address, client_id=f"edgefleet-rollouts-{secrets.token_hex(4)}")
-        manager.watch_states(broker, own=True)
-        manager._unsubscribes.append(hub.on_update_event(manager.observe_event))
+        manager.watch(broker, own=True)
         return manager
 
     # -- inputs ---------------------------------------------------------------------------------------------
 
-    def watch_states(self, broker: Broker, *, own: bool = False) -> None:
-        """Follow retained device states on ``broker`` (closed by `stop` when ``own``)."""
+    def watch(self, broker: Broker, *, own: bool = False) -> None:
+        """Follow device states and update events on ``broker`` (closed by `stop` when ``own``).
+
+        Both on one connection, so a device's failed event is seen before the state that follows it.
+        """
+        self._unsubscribes.append(broker.subscribe(topics.device_wildcard("events"), self._on_event_message))
         self._unsubscribes.append(broker.subscribe(topics.device_wildcard("state"), self._on_state_message))
         if own:
             self._state_broker = broker
@@ -321,6 +325,16 @@ class RolloutManager:
             return
         self.observe_state(state)
 
+    def _on_event_message(self, message: Message) -> None:
+        try:
+            device_id, _ = topics.parse_device_topic(message.topic)
+            event = decode(UpdateEvent, message.payload, topic=message.topic)
+        except ProtocolError as exc:
+            log.warning("rollouts: ignored event message: %s", exc)
+            return
+        if event.device_id == device_id:
+            self.observe_event(event)
+
     def observe_state(self, state: DeviceState) -> None:
         """Record a device's reported state and schedule a tick."""
         with self._data_lock:
@@ -329,9 +343,9 @@ class RolloutManager:
 
     def observe_event(self, event: UpdateEvent) -> None:
         """Record a device's update event (failures feed `DeviceStatus.error`) and schedule a tick."""
-        if not event.ok or event.state in (UpdateState.FAILED, UpdateState.ROLLBACK):
+        if not event.ok and event.detail:
             with self._data_lock:
-                self._errors[(event.device_id, event.deployment_id)] = event.detail or f"reported {event.state}"
+                self._errors[(event.device_id, event.deployment_id)] = event.detail
         self._wake.set()
 
     def statuses(self) -> list[DeviceStatus]:
@@ -344,8 +358,13 @@ class RolloutManager:
             state = states.get(device.id)
             if state is not None:
                 error = errors.get((device.id, state.deployment_id)) if state.deployment_id else None
-                out.append(DeviceStatus.from_state(state.model_copy(update={"target": state.target or device.target}),
-                                                   device.labels, error))
+                status = DeviceStatus.from_state(state, device.labels, error)
+                if status.target is None:
+                    status = status.model_copy(update={"target": device.target})
+                if status.update_state == UpdateState.ROLLBACK and error is None:
+                    # still reverting: its failed event, with the reason, follows
+                    status = status.model_copy(update={"update_state": None})
+                out.append(status)
             else:
                 out.append(DeviceStatus(device_id=device.id, target=device.target, labels=device.labels,
                                         online=device.online, active_model=device.active_model,
@@ -431,6 +450,19 @@ class RolloutManager:
             for rollout_id in self.store.open_ids():
                 snapshot, actions = step(self.store.load(rollout_id), self.clock(), statuses)
                 self._commit(snapshot, actions, statuses)
+        with self._ticked:
+            self._ticked.notify_all()
+
+    def wait(self, rollout_id: str, until: Callable[[RolloutSnapshot], bool], timeout_s: float) -> RolloutSnapshot:
+        """Block until ``until(snapshot)`` holds after a tick (or ``timeout_s`` passes); return the snapshot."""
+        deadline = time.monotonic() + timeout_s
+        with self._ticked:
+            while True:
+                snapshot = self.store.load(rollout_id)
+                remaining = deadline - time.monotonic()
+                if until(snapshot) or remaining <= 0:
+                    return snapshot
+                self._ticked.wait(remaining)
 
     def _commit(self, snapshot: RolloutSnapshot, actions: list[Action], statuses: list[DeviceStatus]) -> None:
         for _ in range(_MAX_GATE_ROUNDS):

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from fleet import topics
 from fleet.messages import DeploymentOrder, DeviceState, InstalledModel, UpdateEvent, UpdateState, decode
 from fleet.rollout import GateVerdict, RequestGate, RolloutSnapshot, RolloutState, Verdict
-from fleet.rollout_plan import plan_from_cli
+from fleet.rollout_plan import RolloutPlan, plan_from_cli
 from fleet.transport import InMemoryBroker, Message
 from hub.api import create_app
 from hub.config import HubSettings
@@ -61,7 +61,7 @@ class Fleet:
             return self.verdict
 
         manager = RolloutManager(self.hub.registry, self.mqtt, analyse=analyse)  # type: ignore[arg-type]
-        manager.watch_states(self.broker)
+        manager.watch(self.broker)
         return manager
 
     def device(self, name: str, version: str = "1.0.0") -> str:
@@ -106,7 +106,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     f.hub.db.close()
 
 
-def _plan(**options: object):  # type: ignore[no-untyped-def]
+def _plan(**options: object) -> RolloutPlan:
     defaults: dict[str, object] = {"canary": "1", "waves": "50,100", "gate": False, "min_devices": 1}
     defaults.update(options)
     return plan_from_cli("digits:2.0.0", **defaults)  # type: ignore[arg-type]
