@@ -437,8 +437,9 @@ class RolloutManager:
         """Apply queued commands, then step every open rollout once (answering gate requests at once)."""
         with self._tick_lock:
             self.ticks += 1
-            statuses = self.statuses()
-            for command in self.store.pending_commands():
+            commands, open_ids = self.store.pending_commands(), self.store.open_ids()
+            statuses = self.statuses() if commands or open_ids else []
+            for command in commands:
                 try:
                     snapshot = self.store.load(command.rollout_id)
                     snapshot, actions = step(snapshot, self.clock(), statuses, command=command.command)
@@ -447,7 +448,7 @@ class RolloutManager:
                     continue
                 self._commit(snapshot, actions, statuses)
                 self.store.finish_command(command.id)
-            for rollout_id in self.store.open_ids():
+            for rollout_id in open_ids:
                 snapshot, actions = step(self.store.load(rollout_id), self.clock(), statuses)
                 self._commit(snapshot, actions, statuses)
         with self._ticked:
@@ -455,13 +456,19 @@ class RolloutManager:
 
     def wait(self, rollout_id: str, until: Callable[[RolloutSnapshot], bool], timeout_s: float) -> RolloutSnapshot:
         """Block until ``until(snapshot)`` holds after a tick (or ``timeout_s`` passes); return the snapshot."""
+        self.wait_for(lambda: until(self.store.load(rollout_id)), timeout_s)
+        return self.store.load(rollout_id)
+
+    def wait_for(self, condition: Callable[[], bool], timeout_s: float) -> bool:
+        """Block until ``condition()`` holds, checked now and after every tick; return whether it does."""
         deadline = time.monotonic() + timeout_s
         with self._ticked:
             while True:
-                snapshot = self.store.load(rollout_id)
+                if condition():
+                    return True
                 remaining = deadline - time.monotonic()
-                if until(snapshot) or remaining <= 0:
-                    return snapshot
+                if remaining <= 0:
+                    return False
                 self._ticked.wait(remaining)
 
     def _commit(self, snapshot: RolloutSnapshot, actions: list[Action], statuses: list[DeviceStatus]) -> None:

@@ -1,0 +1,342 @@
+"""Rollout benchmark: time and hub egress to roll one bundle out to 1,000 simulated devices, beside the
+broker's own fan-out rate measured in the same run. Writes bench/results/rollout.json.
+
+The hub is the real one (`hub.service.Hub` with its `RolloutManager`), on the machine's Mosquitto. Devices
+are lightweight MQTT clients (one connection each), not full agents: each reports a retained state, takes
+its retained deployment order, asks the hub for the bundle's chunks, collects them from the bundle's
+broadcast topic (asking again for missing ones after ``--chunk-timeout``), checks the sha256 and reports
+done. The rollout is a canary of 1% and waves of 10, 50 and 100% with no gate, so all of the time is
+distribution and the engine's own bookkeeping.
+
+Fan-out: the same clients subscribe to one broadcast topic; a publisher sends ``--fanout-messages`` messages
+of one chunk's size and the run records how long the broker takes to deliver each to every client.
+
+    .venv/bin/python bench/bench_rollout.py [--devices 1000] [--bundle-kb 256] [--broker-url mqtt://127.0.0.1:1883]
+
+Goal (design: fan-out): hub egress for the whole rollout about one bundle per wave, not one per device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import secrets
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fleet import topics  # noqa: E402
+from fleet.messages import (  # noqa: E402
+    DeploymentOrder,
+    DeviceState,
+    FetchRequest,
+    InstalledModel,
+    UpdateEvent,
+    UpdateState,
+    decode,
+    decode_chunk,
+    encode,
+)
+from fleet.mqtt import BrokerAddress  # noqa: E402
+from fleet.rollout import FINAL_STATES  # noqa: E402
+from fleet.rollout_plan import plan_from_cli  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "rollout.json"
+TARGET = "x86-onnx-cpu"
+FANOUT_TOPIC = topics.broadcast_topic("bench-fanout")
+
+
+class SimDevice:
+    """One device: a paho client that follows orders the way the agent's transfer does, minus TUF/runtime."""
+
+    def __init__(self, device_id: str, address: BrokerAddress, installed: InstalledModel,
+                 fleet: SimFleet) -> None:
+        self.device_id = device_id
+        self.installed = installed
+        self.fleet = fleet
+        self.lock = threading.Lock()
+        self.order: DeploymentOrder | None = None
+        self.chunks: dict[int, bytes] = {}
+        self.last_progress = 0.0
+        self.done_at: float | None = None
+        self.bytes_in = 0
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
+        self.client.username_pw_set(device_id, "bench")
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.connect_async(address.host, address.port, keepalive=60)
+        self.client.loop_start()
+
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        client.subscribe([(topics.device_topic(self.device_id, "deployment"), 1), (FANOUT_TOPIC, 0)])
+        self._announce(UpdateState.IDLE, None)
+        self.fleet.connected(self)
+
+    def _announce(self, update_state: UpdateState, deployment_id: str | None) -> None:
+        state = DeviceState(device_id=self.device_id, online=True, target=TARGET, active=self.installed,
+                            update_state=update_state, deployment_id=deployment_id, ts=time.time())
+        self.client.publish(topics.device_topic(self.device_id, "state"), encode(state), qos=1, retain=True)
+
+    def _event(self, order: DeploymentOrder, state: UpdateState, ok: bool = True, detail: str = "") -> None:
+        event = UpdateEvent(device_id=self.device_id, deployment_id=order.deployment_id, state=state, ok=ok,
+                            detail=detail, ts=time.time())
+        self.client.publish(topics.device_topic(self.device_id, "events"), encode(event), qos=1)
+
+    def _on_message(self, client: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+        payload = bytes(message.payload)
+        self.bytes_in += len(payload)
+        if message.topic == FANOUT_TOPIC:
+            self.fleet.fanout_received(payload)
+        elif message.topic.endswith("/deployment"):
+            if payload:
+                self._start(decode(DeploymentOrder, payload))
+        else:
+            self._on_chunk(payload)
+
+    def _start(self, order: DeploymentOrder) -> None:
+        if order.sha256 == self.installed.sha256:
+            return
+        with self.lock:
+            self.order, self.chunks, self.last_progress = order, {}, time.monotonic()
+        self.client.subscribe(topics.bundle_topic(order.sha256), qos=1)
+        self._event(order, UpdateState.DOWNLOAD)
+        self._announce(UpdateState.DOWNLOAD, order.deployment_id)
+        self.request_missing()
+
+    def request_missing(self) -> None:
+        with self.lock:
+            order = self.order
+            if order is None or self.done_at is not None:
+                return
+            missing = [i for i in range(order.chunk_count) if i not in self.chunks]
+            self.last_progress = time.monotonic()
+        request = FetchRequest(request_id=uuid.uuid4().hex[:12], kind="chunks", sha256=order.sha256, chunks=missing)
+        self.client.publish(topics.device_topic(self.device_id, "fetch"), encode(request), qos=1)
+
+    def _on_chunk(self, payload: bytes) -> None:
+        frame = decode_chunk(payload)
+        with self.lock:
+            order = self.order
+            if order is None or frame.sha256 != order.sha256 or self.done_at is not None:
+                return
+            self.chunks[frame.index] = frame.data
+            self.last_progress = time.monotonic()
+            if len(self.chunks) < order.chunk_count:
+                return
+            data = b"".join(self.chunks[i] for i in range(order.chunk_count))
+            self.done_at = time.monotonic()
+        if hashlib.sha256(data).hexdigest() != order.sha256:
+            self._event(order, UpdateState.FAILED, ok=False, detail="bundle digest mismatch")
+            self._announce(UpdateState.FAILED, order.deployment_id)
+        else:
+            self.installed = InstalledModel(model=order.model, version=order.version, sha256=order.sha256,
+                                            target=order.target)
+            self._event(order, UpdateState.DONE)
+            self._announce(UpdateState.DONE, order.deployment_id)
+        self.client.unsubscribe(topics.bundle_topic(order.sha256))
+
+    def stalled(self, timeout_s: float) -> bool:
+        with self.lock:
+            return (self.order is not None and self.done_at is None
+                    and time.monotonic() - self.last_progress > timeout_s)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class SimFleet:
+    """The simulated devices, plus the counters the fan-out measurement needs."""
+
+    def __init__(self) -> None:
+        self.devices: list[SimDevice] = []
+        self._connected = 0
+        self._fanout: dict[bytes, int] = {}
+        self._cond = threading.Condition()
+
+    def connected(self, _device: SimDevice) -> None:
+        with self._cond:
+            self._connected += 1
+            self._cond.notify_all()
+
+    def wait_connected(self, count: int, timeout_s: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._connected >= count, timeout_s)
+
+    def fanout_received(self, payload: bytes) -> None:
+        key = payload[:16]
+        with self._cond:
+            self._fanout[key] = self._fanout.get(key, 0) + 1
+            self._cond.notify_all()
+
+    def wait_fanout(self, key: bytes, count: int, timeout_s: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._fanout.get(key, 0) >= count, timeout_s)
+
+
+def measure_fanout(address: BrokerAddress, fleet: SimFleet, size: int, messages: int) -> dict[str, Any]:
+    """Publish ``messages`` payloads of ``size`` bytes (QoS 0) one at a time; time delivery to every device."""
+    publisher = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{secrets.token_hex(3)}")
+    publisher.username_pw_set("bench-publisher", "bench")
+    publisher.connect(address.host, address.port)
+    publisher.loop_start()
+    n = len(fleet.devices)
+    times = []
+    try:
+        for _ in range(messages):
+            key = secrets.token_bytes(16)
+            start = time.perf_counter()
+            publisher.publish(FANOUT_TOPIC, key + bytes(size - 16), qos=0)
+            if not fleet.wait_fanout(key, n, 120):
+                raise RuntimeError("fan-out message did not reach every device in 120 s")
+            times.append(time.perf_counter() - start)
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+    mean = sum(times) / len(times)
+    return {"message_bytes": size, "messages": messages, "subscribers": n,
+            "seconds_per_message": [round(t, 4) for t in times],
+            "deliveries_per_s": round(n / mean, 1), "delivered_mb_per_s": round(n * size / mean / 1e6, 2)}
+
+
+def register_versions(hub: Any, bundle_bytes: int) -> tuple[InstalledModel, str]:
+    """Register digits 1.0.0 (what devices run) and 2.0.0 (what is rolled out): stored random bundles."""
+    installed = None
+    new_sha = ""
+    for version in ("1.0.0", "2.0.0"):
+        hub.registry.add_version("digits", version)
+        bundle = os.urandom(bundle_bytes)
+        sha = hub.store.put_bytes(bundle)
+        hub.registry.add_variant("digits", version, target=TARGET, runtime="onnxruntime", precision="fp32",
+                                 artifact_sha256=sha, size_bytes=len(bundle), bundle_sha256=sha,
+                                 bundle_size=len(bundle), tuf_target=f"digits/{version}/{TARGET}.bundle")
+        if version == "1.0.0":
+            installed = InstalledModel(model="digits", version=version, sha256=sha, target=TARGET)
+        else:
+            new_sha = sha
+    assert installed is not None
+    return installed, new_sha
+
+
+def provision(hub: Any, device_ids: list[str]) -> None:
+    """Insert device rows in bulk (Mosquitto here allows anonymous clients, so no per-device scrypt hash)."""
+    from hub.registry import Device
+
+    with hub.db.session() as session:
+        for i, device_id in enumerate(device_ids):
+            session.add(Device(id=device_id, target=TARGET, labels={"site": f"s{i % 4}"}, credential_hash="bench"))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from hub.config import HubSettings
+    from hub.service import Hub
+
+    address = BrokerAddress.from_url(args.broker_url)
+    with tempfile.TemporaryDirectory() as tmp:
+        hub = Hub(HubSettings(data_dir=Path(tmp), broker_url=args.broker_url, chunk_size=args.chunk_kb * 1024,
+                              rebroadcast_window_s=args.rebroadcast_window))
+        hub.start()
+        fleet = SimFleet()
+        run_id = secrets.token_hex(3)
+        try:
+            installed, new_sha = register_versions(hub, args.bundle_kb * 1024)
+            ids = [f"bench-{run_id}-{i:04d}" for i in range(args.devices)]
+            provision(hub, ids)
+            t0 = time.perf_counter()
+            fleet.devices = [SimDevice(d, address, installed, fleet) for d in ids]
+            if not fleet.wait_connected(args.devices, 120):
+                raise RuntimeError("devices did not all connect")
+            connect_s = time.perf_counter() - t0
+
+            fanout = measure_fanout(address, fleet, args.chunk_kb * 1024, args.fanout_messages)
+
+            assert hub.mqtt is not None and hub.rollouts is not None
+            manager = hub.rollouts
+            # the hub's rollout view must hold every device's retained state before the rollout starts
+            if not manager.wait_for(lambda: all(s.update_state is not None for s in manager.statuses()), 60):
+                raise RuntimeError("hub did not see every device's state")
+            plan = plan_from_cli("digits:2.0.0", canary="1%", waves=args.waves, gate=False, min_devices=10,
+                                 device_timeout_s=600)
+            egress_before = hub.mqtt.egress_bytes
+            ticks_before = manager.ticks
+            stop = threading.Event()
+
+            def nudge() -> None:  # devices re-ask for chunks they missed, like the agent's chunk timeout
+                while not stop.wait(args.chunk_timeout / 2):
+                    for device in fleet.devices:
+                        if device.stalled(args.chunk_timeout):
+                            device.request_missing()
+
+            nudger = threading.Thread(target=nudge, daemon=True)
+            nudger.start()
+            start = time.perf_counter()
+            snapshot = manager.start_rollout(plan, rollout_id=f"bench-{run_id}")
+            snapshot = manager.wait(snapshot.rollout_id, lambda s: s.state in FINAL_STATES, args.timeout)
+            duration = time.perf_counter() - start
+            stop.set()
+            egress = hub.mqtt.egress_bytes - egress_before
+            bundle = hub.store.size(new_sha)
+            waves = [h for h in snapshot.history if h.event.value in ("wave_complete", "last_wave_complete")]
+            on_version = sum(1 for d in fleet.devices if d.installed.sha256 == new_sha)
+            return {
+                "state": snapshot.state.value,
+                "devices": args.devices,
+                "devices_on_version": on_version,
+                "waves": args.waves,
+                "wave_count": len(waves),
+                "rollout_seconds": round(duration, 2),
+                "wave_done_at_s": [round(h.at - snapshot.created_at, 2) for h in waves],
+                "devices_per_s": round(on_version / duration, 1),
+                "bundle_bytes": bundle,
+                "chunk_bytes": args.chunk_kb * 1024,
+                "chunks_per_bundle": math.ceil(bundle / (args.chunk_kb * 1024)),
+                "hub_egress_bytes": egress,
+                "hub_egress_bundles": round(egress / bundle, 2),
+                "unicast_egress_bytes_would_be": bundle * on_version,
+                "device_ingress_bytes_total": sum(d.bytes_in for d in fleet.devices),
+                "engine_ticks": manager.ticks - ticks_before,
+                "connect_seconds": round(connect_s, 2),
+                "broker_fanout": fanout,
+            }
+        finally:
+            for device in fleet.devices:
+                device.close()
+            hub.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--bundle-kb", type=int, default=256)
+    parser.add_argument("--chunk-kb", type=int, default=64)
+    parser.add_argument("--waves", default="10,50,100")
+    parser.add_argument("--rebroadcast-window", type=float, default=2.0)
+    parser.add_argument("--chunk-timeout", type=float, default=2.0)
+    parser.add_argument("--fanout-messages", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--broker-url", default="mqtt://127.0.0.1:1883")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    result = {"bench": "rollout", "python": platform.python_version(), "machine": platform.machine(),
+              "cpus": os.cpu_count(), "broker": args.broker_url, **run(args)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
