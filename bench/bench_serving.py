@@ -266,7 +266,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
             "warmup_s": args.warmup,
         },
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_1m_at_end": os.getloadavg()[0],  # the machine may be shared: context for the numbers
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "results": summary,
         "speedup_throughput": speedup,
         "p99_ratio_batched_over_single": b["p99_ms"] / s["p99_ms"],

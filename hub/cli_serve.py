@@ -22,9 +22,7 @@ ModelOpt = Annotated[
     list[str] | None,
     typer.Option("--model", "-m", help="NAME=PATH or NAME:VERSION=PATH (.onnx, .pt/.ts, .pt2); repeatable"),
 ]
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="JSON file: {'models': [ModelSpec, ...]}")
-]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="JSON file: {'models': [ModelSpec, ...]}")]
 MaxBatchOpt = Annotated[int, typer.Option(help="max rows per batch; 0 turns batching off")]
 DelayOpt = Annotated[float, typer.Option(help="longest wait (ms) for a batch to fill")]
 PreferredOpt = Annotated[list[int] | None, typer.Option("--preferred-batch-size", help="repeatable")]

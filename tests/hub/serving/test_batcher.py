@@ -202,3 +202,26 @@ def test_closed_batcher_refuses_requests(metrics: ServingMetrics) -> None:
             await b.submit(rows(1))
 
     asyncio.run(main())
+
+
+def test_instances_run_batches_in_parallel(metrics: ServingMetrics) -> None:
+    import threading
+
+    both_inside = threading.Barrier(2, timeout=10)  # breaks (and fails the test) unless two run at once
+    seen: list[int] = []
+
+    def run_fn(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seen.append(inputs["x"].shape[0])
+        both_inside.wait()
+        return {"y": inputs["x"]}
+
+    async def main() -> None:
+        b = DynamicBatcher(run_fn, BatchingConfig(max_batch_size=1, instances=2), metrics.bind("m", "1"))
+        b.start()
+        try:
+            await asyncio.gather(b.submit(rows(1)), b.submit(rows(1)))
+        finally:
+            await b.close()
+
+    asyncio.run(main())
+    assert seen == [1, 1]
