@@ -71,9 +71,7 @@ def ab_test(
     if successes_a > 0:
         lift = test.p_b / test.p_a - 1
         if successes_b > 0:
-            se_log = math.sqrt(
-                1 / successes_a - 1 / trials_a + 1 / successes_b - 1 / trials_b
-            )  # Katz log risk ratio
+            se_log = math.sqrt(1 / successes_a - 1 / trials_a + 1 / successes_b - 1 / trials_b)  # Katz log risk ratio
             log_rr = math.log(test.p_b / test.p_a)
             lift_ci = (math.exp(log_rr - zc * se_log) - 1, math.exp(log_rr + zc * se_log) - 1)
     alpha = 1 - confidence

@@ -195,19 +195,13 @@ class DeviceMetrics(BaseModel):
         )
 
 
-def device_metrics(
-    batches: Iterable[TelemetryBatch], *, shadow_candidate: str | None = None
-) -> list[DeviceMetrics]:
+def device_metrics(batches: Iterable[TelemetryBatch], *, shadow_candidate: str | None = None) -> list[DeviceMetrics]:
     """Per-device metrics from telemetry batches (one entry per device id, sorted). With
     ``shadow_candidate``, only shadow statistics of that candidate version count."""
     per_device: dict[str, TelemetryAggregate] = {}
     for batch in batches:
         shadow = batch.shadow
-        if (
-            shadow_candidate is not None
-            and shadow is not None
-            and shadow.candidate_version != shadow_candidate
-        ):
+        if shadow_candidate is not None and shadow is not None and shadow.candidate_version != shadow_candidate:
             batch = batch.model_copy(update={"shadow": None})
         agg = per_device.get(batch.device_id)
         if agg is None:
@@ -308,20 +302,25 @@ def _device_level(
     def values(group: Sequence[DeviceMetrics]) -> list[tuple[str, float]]:
         out = []
         for d in group:
-            v = (
-                value_of(d, config.latency_statistic)
-                if d.requests >= config.min_requests_per_device
-                else None
-            )
+            v = value_of(d, config.latency_statistic) if d.requests >= config.min_requests_per_device else None
             if v is not None and math.isfinite(v):
                 out.append((d.device_class, v))
         return out
 
     can, base = values(canary), values(baseline)
+    low = config.min_requests_per_device
+    details: dict[str, float | int | str | None] = {
+        "low_traffic_canary": sum(1 for d in canary if d.requests < low),
+        "low_traffic_baseline": sum(1 for d in baseline if d.requests < low),
+    }
+    if unit == "ms":
+        details["statistic"] = config.latency_statistic
     if not base:
-        return _inconclusive(metric, spec, f"no baseline device has {metric.value} data")
+        reason = f"no baseline device has {metric.value} data from >= {low} requests"
+        return _inconclusive(metric, spec, reason, details=details)
     if not can:
-        return _inconclusive(metric, spec, f"no canary device has {metric.value} data")
+        reason = f"no canary device has {metric.value} data from >= {low} requests"
+        return _inconclusive(metric, spec, reason, details=details)
     by_class: dict[str, list[float]] = defaultdict(list)
     for cls, v in base:
         by_class[cls].append(v)
@@ -333,12 +332,10 @@ def _device_level(
             spec,
             f"baseline {metric.value} is zero on every device: telemetry missing or broken",
             n_baseline=len(base),
+            details=details,
         )
     can_norm = [v / medians[c] for c, v in can if medians.get(c, 0) > 0]
     base_norm = [v / medians[c] for c, v in base if medians[c] > 0]
-    details: dict[str, float | int | str | None] = (
-        {"statistic": config.latency_statistic} if unit == "ms" else {}
-    )
     if zero_classes:
         details["zero_baseline_classes"] = ",".join(zero_classes)
     n_c, n_b = len(can_norm), len(base_norm)
@@ -497,12 +494,8 @@ def _predictions(
     res = compare_counts("predictions", base, can, config.drift)
     n_c, n_b = int(res.n_current), int(res.n_reference)
     if res.drifted is None:
-        return _inconclusive(
-            metric, spec, f"prediction distribution: {res.detail}", n_canary=n_c, n_baseline=n_b
-        )
-    shown = f"{res.test.value}={res.statistic:.4g}" + (
-        f", p={res.p_value:.3g}" if res.p_value is not None else ""
-    )
+        return _inconclusive(metric, spec, f"prediction distribution: {res.detail}", n_canary=n_c, n_baseline=n_b)
+    shown = f"{res.test.value}={res.statistic:.4g}" + (f", p={res.p_value:.3g}" if res.p_value is not None else "")
     verdict = Verdict.FAIL if res.drifted else Verdict.PASS
     word = "differs from" if res.drifted else "matches"
     return MetricResult(
@@ -519,9 +512,7 @@ def _predictions(
     )
 
 
-def _shadow(
-    canary: Sequence[DeviceMetrics], baseline: Sequence[DeviceMetrics], config: CanaryConfig
-) -> MetricResult:
+def _shadow(canary: Sequence[DeviceMetrics], baseline: Sequence[DeviceMetrics], config: CanaryConfig) -> MetricResult:
     metric, spec = CanaryMetric.SHADOW_AGREEMENT, config.spec(CanaryMetric.SHADOW_AGREEMENT)
     devices = [d for d in (*canary, *baseline) if d.shadow_compared > 0]
     compared = sum(d.shadow_compared for d in devices)
@@ -572,9 +563,7 @@ def _aggregate_sketches(devices: Sequence[DeviceMetrics]) -> TelemetryAggregate:
     return agg
 
 
-def _drift(
-    canary: Sequence[DeviceMetrics], baseline: Sequence[DeviceMetrics], config: CanaryConfig
-) -> MetricResult:
+def _drift(canary: Sequence[DeviceMetrics], baseline: Sequence[DeviceMetrics], config: CanaryConfig) -> MetricResult:
     metric, spec = CanaryMetric.DRIFT, config.spec(CanaryMetric.DRIFT)
     base, can = _aggregate_sketches(baseline), _aggregate_sketches(canary)
     if not base.sketches:
@@ -649,9 +638,7 @@ def analyse_canary(
     can = [d for d in canary if d.device_class in shared]
     for d in canary:
         if d.device_class not in shared:
-            excluded[d.device_id] = (
-                f"canary device of class {d.device_class} has no baseline devices of its class"
-            )
+            excluded[d.device_id] = f"canary device of class {d.device_class} has no baseline devices of its class"
     base = [d for d in baseline if d.device_class in shared]
     reasons: list[str] = []
 
@@ -676,8 +663,7 @@ def analyse_canary(
         return report(Verdict.INCONCLUSIVE, None, [])
     if not shared:
         reasons.append(
-            f"no device class in common (canary {sorted(canary_classes)}, "
-            f"baseline {sorted(baseline_classes)})"
+            f"no device class in common (canary {sorted(canary_classes)}, baseline {sorted(baseline_classes)})"
         )
         return report(Verdict.INCONCLUSIVE, None, [])
     window = _window_problem(can, base, config)

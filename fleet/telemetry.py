@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import itertools
 import math
 import struct
@@ -73,8 +74,7 @@ MAX_SKETCH_BYTES: Final = 64 * 1024
 def _check_histogram(hist: Histogram) -> None:
     if len(hist.counts) != len(hist.edges) + 1:
         raise ProtocolError(
-            f"histogram has {len(hist.counts)} counts for {len(hist.edges)} edges; "
-            "expected one more (overflow)"
+            f"histogram has {len(hist.counts)} counts for {len(hist.edges)} edges; expected one more (overflow)"
         )
     if any(b <= a for a, b in zip(hist.edges, hist.edges[1:], strict=False)):
         raise ProtocolError("histogram edges are not strictly increasing")
@@ -87,10 +87,11 @@ class HistogramAccumulator:
     With ``edges=None`` the accumulator adopts the edges of the first histogram it is given.
     """
 
-    __slots__ = ("_counts", "_edges", "_total")
+    __slots__ = ("_counts", "_edges", "_edges_key", "_total")
 
     def __init__(self, edges: Sequence[float] | None = None) -> None:
         self._edges: np.ndarray | None = None
+        self._edges_key: tuple[float, ...] = ()
         self._counts: np.ndarray | None = None
         self._total = 0.0
         if edges is not None:
@@ -101,12 +102,13 @@ class HistogramAccumulator:
         if arr.ndim != 1 or arr.size == 0 or np.any(np.diff(arr) <= 0):
             raise FleetConfigError("histogram edges must be a non-empty, strictly increasing sequence")
         self._edges = arr
+        self._edges_key = tuple(float(e) for e in arr)
         self._counts = np.zeros(arr.size + 1, dtype=np.int64)
 
     @property
     def edges(self) -> tuple[float, ...]:
         """The bucket upper edges (empty before the first histogram when created without edges)."""
-        return () if self._edges is None else tuple(float(e) for e in self._edges)
+        return self._edges_key
 
     @property
     def count(self) -> int:
@@ -136,22 +138,27 @@ class HistogramAccumulator:
 
     def add(self, hist: Histogram) -> None:
         """Merge a histogram message with the same edges; `ProtocolError` if they differ."""
-        _check_histogram(hist)
-        if self._edges is None or self._counts is None:
-            self._set_edges(hist.edges)
-        edges, counts = self._edges, self._counts
-        if edges is None or counts is None:  # unreachable: _set_edges sets both
-            raise FleetConfigError("histogram accumulator has no edges")
-        if len(hist.edges) != edges.size or not np.allclose(hist.edges, edges, rtol=0, atol=1e-12):
-            raise ProtocolError("histogram edges differ from this accumulator's; cannot merge")
-        counts += np.asarray(hist.counts, dtype=np.int64)
+        if tuple(hist.edges) != self._edges_key:  # the common case, same edges, skips the checks
+            _check_histogram(hist)
+            if self._edges is None:
+                self._set_edges(hist.edges)
+            elif len(hist.edges) != self._edges.size or not np.allclose(hist.edges, self._edges, rtol=0, atol=1e-12):
+                raise ProtocolError("histogram edges differ from this accumulator's; cannot merge")
+        if self._counts is None or len(hist.counts) != self._counts.size:
+            raise ProtocolError(f"histogram has {len(hist.counts)} counts for {len(hist.edges)} edges")
+        self._counts += np.asarray(hist.counts, dtype=np.int64)
         self._total += hist.total
 
     def merge(self, other: HistogramAccumulator) -> None:
         """Merge another accumulator (no-op if it never got edges)."""
-        if other._edges is None:
+        if other._edges is None or other._counts is None:
             return
-        self.add(other.to_histogram())
+        if self._edges is None:
+            self._set_edges(other._edges_key)
+        if other._edges_key != self._edges_key or self._counts is None:
+            raise ProtocolError("histogram edges differ from this accumulator's; cannot merge")
+        self._counts += other._counts
+        self._total += other._total
 
     def reset(self) -> None:
         """Zero the counts, keep the edges."""
@@ -253,6 +260,7 @@ def _level_capacity_aux(k: int, depth: int) -> int:
     return (((2 * k) << depth) // (3**depth) + 1) >> 1
 
 
+@functools.lru_cache(maxsize=1024)
 def _kll_total_capacity(k: int, m: int, num_levels: int) -> int:
     return sum(max(m, _level_capacity_aux(k, num_levels - h - 1)) for h in range(num_levels))
 
@@ -294,23 +302,22 @@ def _check_kll_bytes(raw: bytes) -> None:
         raise ProtocolError("KLL sketch level offsets do not match its length")
     if sum((levels[i + 1] - levels[i]) << i for i in range(num_levels)) != n or n == 0:
         raise ProtocolError("KLL sketch weights do not add up to its item count")
-    min_max = np.frombuffer(raw, dtype="<f4", count=2, offset=items_at - 8)
-    items = np.frombuffer(raw, dtype="<f4", offset=items_at)
-    if np.isnan(items).any() or np.isnan(min_max).any() or min_max[0] > min_max[1]:
+    values = np.frombuffer(raw, dtype="<f4", offset=items_at - 8)  # min, max, then the items
+    if np.isnan(values).any() or values[0] > values[1]:
         raise ProtocolError("KLL sketch holds NaN or inconsistent min/max")
-    first = 0 if flags & _FLAG_LEVEL_ZERO_SORTED else 1
-    for level in range(first, num_levels):
-        chunk = items[levels[level] - levels[0] : levels[level + 1] - levels[0]]
-        if chunk.size > 1 and np.any(np.diff(chunk) < 0):
-            raise ProtocolError(f"KLL sketch level {level} is not sorted")
+    items = values[2:]
+    descending = items[1:] < items[:-1]  # allowed only across level boundaries and in an unsorted level 0
+    descending[[e for e in (b - levels[0] - 1 for b in levels[1:num_levels]) if 0 <= e < descending.size]] = False
+    if not flags & _FLAG_LEVEL_ZERO_SORTED:
+        descending[: max(0, levels[1] - levels[0] - 1)] = False
+    if descending.any():
+        raise ProtocolError("KLL sketch has an unsorted level")
 
 
 def deserialize_sketch(text: str) -> kll_floats_sketch:
     """Parse a base64 KLL float sketch; `ProtocolError` if it is oversized, not base64 or not a sketch."""
     if len(text) > MAX_SKETCH_BYTES * 4 // 3 + 4:
-        raise ProtocolError(
-            f"sketch of {len(text)} base64 characters exceeds the {MAX_SKETCH_BYTES}-byte limit"
-        )
+        raise ProtocolError(f"sketch of {len(text)} base64 characters exceeds the {MAX_SKETCH_BYTES}-byte limit")
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -322,9 +329,7 @@ def deserialize_sketch(text: str) -> kll_floats_sketch:
         raise ProtocolError(f"corrupt KLL sketch: {exc}") from exc
 
 
-def merge_sketches(
-    sketches: Iterable[str | kll_floats_sketch], k: int = DEFAULT_SKETCH_K
-) -> kll_floats_sketch:
+def merge_sketches(sketches: Iterable[str | kll_floats_sketch], k: int = DEFAULT_SKETCH_K) -> kll_floats_sketch:
     """Merge sketches (objects or base64 text) into a new sketch; inputs are left untouched."""
     out = new_sketch(k)
     for sk in sketches:
@@ -344,14 +349,10 @@ def sketch_items(sketch: kll_floats_sketch) -> tuple[np.ndarray, np.ndarray]:
     if flags & _FLAG_EMPTY:
         return np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
     if flags & _FLAG_SINGLE_ITEM:
-        return np.frombuffer(raw, dtype="<f4", count=1, offset=8).astype(np.float64), np.ones(
-            1, dtype=np.int64
-        )
+        return np.frombuffer(raw, dtype="<f4", count=1, offset=8).astype(np.float64), np.ones(1, dtype=np.int64)
     num_levels = raw[18]
     k, m = struct.unpack_from("<H", raw, 4)[0], raw[6]
-    levels = np.array(
-        [*struct.unpack_from(f"<{num_levels}I", raw, 20), _kll_total_capacity(k, m, num_levels)]
-    )
+    levels = np.array([*struct.unpack_from(f"<{num_levels}I", raw, 20), _kll_total_capacity(k, m, num_levels)])
     items = np.frombuffer(raw, dtype="<f4", offset=20 + 4 * num_levels + 8).astype(np.float64)
     weights = np.repeat(np.left_shift(1, np.arange(num_levels, dtype=np.int64)), np.diff(levels))
     order = np.argsort(items, kind="stable")
@@ -521,14 +522,10 @@ class ReferenceProfile(BaseModel):
         confidence = None
         if confidences is not None:
             acc = HistogramAccumulator(CONFIDENCE_BUCKETS)
-            acc.observe_many(
-                np.asarray(list(confidences) if not isinstance(confidences, np.ndarray) else confidences)
-            )
+            acc.observe_many(np.asarray(list(confidences) if not isinstance(confidences, np.ndarray) else confidences))
             confidence = acc.to_histogram()
         return cls(
-            feature_sketches={
-                name: serialize_sketch(sketch_from_values(v, k)) for name, v in features.items()
-            },
+            feature_sketches={name: serialize_sketch(sketch_from_values(v, k)) for name, v in features.items()},
             feature_kinds=kinds,
             predictions=dict(Counter(predictions or ())),
             confidence=confidence,

@@ -57,9 +57,7 @@ class PresummedHistogram(Collector):
     them is re-bucketed by each source bucket's upper edge (never under-reporting a value's size).
     """
 
-    def __init__(
-        self, name: str, documentation: str, labelnames: Sequence[str], edges: Sequence[float]
-    ) -> None:
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], edges: Sequence[float]) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
@@ -96,9 +94,7 @@ class PresummedHistogram(Collector):
             snapshot = [(k, c.copy(), s[0]) for k, (c, s) in self._series.items()]
         for labels, counts, total in snapshot:
             cumulative = np.cumsum(counts)
-            buckets = [
-                (floatToGoString(e), float(c)) for e, c in zip(self.edges, cumulative[:-1], strict=True)
-            ]
+            buckets = [(floatToGoString(e), float(c)) for e, c in zip(self.edges, cumulative[:-1], strict=True)]
             buckets.append(("+Inf", float(cumulative[-1])))
             family.add_metric(list(labels), buckets, sum_value=total)
         yield family
@@ -294,7 +290,5 @@ class FleetMetrics:
             self._rollouts.pop(rollout, None)
         for labels in [s.labels for m in self.rollout_state.collect() for s in m.samples]:
             if labels.get("rollout") == rollout:
-                self._remove_quietly(
-                    self.rollout_state, (rollout, labels["model"], labels["version"], labels["state"])
-                )
+                self._remove_quietly(self.rollout_state, (rollout, labels["model"], labels["version"], labels["state"]))
         self._remove_quietly(self.canary_score, (rollout,))

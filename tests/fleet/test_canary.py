@@ -45,9 +45,7 @@ def _device(
     window: tuple[float, float] = (0.0, 600.0),
 ) -> DeviceMetrics:
     lat = HistogramAccumulator(LATENCY_BUCKETS_MS)
-    lat.observe_many(
-        rng.lognormal(np.log(latency_ms), 0.25, requests) if latency_ms > 0 else np.zeros(requests)
-    )
+    lat.observe_many(rng.lognormal(np.log(latency_ms), 0.25, requests) if latency_ms > 0 else np.zeros(requests))
     conf = HistogramAccumulator(CONFIDENCE_BUCKETS)
     conf.observe_many(np.clip(rng.normal(confidence, 0.05, requests), 0, 1))
     dogs = int(rng.binomial(requests, dog))
@@ -105,9 +103,7 @@ def test_latency_statistic_is_scipy_mann_whitney_on_device_values() -> None:
         assert d.latency_ms is not None
         return d.latency_ms.total / sum(d.latency_ms.counts)
 
-    expected = stats.mannwhitneyu(
-        [mean(d) for d in canary], [mean(d) for d in baseline], alternative="greater"
-    )
+    expected = stats.mannwhitneyu([mean(d) for d in canary], [mean(d) for d in baseline], alternative="greater")
     assert latency.p_value == pytest.approx(expected.pvalue, rel=1e-9)
     assert latency.effect_size == pytest.approx(2 * expected.statistic / (8 * 15) - 1)
     assert latency.n_canary == 8 and latency.n_baseline == 15
@@ -152,6 +148,15 @@ def test_too_few_requests_is_inconclusive() -> None:
     assert "needs 500 requests" in _metric(report, CanaryMetric.ERROR_RATE).reason
 
 
+def test_low_traffic_devices_give_no_device_value() -> None:
+    rng = np.random.default_rng(36)
+    report = analyse_canary(_group(rng, "c", 6, requests=10), _group(rng, "b", 10))
+    latency = _metric(report, CanaryMetric.LATENCY)
+    assert latency.verdict == Verdict.INCONCLUSIVE
+    assert "no canary device has latency data from >= 20 requests" in latency.reason
+    assert latency.details["low_traffic_canary"] == 6
+
+
 def test_all_zero_baseline_is_inconclusive_with_reason() -> None:
     rng = np.random.default_rng(26)
     report = analyse_canary(_group(rng, "c", 10), _group(rng, "b", 20, latency_ms=0.0))
@@ -166,9 +171,7 @@ def test_no_data_is_inconclusive() -> None:
     assert analyse_canary([], _group(rng, "b", 5)).verdict == Verdict.INCONCLUSIVE
     no_base = analyse_canary(_group(rng, "c", 5), [])
     assert no_base.verdict == Verdict.INCONCLUSIVE and "no baseline telemetry" in no_base.reasons[0]
-    silent = [
-        d.model_copy(update={"requests": 0, "errors": 0, "latency_ms": None}) for d in _group(rng, "b", 8)
-    ]
+    silent = [d.model_copy(update={"requests": 0, "errors": 0, "latency_ms": None}) for d in _group(rng, "b", 8)]
     report = analyse_canary(_group(rng, "c", 8), silent)
     assert report.verdict == Verdict.INCONCLUSIVE
     assert "no data" in _metric(report, CanaryMetric.ERROR_RATE).reason
@@ -258,14 +261,10 @@ def test_device_metrics_from_batches() -> None:
             latency_ms=lat.to_histogram(),
             confidence=conf.to_histogram(),
             predictions={"a": 100},
-            shadow=ShadowStats(
-                candidate_version=candidate, compared=10, agreed=9, latency_ms=lat.to_histogram()
-            ),
+            shadow=ShadowStats(candidate_version=candidate, compared=10, agreed=9, latency_ms=lat.to_histogram()),
         )
 
-    metrics = device_metrics(
-        [batch(0, "d1", "2"), batch(1, "d1", "3"), batch(2, "d2", "2")], shadow_candidate="2"
-    )
+    metrics = device_metrics([batch(0, "d1", "2"), batch(1, "d1", "3"), batch(2, "d2", "2")], shadow_candidate="2")
     assert [m.device_id for m in metrics] == ["d1", "d2"]
     d1 = metrics[0]
     assert (d1.requests, d1.errors, d1.shadow_compared, d1.device_class) == (200, 2, 10, "rpi4-arm64")

@@ -91,14 +91,10 @@ class TestExactSketchesEqualScipy:
         assert wasserstein_sketches(self.sref, self.scur) == pytest.approx(expected, rel=1e-6)
 
     def test_psi_and_jensen_shannon_on_reference_deciles(self) -> None:
-        edges = np.unique(
-            np.asarray(self.sref.get_quantiles([i / 10 for i in range(1, 10)]), dtype=np.float64)
-        )
+        edges = np.unique(np.asarray(self.sref.get_quantiles([i / 10 for i in range(1, 10)]), dtype=np.float64))
         r, c = _raw_binned(self.ref, self.cur, edges)
         assert psi_sketches(self.sref, self.scur) == pytest.approx(_raw_psi(r, c), rel=1e-6)
-        assert jensen_shannon_sketches(self.sref, self.scur) == pytest.approx(
-            distance.jensenshannon(r, c), rel=1e-6
-        )
+        assert jensen_shannon_sketches(self.sref, self.scur) == pytest.approx(distance.jensenshannon(r, c), rel=1e-6)
 
     def test_small_reference_picks_ks_and_decides_on_its_p_value(self) -> None:
         result = compare_sketches("x", self.sref, self.scur)
@@ -115,9 +111,7 @@ class TestExactSketchesEqualScipy:
         (3, lambda rng, n: (rng.uniform(0, 10, n), rng.uniform(0, 10, n))),  # no drift
     ],
 )
-def test_merged_sketches_agree_with_scipy_on_raw_data(
-    seed: int, make: Callable[..., tuple[np.ndarray, ...]]
-) -> None:
+def test_merged_sketches_agree_with_scipy_on_raw_data(seed: int, make: Callable[..., tuple[np.ndarray, ...]]) -> None:
     rng = np.random.default_rng(seed)
     ref, cur = (a.astype(np.float32) for a in make(rng, 50_000))
     from fleet.telemetry import deserialize_sketch
@@ -292,9 +286,7 @@ def test_cohorts_predictions_and_confidence_from_batches() -> None:
     )
     batches = [_batch(f"rpi-{i}", "rpi4-arm64", rng, shift=0.0, dog=0.2) for i in range(10)]
     batches += [_batch(f"jet-{i}", "jetson-orin", rng, shift=1.0, dog=0.5) for i in range(10)]
-    labels = {f"rpi-{i}": {"region": "eu"} for i in range(10)} | {
-        f"jet-{i}": {"region": "us"} for i in range(10)
-    }
+    labels = {f"rpi-{i}": {"region": "eu"} for i in range(10)} | {f"jet-{i}": {"region": "us"} for i in range(10)}
     cohorts = group_cohorts(batches, by=["target"], selectors={"eu": "region=eu"}, device_labels=labels)
     assert set(cohorts) == {"all", "target=rpi4-arm64", "target=jetson-orin", "eu"}
     assert cohorts["eu"].devices == {f"rpi-{i}" for i in range(10)}
@@ -307,12 +299,8 @@ def test_cohorts_predictions_and_confidence_from_batches() -> None:
     assert jetson.predictions.feature == PREDICTIONS
     assert rpi.predictions is not None and rpi.predictions.drifted is False
     assert jetson.confidence is not None and jetson.confidence.feature == CONFIDENCE
-    assert (
-        jetson.confidence.drifted is True and rpi.confidence is not None and rpi.confidence.drifted is False
-    )
-    assert (
-        "target=jetson-orin" in report.drifted_cohorts and "target=rpi4-arm64" not in report.drifted_cohorts
-    )
+    assert jetson.confidence.drifted is True and rpi.confidence is not None and rpi.confidence.drifted is False
+    assert "target=jetson-orin" in report.drifted_cohorts and "target=rpi4-arm64" not in report.drifted_cohorts
     again = DriftReport.model_validate_json(report.model_dump_json())
     assert again.cohorts[0].features[0].feature == report.cohorts[0].features[0].feature
     assert {row["drift"] for row in report.rows()} <= {"DRIFT", "ok"}

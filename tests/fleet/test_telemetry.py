@@ -31,9 +31,7 @@ from fleet.telemetry import (
 )
 
 
-def _batch(
-    device: str, values: np.ndarray, *, n: int = 100, errors: int = 1, shadow: bool = False
-) -> TelemetryBatch:
+def _batch(device: str, values: np.ndarray, *, n: int = 100, errors: int = 1, shadow: bool = False) -> TelemetryBatch:
     lat = HistogramAccumulator(LATENCY_BUCKETS_MS)
     lat.observe_many(values)
     conf = HistogramAccumulator(CONFIDENCE_BUCKETS)

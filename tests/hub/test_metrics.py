@@ -22,9 +22,7 @@ from fleet.telemetry import (
 from hub.metrics import OTHER_LABEL, FleetMetrics
 
 
-def _batch(
-    i: int, *, device: str = "dev-1", target: str = "rpi4-arm64", predictions: dict[str, int] | None = None
-):  # type: ignore[no-untyped-def]
+def _batch(i: int, *, device: str = "dev-1", target: str = "rpi4-arm64", predictions: dict[str, int] | None = None):  # type: ignore[no-untyped-def]
     lat = HistogramAccumulator(LATENCY_BUCKETS_MS)
     lat.observe_many([4.0, 40.0, 400.0, 4000.0])
     conf = HistogramAccumulator(CONFIDENCE_BUCKETS)
@@ -120,9 +118,7 @@ def test_drift_report_series_are_replaced_not_accumulated() -> None:
     drifted.sketches["y"] = sketch_from_values(rng.normal(size=5000))
     registry = CollectorRegistry()
     metrics = FleetMetrics(registry)
-    metrics.record_drift(
-        analyse_drift(reference, {"all": drifted, "eu": drifted}, model="digits", version="1.0")
-    )
+    metrics.record_drift(analyse_drift(reference, {"all": drifted, "eu": drifted}, model="digits", version="1.0"))
     s = _samples(registry)
     key = {"model": "digits", "version": "1.0", "cohort": "all"}
     assert _get(s, "edgefleet_drift_detected", **key, feature="x") == 1
@@ -151,9 +147,7 @@ def test_devices_and_rollout_state() -> None:
     assert not any(name == "edgefleet_rollout_state" for name, _ in _samples(registry))
 
 
-@pytest.mark.skipif(
-    shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)"
-)
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)")
 def test_exposition_passes_promtool_lint() -> None:
     registry = CollectorRegistry()
     metrics = FleetMetrics(registry)
