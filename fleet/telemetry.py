@@ -53,6 +53,7 @@ __all__ = [
     "serialize_sketch",
     "sketch_from_values",
     "sketch_items",
+    "validate_batch",
 ]
 
 #: Upper edges (inclusive) of the latency buckets, in milliseconds; one overflow bucket follows.
@@ -403,6 +404,20 @@ class FeatureSketcher:
 
 
 # ----------------------------------------------------------------------------------------------- aggregate
+
+
+def validate_batch(batch: TelemetryBatch) -> None:
+    """Check what the schema cannot: histogram shapes and every feature sketch's bytes. The hub calls this
+    at ingestion so one corrupt batch never reaches (and breaks) a drift or canary report."""
+    for hist in (batch.latency_ms, batch.confidence, *((batch.shadow.latency_ms,) if batch.shadow else ())):
+        _check_histogram(hist)
+    if batch.errors > batch.requests:
+        raise ProtocolError(f"batch {batch.batch_id} has more errors than requests")
+    for name, text in batch.feature_sketches.items():
+        try:
+            deserialize_sketch(text)
+        except ProtocolError as exc:
+            raise ProtocolError(f"batch {batch.batch_id}, feature {name!r}: {exc}") from exc
 
 
 @dataclass

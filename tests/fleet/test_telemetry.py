@@ -28,6 +28,7 @@ from fleet.telemetry import (
     serialize_sketch,
     sketch_from_values,
     sketch_items,
+    validate_batch,
 )
 
 
@@ -235,6 +236,16 @@ class TestAggregate:
         other = TelemetryAggregate.from_batches(batches[:1])
         agg.merge(other)
         assert agg.requests == 400 and agg.sketches["x"].n == 400
+
+    def test_validate_batch_names_the_bad_part(self) -> None:
+        good = _batch("dev-1", np.ones(10))
+        validate_batch(good)
+        with pytest.raises(ProtocolError, match="feature 'x'"):
+            validate_batch(good.model_copy(update={"feature_sketches": {"x": "AAAA"}}))
+        with pytest.raises(ProtocolError, match="counts"):
+            validate_batch(good.model_copy(update={"latency_ms": Histogram(edges=[1.0], counts=[1])}))
+        with pytest.raises(ProtocolError, match="errors"):
+            validate_batch(good.model_copy(update={"errors": 101}))
 
     def test_a_corrupt_sketch_leaves_the_aggregate_untouched(self) -> None:
         good = _batch("dev-1", np.ones(10))
