@@ -155,10 +155,11 @@ class ChunkDownloader:
 class MetadataClient:
     """Asks the hub for TUF metadata files over MQTT (request on ``fetch``, answer on ``meta``)."""
 
-    def __init__(self, broker: Broker, device_id: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, broker: Broker, device_id: str, *, timeout_s: float = 10.0, attempts: int = 4) -> None:
         self.broker = broker
         self.device_id = device_id
         self.timeout_s = timeout_s
+        self.attempts = attempts
         self._waiting: dict[str, tuple[threading.Event, list[MetadataReply]]] = {}
         self._lock = threading.Lock()
         self._unsubscribe = broker.subscribe(topics.device_topic(device_id, "meta"), self._on_reply, qos=1)
@@ -171,9 +172,13 @@ class MetadataClient:
         with self._lock:
             self._waiting[request_id] = (event, box)
         try:
-            request = FetchRequest(request_id=request_id, kind="metadata", name=name)
-            self.broker.publish(topics.device_topic(self.device_id, "fetch"), encode(request), qos=1)
-            if not event.wait(self.timeout_s):
+            request = encode(FetchRequest(request_id=request_id, kind="metadata", name=name))
+            # Ask again a few times within the timeout: a request sent while the hub was reconnecting is lost.
+            for _ in range(self.attempts):
+                self.broker.publish(topics.device_topic(self.device_id, "fetch"), request, qos=1)
+                if event.wait(self.timeout_s / self.attempts):
+                    break
+            else:
                 raise TransferError(f"hub did not answer the request for TUF metadata {name} within "
                                     f"{self.timeout_s:.0f} s")
         finally:

@@ -109,6 +109,8 @@ class PahoBroker:
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
+        self._client.on_subscribe = self._handle_subscribe
+        self._restoring_mid: int | None = None
         self._dispatcher.start()
         try:
             self._client.connect_async(address.host, address.port, keepalive=keepalive_s)
@@ -196,8 +198,24 @@ class PahoBroker:
             return
         with self._lock:
             subscriptions = [(f, q) for f, (q, _) in self._subscriptions.items()]
-        for topic_filter, qos in subscriptions:
-            client.subscribe(topic_filter, qos=qos)
+            if subscriptions:
+                # "connected" means ready: every subscription restored and acknowledged by the broker
+                result, mid = client.subscribe(subscriptions)
+                self._restoring_mid = mid
+            else:
+                self._restoring_mid = None
+        if not subscriptions:
+            self._ready()
+
+    def _handle_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        with self._lock:
+            restoring = mid == self._restoring_mid
+            if restoring:
+                self._restoring_mid = None
+        if restoring:
+            self._ready()
+
+    def _ready(self) -> None:
         self._connected.set()
         if self._on_connect_hook is not None:
             self._inbox.put(self._on_connect_hook)

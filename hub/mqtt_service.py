@@ -57,6 +57,7 @@ class HubMqtt:
         self.egress_bytes = 0
         self.rejected: Counter[str] = Counter()
         self._unsubscribes: list[Unsubscribe] = []
+        self._known: set[str] = set()
 
     def start(self) -> None:
         """Subscribe to every device channel the hub consumes."""
@@ -118,14 +119,23 @@ class HubMqtt:
         batch = decode(TelemetryBatch, message.payload, topic=message.topic)
         if batch.device_id != device_id:
             raise ProtocolError("telemetry names another device than its topic", topic=message.topic)
+        self._require_known(device_id, message.topic)
         self.ingestor.submit(batch)
 
     def _on_fetch(self, device_id: str, message: Message) -> None:
         request = decode(FetchRequest, message.payload, topic=message.topic)
+        self._require_known(device_id, message.topic)
         if request.kind == "metadata":
             self._reply_metadata(device_id, request)
         else:
             self._send_chunks(request)
+
+    def _require_known(self, device_id: str, topic: str) -> None:
+        """Serve and accept data only for provisioned devices (another hub may share the broker)."""
+        if device_id in self._known:
+            return
+        self.registry.get_device(device_id)  # raises NotFoundError, counted as a rejected message
+        self._known.add(device_id)
 
     def _reply_metadata(self, device_id: str, request: FetchRequest) -> None:
         name = request.name or ""

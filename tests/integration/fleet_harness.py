@@ -64,6 +64,13 @@ class Harness:
         self.agents.append(agent)
         return agent
 
+    def agent_from(self, config: AgentConfig) -> Agent:
+        """Start another agent process-equivalent on an existing device's config and data directory."""
+        agent = Agent(config)
+        agent.start()
+        self.agents.append(agent)
+        return agent
+
     def deploy(self, version: str, agents: list[Agent], *, allow_downgrade: bool = False,
                timeout_s: float = 60.0) -> dict[str, str]:
         """Deploy and wait for every agent to finish; return the hub's per-device states."""

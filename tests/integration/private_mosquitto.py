@@ -1,0 +1,48 @@
+"""A Mosquitto process of the test's own, on a free port, that a test may stop and start again."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+class PrivateMosquitto:
+    """Anonymous Mosquitto on 127.0.0.1:port; `stop` kills it like a crash, `start` brings it back."""
+
+    def __init__(self, workdir: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.config = workdir / "mosquitto.conf"
+        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser root\n"
+                               "persistence false\nmax_inflight_messages 100\n")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """mqtt:// URL of the listener."""
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start and wait until the port accepts connections."""
+        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)  # waiting for another process to bind its port
+        raise RuntimeError("private mosquitto did not start")
+
+    def stop(self) -> None:
+        """Kill the broker (SIGKILL: no clean goodbye to clients)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
