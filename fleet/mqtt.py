@@ -200,7 +200,7 @@ class PahoBroker:
             subscriptions = [(f, q) for f, (q, _) in self._subscriptions.items()]
             if subscriptions:
                 # "connected" means ready: every subscription restored and acknowledged by the broker
-                result, mid = client.subscribe(subscriptions)
+                _, mid = client.subscribe(subscriptions)
                 self._restoring_mid = mid
             else:
                 self._restoring_mid = None
