@@ -111,14 +111,9 @@ def _drive_traffic(fleet: SimulatedFleet, trained: Any, requests: int) -> dict[s
 
 
 def _wait_telemetry(hub: Hub, at_least: int, timeout_s: float) -> int:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if hub.ingestor is not None:
-            hub.ingestor.wait_idle(timeout_s=1.0)
-        count = hub.registry.telemetry_count()
-        if count >= at_least or time.monotonic() > deadline:
-            return count
-        time.sleep(0.1)  # batches arrive from other processes over the broker; poll the registry
+    if hub.ingestor is not None:
+        hub.ingestor.wait_stored(at_least, timeout_s)
+    return hub.registry.telemetry_count()
 
 
 def _port_closed(port: int) -> bool:

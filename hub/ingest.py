@@ -45,6 +45,11 @@ class TelemetryIngestor:
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout_s)
 
+    def wait_stored(self, at_least: int, timeout_s: float = 10.0) -> bool:
+        """Block until at least ``at_least`` new batches were written since start (or the timeout passes)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self.stored >= at_least, timeout_s)
+
     def close(self) -> None:
         """Write what is queued and stop the writer."""
         self._stop.set()
@@ -72,8 +77,9 @@ class TelemetryIngestor:
             return
         try:
             fresh = self._registry.record_telemetry(batches)
-            self.stored += fresh
-            self.duplicates += len(batches) - fresh
+            with self._idle:
+                self.stored += fresh
+                self.duplicates += len(batches) - fresh
             if self._on_stored is not None and fresh:
                 self._on_stored(batches)
         except Exception:

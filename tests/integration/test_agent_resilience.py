@@ -191,7 +191,7 @@ def test_offline_device_keeps_telemetry_and_sends_it_once_after_reconnecting(har
     assert agent.flush_telemetry() == 0 and len(agent.outbox) == 0
     ingestor = harness.hub.ingestor
     assert ingestor is not None
-    ingestor.wait_idle()
+    assert ingestor.wait_stored(3, timeout_s=30)
     stored = harness.hub.registry.telemetry_batches("digits", "1.0.0")
     ingestor.submit(stored[0])  # a redelivered batch is dropped by its id
     ingestor.wait_idle()

@@ -37,7 +37,7 @@ def test_model_reaches_devices_serves_and_reports_telemetry(harness: Harness) ->
     for agent in agents:
         assert agent.flush_telemetry() == 1
     assert harness.hub.ingestor is not None
-    harness.hub.ingestor.wait_idle()
+    assert harness.hub.ingestor.wait_stored(len(agents), timeout_s=30)
     batches = harness.hub.registry.telemetry_batches("digits", "1.0.0")
     assert {b.device_id for b in batches} == {a.config.device_id for a in agents}
     by_device = {b.device_id: b for b in batches}
