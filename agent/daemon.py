@@ -14,6 +14,7 @@ from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.http_api import LocalApi
 from agent.inference import InferenceService
+from agent.offload import OffloadClient
 from agent.state_store import StateStore
 from agent.telemetry import Outbox, TelemetryCollector, TelemetrySender
 from agent.transfer import ChunkDownloader, MetadataClient
@@ -44,7 +45,10 @@ class Agent:
         self.data_dir = config.data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.collector = TelemetryCollector(config.device_id, config.target)
-        self.service = InferenceService(self.collector)
+        offload = (OffloadClient(config.offload_url, timeout_s=config.offload_timeout_s)
+                   if config.offload_url else None)
+        self.service = InferenceService(self.collector, offload=offload, cascade_threshold=config.cascade_threshold,
+                                        shadow_sample_rate=config.shadow_sample_rate)
         self.outbox = Outbox(self.data_dir / "outbox", max_batches=config.outbox_max_batches)
         self.store = StateStore(self.data_dir / "state.json")
         self._before_step = before_step
@@ -79,9 +83,11 @@ class Agent:
                                      chunk_timeout_s=cfg.chunk_timeout_s)
         verifier = BundleVerifier(self.data_dir / "tuf", trust_root, metadata.get)
         self.updater = Updater(self.store, downloader, verifier, self.data_dir / "slots",
-                               activate=self.service.activate, report=self._report,
+                               activate=self.service.activate, activate_shadow=self.service.set_shadow,
+                               report=self._report,
                                download_timeout_s=cfg.download_timeout_s, before_step=self._before_step)
         self.service.activate(self.updater.load_active())
+        self.service.set_shadow(self.updater.load_shadow())
         self.sender = TelemetrySender(self.outbox, cfg.device_id, self._publish_and_wait)
         self._announce()
         self.broker.subscribe(topics.device_topic(cfg.device_id, "deployment"), self._on_deployment, qos=1)
@@ -102,6 +108,7 @@ class Agent:
             thread.join(timeout=30)
         if self.api is not None:
             self.api.stop()
+        self.service.close()
         if self.broker is not None:
             self.flush_telemetry()
             self.broker.publish_and_wait(topics.device_topic(self.config.device_id, "state"),

@@ -45,6 +45,7 @@ class AgentState(BaseModel):
 
     active: Slot | None = None
     last_known_good: Slot | None = None
+    shadow: Slot | None = None
     update: UpdateRecord | None = None
     completed_deployments: list[str] = []
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fleet import topics
-from fleet.messages import TelemetryBatch
+from fleet.messages import ShadowStats, TelemetryBatch
 from fleet.telemetry import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS, FeatureSketcher, HistogramAccumulator
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,16 @@ class _VersionStats:
         self.confidence = HistogramAccumulator(CONFIDENCE_BUCKETS)
         self.predictions: Counter[str] = Counter()
         self.sketcher = FeatureSketcher()
+        self.shadow_version: str | None = None
+        self.shadow_compared = 0
+        self.shadow_agreed = 0
+        self.shadow_latency = HistogramAccumulator(LATENCY_BUCKETS_MS)
+
+    def shadow_stats(self) -> ShadowStats | None:
+        if self.shadow_version is None:
+            return None
+        return ShadowStats(candidate_version=self.shadow_version, compared=self.shadow_compared,
+                           agreed=self.shadow_agreed, latency_ms=self.shadow_latency.to_histogram())
 
 
 class TelemetryCollector:
@@ -73,6 +83,19 @@ class TelemetryCollector:
                     for column in range(flat.shape[1]):
                         stats.sketcher.update_column(names[column] if names else f"f{column}", flat[:, column])
 
+    def record_shadow(self, model: str, version: str, candidate_version: str, *, compared: int, agreed: int,
+                      latency_ms: float) -> None:
+        """Record a shadow comparison of ``candidate_version`` against the active ``version``."""
+        with self._lock:
+            stats = self._get(model, version)
+            if stats.shadow_version not in (None, candidate_version):
+                stats.shadow_compared = stats.shadow_agreed = 0
+                stats.shadow_latency = HistogramAccumulator(LATENCY_BUCKETS_MS)
+            stats.shadow_version = candidate_version
+            stats.shadow_compared += compared
+            stats.shadow_agreed += agreed
+            stats.shadow_latency.observe(latency_ms)
+
     def record_error(self, model: str, version: str) -> None:
         """Record one failed request."""
         with self._lock:
@@ -91,7 +114,7 @@ class TelemetryCollector:
                 version=s.version, window_start=s.window_start, window_end=now, requests=s.requests,
                 errors=s.errors, offloaded=s.offloaded, latency_ms=s.latency.to_histogram(),
                 confidence=s.confidence.to_histogram(), predictions=dict(s.predictions),
-                feature_sketches=s.sketcher.drain())
+                feature_sketches=s.sketcher.drain(), shadow=s.shadow_stats())
             for s in stats if s.requests
         ]
 

@@ -68,11 +68,16 @@ Reporter = Callable[[DeploymentOrder, UpdateState, bool, str, float | None], Non
 Activate = Callable[[ServableModel | None], None]
 
 
+def _no_shadow(_model: ServableModel | None) -> None:
+    return None
+
+
 class Updater:
     """Runs one deployment order through the table; ``activate`` swaps the served model at commit."""
 
     def __init__(self, store: StateStore, downloader: ChunkDownloader, verifier: BundleVerifier, slots_dir: Path,
-                 *, activate: Activate, report: Reporter, download_timeout_s: float = 600.0,
+                 *, activate: Activate, report: Reporter, activate_shadow: Activate = _no_shadow,
+                 download_timeout_s: float = 600.0,
                  before_step: Callable[[UpdateState], None] | None = None) -> None:
         self.store = store
         self.downloader = downloader
@@ -80,6 +85,7 @@ class Updater:
         self.slots_dir = slots_dir
         slots_dir.mkdir(parents=True, exist_ok=True)
         self._activate = activate
+        self._activate_shadow = activate_shadow
         self._report = report
         self._download_timeout_s = download_timeout_s
         self._before_step = before_step
@@ -103,6 +109,17 @@ class Updater:
                 self.store.save(self.state)
             return model
         return None
+
+    def load_shadow(self) -> ServableModel | None:
+        """Load the shadow candidate saved before a restart, if any."""
+        slot = self.state.shadow
+        if slot is None:
+            return None
+        try:
+            return ServableModel(read_bundle(Path(slot.path)), slot.sha256)
+        except AgentError as exc:
+            log.error("cannot load shadow model %s:%s: %s", slot.model, slot.version, exc)
+            return None
 
     def pending(self) -> DeploymentOrder | None:
         """An order interrupted by a restart, to be resumed."""
@@ -182,7 +199,19 @@ class Updater:
             report = health_check(candidate)
             return (f"self-test passed on {report.vectors} vectors (max abs error {report.max_abs_error:.2g}), "
                     f"latency p50 {report.latency_ms_p50:.2f} ms")
+        if state is S.COMMIT and order.shadow:
+            if self.state.shadow is None or self.state.shadow.sha256 != order.sha256:
+                candidate = self._load_candidate(record)
+                self.state.shadow = record.candidate
+                self.store.save(self.state)
+                self._activate_shadow(candidate)
+                self._candidate = None
+            self.downloader.discard(order.sha256)
+            self._collect_garbage()
+            return f"running in shadow beside {self._describe_active()}; {record.detail}"
         if state is S.COMMIT:
+            if self.state.shadow is not None and self.state.shadow.sha256 == order.sha256:
+                self.state.shadow = None
             if not self._is_active(order):
                 candidate = self._load_candidate(record)
                 previous = self.state.active
@@ -229,7 +258,8 @@ class Updater:
         return f"{active.model}:{active.version}" if active else "no model"
 
     def _collect_garbage(self) -> None:
-        keep = {slot.sha256 for slot in (self.state.active, self.state.last_known_good) if slot is not None}
+        slots = (self.state.active, self.state.last_known_good, self.state.shadow)
+        keep = {slot.sha256 for slot in slots if slot is not None}
         for path in self.slots_dir.glob("*.zip"):
             if path.stem not in keep:
                 path.unlink(missing_ok=True)

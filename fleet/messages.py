@@ -91,6 +91,7 @@ class DeploymentOrder(WireModel):
     chunk_size: int = Field(gt=0, le=MAX_CHUNK_BYTES)
     chunk_count: int = Field(gt=0)
     allow_downgrade: bool = False
+    shadow: bool = False  # install and health-check, then run beside the active model instead of replacing it
     issued_at: float = 0.0
 
 

@@ -38,6 +38,7 @@ class DeploymentIn(BaseModel):
     version: str
     device_ids: list[str] = Field(min_length=1)
     allow_downgrade: bool = False
+    shadow: bool = False
 
 
 def create_app(hub: Hub) -> FastAPI:
@@ -100,7 +101,8 @@ def create_app(hub: Hub) -> FastAPI:
     @app.post("/deployments", status_code=201)
     def deploy(body: DeploymentIn) -> dict[str, Any]:
         """Send a version to devices (each gets its target's variant)."""
-        deployment = hub.deploy(body.model, body.version, body.device_ids, allow_downgrade=body.allow_downgrade)
+        deployment = hub.deploy(body.model, body.version, body.device_ids, allow_downgrade=body.allow_downgrade,
+                                shadow=body.shadow)
         return deployment.model_dump()
 
     @app.get("/deployments")

@@ -43,7 +43,9 @@ class HubMqtt:
 
     def __init__(self, broker: Broker, registry: Registry, store: ArtifactStore, tuf: TufRepository,
                  ingestor: TelemetryIngestor, *, chunk_size: int = 64 * 1024, rebroadcast_window_s: float = 2.0,
-                 on_event: Callable[[UpdateEvent], None] | None = None) -> None:
+                 on_event: Callable[[UpdateEvent], None] | None = None,
+                 on_state: Callable[[DeviceState], None] | None = None,
+                 telemetry_filter: str | None = None) -> None:
         self.broker = broker
         self.registry = registry
         self.store = store
@@ -52,6 +54,8 @@ class HubMqtt:
         self.chunk_size = chunk_size
         self.rebroadcast_window_s = rebroadcast_window_s
         self._on_event = on_event
+        self._on_state_applied = on_state
+        self.telemetry_filter = telemetry_filter or topics.device_wildcard("telemetry")
         self._recent: dict[tuple[str, int], float] = {}
         self._lock = threading.Lock()
         self.egress_bytes = 0
@@ -60,11 +64,14 @@ class HubMqtt:
         self._known: set[str] = set()
 
     def start(self) -> None:
-        """Subscribe to every device channel the hub consumes."""
-        handlers = {"state": self._on_state, "events": self._on_update_event, "telemetry": self._on_telemetry,
-                    "fetch": self._on_fetch}
-        for channel, handler in handlers.items():
-            self._unsubscribes.append(self.broker.subscribe(topics.device_wildcard(channel), self._guard(handler)))
+        """Subscribe to every device channel the hub consumes (telemetry through ``telemetry_filter``, which
+        may be a ``$share/GROUP/...`` shared subscription splitting it among hub workers)."""
+        handlers = {topics.device_wildcard("state"): self._on_state,
+                    topics.device_wildcard("events"): self._on_update_event,
+                    self.telemetry_filter: self._on_telemetry,
+                    topics.device_wildcard("fetch"): self._on_fetch}
+        for topic_filter, handler in handlers.items():
+            self._unsubscribes.append(self.broker.subscribe(topic_filter, self._guard(handler)))
 
     def stop(self) -> None:
         """Unsubscribe everything."""
@@ -77,13 +84,13 @@ class HubMqtt:
         self.broker.publish(topics.device_topic(device_id, "deployment"), encode(order), qos=1, retain=True)
 
     def order_for(self, deployment_id: str, bundle_sha256: str, *, model: str, version: str, target: str,
-                  tuf_target: str, allow_downgrade: bool = False) -> DeploymentOrder:
+                  tuf_target: str, allow_downgrade: bool = False, shadow: bool = False) -> DeploymentOrder:
         """Build a deployment order for a stored bundle."""
         size = self.store.size(bundle_sha256)
         return DeploymentOrder(deployment_id=deployment_id, model=model, version=version, target=target,
                                tuf_target=tuf_target, sha256=bundle_sha256, size_bytes=size,
                                chunk_size=self.chunk_size, chunk_count=max(1, math.ceil(size / self.chunk_size)),
-                               allow_downgrade=allow_downgrade, issued_at=time.time())
+                               allow_downgrade=allow_downgrade, shadow=shadow, issued_at=time.time())
 
     # -- handlers -------------------------------------------------------------------------------------------
 
@@ -106,6 +113,8 @@ class HubMqtt:
             raise ProtocolError(f"state names device {state.device_id} but came on its own topic", topic=message.topic)
         if not self.registry.apply_device_state(state):
             raise ProtocolError(f"state from unprovisioned device {device_id}", topic=message.topic)
+        if self._on_state_applied is not None:
+            self._on_state_applied(state)
 
     def _on_update_event(self, device_id: str, message: Message) -> None:
         event = decode(UpdateEvent, message.payload, topic=message.topic)
@@ -116,11 +125,16 @@ class HubMqtt:
             self._on_event(event)
 
     def _on_telemetry(self, device_id: str, message: Message) -> None:
-        batch = decode(TelemetryBatch, message.payload, topic=message.topic)
-        if batch.device_id != device_id:
-            raise ProtocolError("telemetry names another device than its topic", topic=message.topic)
-        self._require_known(device_id, message.topic)
-        self.ingestor.submit(batch)
+        """Decode, check the sender, validate and queue; anything refused is counted by the ingestor."""
+        try:
+            batch = decode(TelemetryBatch, message.payload, topic=message.topic)
+            if batch.device_id != device_id:
+                raise ProtocolError("telemetry names another device than its topic", topic=message.topic)
+            self._require_known(device_id, message.topic)
+        except (ProtocolError, HubError):
+            self.ingestor.reject()
+            raise
+        self.ingestor.submit(batch)  # validates: a malformed batch is counted there and raises ProtocolError
 
     def _on_fetch(self, device_id: str, message: Message) -> None:
         request = decode(FetchRequest, message.payload, topic=message.topic)

@@ -116,8 +116,13 @@ class Hub:
         return publish_variant(self.registry, self.store, self.tuf, manifest, model_path, selftest_inputs,
                                selftest_outputs, reference=reference, metrics=metrics)
 
-    def deploy(self, model: str, version: str, device_ids: list[str], *, allow_downgrade: bool = False) -> Deployment:
-        """Create a deployment and send each device the order for its target's variant."""
+    def deploy(self, model: str, version: str, device_ids: list[str], *, allow_downgrade: bool = False,
+               shadow: bool = False) -> Deployment:
+        """Create a deployment and send each device the order for its target's variant.
+
+        With ``shadow`` the devices install and check the version, then run it beside their active model on a
+        sampled share of requests (agreement and latency reported in telemetry) without changing answers.
+        """
         if self.mqtt is None:
             raise RuntimeError("hub is not started")
         deployment, chosen = self.registry.create_deployment(model, version, device_ids,
@@ -125,7 +130,7 @@ class Hub:
         for device_id, variant in chosen.items():
             order = self.mqtt.order_for(deployment.id, variant.bundle_sha256, model=model, version=version,
                                         target=variant.target, tuf_target=variant.tuf_target,
-                                        allow_downgrade=allow_downgrade)
+                                        allow_downgrade=allow_downgrade, shadow=shadow)
             self.mqtt.send_deployment(device_id, order)
         return deployment
 

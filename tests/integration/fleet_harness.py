@@ -19,13 +19,13 @@ from hub.service import Hub
 TARGET = "x86-onnx-cpu"
 
 
-def manifest_for(trained: TrainedDigits, version: str, *, atol: float = 1e-4) -> BundleManifest:
+def manifest_for(trained: TrainedDigits, version: str, *, atol: float = 1e-4, heavy: bool = False) -> BundleManifest:
     """The digits bundle manifest for ``version``."""
     return BundleManifest(
         model="digits", version=version, target=TARGET, runtime="onnxruntime", model_file="model.onnx",
         input=TensorSpec(name="input", shape=[-1, 64]),
         preprocess=Preprocess(kind="affine", mean=trained.mean.tolist(), std=trained.std.tolist()),
-        postprocess=Postprocess(labels=[str(i) for i in range(10)]), selftest=SelfTest(atol=atol))
+        postprocess=Postprocess(labels=[str(i) for i in range(10)]), selftest=SelfTest(atol=atol), heavy=heavy)
 
 
 @dataclass
@@ -38,10 +38,12 @@ class Harness:
     agents: list[Agent] = field(default_factory=list)
     prefix: str = field(default_factory=lambda: f"it-{uuid.uuid4().hex[:8]}")
 
-    def publish(self, version: str, *, golden_outputs: np.ndarray | None = None) -> PublishedVariant:
+    def publish(self, version: str, *, golden_outputs: np.ndarray | None = None,
+                heavy: bool = False) -> PublishedVariant:
         """Publish the digits model as ``version`` (optionally with wrong golden outputs)."""
         outputs = self.trained.golden_logits if golden_outputs is None else golden_outputs
-        return self.hub.publish(manifest_for(self.trained, version), self.trained.onnx_path, self.trained.golden_x,
+        return self.hub.publish(manifest_for(self.trained, version, heavy=heavy), self.trained.onnx_path,
+                                self.trained.golden_x,
                                 outputs)
 
     def agent(self, name: str, *, start: bool = True, **overrides: object) -> Agent:
@@ -71,11 +73,11 @@ class Harness:
         self.agents.append(agent)
         return agent
 
-    def deploy(self, version: str, agents: list[Agent], *, allow_downgrade: bool = False,
+    def deploy(self, version: str, agents: list[Agent], *, allow_downgrade: bool = False, shadow: bool = False,
                timeout_s: float = 60.0) -> dict[str, str]:
         """Deploy and wait for every agent to finish; return the hub's per-device states."""
         deployment = self.hub.deploy("digits", version, [a.config.device_id for a in agents],
-                                     allow_downgrade=allow_downgrade)
+                                     allow_downgrade=allow_downgrade, shadow=shadow)
         for agent in agents:
             agent.wait_for_deployment(deployment.id, timeout_s)
         return self.hub.wait_deployment(deployment.id, timeout_s)
