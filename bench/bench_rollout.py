@@ -19,17 +19,22 @@ Goal (design: fan-out): hub egress for the whole rollout about one bundle per wa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
 import os
 import platform
 import secrets
+import selectors
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +83,7 @@ class SimDevice:
         self.client.username_pw_set(device_id, "bench")
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
-        self.client.connect_async(address.host, address.port, keepalive=60)
-        self.client.loop_start()
+        self.address = address
 
     def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         client.subscribe([(topics.device_topic(self.device_id, "deployment"), 1), (FANOUT_TOPIC, 0)])
@@ -154,9 +158,54 @@ class SimDevice:
             return (self.order is not None and self.done_at is None
                     and time.monotonic() - self.last_progress > timeout_s)
 
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+
+
+class Driver(threading.Thread):
+    """Runs every device's MQTT client on one thread with epoll. (paho's own loop thread uses select(),
+    which cannot watch descriptors above 1024, and a thousand threads would only fight over the GIL.)"""
+
+    def __init__(self, devices: list[SimDevice], chunk_timeout_s: float) -> None:
+        super().__init__(name="bench-devices", daemon=True)
+        self.devices = devices
+        self.chunk_timeout_s = chunk_timeout_s
+        self.stop = threading.Event()
+        self.selector = selectors.DefaultSelector()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # reported by the main thread
+            self.error = exc
+
+    def _loop(self) -> None:
+        pending = list(self.devices)
+        active: list[SimDevice] = []
+        last_misc = time.monotonic()
+        while not self.stop.is_set():
+            # a few connections per round: a thousand simultaneous SYNs overflow the broker's listen backlog
+            for device in pending[:25]:
+                device.client.connect(device.address.host, device.address.port, keepalive=300)
+                sock = device.client.socket()
+                assert sock is not None
+                self.selector.register(sock, selectors.EVENT_READ, device)
+                active.append(device)
+            del pending[:25]
+            for key, _ in self.selector.select(0.005 if pending else 0.05):
+                key.data.client.loop_read(10)
+            for device in active:
+                if device.client.want_write():
+                    device.client.loop_write()
+            now = time.monotonic()
+            if now - last_misc > 0.5:  # keepalives, and re-asking for chunks missed (the agent's chunk timeout)
+                last_misc = now
+                for device in active:
+                    device.client.loop_misc()
+                    if device.stalled(self.chunk_timeout_s):
+                        device.request_missing()
+        for device in active:
+            device.client.disconnect()
+            device.client.loop_write()
 
 
 class SimFleet:
@@ -173,6 +222,10 @@ class SimFleet:
             self._connected += 1
             self._cond.notify_all()
 
+    @property
+    def connected_count(self) -> int:
+        return self._connected
+
     def wait_connected(self, count: int, timeout_s: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self._connected >= count, timeout_s)
@@ -188,25 +241,26 @@ class SimFleet:
             return self._cond.wait_for(lambda: self._fanout.get(key, 0) >= count, timeout_s)
 
 
-def measure_fanout(address: BrokerAddress, fleet: SimFleet, size: int, messages: int) -> dict[str, Any]:
-    """Publish ``messages`` payloads of ``size`` bytes (QoS 0) one at a time; time delivery to every device."""
+def fanout_publisher(address: BrokerAddress) -> paho.Client:
+    """The fan-out publisher, connected with its own loop thread (made before the devices: low descriptors)."""
     publisher = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{secrets.token_hex(3)}")
     publisher.username_pw_set("bench-publisher", "bench")
     publisher.connect(address.host, address.port)
     publisher.loop_start()
+    return publisher
+
+
+def measure_fanout(publisher: paho.Client, fleet: SimFleet, size: int, messages: int) -> dict[str, Any]:
+    """Publish ``messages`` payloads of ``size`` bytes (QoS 0) one at a time; time delivery to every device."""
     n = len(fleet.devices)
     times = []
-    try:
-        for _ in range(messages):
-            key = secrets.token_bytes(16)
-            start = time.perf_counter()
-            publisher.publish(FANOUT_TOPIC, key + bytes(size - 16), qos=0)
-            if not fleet.wait_fanout(key, n, 120):
-                raise RuntimeError("fan-out message did not reach every device in 120 s")
-            times.append(time.perf_counter() - start)
-    finally:
-        publisher.disconnect()
-        publisher.loop_stop()
+    for _ in range(messages):
+        key = secrets.token_bytes(16)
+        start = time.perf_counter()
+        publisher.publish(FANOUT_TOPIC, key + bytes(size - 16), qos=0)
+        if not fleet.wait_fanout(key, n, 120):
+            raise RuntimeError("fan-out message did not reach every device in 120 s")
+        times.append(time.perf_counter() - start)
     mean = sum(times) / len(times)
     return {"message_bytes": size, "messages": messages, "subscribers": n,
             "seconds_per_message": [round(t, 4) for t in times],
@@ -241,81 +295,118 @@ def provision(hub: Any, device_ids: list[str]) -> None:
             session.add(Device(id=device_id, target=TARGET, labels={"site": f"s{i % 4}"}, credential_hash="bench"))
 
 
+@contextlib.contextmanager
+def private_mosquitto(tmp: Path) -> Iterator[str]:
+    """A Mosquitto of our own on a free port (anonymous, no persistence): no other clients, no old retained
+    messages, and the file limit of this process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "max_queued_messages 10000\n")
+    process = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("private mosquitto did not start") from None
+                time.sleep(0.05)  # polling a subprocess's port: there is no event to wait on
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.broker_url:
+            return run_on(args, args.broker_url, Path(tmp))
+        with private_mosquitto(Path(tmp)) as url:
+            return {**run_on(args, url, Path(tmp)), "broker": "private mosquitto " + mosquitto_version()}
+
+
+def mosquitto_version() -> str:
+    out = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True, check=False).stdout
+    return out.splitlines()[0].split()[-1] if out else "?"
+
+
+def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, Any]:
     from hub.config import HubSettings
     from hub.service import Hub
 
-    address = BrokerAddress.from_url(args.broker_url)
-    with tempfile.TemporaryDirectory() as tmp:
-        hub = Hub(HubSettings(data_dir=Path(tmp), broker_url=args.broker_url, chunk_size=args.chunk_kb * 1024,
-                              rebroadcast_window_s=args.rebroadcast_window))
-        hub.start()
-        fleet = SimFleet()
-        run_id = secrets.token_hex(3)
-        try:
-            installed, new_sha = register_versions(hub, args.bundle_kb * 1024)
-            ids = [f"bench-{run_id}-{i:04d}" for i in range(args.devices)]
-            provision(hub, ids)
-            t0 = time.perf_counter()
-            fleet.devices = [SimDevice(d, address, installed, fleet) for d in ids]
-            if not fleet.wait_connected(args.devices, 120):
-                raise RuntimeError("devices did not all connect")
-            connect_s = time.perf_counter() - t0
+    address = BrokerAddress.from_url(broker_url)
+    hub = Hub(HubSettings(data_dir=tmp / "hub", broker_url=broker_url, chunk_size=args.chunk_kb * 1024,
+                          rebroadcast_window_s=args.rebroadcast_window))
+    hub.start()
+    fleet = SimFleet()
+    publisher = fanout_publisher(address)
+    driver: Driver | None = None
+    run_id = secrets.token_hex(3)
+    try:
+        installed, new_sha = register_versions(hub, args.bundle_kb * 1024)
+        ids = [f"bench-{run_id}-{i:04d}" for i in range(args.devices)]
+        provision(hub, ids)
+        t0 = time.perf_counter()
+        fleet.devices = [SimDevice(d, address, installed, fleet) for d in ids]
+        driver = Driver(fleet.devices, args.chunk_timeout)
+        driver.start()
+        if not fleet.wait_connected(args.devices, 120):
+            raise RuntimeError(f"only {fleet.connected_count} of {args.devices} devices connected in 120 s")
+        connect_s = time.perf_counter() - t0
 
-            fanout = measure_fanout(address, fleet, args.chunk_kb * 1024, args.fanout_messages)
+        fanout = measure_fanout(publisher, fleet, args.chunk_kb * 1024, args.fanout_messages)
 
-            assert hub.mqtt is not None and hub.rollouts is not None
-            manager = hub.rollouts
-            # the hub's rollout view must hold every device's retained state before the rollout starts
-            if not manager.wait_for(lambda: all(s.update_state is not None for s in manager.statuses()), 60):
-                raise RuntimeError("hub did not see every device's state")
-            plan = plan_from_cli("digits:2.0.0", canary="1%", waves=args.waves, gate=False, min_devices=10,
-                                 device_timeout_s=600)
-            egress_before = hub.mqtt.egress_bytes
-            ticks_before = manager.ticks
-            stop = threading.Event()
-
-            def nudge() -> None:  # devices re-ask for chunks they missed, like the agent's chunk timeout
-                while not stop.wait(args.chunk_timeout / 2):
-                    for device in fleet.devices:
-                        if device.stalled(args.chunk_timeout):
-                            device.request_missing()
-
-            nudger = threading.Thread(target=nudge, daemon=True)
-            nudger.start()
-            start = time.perf_counter()
-            snapshot = manager.start_rollout(plan, rollout_id=f"bench-{run_id}")
-            snapshot = manager.wait(snapshot.rollout_id, lambda s: s.state in FINAL_STATES, args.timeout)
-            duration = time.perf_counter() - start
-            stop.set()
-            egress = hub.mqtt.egress_bytes - egress_before
-            bundle = hub.store.size(new_sha)
-            waves = [h for h in snapshot.history if h.event.value in ("wave_complete", "last_wave_complete")]
-            on_version = sum(1 for d in fleet.devices if d.installed.sha256 == new_sha)
-            return {
-                "state": snapshot.state.value,
-                "devices": args.devices,
-                "devices_on_version": on_version,
-                "waves": args.waves,
-                "wave_count": len(waves),
-                "rollout_seconds": round(duration, 2),
-                "wave_done_at_s": [round(h.at - snapshot.created_at, 2) for h in waves],
-                "devices_per_s": round(on_version / duration, 1),
-                "bundle_bytes": bundle,
-                "chunk_bytes": args.chunk_kb * 1024,
-                "chunks_per_bundle": math.ceil(bundle / (args.chunk_kb * 1024)),
-                "hub_egress_bytes": egress,
-                "hub_egress_bundles": round(egress / bundle, 2),
-                "unicast_egress_bytes_would_be": bundle * on_version,
-                "device_ingress_bytes_total": sum(d.bytes_in for d in fleet.devices),
-                "engine_ticks": manager.ticks - ticks_before,
-                "connect_seconds": round(connect_s, 2),
-                "broker_fanout": fanout,
-            }
-        finally:
-            for device in fleet.devices:
-                device.close()
-            hub.stop()
+        assert hub.mqtt is not None and hub.rollouts is not None
+        manager = hub.rollouts
+        # the hub's rollout view must hold every device's retained state before the rollout starts
+        if not manager.wait_for(lambda: all(s.update_state is not None for s in manager.statuses()), 60):
+            raise RuntimeError("hub did not see every device's state")
+        plan = plan_from_cli("digits:2.0.0", canary="1%", waves=args.waves, gate=False, min_devices=10,
+                             device_timeout_s=600)
+        egress_before = hub.mqtt.egress_bytes
+        ticks_before = manager.ticks
+        start = time.perf_counter()
+        snapshot = manager.start_rollout(plan, rollout_id=f"bench-{run_id}")
+        snapshot = manager.wait(snapshot.rollout_id, lambda s: s.state in FINAL_STATES, args.timeout)
+        duration = time.perf_counter() - start
+        egress = hub.mqtt.egress_bytes - egress_before
+        bundle = hub.store.size(new_sha)
+        waves = [h for h in snapshot.history if h.event.value in ("wave_complete", "last_wave_complete")]
+        on_version = sum(1 for d in fleet.devices if d.installed.sha256 == new_sha)
+        return {
+            "state": snapshot.state.value,
+            "devices": args.devices,
+            "devices_on_version": on_version,
+            "waves": args.waves,
+            "wave_count": len(waves),
+            "rollout_seconds": round(duration, 2),
+            "wave_done_at_s": [round(h.at - snapshot.created_at, 2) for h in waves],
+            "devices_per_s": round(on_version / duration, 1),
+            "bundle_bytes": bundle,
+            "chunk_bytes": args.chunk_kb * 1024,
+            "chunks_per_bundle": math.ceil(bundle / (args.chunk_kb * 1024)),
+            "hub_egress_bytes": egress,
+            "hub_egress_bundles": round(egress / bundle, 2),
+            "unicast_egress_bytes_would_be": bundle * on_version,
+            "device_ingress_bytes_total": sum(d.bytes_in for d in fleet.devices),
+            "engine_ticks": manager.ticks - ticks_before,
+            "connect_seconds": round(connect_s, 2),
+            "broker_fanout": fanout,
+        }
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        if driver is not None:
+            driver.stop.set()
+            driver.join(30)
+        hub.stop()
+        if driver is not None and driver.error is not None:
+            raise RuntimeError("device driver failed") from driver.error
 
 
 def main() -> None:
@@ -328,7 +419,7 @@ def main() -> None:
     parser.add_argument("--chunk-timeout", type=float, default=2.0)
     parser.add_argument("--fanout-messages", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=600.0)
-    parser.add_argument("--broker-url", default="mqtt://127.0.0.1:1883")
+    parser.add_argument("--broker-url", default=None, help="default: a private mosquitto started for the run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     result = {"bench": "rollout", "python": platform.python_version(), "machine": platform.machine(),
