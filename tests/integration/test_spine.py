@@ -136,3 +136,16 @@ def test_malformed_deployment_orders_are_ignored(harness: Harness, payload: byte
     harness.hub.broker.publish(topics.device_topic(agent.config.device_id, "deployment"), payload, retain=True)
     # The agent keeps working: a valid order after the bad one is applied.
     assert set(harness.deploy("1.0.0", [agent]).values()) == {"done"}
+
+
+@pytest.mark.parametrize("role", ["root", "targets", "timestamp"])
+def test_devices_follow_signing_key_rotation(harness: Harness, role: str) -> None:
+    harness.publish("1.0.0")
+    agent = harness.agent(f"rot-{role}")
+    assert set(harness.deploy("1.0.0", [agent]).values()) == {"done"}
+    new_root_version = harness.hub.tuf.rotate_key(role)
+    assert new_root_version == 2
+    harness.publish("1.1.0")
+    assert set(harness.deploy("1.1.0", [agent]).values()) == {"done"}, harness.detail(agent)
+    assert _predict_version(agent, harness.trained.test_x[:1]) == "1.1.0"
+    assert (agent.data_dir / "tuf" / "root_history" / "2.root.json").exists()
