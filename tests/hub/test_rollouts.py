@@ -248,3 +248,32 @@ def test_cli_start_status_and_commands(fleet: Fleet, tmp_path: Path) -> None:
     table = runner.invoke(app, ["rollout", "status", "ro-cli", "--data-dir", data_dir])
     assert table.exit_code == 0 and "per device class" in table.stdout
     assert "ro-cli" in runner.invoke(app, ["rollout", "list", "--data-dir", data_dir]).stdout
+
+
+def test_canary_gate_judges_stored_telemetry(fleet: Fleet) -> None:
+    from fleet.canary import CanaryConfig
+    from fleet.messages import Histogram, TelemetryBatch
+    from fleet.rollout import new_rollout
+    from hub.rollouts import canary_gate
+
+    def batch(device_id: str, version: str, errors: int) -> TelemetryBatch:
+        latency = Histogram(edges=[5.0, 10.0, 20.0], counts=[100, 250, 50, 0], total=3400.0)
+        confidence = Histogram(edges=[0.5, 0.9, 1.0], counts=[0, 100, 300, 0], total=370.0)
+        return TelemetryBatch(batch_id=f"batch-{device_id}-{version[0]}", device_id=device_id, target=TARGET,
+                              model="digits", version=version, window_start=100.0, window_end=160.0,
+                              requests=400, errors=errors, latency_ms=latency, confidence=confidence,
+                              predictions={"1": 200, "7": 200})
+
+    canary, baseline = ["c0", "c1", "c2"], ["b0", "b1", "b2"]
+    batches = [batch(d, "2.0.0", 80) for d in canary] + [batch(d, "1.0.0", 0) for d in baseline]
+    fleet.hub.registry.record_telemetry(batches)
+    analyse = canary_gate(fleet.hub.registry, CanaryConfig(min_devices=2))
+    snapshot = new_rollout("ro-t", _plan(), [], now=0.0)
+
+    def request(since: float) -> RequestGate:
+        return RequestGate(request_id="g1", model="digits", version="2.0.0", wave=0, attempt=1, since=since,
+                           candidates=tuple(canary), baseline=tuple(baseline))
+
+    report = analyse(request(0.0), snapshot)
+    assert report.verdict == "fail" and any("error" in r.lower() for r in report.reasons), report.reasons
+    assert analyse(request(1000.0), snapshot).verdict == "inconclusive"  # nothing since then
