@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from hub.api_monitoring import create_monitoring_router
 from hub.api_rollouts import create_rollouts_router
 from hub.errors import HubError, NotFoundError
 from hub.service import Hub
@@ -117,4 +118,5 @@ def create_app(hub: Hub) -> FastAPI:
         return {**row.model_dump(), "devices": [d.model_dump() for d in registry.deployment_devices(deployment_id)]}
 
     app.include_router(create_rollouts_router(hub))
+    app.include_router(create_monitoring_router(hub))
     return app

@@ -18,7 +18,8 @@ from fleet.mqtt import BrokerAddress, PahoBroker
 from hub.bundles import PublishedVariant, publish_variant
 from hub.config import HubSettings
 from hub.embedded_broker import EmbeddedBroker
-from hub.ingest import TelemetryIngestor
+from hub.ingest import RetentionPolicy, TelemetryIngestor
+from hub.monitoring_service import HubMonitoring
 from hub.mqtt_service import HubMqtt
 from hub.registry import Database, Deployment, Registry
 from hub.store import ArtifactStore
@@ -49,6 +50,7 @@ class Hub:
         self._event_listeners: list[Any] = []
         self._progress = threading.Condition()
         self.rollouts: RolloutManager | None = None  # hub/rollouts.py, started last, stopped first
+        self.monitoring = HubMonitoring(self.registry, self.store)  # /metrics and drift/canary reports
 
     @property
     def broker_address(self) -> BrokerAddress:
@@ -72,10 +74,14 @@ class Hub:
             if address.username is None:
                 address = address.with_credentials(HUB_USERNAME, self.hub_secret)
         self.broker = PahoBroker(address, client_id=f"edgefleet-hub-{secrets.token_hex(4)}")
-        self.ingestor = TelemetryIngestor(self.registry)
+        s = self.settings
+        retention = RetentionPolicy(max_age_s=s.telemetry_max_age_s, max_rows=s.telemetry_max_rows,
+                                    window_s=s.telemetry_rollup_window_s, interval_s=s.telemetry_prune_interval_s)
+        self.ingestor = TelemetryIngestor(self.registry, metrics=self.monitoring.metrics, retention=retention)
         self.mqtt = HubMqtt(self.broker, self.registry, self.store, self.tuf, self.ingestor,
-                            chunk_size=self.settings.chunk_size,
-                            rebroadcast_window_s=self.settings.rebroadcast_window_s, on_event=self._dispatch_event)
+                            chunk_size=s.chunk_size, rebroadcast_window_s=s.rebroadcast_window_s,
+                            on_event=self._dispatch_event, on_state=self.monitoring.on_device_state,
+                            telemetry_filter=s.telemetry_filter())
         self.mqtt.start()
         from hub.rollouts import RolloutManager  # rollouts: persisted in the DB, ticked on a timer and events
 

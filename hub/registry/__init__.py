@@ -12,6 +12,7 @@ from hub.registry.tables import (
     TelemetryRecord,
     Variant,
 )
+from hub.registry.telemetry_tables import TelemetryRollup
 
 __all__ = [
     "Database",
@@ -25,5 +26,6 @@ __all__ = [
     "RolloutOutbox",
     "RolloutRow",
     "TelemetryRecord",
+    "TelemetryRollup",
     "Variant",
 ]

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import semver
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 
@@ -23,7 +24,10 @@ from hub.registry.tables import (
     TelemetryRecord,
     Variant,
 )
+from hub.registry.telemetry_tables import TelemetryRollup, fold_batches, rollup_window_start
 from targets import TargetError, get_target
+
+_WRITE_ATTEMPTS = 5
 
 
 def parse_semver(version: str) -> semver.Version:
@@ -252,18 +256,87 @@ class Registry:
 
     def record_telemetry(self, batches: list[TelemetryBatch]) -> int:
         """Store batches in one transaction, skipping batch ids already stored; return how many were new."""
-        if not batches:
-            return 0
+        return len(self.store_telemetry(batches))
+
+    def store_telemetry(self, batches: list[TelemetryBatch]) -> list[TelemetryBatch]:
+        """Store batches in one transaction, skipping batch ids already stored; return the newly stored ones.
+
+        Several hub workers may write at once: when another writer stored one of these ids between our read
+        and our commit, the transaction is retried (it then sees that id as stored), so a batch is stored and
+        returned exactly once across workers.
+        """
         unique = {b.batch_id: b for b in batches}
+        for attempt in range(_WRITE_ATTEMPTS):
+            if not unique:
+                return []
+            try:
+                with self.db.session() as session:
+                    seen = set(session.exec(
+                        select(TelemetryRecord.batch_id).where(col(TelemetryRecord.batch_id).in_(unique))))
+                    fresh = [b for batch_id, b in unique.items() if batch_id not in seen]
+                    for batch in fresh:
+                        session.add(TelemetryRecord(
+                            batch_id=batch.batch_id, device_id=batch.device_id, target=batch.target,
+                            model=batch.model, version=batch.version, window_start=batch.window_start,
+                            window_end=batch.window_end, requests=batch.requests, errors=batch.errors,
+                            payload=batch.model_dump(mode="json")))
+                return fresh
+            except IntegrityError:
+                if attempt == _WRITE_ATTEMPTS - 1:
+                    raise
+        return []  # pragma: no cover - the loop returns or raises
+
+    def prune_telemetry(self, *, max_age_s: float | None = None, max_rows: int | None = None,
+                        window_s: float = 3600.0, now: float | None = None, chunk: int = 2000) -> int:
+        """Fold raw batches into `TelemetryRollup` rows and delete them: those whose window ended more than
+        ``max_age_s`` ago, then the oldest ones beyond ``max_rows``. Return how many raw batches were pruned.
+
+        Each chunk is one transaction that deletes its rows before folding them, and gives up (rolled back)
+        when another worker deleted some of them first, so no batch is folded twice.
+        """
+        now = time.time() if now is None else now
+        pruned = 0
+        while True:
+            with self.db.session() as session:
+                query = select(TelemetryRecord).order_by(col(TelemetryRecord.window_end))
+                if max_age_s is not None:
+                    old = list(session.exec(query.where(TelemetryRecord.window_end < now - max_age_s).limit(chunk)))
+                else:
+                    old = []
+                if not old and max_rows is not None:
+                    excess = int(session.exec(select(func.count()).select_from(TelemetryRecord)).one()) - max_rows
+                    old = list(session.exec(query.limit(min(excess, chunk)))) if excess > 0 else []
+                if not old:
+                    return pruned
+                ids = [r.batch_id for r in old]
+                statement = delete(TelemetryRecord).where(col(TelemetryRecord.batch_id).in_(ids))
+                deleted = session.connection().execute(statement)
+                if deleted.rowcount != len(ids):
+                    raise ConflictError("another worker pruned these telemetry batches first")
+                groups: dict[tuple[str, str, str, float], list[TelemetryBatch]] = {}
+                for record in old:
+                    key = (record.model, record.version, record.target,
+                           rollup_window_start(record.window_start, window_s))
+                    groups.setdefault(key, []).append(TelemetryBatch.model_validate(record.payload))
+                for (model, version, target, start), members in groups.items():
+                    row = session.exec(select(TelemetryRollup).where(
+                        TelemetryRollup.model == model, TelemetryRollup.version == version,
+                        TelemetryRollup.target == target, TelemetryRollup.window_start == start)).first()
+                    if row is None:
+                        row = TelemetryRollup(model=model, version=version, target=target, window_start=start,
+                                              window_s=window_s)
+                    session.add(fold_batches(row, members))
+            pruned += len(old)
+
+    def telemetry_rollups(self, model_name: str | None = None, version: str | None = None) -> list[TelemetryRollup]:
+        """Rollups of pruned telemetry, optionally for one model version, oldest window first."""
+        query = select(TelemetryRollup).order_by(col(TelemetryRollup.window_start))
+        if model_name is not None:
+            query = query.where(TelemetryRollup.model == model_name)
+        if version is not None:
+            query = query.where(TelemetryRollup.version == version)
         with self.db.session() as session:
-            seen = set(session.exec(select(TelemetryRecord.batch_id).where(col(TelemetryRecord.batch_id).in_(unique))))
-            fresh = [b for batch_id, b in unique.items() if batch_id not in seen]
-            for batch in fresh:
-                session.add(TelemetryRecord(
-                    batch_id=batch.batch_id, device_id=batch.device_id, target=batch.target, model=batch.model,
-                    version=batch.version, window_start=batch.window_start, window_end=batch.window_end,
-                    requests=batch.requests, errors=batch.errors, payload=batch.model_dump(mode="json")))
-        return len(fresh)
+            return list(session.exec(query))
 
     def telemetry_batches(self, model_name: str | None = None, version: str | None = None) -> list[TelemetryBatch]:
         """Stored batches, optionally for one model version, oldest first."""
