@@ -10,9 +10,8 @@ from typing import Any
 
 import httpx
 
-from fleet.bundle import BundleManifest, Postprocess, Preprocess, SelfTest, TensorSpec
 from hub.config import HubSettings
-from hub.demo_model import digits_reference, train_digits
+from hub.demo_model import digits_manifest, digits_reference, train_digits
 from hub.service import Hub
 from hub.simulator import SimulatedFleet
 
@@ -38,12 +37,7 @@ def run_demo(devices: int = 5, *, requests_per_device: int = 50, data_dir: Path 
         try:
             say(f"hub up: broker {hub.broker_address.host}:{hub.broker_address.port}, "
                 f"registry {hub.db.engine.url.render_as_string()}")
-            manifest = BundleManifest(
-                model="digits", version="1.0.0", target=DEMO_TARGET, runtime="onnxruntime", precision="fp32",
-                model_file="model.onnx", input=TensorSpec(name="input", dtype="float32", shape=[-1, 64]),
-                preprocess=Preprocess(kind="affine", mean=trained.mean.tolist(), std=trained.std.tolist()),
-                postprocess=Postprocess(labels=[str(i) for i in range(10)]), selftest=SelfTest(atol=1e-4, rtol=1e-3),
-                feature_names=[f"f{i}" for i in range(64)], created_at=time.time())
+            manifest = digits_manifest(trained, "1.0.0", target=DEMO_TARGET)
             published = hub.publish(manifest, trained.onnx_path, trained.golden_x, trained.golden_logits,
                                     reference=digits_reference(trained), metrics={"accuracy": trained.accuracy})
             say(f"published digits:1.0.0 for {DEMO_TARGET}: bundle {published.bundle_sha256[:12]}, "

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fleet.bundle import BundleManifest, Postprocess, Preprocess, SelfTest, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,17 @@ def train_digits(out_dir: Path, *, epochs: int = 60, seed: int = 0) -> TrainedDi
     accuracy = float((logits.argmax(1) == test_y).mean())
     onnx_path = export_onnx(model, (torch.zeros(1, 64),), out_dir / "digits.onnx")
     return TrainedDigits(onnx_path, mean, std, test_x, test_y, test_x[:16], logits[:16], accuracy)
+
+
+def digits_manifest(trained: TrainedDigits, version: str, *, target: str = "x86-onnx-cpu", atol: float = 1e-4,
+                    heavy: bool = False) -> BundleManifest:
+    """The bundle manifest of the digits model: its pre-processing, labels and self-test tolerance."""
+    return BundleManifest(
+        model="digits", version=version, target=target, runtime="onnxruntime", precision="fp32",
+        model_file="model.onnx", input=TensorSpec(name="input", dtype="float32", shape=[-1, 64]),
+        preprocess=Preprocess(kind="affine", mean=trained.mean.tolist(), std=trained.std.tolist()),
+        postprocess=Postprocess(labels=[str(i) for i in range(10)]), selftest=SelfTest(atol=atol, rtol=1e-3),
+        feature_names=[f"f{i}" for i in range(64)], heavy=heavy, created_at=time.time())
 
 
 def digits_reference(trained: TrainedDigits) -> dict[str, Any]:

@@ -86,6 +86,14 @@ except ImportError as exc:  # pragma: no cover - only without the hub extra
     _AMQTT_ERROR = str(exc)
 
 
+class _SnapshotItems(dict[str, Any]):
+    """amqtt 0.12's broadcast loop iterates the subscription map across awaits, so a client subscribing at that
+    moment raised "dictionary changed size during iteration" and the message was lost; iterate a snapshot."""
+
+    def items(self) -> Any:
+        return list(super().items())
+
+
 class EmbeddedBroker:
     """Runs amqtt in a background thread; ``start()`` returns once it accepts connections."""
 
@@ -129,6 +137,7 @@ class EmbeddedBroker:
             },
         }
         self._broker = Broker(config, loop=self._loop)
+        self._broker._subscriptions = _SnapshotItems()
         await self._broker.start()
 
     def stop(self, timeout_s: float = 15.0) -> None:

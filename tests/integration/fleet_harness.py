@@ -10,22 +10,18 @@ import numpy as np
 
 from agent.config import AgentConfig
 from agent.daemon import Agent
-from fleet.bundle import BundleManifest, Postprocess, Preprocess, SelfTest, TensorSpec
+from fleet.bundle import BundleManifest
 from hub.bundles import PublishedVariant
 from hub.config import HubSettings
-from hub.demo_model import TrainedDigits
+from hub.demo_model import TrainedDigits, digits_manifest
 from hub.service import Hub
 
 TARGET = "x86-onnx-cpu"
 
 
-def manifest_for(trained: TrainedDigits, version: str, *, atol: float = 1e-4, heavy: bool = False) -> BundleManifest:
-    """The digits bundle manifest for ``version``."""
-    return BundleManifest(
-        model="digits", version=version, target=TARGET, runtime="onnxruntime", model_file="model.onnx",
-        input=TensorSpec(name="input", shape=[-1, 64]),
-        preprocess=Preprocess(kind="affine", mean=trained.mean.tolist(), std=trained.std.tolist()),
-        postprocess=Postprocess(labels=[str(i) for i in range(10)]), selftest=SelfTest(atol=atol), heavy=heavy)
+def manifest_for(trained: TrainedDigits, version: str, *, heavy: bool = False) -> BundleManifest:
+    """The digits manifest for the harness's device target."""
+    return digits_manifest(trained, version, target=TARGET, heavy=heavy)
 
 
 @dataclass
@@ -42,9 +38,8 @@ class Harness:
                 heavy: bool = False) -> PublishedVariant:
         """Publish the digits model as ``version`` (optionally with wrong golden outputs)."""
         outputs = self.trained.golden_logits if golden_outputs is None else golden_outputs
-        return self.hub.publish(manifest_for(self.trained, version, heavy=heavy), self.trained.onnx_path,
-                                self.trained.golden_x,
-                                outputs)
+        manifest = manifest_for(self.trained, version, heavy=heavy)
+        return self.hub.publish(manifest, self.trained.onnx_path, self.trained.golden_x, outputs)
 
     def agent(self, name: str, *, start: bool = True, **overrides: object) -> Agent:
         """Provision a device and create (and by default start) its agent."""
