@@ -18,7 +18,6 @@ from hub.errors import HubError
 from hub.monitoring_queries import (
     FileSource,
     MonitoringSource,
-    RegistrySource,
     canary_report_for,
     drift_report_for,
     parse_model_version,
@@ -27,12 +26,17 @@ from hub.monitoring_queries import (
 console = Console(stderr=True)
 
 
-def _source(data_dir: Path, telemetry: Path | None) -> MonitoringSource:
+def _source(data_dir: Path, telemetry: Path | None, database_url: str | None = None) -> MonitoringSource:
+    """The telemetry dump, or the hub's registry (``--database-url`` or SQLite in ``--data-dir``) with the
+    drift references of its bundles and its rollouts."""
     if telemetry is not None:
         return FileSource(telemetry)
+    from hub.monitoring_service import hub_source
     from hub.registry import Database, Registry
+    from hub.store import ArtifactStore
 
-    return RegistrySource(Registry(Database(HubSettings(data_dir=data_dir).resolved_database_url())))
+    settings = HubSettings(data_dir=data_dir, database_url=database_url)
+    return hub_source(Registry(Database(settings.resolved_database_url())), ArtifactStore(data_dir / "artifacts"))
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -60,6 +64,7 @@ def register(app: typer.Typer) -> None:
         reference: Path | None = typer.Option(None, help="ReferenceProfile JSON (e.g. a bundle's reference.json)"),
         telemetry: Path | None = typer.Option(None, help="telemetry dump (JSON or JSONL) instead of the hub"),
         data_dir: Path = typer.Option(Path("var/hub"), help="hub data directory"),
+        database_url: str | None = typer.Option(None, help="hub database URL; omitted: SQLite in the data dir"),
         as_json: bool = typer.Option(False, "--json", help="print the JSON report"),
     ) -> None:
         """Drift of a model version's live telemetry against its reference data, per cohort."""
@@ -69,7 +74,7 @@ def register(app: typer.Typer) -> None:
             model, version = parse_model_version(model_version)
             ref = ReferenceProfile.model_validate_json(reference.read_text()) if reference else None
             report = drift_report_for(
-                _source(data_dir, telemetry),
+                _source(data_dir, telemetry, database_url),
                 model,
                 version,
                 by=by,
@@ -109,11 +114,12 @@ def register(app: typer.Typer) -> None:
         rollout: str = typer.Argument(..., metavar="ROLLOUT"),
         telemetry: Path | None = typer.Option(None, help="telemetry dump (JSON) instead of the hub"),
         data_dir: Path = typer.Option(Path("var/hub"), help="hub data directory"),
+        database_url: str | None = typer.Option(None, help="hub database URL; omitted: SQLite in the data dir"),
         as_json: bool = typer.Option(False, "--json", help="print the JSON report"),
     ) -> None:
         """Canary verdict (pass, fail, inconclusive) of a rollout, with its reasons and metrics."""
         try:
-            report = canary_report_for(_source(data_dir, telemetry), rollout)
+            report = canary_report_for(_source(data_dir, telemetry, database_url), rollout)
         except (HubError, ValueError, OSError) as exc:
             raise _fail(exc) from exc
         if as_json:

@@ -49,6 +49,7 @@ class TelemetryIngestor:
         self._metrics = metrics
         self._retention = retention
         self._last_prune = time.monotonic()
+        self._prune_lock = threading.Lock()
         self._queue: queue.Queue[object] = queue.Queue(maxsize=100_000)
         self._stop = threading.Event()
         self._idle = threading.Condition()
@@ -98,9 +99,10 @@ class TelemetryIngestor:
         policy = self._retention
         if policy is None:
             return 0
-        self._last_prune = time.monotonic()
-        pruned = self._registry.prune_telemetry(max_age_s=policy.max_age_s, max_rows=policy.max_rows,
-                                                window_s=policy.window_s)
+        with self._prune_lock:
+            self._last_prune = time.monotonic()
+            pruned = self._registry.prune_telemetry(max_age_s=policy.max_age_s, max_rows=policy.max_rows,
+                                                    window_s=policy.window_s)
         with self._idle:
             self.pruned += pruned
         return pruned

@@ -30,6 +30,10 @@ from targets import TargetError, get_target
 _WRITE_ATTEMPTS = 5
 
 
+class _PruneConflict(Exception):
+    """Another worker deleted raw telemetry this transaction was about to fold (it is rolled back)."""
+
+
 def parse_semver(version: str) -> semver.Version:
     """Parse a semantic version or raise `InvalidRequestError` saying what is wrong."""
     try:
@@ -291,42 +295,55 @@ class Registry:
         """Fold raw batches into `TelemetryRollup` rows and delete them: those whose window ended more than
         ``max_age_s`` ago, then the oldest ones beyond ``max_rows``. Return how many raw batches were pruned.
 
-        Each chunk is one transaction that deletes its rows before folding them, and gives up (rolled back)
-        when another worker deleted some of them first, so no batch is folded twice.
+        Each chunk is one transaction that deletes its rows before folding them, and is rolled back and
+        read again when another worker deleted some of them first, so no batch is folded twice.
         """
         now = time.time() if now is None else now
-        pruned = 0
+        pruned = conflicts = 0
         while True:
-            with self.db.session() as session:
-                query = select(TelemetryRecord).order_by(col(TelemetryRecord.window_end))
-                if max_age_s is not None:
-                    old = list(session.exec(query.where(TelemetryRecord.window_end < now - max_age_s).limit(chunk)))
-                else:
-                    old = []
-                if not old and max_rows is not None:
-                    excess = int(session.exec(select(func.count()).select_from(TelemetryRecord)).one()) - max_rows
-                    old = list(session.exec(query.limit(min(excess, chunk)))) if excess > 0 else []
-                if not old:
+            try:
+                count = self._prune_chunk(max_age_s, max_rows, window_s, now, chunk)
+            except (_PruneConflict, IntegrityError):  # another worker pruned or created the rollup first
+                conflicts += 1
+                if conflicts >= _WRITE_ATTEMPTS:
                     return pruned
-                ids = [r.batch_id for r in old]
-                statement = delete(TelemetryRecord).where(col(TelemetryRecord.batch_id).in_(ids))
-                deleted = session.connection().execute(statement)
-                if deleted.rowcount != len(ids):
-                    raise ConflictError("another worker pruned these telemetry batches first")
-                groups: dict[tuple[str, str, str, float], list[TelemetryBatch]] = {}
-                for record in old:
-                    key = (record.model, record.version, record.target,
-                           rollup_window_start(record.window_start, window_s))
-                    groups.setdefault(key, []).append(TelemetryBatch.model_validate(record.payload))
-                for (model, version, target, start), members in groups.items():
-                    row = session.exec(select(TelemetryRollup).where(
-                        TelemetryRollup.model == model, TelemetryRollup.version == version,
-                        TelemetryRollup.target == target, TelemetryRollup.window_start == start)).first()
-                    if row is None:
-                        row = TelemetryRollup(model=model, version=version, target=target, window_start=start,
-                                              window_s=window_s)
-                    session.add(fold_batches(row, members))
-            pruned += len(old)
+                continue
+            if not count:
+                return pruned
+            pruned += count
+
+    def _prune_chunk(self, max_age_s: float | None, max_rows: int | None, window_s: float, now: float,
+                     chunk: int) -> int:
+        with self.db.session() as session:
+            query = select(TelemetryRecord).order_by(col(TelemetryRecord.window_end))
+            if max_age_s is not None:
+                old = list(session.exec(query.where(TelemetryRecord.window_end < now - max_age_s).limit(chunk)))
+            else:
+                old = []
+            if not old and max_rows is not None:
+                excess = int(session.exec(select(func.count()).select_from(TelemetryRecord)).one()) - max_rows
+                old = list(session.exec(query.limit(min(excess, chunk)))) if excess > 0 else []
+            if not old:
+                return 0
+            ids = [r.batch_id for r in old]
+            statement = delete(TelemetryRecord).where(col(TelemetryRecord.batch_id).in_(ids))
+            deleted = session.connection().execute(statement)
+            if deleted.rowcount != len(ids):
+                raise _PruneConflict
+            groups: dict[tuple[str, str, str, float], list[TelemetryBatch]] = {}
+            for record in old:
+                key = (record.model, record.version, record.target,
+                       rollup_window_start(record.window_start, window_s))
+                groups.setdefault(key, []).append(TelemetryBatch.model_validate(record.payload))
+            for (model, version, target, start), members in groups.items():
+                row = session.exec(select(TelemetryRollup).where(
+                    TelemetryRollup.model == model, TelemetryRollup.version == version,
+                    TelemetryRollup.target == target, TelemetryRollup.window_start == start)).first()
+                if row is None:
+                    row = TelemetryRollup(model=model, version=version, target=target, window_start=start,
+                                          window_s=window_s)
+                session.add(fold_batches(row, members))
+        return len(old)
 
     def telemetry_rollups(self, model_name: str | None = None, version: str | None = None) -> list[TelemetryRollup]:
         """Rollups of pruned telemetry, optionally for one model version, oldest window first."""
