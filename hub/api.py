@@ -15,6 +15,7 @@ from hub.api_monitoring import create_monitoring_router
 from hub.api_rollouts import create_rollouts_router
 from hub.errors import HubError, NotFoundError
 from hub.service import Hub
+from hub.serving_registry import serving_router
 
 
 class VersionIn(BaseModel):
@@ -119,4 +120,6 @@ def create_app(hub: Hub) -> FastAPI:
 
     app.include_router(create_rollouts_router(hub))
     app.include_router(create_monitoring_router(hub))
+    # Heavy models: the Open Inference Protocol over registry variants for serving targets (/v2/...).
+    app.include_router(serving_router(registry, hub.store, hub.monitoring.prometheus))
     return app
