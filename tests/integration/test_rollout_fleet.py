@@ -88,7 +88,8 @@ class MixedFleet:
         self.h.hub = hub
 
     def versions(self) -> set[str | None]:
-        return {self.hub.registry.get_device(d).active_version for d in self.agents}
+        """Active versions as the rollout engine saw them (the registry's copy may trail by a message)."""
+        return {s.active_version for s in self.rollouts.statuses() if s.device_id in self.agents}
 
 
 @pytest.fixture
