@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import typer
@@ -86,3 +87,40 @@ def test_errors_are_reported_not_raised(tmp_path: Path) -> None:
     (tmp_path / "hub").mkdir()
     no_ref = runner.invoke(_app(), ["drift", "report", "digits:1.0", "--data-dir", str(tmp_path / "hub")])
     assert no_ref.exit_code == 1 and "reference" in no_ref.output
+
+
+def test_reports_read_a_hub_data_dir_with_bundle_references_and_rollouts(tmp_path: Path) -> None:
+    """Against the hub's own storage: the reference comes from the version's bundle, the rollout from the
+    rollout table, telemetry from the registry (SQLite in --data-dir, or --database-url)."""
+    from fleet.rollout_plan import plan_from_cli
+    from hub.config import HubSettings
+    from hub.rollouts import RolloutStore, create_rollout
+    from hub.service import Hub
+
+    from .monitoring_fleet import VERSIONS, hub_scenario, install
+
+    data = hub_scenario(jetson_shift=1.0, now=time.time() + 240)  # windows begin after the rollout
+    data_dir = tmp_path / "hub"
+    hub = Hub(HubSettings(data_dir=data_dir))  # not started: storage only
+    try:
+        install(hub, data, tmp_path)
+        hub.registry.record_telemetry(data["batches"])
+        plan = plan_from_cli(f"{MODEL}:{VERSIONS['1.1']}", canary="5%", waves="100")
+        create_rollout(RolloutStore(hub.db), hub.registry, plan, rollout_id="ro-cli")
+        database_url = hub.settings.resolved_database_url()
+    finally:
+        hub.db.close()
+    runner = CliRunner()
+    drift = runner.invoke(_app(), ["drift", "report", f"{MODEL}:{VERSIONS['1.0']}", "--data-dir", str(data_dir),
+                                   "--json"])
+    assert drift.exit_code == 0, drift.output
+    assert "target=jetson-orin" in DriftReport.model_validate_json(drift.stdout).drifted_cohorts
+    elsewhere = runner.invoke(_app(), ["drift", "report", f"{MODEL}:{VERSIONS['1.0']}", "--data-dir",
+                                       str(tmp_path / "empty"), "--database-url", database_url, "--json"])
+    assert elsewhere.exit_code == 1 and "no drift reference" in elsewhere.output  # bundles live in data dir
+    canary = runner.invoke(_app(), ["canary", "report", "ro-cli", "--data-dir", str(data_dir), "--json"])
+    assert canary.exit_code == 0, canary.output
+    report = CanaryReport.model_validate_json(canary.stdout)
+    assert report.canary_devices > 0 and report.baseline_devices > 0
+    missing = runner.invoke(_app(), ["canary", "report", "nope", "--database-url", database_url])
+    assert missing.exit_code == 1 and "does not exist" in missing.output

@@ -1,0 +1,226 @@
+"""Telemetry ingestion benchmark: batches per second the hub ingests from devices through a real broker,
+beside the broker's own throughput for payloads of the same size, measured in the same run.
+Writes bench/results/ingest.json.
+
+Hub: the real `hub.service.Hub`, one process per worker, on the machine's Mosquitto with SQLite (WAL) in a
+temporary directory, ingesting through `HubMqtt` (decode, device check, `validate_batch` including every
+feature sketch) and the `TelemetryIngestor` (bulk writes, duplicate check, `FleetMetrics`). With
+``--workers 2`` two hub processes share the telemetry through an MQTT shared subscription and one database.
+Time runs from the first publish until the last batch is in the database.
+
+Broker: the same publisher sends the same payloads (QoS 1) to a topic one plain subscriber reads; time runs
+from the first publish until the last message is received.
+
+    .venv/bin/python bench/bench_ingest.py [--batches 5000] [--devices 500] [--features 8] [--workers 1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fleet import topics  # noqa: E402
+from fleet.messages import TelemetryBatch, encode  # noqa: E402
+from fleet.mqtt import BrokerAddress, PahoBroker  # noqa: E402
+from fleet.telemetry import (  # noqa: E402
+    CONFIDENCE_BUCKETS,
+    LATENCY_BUCKETS_MS,
+    FeatureSketcher,
+    HistogramAccumulator,
+)
+from hub.registry import Database, Device, Registry  # noqa: E402
+
+TARGETS = ("rpi4-arm64", "jetson-orin", "x86-onnx-cpu")
+
+
+def make_payloads(n: int, devices: int, features: int, values: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """``n`` encoded telemetry batches (topic, payload) from ``devices`` devices, ``features`` sketches each."""
+    rng = np.random.default_rng(seed)
+    templates = []
+    for _ in range(32):
+        lat = HistogramAccumulator(LATENCY_BUCKETS_MS)
+        lat.observe_many(rng.lognormal(np.log(30), 0.3, values))
+        conf = HistogramAccumulator(CONFIDENCE_BUCKETS)
+        conf.observe_many(np.clip(rng.normal(0.9, 0.05, values), 0, 1))
+        sketches = FeatureSketcher()
+        for f in range(features):
+            sketches.update_column(f"f{f}", rng.normal(0, 1, values))
+        templates.append((lat.to_histogram(), conf.to_histogram(), sketches.to_wire()))
+    now = time.time()
+    out = []
+    for i in range(n):
+        lat, conf, sketches = templates[i % len(templates)]
+        device = f"bench-{i % devices:05d}"
+        batch = TelemetryBatch(batch_id=f"b-{uuid.uuid4().hex}", device_id=device,
+                               target=TARGETS[(i % devices) % len(TARGETS)], model="bench", version="1.0.0",
+                               window_start=now - 60, window_end=now, requests=values, errors=1,
+                               latency_ms=lat, confidence=conf, predictions={"cat": values - 40, "dog": 40},
+                               feature_sketches=sketches)
+        out.append((topics.device_topic(device, "telemetry"), encode(batch)))
+    return out
+
+
+def publish_all(address: BrokerAddress, payloads: list[tuple[str, bytes]], topic: str | None = None) -> float:
+    """Publish every payload at QoS 1 from one client; return when the last was acknowledged (its time)."""
+    client = PahoBroker(address, client_id=f"bench-pub-{uuid.uuid4().hex[:8]}")
+    try:
+        last = None
+        for t, payload in payloads:
+            last = client._client.publish(topic or t, payload, qos=1)
+            while len(client._client._out_messages) > 5000:  # keep paho's queue bounded
+                time.sleep(0.001)
+        if last is not None:
+            last.wait_for_publish(120)
+        return time.perf_counter()
+    finally:
+        client.close()
+
+
+def broker_throughput(address: BrokerAddress, payloads: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """Publish -> receive rate of the payloads on one topic with one subscriber."""
+    topic = f"bench/ingest/{uuid.uuid4().hex[:8]}"
+    done = threading.Event()
+    received = [0]
+
+    def on_message(_message: object) -> None:
+        received[0] += 1
+        if received[0] == len(payloads):
+            done.set()
+
+    subscriber = PahoBroker(address, client_id=f"bench-sub-{uuid.uuid4().hex[:8]}")
+    try:
+        subscriber.subscribe(topic, on_message)
+        subscriber.publish_and_wait(f"{topic}/warmup", b"x")
+        start = time.perf_counter()
+        published = publish_all(address, payloads, topic)
+        if not done.wait(120):
+            raise RuntimeError(f"broker delivered {received[0]}/{len(payloads)}")
+        end = time.perf_counter()
+    finally:
+        subscriber.close()
+    return {"messages": len(payloads), "seconds": end - start, "messages_per_s": len(payloads) / (end - start),
+            "publish_s": published - start}
+
+
+WORKER = """
+import logging, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+logging.disable(logging.WARNING)  # other tests' retained states on the shared broker are refused noisily
+from hub.config import HubSettings
+from hub.service import Hub
+hub = Hub(HubSettings(data_dir=Path(sys.argv[2]), database_url=sys.argv[3], broker_url=sys.argv[4],
+                      hub_secret="bench", shared_telemetry=sys.argv[5] == "1", share_group=sys.argv[6],
+                      telemetry_prune_interval_s=0))
+hub.start()
+print("ready", flush=True)
+sys.stdin.read()
+ingestor = hub.ingestor
+hub.stop()
+print(ingestor.received if ingestor else 0, ingestor.stored if ingestor else 0, flush=True)
+"""
+
+
+def hub_throughput(address: BrokerAddress, broker_url: str, payloads: list[tuple[str, bytes]], devices: int,
+                   workers: int) -> dict[str, Any]:
+    """Batches per second stored by ``workers`` hub processes (a shared subscription when more than one)."""
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        database_url = f"sqlite:///{Path(tmp) / 'registry.db'}"
+        group = f"bench-{uuid.uuid4().hex[:8]}"
+        db = Database(database_url)
+        registry = Registry(db)
+        with db.session() as session:  # provisioning without hashing hundreds of credentials
+            for d in range(devices):
+                session.add(Device(id=f"bench-{d:05d}", target=TARGETS[d % len(TARGETS)], credential_hash="-"))
+        procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(ROOT), str(Path(tmp) / f"hub{w}"),
+                                   database_url, broker_url, "1" if workers > 1 else "0", group],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                 for w in range(workers)]
+        try:
+            for proc in procs:
+                assert proc.stdout is not None
+                if proc.stdout.readline().strip() != "ready":
+                    raise RuntimeError("a hub worker did not start")
+            start = time.perf_counter()
+            published = publish_all(address, payloads)
+            deadline = time.monotonic() + 300
+            while (count := registry.telemetry_count()) < len(payloads) and time.monotonic() < deadline:
+                time.sleep(0.02)  # polling the database the workers write to
+            end = time.perf_counter()
+        finally:
+            outputs = [proc.communicate("", timeout=60)[0].split() for proc in procs]
+            db.close()
+    if count != len(payloads):
+        raise RuntimeError(f"hub workers stored {count}/{len(payloads)} batches")
+    return {"workers": workers, "batches": len(payloads), "seconds": end - start,
+            "batches_per_s": len(payloads) / (end - start), "publish_s": published - start,
+            "received_per_worker": [int(o[-2]) for o in outputs if len(o) >= 2]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, default=5000)
+    parser.add_argument("--devices", type=int, default=500)
+    parser.add_argument("--features", type=int, default=8)
+    parser.add_argument("--values", type=int, default=200, help="values per feature sketch in each batch")
+    parser.add_argument("--workers", default="1,2", help="hub worker counts to measure, comma-separated")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--broker-url", default="mqtt://127.0.0.1:1883")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
+    args = parser.parse_args()
+
+    address = BrokerAddress.from_url(args.broker_url)
+    t0 = time.perf_counter()
+    payloads = make_payloads(args.batches, args.devices, args.features, args.values)
+    setup_s = time.perf_counter() - t0
+    sizes = [len(p) for _, p in payloads]
+    broker_runs, hub_runs = [], {}
+    for _ in range(args.repeats):  # interleaved, so both see the same machine load
+        broker_runs.append(broker_throughput(address, payloads))
+        for workers in (int(w) for w in args.workers.split(",")):
+            hub_runs.setdefault(workers, []).append(hub_throughput(address, args.broker_url, payloads,
+                                                                   args.devices, workers))
+            print(f"hub x{workers}: {hub_runs[workers][-1]['batches_per_s']:.0f} batches/s", flush=True)
+        print(f"broker: {broker_runs[-1]['messages_per_s']:.0f} msg/s", flush=True)
+    broker_rate = statistics.median(r["messages_per_s"] for r in broker_runs)
+    result = {
+        "benchmark": "ingest",
+        "params": {"batches": args.batches, "devices": args.devices, "features": args.features,
+                   "values_per_feature": args.values, "repeats": args.repeats, "broker_url": args.broker_url,
+                   "qos": 1, "database": "sqlite (WAL)"},
+        "payload_bytes": {"mean": statistics.mean(sizes), "min": min(sizes), "max": max(sizes)},
+        "setup_s": setup_s,
+        "broker": {"messages_per_s_median": broker_rate, "runs": broker_runs},
+        "hub": {
+            str(w): {"batches_per_s_median": statistics.median(r["batches_per_s"] for r in runs),
+                     "share_of_broker_rate": statistics.median(r["batches_per_s"] for r in runs) / broker_rate,
+                     "runs": runs}
+            for w, runs in hub_runs.items()
+        },
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count(), "loadavg_1m_at_end": os.getloadavg()[0]},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    summary = {f"hub_x{w}_batches_per_s": round(v["batches_per_s_median"]) for w, v in result["hub"].items()}
+    print(json.dumps({"broker_msg_per_s": round(broker_rate), **summary}))
+
+
+if __name__ == "__main__":
+    main()
