@@ -27,6 +27,7 @@ from fleet import topics
 from fleet.canary import CanaryConfig, DeviceMetrics, analyse_canary, device_metrics
 from fleet.errors import ProtocolError
 from fleet.messages import DeploymentOrder, DeviceState, InstalledModel, UpdateEvent, UpdateState, decode
+from fleet.mqtt import BrokerAddress, PahoBroker
 from fleet.rollout import (
     Action,
     Command,
@@ -285,7 +286,6 @@ class RolloutManager:
         import secrets
 
         from fleet.acl import HUB_USERNAME
-        from fleet.mqtt import BrokerAddress, PahoBroker
 
         if hub.mqtt is None:
             raise RuntimeError("hub is not started")
@@ -375,6 +375,8 @@ class RolloutManager:
 
     def start(self) -> None:
         """Carry out actions left in the outbox by a previous run, then tick on a worker thread."""
+        if isinstance(self._state_broker, PahoBroker):
+            self._state_broker.wait_connected(5.0)  # retained states follow the subscription at once
         self.drain_outbox()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="edgefleet-rollouts", daemon=True)
@@ -513,6 +515,8 @@ class RolloutManager:
         plan = snapshot.plan
         for device_id, state in states.items():
             good: InstalledModel | None = None
+            if state is None:  # no retained state seen yet (e.g. just restarted): the registry's last copy
+                state = self._state_from_registry(device_id)
             if state is not None:
                 active = state.active
                 on_new = active is not None and (active.model, active.version) == (plan.model, plan.version)
@@ -522,6 +526,17 @@ class RolloutManager:
                 self.mqtt.broker.publish(topics.device_topic(device_id, "deployment"), b"", qos=1, retain=True)
             else:
                 self.mqtt.send_deployment(device_id, order)
+
+    def _state_from_registry(self, device_id: str) -> DeviceState | None:
+        try:
+            device = self.registry.get_device(device_id)
+        except NotFoundError:
+            return None
+        active = None
+        if device.active_model and device.active_version and device.active_sha256:
+            active = InstalledModel(model=device.active_model, version=device.active_version,
+                                    sha256=device.active_sha256, target=device.target)
+        return DeviceState(device_id=device_id, online=device.online, target=device.target, active=active)
 
     def _order_for_installed(self, deployment_id: str, installed: InstalledModel) -> DeploymentOrder | None:
         row = self.registry.variant_by_bundle(installed.sha256)

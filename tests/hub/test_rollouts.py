@@ -277,3 +277,16 @@ def test_canary_gate_judges_stored_telemetry(fleet: Fleet) -> None:
     report = analyse(request(0.0), snapshot)
     assert report.verdict == "fail" and any("error" in r.lower() for r in report.reasons), report.reasons
     assert analyse(request(1000.0), snapshot).verdict == "inconclusive"  # nothing since then
+
+
+def test_rollback_without_a_retained_state_uses_the_registry_copy(fleet: Fleet) -> None:
+    from fleet.rollout import RollBack
+
+    device_id = fleet.device("d0")
+    v1 = fleet._installed("1.0.0")
+    fleet.hub.registry.apply_device_state(DeviceState(device_id=device_id, online=True, target=TARGET, active=v1))
+    manager = RolloutManager(fleet.hub.registry, fleet.mqtt)  # sees no broker: no retained states
+    snapshot = create_rollout(RolloutStore(fleet.hub.db), fleet.hub.registry, _plan(), rollout_id="ro-n")
+    manager._act(snapshot, [RollBack(deployment_id="ro-n.rollback", device_ids=(device_id,), reason="t")], [])
+    order = fleet.orders[device_id]
+    assert order is not None and order.version == "1.0.0" and order.allow_downgrade
