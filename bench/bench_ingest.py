@@ -57,14 +57,14 @@ def make_payloads(n: int, devices: int, features: int, values: int, seed: int = 
     rng = np.random.default_rng(seed)
     templates = []
     for _ in range(32):
-        lat = HistogramAccumulator(LATENCY_BUCKETS_MS)
-        lat.observe_many(rng.lognormal(np.log(30), 0.3, values))
-        conf = HistogramAccumulator(CONFIDENCE_BUCKETS)
-        conf.observe_many(np.clip(rng.normal(0.9, 0.05, values), 0, 1))
-        sketches = FeatureSketcher()
+        lat_acc = HistogramAccumulator(LATENCY_BUCKETS_MS)
+        lat_acc.observe_many(rng.lognormal(np.log(30), 0.3, values))
+        conf_acc = HistogramAccumulator(CONFIDENCE_BUCKETS)
+        conf_acc.observe_many(np.clip(rng.normal(0.9, 0.05, values), 0, 1))
+        sketcher = FeatureSketcher()
         for f in range(features):
-            sketches.update_column(f"f{f}", rng.normal(0, 1, values))
-        templates.append((lat.to_histogram(), conf.to_histogram(), sketches.to_wire()))
+            sketcher.update_column(f"f{f}", rng.normal(0, 1, values))
+        templates.append((lat_acc.to_histogram(), conf_acc.to_histogram(), sketcher.to_wire()))
     now = time.time()
     out = []
     for i in range(n):
@@ -197,7 +197,8 @@ def main() -> None:
     payloads = make_payloads(args.batches, args.devices, args.features, args.values)
     setup_s = time.perf_counter() - t0
     sizes = [len(p) for _, p in payloads]
-    broker_runs, hub_runs = [], {}
+    broker_runs: list[dict[str, Any]] = []
+    hub_runs: dict[int, list[dict[str, Any]]] = {}
     for _ in range(args.repeats):  # interleaved, so both see the same machine load
         broker_runs.append(broker_throughput(address, payloads))
         for workers in (int(w) for w in args.workers.split(",")):
@@ -206,6 +207,12 @@ def main() -> None:
             print(f"hub x{workers}: {hub_runs[workers][-1]['batches_per_s']:.0f} batches/s", flush=True)
         print(f"broker: {broker_runs[-1]['messages_per_s']:.0f} msg/s", flush=True)
     broker_rate = statistics.median(r["messages_per_s"] for r in broker_runs)
+    hub_results = {
+        str(w): {"batches_per_s_median": statistics.median(r["batches_per_s"] for r in runs),
+                 "share_of_broker_rate": statistics.median(r["batches_per_s"] for r in runs) / broker_rate,
+                 "runs": runs}
+        for w, runs in hub_runs.items()
+    }
     result = {
         "benchmark": "ingest",
         "params": {"batches": args.batches, "devices": args.devices, "features": args.features,
@@ -214,18 +221,13 @@ def main() -> None:
         "payload_bytes": {"mean": statistics.mean(sizes), "min": min(sizes), "max": max(sizes)},
         "setup_s": setup_s,
         "broker": {"messages_per_s_median": broker_rate, "runs": broker_runs},
-        "hub": {
-            str(w): {"batches_per_s_median": statistics.median(r["batches_per_s"] for r in runs),
-                     "share_of_broker_rate": statistics.median(r["batches_per_s"] for r in runs) / broker_rate,
-                     "runs": runs}
-            for w, runs in hub_runs.items()
-        },
+        "hub": hub_results,
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpus": os.cpu_count(), "loadavg_1m_at_end": os.getloadavg()[0]},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    summary = {f"hub_x{w}_batches_per_s": round(v["batches_per_s_median"]) for w, v in result["hub"].items()}
+    summary = {f"hub_x{w}_batches_per_s": round(v["batches_per_s_median"]) for w, v in hub_results.items()}
     print(json.dumps({"broker_msg_per_s": round(broker_rate), **summary}))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -37,7 +37,7 @@ def workers(tmp_path: Path, broker_url: str | None) -> Iterator[list[Hub]]:
             hub.stop()
 
 
-def _wait(condition, timeout_s: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+def _wait(condition: Callable[[], bool], timeout_s: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
