@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from datetime import timedelta
 
 import httpx
@@ -149,3 +152,60 @@ def test_devices_follow_signing_key_rotation(harness: Harness, role: str) -> Non
     assert set(harness.deploy("1.1.0", [agent]).values()) == {"done"}, harness.detail(agent)
     assert _predict_version(agent, harness.trained.test_x[:1]) == "1.1.0"
     assert (agent.data_dir / "tuf" / "root_history" / "2.root.json").exists()
+
+
+def test_streaming_api_answers_each_line_and_names_bad_lines(harness: Harness) -> None:
+    harness.publish("1.0.0")
+    agent = harness.agent("st", http_port=0)
+    assert set(harness.deploy("1.0.0", [agent]).values()) == {"done"}
+    assert agent.api is not None
+    rows = [harness.trained.test_x[i].tolist() for i in range(3)]
+    body = "\n".join([*(json.dumps(r) for r in rows[:2]), "not json", json.dumps(rows[2])]) + "\n"
+    response = httpx.post(f"{agent.api.url}/v1/predict/stream", content=body)
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert response.headers["content-type"] == "application/x-ndjson" and len(lines) == 4
+    assert [line.get("version") for line in lines] == ["1.0.0", "1.0.0", None, "1.0.0"]
+    assert lines[2]["error"].startswith("line 3:")
+
+
+def test_order_for_another_target_is_refused(harness: Harness) -> None:
+    harness.publish("1.0.0")
+    agent = harness.agent("wt")
+    published = harness.hub.registry.list_variants("digits", "1.0.0")[0]
+    assert harness.hub.mqtt is not None
+    order = harness.hub.mqtt.order_for("dep-wrong-target", published.bundle_sha256, model="digits",
+                                       version="1.0.0", target="rpi4-arm64", tuf_target=published.tuf_target)
+    events: list[str] = []
+    done = threading.Event()
+
+    def listen(event) -> None:  # type: ignore[no-untyped-def]
+        if event.deployment_id == "dep-wrong-target":
+            events.append(event.detail)
+            done.set()
+
+    harness.hub.on_update_event(listen)
+    harness.hub.mqtt.send_deployment(agent.config.device_id, order)
+    assert done.wait(30)
+    assert "order is for target rpi4-arm64, this device is x86-onnx-cpu" in events[0]
+    assert agent.service.model is None
+
+
+def test_last_will_marks_a_vanished_device_offline(harness: Harness) -> None:
+    agent = harness.agent("lw", start=True)
+    device_id = agent.config.device_id
+    changed = threading.Event()
+    assert agent.broker is not None
+    client = agent.broker._client
+    # Wait until the hub saw it online, then cut the socket without a DISCONNECT (as a power cut would).
+    deadline = time.monotonic() + 30
+    while not harness.hub.registry.get_device(device_id).online and time.monotonic() < deadline:
+        time.sleep(0.05)  # state arrives over the broker
+    assert harness.hub.registry.get_device(device_id).online
+    agent._stopping.set()
+    client.loop_stop()
+    client.socket().close()
+    deadline = time.monotonic() + 60
+    while harness.hub.registry.get_device(device_id).online and time.monotonic() < deadline:
+        changed.wait(0.1)  # the broker publishes the will once it notices the dead connection
+    assert not harness.hub.registry.get_device(device_id).online
+    harness.agents.remove(agent)

@@ -1,0 +1,60 @@
+"""Runtimes chosen by the bundle: ONNX Runtime and OpenVINO run the same model alike; Core ML is refused
+off Apple platforms with a clear error."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.bundle import LoadedBundle
+from agent.errors import RuntimeUnavailableError
+from agent.model import ServableModel
+from agent.runtimes import load_runtime
+from fleet.bundle import BundleManifest, TensorSpec
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    import torch
+
+    from converters import export_onnx
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval()
+    path = export_onnx(module, (torch.zeros(1, 8),), tmp_path_factory.mktemp("m") / "m.onnx")
+    return Path(path).read_bytes()
+
+
+def _manifest(runtime: str, target: str) -> BundleManifest:
+    return BundleManifest(model="m", version="1.0.0", target=target, runtime=runtime,  # type: ignore[arg-type]
+                          model_file="model.onnx", input=TensorSpec(name="input", shape=[-1, 8]))
+
+
+def test_openvino_and_onnxruntime_agree(onnx_model: bytes) -> None:
+    x = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
+    ort_out = load_runtime(_manifest("onnxruntime", "x86-onnx-cpu"), onnx_model).run(x)
+    ov_out = load_runtime(_manifest("openvino", "intel-openvino"), onnx_model).run(x)
+    np.testing.assert_allclose(ov_out, ort_out, atol=1e-4)
+
+
+@pytest.mark.skipif(platform.system() == "Darwin", reason="Core ML can run on macOS")
+def test_core_ml_is_refused_off_apple_platforms(onnx_model: bytes) -> None:
+    with pytest.raises(RuntimeUnavailableError, match="Core ML models run only on macOS/iOS"):
+        load_runtime(_manifest("coreml", "apple-coreml"), onnx_model)
+
+
+def test_prepare_checks_shape_and_applies_affine_preprocessing(onnx_model: bytes) -> None:
+    manifest = _manifest("onnxruntime", "x86-onnx-cpu").model_copy(update={"preprocess": {
+        "kind": "affine", "scale": 2.0, "mean": [1.0], "std": [4.0]}})
+    manifest = BundleManifest.model_validate(manifest.model_dump())
+    bundle = LoadedBundle(manifest, onnx_model, np.zeros((1, 8), np.float32), np.zeros((1, 3), np.float32), None)
+    model = ServableModel(bundle, "0" * 64)
+    np.testing.assert_allclose(model.prepare([[3.0] * 8]), [[1.25] * 8])
+    assert model.prepare([1.0] * 8).shape == (1, 8)  # a single input becomes a batch of one
+    with pytest.raises(ValueError, match=r"input shape \[1, 7\] does not match model input \[-1, 8\]"):
+        model.prepare([[1.0] * 7])
+    answers = model.predict(np.ones((2, 8)))
+    assert len(answers) == 2 and abs(sum(answers[0].scores) - 1.0) < 1e-6
