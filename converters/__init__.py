@@ -1,7 +1,8 @@
 """Turn one source model into a checked, measured variant per hardware target.
 
-Public surface: `export_onnx` (a module to one self-contained ONNX file), `convert` (source model to
-every target's variants plus ``report.json`` and a model card) and `load_report`.
+Public surface: `export_onnx` (a module to one self-contained ONNX file), `convert` (a source model to
+every target's variants plus ``report.json`` and ``MODEL_CARD.md``) and `load_report` (read and verify
+a conversion's report: the hub's entry point). Toolchains are imported inside functions only.
 
 Exceptions::
 
@@ -14,6 +15,7 @@ Exceptions::
      └── ExecutionError              a variant could not be loaded or run on this host
 """
 
+from converters.convert import convert, plan_variants
 from converters.errors import (
     ConversionError,
     ExecutionError,
@@ -24,14 +26,20 @@ from converters.errors import (
     UnsupportedOperatorError,
 )
 from converters.onnx_export import export_onnx
+from converters.report import ConversionReport, VariantReport, load_report
 
 __all__ = [
     "ConversionError",
+    "ConversionReport",
     "ExecutionError",
     "InvalidDataError",
     "InvalidSourceError",
     "MissingExtraError",
     "PipelineConfigError",
     "UnsupportedOperatorError",
+    "VariantReport",
+    "convert",
     "export_onnx",
+    "load_report",
+    "plan_variants",
 ]

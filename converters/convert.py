@@ -89,20 +89,30 @@ def plan_variants(
     pipeline unless ``pipelines`` gives one for ``"target"`` or ``"target/precision"``. Every step's
     toolchain is checked before anything heavy is imported (`MissingExtraError`)."""
     plans: list[VariantPlan] = []
+    custom = dict(pipelines or {})
+    for key in custom:
+        if key.split("/")[0] not in targets:
+            raise PipelineConfigError(f"pipeline given for {key!r}, which is not among the targets")
     for name in targets:
         target = get_target(name)
+        if name in custom:  # one pipeline for the whole target builds one variant
+            pipeline = parse_pipeline([dict(step) for step in custom[name]])
+            plans.append(VariantPlan(target, pipeline.precision, pipeline))
+            continue
         wanted = [p for p in target.precisions if precisions is None or p in precisions]
         if not wanted:
             raise PipelineConfigError(f"{name} supports {', '.join(target.precisions)}; none requested")
         for precision in wanted:
-            custom = (pipelines or {}).get(f"{name}/{precision}") or (pipelines or {}).get(name)
-            if custom is not None:
-                pipeline = parse_pipeline([dict(step) for step in custom])
+            steps = custom.get(f"{name}/{precision}")
+            if steps is not None:
+                pipeline = parse_pipeline([dict(step) for step in steps])
+                if pipeline.precision != precision:
+                    raise PipelineConfigError(
+                        f"pipeline for {name}/{precision} produces a {pipeline.precision} variant"
+                    )
             else:
                 pipeline = default_pipeline(target, precision, integer_inputs=integer_inputs)
             plans.append(VariantPlan(target, precision, pipeline))
-            if custom is not None and (pipelines or {}).get(name) is not None:
-                break  # a per-target pipeline builds one variant
     for plan in plans:
         for step in plan.pipeline.steps:
             registry.check_available(step.type)
@@ -113,8 +123,10 @@ def plan_variants(
 
 
 def _as_dataset(data: Dataset | Path | str | None, names: Sequence[str]) -> Dataset | None:
-    if data is None or isinstance(data, Dataset):
-        return data
+    if data is None:
+        return None
+    if isinstance(data, Dataset):
+        return data.for_inputs(names)
     return load_npz(Path(data), names)
 
 
@@ -400,9 +412,17 @@ def _build(run: _Run, plan: VariantPlan, pipeline: Pipeline) -> tuple[Artifact, 
             key,
             step.type,
             records,
-            lambda out, s=step, p=parent: registry.load_step(s.type)(s, context).run(p, out),
+            _pass_runner(step, context, parent),
         )
     return artifact, key, records
+
+
+def _pass_runner(step: Any, context: StepContext, parent: Artifact) -> Callable[[Path], Artifact]:
+    def produce(out: Path) -> Artifact:
+        result: Artifact = registry.load_step(step.type)(step, context).run(parent, out)
+        return result
+
+    return produce
 
 
 def _cached_step(

@@ -47,6 +47,18 @@ class Dataset:
             sha.update(np.ascontiguousarray(self.labels).tobytes())
         return sha.hexdigest()
 
+    def for_inputs(self, names: Sequence[str]) -> Dataset:
+        """This data keyed by the model's input ``names`` (matched by name, else by position)."""
+        if list(self.inputs) == list(names):
+            return self
+        if set(names) <= set(self.inputs):
+            return Dataset({n: self.inputs[n] for n in names}, self.labels, self.origin)
+        if len(self.inputs) != len(names):
+            raise InvalidDataError(
+                f"{self.origin}: the model takes inputs {list(names)}, the data has {list(self.inputs)}"
+            )
+        return Dataset(dict(zip(names, self.inputs.values(), strict=True)), self.labels, self.origin)
+
     def head(self, count: int) -> Dataset:
         """The first ``count`` samples."""
         labels = None if self.labels is None else self.labels[:count]

@@ -26,8 +26,9 @@ def compare(reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None
         "accuracy": None,
     }
     if reference.ndim >= 2 and reference.shape[-1] > 1:
-        ref_top = reference.reshape(len(reference), -1, reference.shape[-1]).argmax(-1)
-        out_top = output.reshape(len(output), -1, output.shape[-1]).argmax(-1)
+        classes = int(reference.shape[-1])
+        ref_top = reference.reshape(len(reference), -1, classes).argmax(-1)
+        out_top = output.reshape(len(output), -1, classes).argmax(-1)
         metrics["top1_agreement"] = float((ref_top == out_top).mean())
         if labels is not None and ref_top.shape[1] == 1:
             metrics["accuracy"] = float((out_top[:, 0] == labels).mean())

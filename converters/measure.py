@@ -22,7 +22,7 @@ def size_bytes(paths: list[Path]) -> int:
 class _PeakRSS:
     """Samples this process's resident memory every few milliseconds in a background thread."""
 
-    def __init__(self, interval: float = 0.002) -> None:
+    def __init__(self, interval: float = 0.005) -> None:
         import psutil
 
         self._process = psutil.Process(os.getpid())

@@ -105,13 +105,20 @@ def _export_dynamo(
 
 
 def _check_self_contained(path: Path, opset: int) -> None:
+    """Refuse external data, drop per-node debug info (stack traces with local paths, which also
+    inflate small models) and validate the graph."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             raise ConversionError(f"exported ONNX file {path} references external data", stage="export")
+    for graph in (model.graph, *(f for f in model.functions)):
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
     onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
 
 
 def _set_mode(module: torch.nn.Module, *, training: bool) -> None:

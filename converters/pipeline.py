@@ -120,6 +120,7 @@ class Int8StaticStep(_Step):
     per_channel: bool = True
     nodes_to_exclude: tuple[str, ...] = ()
     exclude_first_last: bool = False
+    activation_matmuls: bool = True  # False keeps activation x activation MatMuls (attention) in float
     activation_type: Literal["int8", "uint8"] = "uint8"
     max_calibration_samples: int = Field(128, ge=1)
 
@@ -215,6 +216,23 @@ class Pipeline(BaseModel):
     def format(self) -> Format:
         """The format the pipeline's variant is written in."""
         return EXPORT_FORMATS[self.export.type]  # type: ignore[attr-defined]
+
+    @property
+    def precision(self) -> str:
+        """The precision of the variant this pipeline produces (the last step that sets one wins)."""
+        precision = "fp32"
+        for step in self.steps:
+            if step.type in ("int8_static", "int8_dynamic", "nncf_ptq", "litert_int8", "coreml_quantize"):
+                precision = "int8"
+            elif step.type == "fp16":
+                precision = "fp16"
+            elif step.type == "coreml_palettize":
+                precision = "palettized"
+            elif isinstance(step, CoreMLExportStep):
+                precision = step.precision
+            elif isinstance(step, OpenVINOExportStep) and step.compress_to_fp16:
+                precision = "fp16"
+        return precision
 
     def to_config(self) -> list[dict[str, Any]]:
         """The pipeline as plain config (the inverse of `parse_pipeline`)."""

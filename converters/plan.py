@@ -17,31 +17,36 @@ def default_pipeline(target: Target, precision: str, *, integer_inputs: bool = F
     ``integer_inputs`` (token ids) selects the transformer quantization scheme where one exists.
     """
     steps: list[dict[str, Any]] | None = None
+    table: dict[str, list[dict[str, Any]]]
     gpu = target.accelerator == "gpu"
     if target.runtime == "onnxruntime":
-        steps = {
+        table = {
             "fp32": [{"type": "onnx_export"}] + ([] if gpu else [{"type": "graph_optimize"}]),
             "fp16": [{"type": "onnx_export"}, {"type": "fp16"}],
             "int8": [{"type": "onnx_export"}, {"type": "int8_static", "calibration": "minmax"}],
-        }.get(precision)
+        }
+        steps = table.get(precision)
     elif target.runtime == "litert":
-        steps = {
+        table = {
             "fp32": [{"type": "litert_export"}],
             "int8": [{"type": "litert_export"}, {"type": "litert_int8", "int8_io": target.int8_io}],
-        }.get(precision)
+        }
+        steps = table.get(precision)
     elif target.runtime == "openvino":
-        steps = {
+        table = {
             "fp32": [{"type": "openvino_export", "compress_to_fp16": False}],
             "fp16": [{"type": "openvino_export", "compress_to_fp16": True}],
             "int8": [{"type": "openvino_export"}, {"type": "nncf_ptq", "transformer": integer_inputs}],
-        }.get(precision)
+        }
+        steps = table.get(precision)
     elif target.runtime == "coreml":
-        steps = {
+        table = {
             "fp32": [{"type": "coreml_export", "precision": "fp32"}],
             "fp16": [{"type": "coreml_export", "precision": "fp16"}],
             "int8": [{"type": "coreml_export"}, {"type": "coreml_quantize"}],
             "palettized": [{"type": "coreml_export"}, {"type": "coreml_palettize", "nbits": 6}],
-        }.get(precision)
+        }
+        steps = table.get(precision)
     elif target.runtime == "torchscript":
         steps = {"fp32": [{"type": "torchscript_export"}]}.get(precision)
     if steps is None:
@@ -59,16 +64,25 @@ def search_space(pipeline: Pipeline, max_trials: int) -> list[Pipeline]:
     base = config[index]
     variations: list[dict[str, Any]] = []
     if base["type"] == "int8_static":
-        for exclude in (False, True):
-            for per_channel in (True, False):
-                for method in ("minmax", "entropy", "percentile"):
-                    variations.append(
-                        {"calibration": method, "per_channel": per_channel, "exclude_first_last": exclude}
-                    )
+        # one change at a time first (calibration, granularity, nodes kept in float), then pairs
+        methods = [m for m in ("minmax", "entropy", "percentile") if m != base["calibration"]]
+        variations += [{"calibration": m} for m in methods]
+        variations += [
+            {"per_channel": not base["per_channel"]},
+            {"exclude_first_last": True},
+            {"activation_matmuls": False},
+        ]
+        variations += [{"calibration": m, "exclude_first_last": True} for m in methods]
+        variations += [{"exclude_first_last": True, "activation_matmuls": False}]
     elif base["type"] == "nncf_ptq":
-        for ignore in (False, True):
-            for preset in ("performance", "mixed"):
-                variations.append({"preset": preset, "ignore_last_layer": ignore})
+        flipped = not base["transformer"]
+        variations += [
+            {"ignore_last_layer": True},
+            {"transformer": flipped},
+            {"preset": "mixed"},
+            {"transformer": flipped, "ignore_last_layer": True},
+            {"preset": "mixed", "ignore_last_layer": True},
+        ]
     else:
         variations = [{"per_channel": True}, {"per_channel": False}]
     candidates = [pipeline]

@@ -191,7 +191,12 @@ def render_model_card(report: ConversionReport) -> str:
         f"- Evaluation data: {report.evaluation.origin}, {report.evaluation.samples} samples"
         + (", labelled" if report.evaluation.labels else ", unlabelled"),
         f"- Calibration data: {report.calibration.origin}, {report.calibration.samples} samples",
-        f"- Accuracy budget: {_fmt(report.max_accuracy_drop)} (max accuracy drop vs. the source)",
+        "- Budget: "
+        + (
+            f"max accuracy drop {report.max_accuracy_drop:g}"
+            if report.max_accuracy_drop is not None
+            else "default (0.01 accuracy drop, or top-1 disagreement without labels)"
+        ),
         f"- Source accuracy: {_fmt(report.source_accuracy)}",
         "",
         "| target | runtime | precision | status | size (KiB) | max abs err | top-1 agree | accuracy "

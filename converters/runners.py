@@ -119,7 +119,7 @@ def _tflite(target: Target, artifact: Artifact, threads: int) -> RunnerFn:
 def _openvino(target: Target, artifact: Artifact, threads: int) -> RunnerFn:
     import openvino as ov
 
-    config = {"INFERENCE_NUM_THREADS": threads}
+    config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads}
     if artifact.precision != "int8":
         config["INFERENCE_PRECISION_HINT"] = "f32"  # no silent bf16 on AMX CPUs: measure what we label
     compiled = ov.Core().compile_model(str(artifact.path), "CPU", config)

@@ -82,7 +82,9 @@ def convert_command(
         from converters.convert import plan_variants
 
         plan_variants(target_names, precisions=wanted, pipelines=pipelines)
-        registry.check_available("onnx_export") if model.suffix == ".onnx" else None
+        loader = "onnx" if model.suffix.lower() == ".onnx" else "torch"
+        if not registry.module_available(loader):
+            raise registry.MissingExtraError(f"loading {model.name}", loader)
         report = _run(
             model,
             target_names,

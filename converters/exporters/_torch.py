@@ -77,14 +77,15 @@ def _mentioned(text: str, ops: tuple[str, ...]) -> str | None:
         if any(re.search(p, text) for p in patterns):
             found.append(op)
     custom = [op for op in found if not op.startswith(("aten.", "prims.", "_operator", "<"))]
-    return (custom or found or [None])[0]
+    ranked = custom or found
+    return ranked[0] if ranked else None
 
 
 def translate(exc: BaseException, *, source: SourceModel, target: str, stage: str) -> ConversionError:
     """Turn a toolchain exception into ours, naming the operator when the message allows."""
     if isinstance(exc, ConversionError):
         return exc
-    texts = []
+    texts: list[str] = []
     current: BaseException | None = exc
     while current is not None and len(texts) < 8:
         texts.append(str(current))

@@ -17,6 +17,20 @@ from converters.types import Artifact, StepContext
 _COMPUTE_OPS = ("Conv", "MatMul", "Gemm", "ConvTranspose")
 
 
+def activation_matmuls(path: Path) -> tuple[str, ...]:
+    """MatMul nodes whose inputs are both activations (attention scores and context), no weights."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {out for n in model.graph.node if n.op_type == "Constant" for out in n.output}
+    return tuple(
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul" and n.name and not any(i in constants for i in n.input)
+    )
+
+
 def first_last_compute_nodes(path: Path) -> tuple[str, ...]:
     """Names of the first and last Conv/MatMul/Gemm nodes: the usual candidates to keep in float."""
     import onnx
@@ -72,6 +86,8 @@ class Int8StaticPass:
         excluded = list(config.nodes_to_exclude)
         if config.exclude_first_last:
             excluded += [n for n in first_last_compute_nodes(artifact.path) if n not in excluded]
+        if not config.activation_matmuls:
+            excluded += [n for n in activation_matmuls(artifact.path) if n not in excluded]
         data = self.context.calibration.head(config.max_calibration_samples)
         names = list(artifact.meta.get("input_names", data.inputs.keys()))
         extra: dict[str, Any] = {"CalibPercentile": config.percentile} if config.calibration == "percentile" else {}
@@ -128,7 +144,7 @@ def _reader(data: Any, names: list[str]) -> Any:
     """A CalibrationDataReader feeding one sample at a time."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
+    class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self._iter: Iterator[dict[str, Any]] = (
                 {name: data.sample(i)[name] for name in names} for i in range(len(data))

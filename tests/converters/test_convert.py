@@ -200,5 +200,5 @@ def test_load_report_verifies_files(mlp: Trained, tmp_path: Path, shared_cache: 
     report.artifact_path(variant).write_bytes(b"tampered")
     with pytest.raises(ConversionError, match="sha256"):
         load_report(out)
-    with pytest.raises(ConversionError, match="no report.json"):
+    with pytest.raises(ConversionError, match=r"no report\.json"):
         load_report(tmp_path)
