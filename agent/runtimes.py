@@ -57,7 +57,11 @@ class LiteRtRuntime:
                 from tflite_runtime.interpreter import Interpreter
             except ImportError as exc:
                 raise RuntimeUnavailableError("no LiteRT interpreter: pip install ai-edge-litert") from exc
-        self._interpreter = Interpreter(model_content=model_bytes)
+        try:
+            self._interpreter = Interpreter(model_content=model_bytes)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise RuntimeUnavailableError(f"LiteRT cannot load the model: {exc}") from exc
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
 

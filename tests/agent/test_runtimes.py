@@ -40,6 +40,23 @@ def test_openvino_and_onnxruntime_agree(onnx_model: bytes) -> None:
     np.testing.assert_allclose(ov_out, ort_out, atol=1e-4)
 
 
+def test_litert_runs_a_converted_model_row_by_row(tmp_path: Path) -> None:
+    import litert_torch
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval()
+    litert_torch.convert(module, (torch.zeros(1, 8),)).export(str(tmp_path / "m.tflite"))
+    runtime = load_runtime(_manifest("litert", "rpi4-arm64"), (tmp_path / "m.tflite").read_bytes())
+    x = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    np.testing.assert_allclose(runtime.run(x), module(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
+
+
+def test_litert_refuses_a_corrupt_model() -> None:
+    with pytest.raises(RuntimeUnavailableError, match="LiteRT cannot load the model"):
+        load_runtime(_manifest("litert", "rpi4-arm64"), b"TFL3 not really a flatbuffer")
+
+
 @pytest.mark.skipif(platform.system() == "Darwin", reason="Core ML can run on macOS")
 def test_core_ml_is_refused_off_apple_platforms(onnx_model: bytes) -> None:
     with pytest.raises(RuntimeUnavailableError, match="Core ML models run only on macOS/iOS"):
