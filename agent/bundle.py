@@ -28,6 +28,7 @@ class LoadedBundle:
     selftest_inputs: np.ndarray
     selftest_outputs: np.ndarray
     reference: dict[str, Any] | None
+    weights: bytes | None = None
 
 
 def read_bundle(path: Path) -> LoadedBundle:
@@ -41,11 +42,15 @@ def read_bundle(path: Path) -> LoadedBundle:
             if manifest.model_file not in names:
                 raise BundleError(f"{path.name}: manifest names model file {manifest.model_file!r}, not in the archive")
             model_bytes = archive.read(manifest.model_file)
+            if manifest.weights_file is not None and manifest.weights_file not in names:
+                raise BundleError(f"{path.name}: manifest names weights file {manifest.weights_file!r}, "
+                                  "not in the archive")
+            weights = archive.read(manifest.weights_file) if manifest.weights_file else None
             inputs, outputs = _selftest(path, archive.read(SELFTEST_NAME))
             reference = json.loads(archive.read(REFERENCE_NAME)) if REFERENCE_NAME in names else None
     except (zipfile.BadZipFile, KeyError, OSError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path.name}: not a readable bundle: {exc}") from exc
-    return LoadedBundle(manifest, model_bytes, inputs, outputs, reference)
+    return LoadedBundle(manifest, model_bytes, inputs, outputs, reference, weights)
 
 
 def _check_members(path: Path, infos: list[zipfile.ZipInfo]) -> None:

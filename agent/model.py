@@ -32,7 +32,8 @@ class ServableModel:
         self.manifest: BundleManifest = bundle.manifest
         self.sha256 = sha256
         self.bundle = bundle
-        self.runtime: Runtime = load_runtime(bundle.manifest, bundle.model_bytes)
+        extra = {"weights": bundle.weights} if bundle.weights is not None else None
+        self.runtime: Runtime = load_runtime(bundle.manifest, bundle.model_bytes, extra)
         pre = self.manifest.preprocess
         self._mean = np.asarray(pre.mean, dtype=np.float32)
         self._std = np.asarray(pre.std, dtype=np.float32)

@@ -68,6 +68,7 @@ class BundleManifest(BaseModel):
     runtime: Literal["onnxruntime", "litert", "openvino", "coreml", "torchscript"]
     precision: str = "fp32"
     model_file: MEMBER_NAME
+    weights_file: MEMBER_NAME | None = None  # OpenVINO IR keeps its weights beside the .xml
     input: TensorSpec
     preprocess: Preprocess = Field(default_factory=Preprocess)
     postprocess: Postprocess = Field(default_factory=Postprocess)

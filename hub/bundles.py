@@ -21,8 +21,11 @@ _FIXED_DATE = (2020, 1, 1, 0, 0, 0)  # identical inputs give byte-identical bund
 
 
 def build_bundle(manifest: BundleManifest, model_bytes: bytes, selftest_inputs: np.ndarray,
-                 selftest_outputs: np.ndarray, reference: dict[str, Any] | None = None) -> bytes:
+                 selftest_outputs: np.ndarray, reference: dict[str, Any] | None = None,
+                 weights: bytes | None = None) -> bytes:
     """Return the bundle archive bytes (deterministic)."""
+    if (weights is None) != (manifest.weights_file is None):
+        raise InvalidRequestError("weights bytes and manifest.weights_file go together")
     if len(selftest_inputs) != len(selftest_outputs) or len(selftest_inputs) == 0:
         raise InvalidRequestError("self-test needs the same non-zero number of inputs and outputs")
     vectors = io.BytesIO()
@@ -32,6 +35,8 @@ def build_bundle(manifest: BundleManifest, model_bytes: bytes, selftest_inputs: 
         manifest.model_file: model_bytes,
         SELFTEST_NAME: vectors.getvalue(),
     }
+    if weights is not None and manifest.weights_file is not None:
+        members[manifest.weights_file] = weights
     if reference is not None:
         members[REFERENCE_NAME] = json.dumps(reference, sort_keys=True).encode()
     out = io.BytesIO()
@@ -59,11 +64,13 @@ class PublishedVariant:
 
 def publish_variant(registry: Registry, store: ArtifactStore, tuf: TufRepository, manifest: BundleManifest,
                     model_path: Path, selftest_inputs: np.ndarray, selftest_outputs: np.ndarray, *,
-                    reference: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> PublishedVariant:
+                    reference: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                    weights_path: Path | None = None) -> PublishedVariant:
     """Store the model and its bundle, sign the bundle with TUF and register the variant."""
     model_bytes = model_path.read_bytes()
     artifact_sha = store.put_bytes(model_bytes)
-    bundle = build_bundle(manifest, model_bytes, selftest_inputs, selftest_outputs, reference)
+    weights = weights_path.read_bytes() if weights_path is not None else None
+    bundle = build_bundle(manifest, model_bytes, selftest_inputs, selftest_outputs, reference, weights)
     bundle_sha = store.put_bytes(bundle)
     target_path = tuf_target_path(manifest)
     tuf.add_target(target_path, bundle, {"model": manifest.model, "version": manifest.version,

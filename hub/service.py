@@ -115,12 +115,12 @@ class Hub:
 
     def publish(self, manifest: BundleManifest, model_path: Path, selftest_inputs: np.ndarray,
                 selftest_outputs: np.ndarray, *, reference: dict[str, Any] | None = None,
-                metrics: dict[str, Any] | None = None) -> PublishedVariant:
+                metrics: dict[str, Any] | None = None, weights_path: Path | None = None) -> PublishedVariant:
         """Register ``manifest.model:manifest.version`` if new, then publish this variant's signed bundle."""
         if not any(v.version == manifest.version for v in self.registry.list_versions(manifest.model)):
             self.registry.add_version(manifest.model, manifest.version)
         return publish_variant(self.registry, self.store, self.tuf, manifest, model_path, selftest_inputs,
-                               selftest_outputs, reference=reference, metrics=metrics)
+                               selftest_outputs, reference=reference, metrics=metrics, weights_path=weights_path)
 
     def deploy(self, model: str, version: str, device_ids: list[str], *, allow_downgrade: bool = False,
                shadow: bool = False) -> Deployment:

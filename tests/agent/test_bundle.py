@@ -13,6 +13,7 @@ from agent.bundle import read_bundle
 from agent.errors import BundleError
 from fleet.bundle import BundleManifest, TensorSpec
 from hub.bundles import build_bundle
+from hub.errors import InvalidRequestError
 
 MANIFEST = BundleManifest(model="m", version="1.0.0", target="x86-onnx-cpu", runtime="onnxruntime",
                           model_file="model.onnx", input=TensorSpec(name="input", shape=[-1, 2]))
@@ -72,3 +73,15 @@ def test_corrupt_archive_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"PK\x03\x04 definitely not a zip")
     with pytest.raises(BundleError, match="not a readable bundle"):
         read_bundle(path)
+
+
+def test_openvino_ir_weights_travel_beside_the_model(tmp_path: Path) -> None:
+    manifest = MANIFEST.model_copy(update={"runtime": "openvino", "model_file": "model.xml",
+                                           "weights_file": "model.bin"})
+    x, y = np.ones((1, 2), np.float32), np.ones((1, 2), np.float32)
+    path = tmp_path / "b.zip"
+    path.write_bytes(build_bundle(manifest, b"<xml/>", x, y, weights=b"\x00\x01"))
+    bundle = read_bundle(path)
+    assert (bundle.model_bytes, bundle.weights) == (b"<xml/>", b"\x00\x01")
+    with pytest.raises(InvalidRequestError, match="go together"):
+        build_bundle(manifest, b"<xml/>", x, y)
