@@ -22,6 +22,29 @@ def register(app: typer.Typer) -> None:
     devices_app = typer.Typer(help="Device inventory.", no_args_is_help=True)
     app.add_typer(hub_app, name="hub")
     app.add_typer(devices_app, name="devices")
+    models_app = typer.Typer(help="Models, versions and their variants.", no_args_is_help=True)
+    app.add_typer(models_app, name="models")
+
+    @models_app.command("register-conversion")
+    def register(directory: Path = typer.Argument(..., help="an `edgefleet convert` output directory"),
+                 version: str = typer.Option(..., help="semver of the new model version"),
+                 vectors: Path = typer.Option(..., help=".npz of model inputs for the golden self-test vectors"),
+                 model: str | None = typer.Option(None, help="model name (default: the report's)"),
+                 labels: str | None = typer.Option(None, help="comma-separated class labels"),
+                 data_dir: Path = typer.Option(Path("var/hub")),
+                 database_url: str | None = typer.Option(None)) -> None:
+        """Sign and register every usable variant of a conversion under MODEL:VERSION."""
+        from hub.conversions import register_conversion
+        from hub.service import Hub
+
+        hub = Hub(HubSettings(data_dir=data_dir, database_url=database_url))
+        try:
+            result = register_conversion(hub, directory, version=version, vectors=vectors, model=model,
+                                         labels=labels.split(",") if labels else None)
+        finally:
+            hub.db.close()
+        typer.echo(json.dumps({"model": result.model, "version": result.version, "registered": result.registered,
+                               "skipped": result.skipped}, indent=2))
 
     @hub_app.command("serve")
     def serve(data_dir: Path = typer.Option(Path("var/hub"), help="registry, artifacts and TUF keys"),

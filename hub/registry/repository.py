@@ -42,6 +42,11 @@ def parse_semver(version: str) -> semver.Version:
         raise InvalidRequestError(f"version {version!r} is not semantic versioning (MAJOR.MINOR.PATCH): {exc}") from exc
 
 
+def _precision_rank(variant: Variant) -> int:
+    precisions = get_target(variant.target).precisions
+    return precisions.index(variant.precision) if variant.precision in precisions else len(precisions)
+
+
 def _id(value: int | None) -> int:
     if value is None:  # rows read back from the database always have their key
         raise ConflictError("row has no primary key yet")
@@ -202,7 +207,7 @@ class Registry:
         """
         variants = self.list_variants(model_name, version)
         by_target: dict[str, Variant] = {}
-        for variant in variants:
+        for variant in sorted(variants, key=_precision_rank):  # the target's preferred precision first
             by_target.setdefault(variant.target, variant)
         chosen: dict[str, Variant] = {}
         missing: list[str] = []

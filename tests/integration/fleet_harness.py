@@ -43,14 +43,18 @@ class Harness:
 
     def agent(self, name: str, *, start: bool = True, **overrides: object) -> Agent:
         """Provision a device and create (and by default start) its agent."""
+        return self.agent_on(name, TARGET, start=start, **overrides)
+
+    def agent_on(self, name: str, target: str, *, start: bool = True, **overrides: object) -> Agent:
+        """An agent on a device of ``target``."""
         device_id = f"{self.prefix}-{name}"
-        _, secret = self.hub.registry.provision_device(device_id, TARGET)
+        _, secret = self.hub.registry.provision_device(device_id, target)
         directory = self.root / device_id
         directory.mkdir(parents=True)
         (directory / "root.json").write_bytes(self.hub.tuf.trusted_root())
         address = self.hub.broker_address
         settings: dict[str, object] = {
-            "device_id": device_id, "target": TARGET, "broker_url": f"mqtt://{address.host}:{address.port}",
+            "device_id": device_id, "target": target, "broker_url": f"mqtt://{address.host}:{address.port}",
             "password": secret, "data_dir": directory / "data", "trust_root": directory / "root.json",
             "telemetry_interval_s": 3600, "chunk_timeout_s": 1.0, "download_timeout_s": 60,
         }
