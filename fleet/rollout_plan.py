@@ -8,7 +8,8 @@ The JSON form is what the hub stores and the REST API accepts, for example::
     {"model": "digits", "version": "1.2.0", "selector": "env=prod",
      "canary": {"percent": 5}, "waves": {"type": "percentages", "steps": [10, 50, 100]},
      "failure": {"max_rate": 0.05, "min_devices": 10},
-     "gate": {"after": "every_wave", "soak_s": 600}}
+     "gate": {"after": "every_wave", "soak_s": 600,
+              "canary": {"min_devices": 3, "min_requests": 100, "metrics": {"confidence": {"critical": true}}}}}
 
 Invalid plans raise pydantic's ``ValidationError``; the CLI helpers raise `fleet.errors.FleetConfigError`.
 """
@@ -21,6 +22,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fleet.canary import DEFAULT_METRICS, CanaryConfig, CanaryMetric, MetricSpec
 from fleet.errors import FleetConfigError
 from fleet.selection import SelectionPolicy, parse_selector
 from fleet.windows import MaintenanceWindow
@@ -109,13 +111,15 @@ class GateSpec(_Config):
 
     The first request goes out ``soak_s`` after the wave completed; an inconclusive verdict is asked again
     every ``retry_interval_s``; with no pass or fail ``max_wait_s`` after the wave completed, the rollout
-    pauses for a person.
+    pauses for a person. ``canary`` holds the settings of the analysis itself (`fleet.canary.CanaryConfig`:
+    minimum devices and requests per group, tolerances, which metrics are critical).
     """
 
     after: Literal["canary", "every_wave"] = "every_wave"
     soak_s: Annotated[float, Field(ge=0)] = 0.0
     retry_interval_s: Annotated[float, Field(gt=0)] = 300.0
     max_wait_s: Annotated[float, Field(gt=0)] = 3600.0
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
 
     @model_validator(mode="after")
     def _order(self) -> GateSpec:
@@ -215,6 +219,51 @@ def parse_waves(text: str) -> PercentWaves | ExponentialWaves:
         ) from exc
 
 
+def parse_metrics(text: str) -> list[CanaryMetric]:
+    """``"latency,error_rate,confidence"`` -> those canary metrics; raise `FleetConfigError` for unknown names."""
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    try:
+        return [CanaryMetric(name) for name in names]
+    except ValueError:
+        known = ", ".join(m.value for m in CanaryMetric)
+        raise FleetConfigError(f"invalid metrics {text!r}: use names from {known}") from None
+
+
+def gate_from_cli(
+    *,
+    after: str = "every_wave",
+    soak_s: float = 0.0,
+    retry_interval_s: float = 300.0,
+    max_wait_s: float = 3600.0,
+    min_devices: int | None = None,
+    min_requests: int | None = None,
+    min_requests_per_device: int | None = None,
+    critical: str | None = None,
+) -> GateSpec:
+    """A `GateSpec` from CLI options; ``None`` keeps `CanaryConfig`'s default. ``critical`` names the metrics
+    whose failure fails the gate (the others only count in the score); raise `FleetConfigError`."""
+    settings: dict[str, object] = {}
+    if min_devices is not None:
+        settings["min_devices"] = min_devices
+    if min_requests is not None:
+        settings["min_requests"] = min_requests
+    if min_requests_per_device is not None:
+        settings["min_requests_per_device"] = min_requests_per_device
+    if critical is not None:
+        chosen = set(parse_metrics(critical))
+        settings["metrics"] = {
+            metric: MetricSpec(enabled=spec.enabled, critical=metric in chosen, weight=spec.weight)
+            for metric, spec in DEFAULT_METRICS.items()
+        }
+    try:
+        return GateSpec(after=after, soak_s=soak_s, retry_interval_s=retry_interval_s,  # type: ignore[arg-type]
+                        max_wait_s=max_wait_s, canary=CanaryConfig.model_validate(settings))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "gate"
+        raise FleetConfigError(f"invalid gate: {where}: {first['msg']}") from exc
+
+
 def plan_from_cli(
     model_version: str,
     *,
@@ -228,8 +277,12 @@ def plan_from_cli(
     approval: str = "none",
     gate: bool = True,
     device_timeout_s: float = 1800.0,
+    gate_spec: GateSpec | None = None,
 ) -> RolloutPlan:
-    """Build a plan from ``edgefleet rollout start MODEL:VERSION`` options; raise `FleetConfigError`."""
+    """Build a plan from ``edgefleet rollout start MODEL:VERSION`` options; raise `FleetConfigError`.
+
+    ``gate_spec`` (see `gate_from_cli`) replaces the default gate when ``gate`` is true.
+    """
     model, sep, version = model_version.partition(":")
     if not sep or not model or not version:
         raise FleetConfigError(f"expected MODEL:VERSION, got {model_version!r}")
@@ -245,7 +298,7 @@ def plan_from_cli(
             failure=FailureThreshold(
                 max_rate=max_failure_rate, max_count=max_failures, min_devices=min_devices
             ),
-            gate=GateSpec() if gate else None,
+            gate=(gate_spec or GateSpec()) if gate else None,
             device_timeout_s=device_timeout_s,
         )
     except ValidationError as exc:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from fleet.errors import FleetConfigError
 from fleet.rollout import Command
-from fleet.rollout_plan import RolloutPlan, plan_from_cli
+from fleet.rollout_plan import RolloutPlan, gate_from_cli, plan_from_cli
 from hub.errors import InvalidRequestError
 from hub.rollouts import RolloutStore, create_rollout, request_command, rollout_status
 
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 
 class RolloutIn(BaseModel):
-    """Start a rollout: a full ``plan`` (see docs/rollouts.md), or the CLI's short options."""
+    """Start a rollout: a full ``plan`` (see docs/rollouts.md), or the CLI's short options (``gate_*``: the
+    gate's timing and canary analysis settings, as ``edgefleet rollout start --gate-*``)."""
 
     plan: dict[str, Any] | None = None
     model_version: str | None = Field(default=None, examples=["digits:1.2.0"])
@@ -35,6 +36,14 @@ class RolloutIn(BaseModel):
     success_threshold: float = 0.95
     approval: str = "none"
     gate: bool = True
+    gate_after: str = "every_wave"
+    gate_soak_s: float = 0.0
+    gate_retry_s: float = 300.0
+    gate_max_wait_s: float = 3600.0
+    gate_min_devices: int | None = None
+    gate_min_requests: int | None = None
+    gate_min_requests_per_device: int | None = None
+    gate_critical: str | None = Field(default=None, examples=["latency,error_rate,confidence"])
     device_timeout_s: float = 1800.0
     rollout_id: str | None = None
 
@@ -45,10 +54,16 @@ class RolloutIn(BaseModel):
                 return RolloutPlan.model_validate(self.plan)
             if self.model_version is None:
                 raise InvalidRequestError("give either plan or model_version")
+            gate = gate_from_cli(after=self.gate_after, soak_s=self.gate_soak_s, retry_interval_s=self.gate_retry_s,
+                                 max_wait_s=self.gate_max_wait_s, min_devices=self.gate_min_devices,
+                                 min_requests=self.gate_min_requests,
+                                 min_requests_per_device=self.gate_min_requests_per_device,
+                                 critical=self.gate_critical) if self.gate else None
             return plan_from_cli(self.model_version, selector=self.selector, canary=self.canary, waves=self.waves,
                                  max_failure_rate=self.max_failure_rate, max_failures=self.max_failures,
                                  min_devices=self.min_devices, success_threshold=self.success_threshold,
-                                 approval=self.approval, gate=self.gate, device_timeout_s=self.device_timeout_s)
+                                 approval=self.approval, gate=self.gate, device_timeout_s=self.device_timeout_s,
+                                 gate_spec=gate)
         except (FleetConfigError, ValidationError) as exc:
             raise InvalidRequestError(str(exc)) from exc
 

@@ -1,7 +1,8 @@
 """``edgefleet rollout start|status|list|pause|resume|abort|promote``, working on the hub's database.
 
 ``start`` stores the rollout and commands are queued in the database; the running hub (``hub serve``)
-picks both up on its next tick, so the CLI never needs the broker.
+picks both up on its next tick, so the CLI never needs the broker. ``--gate-*`` options set the gate's
+timing and the canary analysis (devices and requests needed, critical metrics).
 """
 
 from __future__ import annotations
@@ -50,21 +51,38 @@ def register(app: typer.Typer) -> None:
               success_threshold: float = typer.Option(0.95, help="share of a wave that must install"),
               approval: str = typer.Option("none", help="none | after_canary | every_wave"),
               no_gate: bool = typer.Option(False, "--no-gate", help="no canary analysis between waves"),
+              gate_after: str = typer.Option("every_wave", help="gate after: canary | every_wave"),
+              gate_soak: float = typer.Option(0.0, help="seconds after a wave before the gate is asked"),
+              gate_retry: float = typer.Option(300.0, help="seconds between asks while inconclusive"),
+              gate_max_wait: float = typer.Option(3600.0, help="seconds without a verdict before pausing"),
+              gate_min_devices: int | None = typer.Option(None, help="canary analysis: devices per group "
+                                                          "(latency, confidence); default 5"),
+              gate_min_requests: int | None = typer.Option(None, help="canary analysis: requests per group "
+                                                           "(error rate); default 500"),
+              gate_min_requests_per_device: int | None = typer.Option(
+                  None, help="canary analysis: requests a device needs to count; default 20"),
+              gate_critical: str | None = typer.Option(
+                  None, help="metrics whose failure fails the gate, e.g. latency,error_rate,confidence "
+                             "(default latency,error_rate; the others count in the score)"),
               device_timeout: float = typer.Option(1800.0, help="seconds a device has to finish"),
               rollout_id: str | None = typer.Option(None, "--id", help="rollout id (default: generated)"),
               data_dir: Path = DATA_DIR, database_url: str | None = DATABASE_URL,
               as_json: bool = typer.Option(False, "--json")) -> None:
         """Create a rollout; the running hub starts it on its next tick."""
         from fleet.errors import FleetConfigError
-        from fleet.rollout_plan import plan_from_cli
+        from fleet.rollout_plan import gate_from_cli, plan_from_cli
         from hub.errors import HubError
         from hub.rollouts import create_rollout
 
         try:
+            gate = None if no_gate else gate_from_cli(
+                after=gate_after, soak_s=gate_soak, retry_interval_s=gate_retry, max_wait_s=gate_max_wait,
+                min_devices=gate_min_devices, min_requests=gate_min_requests,
+                min_requests_per_device=gate_min_requests_per_device, critical=gate_critical)
             plan = plan_from_cli(model_version, selector=selector, canary=canary, waves=waves,
                                  max_failure_rate=max_failure_rate, max_failures=max_failures,
                                  min_devices=min_devices, success_threshold=success_threshold, approval=approval,
-                                 gate=not no_gate, device_timeout_s=device_timeout)
+                                 gate=not no_gate, device_timeout_s=device_timeout, gate_spec=gate)
             registry, store = _store(data_dir, database_url)
             snapshot = create_rollout(store, registry, plan, rollout_id=rollout_id)
         except (FleetConfigError, HubError) as exc:

@@ -5,8 +5,14 @@ a queue of operator commands; the CLI needs nothing else. `RolloutManager` runs 
 ticks every open rollout on a timer and whenever a device reports (coalesced on one worker thread), turns
 ``DeployTo`` into retained `DeploymentOrder`s (``deployment_id`` = the rollout id), ``RollBack`` into
 orders for each device's last known good model (``allow_downgrade``), and answers ``RequestGate`` with
-`fleet.canary.analyse_canary` on the stored telemetry. Persist, then act: a restarted hub drains the
-outbox and keeps stepping from the stored snapshot.
+`fleet.canary.analyse_canary` on the stored telemetry, with the plan's ``gate.canary`` settings. Persist,
+then act: a restarted hub drains the outbox and keeps stepping from the stored snapshot.
+
+Each rollout is mirrored as a `Deployment` with the rollout's id (and ``<id>.rollback`` once devices are sent
+back), one `DeploymentDevice` row per device sent, so ``GET /deployments/{id}`` shows per-device progress
+(the hub's event handler updates those rows); the deployment's ``status`` is the rollout's state. The last
+failure detail each device reported for a rollout is kept in `RolloutDeviceError`, so a restarted hub still
+knows why a device failed.
 
 Errors are `hub.errors` ones: `NotFoundError` (unknown rollout or version), `InvalidRequestError` (a version
 without variants, an unknown command), `ConflictError` (a command the rollout's state does not allow).
@@ -54,7 +60,17 @@ from fleet.rollout_plan import RolloutPlan
 from fleet.selection import Variant as PlanVariant
 from fleet.transport import Broker, Message, Unsubscribe
 from hub.errors import ConflictError, InvalidRequestError, NotFoundError
-from hub.registry import Database, Registry, RolloutCommandRow, RolloutOutbox, RolloutRow, Variant
+from hub.registry import (
+    Database,
+    Deployment,
+    DeploymentDevice,
+    Registry,
+    RolloutCommandRow,
+    RolloutOutbox,
+    RolloutRow,
+    Variant,
+)
+from hub.registry.rollout_tables import RolloutDeviceError
 
 if TYPE_CHECKING:
     from hub.mqtt_service import HubMqtt
@@ -64,6 +80,8 @@ log = logging.getLogger(__name__)
 
 GateAnalysis = Callable[[RequestGate, RolloutSnapshot], GateInput]
 _MAX_GATE_ROUNDS = 8
+_ROLLBACK_SUFFIX = ".rollback"
+_MAX_DEPLOYMENT_ID = 64  # Deployment.id's column length
 
 
 # ------------------------------------------------------------------------------------------ storage
@@ -110,6 +128,11 @@ class RolloutStore:
             row.snapshot = snapshot.model_dump_json()
             row.state, row.final, row.updated_at = snapshot.state.value, snapshot.final, time.time()
             session.add(row)
+            for deployment_id in (snapshot.rollout_id, snapshot.rollout_id + _ROLLBACK_SUFFIX):
+                deployment = session.get(Deployment, deployment_id) if _mirrored(deployment_id) else None
+                if deployment is not None and deployment.status != snapshot.state.value:
+                    deployment.status = snapshot.state.value
+                    session.add(deployment)
             if not actions:
                 return None
             outbox = RolloutOutbox(rollout_id=snapshot.rollout_id, actions=dump_actions(actions).decode())
@@ -162,6 +185,55 @@ class RolloutStore:
             if row is not None:
                 row.done, row.error = True, error
                 session.add(row)
+
+
+    def mirror_deployment(self, deployment_id: str, model: str, version: str, devices: dict[str, int | None], *,
+                          status: str, allow_downgrade: bool = False) -> bool:
+        """Record devices sent ``deployment_id`` as `Deployment` / `DeploymentDevice` rows (``devices``: device
+        id -> variant id); rows already there are kept (replays are harmless). False when the id is too long."""
+        if not _mirrored(deployment_id):
+            return False
+        with self.db.session() as session:
+            deployment = session.get(Deployment, deployment_id)
+            if deployment is None:
+                deployment = Deployment(id=deployment_id, model=model, version=version, device_ids=[],
+                                        allow_downgrade=allow_downgrade, status=status)
+            new = [d for d in devices if d not in deployment.device_ids]
+            if new:
+                deployment.device_ids = [*deployment.device_ids, *new]  # a new list: JSON columns track assignment
+            session.add(deployment)
+            session.flush()
+            for device_id in new:
+                if session.get(DeploymentDevice, (deployment_id, device_id)) is None:
+                    session.add(DeploymentDevice(deployment_id=deployment_id, device_id=device_id,
+                                                 variant_id=devices[device_id]))
+        return True
+
+    def record_error(self, deployment_id: str, device_id: str, detail: str) -> bool:
+        """Keep the detail of a device's failed update event for a rollout (or its rollback); False when
+        ``deployment_id`` belongs to no rollout."""
+        rollout_id = deployment_id.removesuffix(_ROLLBACK_SUFFIX)
+        with self.db.session() as session:
+            if session.get(RolloutRow, rollout_id) is None:
+                return False
+            row = session.get(RolloutDeviceError, (deployment_id, device_id))
+            if row is None:
+                row = RolloutDeviceError(deployment_id=deployment_id, device_id=device_id, rollout_id=rollout_id,
+                                         detail=detail)
+            row.detail, row.updated_at = detail, time.time()
+            session.add(row)
+        return True
+
+    def errors(self) -> dict[tuple[str, str], str]:
+        """Kept failure details of open rollouts: (device id, deployment id) -> detail."""
+        with self.db.session() as session:
+            query = (select(RolloutDeviceError).join(RolloutRow, col(RolloutRow.id) == RolloutDeviceError.rollout_id)
+                     .where(col(RolloutRow.final).is_(False)))
+            return {(r.device_id, r.deployment_id): r.detail for r in session.exec(query)}
+
+
+def _mirrored(deployment_id: str) -> bool:
+    return len(deployment_id) <= _MAX_DEPLOYMENT_ID
 
 
 def _row(snapshot: RolloutSnapshot) -> RolloutRow:
@@ -235,7 +307,9 @@ def rollout_status(store: RolloutStore, rollout_id: str) -> RolloutStatus:
 
 def canary_gate(registry: Registry, config: CanaryConfig | None = None) -> GateAnalysis:
     """A gate analysis: `analyse_canary` on telemetry since the request's ``since``, candidates on the new
-    version against the baseline devices still on another version, device classes as in the rollout."""
+    version against the baseline devices still on another version, device classes as in the rollout.
+
+    The analysis settings are ``config`` when given, else the rollout plan's ``gate.canary``."""
 
     def analyse(request: RequestGate, snapshot: RolloutSnapshot) -> GateInput:
         batches = [b for b in registry.telemetry_batches(request.model) if b.window_end >= request.since]
@@ -249,7 +323,8 @@ def canary_gate(registry: Registry, config: CanaryConfig | None = None) -> GateA
                 out.append(m.model_copy(update={"device_class": record.device_class}) if record else m)
             return out
 
-        return analyse_canary(metrics(candidates, True), metrics(baseline, False), config or CanaryConfig())
+        settings = config or (snapshot.plan.gate.canary if snapshot.plan.gate is not None else CanaryConfig())
+        return analyse_canary(metrics(candidates, True), metrics(baseline, False), settings)
 
     return analyse
 
@@ -345,7 +420,13 @@ class RolloutManager:
         """Record a device's update event (failures feed `DeviceStatus.error`) and schedule a tick."""
         if not event.ok and event.detail:
             with self._data_lock:
+                known = self._errors.get((event.device_id, event.deployment_id))
                 self._errors[(event.device_id, event.deployment_id)] = event.detail
+            if known != event.detail:
+                try:
+                    self.store.record_error(event.deployment_id, event.device_id, event.detail)
+                except Exception:  # the in-memory copy still serves this run
+                    log.exception("rollouts: could not store the failure of %s", event.device_id)
         self._wake.set()
 
     def statuses(self) -> list[DeviceStatus]:
@@ -377,6 +458,9 @@ class RolloutManager:
         """Carry out actions left in the outbox by a previous run, then tick on a worker thread."""
         if isinstance(self._state_broker, PahoBroker):
             self._state_broker.wait_connected(5.0)  # retained states follow the subscription at once
+        stored = self.store.errors()  # failure reasons reported before a restart
+        with self._data_lock:
+            self._errors = {**stored, **self._errors}
         self.drain_outbox()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="edgefleet-rollouts", daemon=True)
@@ -488,7 +572,7 @@ class RolloutManager:
         verdict: GateInput | None = None
         for action in actions:
             if isinstance(action, DeployTo):
-                self._deploy(action)
+                self._deploy(action, snapshot)
             elif isinstance(action, RollBack):
                 self._roll_back(snapshot, action)
             elif isinstance(action, RequestGate):
@@ -502,10 +586,12 @@ class RolloutManager:
                 log.info("rollout %s: %s", snapshot.rollout_id, _describe(action))
         return verdict
 
-    def _deploy(self, action: DeployTo) -> None:
+    def _deploy(self, action: DeployTo, snapshot: RolloutSnapshot) -> None:
         row = self._variant_row(action.model, action.version, action.variant.variant_id)
         order = self.mqtt.order_for(action.deployment_id, row.bundle_sha256, model=action.model,
                                     version=action.version, target=row.target, tuf_target=row.tuf_target)
+        self.store.mirror_deployment(action.deployment_id, action.model, action.version,
+                                     dict.fromkeys(action.device_ids, row.id), status=snapshot.state.value)
         for device_id in action.device_ids:
             self.mqtt.send_deployment(device_id, order)
 
@@ -513,6 +599,7 @@ class RolloutManager:
         with self._data_lock:
             states = {d: self._states.get(d) for d in action.device_ids}
         plan = snapshot.plan
+        orders: dict[str, DeploymentOrder | None] = {}
         for device_id, state in states.items():
             good: InstalledModel | None = None
             if state is None:  # no retained state seen yet (e.g. just restarted): the registry's last copy
@@ -521,7 +608,15 @@ class RolloutManager:
                 active = state.active
                 on_new = active is not None and (active.model, active.version) == (plan.model, plan.version)
                 good = state.last_known_good if on_new or active is None else active
-            order = self._order_for_installed(action.deployment_id, good) if good is not None else None
+            orders[device_id] = self._order_for_installed(action.deployment_id, good) if good is not None else None
+        sent = {d: o for d, o in orders.items() if o is not None}
+        if sent:
+            versions = sorted({o.version for o in sent.values()})
+            variants = {d: getattr(self.registry.variant_by_bundle(o.sha256), "id", None) for d, o in sent.items()}
+            self.store.mirror_deployment(action.deployment_id, plan.model, versions[0] if len(versions) == 1
+                                         else "last-known-good", variants, status=snapshot.state.value,
+                                         allow_downgrade=True)
+        for device_id, order in orders.items():
             if order is None:
                 self.mqtt.broker.publish(topics.device_topic(device_id, "deployment"), b"", qos=1, retain=True)
             else:

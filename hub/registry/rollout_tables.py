@@ -1,6 +1,6 @@
 """Rollout tables: one row per rollout (its `fleet.rollout.RolloutSnapshot` as JSON), an outbox of the
-actions each step produced, and a queue of operator commands (so the CLI can steer a running hub through
-the database alone)."""
+actions each step produced, a queue of operator commands (so the CLI can steer a running hub through
+the database alone), and the last failure detail per device per rollout (kept across hub restarts)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,15 @@ class RolloutCommandRow(SQLModel, table=True):
     done: bool = Field(default=False, index=True)
     error: str = ""
     created_at: float = Field(default_factory=_now)
+
+
+class RolloutDeviceError(SQLModel, table=True):
+    """The detail of the last failed update event a device sent for a rollout (or its ``.rollback``
+    deployment), so that failure reasons survive a hub restart."""
+
+    __tablename__ = "rollout_device_error"
+    deployment_id: str = Field(primary_key=True, max_length=110)
+    device_id: str = Field(primary_key=True, max_length=63)
+    rollout_id: str = Field(index=True, max_length=100)
+    detail: str = Field(sa_column=Column(Text, nullable=False))
+    updated_at: float = Field(default_factory=_now)

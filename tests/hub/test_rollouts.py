@@ -290,3 +290,126 @@ def test_rollback_without_a_retained_state_uses_the_registry_copy(fleet: Fleet) 
     manager._act(snapshot, [RollBack(deployment_id="ro-n.rollback", device_ids=(device_id,), reason="t")], [])
     order = fleet.orders[device_id]
     assert order is not None and order.version == "1.0.0" and order.allow_downgrade
+
+
+def _gate_batches(fleet: Fleet, slow: float) -> tuple[list[str], list[str]]:
+    from fleet.messages import Histogram, TelemetryBatch
+
+    def batch(device_id: str, version: str, factor: float) -> TelemetryBatch:
+        latency = Histogram(edges=[5.0, 10.0, 20.0], counts=[100, 250, 50, 0], total=3400.0 * factor)
+        confidence = Histogram(edges=[0.5, 0.9, 1.0], counts=[0, 100, 300, 0], total=370.0)
+        return TelemetryBatch(batch_id=f"gate-batch-{device_id}", device_id=device_id, target=TARGET, model="digits",
+                              version=version, window_start=100.0, window_end=160.0, requests=400, errors=0,
+                              latency_ms=latency, confidence=confidence, predictions={"1": 200, "7": 200})
+
+    canary, baseline = [f"c{i}" for i in range(4)], [f"b{i}" for i in range(4)]
+    fleet.hub.registry.record_telemetry([batch(d, "2.0.0", slow) for d in canary]
+                                        + [batch(d, "1.0.0", 1.0) for d in baseline])
+    return canary, baseline
+
+
+def test_canary_gate_uses_the_plans_analysis_settings(fleet: Fleet) -> None:
+    from fleet.rollout import new_rollout
+    from fleet.rollout_plan import gate_from_cli
+    from hub.rollouts import canary_gate
+
+    canary, baseline = _gate_batches(fleet, slow=2.0)
+    request = RequestGate(request_id="g1", model="digits", version="2.0.0", wave=0, attempt=1, since=0.0,
+                          candidates=tuple(canary), baseline=tuple(baseline))
+    analyse = canary_gate(fleet.hub.registry)
+    default = analyse(request, new_rollout("ro-d", _plan(gate=True), [], now=0.0))
+    assert default.verdict == "inconclusive"  # CanaryConfig's defaults: 5 devices per group
+    assert any("needs 5 devices" in r for r in default.reasons), default.reasons
+    small = _plan(gate=True, gate_spec=gate_from_cli(min_devices=4, min_requests=100))
+    report = analyse(request, new_rollout("ro-s", small, [], now=0.0))
+    assert report.verdict == "fail" and any(r.startswith("latency (critical) fail") for r in report.reasons)
+    # latency demoted: its failure only costs score (5 of 6 metrics judged, 1 failed -> marginal)
+    lenient = _plan(gate=True, gate_spec=gate_from_cli(min_devices=4, min_requests=100, critical="error_rate"))
+    assert analyse(request, new_rollout("ro-l", lenient, [], now=0.0)).verdict != "fail"
+
+
+def test_gate_settings_are_validated_and_round_trip(fleet: Fleet) -> None:
+    from fleet.canary import CanaryMetric
+    from fleet.errors import FleetConfigError
+    from fleet.rollout_plan import gate_from_cli
+
+    gate = gate_from_cli(after="canary", soak_s=1.0, retry_interval_s=2.0, max_wait_s=30.0, min_devices=3,
+                         min_requests=50, min_requests_per_device=10, critical="confidence, predictions")
+    plan = _plan(gate=True, gate_spec=gate)
+    assert RolloutPlan.model_validate_json(plan.model_dump_json()) == plan
+    assert plan.gate is not None and plan.gate.canary.min_devices == 3 and plan.gate.canary.min_requests == 50
+    critical = {m for m in CanaryMetric if plan.gate.canary.spec(m).critical}
+    assert critical == {CanaryMetric.CONFIDENCE, CanaryMetric.PREDICTIONS}
+    with pytest.raises(FleetConfigError, match="invalid metrics"):
+        gate_from_cli(critical="latency,speed")
+    with pytest.raises(FleetConfigError, match="min_devices"):
+        gate_from_cli(min_devices=1)
+    old = json.loads(plan.model_dump_json())
+    del old["gate"]["canary"]  # plans stored before the setting existed get CanaryConfig's defaults
+    assert RolloutPlan.model_validate(old).gate.canary.min_devices == 5  # type: ignore[union-attr]
+
+
+def test_cli_and_rest_take_gate_settings(fleet: Fleet) -> None:
+    from hub.cli import app
+
+    fleet.device("d0")
+    data_dir = str(fleet.hub.settings.data_dir)
+    runner = CliRunner()
+    started = runner.invoke(app, ["rollout", "start", "digits:2.0.0", "--canary", "1", "--id", "ro-gc",
+                                  "--gate-min-devices", "3", "--gate-min-requests", "40", "--gate-critical",
+                                  "latency,confidence", "--gate-retry", "5", "--data-dir", data_dir])
+    assert started.exit_code == 0, started.output
+    gate = RolloutStore(fleet.hub.db).load("ro-gc").plan.gate
+    assert gate is not None and gate.retry_interval_s == 5 and gate.canary.min_devices == 3
+    assert gate.canary.min_requests == 40 and gate.canary.metrics["confidence"].critical  # type: ignore[index]
+    bad = runner.invoke(app, ["rollout", "start", "digits:2.0.0", "--gate-critical", "speed", "--data-dir", data_dir])
+    assert bad.exit_code == 2 and "invalid metrics" in bad.output
+    client = TestClient(create_app(fleet.hub), raise_server_exceptions=False)
+    body = {"model_version": "digits:2.0.0", "canary": "1", "rollout_id": "ro-ga", "gate_min_devices": 2,
+            "gate_critical": "error_rate"}
+    assert client.post("/rollouts", json=body).status_code == 201
+    gate = RolloutStore(fleet.hub.db).load("ro-ga").plan.gate
+    assert gate is not None and gate.canary.min_devices == 2 and not gate.canary.metrics["latency"].critical  # type: ignore[index]
+    assert client.post("/rollouts", json={**body, "rollout_id": "ro-gb", "gate_min_devices": 0}).status_code == 422
+
+
+def test_rollouts_appear_as_deployments_with_per_device_rows(fleet: Fleet) -> None:
+    devices = [fleet.device(f"d{i}") for i in range(4)]
+    manager = fleet.manager()
+    manager.start_rollout(_plan(canary="2", max_failures=0), rollout_id="ro-dep")
+    snapshot = _drive(fleet, manager, "ro-dep", fail=True)
+    assert snapshot.state == RolloutState.ABORTED
+    canary = sorted(d for d, r in snapshot.devices.items() if r.canary)
+    registry = fleet.hub.registry
+    deployment = registry.get_deployment("ro-dep")
+    assert (deployment.model, deployment.version, deployment.status) == ("digits", "2.0.0", "aborted")
+    assert sorted(deployment.device_ids) == canary
+    variant = registry.list_variants("digits", "2.0.0")[0].id
+    rows = registry.deployment_devices("ro-dep")
+    assert {(r.device_id, r.variant_id) for r in rows} == {(d, variant) for d in canary}
+    rollback = registry.get_deployment("ro-dep.rollback")
+    assert rollback.version == "1.0.0" and rollback.allow_downgrade and sorted(rollback.device_ids) == canary
+    client = TestClient(create_app(fleet.hub))
+    listed = {d["id"] for d in client.get("/deployments").json()}
+    assert {"ro-dep", "ro-dep.rollback"} <= listed
+    assert len(client.get("/deployments/ro-dep").json()["devices"]) == 2
+    assert set(devices) >= set(canary)
+
+
+def test_failure_reasons_survive_a_new_manager(fleet: Fleet) -> None:
+    for i in range(3):
+        fleet.device(f"d{i}")
+    first = fleet.manager()
+    first.start_rollout(_plan(canary="1", waves="100", max_failures=0), rollout_id="ro-why")
+    fleet.obey(first, fail=True)  # the failure event reaches this manager only; it never ticks again
+    (device_id,) = [d for d, o in fleet.orders.items() if o is not None]
+    second = fleet.manager()  # a restarted hub: no events in memory
+    second.start()
+    try:
+        status = next(s for s in second.statuses() if s.device_id == device_id)
+        assert status.error == "self-test failed"
+        snapshot = second.wait("ro-why", lambda s: s.devices[device_id].phase == "failed", 10.0)
+        assert snapshot.devices[device_id].detail == "self-test failed"
+    finally:
+        second.stop()
+    assert RolloutStore(fleet.hub.db).errors() == {}  # the rollout is final: nothing left to remember
