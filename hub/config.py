@@ -26,6 +26,9 @@ class HubSettings(BaseModel):
         description="consume telemetry through an MQTT shared subscription ($share/GROUP/...), so several hub "
         "workers split the load; needs a broker that supports them (Mosquitto 2 does, the embedded one does not)")
     share_group: str = Field(default="edgefleet-hub", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    ingest_only: bool = Field(
+        default=False, description="a telemetry worker: consumes only (shared) telemetry; no device state, bundle "
+        "transfer or rollouts, which stay with the one full hub")
     telemetry_max_age_s: float | None = Field(
         default=7 * 24 * 3600.0, gt=0, description="raw telemetry batches older than this are folded into rollups")
     telemetry_max_rows: int | None = Field(

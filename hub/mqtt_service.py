@@ -63,13 +63,15 @@ class HubMqtt:
         self._unsubscribes: list[Unsubscribe] = []
         self._known: set[str] = set()
 
-    def start(self) -> None:
+    def start(self, *, telemetry_only: bool = False) -> None:
         """Subscribe to every device channel the hub consumes (telemetry through ``telemetry_filter``, which
-        may be a ``$share/GROUP/...`` shared subscription splitting it among hub workers)."""
-        handlers = {topics.device_wildcard("state"): self._on_state,
-                    topics.device_wildcard("events"): self._on_update_event,
-                    self.telemetry_filter: self._on_telemetry,
-                    topics.device_wildcard("fetch"): self._on_fetch}
+        may be a ``$share/GROUP/...`` shared subscription splitting it among hub workers); a telemetry worker
+        (``telemetry_only``) subscribes to telemetry alone."""
+        handlers = {self.telemetry_filter: self._on_telemetry}
+        if not telemetry_only:
+            handlers |= {topics.device_wildcard("state"): self._on_state,
+                         topics.device_wildcard("events"): self._on_update_event,
+                         topics.device_wildcard("fetch"): self._on_fetch}
         for topic_filter, handler in handlers.items():
             self._unsubscribes.append(self.broker.subscribe(topic_filter, self._guard(handler)))
 

@@ -82,7 +82,9 @@ class Hub:
                             chunk_size=s.chunk_size, rebroadcast_window_s=s.rebroadcast_window_s,
                             on_event=self._dispatch_event, on_state=self.monitoring.on_device_state,
                             telemetry_filter=s.telemetry_filter())
-        self.mqtt.start()
+        self.mqtt.start(telemetry_only=s.ingest_only)
+        if s.ingest_only:
+            return  # a telemetry worker: the full hub owns device state, transfers and rollouts
         from hub.rollouts import RolloutManager  # rollouts: persisted in the DB, ticked on a timer and events
 
         self.rollouts = RolloutManager.for_hub(self)

@@ -28,7 +28,8 @@ def workers(tmp_path: Path, broker_url: str | None) -> Iterator[list[Hub]]:
     try:
         for name in ("a", "b"):
             hub = Hub(HubSettings(data_dir=tmp_path / name, database_url=database_url, broker_url=broker_url,
-                                  hub_secret="worker-secret", shared_telemetry=True, share_group=group))
+                                  hub_secret="worker-secret", shared_telemetry=True, share_group=group,
+                                  ingest_only=name == "b"))
             hub.start()
             hubs.append(hub)
         yield hubs
@@ -71,6 +72,7 @@ def test_shared_subscription_stores_each_batch_once_across_workers(workers: list
     assert sum(i.duplicates for i in ingestors if i) == len(resent)
     assert all(i.received > 0 for i in ingestors if i), [i.received for i in ingestors if i]
     assert workers[0].registry.telemetry_count() == len(batches)
+    assert workers[0].rollouts is not None and workers[1].rollouts is None  # "b" is a telemetry-only worker
     assert sorted(b.batch_id for b in workers[1].registry.telemetry_batches()) == sorted(b.batch_id for b in batches)
 
 
