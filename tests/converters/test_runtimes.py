@@ -104,10 +104,19 @@ def test_coreml_and_gpu_targets_are_converted_but_never_passing_here(
     assert sizes["int8"] < sizes["fp16"] and sizes["palettized"] < sizes["fp16"]
 
 
-@pytest.mark.parametrize("target", ["rpi4-arm64", "intel-openvino"])
-def test_unsupported_operator_on_other_exporters(target: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("target", "precision", "stage"),
+    [
+        ("rpi4-arm64", "fp32", "export"),
+        ("mcu-int8", "int8", "litert_int8"),
+        ("intel-openvino", "fp32", "export"),
+        ("apple-coreml", "fp16", "export"),
+    ],
+)
+def test_unsupported_operator_on_other_exporters(target: str, precision: str, stage: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(UnsupportedOperatorError) as info:
-        convert(mystery_model(), [target], out, example_inputs=(torch.randn(1, 4),), precisions=["fp32"])
-    assert "mystery" in info.value.operator and info.value.target == target and info.value.stage == "export"
+        convert(mystery_model(), [target], out, example_inputs=(torch.randn(1, 4),), precisions=[precision])
+    assert "mystery" in info.value.operator
+    assert (info.value.target, info.value.stage) == (target, stage)
     assert list(tmp_path.iterdir()) == []
