@@ -133,6 +133,12 @@ def test_self_test_failure_on_one_class_aborts_and_rolls_back(fleet: MixedFleet)
     assert failed and all(r.target == "jetson-orin" for r in failed)
     assert any("self" in r.detail.lower() or "golden" in r.detail.lower() for r in failed), failed
     assert fleet.versions() == {"1.0.0"}
+    # the rollout is a deployment too: per-device rows, updated by the hub's event handler
+    rows = {r.device_id: r for r in fleet.hub.registry.deployment_devices("ro-bad")}
+    assert set(rows) == {d for d, r in snapshot.devices.items() if r.phase in ("failed", "succeeded")}
+    fleet.hub.wait_deployment("ro-bad", TIMEOUT_S)
+    rows = {r.device_id: r for r in fleet.hub.registry.deployment_devices("ro-bad")}
+    assert {d for d, r in rows.items() if not r.ok and r.detail} == {r.device_id for r in failed}
     _on(agents, "1.0.0")
 
 
