@@ -198,15 +198,16 @@ class RolloutStore:
             if deployment is None:
                 deployment = Deployment(id=deployment_id, model=model, version=version, device_ids=[],
                                         allow_downgrade=allow_downgrade, status=status)
-            new = [d for d in devices if d not in deployment.device_ids]
+            listed = set(deployment.device_ids)
+            new = [d for d in devices if d not in listed]
             if new:
                 deployment.device_ids = [*deployment.device_ids, *new]  # a new list: JSON columns track assignment
             session.add(deployment)
             session.flush()
-            for device_id in new:
-                if session.get(DeploymentDevice, (deployment_id, device_id)) is None:
-                    session.add(DeploymentDevice(deployment_id=deployment_id, device_id=device_id,
-                                                 variant_id=devices[device_id]))
+            have = set(session.exec(select(DeploymentDevice.device_id)
+                                    .where(DeploymentDevice.deployment_id == deployment_id)))
+            session.add_all(DeploymentDevice(deployment_id=deployment_id, device_id=d, variant_id=variant_id)
+                            for d, variant_id in devices.items() if d not in have)
         return True
 
     def record_error(self, deployment_id: str, device_id: str, detail: str) -> bool:
