@@ -9,6 +9,7 @@ stopped. Every chunk is checked against its digest and the whole file against th
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -56,10 +57,15 @@ class ChunkDownloader:
         have_path = self.directory / f"{order.sha256}.have"
         have = self._load_have(have_path, order)
         if not part.exists() or part.stat().st_size != order.size_bytes:
-            with part.open("wb") as out:
-                out.truncate(order.size_bytes)
+            try:
+                _preallocate(part, order.size_bytes)
+            except OSError as exc:
+                part.unlink(missing_ok=True)
+                raise TransferError(f"cannot make room for the {order.size_bytes}-byte bundle in "
+                                    f"{self.directory}: {exc.strerror or exc}") from exc
             have = set()
         lock = threading.Lock()
+        failures: list[str] = []
         arrived = threading.Event()
 
         def on_chunk(message: Message) -> None:
@@ -80,12 +86,13 @@ class ChunkDownloader:
             with lock:
                 if frame.index in have:
                     return
-                with part.open("r+b") as out:
-                    out.seek(frame.index * order.chunk_size)
-                    out.write(frame.data)
-                have.add(frame.index)
-                if len(have) % 16 == 0 or len(have) == order.chunk_count:
-                    self._save_have(have_path, have, order.chunk_size)
+                try:
+                    _write_chunk(part, frame.index * order.chunk_size, frame.data)
+                    have.add(frame.index)
+                    if len(have) % 16 == 0 or len(have) == order.chunk_count:
+                        self._save_have(have_path, have, order.chunk_size)
+                except OSError as exc:  # a full disk: stop, keep what is safely written, say why
+                    failures.append(f"cannot write chunk {frame.index} to {part}: {exc.strerror or exc}")
             arrived.set()
 
         unsubscribe = self.broker.subscribe(topics.bundle_topic(order.sha256), on_chunk, qos=1)
@@ -98,6 +105,8 @@ class ChunkDownloader:
                     progress(1 - len(missing) / order.chunk_count)
                 if not missing:
                     break
+                if failures:
+                    raise TransferError(failures[0])
                 if cancelled():
                     raise TransferError(f"download of {order.sha256[:12]} cancelled")
                 if time.monotonic() > deadline:
@@ -109,11 +118,11 @@ class ChunkDownloader:
                 while arrived.wait(self.chunk_timeout_s):
                     arrived.clear()
                     with lock:
-                        if len(have) == order.chunk_count:
+                        if len(have) == order.chunk_count or failures:
                             break
         finally:
             unsubscribe()
-            with lock:
+            with lock, contextlib.suppress(OSError):
                 self._save_have(have_path, have, order.chunk_size)
         digest = _sha256_file(part)
         if digest != order.sha256:
@@ -207,6 +216,17 @@ class MetadataClient:
         if waiting is not None:
             waiting[1].append(reply)
             waiting[0].set()
+
+
+def _preallocate(path: Path, size: int) -> None:
+    with path.open("wb") as out:
+        out.truncate(size)
+
+
+def _write_chunk(path: Path, offset: int, data: bytes) -> None:
+    with path.open("r+b") as out:
+        out.seek(offset)
+        out.write(data)
 
 
 def _sha256_file(path: Path) -> str:

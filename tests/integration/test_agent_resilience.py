@@ -195,3 +195,25 @@ def test_offline_device_keeps_telemetry_and_sends_it_once_after_reconnecting(har
     assert len(batches) == 3 and len({b.batch_id for b in batches}) == 3
     assert sorted(b.requests for b in batches) == [1, 1, 1]
     assert [b.window_end for b in batches] == sorted(b.window_end for b in batches)
+
+
+def test_full_disk_fails_the_download_clearly_and_the_old_model_keeps_serving(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import agent.transfer as transfer
+
+    harness.publish("1.0.0")
+    harness.publish("1.1.0")
+    agent = harness.agent("disk")
+    assert set(harness.deploy("1.0.0", [agent]).values()) == {"done"}
+
+    def no_space(_path: Path, _offset: int, _data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(transfer, "_write_chunk", no_space)
+    assert set(harness.deploy("1.1.0", [agent]).values()) == {"failed"}
+    assert "No space left on device" in harness.detail(agent) and "cannot write chunk" in harness.detail(agent)
+    assert agent.service.predict(harness.trained.test_x[:1].tolist())["version"] == "1.0.0"
+    monkeypatch.undo()  # space is back: the same version installs on the next order
+    assert set(harness.deploy("1.1.0", [agent]).values()) == {"done"}
