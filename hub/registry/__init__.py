@@ -2,7 +2,7 @@
 
 from hub.registry.db import Database
 from hub.registry.repository import Registry
-from hub.registry.rollout_tables import RolloutCommandRow, RolloutOutbox, RolloutRow
+from hub.registry.rollout_tables import RolloutCommandRow, RolloutDeviceError, RolloutOutbox, RolloutRow
 from hub.registry.tables import (
     Deployment,
     DeploymentDevice,
@@ -23,6 +23,7 @@ __all__ = [
     "ModelVersion",
     "Registry",
     "RolloutCommandRow",
+    "RolloutDeviceError",
     "RolloutOutbox",
     "RolloutRow",
     "TelemetryRecord",
