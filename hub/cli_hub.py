@@ -22,6 +22,28 @@ def register(app: typer.Typer) -> None:
     devices_app = typer.Typer(help="Device inventory.", no_args_is_help=True)
     app.add_typer(hub_app, name="hub")
     app.add_typer(devices_app, name="devices")
+    broker_app = typer.Typer(help="The external broker's access control.", no_args_is_help=True)
+    app.add_typer(broker_app, name="broker")
+
+    @broker_app.command("auth-files")
+    def auth_files(out: Path = typer.Option(..., help="directory for the password and ACL files"),
+                   data_dir: Path = typer.Option(Path("var/hub")),
+                   database_url: str | None = typer.Option(None)) -> None:
+        """Write Mosquitto's password and ACL files from the inventory (reload Mosquitto with SIGHUP after)."""
+        from hub.broker_acl import BrokerUser, hub_user, mosquitto_config, write_broker_auth
+        from hub.service import Hub
+
+        hub = Hub(HubSettings(data_dir=data_dir, database_url=database_url))
+        try:
+            devices = hub.registry.list_devices()
+            users = [hub_user(hub.hub_secret)] + [
+                BrokerUser(username=d.id, password_hash=d.broker_hash, role="device") for d in devices if d.broker_hash]
+        finally:
+            hub.db.close()
+        files = write_broker_auth(out, users)
+        typer.echo(mosquitto_config(files))
+        console.print(f"{len(users) - 1} devices and the hub written to {files.password_file} and {files.acl_file}")
+
     models_app = typer.Typer(help="Models, versions and their variants.", no_args_is_help=True)
     app.add_typer(models_app, name="models")
 

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 
 from fleet.messages import DeviceState, TelemetryBatch, UpdateEvent
+from hub.broker_acl import hash_password
 from hub.credentials import hash_secret, new_secret, verify_secret
 from hub.errors import ConflictError, InvalidRequestError, NotFoundError
 from hub.registry.db import Database
@@ -154,7 +155,8 @@ class Registry:
         secret = new_secret()
         try:
             with self.db.session() as session:
-                device = Device(id=device_id, target=target, labels=labels or {}, credential_hash=hash_secret(secret))
+                device = Device(id=device_id, target=target, labels=labels or {}, credential_hash=hash_secret(secret),
+                                broker_hash=hash_password(secret))
                 session.add(device)
                 session.flush()
                 return device, secret

@@ -62,6 +62,7 @@ class Device(SQLModel, table=True):
     target: str = Field(max_length=64)
     labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
     credential_hash: str = Field(max_length=256)
+    broker_hash: str | None = Field(default=None, max_length=256, description="Mosquitto PBKDF2-SHA512 hash")
     online: bool = False
     last_seen: float | None = None
     active_model: str | None = None
