@@ -133,23 +133,15 @@ def _run(
     *,
     quiet: bool,
 ) -> Any:
+    from functools import partial
+
     from converters.convert import convert
 
+    run = partial(convert, model, targets, out, calib=calib, eval=eval_data, train=train, max_accuracy_drop=budget,
+                  precisions=precisions, pipelines=pipelines, cache_dir=cache_dir, keep_going=keep_going,
+                  threads=threads)
     if quiet:
-        return convert(
-            model,
-            targets,
-            out,
-            calib=calib,
-            eval=eval_data,
-            train=train,
-            max_accuracy_drop=budget,
-            precisions=precisions,
-            pipelines=pipelines,
-            cache_dir=cache_dir,
-            keep_going=keep_going,
-            threads=threads,
-        )
+        return run()
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -176,21 +168,7 @@ def _run(
             elif event == "done":
                 progress.update(tasks[name], completed=progress.tasks[tasks[name]].total, step=detail)
 
-        return convert(
-            model,
-            targets,
-            out,
-            calib=calib,
-            eval=eval_data,
-            train=train,
-            max_accuracy_drop=budget,
-            precisions=precisions,
-            pipelines=pipelines,
-            cache_dir=cache_dir,
-            keep_going=keep_going,
-            threads=threads,
-            progress=on_event,
-        )
+        return run(progress=on_event)
 
 
 def _print_table(report: Any, out: Path) -> None:
