@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 from pathlib import Path
 
 import typer
@@ -130,8 +129,7 @@ def register(app: typer.Typer) -> None:
         """Train a model, ship it to a simulated fleet, drive traffic, and summarise."""
         from hub.demo import run_demo
 
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGTERM, _interrupt)  # run the demo's clean-up (agents, broker) on SIGTERM too
         summary = run_demo(devices, requests_per_device=requests, broker_url=broker_url,
                            log=None if as_json else console.print)
         if as_json:
@@ -139,6 +137,10 @@ def register(app: typer.Typer) -> None:
         else:
             _print_summary(summary)
         raise typer.Exit(0 if summary["ok"] else 1)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_summary(summary: dict[str, object]) -> None:
