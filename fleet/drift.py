@@ -483,20 +483,21 @@ def _choose(
     return chosen
 
 
-def _insufficient(
+def _new_result(
     name: str, kind: FeatureKind, test: DriftTest, n_ref: float, n_cur: float, config: DriftConfig
-) -> FeatureDrift | None:
-    if min(n_ref, n_cur) >= config.min_samples:
-        return None
+) -> FeatureDrift:
+    """An empty result for one feature: ``ok`` to be filled in, or ``insufficient_data`` with the reason."""
+    short = min(n_ref, n_cur) < config.min_samples
     return FeatureDrift(
         feature=name,
         kind=kind,
         test=test,
-        status="insufficient_data",
+        status="insufficient_data" if short else "ok",
         threshold=config.threshold(test),
         n_reference=n_ref,
         n_current=n_cur,
-        detail=f"needs at least {config.min_samples} values on each side (reference {n_ref:g}, current {n_cur:g})",
+        detail=f"needs at least {config.min_samples} values on each side (reference {n_ref:g}, current {n_cur:g})"
+        if short else "",
     )
 
 
@@ -514,21 +515,12 @@ def compare_sketches(
     cur_items, _ = sketch_items(current)
     n_unique = int(np.union1d(ref_items, cur_items).size)
     test = _choose(name, kind, n_ref, n_unique, config, config.feature_tests.get(name, config.test))
-    short = _insufficient(name, kind, test, n_ref, n_cur, config)
-    if short is not None:
-        return short
+    result = _new_result(name, kind, test, n_ref, n_cur, config)
+    if result.status != "ok":
+        return result
     categorical = kind == FeatureKind.CATEGORICAL or n_unique <= config.categorical_max_unique
     if categorical and test not in _NUMERICAL_ONLY:
         return compare_counts(name, category_counts(reference), category_counts(current), config, kind, forced=test)
-    result = FeatureDrift(
-        feature=name,
-        kind=kind,
-        test=test,
-        status="ok",
-        threshold=config.threshold(test),
-        n_reference=n_ref,
-        n_current=n_cur,
-    )
     ks = ks_sketches(reference, current)
     metrics = {
         "ks": ks.statistic,
@@ -570,18 +562,9 @@ def compare_counts(
     n_ref, n_cur = float(ref.sum()), float(cur.sum())
     n_unique = int(ref.size)
     test = _choose(name, FeatureKind.CATEGORICAL, n_ref, n_unique, config, forced)
-    short = _insufficient(name, kind, test, n_ref, n_cur, config)
-    if short is not None:
-        return short
-    result = FeatureDrift(
-        feature=name,
-        kind=kind,
-        test=test,
-        status="ok",
-        threshold=config.threshold(test),
-        n_reference=n_ref,
-        n_current=n_cur,
-    )
+    result = _new_result(name, kind, test, n_ref, n_cur, config)
+    if result.status != "ok":
+        return result
     result.metrics = {
         "psi": psi_counts(reference, current),
         "jensenshannon": jensen_shannon_counts(reference, current),
