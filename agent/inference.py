@@ -8,7 +8,6 @@ import queue
 import random
 import threading
 import time
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -95,7 +94,7 @@ class InferenceService:
         self._maybe_shadow(model, batch, answers)
         result: dict[str, Any] = {
             "model": manifest.model, "version": manifest.version, "source": source, "latency_ms": latency_ms,
-            "predictions": [{k: v for k, v in asdict(a).items() if k != "scores"} for a in answers],
+            "predictions": [{"label": a.label, "index": a.index, "confidence": a.confidence} for a in answers],
         }
         if note:
             result["note"] = note

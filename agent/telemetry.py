@@ -24,6 +24,7 @@ from fleet.telemetry import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS, FeatureSketc
 
 log = logging.getLogger(__name__)
 MAX_SKETCHED_FEATURES = 256
+SKETCH_FLUSH_ROWS = 256
 
 
 class _VersionStats:
@@ -38,10 +39,33 @@ class _VersionStats:
         self.confidence = HistogramAccumulator(CONFIDENCE_BUCKETS)
         self.predictions: Counter[str] = Counter()
         self.sketcher = FeatureSketcher()
+        # Input rows wait here and enter the sketches a column at a time: one sketch update per column per
+        # SKETCH_FLUSH_ROWS rows instead of one per column per request (bounded memory either way).
+        self.pending_rows: list[np.ndarray] = []
+        self.pending_count = 0
+        self.feature_names: list[str] | None = None
         self.shadow_version: str | None = None
         self.shadow_compared = 0
         self.shadow_agreed = 0
         self.shadow_latency = HistogramAccumulator(LATENCY_BUCKETS_MS)
+
+    def add_rows(self, rows: np.ndarray, names: list[str] | None) -> None:
+        if self.pending_rows and rows.shape[1] != self.pending_rows[0].shape[1]:
+            self.flush_rows()
+        self.feature_names = names
+        self.pending_rows.append(rows)
+        self.pending_count += len(rows)
+        if self.pending_count >= SKETCH_FLUSH_ROWS:
+            self.flush_rows()
+
+    def flush_rows(self) -> None:
+        if not self.pending_rows:
+            return
+        block = np.concatenate(self.pending_rows)
+        names = self.feature_names
+        for column in range(block.shape[1]):
+            self.sketcher.update_column(names[column] if names else f"f{column}", block[:, column])
+        self.pending_rows, self.pending_count = [], 0
 
     def shadow_stats(self) -> ShadowStats | None:
         if self.shadow_version is None:
@@ -80,8 +104,7 @@ class TelemetryCollector:
                 flat = inputs.reshape(inputs.shape[0], -1)
                 if flat.shape[1] <= MAX_SKETCHED_FEATURES:
                     names = feature_names if feature_names and len(feature_names) == flat.shape[1] else None
-                    for column in range(flat.shape[1]):
-                        stats.sketcher.update_column(names[column] if names else f"f{column}", flat[:, column])
+                    stats.add_rows(flat.astype(np.float32, copy=False), names)
 
     def record_shadow(self, model: str, version: str, candidate_version: str, *, compared: int, agreed: int,
                       latency_ms: float) -> None:
@@ -108,6 +131,8 @@ class TelemetryCollector:
         now = time.time()
         with self._lock:
             stats, self._stats = list(self._stats.values()), {}
+        for s in stats:
+            s.flush_rows()
         return [
             TelemetryBatch(
                 batch_id=uuid.uuid4().hex, device_id=self.device_id, target=self.target, model=s.model,
