@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from agent.errors import BundleError
-from fleet.bundle import MANIFEST_NAME, REFERENCE_NAME, SELFTEST_NAME, BundleManifest
+from fleet.wire.bundle import MANIFEST_NAME, REFERENCE_NAME, SELFTEST_NAME, BundleManifest
 
 MAX_UNCOMPRESSED_BYTES = 2 * 1024**3
 MAX_MEMBERS = 16

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.errors import AgentConfigError
-from fleet.topics import DEVICE_ID_PATTERN
+from fleet.wire.topics import DEVICE_ID_PATTERN
 from targets import TARGETS
 
 

@@ -20,11 +20,11 @@ from agent.telemetry import Outbox, TelemetryCollector, TelemetrySender
 from agent.transfer import ChunkDownloader, MetadataClient
 from agent.updater import Updater
 from agent.verifier import BundleVerifier
-from fleet import topics
 from fleet.errors import ProtocolError
-from fleet.messages import DeploymentOrder, DeviceState, Heartbeat, UpdateEvent, UpdateState, decode, encode
-from fleet.mqtt import BrokerAddress, PahoBroker, Will
-from fleet.transport import Message
+from fleet.wire import topics
+from fleet.wire.messages import DeploymentOrder, DeviceState, Heartbeat, UpdateEvent, UpdateState, decode, encode
+from fleet.wire.mqtt import BrokerAddress, PahoBroker, Will
+from fleet.wire.transport import Message
 
 log = logging.getLogger(__name__)
 _STOP = object()

@@ -9,7 +9,7 @@ import numpy as np
 from agent.bundle import LoadedBundle
 from agent.errors import InferenceError
 from agent.runtimes import Runtime, load_runtime
-from fleet.bundle import BundleManifest
+from fleet.wire.bundle import BundleManifest
 
 _DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "uint8": np.uint8,
            "int32": np.int32, "int64": np.int64}

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from agent.errors import InferenceError, RuntimeUnavailableError
-from fleet.bundle import BundleManifest
+from fleet.wire.bundle import BundleManifest
 
 
 class Runtime(Protocol):

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.errors import AgentError
-from fleet.messages import DeploymentOrder, InstalledModel, UpdateState
+from fleet.wire.messages import DeploymentOrder, InstalledModel, UpdateState
 
 
 class Slot(BaseModel):

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fleet import topics
-from fleet.messages import ShadowStats, TelemetryBatch
-from fleet.telemetry import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS, FeatureSketcher, HistogramAccumulator
+from fleet.wire import topics
+from fleet.wire.messages import ShadowStats, TelemetryBatch
+from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS, FeatureSketcher, HistogramAccumulator
 
 log = logging.getLogger(__name__)
 MAX_SKETCHED_FEATURES = 256

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.errors import TransferError
-from fleet import topics
 from fleet.errors import ProtocolError
-from fleet.messages import DeploymentOrder, FetchRequest, MetadataReply, decode, decode_chunk, encode
-from fleet.transport import Broker, Message
+from fleet.wire import topics
+from fleet.wire.messages import DeploymentOrder, FetchRequest, MetadataReply, decode, decode_chunk, encode
+from fleet.wire.transport import Broker, Message
 
 log = logging.getLogger(__name__)
 MAX_CHUNKS_PER_REQUEST = 256

@@ -33,7 +33,7 @@ from agent.model import ServableModel
 from agent.state_store import AgentState, Slot, StateStore, UpdateRecord
 from agent.transfer import ChunkDownloader
 from agent.verifier import BundleVerifier
-from fleet.messages import DeploymentOrder, UpdateState
+from fleet.wire.messages import DeploymentOrder, UpdateState
 
 log = logging.getLogger(__name__)
 

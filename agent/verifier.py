@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import TransferError, VerificationError
-from fleet.messages import DeploymentOrder
+from fleet.wire.messages import DeploymentOrder
 
 MetadataSource = Callable[[str], bytes | None]
 

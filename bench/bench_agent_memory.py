@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from hub.app import Hub
 from hub.config import HubSettings
-from hub.demo import DEMO_TARGET
-from hub.demo_model import digits_manifest, train_digits
-from hub.service import Hub
-from hub.simulator import SimulatedFleet
+from hub.demo.model import digits_manifest, train_digits
+from hub.demo.run import DEMO_TARGET
+from hub.demo.simulator import SimulatedFleet
 
 
 def _rss_mib(pid: int) -> float:

@@ -17,8 +17,8 @@ from agent.bundle import read_bundle
 from agent.inference import InferenceService
 from agent.model import ServableModel
 from agent.telemetry import TelemetryCollector
-from hub.bundles import build_bundle
-from hub.demo_model import digits_manifest, train_digits
+from hub.bundles.publish import build_bundle
+from hub.demo.model import digits_manifest, train_digits
 
 
 def _p50_us(func, inputs: list[list[float]], repeats: int) -> float:  # type: ignore[no-untyped-def]

@@ -2,8 +2,8 @@
 beside the broker's own throughput for payloads of the same size, measured in the same run.
 Writes bench/results/ingest.json.
 
-Hub: the real `hub.service.Hub`, one process per worker, on the machine's Mosquitto with SQLite (WAL) in a
-temporary directory, ingesting through `HubMqtt` (decode, device check, `validate_batch` including every
+Hub: the real `hub.app.Hub`, one process per worker, on the machine's Mosquitto with SQLite (WAL) in a
+temporary directory, ingesting through `DeviceTraffic` (decode, device check, `validate_batch` including every
 feature sketch) and the `TelemetryIngestor` (bulk writes, duplicate check, `FleetMetrics`). With
 ``--workers 2`` two hub processes share the telemetry through an MQTT shared subscription and one database.
 Time runs from the first publish until the last batch is in the database.
@@ -38,15 +38,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fleet import topics  # noqa: E402
-from fleet.messages import TelemetryBatch, encode  # noqa: E402
-from fleet.mqtt import BrokerAddress, PahoBroker  # noqa: E402
-from fleet.telemetry import (  # noqa: E402
-    CONFIDENCE_BUCKETS,
-    LATENCY_BUCKETS_MS,
-    FeatureSketcher,
-    HistogramAccumulator,
-)
+from fleet.wire import topics  # noqa: E402
+from fleet.wire.messages import TelemetryBatch, encode  # noqa: E402
+from fleet.wire.mqtt import BrokerAddress, PahoBroker  # noqa: E402
+from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS, FeatureSketcher, HistogramAccumulator  # noqa: E402
 from hub.registry import Database, Device, Registry  # noqa: E402
 
 TARGETS = ("rpi4-arm64", "jetson-orin", "x86-onnx-cpu")
@@ -131,7 +126,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 logging.disable(logging.WARNING)  # other tests' retained states on the shared broker are refused noisily
 from hub.config import HubSettings
-from hub.service import Hub
+from hub.app import Hub
 hub = Hub(HubSettings(data_dir=Path(sys.argv[2]), database_url=sys.argv[3], broker_url=sys.argv[4],
                       hub_secret="bench", shared_telemetry=sys.argv[5] == "1", share_group=sys.argv[6],
                       telemetry_prune_interval_s=0))

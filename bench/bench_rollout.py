@@ -1,7 +1,7 @@
 """Rollout benchmark: time and hub egress to roll one bundle out to 1,000 simulated devices, beside the
 broker's own fan-out rate measured in the same run. Writes bench/results/rollout.json.
 
-The hub is the real one (`hub.service.Hub` with its `RolloutManager`), on the machine's Mosquitto. Devices
+The hub is the real one (`hub.app.Hub` with its `RolloutManager`), on the machine's Mosquitto. Devices
 are lightweight MQTT clients (one connection each), not full agents: each reports a retained state, takes
 its retained deployment order, asks the hub for the bundle's chunks, collects them from the bundle's
 broadcast topic (asking again for missing ones after ``--chunk-timeout``), checks the sha256 and reports
@@ -44,8 +44,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fleet import topics  # noqa: E402
-from fleet.messages import (  # noqa: E402
+from fleet.rollout import FINAL_STATES  # noqa: E402
+from fleet.rollout_plan import plan_from_cli  # noqa: E402
+from fleet.wire import topics  # noqa: E402
+from fleet.wire.messages import (  # noqa: E402
     DeploymentOrder,
     DeviceState,
     FetchRequest,
@@ -56,9 +58,7 @@ from fleet.messages import (  # noqa: E402
     decode_chunk,
     encode,
 )
-from fleet.mqtt import BrokerAddress  # noqa: E402
-from fleet.rollout import FINAL_STATES  # noqa: E402
-from fleet.rollout_plan import plan_from_cli  # noqa: E402
+from fleet.wire.mqtt import BrokerAddress  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "rollout.json"
 TARGET = "x86-onnx-cpu"
@@ -336,8 +336,8 @@ def mosquitto_version() -> str:
 
 
 def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, Any]:
+    from hub.app import Hub
     from hub.config import HubSettings
-    from hub.service import Hub
 
     address = BrokerAddress.from_url(broker_url)
     hub = Hub(HubSettings(data_dir=tmp / "hub", broker_url=broker_url, chunk_size=args.chunk_kb * 1024,
@@ -361,20 +361,20 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
 
         fanout = measure_fanout(publisher, fleet, args.chunk_kb * 1024, args.fanout_messages)
 
-        assert hub.mqtt is not None and hub.rollouts is not None
+        assert hub.transfer is not None and hub.rollouts is not None
         manager = hub.rollouts
         # the hub's rollout view must hold every device's retained state before the rollout starts
         if not manager.wait_for(lambda: all(s.update_state is not None for s in manager.statuses()), 60):
             raise RuntimeError("hub did not see every device's state")
         plan = plan_from_cli("digits:2.0.0", canary="1%", waves=args.waves, gate=False, min_devices=10,
                              device_timeout_s=600)
-        egress_before = hub.mqtt.egress_bytes
+        egress_before = hub.transfer.egress_bytes
         ticks_before = manager.ticks
         start = time.perf_counter()
         snapshot = manager.start_rollout(plan, rollout_id=f"bench-{run_id}")
         snapshot = manager.wait(snapshot.rollout_id, lambda s: s.state in FINAL_STATES, args.timeout)
         duration = time.perf_counter() - start
-        egress = hub.mqtt.egress_bytes - egress_before
+        egress = hub.transfer.egress_bytes - egress_before
         bundle = hub.store.size(new_sha)
         waves = [h for h in snapshot.history if h.event.value in ("wave_complete", "last_wave_complete")]
         on_version = sum(1 for d in fleet.devices if d.installed.sha256 == new_sha)

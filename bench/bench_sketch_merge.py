@@ -37,14 +37,13 @@ sys.path.insert(0, str(ROOT))
 from scipy import stats  # noqa: E402
 
 from fleet.drift import analyse_drift, group_cohorts, ks_sketches, wasserstein_sketches  # noqa: E402
-from fleet.messages import TelemetryBatch  # noqa: E402
-from fleet.telemetry import (  # noqa: E402
+from fleet.telemetry import ReferenceProfile, TelemetryAggregate  # noqa: E402
+from fleet.wire.messages import TelemetryBatch  # noqa: E402
+from fleet.wire.sketches import (  # noqa: E402
     CONFIDENCE_BUCKETS,
     DEFAULT_SKETCH_K,
     LATENCY_BUCKETS_MS,
     HistogramAccumulator,
-    ReferenceProfile,
-    TelemetryAggregate,
     deserialize_sketch,
     new_sketch,
     serialize_sketch,

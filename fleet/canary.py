@@ -44,14 +44,9 @@ from scipy import stats
 
 from fleet._stats import cliffs_delta_from_u, two_proportion_z, wilson_interval
 from fleet.drift import DriftConfig, analyse_drift, compare_counts
-from fleet.messages import Histogram, TelemetryBatch
-from fleet.telemetry import (
-    TelemetryAggregate,
-    deserialize_sketch,
-    histogram_count,
-    histogram_quantile,
-    serialize_sketch,
-)
+from fleet.telemetry import TelemetryAggregate
+from fleet.wire.messages import Histogram, TelemetryBatch
+from fleet.wire.sketches import deserialize_sketch, histogram_count, histogram_quantile, serialize_sketch
 
 __all__ = [
     "CanaryConfig",

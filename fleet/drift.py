@@ -47,9 +47,10 @@ from scipy.spatial import distance
 
 from fleet._stats import benjamini_hochberg, two_proportion_z
 from fleet.errors import FleetConfigError
-from fleet.messages import Histogram, TelemetryBatch
 from fleet.selection import LabelSelector, parse_selector, selector_labels
-from fleet.telemetry import ReferenceProfile, TelemetryAggregate, sketch_items
+from fleet.telemetry import ReferenceProfile, TelemetryAggregate
+from fleet.wire.messages import Histogram, TelemetryBatch
+from fleet.wire.sketches import sketch_items
 
 __all__ = [
     "CohortDrift",

@@ -33,10 +33,10 @@ from typing import Annotated, Literal, NamedTuple, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from fleet.errors import FleetError
-from fleet.messages import DeviceState, UpdateState
 from fleet.rollout_plan import Name, RolloutPlan
 from fleet.selection import Variant, parse_selector, select_variant, selector_labels
 from fleet.windows import in_window, next_opening
+from fleet.wire.messages import DeviceState, UpdateState
 
 SNAPSHOT_SCHEMA_VERSION = 1
 _HISTORY_LIMIT = 500

@@ -11,11 +11,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from hub.api_monitoring import create_monitoring_router
-from hub.api_rollouts import create_rollouts_router
+from hub.app import Hub
 from hub.errors import HubError, NotFoundError
-from hub.service import Hub
-from hub.serving_registry import serving_router
+from hub.monitoring.api import create_monitoring_router
+from hub.rollouts.api import create_rollouts_router
+from hub.serving.from_registry import serving_router
 
 
 class VersionIn(BaseModel):

@@ -53,7 +53,7 @@ class HubSettings(BaseModel):
 
     def telemetry_filter(self) -> str:
         """The subscription the hub consumes telemetry with (shared when ``shared_telemetry``)."""
-        from fleet import topics
+        from fleet.wire import topics
 
         plain = topics.device_wildcard("telemetry")
         return f"$share/{self.share_group}/{plain}" if self.shared_telemetry else plain

@@ -11,10 +11,9 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 
-from fleet.messages import DeviceState, TelemetryBatch, UpdateEvent
-from hub.broker_acl import hash_password
-from hub.credentials import hash_secret, new_secret, verify_secret
+from fleet.wire.messages import DeviceState, TelemetryBatch, UpdateEvent
 from hub.errors import ConflictError, InvalidRequestError, NotFoundError
+from hub.registry.credentials import hash_password, hash_secret, new_secret, verify_secret
 from hub.registry.db import Database
 from hub.registry.tables import (
     Deployment,
@@ -145,7 +144,7 @@ class Registry:
     def provision_device(self, device_id: str, target: str, labels: dict[str, str] | None = None) -> tuple[Device, str]:
         """Create a device with a fresh credential; return the row and the clear-text secret (shown once)."""
         from fleet.errors import ProtocolError
-        from fleet.topics import validate_device_id
+        from fleet.wire.topics import validate_device_id
 
         try:
             validate_device_id(device_id)

@@ -12,8 +12,8 @@ from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from fleet.errors import ProtocolError
-from fleet.messages import Histogram, TelemetryBatch
-from fleet.telemetry import HistogramAccumulator, deserialize_sketch, serialize_sketch
+from fleet.wire.messages import Histogram, TelemetryBatch
+from fleet.wire.sketches import HistogramAccumulator, deserialize_sketch, serialize_sketch
 
 
 def _now() -> float:
@@ -23,7 +23,7 @@ def _now() -> float:
 class TelemetryRollup(SQLModel, table=True):
     """Sum of the pruned telemetry batches of one model version and device class in one time window.
 
-    ``latency_ms`` and ``confidence`` are `fleet.messages.Histogram` dicts (or empty), ``feature_sketches``
+    ``latency_ms`` and ``confidence`` are `fleet.wire.messages.Histogram` dicts (or empty), ``feature_sketches``
     base64 KLL sketches as in a batch, ``devices`` the distinct device ids that contributed.
     """
 

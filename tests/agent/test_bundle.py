@@ -11,8 +11,8 @@ import pytest
 
 from agent.bundle import read_bundle
 from agent.errors import BundleError
-from fleet.bundle import BundleManifest, TensorSpec
-from hub.bundles import build_bundle
+from fleet.wire.bundle import BundleManifest, TensorSpec
+from hub.bundles.publish import build_bundle
 from hub.errors import InvalidRequestError
 
 MANIFEST = BundleManifest(model="m", version="1.0.0", target="x86-onnx-cpu", runtime="onnxruntime",

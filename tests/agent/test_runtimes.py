@@ -13,7 +13,7 @@ from agent.bundle import LoadedBundle
 from agent.errors import RuntimeUnavailableError
 from agent.model import ServableModel
 from agent.runtimes import load_runtime
-from fleet.bundle import BundleManifest, TensorSpec
+from fleet.wire.bundle import BundleManifest, TensorSpec
 
 
 @pytest.fixture(scope="module")

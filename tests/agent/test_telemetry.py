@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.telemetry import SKETCH_FLUSH_ROWS, Outbox, TelemetryCollector
-from fleet.telemetry import deserialize_sketch
+from fleet.wire.sketches import deserialize_sketch
 
 
 def test_every_input_row_reaches_the_feature_sketches(tmp_path: Path) -> None:

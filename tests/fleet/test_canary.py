@@ -20,8 +20,8 @@ from fleet.canary import (
     analyse_canary,
     device_metrics,
 )
-from fleet.messages import ShadowStats, TelemetryBatch
-from fleet.telemetry import (
+from fleet.wire.messages import ShadowStats, TelemetryBatch
+from fleet.wire.sketches import (
     CONFIDENCE_BUCKETS,
     LATENCY_BUCKETS_MS,
     HistogramAccumulator,

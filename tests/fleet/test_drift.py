@@ -40,13 +40,12 @@ from fleet.drift import (
     z_test_counts,
 )
 from fleet.errors import FleetConfigError
-from fleet.messages import TelemetryBatch
-from fleet.telemetry import (
+from fleet.telemetry import ReferenceProfile, TelemetryAggregate
+from fleet.wire.messages import TelemetryBatch
+from fleet.wire.sketches import (
     CONFIDENCE_BUCKETS,
     LATENCY_BUCKETS_MS,
     HistogramAccumulator,
-    ReferenceProfile,
-    TelemetryAggregate,
     merge_sketches,
     serialize_sketch,
     sketch_from_values,
@@ -114,7 +113,7 @@ class TestExactSketchesEqualScipy:
 def test_merged_sketches_agree_with_scipy_on_raw_data(seed: int, make: Callable[..., tuple[np.ndarray, ...]]) -> None:
     rng = np.random.default_rng(seed)
     ref, cur = (a.astype(np.float32) for a in make(rng, 50_000))
-    from fleet.telemetry import deserialize_sketch
+    from fleet.wire.sketches import deserialize_sketch
 
     sref, scur = (
         deserialize_sketch(_device_sketches(ref, 100)),

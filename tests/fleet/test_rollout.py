@@ -11,7 +11,6 @@ from typing import Literal, TypeVar
 
 import pytest
 
-from fleet.messages import UpdateState
 from fleet.rollout import (
     ADVANCING,
     FINAL_STATES,
@@ -51,6 +50,7 @@ from fleet.rollout_plan import (
 )
 from fleet.selection import Variant
 from fleet.windows import DailyWindow
+from fleet.wire.messages import UpdateState
 
 MODEL, OLD, NEW = "digits", "1.0.0", "2.0.0"
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC).timestamp()  # a Monday, noon UTC

@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 
 from fleet.errors import FleetConfigError, ProtocolError
-from fleet.messages import Histogram, ShadowStats, TelemetryBatch
-from fleet.telemetry import (
+from fleet.telemetry import ReferenceProfile, TelemetryAggregate, validate_batch
+from fleet.wire.messages import Histogram, ShadowStats, TelemetryBatch
+from fleet.wire.sketches import (
     CONFIDENCE_BUCKETS,
     LATENCY_BUCKETS_MS,
     FeatureSketcher,
     HistogramAccumulator,
-    ReferenceProfile,
-    TelemetryAggregate,
     deserialize_sketch,
     histogram_mean,
     histogram_quantile,
@@ -28,7 +27,6 @@ from fleet.telemetry import (
     serialize_sketch,
     sketch_from_values,
     sketch_items,
-    validate_batch,
 )
 
 
@@ -166,7 +164,7 @@ class TestSketches:
             import base64, sys
             import numpy as np
             from fleet.errors import ProtocolError
-            from fleet.telemetry import deserialize_sketch, sketch_from_values
+            from fleet.wire.sketches import deserialize_sketch, sketch_from_values
             raw = bytearray(sketch_from_values(np.random.default_rng(1).random(100000)).serialize())
             refused = changed = 0
             for pos in range(20, 56):

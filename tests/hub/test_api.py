@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from hub.api import create_app
+from hub.app import Hub
 from hub.config import HubSettings
-from hub.service import Hub
 
 
 @pytest.fixture

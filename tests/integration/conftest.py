@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.demo_model import TrainedDigits, train_digits
+from hub.demo.model import TrainedDigits, train_digits
 from tests.integration.fleet_harness import Harness, start_hub
 
 

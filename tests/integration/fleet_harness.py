@@ -10,11 +10,11 @@ import numpy as np
 
 from agent.config import AgentConfig
 from agent.daemon import Agent
-from fleet.bundle import BundleManifest
-from hub.bundles import PublishedVariant
+from fleet.wire.bundle import BundleManifest
+from hub.app import Hub
+from hub.bundles.publish import PublishedVariant
 from hub.config import HubSettings
-from hub.demo_model import TrainedDigits, digits_manifest
-from hub.service import Hub
+from hub.demo.model import TrainedDigits, digits_manifest
 
 TARGET = "x86-onnx-cpu"
 

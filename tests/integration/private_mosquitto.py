@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
+
+from tests.waiting import port_accepts, wait_until
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -32,13 +33,8 @@ class PrivateMosquitto:
         """Start and wait until the port accepts connections."""
         self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)  # waiting for another process to bind its port
-        raise RuntimeError("private mosquitto did not start")
+        if not wait_until(lambda: port_accepts(self.port), timeout_s):  # another process binds the port
+            raise RuntimeError("private mosquitto did not start")
 
     def stop(self) -> None:
         """Kill the broker (SIGKILL: no clean goodbye to clients)."""

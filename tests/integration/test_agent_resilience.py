@@ -4,7 +4,6 @@ a broker that dies mid-download, and a device offline for a while."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,11 +11,12 @@ import pytest
 
 import agent.daemon as agent_daemon
 from agent.daemon import Agent
-from fleet import topics
-from fleet.messages import UpdateState, encode_chunk
-from hub.demo_model import TrainedDigits
+from fleet.wire import topics
+from fleet.wire.messages import UpdateState, encode_chunk
+from hub.demo.model import TrainedDigits
 from tests.integration.fleet_harness import Harness, start_hub
 from tests.integration.private_mosquitto import PrivateMosquitto
+from tests.waiting import wait_until
 
 
 class Crash(BaseException):
@@ -91,7 +91,7 @@ def test_killed_during_rollback_reverts_to_the_previous_model(harness: Harness) 
 
 
 def test_corrupt_chunks_are_dropped_and_fetched_again(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hub.mqtt_service as mqtt_service
+    import hub.bundles.transfer as transfer_module
 
     harness.publish("1.0.0")
     corrupted: list[int] = []
@@ -103,7 +103,7 @@ def test_corrupt_chunks_are_dropped_and_fetched_again(harness: Harness, monkeypa
             return frame[:-1] + bytes([frame[-1] ^ 0xFF])
         return frame
 
-    monkeypatch.setattr(mqtt_service, "encode_chunk", corrupting)
+    monkeypatch.setattr(transfer_module, "encode_chunk", corrupting)
     agent = harness.agent("c")
     assert set(harness.deploy("1.0.0", [agent]).values()) == {"done"}
     assert corrupted and agent.updater is not None
@@ -171,10 +171,8 @@ def test_offline_device_keeps_telemetry_and_sends_it_once_after_reconnecting(har
     assert agent.broker is not None
     link = agent.broker._client  # drop the device's link (the hub and broker stay up)
     link.disconnect()
-    deadline = time.monotonic() + 10
-    while agent.broker.connected and time.monotonic() < deadline:
-        time.sleep(0.01)  # paho reports the dropped link on its network thread
-    assert not agent.broker.connected
+    # paho reports the dropped link on its network thread
+    assert wait_until(lambda: not agent.broker.connected, 10)
     for round_ in range(3):
         agent.service.predict(harness.trained.test_x[round_ : round_ + 2].tolist())
         assert agent.flush_telemetry() == 0  # offline: kept in the outbox, in order

@@ -3,19 +3,19 @@ exactly once, duplicates are dropped, and both workers take part."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fleet import topics
-from fleet.messages import TelemetryBatch, encode
-from fleet.mqtt import BrokerAddress, PahoBroker
+from fleet.wire import topics
+from fleet.wire.messages import TelemetryBatch, encode
+from fleet.wire.mqtt import BrokerAddress, PahoBroker
+from hub.app import Hub
 from hub.config import HubSettings
-from hub.service import Hub
-from tests.hub.telemetry_scenario import scenario
+from tests.hub.monitoring.telemetry_scenario import scenario
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -38,13 +38,6 @@ def workers(tmp_path: Path, broker_url: str | None) -> Iterator[list[Hub]]:
             hub.stop()
 
 
-def _wait(condition: Callable[[], bool], timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_shared_subscription_stores_each_batch_once_across_workers(workers: list[Hub],
@@ -65,7 +58,7 @@ def test_shared_subscription_stores_each_batch_once_across_workers(workers: list
     ingestors = [hub.ingestor for hub in workers]
     assert all(ingestors)
     received = lambda: sum(i.received for i in ingestors if i)  # noqa: E731
-    assert _wait(lambda: received() == len(batches) + len(resent)), received()
+    assert wait_until(lambda: received() == len(batches) + len(resent)), received()
     assert all(i is not None and i.wait_idle(30) for i in ingestors)
     stored = [i.stored for i in ingestors if i]
     assert sum(stored) == len(batches)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from hub.demo_model import TrainedDigits
+from hub.demo.model import TrainedDigits
 from hub.serving.app import create_app
 from hub.serving.config import ModelSpec
 from tests.hub.serving.conftest import running_server

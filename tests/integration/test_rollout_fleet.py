@@ -12,9 +12,11 @@ from agent.config import AgentConfig
 from agent.daemon import Agent
 from fleet.rollout import RolloutSnapshot, RolloutState
 from fleet.rollout_plan import RolloutPlan, plan_from_cli
+from hub.app import Hub
 from hub.config import HubSettings
-from hub.rollouts import RolloutManager, RolloutStore, request_command
-from hub.service import Hub
+from hub.registry.rollouts import RolloutStore
+from hub.rollouts.manager import RolloutManager
+from hub.rollouts.operations import request_command
 from tests.integration.fleet_harness import Harness, manifest_for
 
 TARGETS = ("x86-onnx-cpu", "jetson-orin")

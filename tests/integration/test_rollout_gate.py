@@ -17,8 +17,8 @@ import pytest
 from fleet.canary import CanaryConfig, CanaryMetric, MetricSpec
 from fleet.rollout import RolloutSnapshot, RolloutState, StateChanged
 from fleet.rollout_plan import GateSpec, RolloutPlan, plan_from_cli
-from hub.demo_model import TrainedDigits
-from hub.rollouts import RolloutManager
+from hub.demo.model import TrainedDigits
+from hub.rollouts.manager import RolloutManager
 from tests.integration.fleet_harness import Harness, manifest_for
 
 DEVICES = 10

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from datetime import timedelta
 
 import httpx
 import numpy as np
 import pytest
 
-from hub.tuf_repo import TufRepository
+from hub.bundles.tuf_repository import TufRepository
 from tests.integration.fleet_harness import Harness
+from tests.waiting import wait_until
 
 
 def _predict_version(agent, x: np.ndarray) -> str:  # type: ignore[no-untyped-def]
@@ -55,10 +55,10 @@ def test_model_reaches_devices_serves_and_reports_telemetry(harness: Harness) ->
 def test_wave_costs_about_one_bundle_of_egress(harness: Harness) -> None:
     published = harness.publish("1.0.0")
     agents = [harness.agent(f"w{i}") for i in range(4)]
-    assert harness.hub.mqtt is not None
-    before = harness.hub.mqtt.egress_bytes
+    assert harness.hub.transfer is not None and harness.hub.orders is not None
+    before = harness.hub.transfer.egress_bytes
     assert set(harness.deploy("1.0.0", agents).values()) == {"done"}
-    egress = harness.hub.mqtt.egress_bytes - before
+    egress = harness.hub.transfer.egress_bytes - before
     bundle = harness.hub.store.size(published.bundle_sha256)
     # Chunk frames for one copy of the bundle plus small metadata replies; four unicast copies would be >4x.
     assert egress < 2.5 * bundle, (egress, bundle)
@@ -73,11 +73,11 @@ def test_tampered_bundle_is_refused_and_previous_model_keeps_serving(harness: Ha
     tampered = bytearray(good)
     tampered[len(tampered) // 2] ^= 0xFF
     tampered_sha = harness.hub.store.put_bytes(bytes(tampered))
-    assert harness.hub.mqtt is not None
+    assert harness.hub.transfer is not None and harness.hub.orders is not None
     # An attacker who can place bytes and an order cannot get them past the signed length and hash.
-    order = harness.hub.mqtt.order_for("dep-tampered", tampered_sha, model="digits", version="1.1.0",
+    order = harness.hub.orders.order_for("dep-tampered", tampered_sha, model="digits", version="1.1.0",
                                        target=agent.config.target, tuf_target=v2.tuf_target)
-    harness.hub.mqtt.send_deployment(agent.config.device_id, order)
+    harness.hub.orders.send(agent.config.device_id, order)
     assert agent.wait_for_deployment("dep-tampered", 60).value == "failed"
     assert "tampered" in harness.detail(agent)
     assert _predict_version(agent, harness.trained.test_x[:1]) == "1.0.0"
@@ -91,8 +91,8 @@ def test_expired_metadata_is_refused_and_previous_model_keeps_serving(harness: H
     # Re-open the hub's repository with a clock two days behind: the new timestamp is already expired.
     stale = TufRepository(harness.hub.tuf.root_dir, clock=lambda: _now() - timedelta(days=2))
     harness.hub.tuf = stale
-    assert harness.hub.mqtt is not None
-    harness.hub.mqtt.tuf = stale
+    assert harness.hub.transfer is not None and harness.hub.orders is not None
+    harness.hub.transfer.tuf = stale
     harness.publish("1.1.0")
     states = harness.deploy("1.1.0", [agent])
     assert set(states.values()) == {"failed"}
@@ -134,7 +134,7 @@ def test_malformed_deployment_orders_are_ignored(harness: Harness, payload: byte
     harness.publish("1.0.0")
     agent = harness.agent("m")
     assert harness.hub.broker is not None
-    from fleet import topics
+    from fleet.wire import topics
 
     harness.hub.broker.publish(topics.device_topic(agent.config.device_id, "deployment"), payload, retain=True)
     # The agent keeps working: a valid order after the bad one is applied.
@@ -172,8 +172,8 @@ def test_order_for_another_target_is_refused(harness: Harness) -> None:
     harness.publish("1.0.0")
     agent = harness.agent("wt")
     published = harness.hub.registry.list_variants("digits", "1.0.0")[0]
-    assert harness.hub.mqtt is not None
-    order = harness.hub.mqtt.order_for("dep-wrong-target", published.bundle_sha256, model="digits",
+    assert harness.hub.transfer is not None and harness.hub.orders is not None
+    order = harness.hub.orders.order_for("dep-wrong-target", published.bundle_sha256, model="digits",
                                        version="1.0.0", target="rpi4-arm64", tuf_target=published.tuf_target)
     events: list[str] = []
     done = threading.Event()
@@ -184,7 +184,7 @@ def test_order_for_another_target_is_refused(harness: Harness) -> None:
             done.set()
 
     harness.hub.on_update_event(listen)
-    harness.hub.mqtt.send_deployment(agent.config.device_id, order)
+    harness.hub.orders.send(agent.config.device_id, order)
     assert done.wait(30)
     assert "order is for target rpi4-arm64, this device is x86-onnx-cpu" in events[0]
     assert agent.service.model is None
@@ -193,19 +193,13 @@ def test_order_for_another_target_is_refused(harness: Harness) -> None:
 def test_last_will_marks_a_vanished_device_offline(harness: Harness) -> None:
     agent = harness.agent("lw", start=True)
     device_id = agent.config.device_id
-    changed = threading.Event()
     assert agent.broker is not None
     client = agent.broker._client
     # Wait until the hub saw it online, then cut the socket without a DISCONNECT (as a power cut would).
-    deadline = time.monotonic() + 30
-    while not harness.hub.registry.get_device(device_id).online and time.monotonic() < deadline:
-        time.sleep(0.05)  # state arrives over the broker
-    assert harness.hub.registry.get_device(device_id).online
+    assert wait_until(lambda: harness.hub.registry.get_device(device_id).online, 30)  # state comes over the broker
     agent._stopping.set()
     client.loop_stop()
     client.socket().close()
-    deadline = time.monotonic() + 60
-    while harness.hub.registry.get_device(device_id).online and time.monotonic() < deadline:
-        changed.wait(0.1)  # the broker publishes the will once it notices the dead connection
-    assert not harness.hub.registry.get_device(device_id).online
+    # the broker publishes the will once it notices the dead connection
+    assert wait_until(lambda: not harness.hub.registry.get_device(device_id).online, 60)
     harness.agents.remove(agent)

@@ -12,8 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleet.messages import Histogram, ShadowStats, TelemetryBatch
-from hub.metrics import FleetMetrics
+from fleet.wire.messages import Histogram, ShadowStats, TelemetryBatch
+from hub.monitoring.metrics import FleetMetrics
 
 yaml = pytest.importorskip("yaml")  # PyYAML, installed with amqtt (hub extra)
 MONITORING = Path(__file__).resolve().parents[2] / "monitoring"

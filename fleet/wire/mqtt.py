@@ -1,0 +1,249 @@
+"""`PahoBroker`: the `Broker` protocol over paho-mqtt 2.x, speaking MQTT 3.1.1.
+
+This is the one module in ``fleet`` that does I/O: hub and agent both speak MQTT and may not import each
+other, so the adapter lives beside the protocol it carries. paho is imported inside the class.
+
+Handlers run on one dispatcher thread, in arrival order, never on paho's network thread: a handler may
+publish and wait without stalling acknowledgements. Subscriptions are restored after every reconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from fleet.errors import FleetError
+from fleet.wire.transport import Handler, Message, Unsubscribe, topic_matches
+
+log = logging.getLogger(__name__)
+
+
+class BrokerConnectionError(FleetError, ConnectionError):
+    """The broker could not be reached or refused the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """Where a broker listens and how to log in."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> BrokerAddress:
+        """Parse ``mqtt://[user:password@]host[:port]``."""
+        parsed = urlparse(url)
+        if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
+            raise BrokerConnectionError(f"broker URL must look like mqtt://host:port, got {url!r}")
+        return cls(
+            host=parsed.hostname,
+            port=parsed.port or 1883,
+            username=unquote(parsed.username) if parsed.username else None,
+            password=unquote(parsed.password) if parsed.password else None,
+        )
+
+    def with_credentials(self, username: str | None, password: str | None) -> BrokerAddress:
+        """The same address with other credentials."""
+        return BrokerAddress(self.host, self.port, username, password)
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """Last-will message the broker publishes when the connection drops."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+_STOP = object()
+
+
+class PahoBroker:
+    """A connected MQTT client implementing `fleet.wire.transport.Broker`."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        *,
+        client_id: str | None = None,
+        will: Will | None = None,
+        keepalive_s: int = 30,
+        connect_timeout_s: float = 10.0,
+        reconnect_max_delay_s: int = 30,
+        on_connect: Any = None,
+        wait_connected: bool = True,
+    ) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.address = address
+        self.client_id = client_id or f"edgefleet-{uuid.uuid4().hex[:12]}"
+        self._subscriptions: dict[str, tuple[int, list[Handler]]] = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._closed = False
+        self._connect_error: str | None = None
+        self._on_connect_hook = on_connect
+        self._inbox: queue.Queue[Any] = queue.Queue()
+        self._dispatcher = threading.Thread(target=self._dispatch, name=f"mqtt-dispatch-{self.client_id}", daemon=True)
+        self._client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        self._client.max_queued_messages_set(10_000)
+        if address.username is not None:
+            self._client.username_pw_set(address.username, address.password)
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=reconnect_max_delay_s)
+        self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_message = self._handle_message
+        self._client.on_subscribe = self._handle_subscribe
+        self._restoring_mid: int | None = None
+        self._dispatcher.start()
+        try:
+            self._client.connect_async(address.host, address.port, keepalive=keepalive_s)
+        except OSError as exc:
+            self._stop_dispatcher()
+            raise BrokerConnectionError(f"cannot reach broker at {address.host}:{address.port}: {exc}") from exc
+        self._client.loop_start()
+        if wait_connected and not self.wait_connected(connect_timeout_s):
+            reason = self._connect_error or "timed out"
+            self.close()
+            raise BrokerConnectionError(f"cannot connect to broker at {address.host}:{address.port}: {reason}")
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is currently up."""
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Block until connected or ``timeout_s`` passes; return whether connected."""
+        return self._connected.wait(timeout_s)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Queue a publish; paho sends it now or after reconnecting."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (0, 4):  # 4 = not connected: queued and sent after reconnect
+            raise BrokerConnectionError(f"publish to {topic} failed with paho code {info.rc}")
+
+    def publish_and_wait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                         timeout_s: float = 10.0) -> bool:
+        """Publish and wait until the broker acknowledged it (QoS 1) or it was written (QoS 0)."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        try:
+            info.wait_for_publish(timeout_s)
+        except (RuntimeError, ValueError):
+            return False
+        return info.is_published()
+
+    def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1) -> Unsubscribe:
+        """Subscribe ``handler`` to ``topic_filter``; return the function that removes it."""
+        with self._lock:
+            existing = self._subscriptions.get(topic_filter)
+            handlers = existing[1] if existing else []
+            handlers.append(handler)
+            self._subscriptions[topic_filter] = (max(qos, existing[0]) if existing else qos, handlers)
+            first = existing is None
+        if first and self.connected:
+            self._client.subscribe(topic_filter, qos=qos)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                entry = self._subscriptions.get(topic_filter)
+                if entry is None or handler not in entry[1]:
+                    return
+                entry[1].remove(handler)
+                last = not entry[1]
+                if last:
+                    del self._subscriptions[topic_filter]
+            if last and not self._closed:
+                self._client.unsubscribe(topic_filter)
+
+        return unsubscribe
+
+    def close(self) -> None:
+        """Disconnect cleanly (no last will) and stop the network and dispatcher threads."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+            self._stop_dispatcher()
+
+    def _stop_dispatcher(self) -> None:
+        self._inbox.put(_STOP)
+        if threading.current_thread() is not self._dispatcher:
+            self._dispatcher.join(timeout=10)
+
+    def _handle_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            self._connect_error = str(reason_code)
+            log.warning("broker refused %s: %s", self.client_id, reason_code)
+            if str(reason_code) in ("Not authorized", "Bad user name or password"):
+                client.disconnect()  # do not hammer the broker with credentials it refuses
+            return
+        with self._lock:
+            subscriptions = [(f, q) for f, (q, _) in self._subscriptions.items()]
+            if subscriptions:
+                # "connected" means ready: every subscription restored and acknowledged by the broker
+                _, mid = client.subscribe(subscriptions)
+                self._restoring_mid = mid
+            else:
+                self._restoring_mid = None
+        if not subscriptions:
+            self._ready()
+
+    def _handle_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        with self._lock:
+            restoring = mid == self._restoring_mid
+            if restoring:
+                self._restoring_mid = None
+        if restoring:
+            self._ready()
+
+    def _ready(self) -> None:
+        self._connected.set()
+        if self._on_connect_hook is not None:
+            self._inbox.put(self._on_connect_hook)
+
+    def _handle_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        self._connected.clear()
+        if not self._closed:
+            log.info("%s lost its broker connection (%s); paho reconnects with backoff", self.client_id, reason_code)
+
+    def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
+        self._inbox.put(Message(message.topic, bytes(message.payload), message.qos, bool(message.retain)))
+
+    def _dispatch(self) -> None:
+        while True:
+            item = self._inbox.get()
+            if item is _STOP:
+                return
+            if callable(item):
+                self._run_safely(item)
+                continue
+            with self._lock:
+                handlers = [h for f, (_, hs) in self._subscriptions.items() if topic_matches(f, item.topic) for h in hs]
+            for handler in handlers:
+                self._run_safely(handler, item)
+
+    @staticmethod
+    def _run_safely(func: Any, *args: Any) -> None:
+        try:
+            func(*args)
+        except Exception:  # a bad message must never kill the dispatcher
+            log.exception("MQTT handler %s failed", getattr(func, "__qualname__", func))

@@ -1,0 +1,208 @@
+"""`Hub`: registry, artifact store, TUF repository and device traffic started and stopped as one unit.
+
+``start()`` wires the parts: one broker connection (from `BrokerConnector`), one decoder of device topics
+(`DeviceTraffic`) whose typed messages feed the registry, telemetry ingestion, bundle transfer and the rollout
+manager, in that order.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fleet.errors import ProtocolError
+from fleet.wire.acl import HUB_USERNAME
+from fleet.wire.bundle import BundleManifest
+from fleet.wire.messages import DeviceState, UpdateEvent
+from fleet.wire.mqtt import BrokerAddress, PahoBroker
+from hub.bundles.publish import PublishedVariant, publish_variant
+from hub.bundles.store import ArtifactStore
+from hub.bundles.transfer import BundleTransfer
+from hub.bundles.tuf_repository import TufRepository
+from hub.config import HubSettings
+from hub.devices.connection import BrokerConnector
+from hub.devices.embedded_broker import EmbeddedBroker
+from hub.devices.orders import DeploymentOrders
+from hub.devices.traffic import DeviceTraffic
+from hub.monitoring.ingest import RetentionPolicy, TelemetryIngestor
+from hub.monitoring.service import HubMonitoring
+from hub.registry import Database, Deployment, Registry
+from hub.rollouts.manager import RolloutManager
+
+log = logging.getLogger(__name__)
+TERMINAL_STATES = frozenset({"done", "failed"})
+
+
+class Hub:
+    """The central service. ``start()`` connects everything; ``stop()`` releases every thread and port."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(settings.resolved_database_url())
+        self.registry = Registry(self.db)
+        self.store = ArtifactStore(settings.data_dir / "artifacts")
+        self.tuf = TufRepository(settings.data_dir / "tuf")
+        self.hub_secret = settings.hub_secret or self._load_or_create_secret()
+        self.embedded: EmbeddedBroker | None = None
+        self.connector: BrokerConnector | None = None
+        self.broker: PahoBroker | None = None
+        self.traffic: DeviceTraffic | None = None
+        self.ingestor: TelemetryIngestor | None = None
+        self.transfer: BundleTransfer | None = None
+        self.orders: DeploymentOrders | None = None
+        self._event_listeners: list[Any] = []
+        self._progress = threading.Condition()
+        self.rollouts: RolloutManager | None = None  # started last, stopped first
+        self.monitoring = HubMonitoring(self.registry, self.store)  # /metrics and drift/canary reports
+
+    @property
+    def broker_address(self) -> BrokerAddress:
+        """Where devices connect (without credentials)."""
+        if self.connector is not None:
+            return self.connector.device_address
+        if self.settings.broker_url is None:
+            raise RuntimeError("hub is not started")
+        return BrokerConnector.from_url(self.settings.broker_url, hub_secret=self.hub_secret).device_address
+
+    def start(self) -> None:
+        """Start the embedded broker when no URL is configured, connect, wire the parts and subscribe."""
+        s = self.settings
+        if s.broker_url is None:
+            self.embedded = EmbeddedBroker(s.broker_host, s.broker_port, check=self._check_credentials)
+            self.embedded.start()
+            self.connector = BrokerConnector(BrokerAddress(self.embedded.host, self.embedded.port),
+                                             hub_secret=self.hub_secret)
+        else:
+            self.connector = BrokerConnector.from_url(s.broker_url, hub_secret=self.hub_secret)
+        self.broker = broker = self.connector.connect("hub")
+        retention = RetentionPolicy(max_age_s=s.telemetry_max_age_s, max_rows=s.telemetry_max_rows,
+                                    window_s=s.telemetry_rollup_window_s, interval_s=s.telemetry_prune_interval_s)
+        self.ingestor = TelemetryIngestor(self.registry, metrics=self.monitoring.metrics, retention=retention)
+        self.traffic = traffic = DeviceTraffic(broker, self.registry, telemetry_filter=s.telemetry_filter())
+        traffic.on_telemetry(self.ingestor.submit)
+        traffic.on_rejected(self._on_rejected)
+        if s.ingest_only:  # a telemetry worker: the full hub owns device state, transfers and rollouts
+            traffic.start(telemetry_only=True)
+            return
+        self.transfer = BundleTransfer(broker, self.store, self.tuf, chunk_size=s.chunk_size,
+                                       rebroadcast_window_s=s.rebroadcast_window_s)
+        self.orders = DeploymentOrders(broker, self.store, chunk_size=s.chunk_size)
+        self.rollouts = RolloutManager(self.registry, self.orders)
+        traffic.on_state(self._apply_state)
+        traffic.on_state(self.rollouts.observe_state)
+        traffic.on_event(self._apply_event)
+        traffic.on_event(self.rollouts.observe_event)
+        traffic.on_fetch(self.transfer.handle)
+        traffic.start()
+        self.rollouts.start()
+
+    def stop(self) -> None:
+        """Stop in reverse order; safe to call twice."""
+        if self.rollouts is not None:
+            self.rollouts.stop()
+            self.rollouts = None
+        if self.traffic is not None:
+            self.traffic.stop()
+        if self.ingestor is not None:
+            self.ingestor.close()
+        if self.broker is not None:
+            self.broker.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+        self.db.close()
+        self.traffic = self.ingestor = self.broker = self.embedded = None
+        self.transfer = self.orders = None
+        self.connector = None
+
+    def __enter__(self) -> Hub:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- operations -----------------------------------------------------------------------------------------
+
+    def publish(self, manifest: BundleManifest, model_path: Path, selftest_inputs: np.ndarray,
+                selftest_outputs: np.ndarray, *, reference: dict[str, Any] | None = None,
+                metrics: dict[str, Any] | None = None, weights_path: Path | None = None) -> PublishedVariant:
+        """Register ``manifest.model:manifest.version`` if new, then publish this variant's signed bundle."""
+        if not any(v.version == manifest.version for v in self.registry.list_versions(manifest.model)):
+            self.registry.add_version(manifest.model, manifest.version)
+        return publish_variant(self.registry, self.store, self.tuf, manifest, model_path, selftest_inputs,
+                               selftest_outputs, reference=reference, metrics=metrics, weights_path=weights_path)
+
+    def deploy(self, model: str, version: str, device_ids: list[str], *, allow_downgrade: bool = False,
+               shadow: bool = False) -> Deployment:
+        """Create a deployment and send each device the order for its target's variant.
+
+        With ``shadow`` the devices install and check the version, then run it beside their active model on a
+        sampled share of requests (agreement and latency reported in telemetry) without changing answers.
+        """
+        if self.orders is None:
+            raise RuntimeError("hub is not started")
+        deployment, chosen = self.registry.create_deployment(model, version, device_ids,
+                                                             allow_downgrade=allow_downgrade)
+        for device_id, variant in chosen.items():
+            order = self.orders.order_for(deployment.id, variant.bundle_sha256, model=model, version=version,
+                                        target=variant.target, tuf_target=variant.tuf_target,
+                                        allow_downgrade=allow_downgrade, shadow=shadow)
+            self.orders.send(device_id, order)
+        return deployment
+
+    def on_update_event(self, listener: Any) -> Any:
+        """Call ``listener(event)`` for every device update event; return a function that removes it."""
+        self._event_listeners.append(listener)
+        return lambda: self._event_listeners.remove(listener)
+
+    def wait_deployment(self, deployment_id: str, timeout_s: float) -> dict[str, str]:
+        """Block until every device of the deployment finished (done or failed); return state per device."""
+        deadline = time.monotonic() + timeout_s
+
+        def states() -> dict[str, str]:
+            return {row.device_id: row.state for row in self.registry.deployment_devices(deployment_id)}
+
+        with self._progress:
+            while True:
+                current = states()
+                remaining = deadline - time.monotonic()
+                if all(s in TERMINAL_STATES for s in current.values()) or remaining <= 0:
+                    return current
+                self._progress.wait(remaining)
+
+    def _apply_state(self, state: DeviceState) -> None:
+        if not self.registry.apply_device_state(state):
+            raise ProtocolError(f"state from unprovisioned device {state.device_id}")
+        self.monitoring.on_device_state(state)
+
+    def _apply_event(self, event: UpdateEvent) -> None:
+        self.registry.record_update_event(event)
+        for listener in list(self._event_listeners):
+            listener(event)
+        with self._progress:
+            self._progress.notify_all()
+
+    def _on_rejected(self, channel: str, _error: Exception) -> None:
+        if channel == "telemetry" and self.ingestor is not None:
+            self.ingestor.reject()
+
+    def _check_credentials(self, username: str, password: str) -> bool:
+        if username == HUB_USERNAME:
+            return secrets.compare_digest(password, self.hub_secret)
+        return self.registry.check_device_secret(username, password)
+
+    def _load_or_create_secret(self) -> str:
+        path = self.settings.data_dir / "hub.secret"
+        if path.exists():
+            return path.read_text().strip()
+        secret = secrets.token_urlsafe(32)
+        path.touch(mode=0o600)
+        path.write_text(secret)
+        return secret

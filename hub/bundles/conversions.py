@@ -1,0 +1,85 @@
+"""Register a conversion's variants under one model version, each as a signed bundle for its target.
+
+Golden self-test vectors come from running each variant on this host on the given inputs, so a device's
+health check proves its runtime reproduces what the hub measured. A variant that could not run here (Core ML
+on Linux, TensorRT without a GPU) or that failed or missed its accuracy budget is skipped with the reason;
+it is never registered as if it had passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fleet.wire.bundle import BundleManifest, Postprocess, SelfTest, TensorSpec
+from hub.app import Hub
+from hub.errors import InvalidRequestError
+from targets import get_target
+
+_FORMATS_WITH_WEIGHTS = {"openvino": ".bin"}
+
+
+@dataclass
+class ConversionRegistration:
+    """What was registered and what was skipped, with reasons."""
+
+    model: str
+    version: str
+    registered: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def register_conversion(hub: Hub, directory: Path, *, version: str, vectors: Path, model: str | None = None,
+                        labels: list[str] | None = None, count: int = 16) -> ConversionRegistration:
+    """Publish every usable variant in ``directory`` (an ``edgefleet convert`` output) as ``model:version``."""
+    from converters import load_report
+    from converters.data import load_npz
+    from converters.runners import load_runner
+    from converters.types import Artifact
+
+    report = load_report(directory)
+    name = model or report.model
+    result = ConversionRegistration(name, version)
+    input_names = list(report.source.get("inputs", {})) or ["input"]
+    if len(input_names) != 1:
+        raise InvalidRequestError(f"bundles carry one input tensor; {report.model} takes {input_names}")
+    dataset = load_npz(vectors, input_names)
+    inputs = np.asarray(dataset.inputs[input_names[0]])[:count]
+    for variant in report.variants:
+        if variant.status != "ok" or variant.path is None:
+            result.skipped.append({"variant": variant.name, "reason": variant.reason or f"status {variant.status}"})
+            continue
+        if not variant.executed:
+            result.skipped.append({"variant": variant.name,
+                                   "reason": "not executed on this host, so it has no golden outputs"})
+            continue
+        target = get_target(variant.target)
+        model_path = report.artifact_path(variant)
+        files: tuple[str, ...] = (model_path.name,)
+        weights_suffix = _FORMATS_WITH_WEIGHTS.get(variant.format or "")
+        weights_path = model_path.with_suffix(weights_suffix) if weights_suffix else None
+        if weights_path is not None:
+            files += (weights_path.name,)
+        artifact = Artifact(root=model_path.parent, main=model_path.name, format=variant.format,  # type: ignore[arg-type]
+                            precision=variant.precision, files=files, meta=variant.meta)
+        runner = load_runner(target, artifact)
+        outputs = np.stack([np.asarray(runner({input_names[0]: row[None, ...]}))[0] for row in inputs])
+        quantised = variant.precision not in ("fp32", "fp16")
+        dtype = str(variant.meta.get("input_dtypes", ["float32"])[0])
+        manifest = BundleManifest(
+            model=name, version=version, target=variant.target, runtime=target.runtime, precision=variant.precision,
+            model_file=model_path.name, weights_file=weights_path.name if weights_path else None,
+            input=TensorSpec(name=input_names[0], dtype=dtype,  # type: ignore[arg-type]
+                             shape=[-1, *inputs.shape[1:]]),
+            postprocess=Postprocess(labels=labels or []),
+            selftest=SelfTest(atol=1e-3 if quantised else 1e-4, rtol=1e-2 if quantised else 1e-3,
+                              min_top1_agreement=0.9 if quantised else 1.0))
+        metrics = {k: getattr(variant, k) for k in ("accuracy", "max_abs_error", "top1_agreement", "latency_ms_p50",
+                                                     "latency_ms_p99", "size_bytes", "peak_memory_mb")}
+        published = hub.publish(manifest, model_path, inputs, outputs, metrics=metrics, weights_path=weights_path)
+        result.registered.append({"variant": variant.name, "bundle_sha256": published.bundle_sha256,
+                                  "tuf_target": published.tuf_target})
+    return result

@@ -1,0 +1,147 @@
+"""Monitoring commands: ``drift report MODEL:VERSION`` and ``canary report ROLLOUT``.
+
+Both read the hub registry in ``--data-dir`` (or a telemetry dump given with ``--telemetry``), print a
+table, or the JSON report with ``--json``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hub.config import HubSettings
+from hub.errors import HubError
+from hub.monitoring.queries import (
+    FileSource,
+    MonitoringSource,
+    canary_report_for,
+    drift_report_for,
+    parse_model_version,
+)
+
+console = Console(stderr=True)
+
+
+def _source(data_dir: Path, telemetry: Path | None, database_url: str | None = None) -> MonitoringSource:
+    """The telemetry dump, or the hub's registry (``--database-url`` or SQLite in ``--data-dir``) with the
+    drift references of its bundles and its rollouts."""
+    if telemetry is not None:
+        return FileSource(telemetry)
+    from hub.bundles.store import ArtifactStore
+    from hub.monitoring.service import hub_source
+    from hub.registry import Database, Registry
+
+    settings = HubSettings(data_dir=data_dir, database_url=database_url)
+    return hub_source(Registry(Database(settings.resolved_database_url())), ArtifactStore(data_dir / "artifacts"))
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(code=1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``drift`` and ``canary`` commands to ``app``."""
+    drift_app = typer.Typer(help="Input, prediction and confidence drift.", no_args_is_help=True)
+    canary_app = typer.Typer(help="Canary analysis of rollouts.", no_args_is_help=True)
+    app.add_typer(drift_app, name="drift")
+    app.add_typer(canary_app, name="canary")
+
+    @drift_app.command("report")
+    def drift_report(
+        model_version: str = typer.Argument(..., metavar="MODEL:VERSION"),
+        cohort: list[str] = typer.Option(
+            [], "--cohort", help="label selector naming one cohort, e.g. 'region=eu,tier in (edge)'; repeatable"
+        ),
+        by: list[str] = typer.Option(
+            ["target"], "--by", help="split into cohorts by target, version or label:KEY; repeatable"
+        ),
+        last: float | None = typer.Option(None, "--last", help="only telemetry of the last N hours"),
+        reference: Path | None = typer.Option(None, help="ReferenceProfile JSON (e.g. a bundle's reference.json)"),
+        telemetry: Path | None = typer.Option(None, help="telemetry dump (JSON or JSONL) instead of the hub"),
+        data_dir: Path = typer.Option(Path("var/hub"), help="hub data directory"),
+        database_url: str | None = typer.Option(None, help="hub database URL; omitted: SQLite in the data dir"),
+        as_json: bool = typer.Option(False, "--json", help="print the JSON report"),
+    ) -> None:
+        """Drift of a model version's live telemetry against its reference data, per cohort."""
+        from fleet.telemetry import ReferenceProfile
+
+        try:
+            model, version = parse_model_version(model_version)
+            ref = ReferenceProfile.model_validate_json(reference.read_text()) if reference else None
+            report = drift_report_for(
+                _source(data_dir, telemetry, database_url),
+                model,
+                version,
+                by=by,
+                selectors={c: c for c in cohort},
+                since=time.time() - last * 3600 if last else None,
+                reference=ref,
+            )
+        except (HubError, ValueError, OSError) as exc:
+            raise _fail(exc) from exc
+        if as_json:
+            typer.echo(report.model_dump_json(indent=2))
+            return
+        table = Table(
+            "cohort",
+            "feature",
+            "test",
+            "statistic",
+            "p (BH)",
+            "threshold",
+            "drift",
+            title=f"drift of {model}:{version}",
+        )
+        for row in report.rows():
+            style = "red" if row["drift"] == "DRIFT" else None
+            table.add_row(*row.values(), style=style)
+        Console().print(table)
+        for c in report.cohorts:
+            verdict = {True: "inputs drifted", False: "no input drift", None: "not enough data"}[c.dataset_drift]
+            share = "-" if c.drift_share is None else f"{c.drift_share:.0%}"
+            typer.echo(
+                f"{c.cohort}: {verdict} ({c.drifted_features}/{c.tested_features} features, {share}); "
+                f"{c.devices} devices, {c.requests} requests"
+            )
+
+    @canary_app.command("report")
+    def canary_report(
+        rollout: str = typer.Argument(..., metavar="ROLLOUT"),
+        telemetry: Path | None = typer.Option(None, help="telemetry dump (JSON) instead of the hub"),
+        data_dir: Path = typer.Option(Path("var/hub"), help="hub data directory"),
+        database_url: str | None = typer.Option(None, help="hub database URL; omitted: SQLite in the data dir"),
+        as_json: bool = typer.Option(False, "--json", help="print the JSON report"),
+    ) -> None:
+        """Canary verdict (pass, fail, inconclusive) of a rollout, with its reasons and metrics."""
+        try:
+            report = canary_report_for(_source(data_dir, telemetry, database_url), rollout)
+        except (HubError, ValueError, OSError) as exc:
+            raise _fail(exc) from exc
+        if as_json:
+            typer.echo(report.model_dump_json(indent=2))
+            return
+        score = "-" if report.score is None else f"{report.score:.0f}"
+        typer.echo(
+            f"rollout {rollout}: {report.verdict.value.upper()} (score {score}; "
+            f"{report.canary_devices} canary vs {report.baseline_devices} baseline devices)"
+        )
+        for reason in report.reasons:
+            typer.echo(f"  - {reason}")
+        table = Table("metric", "verdict", "critical", "canary", "baseline", "change", "p", "reason")
+        for m in report.metrics:
+            table.add_row(
+                m.metric.value,
+                m.verdict.value,
+                "yes" if m.critical else "",
+                "-" if m.canary_value is None else f"{m.canary_value:.4g}",
+                "-" if m.baseline_value is None else f"{m.baseline_value:.4g}",
+                "-" if m.relative_change is None else f"{m.relative_change:+.1%}",
+                "-" if m.p_value is None else f"{m.p_value:.3g}",
+                m.reason,
+            )
+        Console().print(table)

@@ -1,0 +1,139 @@
+"""A simulated fleet: provisioned devices, each a real ``edgefleet-agent`` process with its own config.
+
+Used by the demo and the integration tests. Agents are separate processes (as on real devices) talking
+to the hub only through the broker; their local inference APIs listen on loopback ports.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from hub.app import Hub
+from hub.errors import HubError
+
+
+def free_port() -> int:
+    """An unused loopback TCP port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class SimulatedDevice:
+    """One agent process and where to reach it."""
+
+    device_id: str
+    target: str
+    config_path: Path
+    http_port: int
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def api_url(self) -> str:
+        """The device's local inference API."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+@dataclass
+class SimulatedFleet:
+    """Provision ``count`` devices on ``hub`` and run them as agent processes under ``root``."""
+
+    hub: Hub
+    root: Path
+    devices: list[SimulatedDevice] = field(default_factory=list)
+
+    def provision(self, count: int, target: str, *, prefix: str = "sim", labels: dict[str, str] | None = None,
+                  telemetry_interval_s: float = 1.0) -> list[SimulatedDevice]:
+        """Create devices with fresh credentials, trust root and config files."""
+        address = self.hub.broker_address
+        trust_root = self.hub.tuf.trusted_root()
+        created = []
+        for index in range(count):
+            device_id = f"{prefix}-{len(self.devices) + 1:03d}"
+            _, secret = self.hub.registry.provision_device(device_id, target, labels or {})
+            directory = self.root / device_id
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "root.json").write_bytes(trust_root)
+            secret_path = directory / "device.secret"
+            secret_path.touch(mode=0o600)
+            secret_path.write_text(secret)
+            port = free_port()
+            config = directory / "agent.toml"
+            config.write_text(
+                f'device_id = "{device_id}"\ntarget = "{target}"\n'
+                f'broker_url = "mqtt://{address.host}:{address.port}"\npassword_file = "device.secret"\n'
+                f'data_dir = "data"\ntrust_root = "root.json"\nhttp_port = {port}\n'
+                f"telemetry_interval_s = {telemetry_interval_s}\nchunk_timeout_s = 2.0\n")
+            device = SimulatedDevice(device_id, target, config, port)
+            self.devices.append(device)
+            created.append(device)
+            del index
+        return created
+
+    def start(self, devices: list[SimulatedDevice] | None = None, *, timeout_s: float = 60.0) -> None:
+        """Start agent processes and wait until each local API answers."""
+        chosen = devices or self.devices
+        for device in chosen:
+            device.log_path = device.config_path.parent / "agent.log"
+            with device.log_path.open("ab") as log_file:
+                device.process = subprocess.Popen(
+                    [sys.executable, "-m", "agent.cli", "run", "--config", str(device.config_path),
+                     "--log-level", "WARNING"],
+                    stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(timeout=1.0) as client:
+            for device in chosen:
+                while True:
+                    if device.process is not None and device.process.poll() is not None:
+                        raise HubError(f"agent {device.device_id} exited with {device.process.returncode}: "
+                                       f"{self.tail(device)}")
+                    try:
+                        if client.get(f"{device.api_url}/v1/health").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise HubError(f"agent {device.device_id} did not come up in {timeout_s:.0f} s: "
+                                       f"{self.tail(device)}")
+                    time.sleep(0.1)  # polling a child process's port: there is no event to wait on
+
+    def stop(self, devices: list[SimulatedDevice] | None = None, *, timeout_s: float = 30.0) -> None:
+        """SIGTERM every agent (it flushes telemetry and says offline), then wait; kill stragglers."""
+        chosen = devices or self.devices
+        for device in chosen:
+            if device.process is not None and device.process.poll() is None:
+                device.process.send_signal(signal.SIGTERM)
+        for device in chosen:
+            if device.process is None:
+                continue
+            try:
+                device.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                device.process.kill()
+                device.process.wait()
+            device.process = None
+
+    def kill(self, device: SimulatedDevice) -> None:
+        """SIGKILL one agent, as a power cut would."""
+        if device.process is not None:
+            device.process.kill()
+            device.process.wait()
+            device.process = None
+
+    @staticmethod
+    def tail(device: SimulatedDevice, lines: int = 15) -> str:
+        """The end of a device's log."""
+        if device.log_path is None or not device.log_path.exists():
+            return "(no log)"
+        return "\n".join(device.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,37 @@
+"""`BrokerConnector`: the one place hub components get a broker connection from.
+
+It knows where the broker is (the embedded one or ``broker_url``) and how the hub logs in (the URL's
+credentials, else the hub user with the hub's secret), so every connection the hub opens is made the same way.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from fleet.wire.acl import HUB_USERNAME
+from fleet.wire.mqtt import BrokerAddress, PahoBroker
+
+__all__ = ["BrokerConnector"]
+
+
+class BrokerConnector:
+    """Opens authenticated hub connections to one broker address."""
+
+    def __init__(self, address: BrokerAddress, *, hub_secret: str) -> None:
+        if address.username is None:
+            address = address.with_credentials(HUB_USERNAME, hub_secret)
+        self.address = address
+
+    @classmethod
+    def from_url(cls, url: str, *, hub_secret: str) -> BrokerConnector:
+        """A connector for ``mqtt://[user:password@]host:port`` (the hub user when no user is given)."""
+        return cls(BrokerAddress.from_url(url), hub_secret=hub_secret)
+
+    @property
+    def device_address(self) -> BrokerAddress:
+        """Where devices connect, without the hub's credentials."""
+        return BrokerAddress(self.address.host, self.address.port)
+
+    def connect(self, role: str) -> PahoBroker:
+        """A new connection with a unique client id naming its ``role`` (e.g. ``hub``, ``ingest``)."""
+        return PahoBroker(self.address, client_id=f"edgefleet-{role}-{secrets.token_hex(4)}")

@@ -1,0 +1,155 @@
+"""`DeviceTraffic`: the one decoder of device topics, handing typed messages to the hub's other parts.
+
+It subscribes once per channel on one broker connection, decodes each payload, checks that the sender is
+provisioned and that the message names the device whose topic it came on, then calls the listeners of that
+kind in the order they were added. Listeners are called on the connection's single dispatcher thread, in the
+order messages arrived, so a device's failed update event is always seen before the state that follows it
+(the rollout engine relies on that). A message that fails a check is counted in ``rejected`` by channel and
+handed to the ``on_rejected`` listeners; no listener sees it.
+
+    traffic = DeviceTraffic(broker, registry)
+    traffic.on_state(registry_writer)          # registered first, called first
+    traffic.on_event(rollouts.observe_event)
+    traffic.start()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fleet.errors import ProtocolError
+from fleet.wire import topics
+from fleet.wire.messages import DeviceState, FetchRequest, TelemetryBatch, UpdateEvent, WireModel, decode
+from fleet.wire.transport import Broker, Message, Unsubscribe
+from hub.errors import HubError
+from hub.registry import Registry
+
+__all__ = ["DeviceTraffic", "Listener", "RejectListener"]
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=WireModel)
+Listener = Callable[[M], None]
+RejectListener = Callable[[str, Exception], None]
+
+#: channel -> (payload type, attribute naming the device inside the payload, or None)
+_CHANNELS: dict[str, tuple[type[WireModel], str | None]] = {
+    "state": (DeviceState, "device_id"),
+    "events": (UpdateEvent, "device_id"),
+    "fetch": (FetchRequest, None),
+    "telemetry": (TelemetryBatch, "device_id"),
+}
+
+
+class DeviceTraffic:
+    """Decodes device state, update events, fetch requests and telemetry; dispatches them typed.
+
+    ``telemetry_filter`` may be a ``$share/GROUP/...`` shared subscription that splits telemetry among hub
+    workers; ``start(telemetry_only=True)`` subscribes to telemetry alone (a telemetry worker).
+    """
+
+    def __init__(self, broker: Broker, registry: Registry, *, telemetry_filter: str | None = None) -> None:
+        self.broker = broker
+        self.registry = registry
+        self.telemetry_filter = telemetry_filter or topics.device_wildcard("telemetry")
+        self.rejected: Counter[str] = Counter()
+        self._listeners: dict[str, list[Callable[..., None]]] = {channel: [] for channel in _CHANNELS}
+        self._reject_listeners: list[RejectListener] = []
+        self._known: set[str] = set()
+        self._known_lock = threading.Lock()
+        self._unsubscribes: list[Unsubscribe] = []
+
+    # -- listeners ------------------------------------------------------------------------------------------
+
+    def on_state(self, listener: Listener[DeviceState]) -> Unsubscribe:
+        """Call ``listener`` with every valid device state (retained states arrive at subscription)."""
+        return self._add("state", listener)
+
+    def on_event(self, listener: Listener[UpdateEvent]) -> Unsubscribe:
+        """Call ``listener`` with every valid update event."""
+        return self._add("events", listener)
+
+    def on_fetch(self, listener: Callable[[str, FetchRequest], None]) -> Unsubscribe:
+        """Call ``listener(device_id, request)`` for every valid fetch request (metadata or chunks)."""
+        return self._add("fetch", listener)
+
+    def on_telemetry(self, listener: Listener[TelemetryBatch]) -> Unsubscribe:
+        """Call ``listener`` with every telemetry batch that decoded and names its sender."""
+        return self._add("telemetry", listener)
+
+    def on_rejected(self, listener: RejectListener) -> Unsubscribe:
+        """Call ``listener(channel, error)`` for every message refused here or by a listener."""
+        self._reject_listeners.append(listener)
+        return lambda: self._reject_listeners.remove(listener)
+
+    def forget(self, device_id: str) -> None:
+        """Check ``device_id`` against the registry again on its next message (after decommissioning)."""
+        with self._known_lock:
+            self._known.discard(device_id)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self, *, telemetry_only: bool = False) -> None:
+        """Subscribe to the device channels the hub consumes."""
+        filters = {"telemetry": self.telemetry_filter}
+        if not telemetry_only:
+            filters |= {channel: topics.device_wildcard(channel) for channel in ("state", "events", "fetch")}
+        for channel, topic_filter in filters.items():
+            self._unsubscribes.append(self.broker.subscribe(topic_filter, self._handler(channel)))
+
+    def stop(self) -> None:
+        """Unsubscribe everything; safe to call twice."""
+        for unsubscribe in self._unsubscribes:
+            unsubscribe()
+        self._unsubscribes.clear()
+
+    # -- decoding -------------------------------------------------------------------------------------------
+
+    def _add(self, channel: str, listener: Callable[..., None]) -> Unsubscribe:
+        self._listeners[channel].append(listener)
+        return lambda: self._listeners[channel].remove(listener)
+
+    def _handler(self, channel: str) -> Callable[[Message], None]:
+        def handle(message: Message) -> None:
+            if channel == "state" and not message.payload:
+                return  # a cleared retained state
+            try:
+                device_id, message_type = self._decode(channel, message)
+                for listener in list(self._listeners[channel]):
+                    if channel == "fetch":
+                        listener(device_id, message_type)
+                    else:
+                        listener(message_type)
+            except (ProtocolError, HubError) as exc:
+                self.rejected[channel] += 1
+                log.warning("rejected %s message: %s", channel, exc)
+                for reject in list(self._reject_listeners):
+                    reject(channel, exc)
+
+        return handle
+
+    def _decode(self, channel: str, message: Message) -> tuple[str, Any]:
+        device_id, _ = topics.parse_device_topic(message.topic)
+        payload_type, device_field = _CHANNELS[channel]
+        decoded = decode(payload_type, message.payload, topic=message.topic)
+        if device_field is not None and getattr(decoded, device_field) != device_id:
+            raise ProtocolError(f"{channel} names device {getattr(decoded, device_field)} but came on the topic of "
+                                f"{device_id}", topic=message.topic)
+        self._require_known(device_id, message.topic)
+        return device_id, decoded
+
+    def _require_known(self, device_id: str, topic: str) -> None:
+        """Accept data only from provisioned devices (another hub may share the broker)."""
+        with self._known_lock:
+            if device_id in self._known:
+                return
+        try:
+            self.registry.get_device(device_id)
+        except HubError as exc:
+            raise ProtocolError(f"message from unprovisioned device {device_id}", topic=topic) from exc
+        with self._known_lock:
+            self._known.add(device_id)

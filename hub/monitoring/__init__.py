@@ -1,0 +1,1 @@
+"""Monitoring: telemetry ingestion, drift and canary queries, Prometheus metrics and their REST API."""

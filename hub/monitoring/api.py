@@ -1,0 +1,77 @@
+"""REST routes for monitoring: Prometheus ``/metrics``, drift of a model version, canary analysis of a rollout
+(or a plain deployment), and rollups of pruned telemetry.
+
+Reports are the JSON of `fleet.drift.DriftReport` and `fleet.canary.CanaryReport`; computing one also
+publishes its scores on ``/metrics``. Errors are `hub.errors` ones: unknown version, reference or rollout is
+`NotFoundError` (404), a bad cohort selector or dimension `InvalidRequestError` (422).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Query, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from fleet.errors import FleetError
+from hub.errors import InvalidRequestError
+from hub.monitoring.queries import canary_report_for, drift_report_for
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+
+def create_monitoring_router(hub: Hub) -> APIRouter:
+    """Monitoring routes bound to ``hub`` (its registry, bundles, rollouts and metrics)."""
+    router = APIRouter(tags=["monitoring"])
+    monitoring = hub.monitoring
+
+    @router.get("/metrics", response_class=Response)
+    def metrics() -> Response:
+        """Prometheus text exposition of the fleet metrics (no per-device labels) and the hub process."""
+        return Response(content=monitoring.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @router.get("/models/{name}/versions/{version}/drift")
+    def drift(
+        name: str,
+        version: str,
+        cohort: list[str] = Query(default=[], description="label selector naming one cohort; repeatable"),
+        by: list[str] = Query(default=["target"], description="target, version or label:KEY; repeatable"),
+        last_hours: float | None = Query(default=None, gt=0, description="only telemetry of the last N hours"),
+    ) -> dict[str, Any]:
+        """Drift of the version's telemetry against the reference shipped in its bundle, per cohort."""
+        hub.registry.get_version(name, version)  # 404 for an unknown version
+        try:
+            report = drift_report_for(monitoring.source(), name, version, by=by, selectors={c: c for c in cohort},
+                                      since=time.time() - last_hours * 3600 if last_hours else None)
+        except FleetError as exc:
+            raise InvalidRequestError(str(exc)) from exc
+        monitoring.record_drift(report)
+        return report.model_dump(mode="json")
+
+    def canary(rollout_id: str) -> dict[str, Any]:
+        try:
+            report = canary_report_for(monitoring.source(), rollout_id)
+        except FleetError as exc:
+            raise InvalidRequestError(str(exc)) from exc
+        monitoring.record_canary(rollout_id, report)
+        return {"rollout_id": rollout_id, **report.model_dump(mode="json")}
+
+    @router.get("/rollouts/{rollout_id}/canary")
+    def rollout_canary(rollout_id: str) -> dict[str, Any]:
+        """Canary verdict (pass, fail, inconclusive) of a rollout: canary devices against the others."""
+        return canary(rollout_id)
+
+    @router.get("/deployments/{deployment_id}/canary")
+    def deployment_canary(deployment_id: str) -> dict[str, Any]:
+        """Canary verdict of a deployment: its devices against the model's other versions since it began."""
+        return canary(deployment_id)
+
+    @router.get("/models/{name}/versions/{version}/telemetry/rollups")
+    def rollups(name: str, version: str) -> list[dict[str, Any]]:
+        """Hourly (by default) rollups of pruned raw telemetry per device class, oldest first."""
+        return [r.model_dump(exclude={"id", "feature_sketches", "devices"}) | {"devices": len(r.devices)}
+                for r in hub.registry.telemetry_rollups(name, version)]
+
+    return router

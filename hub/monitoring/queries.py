@@ -1,0 +1,286 @@
+"""Drift and canary reports from stored telemetry: the seam between the hub's storage and `fleet` analysis.
+
+The analysis functions take plain lists of `TelemetryBatch` (and a `ReferenceProfile`), so they are
+testable without a database. Storage plugs in through the small `MonitoringSource` protocol:
+
+- `RegistrySource` reads telemetry and device labels from the hub registry; reference profiles and
+  rollouts come from callables the hub passes in (the bundle store and the rollout engine own them);
+- `FileSource` reads a JSON dump (``{"batches": [...], "reference": {...}, "labels": {...},
+  "rollouts": {...}}``) for offline analysis and tests.
+
+Unknown rollouts or missing references raise `hub.errors.NotFoundError`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet.canary import CanaryConfig, CanaryReport, analyse_canary, device_metrics
+from fleet.drift import DriftConfig, DriftReport, analyse_drift, group_cohorts
+from fleet.telemetry import ReferenceProfile
+from fleet.wire.messages import TelemetryBatch
+from hub.errors import InvalidRequestError, NotFoundError
+
+if TYPE_CHECKING:
+    from hub.registry import Registry
+
+__all__ = [
+    "FileSource",
+    "MonitoringSource",
+    "RegistrySource",
+    "RolloutView",
+    "canary_report",
+    "canary_report_for",
+    "drift_report",
+    "drift_report_for",
+    "parse_model_version",
+    "split_rollout_batches",
+]
+
+
+class RolloutView(BaseModel):
+    """What canary analysis needs to know about a rollout."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rollout_id: str
+    model: str
+    candidate_version: str
+    baseline_version: str | None = None
+    """None: any other version of the model counts as baseline."""
+    canary_device_ids: list[str] = Field(default_factory=list)
+    window_start: float | None = None
+    window_end: float | None = None
+
+
+class MonitoringSource(Protocol):
+    """Where reports get their data from."""
+
+    def telemetry(
+        self, model: str, version: str | None = None, *, since: float | None = None, until: float | None = None
+    ) -> list[TelemetryBatch]:
+        """Batches of ``model`` (one version, or all), whose window ends in ``[since, until]``."""
+        ...
+
+    def reference(self, model: str, version: str) -> ReferenceProfile:
+        """The drift reference of a model version; `NotFoundError` when there is none."""
+        ...
+
+    def device_labels(self) -> dict[str, dict[str, str]]:
+        """Labels of every known device."""
+        ...
+
+    def rollout(self, rollout_id: str) -> RolloutView:
+        """The rollout; `NotFoundError` when unknown."""
+        ...
+
+
+def parse_model_version(text: str) -> tuple[str, str]:
+    """Split ``MODEL:VERSION``; `InvalidRequestError` otherwise."""
+    model, sep, version = text.partition(":")
+    if not sep or not model or not version:
+        raise InvalidRequestError(f"expected MODEL:VERSION, got {text!r}")
+    return model, version
+
+
+def _in_window(batch: TelemetryBatch, since: float | None, until: float | None) -> bool:
+    return (since is None or batch.window_end >= since) and (until is None or batch.window_end <= until)
+
+
+# ------------------------------------------------------------------------------------------ pure reports
+
+
+def drift_report(
+    reference: ReferenceProfile,
+    batches: Iterable[TelemetryBatch],
+    *,
+    model: str,
+    version: str,
+    by: Sequence[str] = ("target",),
+    selectors: Mapping[str, str] | None = None,
+    device_labels: Mapping[str, Mapping[str, str]] | None = None,
+    config: DriftConfig = DriftConfig(),
+) -> DriftReport:
+    """Drift of one model version's telemetry against its reference, per cohort: ``all``, one per value
+    of the ``by`` dimensions, and one per named label selector. Other versions' batches are ignored."""
+    mine = [b for b in batches if b.model == model and b.version == version]
+    cohorts = group_cohorts(mine, by=by, selectors=selectors, device_labels=device_labels)
+    return analyse_drift(reference, cohorts, config, model=model, version=version)
+
+
+def split_rollout_batches(
+    rollout: RolloutView, batches: Iterable[TelemetryBatch]
+) -> tuple[list[TelemetryBatch], list[TelemetryBatch]]:
+    """Canary batches (candidate version, canary devices) and baseline batches (baseline version, or any
+    other version, from devices outside the canary), both inside the rollout's window."""
+    canary_ids = set(rollout.canary_device_ids)
+    canary: list[TelemetryBatch] = []
+    baseline: list[TelemetryBatch] = []
+    for b in batches:
+        if b.model != rollout.model or not _in_window(b, rollout.window_start, rollout.window_end):
+            continue
+        if b.version == rollout.candidate_version:
+            if not canary_ids or b.device_id in canary_ids:
+                canary.append(b)
+        elif b.device_id not in canary_ids and (
+            rollout.baseline_version is None or b.version == rollout.baseline_version
+        ):
+            baseline.append(b)
+    return canary, baseline
+
+
+def canary_report(
+    canary_batches: Iterable[TelemetryBatch],
+    baseline_batches: Iterable[TelemetryBatch],
+    *,
+    candidate_version: str | None = None,
+    config: CanaryConfig = CanaryConfig(),
+) -> CanaryReport:
+    """Canary analysis of two groups of batches (aggregated per device first). Shadow statistics count
+    only for ``candidate_version`` when given."""
+    return analyse_canary(
+        device_metrics(canary_batches, shadow_candidate=candidate_version),
+        device_metrics(baseline_batches, shadow_candidate=candidate_version),
+        config,
+    )
+
+
+# ---------------------------------------------------------------------------------- reports from a source
+
+
+def drift_report_for(
+    source: MonitoringSource,
+    model: str,
+    version: str,
+    *,
+    by: Sequence[str] = ("target",),
+    selectors: Mapping[str, str] | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    reference: ReferenceProfile | None = None,
+    config: DriftConfig = DriftConfig(),
+) -> DriftReport:
+    """`drift_report` on what ``source`` holds (``reference`` overrides the source's)."""
+    ref = reference if reference is not None else source.reference(model, version)
+    batches = source.telemetry(model, version, since=since, until=until)
+    return drift_report(
+        ref,
+        batches,
+        model=model,
+        version=version,
+        by=by,
+        selectors=selectors,
+        device_labels=source.device_labels(),
+        config=config,
+    )
+
+
+def canary_report_for(
+    source: MonitoringSource, rollout_id: str, *, config: CanaryConfig = CanaryConfig()
+) -> CanaryReport:
+    """`canary_report` for a rollout known to ``source``."""
+    rollout = source.rollout(rollout_id)
+    batches = source.telemetry(rollout.model, since=rollout.window_start, until=rollout.window_end)
+    canary, baseline = split_rollout_batches(rollout, batches)
+    return canary_report(canary, baseline, candidate_version=rollout.candidate_version, config=config)
+
+
+# -------------------------------------------------------------------------------------------- sources
+
+
+class FileSource:
+    """A JSON dump of telemetry: ``{"batches": [...], "reference": {...} | {"MODEL:VERSION": {...}},
+    "labels": {device: {k: v}}, "rollouts": {id: RolloutView}}``; a JSONL file holds batches only."""
+
+    def __init__(self, path: Path) -> None:
+        text = path.read_text()
+        data: dict[str, Any]
+        if path.suffix == ".jsonl":
+            data = {"batches": [json.loads(line) for line in text.splitlines() if line.strip()]}
+        else:
+            data = json.loads(text)
+        self._batches = [TelemetryBatch.model_validate(b) for b in data.get("batches", [])]
+        raw_ref = data.get("reference") or {}
+        if "feature_sketches" in raw_ref or "schema_version" in raw_ref:
+            self._references = {"*": ReferenceProfile.model_validate(raw_ref)}
+        else:
+            self._references = {k: ReferenceProfile.model_validate(v) for k, v in raw_ref.items()}
+        self._labels = {d: dict(v) for d, v in data.get("labels", {}).items()}
+        self._rollouts = {k: RolloutView.model_validate(v) for k, v in data.get("rollouts", {}).items()}
+
+    def telemetry(
+        self, model: str, version: str | None = None, *, since: float | None = None, until: float | None = None
+    ) -> list[TelemetryBatch]:
+        return [
+            b
+            for b in self._batches
+            if b.model == model and (version is None or b.version == version) and _in_window(b, since, until)
+        ]
+
+    def reference(self, model: str, version: str) -> ReferenceProfile:
+        ref = self._references.get(f"{model}:{version}") or self._references.get("*")
+        if ref is None:
+            raise NotFoundError(f"no drift reference for {model}:{version} in the telemetry file")
+        return ref
+
+    def device_labels(self) -> dict[str, dict[str, str]]:
+        return self._labels
+
+    def rollout(self, rollout_id: str) -> RolloutView:
+        try:
+            return self._rollouts[rollout_id]
+        except KeyError:
+            raise NotFoundError(f"rollout {rollout_id} is not in the telemetry file") from None
+
+
+class RegistrySource:
+    """Telemetry and labels from the hub registry. References and rollouts come from the callables given
+    (the bundle store and the rollout engine own them); without them, a deployment id is read as a rollout
+    whose canary is the deployment's devices, over the time since it was created."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        reference: Callable[[str, str], ReferenceProfile | None] | None = None,
+        rollout: Callable[[str], RolloutView | None] | None = None,
+    ) -> None:
+        self._registry = registry
+        self._reference = reference
+        self._rollout = rollout
+
+    def telemetry(
+        self, model: str, version: str | None = None, *, since: float | None = None, until: float | None = None
+    ) -> list[TelemetryBatch]:
+        batches = self._registry.telemetry_batches(model, version)
+        return [b for b in batches if _in_window(b, since, until)]
+
+    def reference(self, model: str, version: str) -> ReferenceProfile:
+        found = self._reference(model, version) if self._reference is not None else None
+        if found is None:
+            raise NotFoundError(f"no drift reference stored for {model}:{version} (pass one with --reference)")
+        return found
+
+    def device_labels(self) -> dict[str, dict[str, str]]:
+        return {d.id: dict(d.labels) for d in self._registry.list_devices()}
+
+    def rollout(self, rollout_id: str) -> RolloutView:
+        if self._rollout is not None:
+            found = self._rollout(rollout_id)
+            if found is not None:
+                return found
+        deployment = self._registry.get_deployment(rollout_id)  # NotFoundError when unknown
+        return RolloutView(
+            rollout_id=deployment.id,
+            model=deployment.model,
+            candidate_version=deployment.version,
+            canary_device_ids=list(deployment.device_ids),
+            window_start=deployment.created_at,
+            window_end=time.time(),
+        )

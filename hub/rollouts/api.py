@@ -1,0 +1,106 @@
+"""REST routes for rollouts: start, list, status (per wave and per device class), operator commands.
+
+Errors are `hub.errors` ones, answered with their status by the app's handler; plan validation errors
+(`fleet.errors.FleetConfigError`) are re-raised as `InvalidRequestError` (422).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field, ValidationError
+
+from fleet.errors import FleetConfigError
+from fleet.rollout import Command
+from fleet.rollout_plan import RolloutPlan, gate_from_cli, plan_from_cli
+from hub.errors import InvalidRequestError
+from hub.registry.rollouts import RolloutStore
+from hub.rollouts.operations import create_rollout, request_command, rollout_status
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+
+class RolloutIn(BaseModel):
+    """Start a rollout: a full ``plan`` (see docs/rollouts.md), or the CLI's short options (``gate_*``: the
+    gate's timing and canary analysis settings, as ``edgefleet rollout start --gate-*``)."""
+
+    plan: dict[str, Any] | None = None
+    model_version: str | None = Field(default=None, examples=["digits:1.2.0"])
+    selector: str = ""
+    canary: str = "5%"
+    waves: str = "10,50,100"
+    max_failure_rate: float | None = 0.05
+    max_failures: int | None = None
+    min_devices: int = 10
+    success_threshold: float = 0.95
+    approval: str = "none"
+    gate: bool = True
+    gate_after: str = "every_wave"
+    gate_soak_s: float = 0.0
+    gate_retry_s: float = 300.0
+    gate_max_wait_s: float = 3600.0
+    gate_min_devices: int | None = None
+    gate_min_requests: int | None = None
+    gate_min_requests_per_device: int | None = None
+    gate_critical: str | None = Field(default=None, examples=["latency,error_rate,confidence"])
+    device_timeout_s: float = 1800.0
+    rollout_id: str | None = None
+
+    def to_plan(self) -> RolloutPlan:
+        """The validated plan, or `InvalidRequestError` saying what is wrong."""
+        try:
+            if self.plan is not None:
+                return RolloutPlan.model_validate(self.plan)
+            if self.model_version is None:
+                raise InvalidRequestError("give either plan or model_version")
+            gate = gate_from_cli(after=self.gate_after, soak_s=self.gate_soak_s, retry_interval_s=self.gate_retry_s,
+                                 max_wait_s=self.gate_max_wait_s, min_devices=self.gate_min_devices,
+                                 min_requests=self.gate_min_requests,
+                                 min_requests_per_device=self.gate_min_requests_per_device,
+                                 critical=self.gate_critical) if self.gate else None
+            return plan_from_cli(self.model_version, selector=self.selector, canary=self.canary, waves=self.waves,
+                                 max_failure_rate=self.max_failure_rate, max_failures=self.max_failures,
+                                 min_devices=self.min_devices, success_threshold=self.success_threshold,
+                                 approval=self.approval, gate=self.gate, device_timeout_s=self.device_timeout_s,
+                                 gate_spec=gate)
+        except (FleetConfigError, ValidationError) as exc:
+            raise InvalidRequestError(str(exc)) from exc
+
+
+def create_rollouts_router(hub: Hub) -> APIRouter:
+    """Routes under ``/rollouts`` bound to ``hub`` (its running `RolloutManager` when started)."""
+    router = APIRouter(prefix="/rollouts", tags=["rollouts"])
+    store = RolloutStore(hub.registry.db)
+
+    @router.post("", status_code=201)
+    def start(body: RolloutIn) -> dict[str, Any]:
+        """Create a rollout; a running hub starts it at once."""
+        plan = body.to_plan()
+        if hub.rollouts is not None:
+            snapshot = hub.rollouts.start_rollout(plan, rollout_id=body.rollout_id)
+        else:
+            snapshot = create_rollout(store, hub.registry, plan, rollout_id=body.rollout_id)
+        return rollout_status(store, snapshot.rollout_id).model_dump(mode="json")
+
+    @router.get("")
+    def list_rollouts() -> list[dict[str, Any]]:
+        """All rollouts, newest first."""
+        return [{"rollout_id": r.id, "model": r.model, "version": r.version, "state": r.state,
+                 "created_at": r.created_at, "updated_at": r.updated_at} for r in store.all()]
+
+    @router.get("/{rollout_id}")
+    def status(rollout_id: str) -> dict[str, Any]:
+        """Progress overall, per wave and per device class, the gate and the commands allowed now."""
+        return rollout_status(store, rollout_id).model_dump(mode="json")
+
+    @router.post("/{rollout_id}/{command}")
+    def command(rollout_id: str, command: Command) -> dict[str, Any]:
+        """pause, resume, abort or promote; 409 when the rollout's state does not allow it."""
+        if hub.rollouts is not None:
+            return hub.rollouts.command(rollout_id, command).model_dump(mode="json")
+        request_command(store, rollout_id, command)
+        return rollout_status(store, rollout_id).model_dump(mode="json")
+
+    return router

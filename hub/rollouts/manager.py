@@ -1,0 +1,339 @@
+"""`RolloutManager`: steps the pure engine of `fleet.rollout` for every open rollout, persists, then acts.
+
+It runs inside a started `Hub`: it ticks every open rollout on a timer and whenever a device reports
+(coalesced on one worker thread), turns ``DeployTo`` into retained `DeploymentOrder`s (``deployment_id`` = the
+rollout id), ``RollBack`` into orders for each device's last known good model (``allow_downgrade``), and answers
+``RequestGate`` with the gate analysis (`hub.rollouts.gate.canary_gate` by default). Persist, then act: each
+step is stored with its actions (`hub.registry.rollouts.RolloutStore`) before they are carried out, so a
+restarted hub drains the outbox and keeps stepping from the stored snapshot.
+
+It receives what it needs, never the whole hub: the registry, an order sink (`OrderSink`), and device states and
+events through `observe_state` / `observe_event` (the hub wires those to `hub.devices.traffic.DeviceTraffic`,
+which calls them in arrival order, so a device's failed event is seen before the state that follows it).
+
+Each rollout is mirrored as a `Deployment` with the rollout's id (and ``<id>.rollback`` once devices are sent
+back), so ``GET /deployments/{id}`` shows per-device progress. The last failure detail each device reported for
+a rollout is kept, so a restarted hub still knows why a device failed.
+
+Errors are `hub.errors` ones: `NotFoundError` (unknown rollout or version), `InvalidRequestError` (a version
+without variants, an unknown command), `ConflictError` (a command the rollout's state does not allow).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from fleet.rollout import (
+    Action,
+    Command,
+    DeployTo,
+    DeviceStatus,
+    GateInput,
+    Notice,
+    Pause,
+    RequestGate,
+    RollBack,
+    RolloutError,
+    RolloutSnapshot,
+    RolloutStatus,
+    Skipped,
+    StateChanged,
+    step,
+)
+from fleet.rollout_plan import RolloutPlan
+from fleet.wire.messages import DeploymentOrder, DeviceState, InstalledModel, UpdateEvent, UpdateState
+from hub.errors import NotFoundError
+from hub.registry import Registry, Variant
+from hub.registry.rollouts import RolloutStore
+from hub.rollouts.gate import GateAnalysis, canary_gate
+from hub.rollouts.operations import create_rollout, request_command, rollout_status
+
+__all__ = ["OrderSink", "RolloutManager"]
+
+log = logging.getLogger(__name__)
+
+_MAX_GATE_ROUNDS = 8
+
+
+class OrderSink(Protocol):
+    """Where the manager's deployment orders go (`hub.devices.orders.DeploymentOrders` in a hub)."""
+
+    def order_for(self, deployment_id: str, bundle_sha256: str, *, model: str, version: str, target: str,
+                  tuf_target: str, allow_downgrade: bool = False, shadow: bool = False) -> DeploymentOrder:
+        """Build an order for a stored bundle."""
+        ...
+
+    def send(self, device_id: str, order: DeploymentOrder) -> None:
+        """Deliver ``order`` as the device's desired deployment."""
+        ...
+
+    def clear(self, device_id: str) -> None:
+        """Withdraw the device's desired deployment."""
+        ...
+
+
+class RolloutManager:
+    """Steps every open rollout, persists each step with its actions, then carries the actions out."""
+
+    def __init__(self, registry: Registry, orders: OrderSink, *, tick_s: float = 2.0,
+                 analyse: GateAnalysis | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.registry = registry
+        self.orders = orders
+        self.store = RolloutStore(registry.db)
+        self.tick_s = tick_s
+        self.analyse = analyse or canary_gate(registry)
+        self.clock = clock
+        self._states: dict[str, DeviceState] = {}
+        self._errors: dict[tuple[str, str], str] = {}
+        self._data_lock = threading.Lock()
+        self._tick_lock = threading.RLock()
+        self._wake = threading.Event()
+        self._ticked = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ticks = 0
+
+    # -- inputs ---------------------------------------------------------------------------------------------
+
+    def observe_state(self, state: DeviceState) -> None:
+        """Record a device's reported state and schedule a tick."""
+        with self._data_lock:
+            self._states[state.device_id] = state
+        self._wake.set()
+
+    def observe_event(self, event: UpdateEvent) -> None:
+        """Record a device's update event (failures feed `DeviceStatus.error`) and schedule a tick."""
+        if not event.ok and event.detail:
+            with self._data_lock:
+                known = self._errors.get((event.device_id, event.deployment_id))
+                self._errors[(event.device_id, event.deployment_id)] = event.detail
+            if known != event.detail:
+                try:
+                    self.store.record_error(event.deployment_id, event.device_id, event.detail)
+                except Exception:  # the in-memory copy still serves this run
+                    log.exception("rollouts: could not store the failure of %s", event.device_id)
+        self._wake.set()
+
+    def statuses(self) -> list[DeviceStatus]:
+        """The whole inventory as the engine sees it: registry rows, refined by retained states."""
+        with self._data_lock:
+            states = dict(self._states)
+            errors = dict(self._errors)
+        out = []
+        for device in self.registry.list_devices():
+            state = states.get(device.id)
+            if state is not None:
+                error = errors.get((device.id, state.deployment_id)) if state.deployment_id else None
+                status = DeviceStatus.from_state(state, device.labels, error)
+                if status.target is None:
+                    status = status.model_copy(update={"target": device.target})
+                if status.update_state == UpdateState.ROLLBACK and error is None:
+                    # still reverting: its failed event, with the reason, follows
+                    status = status.model_copy(update={"update_state": None})
+                out.append(status)
+            else:
+                out.append(DeviceStatus(device_id=device.id, target=device.target, labels=device.labels,
+                                        online=device.online, active_model=device.active_model,
+                                        active_version=device.active_version))
+        return out
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Carry out actions left in the outbox by a previous run, then tick on a worker thread."""
+        stored = self.store.errors()  # failure reasons reported before a restart
+        with self._data_lock:
+            self._errors = {**stored, **self._errors}
+        self.drain_outbox()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="edgefleet-rollouts", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the worker; safe to call twice."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def wake(self) -> None:
+        """Ask the worker for a tick now."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.tick_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.tick()
+            except Exception:  # a bad tick must not stop the rollouts
+                log.exception("rollout tick failed")
+
+    # -- operator API (REST) --------------------------------------------------------------------------------
+
+    def start_rollout(self, plan: RolloutPlan, *, rollout_id: str | None = None) -> RolloutSnapshot:
+        """Create a rollout and step it once (it starts at once)."""
+        snapshot = create_rollout(self.store, self.registry, plan, rollout_id=rollout_id, now=self.clock())
+        self.tick()
+        return self.store.load(snapshot.rollout_id)
+
+    def command(self, rollout_id: str, command: Command | str) -> RolloutStatus:
+        """Apply an operator command now; return the status after it."""
+        request_command(self.store, rollout_id, command)
+        self.tick()
+        return rollout_status(self.store, rollout_id)
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def drain_outbox(self) -> None:
+        """Carry out actions persisted but not (known to be) carried out, e.g. before a crash."""
+        with self._tick_lock:
+            for outbox_id, rollout_id, actions in self.store.undone_actions():
+                snapshot = self.store.load(rollout_id)
+                self._act(snapshot, actions, self.statuses())
+                self.store.mark_done(outbox_id)
+
+    def tick(self) -> None:
+        """Apply queued commands, then step every open rollout once (answering gate requests at once)."""
+        with self._tick_lock:
+            self.ticks += 1
+            commands, open_ids = self.store.pending_commands(), self.store.open_ids()
+            statuses = self.statuses() if commands or open_ids else []
+            for command in commands:
+                try:
+                    snapshot = self.store.load(command.rollout_id)
+                    snapshot, actions = step(snapshot, self.clock(), statuses, command=command.command)
+                except (RolloutError, NotFoundError) as exc:
+                    self.store.finish_command(command.id, str(exc))
+                    continue
+                self._commit(snapshot, actions, statuses)
+                self.store.finish_command(command.id)
+            for rollout_id in open_ids:
+                snapshot, actions = step(self.store.load(rollout_id), self.clock(), statuses)
+                self._commit(snapshot, actions, statuses)
+        with self._ticked:
+            self._ticked.notify_all()
+
+    def wait(self, rollout_id: str, until: Callable[[RolloutSnapshot], bool], timeout_s: float) -> RolloutSnapshot:
+        """Block until ``until(snapshot)`` holds after a tick (or ``timeout_s`` passes); return the snapshot."""
+        self.wait_for(lambda: until(self.store.load(rollout_id)), timeout_s)
+        return self.store.load(rollout_id)
+
+    def wait_for(self, condition: Callable[[], bool], timeout_s: float) -> bool:
+        """Block until ``condition()`` holds, checked now and after every tick; return whether it does."""
+        deadline = time.monotonic() + timeout_s
+        with self._ticked:
+            while True:
+                if condition():
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._ticked.wait(remaining)
+
+    def _commit(self, snapshot: RolloutSnapshot, actions: list[Action], statuses: list[DeviceStatus]) -> None:
+        for _ in range(_MAX_GATE_ROUNDS):
+            outbox_id = self.store.save(snapshot, actions)
+            verdict = self._act(snapshot, actions, statuses)
+            self.store.mark_done(outbox_id)
+            if verdict is None:
+                return
+            snapshot, actions = step(snapshot, self.clock(), statuses, gate_verdict=verdict)
+        log.warning("rollout %s: gate kept asking within one tick", snapshot.rollout_id)
+
+    def _act(self, snapshot: RolloutSnapshot, actions: Iterable[Action],
+             statuses: list[DeviceStatus]) -> GateInput | None:
+        verdict: GateInput | None = None
+        for action in actions:
+            if isinstance(action, DeployTo):
+                self._deploy(action, snapshot)
+            elif isinstance(action, RollBack):
+                self._roll_back(snapshot, action)
+            elif isinstance(action, RequestGate):
+                try:
+                    verdict = self.analyse(action, snapshot)
+                except Exception:
+                    log.exception("rollout %s: canary analysis failed", snapshot.rollout_id)
+            elif isinstance(action, Pause | Skipped):
+                log.warning("rollout %s: %s", snapshot.rollout_id, _describe(action))
+            elif isinstance(action, StateChanged | Notice):
+                log.info("rollout %s: %s", snapshot.rollout_id, _describe(action))
+        return verdict
+
+    def _deploy(self, action: DeployTo, snapshot: RolloutSnapshot) -> None:
+        row = self._variant_row(action.model, action.version, action.variant.variant_id)
+        order = self.orders.order_for(action.deployment_id, row.bundle_sha256, model=action.model,
+                                    version=action.version, target=row.target, tuf_target=row.tuf_target)
+        self.store.mirror_deployment(action.deployment_id, action.model, action.version,
+                                     dict.fromkeys(action.device_ids, row.id), status=snapshot.state.value)
+        for device_id in action.device_ids:
+            self.orders.send(device_id, order)
+
+    def _roll_back(self, snapshot: RolloutSnapshot, action: RollBack) -> None:
+        with self._data_lock:
+            states = {d: self._states.get(d) for d in action.device_ids}
+        plan = snapshot.plan
+        orders: dict[str, DeploymentOrder | None] = {}
+        for device_id, state in states.items():
+            good: InstalledModel | None = None
+            if state is None:  # no retained state seen yet (e.g. just restarted): the registry's last copy
+                state = self._state_from_registry(device_id)
+            if state is not None:
+                active = state.active
+                on_new = active is not None and (active.model, active.version) == (plan.model, plan.version)
+                good = state.last_known_good if on_new or active is None else active
+            orders[device_id] = self._order_for_installed(action.deployment_id, good) if good is not None else None
+        sent = {d: o for d, o in orders.items() if o is not None}
+        if sent:
+            versions = sorted({o.version for o in sent.values()})
+            variants = {d: getattr(self.registry.variant_by_bundle(o.sha256), "id", None) for d, o in sent.items()}
+            self.store.mirror_deployment(action.deployment_id, plan.model, versions[0] if len(versions) == 1
+                                         else "last-known-good", variants, status=snapshot.state.value,
+                                         allow_downgrade=True)
+        for device_id, order in orders.items():
+            if order is None:
+                self.orders.clear(device_id)
+            else:
+                self.orders.send(device_id, order)
+
+    def _state_from_registry(self, device_id: str) -> DeviceState | None:
+        try:
+            device = self.registry.get_device(device_id)
+        except NotFoundError:
+            return None
+        active = None
+        if device.active_model and device.active_version and device.active_sha256:
+            active = InstalledModel(model=device.active_model, version=device.active_version,
+                                    sha256=device.active_sha256, target=device.target)
+        return DeviceState(device_id=device_id, online=device.online, target=device.target, active=active)
+
+    def _order_for_installed(self, deployment_id: str, installed: InstalledModel) -> DeploymentOrder | None:
+        row = self.registry.variant_by_bundle(installed.sha256)
+        if row is None:
+            try:
+                rows = self.registry.list_variants(installed.model, installed.version)
+            except NotFoundError:
+                return None
+            row = next((r for r in rows if r.target == installed.target), None)
+        if row is None:
+            return None
+        return self.orders.order_for(deployment_id, row.bundle_sha256, model=installed.model,
+                                   version=installed.version, target=row.target, tuf_target=row.tuf_target,
+                                   allow_downgrade=True)
+
+    def _variant_row(self, model: str, version: str, variant_id: str) -> Variant:
+        for row in self.registry.list_variants(model, version):
+            if str(row.id) == variant_id:
+                return row
+        raise NotFoundError(f"variant {variant_id} of {model}:{version} no longer exists")
+
+
+def _describe(action: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in action.model_dump(exclude={"kind"}).items())

@@ -1,0 +1,69 @@
+"""A conversion's variants registered under one version, and each device served its target's variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hub.bundles.conversions import register_conversion
+from hub.demo.model import TrainedDigits, train_digits
+from tests.integration.fleet_harness import Harness, start_hub
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainedDigits, Path, Path]:
+    from converters.convert import convert
+
+    root = tmp_path_factory.mktemp("conversion")
+    trained = train_digits(root, epochs=30)
+    vectors = root / "eval.npz"
+    np.savez(vectors, input=((trained.test_x - trained.mean) / trained.std).astype(np.float32), labels=trained.test_y)
+    convert(trained.onnx_path, ["x86-onnx-cpu", "intel-openvino"], root / "out", calib=vectors, eval=vectors,
+            cache_dir=root / "cache", eval_limit=128, measure_budget_s=0.2, max_trials=2)
+    return trained, root / "out", vectors
+
+
+def test_variants_register_and_each_device_gets_its_targets_variant(
+        tmp_path: Path, converted: tuple[TrainedDigits, Path, Path]) -> None:
+    trained, out, vectors = converted
+    hub = start_hub(tmp_path, None)
+    harness = Harness(hub, tmp_path, trained)
+    try:
+        result = register_conversion(hub, out, version="2.0.0", vectors=vectors, model="digits",
+                                     labels=[str(i) for i in range(10)])
+        registered = {r["variant"] for r in result.registered}
+        assert {"x86-onnx-cpu/int8", "x86-onnx-cpu/fp32", "intel-openvino/int8"} <= registered
+        pc = harness.agent("pc")
+        nuc = harness.agent_on("nuc", "intel-openvino")
+        states = harness.deploy("2.0.0", [pc, nuc])
+        assert set(states.values()) == {"done"}, [harness.detail(a) for a in (pc, nuc)]
+        x = ((trained.test_x[:64] - trained.mean) / trained.std).astype(np.float32)
+        for agent, runtime in ((pc, "onnxruntime"), (nuc, "openvino")):
+            model = agent.service.model
+            assert model is not None and model.manifest.runtime == runtime and model.manifest.precision == "int8"
+            answers = agent.service.predict(x.tolist())["predictions"]
+            accuracy = np.mean([int(a["label"]) for a in answers] == trained.test_y[:64])
+            assert accuracy >= 0.85
+    finally:
+        harness.close()
+
+
+def test_cli_registers_a_conversion(tmp_path: Path, converted: tuple[TrainedDigits, Path, Path]) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from hub.cli import app
+
+    _, out, vectors = converted
+    result = CliRunner().invoke(app, ["models", "register-conversion", str(out), "--version", "3.1.0",
+                                      "--vectors", str(vectors), "--model", "digits",
+                                      "--data-dir", str(tmp_path / "hub")])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    assert body["version"] == "3.1.0" and len(body["registered"]) >= 3
+    bad = CliRunner().invoke(app, ["models", "register-conversion", str(out), "--version", "three",
+                                   "--vectors", str(vectors), "--data-dir", str(tmp_path / "hub")])
+    assert bad.exit_code != 0

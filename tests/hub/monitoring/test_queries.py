@@ -1,0 +1,129 @@
+"""Drift and canary reports from stored telemetry (hub/monitoring_queries.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fleet.canary import CanaryMetric, Verdict
+from fleet.telemetry import ReferenceProfile
+from fleet.wire.messages import TelemetryBatch
+from hub.errors import InvalidRequestError, NotFoundError
+from hub.monitoring.queries import (
+    FileSource,
+    RegistrySource,
+    RolloutView,
+    canary_report_for,
+    drift_report,
+    drift_report_for,
+    parse_model_version,
+    split_rollout_batches,
+)
+from tests.hub.monitoring.telemetry_scenario import BASELINE, CANARY, CANDIDATE, MODEL, scenario
+
+
+def _source(tmp_path: Path, **kw: object) -> FileSource:
+    path = tmp_path / "telemetry.json"
+    path.write_text(json.dumps(scenario(**kw)))  # type: ignore[arg-type]
+    return FileSource(path)
+
+
+def test_drift_per_device_class_and_label_cohort(tmp_path: Path) -> None:
+    source = _source(tmp_path, jetson_shift=1.0)
+    report = drift_report_for(source, MODEL, BASELINE, by=["target"], selectors={"eu": "region=eu"})
+    cohorts = {c.cohort: c for c in report.cohorts}
+    assert set(cohorts) == {"all", "target=rpi4-arm64", "target=jetson-orin", "eu"}
+    jetson, rpi = cohorts["target=jetson-orin"], cohorts["target=rpi4-arm64"]
+    assert jetson.devices == 6 and rpi.devices == 14  # baseline devices only: the canary runs 1.1
+    assert [f.feature for f in jetson.features if f.drifted] == ["x"]
+    assert jetson.dataset_drift is True and rpi.dataset_drift is False
+    assert cohorts["eu"].devices == 10
+    assert report.model == MODEL and report.version == BASELINE
+
+
+def test_drift_of_other_version_ignores_baseline_batches(tmp_path: Path) -> None:
+    source = _source(tmp_path)
+    dump = json.loads((tmp_path / "telemetry.json").read_text())
+    batches = [TelemetryBatch.model_validate(b) for b in dump["batches"]]
+    report = drift_report(
+        ReferenceProfile.model_validate(dump["reference"]), batches, model=MODEL, version=CANDIDATE, by=[]
+    )
+    assert [c.cohort for c in report.cohorts] == ["all"]
+    assert report.cohorts[0].devices == len(CANARY)
+    assert report.cohorts[0].dataset_drift is False
+    assert source.telemetry(MODEL, CANDIDATE, since=1100, until=1150)[0].window_end == 1120.0
+
+
+def test_canary_report_passes_an_equal_candidate_and_fails_a_slow_one(tmp_path: Path) -> None:
+    equal = canary_report_for(_source(tmp_path), "ro-1")
+    assert equal.verdict == Verdict.PASS, equal.reasons
+    assert (equal.canary_devices, equal.baseline_devices) == (10, 20)
+    shadow = next(m for m in equal.metrics if m.metric == CanaryMetric.SHADOW_AGREEMENT)
+    assert shadow.verdict == Verdict.PASS and shadow.n_canary == 20 * 3 * 20
+    slow = canary_report_for(_source(tmp_path, slow_candidate=True), "ro-1")
+    assert slow.verdict == Verdict.FAIL
+    latency = next(m for m in slow.metrics if m.metric == CanaryMetric.LATENCY)
+    assert latency.verdict == Verdict.FAIL and latency.relative_change == pytest.approx(0.6, abs=0.1)
+
+
+def test_split_rollout_batches_respects_devices_versions_and_window(tmp_path: Path) -> None:
+    source = _source(tmp_path)
+    batches = source.telemetry(MODEL)
+    view = RolloutView(
+        rollout_id="r",
+        model=MODEL,
+        candidate_version=CANDIDATE,
+        canary_device_ids=CANARY[:2],
+        window_start=1000,
+        window_end=1120,
+    )
+    canary, baseline = split_rollout_batches(view, batches)
+    assert {b.device_id for b in canary} == set(CANARY[:2]) and len(canary) == 4
+    assert all(b.version == BASELINE and b.window_end <= 1120 for b in baseline)
+    assert len(baseline) == 20 * 2
+
+
+def test_unknown_things_are_not_found(tmp_path: Path) -> None:
+    source = _source(tmp_path)
+    with pytest.raises(NotFoundError):
+        canary_report_for(source, "nope")
+    with pytest.raises(InvalidRequestError):
+        parse_model_version("digits")
+    assert parse_model_version("digits:1.2.0") == ("digits", "1.2.0")
+
+
+def test_registry_source_reads_telemetry_and_labels(tmp_path: Path) -> None:
+    from hub.registry import Database, Registry
+
+    registry = Registry(Database(f"sqlite:///{tmp_path / 'registry.db'}"))
+    dump = scenario()
+    for device in ("rpi-07", "rpi-08", "jet-05"):  # provisioning hashes a secret: keep it to a few
+        registry.provision_device(
+            device, "jetson-orin" if device.startswith("jet") else "rpi4-arm64", dump["labels"][device]
+        )
+    batches = [TelemetryBatch.model_validate(b) for b in dump["batches"]]
+    assert registry.record_telemetry(batches) == len(batches)
+    reference = ReferenceProfile.model_validate(dump["reference"])
+    view = RolloutView.model_validate(dump["rollouts"]["ro-1"])
+    source = RegistrySource(
+        registry,
+        reference=lambda m, v: reference if (m, v) == (MODEL, BASELINE) else None,
+        rollout=lambda r: view if r == "ro-1" else None,
+    )
+    assert len(source.telemetry(MODEL, CANDIDATE)) == len(CANARY) * 3
+    assert source.device_labels() == {
+        "rpi-07": {"region": "us"},
+        "rpi-08": {"region": "eu"},
+        "jet-05": {"region": "us"},
+    }
+    report = drift_report_for(source, MODEL, BASELINE, selectors={"us": "region=us"})
+    cohorts = {c.cohort: c for c in report.cohorts}
+    assert set(cohorts) == {"all", "target=rpi4-arm64", "target=jetson-orin", "us"}
+    assert cohorts["us"].devices == 2
+    assert canary_report_for(source, "ro-1").verdict == Verdict.PASS
+    with pytest.raises(NotFoundError, match="reference"):
+        source.reference(MODEL, CANDIDATE)
+    with pytest.raises(NotFoundError):
+        source.rollout("dep-unknown")

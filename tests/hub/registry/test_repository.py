@@ -1,0 +1,92 @@
+"""Registry behaviour on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleet.wire.messages import DeviceState, Histogram, InstalledModel, TelemetryBatch
+from hub.errors import ConflictError, InvalidRequestError, NotFoundError
+from hub.registry import Database, Registry
+
+SHA = "a" * 64
+
+
+@pytest.fixture
+def registry(database_url: str):
+    db = Database(database_url)
+    yield Registry(db)
+    db.close()
+
+
+def _variant(registry: Registry, version: str, target: str = "x86-onnx-cpu") -> None:
+    registry.add_variant("m", version, target=target, runtime="onnxruntime", precision="fp32",
+                         artifact_sha256=SHA, size_bytes=10, bundle_sha256=SHA, bundle_size=20,
+                         tuf_target=f"bundles/m/{version}/{target}.zip")
+
+
+def test_versions_order_by_semver_not_text(registry: Registry) -> None:
+    for version in ("1.2.0", "1.10.0", "1.9.1", "2.0.0-rc.1"):
+        registry.add_version("m", version)
+    assert [v.version for v in registry.list_versions("m")] == ["2.0.0-rc.1", "1.10.0", "1.9.1", "1.2.0"]
+
+
+def test_duplicate_version_and_bad_semver_are_refused(registry: Registry) -> None:
+    registry.add_version("m", "1.0.0")
+    with pytest.raises(ConflictError, match="already registered"):
+        registry.add_version("m", "1.0.0")
+    with pytest.raises(InvalidRequestError, match="semantic versioning"):
+        registry.add_version("m", "v1")
+
+
+def test_variant_needs_known_target_and_registered_version(registry: Registry) -> None:
+    with pytest.raises(NotFoundError):
+        _variant(registry, "3.0.0")
+    registry.add_version("m", "3.0.0")
+    with pytest.raises(InvalidRequestError, match="unknown target"):
+        _variant(registry, "3.0.0", target="toaster")
+    _variant(registry, "3.0.0")
+    with pytest.raises(ConflictError):
+        _variant(registry, "3.0.0")
+
+
+def test_device_credentials_are_hashed_and_checked(registry: Registry) -> None:
+    device, secret = registry.provision_device("cam-1", "rpi4-arm64", {"site": "a"})
+    assert secret not in device.credential_hash
+    assert registry.check_device_secret("cam-1", secret)
+    assert not registry.check_device_secret("cam-1", secret + "x")
+    assert not registry.check_device_secret("cam-2", secret)
+    with pytest.raises(ConflictError):
+        registry.provision_device("cam-1", "rpi4-arm64")
+    with pytest.raises(InvalidRequestError):
+        registry.provision_device("../etc", "rpi4-arm64")
+
+
+def test_deployment_refuses_devices_without_a_variant_for_their_target(registry: Registry) -> None:
+    registry.add_version("m", "1.0.0")
+    _variant(registry, "1.0.0")
+    registry.provision_device("pc-1", "x86-onnx-cpu")
+    registry.provision_device("pi-1", "rpi4-arm64")
+    with pytest.raises(InvalidRequestError, match=r"pi-1 \(rpi4-arm64\)"):
+        registry.create_deployment("m", "1.0.0", ["pc-1", "pi-1"])
+    deployment, chosen = registry.create_deployment("m", "1.0.0", ["pc-1"])
+    assert chosen["pc-1"].target == "x86-onnx-cpu"
+    assert [row.device_id for row in registry.deployment_devices(deployment.id)] == ["pc-1"]
+
+
+def test_device_state_updates_inventory(registry: Registry) -> None:
+    registry.provision_device("pc-1", "x86-onnx-cpu")
+    installed = InstalledModel(model="m", version="1.0.0", sha256=SHA, target="x86-onnx-cpu")
+    assert registry.apply_device_state(DeviceState(device_id="pc-1", online=True, active=installed))
+    device = registry.get_device("pc-1")
+    assert (device.online, device.active_version) == (True, "1.0.0")
+    assert not registry.apply_device_state(DeviceState(device_id="ghost", online=True))
+
+
+def test_telemetry_duplicates_are_dropped_by_batch_id(registry: Registry) -> None:
+    hist = Histogram(edges=[1.0], counts=[1, 0])
+    batch = TelemetryBatch(batch_id="b" * 16, device_id="pc-1", target="x86-onnx-cpu", model="m", version="1.0.0",
+                           window_start=0, window_end=1, requests=1, errors=0, latency_ms=hist, confidence=hist)
+    assert registry.record_telemetry([batch, batch]) == 1
+    assert registry.record_telemetry([batch]) == 0
+    assert registry.telemetry_count() == 1
+    assert registry.telemetry_batches("m", "1.0.0") == [batch]

@@ -1,0 +1,420 @@
+"""RolloutManager against the registry and an in-memory broker: devices are simulated by their reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from fleet.rollout import GateVerdict, RequestGate, RolloutSnapshot, RolloutState, Verdict
+from fleet.rollout_plan import RolloutPlan, plan_from_cli
+from fleet.wire import topics
+from fleet.wire.messages import DeploymentOrder, DeviceState, InstalledModel, UpdateEvent, UpdateState, decode
+from fleet.wire.transport import InMemoryBroker, Message
+from hub.api import create_app
+from hub.app import Hub
+from hub.config import HubSettings
+from hub.devices.orders import DeploymentOrders
+from hub.devices.traffic import DeviceTraffic
+from hub.errors import ConflictError, HubError
+from hub.registry.rollouts import RolloutStore
+from hub.rollouts.manager import RolloutManager
+from hub.rollouts.operations import create_rollout, request_command
+
+TARGET = "x86-onnx-cpu"
+
+
+class Fleet:
+    """A hub (not started) whose MQTT side runs on an in-memory broker, and simulated devices."""
+
+    def __init__(self, root: Path) -> None:
+        self.hub = Hub(HubSettings(data_dir=root, chunk_size=1024))
+        self.broker = InMemoryBroker()
+        self.orders_sink = DeploymentOrders(self.broker, self.hub.store, chunk_size=1024)
+        self.orders: dict[str, DeploymentOrder | None] = {}
+        self.broker.subscribe(topics.device_wildcard("deployment"), self._on_order)
+        self.installed: dict[str, InstalledModel] = {}
+        for version in ("1.0.0", "2.0.0"):
+            self.add_version(version)
+        self.verdict: GateVerdict | None = None
+        self.gate_requests: list[RequestGate] = []
+
+    def add_version(self, version: str) -> None:
+        registry = self.hub.registry
+        registry.add_version("digits", version)
+        bundle = f"bundle {version}".encode() * 100
+        sha = self.hub.store.put_bytes(bundle)
+        registry.add_variant("digits", version, target=TARGET, runtime="onnxruntime", precision="fp32",
+                             artifact_sha256=hashlib.sha256(bundle).hexdigest(), size_bytes=len(bundle),
+                             bundle_sha256=sha, bundle_size=len(bundle), tuf_target=f"digits/{version}/{TARGET}")
+
+    def _on_order(self, message: Message) -> None:
+        device_id, _ = topics.parse_device_topic(message.topic)
+        self.orders[device_id] = decode(DeploymentOrder, message.payload) if message.payload else None
+
+    def manager(self) -> RolloutManager:
+        def analyse(request: RequestGate, snapshot: RolloutSnapshot) -> GateVerdict | None:
+            self.gate_requests.append(request)
+            return self.verdict
+
+        manager = RolloutManager(self.hub.registry, self.orders_sink, analyse=analyse)
+        traffic = DeviceTraffic(self.broker, self.hub.registry)  # as in a hub: wired, then subscribed
+        traffic.on_event(manager.observe_event)
+        traffic.on_state(manager.observe_state)
+        traffic.start()  # the in-memory broker replays retained states here
+        return manager
+
+    def device(self, name: str, version: str = "1.0.0") -> str:
+        self.hub.registry.provision_device(name, TARGET, {"site": "north" if len(self.installed) % 2 else "south"})
+        self.installed[name] = self._installed(version)
+        self.report(name, UpdateState.IDLE, deployment_id=None)
+        return name
+
+    def _installed(self, version: str) -> InstalledModel:
+        variant = self.hub.registry.list_variants("digits", version)[0]
+        return InstalledModel(model="digits", version=version, sha256=variant.bundle_sha256, target=TARGET)
+
+    def report(self, device_id: str, update_state: UpdateState, deployment_id: str | None,
+               previous: InstalledModel | None = None) -> None:
+        state = DeviceState(device_id=device_id, online=True, target=TARGET, active=self.installed[device_id],
+                            last_known_good=previous, update_state=update_state, deployment_id=deployment_id)
+        self.broker.publish(topics.device_topic(device_id, "state"), state.model_dump_json().encode(), retain=True)
+
+    def obey(self, manager: RolloutManager, *, fail: bool = False) -> int:
+        """Every device with an order it has not carried out installs it (or fails); return how many."""
+        acted = 0
+        for device_id, order in self.orders.items():
+            current = self.installed[device_id]
+            if order is None or order.sha256 == current.sha256:
+                continue
+            acted += 1
+            if fail and not order.allow_downgrade:
+                manager.observe_event(UpdateEvent(device_id=device_id, deployment_id=order.deployment_id,
+                                                  state=UpdateState.FAILED, ok=False, detail="self-test failed"))
+                self.report(device_id, UpdateState.FAILED, order.deployment_id, previous=current)
+                self.installed[device_id] = current
+                continue
+            self.installed[device_id] = self._installed(order.version)
+            self.report(device_id, UpdateState.DONE, order.deployment_id, previous=current)
+        return acted
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    f = Fleet(tmp_path / "hub")
+    yield f
+    f.hub.db.close()
+
+
+def _plan(**options: object) -> RolloutPlan:
+    defaults: dict[str, object] = {"canary": "1", "waves": "50,100", "gate": False, "min_devices": 1}
+    defaults.update(options)
+    return plan_from_cli("digits:2.0.0", **defaults)  # type: ignore[arg-type]
+
+
+def _drive(fleet: Fleet, manager: RolloutManager, rollout_id: str, *, fail: bool = False,
+           rounds: int = 20) -> RolloutSnapshot:
+    for _ in range(rounds):
+        manager.tick()
+        snapshot = manager.store.load(rollout_id)
+        if snapshot.final:
+            return snapshot
+        fleet.obey(manager, fail=fail)
+    return manager.store.load(rollout_id)
+
+
+def test_good_version_reaches_every_device_in_waves(fleet: Fleet) -> None:
+    devices = [fleet.device(f"d{i}") for i in range(6)]
+    manager = fleet.manager()
+    snapshot = manager.start_rollout(_plan(), rollout_id="ro-good")
+    sent = {d for d, o in fleet.orders.items() if o is not None}
+    assert len(sent) == 1 and snapshot.state == RolloutState.WAVE_RUNNING  # the canary only
+    snapshot = _drive(fleet, manager, "ro-good")
+    assert snapshot.state == RolloutState.COMPLETED
+    assert {fleet.installed[d].version for d in devices} == {"2.0.0"}
+    assert {o.deployment_id for o in fleet.orders.values() if o} == {"ro-good"}
+    waves = [a.wave for a in manager.store.history("ro-good") if a.kind == "deploy"]
+    assert waves == sorted(waves) and len(set(waves)) == 3  # canary, 50%, 100%
+
+
+def test_failing_version_aborts_and_rolls_back_to_last_known_good(fleet: Fleet) -> None:
+    devices = [fleet.device(f"d{i}") for i in range(4)]
+    manager = fleet.manager()
+    manager.start_rollout(_plan(canary="2", max_failures=0), rollout_id="ro-bad")
+    snapshot = _drive(fleet, manager, "ro-bad", fail=True)
+    assert snapshot.state == RolloutState.ABORTED
+    rollbacks = {d: o for d, o in fleet.orders.items() if o is not None and o.deployment_id == "ro-bad.rollback"}
+    assert len(rollbacks) == 2 and all(o.allow_downgrade and o.version == "1.0.0" for o in rollbacks.values())
+    assert {fleet.installed[d].version for d in devices} == {"1.0.0"}
+    assert sum(1 for o in fleet.orders.values() if o is not None and o.deployment_id == "ro-bad") == 0
+
+
+def test_abort_after_success_sends_devices_back_to_their_previous_model(fleet: Fleet) -> None:
+    devices = [fleet.device(f"d{i}") for i in range(4)]
+    manager = fleet.manager()
+    manager.start_rollout(_plan(canary="2", waves="100"), rollout_id="ro-x")
+    fleet.obey(manager)
+    manager.tick()
+    assert sum(fleet.installed[d].version == "2.0.0" for d in devices) == 2
+    manager.command("ro-x", "abort")
+    orders = [o for o in fleet.orders.values() if o is not None and o.deployment_id == "ro-x.rollback"]
+    # the canary ran 2.0.0; the 100% wave was sent but not installed yet: all four go (or stay) on 1.0.0
+    assert len(orders) == 4 and {o.version for o in orders} == {"1.0.0"} and all(o.allow_downgrade for o in orders)
+    snapshot = _drive(fleet, manager, "ro-x")
+    assert snapshot.state == RolloutState.ABORTED
+    assert {fleet.installed[d].version for d in devices} == {"1.0.0"}
+
+
+def test_gate_verdict_fail_aborts_and_pass_continues(fleet: Fleet) -> None:
+    for i in range(4):
+        fleet.device(f"d{i}")
+    manager = fleet.manager()
+    manager.start_rollout(_plan(canary="2", waves="100", gate=True), rollout_id="ro-gate")
+    fleet.verdict = GateVerdict(verdict=Verdict.FAIL, reasons=("p95 latency 40% worse",))
+    snapshot = _drive(fleet, manager, "ro-gate")
+    assert fleet.gate_requests and set(fleet.gate_requests[0].candidates) <= set(snapshot.devices)
+    assert snapshot.state == RolloutState.ABORTED
+    assert "p95 latency" in json.dumps([a.model_dump() for a in manager.store.history("ro-gate")])
+
+
+def test_a_new_manager_continues_from_the_database_and_drains_the_outbox(fleet: Fleet) -> None:
+    for i in range(4):
+        fleet.device(f"d{i}")
+    first = fleet.manager()
+    first.start_rollout(_plan(canary="1", waves="100"), rollout_id="ro-r")
+    # a crash after persisting a step but before acting on it: the outbox row stays undone
+    snapshot = first.store.load("ro-r")
+    deploy = next(a for a in first.store.history("ro-r") if a.kind == "deploy")
+    device_id = deploy.device_ids[0]
+    fleet.orders.clear()
+    first.store.save(snapshot, [deploy])
+    second = fleet.manager()
+    second.drain_outbox()
+    assert fleet.orders[device_id] is not None and fleet.orders[device_id].deployment_id == "ro-r"  # type: ignore[union-attr]
+    assert _drive(fleet, second, "ro-r").state == RolloutState.COMPLETED
+
+
+def test_commands_are_checked_then_queued_for_the_hub(fleet: Fleet) -> None:
+    fleet.device("d0")
+    store = RolloutStore(fleet.hub.db)
+    snapshot = create_rollout(store, fleet.hub.registry, _plan(), rollout_id="ro-q")
+    assert snapshot.state == RolloutState.PENDING
+    with pytest.raises(ConflictError, match="not allowed"):
+        request_command(store, "ro-q", "resume")
+    with pytest.raises(HubError, match="unknown command"):
+        request_command(store, "ro-q", "explode")
+    manager = fleet.manager()
+    manager.tick()
+    request_command(store, "ro-q", "pause")
+    manager.tick()
+    assert store.load("ro-q").state == RolloutState.PAUSED
+    assert not store.pending_commands()
+
+
+def test_rest_routes(fleet: Fleet) -> None:
+    for i in range(3):
+        fleet.device(f"d{i}")
+    manager = fleet.manager()
+    fleet.hub.rollouts = manager
+    client = TestClient(create_app(fleet.hub), raise_server_exceptions=False)
+    body = {"model_version": "digits:2.0.0", "canary": "1", "waves": "100", "gate": False, "rollout_id": "ro-api"}
+    created = client.post("/rollouts", json=body)
+    assert created.status_code == 201 and created.json()["state"] == "wave_running"
+    assert created.json()["totals"]["dispatched"] == 1
+    assert client.get("/rollouts").json()[0]["rollout_id"] == "ro-api"
+    paused = client.post("/rollouts/ro-api/pause")
+    assert paused.status_code == 200 and paused.json()["state"] == "paused"
+    assert client.post("/rollouts/ro-api/explode").status_code == 422
+    unknown = {**body, "model_version": "digits:9.9.9", "rollout_id": None}
+    assert client.post("/rollouts", json=unknown).status_code == 404
+
+
+def test_cli_start_status_and_commands(fleet: Fleet, tmp_path: Path) -> None:
+    from hub.cli import app
+
+    fleet.device("d0")
+    data_dir = str(fleet.hub.settings.data_dir)
+    runner = CliRunner()
+    started = runner.invoke(app, ["rollout", "start", "digits:2.0.0", "--canary", "1", "--waves", "100",
+                                  "--no-gate", "--id", "ro-cli", "--data-dir", data_dir])
+    assert started.exit_code == 0, started.output
+    assert started.stdout.strip() == "ro-cli"
+    bad = runner.invoke(app, ["rollout", "resume", "ro-cli", "--data-dir", data_dir])
+    assert bad.exit_code == 2 and "not allowed" in bad.output
+    assert runner.invoke(app, ["rollout", "abort", "ro-cli", "--data-dir", data_dir]).exit_code == 0
+    fleet.manager().tick()
+    status = runner.invoke(app, ["rollout", "status", "ro-cli", "--json", "--data-dir", data_dir])
+    assert json.loads(status.stdout)["state"] in ("aborting", "aborted")
+    table = runner.invoke(app, ["rollout", "status", "ro-cli", "--data-dir", data_dir])
+    assert table.exit_code == 0 and "per device class" in table.stdout
+    assert "ro-cli" in runner.invoke(app, ["rollout", "list", "--data-dir", data_dir]).stdout
+
+
+def test_canary_gate_judges_stored_telemetry(fleet: Fleet) -> None:
+    from fleet.canary import CanaryConfig
+    from fleet.rollout import new_rollout
+    from fleet.wire.messages import Histogram, TelemetryBatch
+    from hub.rollouts.gate import canary_gate
+
+    def batch(device_id: str, version: str, errors: int) -> TelemetryBatch:
+        latency = Histogram(edges=[5.0, 10.0, 20.0], counts=[100, 250, 50, 0], total=3400.0)
+        confidence = Histogram(edges=[0.5, 0.9, 1.0], counts=[0, 100, 300, 0], total=370.0)
+        return TelemetryBatch(batch_id=f"batch-{device_id}-{version[0]}", device_id=device_id, target=TARGET,
+                              model="digits", version=version, window_start=100.0, window_end=160.0,
+                              requests=400, errors=errors, latency_ms=latency, confidence=confidence,
+                              predictions={"1": 200, "7": 200})
+
+    canary, baseline = ["c0", "c1", "c2"], ["b0", "b1", "b2"]
+    batches = [batch(d, "2.0.0", 80) for d in canary] + [batch(d, "1.0.0", 0) for d in baseline]
+    fleet.hub.registry.record_telemetry(batches)
+    analyse = canary_gate(fleet.hub.registry, CanaryConfig(min_devices=2))
+    snapshot = new_rollout("ro-t", _plan(), [], now=0.0)
+
+    def request(since: float) -> RequestGate:
+        return RequestGate(request_id="g1", model="digits", version="2.0.0", wave=0, attempt=1, since=since,
+                           candidates=tuple(canary), baseline=tuple(baseline))
+
+    report = analyse(request(0.0), snapshot)
+    assert report.verdict == "fail" and any("error" in r.lower() for r in report.reasons), report.reasons
+    assert analyse(request(1000.0), snapshot).verdict == "inconclusive"  # nothing since then
+
+
+def test_rollback_without_a_retained_state_uses_the_registry_copy(fleet: Fleet) -> None:
+    from fleet.rollout import RollBack
+
+    device_id = fleet.device("d0")
+    v1 = fleet._installed("1.0.0")
+    fleet.hub.registry.apply_device_state(DeviceState(device_id=device_id, online=True, target=TARGET, active=v1))
+    manager = RolloutManager(fleet.hub.registry, fleet.orders_sink)  # wired to no traffic: no retained states
+    snapshot = create_rollout(RolloutStore(fleet.hub.db), fleet.hub.registry, _plan(), rollout_id="ro-n")
+    manager._act(snapshot, [RollBack(deployment_id="ro-n.rollback", device_ids=(device_id,), reason="t")], [])
+    order = fleet.orders[device_id]
+    assert order is not None and order.version == "1.0.0" and order.allow_downgrade
+
+
+def _gate_batches(fleet: Fleet, slow: float) -> tuple[list[str], list[str]]:
+    from fleet.wire.messages import Histogram, TelemetryBatch
+
+    def batch(device_id: str, version: str, factor: float) -> TelemetryBatch:
+        latency = Histogram(edges=[5.0, 10.0, 20.0], counts=[100, 250, 50, 0], total=3400.0 * factor)
+        confidence = Histogram(edges=[0.5, 0.9, 1.0], counts=[0, 100, 300, 0], total=370.0)
+        return TelemetryBatch(batch_id=f"gate-batch-{device_id}", device_id=device_id, target=TARGET, model="digits",
+                              version=version, window_start=100.0, window_end=160.0, requests=400, errors=0,
+                              latency_ms=latency, confidence=confidence, predictions={"1": 200, "7": 200})
+
+    canary, baseline = [f"c{i}" for i in range(4)], [f"b{i}" for i in range(4)]
+    fleet.hub.registry.record_telemetry([batch(d, "2.0.0", slow) for d in canary]
+                                        + [batch(d, "1.0.0", 1.0) for d in baseline])
+    return canary, baseline
+
+
+def test_canary_gate_uses_the_plans_analysis_settings(fleet: Fleet) -> None:
+    from fleet.rollout import new_rollout
+    from fleet.rollout_plan import gate_from_cli
+    from hub.rollouts.gate import canary_gate
+
+    canary, baseline = _gate_batches(fleet, slow=2.0)
+    request = RequestGate(request_id="g1", model="digits", version="2.0.0", wave=0, attempt=1, since=0.0,
+                          candidates=tuple(canary), baseline=tuple(baseline))
+    analyse = canary_gate(fleet.hub.registry)
+    default = analyse(request, new_rollout("ro-d", _plan(gate=True), [], now=0.0))
+    assert default.verdict == "inconclusive"  # CanaryConfig's defaults: 5 devices per group
+    assert any("needs 5 devices" in r for r in default.reasons), default.reasons
+    small = _plan(gate=True, gate_spec=gate_from_cli(min_devices=4, min_requests=100))
+    report = analyse(request, new_rollout("ro-s", small, [], now=0.0))
+    assert report.verdict == "fail" and any(r.startswith("latency (critical) fail") for r in report.reasons)
+    # latency demoted: its failure only costs score (5 of 6 metrics judged, 1 failed -> marginal)
+    lenient = _plan(gate=True, gate_spec=gate_from_cli(min_devices=4, min_requests=100, critical="error_rate"))
+    assert analyse(request, new_rollout("ro-l", lenient, [], now=0.0)).verdict != "fail"
+
+
+def test_gate_settings_are_validated_and_round_trip(fleet: Fleet) -> None:
+    from fleet.canary import CanaryMetric
+    from fleet.errors import FleetConfigError
+    from fleet.rollout_plan import gate_from_cli
+
+    gate = gate_from_cli(after="canary", soak_s=1.0, retry_interval_s=2.0, max_wait_s=30.0, min_devices=3,
+                         min_requests=50, min_requests_per_device=10, critical="confidence, predictions")
+    plan = _plan(gate=True, gate_spec=gate)
+    assert RolloutPlan.model_validate_json(plan.model_dump_json()) == plan
+    assert plan.gate is not None and plan.gate.canary.min_devices == 3 and plan.gate.canary.min_requests == 50
+    critical = {m for m in CanaryMetric if plan.gate.canary.spec(m).critical}
+    assert critical == {CanaryMetric.CONFIDENCE, CanaryMetric.PREDICTIONS}
+    with pytest.raises(FleetConfigError, match="invalid metrics"):
+        gate_from_cli(critical="latency,speed")
+    with pytest.raises(FleetConfigError, match="min_devices"):
+        gate_from_cli(min_devices=1)
+    old = json.loads(plan.model_dump_json())
+    del old["gate"]["canary"]  # plans stored before the setting existed get CanaryConfig's defaults
+    assert RolloutPlan.model_validate(old).gate.canary.min_devices == 5  # type: ignore[union-attr]
+
+
+def test_cli_and_rest_take_gate_settings(fleet: Fleet) -> None:
+    from hub.cli import app
+
+    fleet.device("d0")
+    data_dir = str(fleet.hub.settings.data_dir)
+    runner = CliRunner()
+    started = runner.invoke(app, ["rollout", "start", "digits:2.0.0", "--canary", "1", "--id", "ro-gc",
+                                  "--gate-min-devices", "3", "--gate-min-requests", "40", "--gate-critical",
+                                  "latency,confidence", "--gate-retry", "5", "--data-dir", data_dir])
+    assert started.exit_code == 0, started.output
+    gate = RolloutStore(fleet.hub.db).load("ro-gc").plan.gate
+    assert gate is not None and gate.retry_interval_s == 5 and gate.canary.min_devices == 3
+    assert gate.canary.min_requests == 40 and gate.canary.metrics["confidence"].critical  # type: ignore[index]
+    bad = runner.invoke(app, ["rollout", "start", "digits:2.0.0", "--gate-critical", "speed", "--data-dir", data_dir])
+    assert bad.exit_code == 2 and "invalid metrics" in bad.output
+    client = TestClient(create_app(fleet.hub), raise_server_exceptions=False)
+    body = {"model_version": "digits:2.0.0", "canary": "1", "rollout_id": "ro-ga", "gate_min_devices": 2,
+            "gate_critical": "error_rate"}
+    assert client.post("/rollouts", json=body).status_code == 201
+    gate = RolloutStore(fleet.hub.db).load("ro-ga").plan.gate
+    assert gate is not None and gate.canary.min_devices == 2 and not gate.canary.metrics["latency"].critical  # type: ignore[index]
+    assert client.post("/rollouts", json={**body, "rollout_id": "ro-gb", "gate_min_devices": 0}).status_code == 422
+
+
+def test_rollouts_appear_as_deployments_with_per_device_rows(fleet: Fleet) -> None:
+    devices = [fleet.device(f"d{i}") for i in range(4)]
+    manager = fleet.manager()
+    manager.start_rollout(_plan(canary="2", max_failures=0), rollout_id="ro-dep")
+    snapshot = _drive(fleet, manager, "ro-dep", fail=True)
+    assert snapshot.state == RolloutState.ABORTED
+    canary = sorted(d for d, r in snapshot.devices.items() if r.canary)
+    registry = fleet.hub.registry
+    deployment = registry.get_deployment("ro-dep")
+    assert (deployment.model, deployment.version, deployment.status) == ("digits", "2.0.0", "aborted")
+    assert sorted(deployment.device_ids) == canary
+    variant = registry.list_variants("digits", "2.0.0")[0].id
+    rows = registry.deployment_devices("ro-dep")
+    assert {(r.device_id, r.variant_id) for r in rows} == {(d, variant) for d in canary}
+    rollback = registry.get_deployment("ro-dep.rollback")
+    assert rollback.version == "1.0.0" and rollback.allow_downgrade and sorted(rollback.device_ids) == canary
+    client = TestClient(create_app(fleet.hub))
+    listed = {d["id"] for d in client.get("/deployments").json()}
+    assert {"ro-dep", "ro-dep.rollback"} <= listed
+    assert len(client.get("/deployments/ro-dep").json()["devices"]) == 2
+    assert set(devices) >= set(canary)
+
+
+def test_failure_reasons_survive_a_new_manager(fleet: Fleet) -> None:
+    for i in range(3):
+        fleet.device(f"d{i}")
+    first = fleet.manager()
+    first.start_rollout(_plan(canary="1", waves="100", max_failures=0), rollout_id="ro-why")
+    fleet.obey(first, fail=True)  # the failure event reaches this manager only; it never ticks again
+    (device_id,) = [d for d, o in fleet.orders.items() if o is not None]
+    second = fleet.manager()  # a restarted hub: no events in memory
+    second.start()
+    try:
+        status = next(s for s in second.statuses() if s.device_id == device_id)
+        assert status.error == "self-test failed"
+        snapshot = second.wait("ro-why", lambda s: s.devices[device_id].phase == "failed", 10.0)
+        assert snapshot.devices[device_id].detail == "self-test failed"
+    finally:
+        second.stop()
+    assert RolloutStore(fleet.hub.db).errors() == {}  # the rollout is final: nothing left to remember
