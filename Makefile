@@ -18,6 +18,7 @@ test: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy targets fleet agent hub converters
 
 bench: $(BIN)/.installed

@@ -43,8 +43,9 @@ def read_bundle(path: Path) -> LoadedBundle:
                 raise BundleError(f"{path.name}: manifest names model file {manifest.model_file!r}, not in the archive")
             model_bytes = archive.read(manifest.model_file)
             if manifest.weights_file is not None and manifest.weights_file not in names:
-                raise BundleError(f"{path.name}: manifest names weights file {manifest.weights_file!r}, "
-                                  "not in the archive")
+                raise BundleError(
+                    f"{path.name}: manifest names weights file {manifest.weights_file!r}, not in the archive"
+                )
             weights = archive.read(manifest.weights_file) if manifest.weights_file else None
             inputs, outputs = _selftest(path, archive.read(SELFTEST_NAME))
             reference = json.loads(archive.read(REFERENCE_NAME)) if REFERENCE_NAME in names else None

@@ -33,8 +33,9 @@ class AgentConfig(BaseModel):
     metadata_timeout_s: float = Field(default=10.0, gt=0)
     offload_url: str | None = Field(default=None, description="hub serving endpoint (Open Inference Protocol)")
     offload_timeout_s: float = Field(default=2.0, gt=0)
-    cascade_threshold: float | None = Field(default=None, gt=0, le=1,
-                                            description="offload answers whose local confidence is below this")
+    cascade_threshold: float | None = Field(
+        default=None, gt=0, le=1, description="offload answers whose local confidence is below this"
+    )
     shadow_sample_rate: float = Field(default=0.1, ge=0, le=1, description="share of requests a shadow model sees")
 
     @field_validator("device_id")

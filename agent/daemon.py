@@ -45,10 +45,13 @@ class Agent:
         self.data_dir = config.data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.collector = TelemetryCollector(config.device_id, config.target)
-        offload = (OffloadClient(config.offload_url, timeout_s=config.offload_timeout_s)
-                   if config.offload_url else None)
-        self.service = InferenceService(self.collector, offload=offload, cascade_threshold=config.cascade_threshold,
-                                        shadow_sample_rate=config.shadow_sample_rate)
+        offload = OffloadClient(config.offload_url, timeout_s=config.offload_timeout_s) if config.offload_url else None
+        self.service = InferenceService(
+            self.collector,
+            offload=offload,
+            cascade_threshold=config.cascade_threshold,
+            shadow_sample_rate=config.shadow_sample_rate,
+        )
         self.outbox = Outbox(self.data_dir / "outbox", max_batches=config.outbox_max_batches)
         self.store = StateStore(self.data_dir / "state.json")
         self._before_step = before_step
@@ -74,18 +77,29 @@ class Agent:
         except OSError as exc:
             raise AgentError(f"cannot read trust root {cfg.trust_root}: {exc}") from exc
         address = BrokerAddress.from_url(cfg.broker_url).with_credentials(cfg.device_id, cfg.secret())
-        will = Will(topics.device_topic(cfg.device_id, "state"),
-                    encode(DeviceState(device_id=cfg.device_id, online=False, target=cfg.target)))
-        self.broker = PahoBroker(address, client_id=cfg.device_id, will=will, on_connect=self._announce,
-                                 connect_timeout_s=connect_timeout_s)
+        will = Will(
+            topics.device_topic(cfg.device_id, "state"),
+            encode(DeviceState(device_id=cfg.device_id, online=False, target=cfg.target)),
+        )
+        self.broker = PahoBroker(
+            address, client_id=cfg.device_id, will=will, on_connect=self._announce, connect_timeout_s=connect_timeout_s
+        )
         metadata = MetadataClient(self.broker, cfg.device_id, timeout_s=cfg.metadata_timeout_s)
-        downloader = ChunkDownloader(self.broker, cfg.device_id, self.data_dir / "downloads",
-                                     chunk_timeout_s=cfg.chunk_timeout_s)
+        downloader = ChunkDownloader(
+            self.broker, cfg.device_id, self.data_dir / "downloads", chunk_timeout_s=cfg.chunk_timeout_s
+        )
         verifier = BundleVerifier(self.data_dir / "tuf", trust_root, metadata.get)
-        self.updater = Updater(self.store, downloader, verifier, self.data_dir / "slots",
-                               activate=self.service.activate, activate_shadow=self.service.set_shadow,
-                               report=self._report,
-                               download_timeout_s=cfg.download_timeout_s, before_step=self._before_step)
+        self.updater = Updater(
+            self.store,
+            downloader,
+            verifier,
+            self.data_dir / "slots",
+            activate=self.service.activate,
+            activate_shadow=self.service.set_shadow,
+            report=self._report,
+            download_timeout_s=cfg.download_timeout_s,
+            before_step=self._before_step,
+        )
         self.service.activate(self.updater.load_active())
         self.service.set_shadow(self.updater.load_shadow())
         self.sender = TelemetrySender(self.outbox, cfg.device_id, self._publish_and_wait)
@@ -111,8 +125,12 @@ class Agent:
         self.service.close()
         if self.broker is not None:
             self.flush_telemetry()
-            self.broker.publish_and_wait(topics.device_topic(self.config.device_id, "state"),
-                                         encode(self._state(online=False)), retain=True, timeout_s=5)
+            self.broker.publish_and_wait(
+                topics.device_topic(self.config.device_id, "state"),
+                encode(self._state(online=False)),
+                retain=True,
+                timeout_s=5,
+            )
             self.broker.close()
 
     # -- operations -------------------------------------------------------------------------------------------
@@ -141,15 +159,22 @@ class Agent:
     def _state(self, *, online: bool = True) -> DeviceState:
         state = self.store.load() if self.updater is None else self.updater.state
         return DeviceState(
-            device_id=self.config.device_id, online=online, target=self.config.target,
-            agent_version=_agent_version(), active=state.active.installed() if state.active else None,
+            device_id=self.config.device_id,
+            online=online,
+            target=self.config.target,
+            agent_version=_agent_version(),
+            active=state.active.installed() if state.active else None,
             last_known_good=state.last_known_good.installed() if state.last_known_good else None,
-            update_state=self._update_state, deployment_id=self._deployment_id, ts=time.time())
+            update_state=self._update_state,
+            deployment_id=self._deployment_id,
+            ts=time.time(),
+        )
 
     def _announce(self) -> None:
         if self.broker is not None and not self._stopping.is_set():
-            self.broker.publish(topics.device_topic(self.config.device_id, "state"), encode(self._state()),
-                                qos=1, retain=True)
+            self.broker.publish(
+                topics.device_topic(self.config.device_id, "state"), encode(self._state()), qos=1, retain=True
+            )
 
     def _publish_and_wait(self, topic: str, payload: bytes) -> bool:
         return self.broker is not None and self.broker.publish_and_wait(topic, payload, timeout_s=10)
@@ -163,8 +188,13 @@ class Agent:
             log.warning("%s: ignored deployment order: %s", self.config.device_id, exc)
             return
         if order.target != self.config.target:
-            self._report(order, UpdateState.FAILED, False,
-                         f"order is for target {order.target}, this device is {self.config.target}", None)
+            self._report(
+                order,
+                UpdateState.FAILED,
+                False,
+                f"order is for target {order.target}, this device is {self.config.target}",
+                None,
+            )
             return
         self._orders.put(order)
 
@@ -195,24 +225,35 @@ class Agent:
             try:
                 self.flush_telemetry()
                 if time.monotonic() >= next_heartbeat and self.broker is not None:
-                    beat = Heartbeat(device_id=self.config.device_id, ts=time.time(),
-                                     uptime_s=time.monotonic() - self._started_at,
-                                     requests_total=self.service.requests_total)
+                    beat = Heartbeat(
+                        device_id=self.config.device_id,
+                        ts=time.time(),
+                        uptime_s=time.monotonic() - self._started_at,
+                        requests_total=self.service.requests_total,
+                    )
                     self.broker.publish(topics.device_topic(self.config.device_id, "heartbeat"), encode(beat), qos=0)
                     next_heartbeat = time.monotonic() + self.config.heartbeat_interval_s
             except Exception:
                 log.exception("%s: telemetry cycle failed", self.config.device_id)
 
-    def _report(self, order: DeploymentOrder, state: UpdateState, ok: bool, detail: str,
-                progress: float | None) -> None:
+    def _report(
+        self, order: DeploymentOrder, state: UpdateState, ok: bool, detail: str, progress: float | None
+    ) -> None:
         if self.broker is None:
             return
         changed = state != self._update_state or self._deployment_id != order.deployment_id
         self._update_state, self._deployment_id = state, order.deployment_id
         if progress is not None and not changed:
             return  # progress within a state is not worth a message per chunk
-        event = UpdateEvent(device_id=self.config.device_id, deployment_id=order.deployment_id, state=state, ok=ok,
-                            detail=detail[:2000], progress=progress, ts=time.time())
+        event = UpdateEvent(
+            device_id=self.config.device_id,
+            deployment_id=order.deployment_id,
+            state=state,
+            ok=ok,
+            detail=detail[:2000],
+            progress=progress,
+            ts=time.time(),
+        )
         self.broker.publish(topics.device_topic(self.config.device_id, "events"), encode(event), qos=1)
         if changed:
             self._announce()

@@ -36,17 +36,20 @@ def health_check(model: ServableModel, *, latency_repeats: int = 20) -> HealthRe
     outputs32, expected32 = outputs.astype(np.float64), expected.astype(np.float64)
     error = np.abs(outputs32 - expected32)
     tolerance = manifest.selftest.atol + manifest.selftest.rtol * np.abs(expected32)
-    agreement = float(np.mean(outputs32.reshape(len(outputs32), -1).argmax(1)
-                              == expected32.reshape(len(expected32), -1).argmax(1)))
+    agreement = float(
+        np.mean(outputs32.reshape(len(outputs32), -1).argmax(1) == expected32.reshape(len(expected32), -1).argmax(1))
+    )
     max_error = float(error.max()) if error.size else 0.0
     # Outside the element-wise tolerance is acceptable only for bundles that declare a top-1 agreement
     # floor below 1 (quantised variants), and only when that floor is met.
-    if np.any(error > tolerance) and (manifest.selftest.min_top1_agreement >= 1.0
-                                      or agreement < manifest.selftest.min_top1_agreement):
+    if np.any(error > tolerance) and (
+        manifest.selftest.min_top1_agreement >= 1.0 or agreement < manifest.selftest.min_top1_agreement
+    ):
         raise HealthCheckError(
             f"self-test failed: max abs error {max_error:.3g} exceeds atol {manifest.selftest.atol} + rtol "
             f"{manifest.selftest.rtol}, top-1 agreement {agreement:.3f} "
-            f"(floor {manifest.selftest.min_top1_agreement})")
+            f"(floor {manifest.selftest.min_top1_agreement})"
+        )
     latencies = []
     single = inputs[:1]
     for _ in range(latency_repeats):

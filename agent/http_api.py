@@ -75,8 +75,15 @@ def _handler_for(service: InferenceService) -> type[BaseHTTPRequestHandler]:
                 if model is None:
                     self._send(HTTPStatus.NOT_FOUND, {"error": "no model installed"})
                 else:
-                    self._send(HTTPStatus.OK, {"model": model.manifest.model, "version": model.version,
-                                               "target": model.manifest.target, "sha256": model.sha256})
+                    self._send(
+                        HTTPStatus.OK,
+                        {
+                            "model": model.manifest.model,
+                            "version": model.version,
+                            "target": model.manifest.target,
+                            "sha256": model.sha256,
+                        },
+                    )
             else:
                 self._send(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
 

@@ -24,9 +24,15 @@ _SHADOW_QUEUE = 256
 class InferenceService:
     """Answers requests; every answer names the model version that produced it and where it ran."""
 
-    def __init__(self, collector: TelemetryCollector, *, offload: OffloadClient | None = None,
-                 cascade_threshold: float | None = None, shadow_sample_rate: float = 0.1,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        collector: TelemetryCollector,
+        *,
+        offload: OffloadClient | None = None,
+        cascade_threshold: float | None = None,
+        shadow_sample_rate: float = 0.1,
+        rng: random.Random | None = None,
+    ) -> None:
         self.collector = collector
         self.offload = offload
         self.cascade_threshold = cascade_threshold
@@ -88,12 +94,22 @@ class InferenceService:
             raise
         latency_ms = (time.perf_counter() - start) * 1000
         raw = np.asarray(inputs, dtype=np.float32).reshape(len(answers), -1)
-        self.collector.record(manifest.model, manifest.version, latency_ms=latency_ms,
-                              labels=[a.label for a in answers], confidences=[a.confidence for a in answers],
-                              inputs=raw, feature_names=manifest.feature_names, offloaded=source == "offload")
+        self.collector.record(
+            manifest.model,
+            manifest.version,
+            latency_ms=latency_ms,
+            labels=[a.label for a in answers],
+            confidences=[a.confidence for a in answers],
+            inputs=raw,
+            feature_names=manifest.feature_names,
+            offloaded=source == "offload",
+        )
         self._maybe_shadow(model, batch, answers)
         result: dict[str, Any] = {
-            "model": manifest.model, "version": manifest.version, "source": source, "latency_ms": latency_ms,
+            "model": manifest.model,
+            "version": manifest.version,
+            "source": source,
+            "latency_ms": latency_ms,
             "predictions": [{"label": a.label, "index": a.index, "confidence": a.confidence} for a in answers],
         }
         if note:
@@ -109,8 +125,11 @@ class InferenceService:
                 log.info("offload failed, answering locally: %s", exc)
                 return model.answers(model.runtime.run(batch)), "local", f"offload failed: {exc}"
         answers = model.answers(model.runtime.run(batch))
-        if (self.cascade_threshold is not None and self.offload is not None
-                and min(a.confidence for a in answers) < self.cascade_threshold):
+        if (
+            self.cascade_threshold is not None
+            and self.offload is not None
+            and min(a.confidence for a in answers) < self.cascade_threshold
+        ):
             try:
                 return model.answers(self._offload(model, batch)), "offload", "low local confidence"
             except OffloadError as exc:
@@ -142,9 +161,21 @@ class InferenceService:
                 candidate_answers = candidate.answers(candidate.runtime.run(batch))
                 latency_ms = (time.perf_counter() - start) * 1000
                 agreed = sum(int(a.index == i) for a, i in zip(candidate_answers, active_indices, strict=True))
-                self.collector.record_shadow(model.manifest.model, model.version, candidate.version,
-                                             compared=len(active_indices), agreed=agreed, latency_ms=latency_ms)
+                self.collector.record_shadow(
+                    model.manifest.model,
+                    model.version,
+                    candidate.version,
+                    compared=len(active_indices),
+                    agreed=agreed,
+                    latency_ms=latency_ms,
+                )
             except Exception as exc:  # a broken candidate is reported, never raised into serving
                 log.warning("shadow candidate %s failed: %s", candidate.version, exc)
-                self.collector.record_shadow(model.manifest.model, model.version, candidate.version,
-                                             compared=len(active_indices), agreed=0, latency_ms=0.0)
+                self.collector.record_shadow(
+                    model.manifest.model,
+                    model.version,
+                    candidate.version,
+                    compared=len(active_indices),
+                    agreed=0,
+                    latency_ms=0.0,
+                )

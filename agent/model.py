@@ -11,8 +11,14 @@ from agent.errors import InferenceError
 from agent.runtimes import Runtime, load_runtime
 from fleet.wire.bundle import BundleManifest
 
-_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "uint8": np.uint8,
-           "int32": np.int32, "int64": np.int64}
+_DTYPES = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "int32": np.int32,
+    "int64": np.int64,
+}
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,8 @@ class ServableModel:
         if batch.ndim == len(expected):
             batch = batch[None, ...]
         dims_ok = batch.ndim == len(spec.shape) and all(
-            e in (-1, g) for e, g in zip(expected, batch.shape[1:], strict=True))
+            e in (-1, g) for e, g in zip(expected, batch.shape[1:], strict=True)
+        )
         if not dims_ok:
             raise InferenceError(f"input shape {list(batch.shape)} does not match model input {spec.shape}")
         if self.manifest.preprocess.kind == "affine":

@@ -15,8 +15,14 @@ import numpy as np
 
 from agent.errors import AgentError
 
-_DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.int64): "INT64",
-              np.dtype(np.int32): "INT32", np.dtype(np.int8): "INT8", np.dtype(np.uint8): "UINT8"}
+_DATATYPES = {
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.float16): "FP16",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.int8): "INT8",
+    np.dtype(np.uint8): "UINT8",
+}
 
 
 class OffloadError(AgentError):
@@ -38,11 +44,20 @@ class OffloadClient:
         datatype = _DATATYPES.get(batch.dtype)
         if datatype is None:
             raise OffloadError(f"cannot offload inputs of dtype {batch.dtype}")
-        body = json.dumps({"inputs": [{"name": input_name, "datatype": datatype, "shape": list(batch.shape),
-                                       "data": batch.ravel().tolist()}]}).encode()
+        body = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": input_name,
+                        "datatype": datatype,
+                        "shape": list(batch.shape),
+                        "data": batch.ravel().tolist(),
+                    }
+                ]
+            }
+        ).encode()
         url = f"{self.base_url}/v2/models/{model}/versions/{version}/infer"
-        request = urllib.request.Request(url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 answer: dict[str, Any] = json.loads(response.read())

@@ -65,7 +65,8 @@ class StateStore:
             return AgentState()
         except (ValidationError, ValueError) as exc:
             raise AgentError(
-                f"agent state file {self.path} is unreadable: {exc}; move it aside to start clean") from exc
+                f"agent state file {self.path} is unreadable: {exc}; move it aside to start clean"
+            ) from exc
 
     def save(self, state: AgentState) -> None:
         """Persist atomically."""

@@ -70,8 +70,12 @@ class _VersionStats:
     def shadow_stats(self) -> ShadowStats | None:
         if self.shadow_version is None:
             return None
-        return ShadowStats(candidate_version=self.shadow_version, compared=self.shadow_compared,
-                           agreed=self.shadow_agreed, latency_ms=self.shadow_latency.to_histogram())
+        return ShadowStats(
+            candidate_version=self.shadow_version,
+            compared=self.shadow_compared,
+            agreed=self.shadow_agreed,
+            latency_ms=self.shadow_latency.to_histogram(),
+        )
 
 
 class TelemetryCollector:
@@ -89,9 +93,18 @@ class TelemetryCollector:
             self._stats[key] = _VersionStats(model, version)
         return self._stats[key]
 
-    def record(self, model: str, version: str, *, latency_ms: float, labels: list[str], confidences: list[float],
-               inputs: np.ndarray | None = None, feature_names: list[str] | None = None,
-               offloaded: bool = False) -> None:
+    def record(
+        self,
+        model: str,
+        version: str,
+        *,
+        latency_ms: float,
+        labels: list[str],
+        confidences: list[float],
+        inputs: np.ndarray | None = None,
+        feature_names: list[str] | None = None,
+        offloaded: bool = False,
+    ) -> None:
         """Record one successful request (a batch of ``len(labels)`` predictions)."""
         with self._lock:
             stats = self._get(model, version)
@@ -106,8 +119,9 @@ class TelemetryCollector:
                     names = feature_names if feature_names and len(feature_names) == flat.shape[1] else None
                     stats.add_rows(flat.astype(np.float32, copy=False), names)
 
-    def record_shadow(self, model: str, version: str, candidate_version: str, *, compared: int, agreed: int,
-                      latency_ms: float) -> None:
+    def record_shadow(
+        self, model: str, version: str, candidate_version: str, *, compared: int, agreed: int, latency_ms: float
+    ) -> None:
         """Record a shadow comparison of ``candidate_version`` against the active ``version``."""
         with self._lock:
             stats = self._get(model, version)
@@ -135,12 +149,24 @@ class TelemetryCollector:
             s.flush_rows()
         return [
             TelemetryBatch(
-                batch_id=uuid.uuid4().hex, device_id=self.device_id, target=self.target, model=s.model,
-                version=s.version, window_start=s.window_start, window_end=now, requests=s.requests,
-                errors=s.errors, offloaded=s.offloaded, latency_ms=s.latency.to_histogram(),
-                confidence=s.confidence.to_histogram(), predictions=dict(s.predictions),
-                feature_sketches=s.sketcher.drain(), shadow=s.shadow_stats())
-            for s in stats if s.requests
+                batch_id=uuid.uuid4().hex,
+                device_id=self.device_id,
+                target=self.target,
+                model=s.model,
+                version=s.version,
+                window_start=s.window_start,
+                window_end=now,
+                requests=s.requests,
+                errors=s.errors,
+                offloaded=s.offloaded,
+                latency_ms=s.latency.to_histogram(),
+                confidence=s.confidence.to_histogram(),
+                predictions=dict(s.predictions),
+                feature_sketches=s.sketcher.drain(),
+                shadow=s.shadow_stats(),
+            )
+            for s in stats
+            if s.requests
         ]
 
 
@@ -188,8 +214,7 @@ class Outbox:
 class TelemetrySender:
     """Moves batches from the outbox to the broker, oldest first, deleting each once acknowledged."""
 
-    def __init__(self, outbox: Outbox, device_id: str,
-                 publish_and_wait: Callable[[str, bytes], bool]) -> None:
+    def __init__(self, outbox: Outbox, device_id: str, publish_and_wait: Callable[[str, bytes], bool]) -> None:
         self.outbox = outbox
         self.topic = topics.device_topic(device_id, "telemetry")
         self._publish_and_wait = publish_and_wait

@@ -46,9 +46,14 @@ class ChunkDownloader:
         """Where a complete download of ``sha256`` lives."""
         return self.directory / f"{sha256}.bundle"
 
-    def download(self, order: DeploymentOrder, *, timeout_s: float = 600.0,
-                 progress: Callable[[float], None] | None = None,
-                 cancelled: Callable[[], bool] = lambda: False) -> Path:
+    def download(
+        self,
+        order: DeploymentOrder,
+        *,
+        timeout_s: float = 600.0,
+        progress: Callable[[float], None] | None = None,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Path:
         """Fetch the order's bundle (resuming any earlier partial download) and return its path."""
         final = self.final_path(order.sha256)
         if final.exists() and _sha256_file(final) == order.sha256:
@@ -61,8 +66,10 @@ class ChunkDownloader:
                 _preallocate(part, order.size_bytes)
             except OSError as exc:
                 part.unlink(missing_ok=True)
-                raise TransferError(f"cannot make room for the {order.size_bytes}-byte bundle in "
-                                    f"{self.directory}: {exc.strerror or exc}") from exc
+                raise TransferError(
+                    f"cannot make room for the {order.size_bytes}-byte bundle in "
+                    f"{self.directory}: {exc.strerror or exc}"
+                ) from exc
             have = set()
         lock = threading.Lock()
         failures: list[str] = []
@@ -80,8 +87,9 @@ class ChunkDownloader:
             expected_len = min(order.chunk_size, order.size_bytes - frame.index * order.chunk_size)
             if len(frame.data) != expected_len:
                 self.corrupt_chunks += 1
-                log.warning("%s: chunk %d has %d bytes, expected %d", self.device_id, frame.index,
-                            len(frame.data), expected_len)
+                log.warning(
+                    "%s: chunk %d has %d bytes, expected %d", self.device_id, frame.index, len(frame.data), expected_len
+                )
                 return
             with lock:
                 if frame.index in have:
@@ -110,8 +118,10 @@ class ChunkDownloader:
                 if cancelled():
                     raise TransferError(f"download of {order.sha256[:12]} cancelled")
                 if time.monotonic() > deadline:
-                    raise TransferError(f"download of {order.sha256[:12]} timed out after {timeout_s:.0f} s with "
-                                        f"{len(missing)} of {order.chunk_count} chunks missing")
+                    raise TransferError(
+                        f"download of {order.sha256[:12]} timed out after {timeout_s:.0f} s with "
+                        f"{len(missing)} of {order.chunk_count} chunks missing"
+                    )
                 self._request(order.sha256, missing[:MAX_CHUNKS_PER_REQUEST])
                 # Wait while chunks keep flowing; re-ask for what is still missing once they stop.
                 arrived.clear()
@@ -128,8 +138,10 @@ class ChunkDownloader:
         if digest != order.sha256:
             part.unlink(missing_ok=True)
             have_path.unlink(missing_ok=True)
-            raise TransferError(f"downloaded bundle digest {digest[:12]} != ordered {order.sha256[:12]}; "
-                                "discarded, it will be fetched again")
+            raise TransferError(
+                f"downloaded bundle digest {digest[:12]} != ordered {order.sha256[:12]}; "
+                "discarded, it will be fetched again"
+            )
         os.replace(part, final)
         have_path.unlink(missing_ok=True)
         return final
@@ -188,8 +200,9 @@ class MetadataClient:
                 if event.wait(self.timeout_s / self.attempts):
                     break
             else:
-                raise TransferError(f"hub did not answer the request for TUF metadata {name} within "
-                                    f"{self.timeout_s:.0f} s")
+                raise TransferError(
+                    f"hub did not answer the request for TUF metadata {name} within {self.timeout_s:.0f} s"
+                )
         finally:
             with self._lock:
                 self._waiting.pop(request_id, None)

@@ -75,10 +75,19 @@ def _no_shadow(_model: ServableModel | None) -> None:
 class Updater:
     """Runs one deployment order through the table; ``activate`` swaps the served model at commit."""
 
-    def __init__(self, store: StateStore, downloader: ChunkDownloader, verifier: BundleVerifier, slots_dir: Path,
-                 *, activate: Activate, report: Reporter, activate_shadow: Activate = _no_shadow,
-                 download_timeout_s: float = 600.0,
-                 before_step: Callable[[UpdateState], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        downloader: ChunkDownloader,
+        verifier: BundleVerifier,
+        slots_dir: Path,
+        *,
+        activate: Activate,
+        report: Reporter,
+        activate_shadow: Activate = _no_shadow,
+        download_timeout_s: float = 600.0,
+        before_step: Callable[[UpdateState], None] | None = None,
+    ) -> None:
         self.store = store
         self.downloader = downloader
         self.verifier = verifier
@@ -162,8 +171,11 @@ class Updater:
         if state is S.DOWNLOAD:
             if self._is_active(order):
                 return "already active"
-            self.downloader.download(order, timeout_s=self._download_timeout_s,
-                                     progress=lambda p: self._report(order, S.DOWNLOAD, True, "", p))
+            self.downloader.download(
+                order,
+                timeout_s=self._download_timeout_s,
+                progress=lambda p: self._report(order, S.DOWNLOAD, True, "", p),
+            )
             return ""
         if state is S.VERIFY:
             if self._is_active(order):
@@ -187,18 +199,23 @@ class Updater:
             bundle = read_bundle(slot_path)
             manifest = bundle.manifest
             if (manifest.model, manifest.version, manifest.target) != (order.model, order.version, order.target):
-                raise VerificationError(f"bundle manifest says {manifest.model}:{manifest.version} for "
-                                        f"{manifest.target}, the order says {order.model}:{order.version}")
-            record.candidate = Slot(model=order.model, version=order.version, target=order.target,
-                                    sha256=order.sha256, path=str(slot_path))
+                raise VerificationError(
+                    f"bundle manifest says {manifest.model}:{manifest.version} for "
+                    f"{manifest.target}, the order says {order.model}:{order.version}"
+                )
+            record.candidate = Slot(
+                model=order.model, version=order.version, target=order.target, sha256=order.sha256, path=str(slot_path)
+            )
             return ""
         if state is S.HEALTH_CHECK:
             if self._is_active(order):
                 return "already active"
             candidate = self._load_candidate(record)
             report = health_check(candidate)
-            return (f"self-test passed on {report.vectors} vectors (max abs error {report.max_abs_error:.2g}), "
-                    f"latency p50 {report.latency_ms_p50:.2f} ms")
+            return (
+                f"self-test passed on {report.vectors} vectors (max abs error {report.max_abs_error:.2g}), "
+                f"latency p50 {report.latency_ms_p50:.2f} ms"
+            )
         if state is S.COMMIT and order.shadow:
             if self.state.shadow is None or self.state.shadow.sha256 != order.sha256:
                 candidate = self._load_candidate(record)
@@ -250,8 +267,10 @@ class Updater:
         except ValueError as exc:
             raise VerificationError(f"version {order.version!r} is not semantic versioning") from exc
         if older:
-            raise VerificationError(f"refused {order.model}:{order.version}: older than the running "
-                                    f"{active.version} and the order does not allow a downgrade")
+            raise VerificationError(
+                f"refused {order.model}:{order.version}: older than the running "
+                f"{active.version} and the order does not allow a downgrade"
+            )
 
     def _describe_active(self) -> str:
         active = self.state.active

@@ -53,8 +53,12 @@ class BundleVerifier:
         from tuf.ngclient import Updater
 
         try:
-            updater = Updater(str(self.metadata_dir), "mqtt://hub/metadata/", fetcher=_fetcher(self._source),
-                              bootstrap=self._bootstrap)
+            updater = Updater(
+                str(self.metadata_dir),
+                "mqtt://hub/metadata/",
+                fetcher=_fetcher(self._source),
+                bootstrap=self._bootstrap,
+            )
             self._bootstrap = None
             updater.refresh()
             info = updater.get_targetinfo(order.tuf_target)
@@ -76,10 +80,12 @@ class BundleVerifier:
         except exceptions.LengthOrHashMismatchError as exc:
             raise VerificationError(
                 f"refused {order.tuf_target}: bundle does not match its signed length and sha256, "
-                f"it was tampered with or corrupted ({exc})") from exc
+                f"it was tampered with or corrupted ({exc})"
+            ) from exc
         custom = dict(info.unrecognized_fields.get("custom", {}))
         for key, wanted in (("model", order.model), ("version", order.version), ("target", order.target)):
             if custom.get(key) != wanted:
-                raise VerificationError(f"refused {order.tuf_target}: signed {key} is {custom.get(key)!r}, "
-                                        f"the order asked for {wanted!r}")
+                raise VerificationError(
+                    f"refused {order.tuf_target}: signed {key} is {custom.get(key)!r}, the order asked for {wanted!r}"
+                )
         return custom

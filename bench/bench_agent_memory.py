@@ -69,10 +69,15 @@ def main() -> None:
     warm = [s for s in samples if s[0] >= samples[-1][0] * 0.25]
     slope = float(np.polyfit([s[0] for s in warm], [s[1] for s in warm], 1)[0]) * 10_000 if len(warm) > 2 else 0.0
     result = {
-        "benchmark": "agent_memory", "seconds": args.seconds, "requests": requests,
+        "benchmark": "agent_memory",
+        "seconds": args.seconds,
+        "requests": requests,
         "requests_per_s": round(requests / args.seconds, 1),
-        "rss_mib_first": samples[0][1], "rss_mib_last": samples[-1][1], "rss_mib_max": max(s[1] for s in samples),
-        "slope_mib_per_10k_requests_after_warmup": round(slope, 3), "samples": samples,
+        "rss_mib_first": samples[0][1],
+        "rss_mib_last": samples[-1][1],
+        "rss_mib_max": max(s[1] for s in samples),
+        "slope_mib_per_10k_requests_after_warmup": round(slope, 3),
+        "samples": samples,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

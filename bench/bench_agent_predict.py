@@ -35,8 +35,14 @@ def main() -> None:
         root = Path(tmp)
         trained = train_digits(root, epochs=5)
         bundle = root / "bundle.zip"
-        bundle.write_bytes(build_bundle(digits_manifest(trained, "1.0.0"), trained.onnx_path.read_bytes(),
-                                        trained.golden_x, trained.golden_logits))
+        bundle.write_bytes(
+            build_bundle(
+                digits_manifest(trained, "1.0.0"),
+                trained.onnx_path.read_bytes(),
+                trained.golden_x,
+                trained.golden_logits,
+            )
+        )
         model = ServableModel(read_bundle(bundle), "0" * 64)
     service = InferenceService(TelemetryCollector("bench", "x86-onnx-cpu"))
     service.activate(model)
@@ -45,7 +51,10 @@ def main() -> None:
         service.predict(row)
     repeats = 3000
     result = {
-        "benchmark": "agent_predict", "batch": 1, "repeats": repeats, "features_sketched": 64,
+        "benchmark": "agent_predict",
+        "batch": 1,
+        "repeats": repeats,
+        "features_sketched": 64,
         "model_only_us_p50": _p50_us(model.predict, inputs, repeats),
         "predict_with_telemetry_us_p50": _p50_us(service.predict, inputs, repeats),
     }

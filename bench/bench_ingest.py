@@ -65,17 +65,32 @@ def make_payloads(n: int, devices: int, features: int, values: int, seed: int = 
     for i in range(n):
         lat, conf, sketches = templates[i % len(templates)]
         device = f"bench-{i % devices:05d}"
-        batch = TelemetryBatch(batch_id=f"b-{uuid.uuid4().hex}", device_id=device,
-                               target=TARGETS[(i % devices) % len(TARGETS)], model="bench", version="1.0.0",
-                               window_start=now - 60, window_end=now, requests=values, errors=1,
-                               latency_ms=lat, confidence=conf, predictions={"cat": values - 40, "dog": 40},
-                               feature_sketches=sketches)
+        batch = TelemetryBatch(
+            batch_id=f"b-{uuid.uuid4().hex}",
+            device_id=device,
+            target=TARGETS[(i % devices) % len(TARGETS)],
+            model="bench",
+            version="1.0.0",
+            window_start=now - 60,
+            window_end=now,
+            requests=values,
+            errors=1,
+            latency_ms=lat,
+            confidence=conf,
+            predictions={"cat": values - 40, "dog": 40},
+            feature_sketches=sketches,
+        )
         out.append((topics.device_topic(device, "telemetry"), encode(batch)))
     return out
 
 
-def publish_all(address: BrokerAddress, payloads: list[tuple[str, bytes]], done: Callable[[], int],
-                topic: str | None = None, window: int = 500) -> float:
+def publish_all(
+    address: BrokerAddress,
+    payloads: list[tuple[str, bytes]],
+    done: Callable[[], int],
+    topic: str | None = None,
+    window: int = 500,
+) -> float:
     """Publish every payload at QoS 1 from one client, keeping at most ``window`` messages published but not
     yet ``done()`` (received or stored): Mosquitto drops QoS 1 messages queued beyond 1,000 for a slow
     subscriber (``max_queued_messages``), so an open-loop burst would measure losses, not throughput.
@@ -116,8 +131,12 @@ def broker_throughput(address: BrokerAddress, payloads: list[tuple[str, bytes]])
         end = time.perf_counter()
     finally:
         subscriber.close()
-    return {"messages": len(payloads), "seconds": end - start, "messages_per_s": len(payloads) / (end - start),
-            "publish_s": published - start}
+    return {
+        "messages": len(payloads),
+        "seconds": end - start,
+        "messages_per_s": len(payloads) / (end - start),
+        "publish_s": published - start,
+    }
 
 
 WORKER = """
@@ -139,8 +158,9 @@ print(ingestor.received if ingestor else 0, ingestor.stored if ingestor else 0, 
 """
 
 
-def hub_throughput(address: BrokerAddress, broker_url: str, payloads: list[tuple[str, bytes]], devices: int,
-                   workers: int) -> dict[str, Any]:
+def hub_throughput(
+    address: BrokerAddress, broker_url: str, payloads: list[tuple[str, bytes]], devices: int, workers: int
+) -> dict[str, Any]:
     """Batches per second stored by ``workers`` hub processes (a shared subscription when more than one)."""
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         database_url = f"sqlite:///{Path(tmp) / 'registry.db'}"
@@ -150,10 +170,25 @@ def hub_throughput(address: BrokerAddress, broker_url: str, payloads: list[tuple
         with db.session() as session:  # provisioning without hashing hundreds of credentials
             for d in range(devices):
                 session.add(Device(id=f"bench-{d:05d}", target=TARGETS[d % len(TARGETS)], credential_hash="-"))
-        procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(ROOT), str(Path(tmp) / f"hub{w}"),
-                                   database_url, broker_url, "1" if workers > 1 else "0", group],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                 for w in range(workers)]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    WORKER,
+                    str(ROOT),
+                    str(Path(tmp) / f"hub{w}"),
+                    database_url,
+                    broker_url,
+                    "1" if workers > 1 else "0",
+                    group,
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for w in range(workers)
+        ]
         try:
             for proc in procs:
                 assert proc.stdout is not None
@@ -170,9 +205,14 @@ def hub_throughput(address: BrokerAddress, broker_url: str, payloads: list[tuple
             db.close()
     if count != len(payloads):
         raise RuntimeError(f"hub workers stored {count}/{len(payloads)} batches")
-    return {"workers": workers, "batches": len(payloads), "seconds": end - start,
-            "batches_per_s": len(payloads) / (end - start), "publish_s": published - start,
-            "received_per_worker": [int(o[-2]) for o in outputs if len(o) >= 2]}
+    return {
+        "workers": workers,
+        "batches": len(payloads),
+        "seconds": end - start,
+        "batches_per_s": len(payloads) / (end - start),
+        "publish_s": published - start,
+        "received_per_worker": [int(o[-2]) for o in outputs if len(o) >= 2],
+    }
 
 
 def main() -> None:
@@ -197,28 +237,42 @@ def main() -> None:
     for _ in range(args.repeats):  # interleaved, so both see the same machine load
         broker_runs.append(broker_throughput(address, payloads))
         for workers in (int(w) for w in args.workers.split(",")):
-            hub_runs.setdefault(workers, []).append(hub_throughput(address, args.broker_url, payloads,
-                                                                   args.devices, workers))
+            hub_runs.setdefault(workers, []).append(
+                hub_throughput(address, args.broker_url, payloads, args.devices, workers)
+            )
             print(f"hub x{workers}: {hub_runs[workers][-1]['batches_per_s']:.0f} batches/s", flush=True)
         print(f"broker: {broker_runs[-1]['messages_per_s']:.0f} msg/s", flush=True)
     broker_rate = statistics.median(r["messages_per_s"] for r in broker_runs)
     hub_results = {
-        str(w): {"batches_per_s_median": statistics.median(r["batches_per_s"] for r in runs),
-                 "share_of_broker_rate": statistics.median(r["batches_per_s"] for r in runs) / broker_rate,
-                 "runs": runs}
+        str(w): {
+            "batches_per_s_median": statistics.median(r["batches_per_s"] for r in runs),
+            "share_of_broker_rate": statistics.median(r["batches_per_s"] for r in runs) / broker_rate,
+            "runs": runs,
+        }
         for w, runs in hub_runs.items()
     }
     result = {
         "benchmark": "ingest",
-        "params": {"batches": args.batches, "devices": args.devices, "features": args.features,
-                   "values_per_feature": args.values, "repeats": args.repeats, "broker_url": args.broker_url,
-                   "qos": 1, "database": "sqlite (WAL)"},
+        "params": {
+            "batches": args.batches,
+            "devices": args.devices,
+            "features": args.features,
+            "values_per_feature": args.values,
+            "repeats": args.repeats,
+            "broker_url": args.broker_url,
+            "qos": 1,
+            "database": "sqlite (WAL)",
+        },
         "payload_bytes": {"mean": statistics.mean(sizes), "min": min(sizes), "max": max(sizes)},
         "setup_s": setup_s,
         "broker": {"messages_per_s_median": broker_rate, "runs": broker_runs},
         "hub": hub_results,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(), "loadavg_1m_at_end": os.getloadavg()[0]},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "loadavg_1m_at_end": os.getloadavg()[0],
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -68,8 +68,7 @@ FANOUT_TOPIC = topics.broadcast_topic("bench-fanout")
 class SimDevice:
     """One device: a paho client that follows orders the way the agent's transfer does, minus TUF/runtime."""
 
-    def __init__(self, device_id: str, address: BrokerAddress, installed: InstalledModel,
-                 fleet: SimFleet) -> None:
+    def __init__(self, device_id: str, address: BrokerAddress, installed: InstalledModel, fleet: SimFleet) -> None:
         self.device_id = device_id
         self.installed = installed
         self.fleet = fleet
@@ -91,13 +90,26 @@ class SimDevice:
         self.fleet.connected(self)
 
     def _announce(self, update_state: UpdateState, deployment_id: str | None) -> None:
-        state = DeviceState(device_id=self.device_id, online=True, target=TARGET, active=self.installed,
-                            update_state=update_state, deployment_id=deployment_id, ts=time.time())
+        state = DeviceState(
+            device_id=self.device_id,
+            online=True,
+            target=TARGET,
+            active=self.installed,
+            update_state=update_state,
+            deployment_id=deployment_id,
+            ts=time.time(),
+        )
         self.client.publish(topics.device_topic(self.device_id, "state"), encode(state), qos=1, retain=True)
 
     def _event(self, order: DeploymentOrder, state: UpdateState, ok: bool = True, detail: str = "") -> None:
-        event = UpdateEvent(device_id=self.device_id, deployment_id=order.deployment_id, state=state, ok=ok,
-                            detail=detail, ts=time.time())
+        event = UpdateEvent(
+            device_id=self.device_id,
+            deployment_id=order.deployment_id,
+            state=state,
+            ok=ok,
+            detail=detail,
+            ts=time.time(),
+        )
         self.client.publish(topics.device_topic(self.device_id, "events"), encode(event), qos=1)
 
     def _on_message(self, client: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
@@ -147,17 +159,16 @@ class SimDevice:
             self._event(order, UpdateState.FAILED, ok=False, detail="bundle digest mismatch")
             self._announce(UpdateState.FAILED, order.deployment_id)
         else:
-            self.installed = InstalledModel(model=order.model, version=order.version, sha256=order.sha256,
-                                            target=order.target)
+            self.installed = InstalledModel(
+                model=order.model, version=order.version, sha256=order.sha256, target=order.target
+            )
             self._event(order, UpdateState.DONE)
             self._announce(UpdateState.DONE, order.deployment_id)
         self.client.unsubscribe(topics.bundle_topic(order.sha256))
 
     def stalled(self, timeout_s: float) -> bool:
         with self.lock:
-            return (self.order is not None and self.done_at is None
-                    and time.monotonic() - self.last_progress > timeout_s)
-
+            return self.order is not None and self.done_at is None and time.monotonic() - self.last_progress > timeout_s
 
 
 class Driver(threading.Thread):
@@ -262,9 +273,14 @@ def measure_fanout(publisher: paho.Client, fleet: SimFleet, size: int, messages:
             raise RuntimeError("fan-out message did not reach every device in 120 s")
         times.append(time.perf_counter() - start)
     mean = sum(times) / len(times)
-    return {"message_bytes": size, "messages": messages, "subscribers": n,
-            "seconds_per_message": [round(t, 4) for t in times],
-            "deliveries_per_s": round(n / mean, 1), "delivered_mb_per_s": round(n * size / mean / 1e6, 2)}
+    return {
+        "message_bytes": size,
+        "messages": messages,
+        "subscribers": n,
+        "seconds_per_message": [round(t, 4) for t in times],
+        "deliveries_per_s": round(n / mean, 1),
+        "delivered_mb_per_s": round(n * size / mean / 1e6, 2),
+    }
 
 
 def register_versions(hub: Any, bundle_bytes: int) -> tuple[InstalledModel, str]:
@@ -275,9 +291,18 @@ def register_versions(hub: Any, bundle_bytes: int) -> tuple[InstalledModel, str]
         hub.registry.add_version("digits", version)
         bundle = os.urandom(bundle_bytes)
         sha = hub.store.put_bytes(bundle)
-        hub.registry.add_variant("digits", version, target=TARGET, runtime="onnxruntime", precision="fp32",
-                                 artifact_sha256=sha, size_bytes=len(bundle), bundle_sha256=sha,
-                                 bundle_size=len(bundle), tuf_target=f"digits/{version}/{TARGET}.bundle")
+        hub.registry.add_variant(
+            "digits",
+            version,
+            target=TARGET,
+            runtime="onnxruntime",
+            precision="fp32",
+            artifact_sha256=sha,
+            size_bytes=len(bundle),
+            bundle_sha256=sha,
+            bundle_size=len(bundle),
+            tuf_target=f"digits/{version}/{TARGET}.bundle",
+        )
         if version == "1.0.0":
             installed = InstalledModel(model="digits", version=version, sha256=sha, target=TARGET)
         else:
@@ -303,8 +328,7 @@ def private_mosquitto(tmp: Path) -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     conf = tmp / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 10000\n")
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 10000\n")
     process = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
@@ -340,8 +364,14 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
     from hub.config import HubSettings
 
     address = BrokerAddress.from_url(broker_url)
-    hub = Hub(HubSettings(data_dir=tmp / "hub", broker_url=broker_url, chunk_size=args.chunk_kb * 1024,
-                          rebroadcast_window_s=args.rebroadcast_window))
+    hub = Hub(
+        HubSettings(
+            data_dir=tmp / "hub",
+            broker_url=broker_url,
+            chunk_size=args.chunk_kb * 1024,
+            rebroadcast_window_s=args.rebroadcast_window,
+        )
+    )
     hub.start()
     fleet = SimFleet()
     publisher = fanout_publisher(address)
@@ -366,8 +396,9 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
         # the hub's rollout view must hold every device's retained state before the rollout starts
         if not manager.wait_for(lambda: all(s.update_state is not None for s in manager.statuses()), 60):
             raise RuntimeError("hub did not see every device's state")
-        plan = plan_from_cli("digits:2.0.0", canary="1%", waves=args.waves, gate=False, min_devices=10,
-                             device_timeout_s=600)
+        plan = plan_from_cli(
+            "digits:2.0.0", canary="1%", waves=args.waves, gate=False, min_devices=10, device_timeout_s=600
+        )
         egress_before = hub.transfer.egress_bytes
         ticks_before = manager.ticks
         start = time.perf_counter()
@@ -422,8 +453,14 @@ def main() -> None:
     parser.add_argument("--broker-url", default=None, help="default: a private mosquitto started for the run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    result = {"bench": "rollout", "python": platform.python_version(), "machine": platform.machine(),
-              "cpus": os.cpu_count(), "broker": args.broker_url, **run(args)}
+    result = {
+        "bench": "rollout",
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "broker": args.broker_url,
+        **run(args),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

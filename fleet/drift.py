@@ -498,7 +498,8 @@ def _new_result(
         n_reference=n_ref,
         n_current=n_cur,
         detail=f"needs at least {config.min_samples} values on each side (reference {n_ref:g}, current {n_cur:g})"
-        if short else "",
+        if short
+        else "",
     )
 
 

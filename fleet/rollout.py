@@ -434,9 +434,7 @@ class StepResult(NamedTuple):
 # ------------------------------------------------------------------------------------------- API
 
 
-def new_rollout(
-    rollout_id: str, plan: RolloutPlan, variants: Iterable[Variant], *, now: float
-) -> RolloutSnapshot:
+def new_rollout(rollout_id: str, plan: RolloutPlan, variants: Iterable[Variant], *, now: float) -> RolloutSnapshot:
     """A rollout in PENDING; the first ``step`` starts it with the devices it is given."""
     return RolloutSnapshot(
         rollout_id=rollout_id,
@@ -463,9 +461,7 @@ def step(
     try:
         parsed = Command(command) if command is not None else None
     except ValueError:
-        raise RolloutError(
-            f"unknown command {command!r}; use one of {', '.join(c.value for c in Command)}"
-        ) from None
+        raise RolloutError(f"unknown command {command!r}; use one of {', '.join(c.value for c in Command)}") from None
     engine.run(list(devices), gate_verdict, parsed)
     return StepResult(engine.s, engine.actions)
 
@@ -555,9 +551,7 @@ class _Engine:
             at=self.now, source=source, event=event, target=target, wave=self.s.wave, reason=reason
         )
         self.s.history = [*self.s.history, record][-_HISTORY_LIMIT:]
-        self.actions.append(
-            StateChanged(source=source, event=event, target=target, wave=self.s.wave, reason=reason)
-        )
+        self.actions.append(StateChanged(source=source, event=event, target=target, wave=self.s.wave, reason=reason))
         self._enter(source, event, target)
 
     def _enter(self, source: RolloutState, event: Event, target: RolloutState) -> None:
@@ -714,9 +708,7 @@ class _Engine:
         rest: list[tuple[float, str, DeviceRecord]] = []
         for members in by_class.values():
             others = [m for m in members if m.device_id not in chosen]
-            rest += [
-                ((i + 0.5) / len(others), _digest(self.seed, m.device_id), m) for i, m in enumerate(others)
-            ]
+            rest += [((i + 0.5) / len(others), _digest(self.seed, m.device_id), m) for i, m in enumerate(others)]
         ordered = sorted(canary, key=self._rank) + [m for _, _, m in sorted(rest, key=lambda t: t[:2])]
         for position, record in enumerate(ordered):
             record.order = position
@@ -766,9 +758,7 @@ class _Engine:
             if not self.s.deferred:
                 self.s.deferred = True
                 until = next_opening(self.plan.maintenance_windows, self.now)
-                self.actions.append(
-                    Deferred(reason=f"{need} deployment(s) wait for a maintenance window", until=until)
-                )
+                self.actions.append(Deferred(reason=f"{need} deployment(s) wait for a maintenance window", until=until))
             return
         self.s.deferred = False
         candidates = sorted(

@@ -199,9 +199,7 @@ def parse_canary(text: str) -> CanarySpec | None:
             return CanarySpec(percent=float(raw[:-1]))
         return CanarySpec(count=int(raw))
     except (ValueError, ValidationError) as exc:
-        raise FleetConfigError(
-            f"invalid canary {text!r}: use a device count like 3 or a percentage like 5%"
-        ) from exc
+        raise FleetConfigError(f"invalid canary {text!r}: use a device count like 3 or a percentage like 5%") from exc
 
 
 def parse_waves(text: str) -> PercentWaves | ExponentialWaves:
@@ -256,8 +254,13 @@ def gate_from_cli(
             for metric, spec in DEFAULT_METRICS.items()
         }
     try:
-        return GateSpec(after=after, soak_s=soak_s, retry_interval_s=retry_interval_s,  # type: ignore[arg-type]
-                        max_wait_s=max_wait_s, canary=CanaryConfig.model_validate(settings))
+        return GateSpec(
+            after=after,  # type: ignore[arg-type]
+            soak_s=soak_s,
+            retry_interval_s=retry_interval_s,
+            max_wait_s=max_wait_s,
+            canary=CanaryConfig.model_validate(settings),
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "gate"
@@ -295,9 +298,7 @@ def plan_from_cli(
             waves=parse_waves(waves),
             success_threshold=success_threshold,
             approval=approval,  # type: ignore[arg-type]  # validated by pydantic
-            failure=FailureThreshold(
-                max_rate=max_failure_rate, max_count=max_failures, min_devices=min_devices
-            ),
+            failure=FailureThreshold(max_rate=max_failure_rate, max_count=max_failures, min_devices=min_devices),
             gate=(gate_spec or GateSpec()) if gate else None,
             device_timeout_s=device_timeout_s,
         )

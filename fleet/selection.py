@@ -135,9 +135,7 @@ def _check(variant: Variant, target: Target, policy: SelectionPolicy) -> Rejecti
         )
     if variant.latency_ms is None:
         if policy.require_measured_latency:
-            return Rejection(
-                variant_id=vid, code=RejectCode.LATENCY_UNMEASURED, detail="latency was never measured"
-            )
+            return Rejection(variant_id=vid, code=RejectCode.LATENCY_UNMEASURED, detail="latency was never measured")
     elif variant.latency_ms > target.latency_budget_ms:
         return Rejection(
             variant_id=vid,
@@ -172,9 +170,7 @@ def select_variant(
         try:
             target = get_target(target)
         except UnknownTargetError as exc:
-            return Selection(
-                target=str(target), variant=None, code=RejectCode.UNKNOWN_TARGET, reason=str(exc)
-            )
+            return Selection(target=str(target), variant=None, code=RejectCode.UNKNOWN_TARGET, reason=str(exc))
     own = [v for v in pool if v.target == target.name]
     if not own:
         built = sorted({v.target for v in pool})
@@ -340,9 +336,7 @@ def selector_labels(labels: Mapping[str, str], target: str | None) -> dict[str, 
     return out
 
 
-def group_devices(
-    devices: Iterable[tuple[str, Mapping[str, str]]], selector: LabelSelector | str
-) -> list[str]:
+def group_devices(devices: Iterable[tuple[str, Mapping[str, str]]], selector: LabelSelector | str) -> list[str]:
     """The sorted ids of ``(device_id, labels)`` pairs that ``selector`` matches (a group)."""
     parsed = parse_selector(selector) if isinstance(selector, str) else selector
     return sorted(device_id for device_id, labels in devices if parsed.matches(labels))

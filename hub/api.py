@@ -55,14 +55,24 @@ def create_app(hub: Hub) -> FastAPI:
     @app.get("/health")
     def health() -> dict[str, Any]:
         """Liveness plus the state of the broker connection and database."""
-        return {"status": "ok", "broker_connected": bool(hub.broker and hub.broker.connected),
-                "devices": len(registry.list_devices()), "telemetry_batches": registry.telemetry_count()}
+        return {
+            "status": "ok",
+            "broker_connected": bool(hub.broker and hub.broker.connected),
+            "devices": len(registry.list_devices()),
+            "telemetry_batches": registry.telemetry_count(),
+        }
 
     @app.get("/models")
     def models() -> list[dict[str, Any]]:
         """All models with their versions (highest first)."""
-        return [{"name": m.name, "description": m.description,
-                 "versions": [v.version for v in registry.list_versions(m.name)]} for m in registry.list_models()]
+        return [
+            {
+                "name": m.name,
+                "description": m.description,
+                "versions": [v.version for v in registry.list_versions(m.name)],
+            }
+            for m in registry.list_models()
+        ]
 
     @app.post("/models/{name}/versions", status_code=201)
     def add_version(name: str, body: VersionIn) -> dict[str, Any]:
@@ -92,8 +102,12 @@ def create_app(hub: Hub) -> FastAPI:
     def provision(body: DeviceIn) -> dict[str, Any]:
         """Provision a device; the secret appears only in this answer, with the TUF trust root."""
         device, secret = registry.provision_device(body.device_id, body.target, body.labels)
-        return {"device_id": device.id, "target": device.target, "secret": secret,
-                "trust_root": hub.tuf.trusted_root().decode()}
+        return {
+            "device_id": device.id,
+            "target": device.target,
+            "secret": secret,
+            "trust_root": hub.tuf.trusted_root().decode(),
+        }
 
     @app.get("/devices/{device_id}")
     def device(device_id: str) -> dict[str, Any]:
@@ -103,8 +117,9 @@ def create_app(hub: Hub) -> FastAPI:
     @app.post("/deployments", status_code=201)
     def deploy(body: DeploymentIn) -> dict[str, Any]:
         """Send a version to devices (each gets its target's variant)."""
-        deployment = hub.deploy(body.model, body.version, body.device_ids, allow_downgrade=body.allow_downgrade,
-                                shadow=body.shadow)
+        deployment = hub.deploy(
+            body.model, body.version, body.device_ids, allow_downgrade=body.allow_downgrade, shadow=body.shadow
+        )
         return deployment.model_dump()
 
     @app.get("/deployments")

@@ -77,13 +77,18 @@ class Hub:
         if s.broker_url is None:
             self.embedded = EmbeddedBroker(s.broker_host, s.broker_port, check=self._check_credentials)
             self.embedded.start()
-            self.connector = BrokerConnector(BrokerAddress(self.embedded.host, self.embedded.port),
-                                             hub_secret=self.hub_secret)
+            self.connector = BrokerConnector(
+                BrokerAddress(self.embedded.host, self.embedded.port), hub_secret=self.hub_secret
+            )
         else:
             self.connector = BrokerConnector.from_url(s.broker_url, hub_secret=self.hub_secret)
         self.broker = broker = self.connector.connect("hub")
-        retention = RetentionPolicy(max_age_s=s.telemetry_max_age_s, max_rows=s.telemetry_max_rows,
-                                    window_s=s.telemetry_rollup_window_s, interval_s=s.telemetry_prune_interval_s)
+        retention = RetentionPolicy(
+            max_age_s=s.telemetry_max_age_s,
+            max_rows=s.telemetry_max_rows,
+            window_s=s.telemetry_rollup_window_s,
+            interval_s=s.telemetry_prune_interval_s,
+        )
         self.ingestor = TelemetryIngestor(self.registry, metrics=self.monitoring.metrics, retention=retention)
         self.traffic = traffic = DeviceTraffic(broker, self.registry, telemetry_filter=s.telemetry_filter())
         traffic.on_telemetry(self.ingestor.submit)
@@ -91,8 +96,9 @@ class Hub:
         if s.ingest_only:  # a telemetry worker: the full hub owns device state, transfers and rollouts
             traffic.start(telemetry_only=True)
             return
-        self.transfer = BundleTransfer(broker, self.store, self.tuf, chunk_size=s.chunk_size,
-                                       rebroadcast_window_s=s.rebroadcast_window_s)
+        self.transfer = BundleTransfer(
+            broker, self.store, self.tuf, chunk_size=s.chunk_size, rebroadcast_window_s=s.rebroadcast_window_s
+        )
         self.orders = DeploymentOrders(broker, self.store, chunk_size=s.chunk_size)
         self.rollouts = RolloutManager(self.registry, self.orders)
         traffic.on_state(self._apply_state)
@@ -130,17 +136,36 @@ class Hub:
 
     # -- operations -----------------------------------------------------------------------------------------
 
-    def publish(self, manifest: BundleManifest, model_path: Path, selftest_inputs: np.ndarray,
-                selftest_outputs: np.ndarray, *, reference: dict[str, Any] | None = None,
-                metrics: dict[str, Any] | None = None, weights_path: Path | None = None) -> PublishedVariant:
+    def publish(
+        self,
+        manifest: BundleManifest,
+        model_path: Path,
+        selftest_inputs: np.ndarray,
+        selftest_outputs: np.ndarray,
+        *,
+        reference: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        weights_path: Path | None = None,
+    ) -> PublishedVariant:
         """Register ``manifest.model:manifest.version`` if new, then publish this variant's signed bundle."""
         if not any(v.version == manifest.version for v in self.registry.list_versions(manifest.model)):
             self.registry.add_version(manifest.model, manifest.version)
-        return publish_variant(self.registry, self.store, self.tuf, manifest, model_path, selftest_inputs,
-                               selftest_outputs, reference=reference, metrics=metrics, weights_path=weights_path)
+        return publish_variant(
+            self.registry,
+            self.store,
+            self.tuf,
+            manifest,
+            model_path,
+            selftest_inputs,
+            selftest_outputs,
+            reference=reference,
+            metrics=metrics,
+            weights_path=weights_path,
+        )
 
-    def deploy(self, model: str, version: str, device_ids: list[str], *, allow_downgrade: bool = False,
-               shadow: bool = False) -> Deployment:
+    def deploy(
+        self, model: str, version: str, device_ids: list[str], *, allow_downgrade: bool = False, shadow: bool = False
+    ) -> Deployment:
         """Create a deployment and send each device the order for its target's variant.
 
         With ``shadow`` the devices install and check the version, then run it beside their active model on a
@@ -148,12 +173,20 @@ class Hub:
         """
         if self.orders is None:
             raise RuntimeError("hub is not started")
-        deployment, chosen = self.registry.create_deployment(model, version, device_ids,
-                                                             allow_downgrade=allow_downgrade)
+        deployment, chosen = self.registry.create_deployment(
+            model, version, device_ids, allow_downgrade=allow_downgrade
+        )
         for device_id, variant in chosen.items():
-            order = self.orders.order_for(deployment.id, variant.bundle_sha256, model=model, version=version,
-                                        target=variant.target, tuf_target=variant.tuf_target,
-                                        allow_downgrade=allow_downgrade, shadow=shadow)
+            order = self.orders.order_for(
+                deployment.id,
+                variant.bundle_sha256,
+                model=model,
+                version=version,
+                target=variant.target,
+                tuf_target=variant.tuf_target,
+                allow_downgrade=allow_downgrade,
+                shadow=shadow,
+            )
             self.orders.send(device_id, order)
         return deployment
 

@@ -24,18 +24,24 @@ class HubSettings(BaseModel):
     shared_telemetry: bool = Field(
         default=False,
         description="consume telemetry through an MQTT shared subscription ($share/GROUP/...), so several hub "
-        "workers split the load; needs a broker that supports them (Mosquitto 2 does, the embedded one does not)")
+        "workers split the load; needs a broker that supports them (Mosquitto 2 does, the embedded one does not)",
+    )
     share_group: str = Field(default="edgefleet-hub", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     ingest_only: bool = Field(
-        default=False, description="a telemetry worker: consumes only (shared) telemetry; no device state, bundle "
-        "transfer or rollouts, which stay with the one full hub")
+        default=False,
+        description="a telemetry worker: consumes only (shared) telemetry; no device state, bundle "
+        "transfer or rollouts, which stay with the one full hub",
+    )
     telemetry_max_age_s: float | None = Field(
-        default=7 * 24 * 3600.0, gt=0, description="raw telemetry batches older than this are folded into rollups")
+        default=7 * 24 * 3600.0, gt=0, description="raw telemetry batches older than this are folded into rollups"
+    )
     telemetry_max_rows: int | None = Field(
-        default=1_000_000, ge=1, description="raw telemetry batches kept at most (the oldest are folded first)")
+        default=1_000_000, ge=1, description="raw telemetry batches kept at most (the oldest are folded first)"
+    )
     telemetry_rollup_window_s: float = Field(default=3600.0, gt=0, description="time window of a rollup row")
     telemetry_prune_interval_s: float = Field(
-        default=300.0, ge=0, description="how often the ingestor prunes raw telemetry; 0 never (another worker does)")
+        default=300.0, ge=0, description="how often the ingestor prunes raw telemetry; 0 never (another worker does)"
+    )
 
     @field_validator("broker_url")
     @classmethod
@@ -47,8 +53,9 @@ class HubSettings(BaseModel):
     @model_validator(mode="after")
     def _share_needs_external_broker(self) -> HubSettings:
         if self.shared_telemetry and self.broker_url is None:
-            raise ValueError("shared_telemetry needs an external broker (broker_url): the embedded one has no "
-                             "shared subscriptions")
+            raise ValueError(
+                "shared_telemetry needs an external broker (broker_url): the embedded one has no shared subscriptions"
+            )
         return self
 
     def telemetry_filter(self) -> str:

@@ -61,8 +61,7 @@ def _rule_for(module: str) -> tuple[str, ...]:
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_imports_point_down(module: str) -> None:
     allowed = _rule_for(module)
-    wrong = sorted(dep for dep in GRAPH[module]
-                   if not any(dep == ok or dep.startswith(ok + ".") for ok in allowed))
+    wrong = sorted(dep for dep in GRAPH[module] if not any(dep == ok or dep.startswith(ok + ".") for ok in allowed))
     assert not wrong, f"{module} may import only {allowed}, imports {wrong}"
 
 

@@ -138,8 +138,9 @@ class PahoBroker:
         if info.rc not in (0, 4):  # 4 = not connected: queued and sent after reconnect
             raise BrokerConnectionError(f"publish to {topic} failed with paho code {info.rc}")
 
-    def publish_and_wait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-                         timeout_s: float = 10.0) -> bool:
+    def publish_and_wait(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, timeout_s: float = 10.0
+    ) -> bool:
         """Publish and wait until the broker acknowledged it (QoS 1) or it was written (QoS 0)."""
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         try:

@@ -393,5 +393,3 @@ class FeatureSketcher:
         wire = self.to_wire()
         self._sketches.clear()
         return wire
-
-

@@ -32,8 +32,16 @@ class ConversionRegistration:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
-def register_conversion(hub: Hub, directory: Path, *, version: str, vectors: Path, model: str | None = None,
-                        labels: list[str] | None = None, count: int = 16) -> ConversionRegistration:
+def register_conversion(
+    hub: Hub,
+    directory: Path,
+    *,
+    version: str,
+    vectors: Path,
+    model: str | None = None,
+    labels: list[str] | None = None,
+    count: int = 16,
+) -> ConversionRegistration:
     """Publish every usable variant in ``directory`` (an ``edgefleet convert`` output) as ``model:version``."""
     from converters import load_report
     from converters.data import load_npz
@@ -53,8 +61,9 @@ def register_conversion(hub: Hub, directory: Path, *, version: str, vectors: Pat
             result.skipped.append({"variant": variant.name, "reason": variant.reason or f"status {variant.status}"})
             continue
         if not variant.executed:
-            result.skipped.append({"variant": variant.name,
-                                   "reason": "not executed on this host, so it has no golden outputs"})
+            result.skipped.append(
+                {"variant": variant.name, "reason": "not executed on this host, so it has no golden outputs"}
+            )
             continue
         target = get_target(variant.target)
         model_path = report.artifact_path(variant)
@@ -63,23 +72,52 @@ def register_conversion(hub: Hub, directory: Path, *, version: str, vectors: Pat
         weights_path = model_path.with_suffix(weights_suffix) if weights_suffix else None
         if weights_path is not None:
             files += (weights_path.name,)
-        artifact = Artifact(root=model_path.parent, main=model_path.name, format=variant.format,  # type: ignore[arg-type]
-                            precision=variant.precision, files=files, meta=variant.meta)
+        artifact = Artifact(
+            root=model_path.parent,
+            main=model_path.name,
+            format=variant.format,  # type: ignore[arg-type]
+            precision=variant.precision,
+            files=files,
+            meta=variant.meta,
+        )
         runner = load_runner(target, artifact)
         outputs = np.stack([np.asarray(runner({input_names[0]: row[None, ...]}))[0] for row in inputs])
         quantised = variant.precision not in ("fp32", "fp16")
         dtype = str(variant.meta.get("input_dtypes", ["float32"])[0])
         manifest = BundleManifest(
-            model=name, version=version, target=variant.target, runtime=target.runtime, precision=variant.precision,
-            model_file=model_path.name, weights_file=weights_path.name if weights_path else None,
-            input=TensorSpec(name=input_names[0], dtype=dtype,  # type: ignore[arg-type]
-                             shape=[-1, *inputs.shape[1:]]),
+            model=name,
+            version=version,
+            target=variant.target,
+            runtime=target.runtime,
+            precision=variant.precision,
+            model_file=model_path.name,
+            weights_file=weights_path.name if weights_path else None,
+            input=TensorSpec(
+                name=input_names[0],
+                dtype=dtype,  # type: ignore[arg-type]
+                shape=[-1, *inputs.shape[1:]],
+            ),
             postprocess=Postprocess(labels=labels or []),
-            selftest=SelfTest(atol=1e-3 if quantised else 1e-4, rtol=1e-2 if quantised else 1e-3,
-                              min_top1_agreement=0.9 if quantised else 1.0))
-        metrics = {k: getattr(variant, k) for k in ("accuracy", "max_abs_error", "top1_agreement", "latency_ms_p50",
-                                                     "latency_ms_p99", "size_bytes", "peak_memory_mb")}
+            selftest=SelfTest(
+                atol=1e-3 if quantised else 1e-4,
+                rtol=1e-2 if quantised else 1e-3,
+                min_top1_agreement=0.9 if quantised else 1.0,
+            ),
+        )
+        metrics = {
+            k: getattr(variant, k)
+            for k in (
+                "accuracy",
+                "max_abs_error",
+                "top1_agreement",
+                "latency_ms_p50",
+                "latency_ms_p99",
+                "size_bytes",
+                "peak_memory_mb",
+            )
+        }
         published = hub.publish(manifest, model_path, inputs, outputs, metrics=metrics, weights_path=weights_path)
-        result.registered.append({"variant": variant.name, "bundle_sha256": published.bundle_sha256,
-                                  "tuf_target": published.tuf_target})
+        result.registered.append(
+            {"variant": variant.name, "bundle_sha256": published.bundle_sha256, "tuf_target": published.tuf_target}
+        )
     return result

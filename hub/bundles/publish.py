@@ -20,9 +20,14 @@ from hub.registry import Registry, Variant
 _FIXED_DATE = (2020, 1, 1, 0, 0, 0)  # identical inputs give byte-identical bundles
 
 
-def build_bundle(manifest: BundleManifest, model_bytes: bytes, selftest_inputs: np.ndarray,
-                 selftest_outputs: np.ndarray, reference: dict[str, Any] | None = None,
-                 weights: bytes | None = None) -> bytes:
+def build_bundle(
+    manifest: BundleManifest,
+    model_bytes: bytes,
+    selftest_inputs: np.ndarray,
+    selftest_outputs: np.ndarray,
+    reference: dict[str, Any] | None = None,
+    weights: bytes | None = None,
+) -> bytes:
     """Return the bundle archive bytes (deterministic)."""
     if (weights is None) != (manifest.weights_file is None):
         raise InvalidRequestError("weights bytes and manifest.weights_file go together")
@@ -62,10 +67,19 @@ class PublishedVariant:
     tuf_target: str
 
 
-def publish_variant(registry: Registry, store: ArtifactStore, tuf: TufRepository, manifest: BundleManifest,
-                    model_path: Path, selftest_inputs: np.ndarray, selftest_outputs: np.ndarray, *,
-                    reference: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-                    weights_path: Path | None = None) -> PublishedVariant:
+def publish_variant(
+    registry: Registry,
+    store: ArtifactStore,
+    tuf: TufRepository,
+    manifest: BundleManifest,
+    model_path: Path,
+    selftest_inputs: np.ndarray,
+    selftest_outputs: np.ndarray,
+    *,
+    reference: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    weights_path: Path | None = None,
+) -> PublishedVariant:
     """Store the model and its bundle, sign the bundle with TUF and register the variant."""
     model_bytes = model_path.read_bytes()
     artifact_sha = store.put_bytes(model_bytes)
@@ -73,10 +87,27 @@ def publish_variant(registry: Registry, store: ArtifactStore, tuf: TufRepository
     bundle = build_bundle(manifest, model_bytes, selftest_inputs, selftest_outputs, reference, weights)
     bundle_sha = store.put_bytes(bundle)
     target_path = tuf_target_path(manifest)
-    tuf.add_target(target_path, bundle, {"model": manifest.model, "version": manifest.version,
-                                         "target": manifest.target, "precision": manifest.precision})
+    tuf.add_target(
+        target_path,
+        bundle,
+        {
+            "model": manifest.model,
+            "version": manifest.version,
+            "target": manifest.target,
+            "precision": manifest.precision,
+        },
+    )
     variant = registry.add_variant(
-        manifest.model, manifest.version, target=manifest.target, runtime=manifest.runtime,
-        precision=manifest.precision, artifact_sha256=artifact_sha, size_bytes=len(model_bytes),
-        bundle_sha256=bundle_sha, bundle_size=len(bundle), tuf_target=target_path, metrics=metrics)
+        manifest.model,
+        manifest.version,
+        target=manifest.target,
+        runtime=manifest.runtime,
+        precision=manifest.precision,
+        artifact_sha256=artifact_sha,
+        size_bytes=len(model_bytes),
+        bundle_sha256=bundle_sha,
+        bundle_size=len(bundle),
+        tuf_target=target_path,
+        metrics=metrics,
+    )
     return PublishedVariant(variant, bundle_sha, target_path)

@@ -28,8 +28,15 @@ _MAX_RECENT = 100_000
 class BundleTransfer:
     """Serves metadata files and bundle chunks; counts the bytes it sends in ``egress_bytes``."""
 
-    def __init__(self, broker: Broker, store: ArtifactStore, tuf: TufRepository, *, chunk_size: int = 64 * 1024,
-                 rebroadcast_window_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        store: ArtifactStore,
+        tuf: TufRepository,
+        *,
+        chunk_size: int = 64 * 1024,
+        rebroadcast_window_s: float = 2.0,
+    ) -> None:
         self.broker = broker
         self.store = store
         self.tuf = tuf
@@ -50,8 +57,9 @@ class BundleTransfer:
         name = request.name or ""
         try:
             data = self.tuf.metadata_file(name)
-            reply = MetadataReply(request_id=request.request_id, name=name, found=True,
-                                  data_b64=base64.b64encode(data).decode())
+            reply = MetadataReply(
+                request_id=request.request_id, name=name, found=True, data_b64=base64.b64encode(data).decode()
+            )
         except HubError:
             reply = MetadataReply(request_id=request.request_id, name=name, found=False)
         payload = encode(reply)

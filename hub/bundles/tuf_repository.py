@@ -44,8 +44,9 @@ def _utcnow() -> datetime:
 class TufRepository:
     """Owns the keys and metadata; thread-safe; every change re-signs targets, snapshot and timestamp."""
 
-    def __init__(self, root_dir: Path, *, expiry: Expiry | None = None,
-                 clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(
+        self, root_dir: Path, *, expiry: Expiry | None = None, clock: Callable[[], datetime] = _utcnow
+    ) -> None:
         self.root_dir = root_dir
         self.keys_dir = root_dir / "keys"
         self.metadata_dir = root_dir / "metadata"
@@ -182,8 +183,13 @@ class TufRepository:
 
         previous = self._optional("snapshot.json")
         version = previous.signed.version + 1 if previous else 1
-        snapshot = Metadata(Snapshot(version=version, expires=self._clock() + self.expiry.snapshot,
-                                     meta={"targets.json": MetaFile(version=targets_version)}))
+        snapshot = Metadata(
+            Snapshot(
+                version=version,
+                expires=self._clock() + self.expiry.snapshot,
+                meta={"targets.json": MetaFile(version=targets_version)},
+            )
+        )
         snapshot.sign(self._signers["snapshot"])
         self._write(snapshot, f"{version}.snapshot.json")
         self._write(snapshot, "snapshot.json")
@@ -194,8 +200,13 @@ class TufRepository:
 
         previous = self._optional("timestamp.json")
         version = previous.signed.version + 1 if previous else 1
-        timestamp = Metadata(Timestamp(version=version, expires=self._clock() + self.expiry.timestamp,
-                                       snapshot_meta=MetaFile(version=snapshot_version)))
+        timestamp = Metadata(
+            Timestamp(
+                version=version,
+                expires=self._clock() + self.expiry.timestamp,
+                snapshot_meta=MetaFile(version=snapshot_version),
+            )
+        )
         timestamp.sign(self._signers["timestamp"])
         self._write(timestamp, "timestamp.json")
         return version

@@ -137,9 +137,21 @@ def _run(
 
     from converters.convert import convert
 
-    run = partial(convert, model, targets, out, calib=calib, eval=eval_data, train=train, max_accuracy_drop=budget,
-                  precisions=precisions, pipelines=pipelines, cache_dir=cache_dir, keep_going=keep_going,
-                  threads=threads)
+    run = partial(
+        convert,
+        model,
+        targets,
+        out,
+        calib=calib,
+        eval=eval_data,
+        train=train,
+        max_accuracy_drop=budget,
+        precisions=precisions,
+        pipelines=pipelines,
+        cache_dir=cache_dir,
+        keep_going=keep_going,
+        threads=threads,
+    )
     if quiet:
         return run()
     from rich.console import Console

@@ -25,9 +25,11 @@ def register(app: typer.Typer) -> None:
     app.add_typer(broker_app, name="broker")
 
     @broker_app.command("auth-files")
-    def auth_files(out: Path = typer.Option(..., help="directory for the password and ACL files"),
-                   data_dir: Path = typer.Option(Path("var/hub")),
-                   database_url: str | None = typer.Option(None)) -> None:
+    def auth_files(
+        out: Path = typer.Option(..., help="directory for the password and ACL files"),
+        data_dir: Path = typer.Option(Path("var/hub")),
+        database_url: str | None = typer.Option(None),
+    ) -> None:
         """Write Mosquitto's password and ACL files from the inventory (reload Mosquitto with SIGHUP after)."""
         from hub.app import Hub
         from hub.devices.broker_acl import BrokerUser, hub_user, mosquitto_config, write_broker_auth
@@ -36,7 +38,8 @@ def register(app: typer.Typer) -> None:
         try:
             devices = hub.registry.list_devices()
             users = [hub_user(hub.hub_secret)] + [
-                BrokerUser(username=d.id, password_hash=d.broker_hash, role="device") for d in devices if d.broker_hash]
+                BrokerUser(username=d.id, password_hash=d.broker_hash, role="device") for d in devices if d.broker_hash
+            ]
         finally:
             hub.db.close()
         files = write_broker_auth(out, users)
@@ -47,53 +50,82 @@ def register(app: typer.Typer) -> None:
     app.add_typer(models_app, name="models")
 
     @models_app.command("register-conversion")
-    def register(directory: Path = typer.Argument(..., help="an `edgefleet convert` output directory"),
-                 version: str = typer.Option(..., help="semver of the new model version"),
-                 vectors: Path = typer.Option(..., help=".npz of model inputs for the golden self-test vectors"),
-                 model: str | None = typer.Option(None, help="model name (default: the report's)"),
-                 labels: str | None = typer.Option(None, help="comma-separated class labels"),
-                 data_dir: Path = typer.Option(Path("var/hub")),
-                 database_url: str | None = typer.Option(None)) -> None:
+    def register(
+        directory: Path = typer.Argument(..., help="an `edgefleet convert` output directory"),
+        version: str = typer.Option(..., help="semver of the new model version"),
+        vectors: Path = typer.Option(..., help=".npz of model inputs for the golden self-test vectors"),
+        model: str | None = typer.Option(None, help="model name (default: the report's)"),
+        labels: str | None = typer.Option(None, help="comma-separated class labels"),
+        data_dir: Path = typer.Option(Path("var/hub")),
+        database_url: str | None = typer.Option(None),
+    ) -> None:
         """Sign and register every usable variant of a conversion under MODEL:VERSION."""
         from hub.app import Hub
         from hub.bundles.conversions import register_conversion
 
         hub = Hub(HubSettings(data_dir=data_dir, database_url=database_url))
         try:
-            result = register_conversion(hub, directory, version=version, vectors=vectors, model=model,
-                                         labels=labels.split(",") if labels else None)
+            result = register_conversion(
+                hub,
+                directory,
+                version=version,
+                vectors=vectors,
+                model=model,
+                labels=labels.split(",") if labels else None,
+            )
         finally:
             hub.db.close()
-        typer.echo(json.dumps({"model": result.model, "version": result.version, "registered": result.registered,
-                               "skipped": result.skipped}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "model": result.model,
+                    "version": result.version,
+                    "registered": result.registered,
+                    "skipped": result.skipped,
+                },
+                indent=2,
+            )
+        )
 
     @hub_app.command("serve")
-    def serve(data_dir: Path = typer.Option(Path("var/hub"), help="registry, artifacts and TUF keys"),
-              broker_url: str | None = typer.Option(None, help="mqtt://host:port; omitted: embedded broker"),
-              database_url: str | None = typer.Option(None, help="SQLAlchemy URL; omitted: SQLite in data dir"),
-              broker_port: int = typer.Option(1883, help="embedded broker port"),
-              api_port: int = typer.Option(8600, help="REST API port")) -> None:
+    def serve(
+        data_dir: Path = typer.Option(Path("var/hub"), help="registry, artifacts and TUF keys"),
+        broker_url: str | None = typer.Option(None, help="mqtt://host:port; omitted: embedded broker"),
+        database_url: str | None = typer.Option(None, help="SQLAlchemy URL; omitted: SQLite in data dir"),
+        broker_port: int = typer.Option(1883, help="embedded broker port"),
+        api_port: int = typer.Option(8600, help="REST API port"),
+    ) -> None:
         """Start the hub (REST API, MQTT wiring; an in-process broker when no broker URL is given)."""
         import uvicorn
 
         from hub.api import create_app
         from hub.app import Hub
 
-        settings = HubSettings(data_dir=data_dir, broker_url=broker_url, database_url=database_url,
-                               broker_port=broker_port, api_port=api_port)
+        settings = HubSettings(
+            data_dir=data_dir,
+            broker_url=broker_url,
+            database_url=database_url,
+            broker_port=broker_port,
+            api_port=api_port,
+        )
         hub = Hub(settings)
         hub.start()
-        console.print(f"hub: broker {hub.broker_address.host}:{hub.broker_address.port}, "
-                      f"API http://{settings.api_host}:{settings.api_port}/docs")
+        console.print(
+            f"hub: broker {hub.broker_address.host}:{hub.broker_address.port}, "
+            f"API http://{settings.api_host}:{settings.api_port}/docs"
+        )
         try:
             uvicorn.run(create_app(hub), host=settings.api_host, port=settings.api_port, log_level="warning")
         finally:
             hub.stop()
 
     @devices_app.command("add")
-    def add(device_id: str, target: str = typer.Option(..., help="target profile name"),
-            label: list[str] = typer.Option([], help="key=value, repeatable"),
-            data_dir: Path = typer.Option(Path("var/hub"))) -> None:
+    def add(
+        device_id: str,
+        target: str = typer.Option(..., help="target profile name"),
+        label: list[str] = typer.Option([], help="key=value, repeatable"),
+        data_dir: Path = typer.Option(Path("var/hub")),
+    ) -> None:
         """Provision a device and print its credential (shown once)."""
         from hub.registry import Database, Registry
 
@@ -103,8 +135,9 @@ def register(app: typer.Typer) -> None:
         typer.echo(json.dumps({"device_id": device_id, "target": target, "secret": secret}))
 
     @devices_app.command("list")
-    def list_devices(data_dir: Path = typer.Option(Path("var/hub")),
-                     as_json: bool = typer.Option(False, "--json")) -> None:
+    def list_devices(
+        data_dir: Path = typer.Option(Path("var/hub")), as_json: bool = typer.Option(False, "--json")
+    ) -> None:
         """List devices with target, labels, online status and installed version."""
         from hub.registry import Database, Registry
 
@@ -117,21 +150,30 @@ def register(app: typer.Typer) -> None:
         table = Table("device", "target", "labels", "online", "model:version", "update")
         for d in devices:
             installed = f"{d.active_model}:{d.active_version}" if d.active_model else "-"
-            table.add_row(d.id, d.target, ",".join(f"{k}={v}" for k, v in d.labels.items()),
-                          "yes" if d.online else "no", installed, d.update_state)
+            table.add_row(
+                d.id,
+                d.target,
+                ",".join(f"{k}={v}" for k, v in d.labels.items()),
+                "yes" if d.online else "no",
+                installed,
+                d.update_state,
+            )
         Console().print(table)
 
     @app.command("demo")
-    def demo(devices: int = typer.Option(5, min=1, max=200, help="simulated devices"),
-             requests: int = typer.Option(50, min=1, help="inference requests per device"),
-             as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-             broker_url: str | None = typer.Option(None, help="use this broker instead of the embedded one")) -> None:
+    def demo(
+        devices: int = typer.Option(5, min=1, max=200, help="simulated devices"),
+        requests: int = typer.Option(50, min=1, help="inference requests per device"),
+        as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+        broker_url: str | None = typer.Option(None, help="use this broker instead of the embedded one"),
+    ) -> None:
         """Train a model, ship it to a simulated fleet, drive traffic, and summarise."""
         from hub.demo.run import run_demo
 
         signal.signal(signal.SIGTERM, _interrupt)  # run the demo's clean-up (agents, broker) on SIGTERM too
-        summary = run_demo(devices, requests_per_device=requests, broker_url=broker_url,
-                           log=None if as_json else console.print)
+        summary = run_demo(
+            devices, requests_per_device=requests, broker_url=broker_url, log=None if as_json else console.print
+        )
         if as_json:
             typer.echo(json.dumps(summary, indent=2))
         else:
@@ -157,8 +199,12 @@ def _print_summary(summary: dict[str, object]) -> None:
         accuracy = stats["correct"] / stats["ok"] if stats["ok"] else 0.0
         table.add_row(device_id, deployment["devices"].get(device_id, "?"), str(stats["ok"]), f"{accuracy:.3f}")
     out.print(table)
-    out.print(f"devices on version: {summary['devices_on_version']}/{summary['devices_total']}  "
-              f"inferences ok: {summary['inferences_ok']}  telemetry batches: {summary['telemetry_batches_received']}")
-    out.print(f"bundle sha256 {summary['bundle_sha256']} ({summary['bundle_bytes']} bytes); "
-              f"hub egress {summary['hub_egress_bytes']} bytes; {summary['duration_s']} s")
+    out.print(
+        f"devices on version: {summary['devices_on_version']}/{summary['devices_total']}  "
+        f"inferences ok: {summary['inferences_ok']}  telemetry batches: {summary['telemetry_batches_received']}"
+    )
+    out.print(
+        f"bundle sha256 {summary['bundle_sha256']} ({summary['bundle_bytes']} bytes); "
+        f"hub egress {summary['hub_egress_bytes']} bytes; {summary['duration_s']} s"
+    )
     out.print("[green]OK[/green]" if summary["ok"] else "[red]FAILED[/red]")

@@ -36,38 +36,47 @@ def _store(data_dir: Path, database_url: str | None) -> tuple[Registry, RolloutS
 
 def register(app: typer.Typer) -> None:
     """Add ``rollout`` commands to ``app``."""
-    rollout_app = typer.Typer(help="Staged rollouts with canary, waves, gates and automatic rollback.",
-                              no_args_is_help=True)
+    rollout_app = typer.Typer(
+        help="Staged rollouts with canary, waves, gates and automatic rollback.", no_args_is_help=True
+    )
     app.add_typer(rollout_app, name="rollout")
 
     @rollout_app.command("start")
-    def start(model_version: str = typer.Argument(..., metavar="MODEL:VERSION"),
-              selector: str = typer.Option("", help="label selector, e.g. 'env=prod,tier in (edge)'"),
-              canary: str = typer.Option("5%", help="canary size: 5% or a device count"),
-              waves: str = typer.Option("10,50,100", help="cumulative percentages, or exp:INITIALxFACTOR"),
-              max_failure_rate: float | None = typer.Option(0.05, help="abort above this failure rate"),
-              max_failures: int | None = typer.Option(None, help="abort above this many failures"),
-              min_devices: int = typer.Option(10, help="finished devices before the failure rate counts"),
-              success_threshold: float = typer.Option(0.95, help="share of a wave that must install"),
-              approval: str = typer.Option("none", help="none | after_canary | every_wave"),
-              no_gate: bool = typer.Option(False, "--no-gate", help="no canary analysis between waves"),
-              gate_after: str = typer.Option("every_wave", help="gate after: canary | every_wave"),
-              gate_soak: float = typer.Option(0.0, help="seconds after a wave before the gate is asked"),
-              gate_retry: float = typer.Option(300.0, help="seconds between asks while inconclusive"),
-              gate_max_wait: float = typer.Option(3600.0, help="seconds without a verdict before pausing"),
-              gate_min_devices: int | None = typer.Option(None, help="canary analysis: devices per group "
-                                                          "(latency, confidence); default 5"),
-              gate_min_requests: int | None = typer.Option(None, help="canary analysis: requests per group "
-                                                           "(error rate); default 500"),
-              gate_min_requests_per_device: int | None = typer.Option(
-                  None, help="canary analysis: requests a device needs to count; default 20"),
-              gate_critical: str | None = typer.Option(
-                  None, help="metrics whose failure fails the gate, e.g. latency,error_rate,confidence "
-                             "(default latency,error_rate; the others count in the score)"),
-              device_timeout: float = typer.Option(1800.0, help="seconds a device has to finish"),
-              rollout_id: str | None = typer.Option(None, "--id", help="rollout id (default: generated)"),
-              data_dir: Path = DATA_DIR, database_url: str | None = DATABASE_URL,
-              as_json: bool = typer.Option(False, "--json")) -> None:
+    def start(
+        model_version: str = typer.Argument(..., metavar="MODEL:VERSION"),
+        selector: str = typer.Option("", help="label selector, e.g. 'env=prod,tier in (edge)'"),
+        canary: str = typer.Option("5%", help="canary size: 5% or a device count"),
+        waves: str = typer.Option("10,50,100", help="cumulative percentages, or exp:INITIALxFACTOR"),
+        max_failure_rate: float | None = typer.Option(0.05, help="abort above this failure rate"),
+        max_failures: int | None = typer.Option(None, help="abort above this many failures"),
+        min_devices: int = typer.Option(10, help="finished devices before the failure rate counts"),
+        success_threshold: float = typer.Option(0.95, help="share of a wave that must install"),
+        approval: str = typer.Option("none", help="none | after_canary | every_wave"),
+        no_gate: bool = typer.Option(False, "--no-gate", help="no canary analysis between waves"),
+        gate_after: str = typer.Option("every_wave", help="gate after: canary | every_wave"),
+        gate_soak: float = typer.Option(0.0, help="seconds after a wave before the gate is asked"),
+        gate_retry: float = typer.Option(300.0, help="seconds between asks while inconclusive"),
+        gate_max_wait: float = typer.Option(3600.0, help="seconds without a verdict before pausing"),
+        gate_min_devices: int | None = typer.Option(
+            None, help="canary analysis: devices per group (latency, confidence); default 5"
+        ),
+        gate_min_requests: int | None = typer.Option(
+            None, help="canary analysis: requests per group (error rate); default 500"
+        ),
+        gate_min_requests_per_device: int | None = typer.Option(
+            None, help="canary analysis: requests a device needs to count; default 20"
+        ),
+        gate_critical: str | None = typer.Option(
+            None,
+            help="metrics whose failure fails the gate, e.g. latency,error_rate,confidence "
+            "(default latency,error_rate; the others count in the score)",
+        ),
+        device_timeout: float = typer.Option(1800.0, help="seconds a device has to finish"),
+        rollout_id: str | None = typer.Option(None, "--id", help="rollout id (default: generated)"),
+        data_dir: Path = DATA_DIR,
+        database_url: str | None = DATABASE_URL,
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
         """Create a rollout; the running hub starts it on its next tick."""
         from fleet.errors import FleetConfigError
         from fleet.rollout_plan import gate_from_cli, plan_from_cli
@@ -75,14 +84,34 @@ def register(app: typer.Typer) -> None:
         from hub.rollouts.operations import create_rollout
 
         try:
-            gate = None if no_gate else gate_from_cli(
-                after=gate_after, soak_s=gate_soak, retry_interval_s=gate_retry, max_wait_s=gate_max_wait,
-                min_devices=gate_min_devices, min_requests=gate_min_requests,
-                min_requests_per_device=gate_min_requests_per_device, critical=gate_critical)
-            plan = plan_from_cli(model_version, selector=selector, canary=canary, waves=waves,
-                                 max_failure_rate=max_failure_rate, max_failures=max_failures,
-                                 min_devices=min_devices, success_threshold=success_threshold, approval=approval,
-                                 gate=not no_gate, device_timeout_s=device_timeout, gate_spec=gate)
+            gate = (
+                None
+                if no_gate
+                else gate_from_cli(
+                    after=gate_after,
+                    soak_s=gate_soak,
+                    retry_interval_s=gate_retry,
+                    max_wait_s=gate_max_wait,
+                    min_devices=gate_min_devices,
+                    min_requests=gate_min_requests,
+                    min_requests_per_device=gate_min_requests_per_device,
+                    critical=gate_critical,
+                )
+            )
+            plan = plan_from_cli(
+                model_version,
+                selector=selector,
+                canary=canary,
+                waves=waves,
+                max_failure_rate=max_failure_rate,
+                max_failures=max_failures,
+                min_devices=min_devices,
+                success_threshold=success_threshold,
+                approval=approval,
+                gate=not no_gate,
+                device_timeout_s=device_timeout,
+                gate_spec=gate,
+            )
             registry, store = _store(data_dir, database_url)
             snapshot = create_rollout(store, registry, plan, rollout_id=rollout_id)
         except (FleetConfigError, HubError) as exc:
@@ -94,8 +123,12 @@ def register(app: typer.Typer) -> None:
             typer.echo(snapshot.rollout_id)
 
     @rollout_app.command("status")
-    def status(rollout_id: str, data_dir: Path = DATA_DIR, database_url: str | None = DATABASE_URL,
-               as_json: bool = typer.Option(False, "--json")) -> None:
+    def status(
+        rollout_id: str,
+        data_dir: Path = DATA_DIR,
+        database_url: str | None = DATABASE_URL,
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
         """Progress overall, per wave and per device class."""
         from hub.errors import HubError
         from hub.rollouts.operations import rollout_status
@@ -112,11 +145,16 @@ def register(app: typer.Typer) -> None:
         _print_status(data)
 
     @rollout_app.command("list")
-    def list_rollouts(data_dir: Path = DATA_DIR, database_url: str | None = DATABASE_URL,
-                      as_json: bool = typer.Option(False, "--json")) -> None:
+    def list_rollouts(
+        data_dir: Path = DATA_DIR,
+        database_url: str | None = DATABASE_URL,
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
         """All rollouts, newest first."""
-        rows = [{"rollout_id": r.id, "model": r.model, "version": r.version, "state": r.state}
-                for r in _store(data_dir, database_url)[1].all()]
+        rows = [
+            {"rollout_id": r.id, "model": r.model, "version": r.version, "state": r.state}
+            for r in _store(data_dir, database_url)[1].all()
+        ]
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
             return
@@ -146,8 +184,10 @@ def register(app: typer.Typer) -> None:
 
 def _print_status(data: dict[str, Any]) -> None:
     out = Console()
-    out.print(f"{data['rollout_id']}  {data['model']}:{data['version']}  [bold]{data['state']}[/bold]  "
-              f"{data['wave_name']} of {data['wave_count']}  {data['on_version_percent']}% on version")
+    out.print(
+        f"{data['rollout_id']}  {data['model']}:{data['version']}  [bold]{data['state']}[/bold]  "
+        f"{data['wave_name']} of {data['wave_count']}  {data['on_version_percent']}% on version"
+    )
     if data["reason"]:
         out.print(f"reason: {data['reason']}")
     phases = list(data["totals"])

@@ -58,15 +58,25 @@ def train_digits(out_dir: Path, *, epochs: int = 60, seed: int = 0) -> TrainedDi
     return TrainedDigits(onnx_path, mean, std, test_x, test_y, test_x[:16], logits[:16], accuracy)
 
 
-def digits_manifest(trained: TrainedDigits, version: str, *, target: str = "x86-onnx-cpu", atol: float = 1e-4,
-                    heavy: bool = False) -> BundleManifest:
+def digits_manifest(
+    trained: TrainedDigits, version: str, *, target: str = "x86-onnx-cpu", atol: float = 1e-4, heavy: bool = False
+) -> BundleManifest:
     """The bundle manifest of the digits model: its pre-processing, labels and self-test tolerance."""
     return BundleManifest(
-        model="digits", version=version, target=target, runtime="onnxruntime", precision="fp32",
-        model_file="model.onnx", input=TensorSpec(name="input", dtype="float32", shape=[-1, 64]),
+        model="digits",
+        version=version,
+        target=target,
+        runtime="onnxruntime",
+        precision="fp32",
+        model_file="model.onnx",
+        input=TensorSpec(name="input", dtype="float32", shape=[-1, 64]),
         preprocess=Preprocess(kind="affine", mean=trained.mean.tolist(), std=trained.std.tolist()),
-        postprocess=Postprocess(labels=[str(i) for i in range(10)]), selftest=SelfTest(atol=atol, rtol=1e-3),
-        feature_names=[f"f{i}" for i in range(64)], heavy=heavy, created_at=time.time())
+        postprocess=Postprocess(labels=[str(i) for i in range(10)]),
+        selftest=SelfTest(atol=atol, rtol=1e-3),
+        feature_names=[f"f{i}" for i in range(64)],
+        heavy=heavy,
+        created_at=time.time(),
+    )
 
 
 def digits_reference(trained: TrainedDigits) -> dict[str, Any]:

@@ -19,8 +19,14 @@ DEMO_TARGET = "x86-onnx-cpu"
 _OURS = ("mqtt-dispatch", "embedded-broker", "telemetry-writer", "agent-http", "paho")
 
 
-def run_demo(devices: int = 5, *, requests_per_device: int = 50, data_dir: Path | None = None,
-             broker_url: str | None = None, log: Any = None) -> dict[str, Any]:
+def run_demo(
+    devices: int = 5,
+    *,
+    requests_per_device: int = 50,
+    data_dir: Path | None = None,
+    broker_url: str | None = None,
+    log: Any = None,
+) -> dict[str, Any]:
     """Run the whole loop and return the summary (``ok`` is False if any device failed)."""
     say = log or (lambda _msg: None)
     started = time.monotonic()
@@ -35,13 +41,23 @@ def run_demo(devices: int = 5, *, requests_per_device: int = 50, data_dir: Path 
         broker_port = hub.broker_address.port if broker_url is None else None
         fleet = SimulatedFleet(hub, root / "fleet")
         try:
-            say(f"hub up: broker {hub.broker_address.host}:{hub.broker_address.port}, "
-                f"registry {hub.db.engine.url.render_as_string()}")
+            say(
+                f"hub up: broker {hub.broker_address.host}:{hub.broker_address.port}, "
+                f"registry {hub.db.engine.url.render_as_string()}"
+            )
             manifest = digits_manifest(trained, "1.0.0", target=DEMO_TARGET)
-            published = hub.publish(manifest, trained.onnx_path, trained.golden_x, trained.golden_logits,
-                                    reference=digits_reference(trained), metrics={"accuracy": trained.accuracy})
-            say(f"published digits:1.0.0 for {DEMO_TARGET}: bundle {published.bundle_sha256[:12]}, "
-                f"signed as {published.tuf_target}")
+            published = hub.publish(
+                manifest,
+                trained.onnx_path,
+                trained.golden_x,
+                trained.golden_logits,
+                reference=digits_reference(trained),
+                metrics={"accuracy": trained.accuracy},
+            )
+            say(
+                f"published digits:1.0.0 for {DEMO_TARGET}: bundle {published.bundle_sha256[:12]}, "
+                f"signed as {published.tuf_target}"
+            )
             fleet.provision(devices, DEMO_TARGET)
             fleet.start()
             say(f"{devices} agents running")
@@ -58,13 +74,16 @@ def run_demo(devices: int = 5, *, requests_per_device: int = 50, data_dir: Path 
                 "devices_on_version": sum(1 for d in devices_rows if d.active_version == "1.0.0"),
                 "inferences_ok": sum(d["ok"] for d in per_device.values()),
                 "inferences_failed": sum(d["failed"] for d in per_device.values()),
-                "device_accuracy": _ratio(sum(d["correct"] for d in per_device.values()),
-                                          sum(d["ok"] for d in per_device.values())),
+                "device_accuracy": _ratio(
+                    sum(d["correct"] for d in per_device.values()), sum(d["ok"] for d in per_device.values())
+                ),
                 "telemetry_batches_received": telemetry,
                 "bundle_sha256": published.bundle_sha256,
                 "bundle_bytes": hub.store.size(published.bundle_sha256),
                 "hub_egress_bytes": hub.transfer.egress_bytes if hub.transfer else 0,
-                "model": "digits", "version": "1.0.0", "target": DEMO_TARGET,
+                "model": "digits",
+                "version": "1.0.0",
+                "target": DEMO_TARGET,
                 "source_accuracy": trained.accuracy,
                 "deployment": {"id": deployment.id, "devices": outcome},
                 "devices": per_device,
@@ -72,14 +91,21 @@ def run_demo(devices: int = 5, *, requests_per_device: int = 50, data_dir: Path 
         finally:
             fleet.stop()
             hub.stop()
-    leftover = [t.name for t in threading.enumerate()
-                if t.ident not in threads_before and t.is_alive() and (not t.daemon or t.name.startswith(_OURS))]
+    leftover = [
+        t.name
+        for t in threading.enumerate()
+        if t.ident not in threads_before and t.is_alive() and (not t.daemon or t.name.startswith(_OURS))
+    ]
     summary["leftover_threads"] = leftover
     summary["broker_port_released"] = _port_closed(broker_port) if broker_port else True
     summary["duration_s"] = round(time.monotonic() - started, 2)
-    summary["ok"] = (summary["devices_on_version"] == devices and summary["inferences_failed"] == 0
-                     and summary["telemetry_batches_received"] >= devices and not leftover
-                     and summary["broker_port_released"])
+    summary["ok"] = (
+        summary["devices_on_version"] == devices
+        and summary["inferences_failed"] == 0
+        and summary["telemetry_batches_received"] >= devices
+        and not leftover
+        and summary["broker_port_released"]
+    )
     return summary
 
 
@@ -91,8 +117,7 @@ def _drive_traffic(fleet: SimulatedFleet, trained: Any, requests: int) -> dict[s
             versions: set[str] = set()
             for i in range(requests):
                 index = (offset * requests + i) % len(trained.test_x)
-                response = client.post(f"{device.api_url}/v1/predict",
-                                       json={"inputs": trained.test_x[index].tolist()})
+                response = client.post(f"{device.api_url}/v1/predict", json={"inputs": trained.test_x[index].tolist()})
                 if response.status_code != 200:
                     failed += 1
                     continue

@@ -53,8 +53,15 @@ class SimulatedFleet:
     root: Path
     devices: list[SimulatedDevice] = field(default_factory=list)
 
-    def provision(self, count: int, target: str, *, prefix: str = "sim", labels: dict[str, str] | None = None,
-                  telemetry_interval_s: float = 1.0) -> list[SimulatedDevice]:
+    def provision(
+        self,
+        count: int,
+        target: str,
+        *,
+        prefix: str = "sim",
+        labels: dict[str, str] | None = None,
+        telemetry_interval_s: float = 1.0,
+    ) -> list[SimulatedDevice]:
         """Create devices with fresh credentials, trust root and config files."""
         address = self.hub.broker_address
         trust_root = self.hub.tuf.trusted_root()
@@ -74,7 +81,8 @@ class SimulatedFleet:
                 f'device_id = "{device_id}"\ntarget = "{target}"\n'
                 f'broker_url = "mqtt://{address.host}:{address.port}"\npassword_file = "device.secret"\n'
                 f'data_dir = "data"\ntrust_root = "root.json"\nhttp_port = {port}\n'
-                f"telemetry_interval_s = {telemetry_interval_s}\nchunk_timeout_s = 2.0\n")
+                f"telemetry_interval_s = {telemetry_interval_s}\nchunk_timeout_s = 2.0\n"
+            )
             device = SimulatedDevice(device_id, target, config, port)
             self.devices.append(device)
             created.append(device)
@@ -88,24 +96,37 @@ class SimulatedFleet:
             device.log_path = device.config_path.parent / "agent.log"
             with device.log_path.open("ab") as log_file:
                 device.process = subprocess.Popen(
-                    [sys.executable, "-m", "agent.cli", "run", "--config", str(device.config_path),
-                     "--log-level", "WARNING"],
-                    stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                    [
+                        sys.executable,
+                        "-m",
+                        "agent.cli",
+                        "run",
+                        "--config",
+                        str(device.config_path),
+                        "--log-level",
+                        "WARNING",
+                    ],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
         deadline = time.monotonic() + timeout_s
         with httpx.Client(timeout=1.0) as client:
             for device in chosen:
                 while True:
                     if device.process is not None and device.process.poll() is not None:
-                        raise HubError(f"agent {device.device_id} exited with {device.process.returncode}: "
-                                       f"{self.tail(device)}")
+                        raise HubError(
+                            f"agent {device.device_id} exited with {device.process.returncode}: {self.tail(device)}"
+                        )
                     try:
                         if client.get(f"{device.api_url}/v1/health").status_code == 200:
                             break
                     except httpx.TransportError:
                         pass
                     if time.monotonic() > deadline:
-                        raise HubError(f"agent {device.device_id} did not come up in {timeout_s:.0f} s: "
-                                       f"{self.tail(device)}")
+                        raise HubError(
+                            f"agent {device.device_id} did not come up in {timeout_s:.0f} s: {self.tail(device)}"
+                        )
                     time.sleep(0.1)  # polling a child process's port: there is no event to wait on
 
     def stop(self, devices: list[SimulatedDevice] | None = None, *, timeout_s: float = 30.0) -> None:

@@ -70,8 +70,9 @@ try:  # the plugins subclass amqtt's bases; amqtt is a hub dependency
             enforce: bool = True
             extra: dict[str, Any] = field(default_factory=dict)
 
-        async def topic_filtering(self, *, session: Any = None, topic: str | None = None,
-                                  action: Any = None) -> bool | None:
+        async def topic_filtering(
+            self, *, session: Any = None, topic: str | None = None, action: Any = None
+        ) -> bool | None:
             if not self.config.enforce:
                 return True
             if topic is None or topic.startswith("$SYS"):
@@ -131,8 +132,10 @@ class EmbeddedBroker:
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 10_000}},
             "plugins": {
-                "hub.devices.embedded_broker.RegistryAuthPlugin": {"check_id": self._check_id,
-                                                           "allow_anonymous": not self._secured},
+                "hub.devices.embedded_broker.RegistryAuthPlugin": {
+                    "check_id": self._check_id,
+                    "allow_anonymous": not self._secured,
+                },
                 "hub.devices.embedded_broker.AclTopicPlugin": {"enforce": self._secured},
             },
         }

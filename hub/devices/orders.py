@@ -21,14 +21,34 @@ class DeploymentOrders:
         self.store = store
         self.chunk_size = chunk_size
 
-    def order_for(self, deployment_id: str, bundle_sha256: str, *, model: str, version: str, target: str,
-                  tuf_target: str, allow_downgrade: bool = False, shadow: bool = False) -> DeploymentOrder:
+    def order_for(
+        self,
+        deployment_id: str,
+        bundle_sha256: str,
+        *,
+        model: str,
+        version: str,
+        target: str,
+        tuf_target: str,
+        allow_downgrade: bool = False,
+        shadow: bool = False,
+    ) -> DeploymentOrder:
         """Build a deployment order for a stored bundle."""
         size = self.store.size(bundle_sha256)
-        return DeploymentOrder(deployment_id=deployment_id, model=model, version=version, target=target,
-                               tuf_target=tuf_target, sha256=bundle_sha256, size_bytes=size,
-                               chunk_size=self.chunk_size, chunk_count=max(1, math.ceil(size / self.chunk_size)),
-                               allow_downgrade=allow_downgrade, shadow=shadow, issued_at=time.time())
+        return DeploymentOrder(
+            deployment_id=deployment_id,
+            model=model,
+            version=version,
+            target=target,
+            tuf_target=tuf_target,
+            sha256=bundle_sha256,
+            size_bytes=size,
+            chunk_size=self.chunk_size,
+            chunk_count=max(1, math.ceil(size / self.chunk_size)),
+            allow_downgrade=allow_downgrade,
+            shadow=shadow,
+            issued_at=time.time(),
+        )
 
     def send(self, device_id: str, order: DeploymentOrder) -> None:
         """Publish ``order`` as the device's desired deployment (retained)."""

@@ -137,8 +137,10 @@ class DeviceTraffic:
         payload_type, device_field = _CHANNELS[channel]
         decoded = decode(payload_type, message.payload, topic=message.topic)
         if device_field is not None and getattr(decoded, device_field) != device_id:
-            raise ProtocolError(f"{channel} names device {getattr(decoded, device_field)} but came on the topic of "
-                                f"{device_id}", topic=message.topic)
+            raise ProtocolError(
+                f"{channel} names device {getattr(decoded, device_field)} but came on the topic of {device_id}",
+                topic=message.topic,
+            )
         self._require_known(device_id, message.topic)
         return device_id, decoded
 

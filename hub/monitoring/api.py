@@ -43,8 +43,14 @@ def create_monitoring_router(hub: Hub) -> APIRouter:
         """Drift of the version's telemetry against the reference shipped in its bundle, per cohort."""
         hub.registry.get_version(name, version)  # 404 for an unknown version
         try:
-            report = drift_report_for(monitoring.source(), name, version, by=by, selectors={c: c for c in cohort},
-                                      since=time.time() - last_hours * 3600 if last_hours else None)
+            report = drift_report_for(
+                monitoring.source(),
+                name,
+                version,
+                by=by,
+                selectors={c: c for c in cohort},
+                since=time.time() - last_hours * 3600 if last_hours else None,
+            )
         except FleetError as exc:
             raise InvalidRequestError(str(exc)) from exc
         monitoring.record_drift(report)
@@ -71,7 +77,9 @@ def create_monitoring_router(hub: Hub) -> APIRouter:
     @router.get("/models/{name}/versions/{version}/telemetry/rollups")
     def rollups(name: str, version: str) -> list[dict[str, Any]]:
         """Hourly (by default) rollups of pruned raw telemetry per device class, oldest first."""
-        return [r.model_dump(exclude={"id", "feature_sketches", "devices"}) | {"devices": len(r.devices)}
-                for r in hub.registry.telemetry_rollups(name, version)]
+        return [
+            r.model_dump(exclude={"id", "feature_sketches", "devices"}) | {"devices": len(r.devices)}
+            for r in hub.registry.telemetry_rollups(name, version)
+        ]
 
     return router

@@ -39,9 +39,16 @@ class RetentionPolicy:
 class TelemetryIngestor:
     """One writer thread; a write covers up to ``max_batch`` messages or whatever arrived in ``linger_s``."""
 
-    def __init__(self, registry: Registry, *, max_batch: int = 500, linger_s: float = 0.2,
-                 on_stored: Callable[[list[TelemetryBatch]], None] | None = None,
-                 metrics: FleetMetrics | None = None, retention: RetentionPolicy | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        max_batch: int = 500,
+        linger_s: float = 0.2,
+        on_stored: Callable[[list[TelemetryBatch]], None] | None = None,
+        metrics: FleetMetrics | None = None,
+        retention: RetentionPolicy | None = None,
+    ) -> None:
         self._registry = registry
         self._max_batch = max_batch
         self._linger_s = linger_s
@@ -101,8 +108,9 @@ class TelemetryIngestor:
             return 0
         with self._prune_lock:
             self._last_prune = time.monotonic()
-            pruned = self._registry.prune_telemetry(max_age_s=policy.max_age_s, max_rows=policy.max_rows,
-                                                    window_s=policy.window_s)
+            pruned = self._registry.prune_telemetry(
+                max_age_s=policy.max_age_s, max_rows=policy.max_rows, window_s=policy.window_s
+            )
         with self._idle:
             self.pruned += pruned
         return pruned

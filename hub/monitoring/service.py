@@ -89,8 +89,9 @@ class HubMonitoring:
     scrape; rollout states at every scrape. Reports computed through the API are published too.
     """
 
-    def __init__(self, registry: Registry, store: ArtifactStore, *, refresh_s: float = 1.0,
-                 process_metrics: bool = True) -> None:
+    def __init__(
+        self, registry: Registry, store: ArtifactStore, *, refresh_s: float = 1.0, process_metrics: bool = True
+    ) -> None:
         self.hub_registry = registry
         self.store = store
         self.prometheus = CollectorRegistry(auto_describe=True)
@@ -158,4 +159,3 @@ class HubMonitoring:
         except Exception:  # a scrape still answers with what it has
             log.exception("refreshing fleet gauges for /metrics failed")
         return generate_latest(self.prometheus)
-

@@ -82,8 +82,15 @@ class Registry:
         model = self.ensure_model(model_name)
         try:
             with self.db.session() as session:
-                row = ModelVersion(model_id=_id(model.id), version=str(parsed), major=parsed.major, minor=parsed.minor,
-                                   patch=parsed.patch, prerelease=parsed.prerelease or "", notes=notes)
+                row = ModelVersion(
+                    model_id=_id(model.id),
+                    version=str(parsed),
+                    major=parsed.major,
+                    minor=parsed.minor,
+                    patch=parsed.patch,
+                    prerelease=parsed.prerelease or "",
+                    notes=notes,
+                )
                 session.add(row)
                 session.flush()
                 return row
@@ -108,9 +115,21 @@ class Registry:
 
     # -- variants -----------------------------------------------------------------------------------------
 
-    def add_variant(self, model_name: str, version: str, *, target: str, runtime: str, precision: str,
-                    artifact_sha256: str, size_bytes: int, bundle_sha256: str, bundle_size: int,
-                    tuf_target: str, metrics: dict[str, Any] | None = None) -> Variant:
+    def add_variant(
+        self,
+        model_name: str,
+        version: str,
+        *,
+        target: str,
+        runtime: str,
+        precision: str,
+        artifact_sha256: str,
+        size_bytes: int,
+        bundle_sha256: str,
+        bundle_size: int,
+        tuf_target: str,
+        metrics: dict[str, Any] | None = None,
+    ) -> Variant:
         """Attach a built variant to a registered version."""
         try:
             get_target(target)
@@ -119,9 +138,18 @@ class Registry:
         version_row = self.get_version(model_name, version)
         try:
             with self.db.session() as session:
-                row = Variant(version_id=_id(version_row.id), target=target, runtime=runtime, precision=precision,
-                              artifact_sha256=artifact_sha256, size_bytes=size_bytes, bundle_sha256=bundle_sha256,
-                              bundle_size=bundle_size, tuf_target=tuf_target, metrics=metrics or {})
+                row = Variant(
+                    version_id=_id(version_row.id),
+                    target=target,
+                    runtime=runtime,
+                    precision=precision,
+                    artifact_sha256=artifact_sha256,
+                    size_bytes=size_bytes,
+                    bundle_sha256=bundle_sha256,
+                    bundle_size=bundle_size,
+                    tuf_target=tuf_target,
+                    metrics=metrics or {},
+                )
                 session.add(row)
                 session.flush()
                 return row
@@ -154,8 +182,13 @@ class Registry:
         secret = new_secret()
         try:
             with self.db.session() as session:
-                device = Device(id=device_id, target=target, labels=labels or {}, credential_hash=hash_secret(secret),
-                                broker_hash=hash_password(secret))
+                device = Device(
+                    id=device_id,
+                    target=target,
+                    labels=labels or {},
+                    credential_hash=hash_secret(secret),
+                    broker_hash=hash_password(secret),
+                )
                 session.add(device)
                 session.flush()
                 return device, secret
@@ -199,8 +232,9 @@ class Registry:
 
     # -- deployments --------------------------------------------------------------------------------------
 
-    def create_deployment(self, model_name: str, version: str, device_ids: list[str], *,
-                          allow_downgrade: bool = False) -> tuple[Deployment, dict[str, Variant]]:
+    def create_deployment(
+        self, model_name: str, version: str, device_ids: list[str], *, allow_downgrade: bool = False
+    ) -> tuple[Deployment, dict[str, Variant]]:
         """Record a deployment and pick each device's variant by its target; return both.
 
         A device whose target has no variant is refused with `InvalidRequestError` naming it: it is never
@@ -220,8 +254,13 @@ class Registry:
                 missing.append(f"{device_id} ({device.target})")
         if missing:
             raise InvalidRequestError(f"{model_name}:{version} has no variant for: {', '.join(missing)}")
-        deployment = Deployment(id=f"dep-{uuid.uuid4().hex[:12]}", model=model_name, version=version,
-                                device_ids=list(device_ids), allow_downgrade=allow_downgrade)
+        deployment = Deployment(
+            id=f"dep-{uuid.uuid4().hex[:12]}",
+            model=model_name,
+            version=version,
+            device_ids=list(device_ids),
+            allow_downgrade=allow_downgrade,
+        )
         with self.db.session() as session:
             session.add(deployment)
             session.flush()
@@ -281,23 +320,40 @@ class Registry:
                 return []
             try:
                 with self.db.session() as session:
-                    seen = set(session.exec(
-                        select(TelemetryRecord.batch_id).where(col(TelemetryRecord.batch_id).in_(unique))))
+                    seen = set(
+                        session.exec(select(TelemetryRecord.batch_id).where(col(TelemetryRecord.batch_id).in_(unique)))
+                    )
                     fresh = [b for batch_id, b in unique.items() if batch_id not in seen]
                     for batch in fresh:
-                        session.add(TelemetryRecord(
-                            batch_id=batch.batch_id, device_id=batch.device_id, target=batch.target,
-                            model=batch.model, version=batch.version, window_start=batch.window_start,
-                            window_end=batch.window_end, requests=batch.requests, errors=batch.errors,
-                            payload=batch.model_dump(mode="json")))
+                        session.add(
+                            TelemetryRecord(
+                                batch_id=batch.batch_id,
+                                device_id=batch.device_id,
+                                target=batch.target,
+                                model=batch.model,
+                                version=batch.version,
+                                window_start=batch.window_start,
+                                window_end=batch.window_end,
+                                requests=batch.requests,
+                                errors=batch.errors,
+                                payload=batch.model_dump(mode="json"),
+                            )
+                        )
                 return fresh
             except IntegrityError:
                 if attempt == _WRITE_ATTEMPTS - 1:
                     raise
         return []  # pragma: no cover - the loop returns or raises
 
-    def prune_telemetry(self, *, max_age_s: float | None = None, max_rows: int | None = None,
-                        window_s: float = 3600.0, now: float | None = None, chunk: int = 2000) -> int:
+    def prune_telemetry(
+        self,
+        *,
+        max_age_s: float | None = None,
+        max_rows: int | None = None,
+        window_s: float = 3600.0,
+        now: float | None = None,
+        chunk: int = 2000,
+    ) -> int:
         """Fold raw batches into `TelemetryRollup` rows and delete them: those whose window ended more than
         ``max_age_s`` ago, then the oldest ones beyond ``max_rows``. Return how many raw batches were pruned.
 
@@ -318,8 +374,9 @@ class Registry:
                 return pruned
             pruned += count
 
-    def _prune_chunk(self, max_age_s: float | None, max_rows: int | None, window_s: float, now: float,
-                     chunk: int) -> int:
+    def _prune_chunk(
+        self, max_age_s: float | None, max_rows: int | None, window_s: float, now: float, chunk: int
+    ) -> int:
         with self.db.session() as session:
             query = select(TelemetryRecord).order_by(col(TelemetryRecord.window_end))
             if max_age_s is not None:
@@ -338,16 +395,21 @@ class Registry:
                 raise _PruneConflict
             groups: dict[tuple[str, str, str, float], list[TelemetryBatch]] = {}
             for record in old:
-                key = (record.model, record.version, record.target,
-                       rollup_window_start(record.window_start, window_s))
+                key = (record.model, record.version, record.target, rollup_window_start(record.window_start, window_s))
                 groups.setdefault(key, []).append(TelemetryBatch.model_validate(record.payload))
             for (model, version, target, start), members in groups.items():
-                row = session.exec(select(TelemetryRollup).where(
-                    TelemetryRollup.model == model, TelemetryRollup.version == version,
-                    TelemetryRollup.target == target, TelemetryRollup.window_start == start)).first()
+                row = session.exec(
+                    select(TelemetryRollup).where(
+                        TelemetryRollup.model == model,
+                        TelemetryRollup.version == version,
+                        TelemetryRollup.target == target,
+                        TelemetryRollup.window_start == start,
+                    )
+                ).first()
                 if row is None:
-                    row = TelemetryRollup(model=model, version=version, target=target, window_start=start,
-                                          window_s=window_s)
+                    row = TelemetryRollup(
+                        model=model, version=version, target=target, window_start=start, window_s=window_s
+                    )
                 session.add(fold_batches(row, members))
         return len(old)
 

@@ -79,8 +79,11 @@ class RolloutStore:
     def undone_actions(self) -> list[tuple[int, str, list[Action]]]:
         """Outbox rows not yet carried out, oldest first: (id, rollout id, actions)."""
         with self.db.session() as session:
-            rows = list(session.exec(select(RolloutOutbox).where(col(RolloutOutbox.done).is_(False))
-                                     .order_by(col(RolloutOutbox.id))))
+            rows = list(
+                session.exec(
+                    select(RolloutOutbox).where(col(RolloutOutbox.done).is_(False)).order_by(col(RolloutOutbox.id))
+                )
+            )
         return [(r.id or 0, r.rollout_id, load_actions(r.actions)) for r in rows]
 
     def mark_done(self, outbox_id: int | None) -> None:
@@ -96,8 +99,11 @@ class RolloutStore:
     def history(self, rollout_id: str) -> list[Action]:
         """Every action the rollout produced, in order (the audit log)."""
         with self.db.session() as session:
-            rows = list(session.exec(select(RolloutOutbox).where(RolloutOutbox.rollout_id == rollout_id)
-                                     .order_by(col(RolloutOutbox.id))))
+            rows = list(
+                session.exec(
+                    select(RolloutOutbox).where(RolloutOutbox.rollout_id == rollout_id).order_by(col(RolloutOutbox.id))
+                )
+            )
         return [a for r in rows for a in load_actions(r.actions)]
 
     def queue_command(self, rollout_id: str, command: Command) -> int:
@@ -111,8 +117,13 @@ class RolloutStore:
     def pending_commands(self) -> list[RolloutCommandRow]:
         """Queued commands, oldest first."""
         with self.db.session() as session:
-            return list(session.exec(select(RolloutCommandRow).where(col(RolloutCommandRow.done).is_(False))
-                                     .order_by(col(RolloutCommandRow.id))))
+            return list(
+                session.exec(
+                    select(RolloutCommandRow)
+                    .where(col(RolloutCommandRow.done).is_(False))
+                    .order_by(col(RolloutCommandRow.id))
+                )
+            )
 
     def finish_command(self, command_id: int | None, error: str = "") -> None:
         """Mark a queued command as handled (with the error when it could not be applied)."""
@@ -122,9 +133,16 @@ class RolloutStore:
                 row.done, row.error = True, error
                 session.add(row)
 
-
-    def mirror_deployment(self, deployment_id: str, model: str, version: str, devices: dict[str, int | None], *,
-                          status: str, allow_downgrade: bool = False) -> bool:
+    def mirror_deployment(
+        self,
+        deployment_id: str,
+        model: str,
+        version: str,
+        devices: dict[str, int | None],
+        *,
+        status: str,
+        allow_downgrade: bool = False,
+    ) -> bool:
         """Record devices sent ``deployment_id`` as `Deployment` / `DeploymentDevice` rows (``devices``: device
         id -> variant id); rows already there are kept (replays are harmless). False when the id is too long."""
         if not _mirrored(deployment_id):
@@ -132,18 +150,28 @@ class RolloutStore:
         with self.db.session() as session:
             deployment = session.get(Deployment, deployment_id)
             if deployment is None:
-                deployment = Deployment(id=deployment_id, model=model, version=version, device_ids=[],
-                                        allow_downgrade=allow_downgrade, status=status)
+                deployment = Deployment(
+                    id=deployment_id,
+                    model=model,
+                    version=version,
+                    device_ids=[],
+                    allow_downgrade=allow_downgrade,
+                    status=status,
+                )
             listed = set(deployment.device_ids)
             new = [d for d in devices if d not in listed]
             if new:
                 deployment.device_ids = [*deployment.device_ids, *new]  # a new list: JSON columns track assignment
             session.add(deployment)
             session.flush()
-            have = set(session.exec(select(DeploymentDevice.device_id)
-                                    .where(DeploymentDevice.deployment_id == deployment_id)))
-            session.add_all(DeploymentDevice(deployment_id=deployment_id, device_id=d, variant_id=variant_id)
-                            for d, variant_id in devices.items() if d not in have)
+            have = set(
+                session.exec(select(DeploymentDevice.device_id).where(DeploymentDevice.deployment_id == deployment_id))
+            )
+            session.add_all(
+                DeploymentDevice(deployment_id=deployment_id, device_id=d, variant_id=variant_id)
+                for d, variant_id in devices.items()
+                if d not in have
+            )
         return True
 
     def record_error(self, deployment_id: str, device_id: str, detail: str) -> bool:
@@ -155,8 +183,9 @@ class RolloutStore:
                 return False
             row = session.get(RolloutDeviceError, (deployment_id, device_id))
             if row is None:
-                row = RolloutDeviceError(deployment_id=deployment_id, device_id=device_id, rollout_id=rollout_id,
-                                         detail=detail)
+                row = RolloutDeviceError(
+                    deployment_id=deployment_id, device_id=device_id, rollout_id=rollout_id, detail=detail
+                )
             row.detail, row.updated_at = detail, time.time()
             session.add(row)
         return True
@@ -164,8 +193,11 @@ class RolloutStore:
     def errors(self) -> dict[tuple[str, str], str]:
         """Kept failure details of open rollouts: (device id, deployment id) -> detail."""
         with self.db.session() as session:
-            query = (select(RolloutDeviceError).join(RolloutRow, col(RolloutRow.id) == RolloutDeviceError.rollout_id)
-                     .where(col(RolloutRow.final).is_(False)))
+            query = (
+                select(RolloutDeviceError)
+                .join(RolloutRow, col(RolloutRow.id) == RolloutDeviceError.rollout_id)
+                .where(col(RolloutRow.final).is_(False))
+            )
             return {(r.device_id, r.deployment_id): r.detail for r in session.exec(query)}
 
 
@@ -174,8 +206,13 @@ def _mirrored(deployment_id: str) -> bool:
 
 
 def _row(snapshot: RolloutSnapshot) -> RolloutRow:
-    return RolloutRow(id=snapshot.rollout_id, model=snapshot.plan.model, version=snapshot.plan.version,
-                      state=snapshot.state.value, final=snapshot.final, snapshot=snapshot.model_dump_json(),
-                      created_at=snapshot.created_at, updated_at=snapshot.updated_at)
-
-
+    return RolloutRow(
+        id=snapshot.rollout_id,
+        model=snapshot.plan.model,
+        version=snapshot.plan.version,
+        state=snapshot.state.value,
+        final=snapshot.final,
+        snapshot=snapshot.model_dump_json(),
+        created_at=snapshot.created_at,
+        updated_at=snapshot.updated_at,
+    )

@@ -55,16 +55,34 @@ class RolloutIn(BaseModel):
                 return RolloutPlan.model_validate(self.plan)
             if self.model_version is None:
                 raise InvalidRequestError("give either plan or model_version")
-            gate = gate_from_cli(after=self.gate_after, soak_s=self.gate_soak_s, retry_interval_s=self.gate_retry_s,
-                                 max_wait_s=self.gate_max_wait_s, min_devices=self.gate_min_devices,
-                                 min_requests=self.gate_min_requests,
-                                 min_requests_per_device=self.gate_min_requests_per_device,
-                                 critical=self.gate_critical) if self.gate else None
-            return plan_from_cli(self.model_version, selector=self.selector, canary=self.canary, waves=self.waves,
-                                 max_failure_rate=self.max_failure_rate, max_failures=self.max_failures,
-                                 min_devices=self.min_devices, success_threshold=self.success_threshold,
-                                 approval=self.approval, gate=self.gate, device_timeout_s=self.device_timeout_s,
-                                 gate_spec=gate)
+            gate = (
+                gate_from_cli(
+                    after=self.gate_after,
+                    soak_s=self.gate_soak_s,
+                    retry_interval_s=self.gate_retry_s,
+                    max_wait_s=self.gate_max_wait_s,
+                    min_devices=self.gate_min_devices,
+                    min_requests=self.gate_min_requests,
+                    min_requests_per_device=self.gate_min_requests_per_device,
+                    critical=self.gate_critical,
+                )
+                if self.gate
+                else None
+            )
+            return plan_from_cli(
+                self.model_version,
+                selector=self.selector,
+                canary=self.canary,
+                waves=self.waves,
+                max_failure_rate=self.max_failure_rate,
+                max_failures=self.max_failures,
+                min_devices=self.min_devices,
+                success_threshold=self.success_threshold,
+                approval=self.approval,
+                gate=self.gate,
+                device_timeout_s=self.device_timeout_s,
+                gate_spec=gate,
+            )
         except (FleetConfigError, ValidationError) as exc:
             raise InvalidRequestError(str(exc)) from exc
 
@@ -87,8 +105,17 @@ def create_rollouts_router(hub: Hub) -> APIRouter:
     @router.get("")
     def list_rollouts() -> list[dict[str, Any]]:
         """All rollouts, newest first."""
-        return [{"rollout_id": r.id, "model": r.model, "version": r.version, "state": r.state,
-                 "created_at": r.created_at, "updated_at": r.updated_at} for r in store.all()]
+        return [
+            {
+                "rollout_id": r.id,
+                "model": r.model,
+                "version": r.version,
+                "state": r.state,
+                "created_at": r.created_at,
+                "updated_at": r.updated_at,
+            }
+            for r in store.all()
+        ]
 
     @router.get("/{rollout_id}")
     def status(rollout_id: str) -> dict[str, Any]:

@@ -35,5 +35,3 @@ def canary_gate(registry: Registry, config: CanaryConfig | None = None) -> GateA
         return analyse_canary(metrics(candidates, True), metrics(baseline, False), settings)
 
     return analyse
-
-

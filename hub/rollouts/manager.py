@@ -62,8 +62,18 @@ _MAX_GATE_ROUNDS = 8
 class OrderSink(Protocol):
     """Where the manager's deployment orders go (`hub.devices.orders.DeploymentOrders` in a hub)."""
 
-    def order_for(self, deployment_id: str, bundle_sha256: str, *, model: str, version: str, target: str,
-                  tuf_target: str, allow_downgrade: bool = False, shadow: bool = False) -> DeploymentOrder:
+    def order_for(
+        self,
+        deployment_id: str,
+        bundle_sha256: str,
+        *,
+        model: str,
+        version: str,
+        target: str,
+        tuf_target: str,
+        allow_downgrade: bool = False,
+        shadow: bool = False,
+    ) -> DeploymentOrder:
         """Build an order for a stored bundle."""
         ...
 
@@ -79,8 +89,15 @@ class OrderSink(Protocol):
 class RolloutManager:
     """Steps every open rollout, persists each step with its actions, then carries the actions out."""
 
-    def __init__(self, registry: Registry, orders: OrderSink, *, tick_s: float = 2.0,
-                 analyse: GateAnalysis | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        orders: OrderSink,
+        *,
+        tick_s: float = 2.0,
+        analyse: GateAnalysis | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.registry = registry
         self.orders = orders
         self.store = RolloutStore(registry.db)
@@ -136,9 +153,16 @@ class RolloutManager:
                     status = status.model_copy(update={"update_state": None})
                 out.append(status)
             else:
-                out.append(DeviceStatus(device_id=device.id, target=device.target, labels=device.labels,
-                                        online=device.online, active_model=device.active_model,
-                                        active_version=device.active_version))
+                out.append(
+                    DeviceStatus(
+                        device_id=device.id,
+                        target=device.target,
+                        labels=device.labels,
+                        online=device.online,
+                        active_model=device.active_model,
+                        active_version=device.active_version,
+                    )
+                )
         return out
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -248,8 +272,9 @@ class RolloutManager:
             snapshot, actions = step(snapshot, self.clock(), statuses, gate_verdict=verdict)
         log.warning("rollout %s: gate kept asking within one tick", snapshot.rollout_id)
 
-    def _act(self, snapshot: RolloutSnapshot, actions: Iterable[Action],
-             statuses: list[DeviceStatus]) -> GateInput | None:
+    def _act(
+        self, snapshot: RolloutSnapshot, actions: Iterable[Action], statuses: list[DeviceStatus]
+    ) -> GateInput | None:
         verdict: GateInput | None = None
         for action in actions:
             if isinstance(action, DeployTo):
@@ -269,10 +294,21 @@ class RolloutManager:
 
     def _deploy(self, action: DeployTo, snapshot: RolloutSnapshot) -> None:
         row = self._variant_row(action.model, action.version, action.variant.variant_id)
-        order = self.orders.order_for(action.deployment_id, row.bundle_sha256, model=action.model,
-                                    version=action.version, target=row.target, tuf_target=row.tuf_target)
-        self.store.mirror_deployment(action.deployment_id, action.model, action.version,
-                                     dict.fromkeys(action.device_ids, row.id), status=snapshot.state.value)
+        order = self.orders.order_for(
+            action.deployment_id,
+            row.bundle_sha256,
+            model=action.model,
+            version=action.version,
+            target=row.target,
+            tuf_target=row.tuf_target,
+        )
+        self.store.mirror_deployment(
+            action.deployment_id,
+            action.model,
+            action.version,
+            dict.fromkeys(action.device_ids, row.id),
+            status=snapshot.state.value,
+        )
         for device_id in action.device_ids:
             self.orders.send(device_id, order)
 
@@ -294,9 +330,14 @@ class RolloutManager:
         if sent:
             versions = sorted({o.version for o in sent.values()})
             variants = {d: getattr(self.registry.variant_by_bundle(o.sha256), "id", None) for d, o in sent.items()}
-            self.store.mirror_deployment(action.deployment_id, plan.model, versions[0] if len(versions) == 1
-                                         else "last-known-good", variants, status=snapshot.state.value,
-                                         allow_downgrade=True)
+            self.store.mirror_deployment(
+                action.deployment_id,
+                plan.model,
+                versions[0] if len(versions) == 1 else "last-known-good",
+                variants,
+                status=snapshot.state.value,
+                allow_downgrade=True,
+            )
         for device_id, order in orders.items():
             if order is None:
                 self.orders.clear(device_id)
@@ -310,8 +351,12 @@ class RolloutManager:
             return None
         active = None
         if device.active_model and device.active_version and device.active_sha256:
-            active = InstalledModel(model=device.active_model, version=device.active_version,
-                                    sha256=device.active_sha256, target=device.target)
+            active = InstalledModel(
+                model=device.active_model,
+                version=device.active_version,
+                sha256=device.active_sha256,
+                target=device.target,
+            )
         return DeviceState(device_id=device_id, online=device.online, target=device.target, active=active)
 
     def _order_for_installed(self, deployment_id: str, installed: InstalledModel) -> DeploymentOrder | None:
@@ -324,9 +369,15 @@ class RolloutManager:
             row = next((r for r in rows if r.target == installed.target), None)
         if row is None:
             return None
-        return self.orders.order_for(deployment_id, row.bundle_sha256, model=installed.model,
-                                   version=installed.version, target=row.target, tuf_target=row.tuf_target,
-                                   allow_downgrade=True)
+        return self.orders.order_for(
+            deployment_id,
+            row.bundle_sha256,
+            model=installed.model,
+            version=installed.version,
+            target=row.target,
+            tuf_target=row.tuf_target,
+            allow_downgrade=True,
+        )
 
     def _variant_row(self, model: str, version: str, variant_id: str) -> Variant:
         for row in self.registry.list_variants(model, version):

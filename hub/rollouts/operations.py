@@ -34,19 +34,32 @@ def _plan_variant(row: Variant) -> PlanVariant:
         return None
 
     params = metrics.get("param_count")
-    return PlanVariant(variant_id=str(row.id), target=row.target, precision=row.precision,
-                       size_bytes=max(1, row.size_bytes), param_count=params if isinstance(params, int) else None,
-                       latency_ms=positive("latency_ms", "p95_ms", "latency_p95_ms"),
-                       peak_memory_mb=positive("peak_memory_mb"), sha256=row.bundle_sha256)
+    return PlanVariant(
+        variant_id=str(row.id),
+        target=row.target,
+        precision=row.precision,
+        size_bytes=max(1, row.size_bytes),
+        param_count=params if isinstance(params, int) else None,
+        latency_ms=positive("latency_ms", "p95_ms", "latency_p95_ms"),
+        peak_memory_mb=positive("peak_memory_mb"),
+        sha256=row.bundle_sha256,
+    )
 
 
-def create_rollout(store: RolloutStore, registry: Registry, plan: RolloutPlan, *,
-                   rollout_id: str | None = None, now: float | None = None) -> RolloutSnapshot:
+def create_rollout(
+    store: RolloutStore,
+    registry: Registry,
+    plan: RolloutPlan,
+    *,
+    rollout_id: str | None = None,
+    now: float | None = None,
+) -> RolloutSnapshot:
     """Store a new rollout of ``plan`` in state pending; the hub's next tick starts it."""
     rollout_id = rollout_id or f"ro-{uuid.uuid4().hex[:10]}"
     registry.get_version(plan.model, plan.version)
-    snapshot = new_rollout(rollout_id, plan, plan_variants(registry, plan.model, plan.version),
-                           now=time.time() if now is None else now)
+    snapshot = new_rollout(
+        rollout_id, plan, plan_variants(registry, plan.model, plan.version), now=time.time() if now is None else now
+    )
     store.create(snapshot)
     return snapshot
 
@@ -56,13 +69,15 @@ def request_command(store: RolloutStore, rollout_id: str, command: Command | str
     try:
         parsed = Command(command)
     except ValueError:
-        raise InvalidRequestError(f"unknown command {command!r}; use one of "
-                                  f"{', '.join(c.value for c in Command)}") from None
+        raise InvalidRequestError(
+            f"unknown command {command!r}; use one of {', '.join(c.value for c in Command)}"
+        ) from None
     snapshot = store.load(rollout_id)
     if parsed not in allowed_commands(snapshot):
         allowed = ", ".join(c.value for c in allowed_commands(snapshot)) or "none"
-        raise ConflictError(f"rollout {rollout_id} is {snapshot.state.value}: {parsed.value} is not allowed "
-                            f"(allowed: {allowed})")
+        raise ConflictError(
+            f"rollout {rollout_id} is {snapshot.state.value}: {parsed.value} is not allowed (allowed: {allowed})"
+        )
     store.queue_command(rollout_id, parsed)
     return parsed
 
@@ -70,5 +85,3 @@ def request_command(store: RolloutStore, rollout_id: str, command: Command | str
 def rollout_status(store: RolloutStore, rollout_id: str) -> RolloutStatus:
     """`fleet.rollout.summarize` of the stored snapshot."""
     return summarize(store.load(rollout_id))
-
-

@@ -53,8 +53,12 @@ class RegistryRepository:
                 variants = [v for v in self.registry.list_variants(name, candidate) if _servable(v)]
                 if variants:
                     variant = variants[0]
-                    return ModelSpec(name=name, version=candidate, path=self.store.path(variant.artifact_sha256),
-                                     runtime=_RUNTIMES[variant.runtime])  # type: ignore[arg-type]
+                    return ModelSpec(
+                        name=name,
+                        version=candidate,
+                        path=self.store.path(variant.artifact_sha256),
+                        runtime=_RUNTIMES[variant.runtime],  # type: ignore[arg-type]
+                    )
         except NotFoundError as exc:
             raise ModelNotFoundError(str(exc)) from exc
         raise ModelNotFoundError(f"{name}:{version or 'latest'} has no variant for a serving target")

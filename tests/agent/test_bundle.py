@@ -15,8 +15,14 @@ from fleet.wire.bundle import BundleManifest, TensorSpec
 from hub.bundles.publish import build_bundle
 from hub.errors import InvalidRequestError
 
-MANIFEST = BundleManifest(model="m", version="1.0.0", target="x86-onnx-cpu", runtime="onnxruntime",
-                          model_file="model.onnx", input=TensorSpec(name="input", shape=[-1, 2]))
+MANIFEST = BundleManifest(
+    model="m",
+    version="1.0.0",
+    target="x86-onnx-cpu",
+    runtime="onnxruntime",
+    model_file="model.onnx",
+    input=TensorSpec(name="input", shape=[-1, 2]),
+)
 
 
 def _zip(path: Path, members: dict[str, bytes]) -> Path:
@@ -45,15 +51,21 @@ def test_round_trip_and_determinism(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["../evil.onnx", "/etc/passwd", "dir/model.onnx", ".hidden"])
 def test_path_traversal_names_are_refused(tmp_path: Path, name: str) -> None:
-    members = {"manifest.json": MANIFEST.model_dump_json().encode(), "selftest.npz": _vectors(
-        inputs=np.ones((1, 2)), outputs=np.ones((1, 2))), name: b"x"}
+    members = {
+        "manifest.json": MANIFEST.model_dump_json().encode(),
+        "selftest.npz": _vectors(inputs=np.ones((1, 2)), outputs=np.ones((1, 2))),
+        name: b"x",
+    }
     with pytest.raises(BundleError, match="unsafe member name"):
         read_bundle(_zip(tmp_path / "b.zip", members))
 
 
 def test_pickled_self_test_vectors_are_refused(tmp_path: Path) -> None:
-    members = {"manifest.json": MANIFEST.model_dump_json().encode(), "model.onnx": b"m",
-               "selftest.npz": _vectors(inputs=np.array([{"a": 1}], dtype=object), outputs=np.ones((1, 2)))}
+    members = {
+        "manifest.json": MANIFEST.model_dump_json().encode(),
+        "model.onnx": b"m",
+        "selftest.npz": _vectors(inputs=np.array([{"a": 1}], dtype=object), outputs=np.ones((1, 2))),
+    }
     with pytest.raises(BundleError, match=r"unreadable selftest\.npz"):
         read_bundle(_zip(tmp_path / "b.zip", members))
 
@@ -61,11 +73,20 @@ def test_pickled_self_test_vectors_are_refused(tmp_path: Path) -> None:
 def test_missing_model_file_and_bad_manifest_are_named(tmp_path: Path) -> None:
     vectors = _vectors(inputs=np.ones((1, 2)), outputs=np.ones((1, 2)))
     with pytest.raises(BundleError, match=r"model file 'model\.onnx', not in the archive"):
-        read_bundle(_zip(tmp_path / "a.zip", {"manifest.json": MANIFEST.model_dump_json().encode(),
-                                              "selftest.npz": vectors}))
+        read_bundle(
+            _zip(tmp_path / "a.zip", {"manifest.json": MANIFEST.model_dump_json().encode(), "selftest.npz": vectors})
+        )
     with pytest.raises(BundleError, match="invalid manifest: runtime"):
-        read_bundle(_zip(tmp_path / "b.zip", {"manifest.json": MANIFEST.model_dump_json().replace(
-            "onnxruntime", "tensorflow").encode(), "selftest.npz": vectors, "model.onnx": b"m"}))
+        read_bundle(
+            _zip(
+                tmp_path / "b.zip",
+                {
+                    "manifest.json": MANIFEST.model_dump_json().replace("onnxruntime", "tensorflow").encode(),
+                    "selftest.npz": vectors,
+                    "model.onnx": b"m",
+                },
+            )
+        )
 
 
 def test_corrupt_archive_is_refused(tmp_path: Path) -> None:
@@ -76,8 +97,9 @@ def test_corrupt_archive_is_refused(tmp_path: Path) -> None:
 
 
 def test_openvino_ir_weights_travel_beside_the_model(tmp_path: Path) -> None:
-    manifest = MANIFEST.model_copy(update={"runtime": "openvino", "model_file": "model.xml",
-                                           "weights_file": "model.bin"})
+    manifest = MANIFEST.model_copy(
+        update={"runtime": "openvino", "model_file": "model.xml", "weights_file": "model.bin"}
+    )
     x, y = np.ones((1, 2), np.float32), np.ones((1, 2), np.float32)
     path = tmp_path / "b.zip"
     path.write_bytes(build_bundle(manifest, b"<xml/>", x, y, weights=b"\x00\x01"))

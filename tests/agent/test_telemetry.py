@@ -14,8 +14,15 @@ def test_every_input_row_reaches_the_feature_sketches(tmp_path: Path) -> None:
     collector = TelemetryCollector("d-1", "x86-onnx-cpu")
     rows = np.arange(3 * (SKETCH_FLUSH_ROWS + 10), dtype=np.float32).reshape(-1, 3)
     for row in rows:  # crosses the block size once, then leaves a partial block for drain() to flush
-        collector.record("m", "1.0.0", latency_ms=1.0, labels=["a"], confidences=[0.9], inputs=row[None, :],
-                         feature_names=["x", "y", "z"])
+        collector.record(
+            "m",
+            "1.0.0",
+            latency_ms=1.0,
+            labels=["a"],
+            confidences=[0.9],
+            inputs=row[None, :],
+            feature_names=["x", "y", "z"],
+        )
     collector.record_error("m", "1.0.0")
     (batch,) = collector.drain()
     assert (batch.requests, batch.errors) == (len(rows) + 1, 1)

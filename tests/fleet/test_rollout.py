@@ -147,9 +147,7 @@ def mixed_fleet(counts: dict[str, int], behaviours: dict[str, Behaviour] | None 
     devices = []
     for target, n in counts.items():
         for i in range(n):
-            devices.append(
-                SimDevice(f"{target}-{i:03d}", target, {"env": "prod"}, behaviours.get(target, "ok"))
-            )
+            devices.append(SimDevice(f"{target}-{i:03d}", target, {"env": "prod"}, behaviours.get(target, "ok")))
     return SimFleet(devices)
 
 
@@ -238,9 +236,7 @@ def test_each_wave_waits_for_the_previous_gate() -> None:
         now += 60
         snapshot, actions = step(snapshot, now, fleet.statuses(now))
         assert not [a for a in actions if isinstance(a, DeployTo)]
-    snapshot, actions = step(
-        snapshot, now, fleet.statuses(now), gate_verdict=GateVerdict(verdict=Verdict.PASS)
-    )
+    snapshot, actions = step(snapshot, now, fleet.statuses(now), gate_verdict=GateVerdict(verdict=Verdict.PASS))
     assert snapshot.state == RolloutState.WAVE_RUNNING and snapshot.wave == 1
     assert sum(len(a.device_ids) for a in actions if isinstance(a, DeployTo)) == 6
 
@@ -271,9 +267,7 @@ def test_failures_count_only_after_min_devices_and_by_rate() -> None:
     devices = [SimDevice(f"d{i:02d}", "x86-onnx-cpu", latency_s=30 + 10 * i) for i in range(20)]
     devices[0].behaviour = "fail"  # reports first
     fleet = SimFleet(devices)
-    p = plan(
-        canary=None, waves=PercentWaves(steps=[100]), failure=FailureThreshold(max_rate=0.1, min_devices=10)
-    )
+    p = plan(canary=None, waves=PercentWaves(steps=[100]), failure=FailureThreshold(max_rate=0.1, min_devices=10))
     snapshot, _ = drive(new_rollout("r3", p, VARIANTS, now=T0), fleet)
     assert snapshot.state == RolloutState.COMPLETED  # 1/20 = 5% <= 10%
     assert summarize(snapshot).totals.failed == 1
@@ -282,9 +276,7 @@ def test_failures_count_only_after_min_devices_and_by_rate() -> None:
     devices = [SimDevice(f"d{i:02d}", "x86-onnx-cpu", latency_s=30 + 10 * i) for i in range(20)]
     devices[0].behaviour = devices[1].behaviour = "fail"
     fleet = SimFleet(devices)
-    snapshot, _ = drive(
-        new_rollout("r3", p, VARIANTS, now=T0), fleet, until=lambda s: s.state != "wave_running"
-    )
+    snapshot, _ = drive(new_rollout("r3", p, VARIANTS, now=T0), fleet, until=lambda s: s.state != "wave_running")
     assert snapshot.state == RolloutState.ABORTING
     assert "2 of 10 finished device(s) failed" in snapshot.reason
 
@@ -585,23 +577,17 @@ def test_stratified_canary_covers_every_class_in_proportion(seed: str) -> None:
 
 def test_canary_grows_to_cover_every_class_and_seed_changes_the_sample() -> None:
     fleet = mixed_fleet(FLEET)
-    small, _ = step(
-        new_rollout("r21", plan(canary=CanarySpec(count=1)), VARIANTS, now=T0), T0, fleet.statuses(T0)
-    )
+    small, _ = step(new_rollout("r21", plan(canary=CanarySpec(count=1)), VARIANTS, now=T0), T0, fleet.statuses(T0))
     assert len(canary_of(small)) == 4  # one per class, even though 1 was asked for
     samples = {
-        frozenset(
-            canary_of(step(new_rollout("r21", plan(seed=s), VARIANTS, now=T0), T0, fleet.statuses(T0))[0])
-        )
+        frozenset(canary_of(step(new_rollout("r21", plan(seed=s), VARIANTS, now=T0), T0, fleet.statuses(T0))[0]))
         for s in "abcdefgh"
     }
     assert len(samples) > 1
 
 
 def test_class_labels_refine_device_classes() -> None:
-    devices = [
-        SimDevice(f"d{i:02d}", "x86-onnx-cpu", {"site": "north" if i < 18 else "south"}) for i in range(20)
-    ]
+    devices = [SimDevice(f"d{i:02d}", "x86-onnx-cpu", {"site": "north" if i < 18 else "south"}) for i in range(20)]
     p = plan(canary=CanarySpec(count=2), class_labels=["site"])
     snapshot, _ = step(new_rollout("r22", p, VARIANTS, now=T0), T0, SimFleet(devices).statuses(T0))
     assert {snapshot.devices[d].device_class for d in canary_of(snapshot)} == {

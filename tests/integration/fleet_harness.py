@@ -34,8 +34,9 @@ class Harness:
     agents: list[Agent] = field(default_factory=list)
     prefix: str = field(default_factory=lambda: f"it-{uuid.uuid4().hex[:8]}")
 
-    def publish(self, version: str, *, golden_outputs: np.ndarray | None = None,
-                heavy: bool = False) -> PublishedVariant:
+    def publish(
+        self, version: str, *, golden_outputs: np.ndarray | None = None, heavy: bool = False
+    ) -> PublishedVariant:
         """Publish the digits model as ``version`` (optionally with wrong golden outputs)."""
         outputs = self.trained.golden_logits if golden_outputs is None else golden_outputs
         manifest = manifest_for(self.trained, version, heavy=heavy)
@@ -54,9 +55,15 @@ class Harness:
         (directory / "root.json").write_bytes(self.hub.tuf.trusted_root())
         address = self.hub.broker_address
         settings: dict[str, object] = {
-            "device_id": device_id, "target": target, "broker_url": f"mqtt://{address.host}:{address.port}",
-            "password": secret, "data_dir": directory / "data", "trust_root": directory / "root.json",
-            "telemetry_interval_s": 3600, "chunk_timeout_s": 1.0, "download_timeout_s": 60,
+            "device_id": device_id,
+            "target": target,
+            "broker_url": f"mqtt://{address.host}:{address.port}",
+            "password": secret,
+            "data_dir": directory / "data",
+            "trust_root": directory / "root.json",
+            "telemetry_interval_s": 3600,
+            "chunk_timeout_s": 1.0,
+            "download_timeout_s": 60,
         }
         settings.update(overrides)
         agent = Agent(AgentConfig.model_validate(settings))
@@ -72,11 +79,19 @@ class Harness:
         self.agents.append(agent)
         return agent
 
-    def deploy(self, version: str, agents: list[Agent], *, allow_downgrade: bool = False, shadow: bool = False,
-               timeout_s: float = 60.0) -> dict[str, str]:
+    def deploy(
+        self,
+        version: str,
+        agents: list[Agent],
+        *,
+        allow_downgrade: bool = False,
+        shadow: bool = False,
+        timeout_s: float = 60.0,
+    ) -> dict[str, str]:
         """Deploy and wait for every agent to finish; return the hub's per-device states."""
-        deployment = self.hub.deploy("digits", version, [a.config.device_id for a in agents],
-                                     allow_downgrade=allow_downgrade, shadow=shadow)
+        deployment = self.hub.deploy(
+            "digits", version, [a.config.device_id for a in agents], allow_downgrade=allow_downgrade, shadow=shadow
+        )
         for agent in agents:
             agent.wait_for_deployment(deployment.id, timeout_s)
         return self.hub.wait_deployment(deployment.id, timeout_s)
@@ -95,7 +110,14 @@ class Harness:
 
 def start_hub(root: Path, broker_url: str | None, database_url: str | None = None) -> Hub:
     """A started hub on the given broker (None: embedded) and database (None: SQLite)."""
-    hub = Hub(HubSettings(data_dir=root / "hub", broker_url=broker_url, database_url=database_url,
-                          chunk_size=4096, rebroadcast_window_s=0.5))
+    hub = Hub(
+        HubSettings(
+            data_dir=root / "hub",
+            broker_url=broker_url,
+            database_url=database_url,
+            chunk_size=4096,
+            rebroadcast_window_s=0.5,
+        )
+    )
     hub.start()
     return hub

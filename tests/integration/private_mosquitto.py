@@ -20,8 +20,10 @@ class PrivateMosquitto:
             sock.bind(("127.0.0.1", 0))
             self.port = int(sock.getsockname()[1])
         self.config = workdir / "mosquitto.conf"
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser root\n"
-                               "persistence false\nmax_inflight_messages 100\n")
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser root\n"
+            "persistence false\nmax_inflight_messages 100\n"
+        )
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -31,8 +33,9 @@ class PrivateMosquitto:
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start and wait until the port accepts connections."""
-        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         if not wait_until(lambda: port_accepts(self.port), timeout_s):  # another process binds the port
             raise RuntimeError("private mosquitto did not start")
 

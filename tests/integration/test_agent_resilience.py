@@ -46,8 +46,10 @@ def _power_cut(agent: Agent) -> None:
     agent._threads.clear()
 
 
-@pytest.mark.parametrize("state", [UpdateState.DOWNLOAD, UpdateState.VERIFY, UpdateState.INSTALL,
-                                   UpdateState.HEALTH_CHECK, UpdateState.COMMIT])
+@pytest.mark.parametrize(
+    "state",
+    [UpdateState.DOWNLOAD, UpdateState.VERIFY, UpdateState.INSTALL, UpdateState.HEALTH_CHECK, UpdateState.COMMIT],
+)
 def test_killed_at_any_state_resumes_to_the_new_model(harness: Harness, state: UpdateState) -> None:
     harness.publish("1.0.0")
     v2 = harness.publish("1.1.0")
@@ -116,8 +118,14 @@ def test_garbage_on_every_agent_topic_is_survived(harness: Harness) -> None:
     broker = harness.hub.broker
     assert broker is not None
     device = agent.config.device_id
-    garbage = [b"", b"\x00\xff" * 10, b'{"schema_version": 1}', b"{" * 10_000, b"EFC1\xff\xff\xff\xff",
-               b"x" * 2_000_000]
+    garbage = [
+        b"",
+        b"\x00\xff" * 10,
+        b'{"schema_version": 1}',
+        b"{" * 10_000,
+        b"EFC1\xff\xff\xff\xff",
+        b"x" * 2_000_000,
+    ]
     for payload in garbage:
         broker.publish(topics.device_topic(device, "meta"), payload)
         broker.publish(topics.bundle_topic(published.bundle_sha256), payload)
@@ -134,7 +142,8 @@ def private_broker(tmp_path: Path) -> Iterator[PrivateMosquitto]:
 
 
 def test_broker_restart_mid_download_resumes_missing_chunks_only(
-        tmp_path: Path, private_broker: PrivateMosquitto, trained: TrainedDigits) -> None:
+    tmp_path: Path, private_broker: PrivateMosquitto, trained: TrainedDigits
+) -> None:
     hub = start_hub(tmp_path, private_broker.url)
     harness = Harness(hub, tmp_path, trained)
     try:
@@ -196,7 +205,8 @@ def test_offline_device_keeps_telemetry_and_sends_it_once_after_reconnecting(har
 
 
 def test_full_disk_fails_the_download_clearly_and_the_old_model_keeps_serving(
-        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import errno
 
     import agent.transfer as transfer

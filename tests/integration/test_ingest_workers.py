@@ -27,9 +27,17 @@ def workers(tmp_path: Path, broker_url: str | None) -> Iterator[list[Hub]]:
     hubs: list[Hub] = []
     try:
         for name in ("a", "b"):
-            hub = Hub(HubSettings(data_dir=tmp_path / name, database_url=database_url, broker_url=broker_url,
-                                  hub_secret="worker-secret", shared_telemetry=True, share_group=group,
-                                  ingest_only=name == "b"))
+            hub = Hub(
+                HubSettings(
+                    data_dir=tmp_path / name,
+                    database_url=database_url,
+                    broker_url=broker_url,
+                    hub_secret="worker-secret",
+                    shared_telemetry=True,
+                    share_group=group,
+                    ingest_only=name == "b",
+                )
+            )
             hub.start()
             hubs.append(hub)
         yield hubs
@@ -38,14 +46,14 @@ def workers(tmp_path: Path, broker_url: str | None) -> Iterator[list[Hub]]:
             hub.stop()
 
 
-
-
-def test_shared_subscription_stores_each_batch_once_across_workers(workers: list[Hub],
-                                                                   broker_url: str) -> None:
+def test_shared_subscription_stores_each_batch_once_across_workers(workers: list[Hub], broker_url: str) -> None:
     prefix = uuid.uuid4().hex[:6]
-    batches = [TelemetryBatch.model_validate({**b, "device_id": f"{prefix}-{b['device_id']}",
-                                              "batch_id": f"{prefix}-{b['batch_id']}"})
-               for b in scenario()["batches"]]
+    batches = [
+        TelemetryBatch.model_validate(
+            {**b, "device_id": f"{prefix}-{b['device_id']}", "batch_id": f"{prefix}-{b['batch_id']}"}
+        )
+        for b in scenario()["batches"]
+    ]
     for device in sorted({(b.device_id, b.target) for b in batches}):
         workers[0].registry.provision_device(*device)
     resent = batches[::3]  # QoS 1 redelivery or a device re-sending: dropped by batch id
@@ -72,6 +80,7 @@ def test_shared_subscription_stores_each_batch_once_across_workers(workers: list
 def test_shared_telemetry_is_refused_with_the_embedded_broker(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="external broker"):
         HubSettings(data_dir=tmp_path, shared_telemetry=True)
-    settings = HubSettings(data_dir=tmp_path, broker_url="mqtt://127.0.0.1:1883", shared_telemetry=True,
-                           share_group="g1")
+    settings = HubSettings(
+        data_dir=tmp_path, broker_url="mqtt://127.0.0.1:1883", shared_telemetry=True, share_group="g1"
+    )
     assert settings.telemetry_filter() == "$share/g1/edgefleet/v1/devices/+/telemetry"

@@ -23,7 +23,8 @@ def serving_url(trained: TrainedDigits) -> Iterator[str]:
 
 
 def test_heavy_model_is_offloaded_and_falls_back_locally_when_the_tier_is_down(
-        harness: Harness, serving_url: str) -> None:
+    harness: Harness, serving_url: str
+) -> None:
     harness.publish("1.0.0", heavy=True)
     agent = harness.agent("h", offload_url=serving_url, offload_timeout_s=5.0)
     assert set(harness.deploy("1.0.0", [agent]).values()) == {"done"}
@@ -35,8 +36,9 @@ def test_heavy_model_is_offloaded_and_falls_back_locally_when_the_tier_is_down(
     local = agent.service.predict(x)
     assert local["source"] == "local" and "offload failed" in local["note"]
     assert [p["label"] for p in local["predictions"]] == [p["label"] for p in remote["predictions"]]
-    assert np.allclose([p["confidence"] for p in local["predictions"]],
-                       [p["confidence"] for p in remote["predictions"]], atol=1e-4)
+    assert np.allclose(
+        [p["confidence"] for p in local["predictions"]], [p["confidence"] for p in remote["predictions"]], atol=1e-4
+    )
     agent.flush_telemetry()
     assert harness.hub.ingestor is not None and harness.hub.ingestor.wait_stored(1, timeout_s=30)
     batch = harness.hub.registry.telemetry_batches("digits", "1.0.0")[0]

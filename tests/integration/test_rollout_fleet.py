@@ -58,10 +58,21 @@ class MixedFleet:
         directory.mkdir(parents=True)
         (directory / "root.json").write_bytes(self.hub.tuf.trusted_root())
         address = self.hub.broker_address
-        agent = Agent(AgentConfig.model_validate({
-            "device_id": device_id, "target": target, "broker_url": f"mqtt://{address.host}:{address.port}",
-            "password": secret, "data_dir": directory / "data", "trust_root": directory / "root.json",
-            "telemetry_interval_s": 3600, "chunk_timeout_s": 1.0, "download_timeout_s": 60}))
+        agent = Agent(
+            AgentConfig.model_validate(
+                {
+                    "device_id": device_id,
+                    "target": target,
+                    "broker_url": f"mqtt://{address.host}:{address.port}",
+                    "password": secret,
+                    "data_dir": directory / "data",
+                    "trust_root": directory / "root.json",
+                    "telemetry_interval_s": 3600,
+                    "chunk_timeout_s": 1.0,
+                    "download_timeout_s": 60,
+                }
+            )
+        )
         agent.start()
         self.h.agents.append(agent)
         self.agents[device_id] = agent
@@ -83,8 +94,13 @@ class MixedFleet:
         old = self.hub
         port = old.broker_address.port
         old.stop()
-        settings = HubSettings(data_dir=old.settings.data_dir, broker_url=self.broker_url, chunk_size=4096,
-                               rebroadcast_window_s=0.5, broker_port=port if self.broker_url is None else 0)
+        settings = HubSettings(
+            data_dir=old.settings.data_dir,
+            broker_url=self.broker_url,
+            chunk_size=4096,
+            rebroadcast_window_s=0.5,
+            broker_port=port if self.broker_url is None else 0,
+        )
         hub = Hub(settings)
         hub.start()
         self.h.hub = hub
@@ -100,8 +116,13 @@ def fleet(harness: Harness, broker_url: str | None) -> Iterator[MixedFleet]:
 
 
 def _plan(version: str, **options: object) -> RolloutPlan:
-    defaults: dict[str, object] = {"canary": "2", "waves": "100", "gate": False, "min_devices": 1,
-                                   "device_timeout_s": 60.0}
+    defaults: dict[str, object] = {
+        "canary": "2",
+        "waves": "100",
+        "gate": False,
+        "min_devices": 1,
+        "device_timeout_s": 60.0,
+    }
     defaults.update(options)
     return plan_from_cli(f"digits:{version}", **defaults)  # type: ignore[arg-type]
 
@@ -162,4 +183,3 @@ def test_hub_restart_mid_rollout_continues(fleet: MixedFleet) -> None:
     sent = [d for a in deploys for d in a.device_ids]
     assert len(sent) == len(set(sent)) == len(agents)  # each device was sent the version once
     _on(agents, "1.0.0")
-

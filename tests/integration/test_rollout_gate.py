@@ -73,14 +73,25 @@ def _gate() -> GateSpec:
     """Judge after the canary; small groups suffice. Latency tolerates 50%: ten in-process agents share the
     CPU here, and the worse model is several times slower. Confidence and predictions are critical too."""
     critical = (CanaryMetric.LATENCY, CanaryMetric.ERROR_RATE, CanaryMetric.CONFIDENCE, CanaryMetric.PREDICTIONS)
-    canary = CanaryConfig(min_devices=3, min_requests=100, min_requests_per_device=20, latency_tolerance=0.5,
-                          metrics={m: MetricSpec(critical=m in critical) for m in CanaryMetric})
+    canary = CanaryConfig(
+        min_devices=3,
+        min_requests=100,
+        min_requests_per_device=20,
+        latency_tolerance=0.5,
+        metrics={m: MetricSpec(critical=m in critical) for m in CanaryMetric},
+    )
     return GateSpec(after="canary", retry_interval_s=0.5, max_wait_s=120.0, canary=canary)
 
 
 def _plan(version: str) -> RolloutPlan:
-    return plan_from_cli(f"digits:{version}", canary=str(CANARY), waves="100", min_devices=1,
-                         device_timeout_s=TIMEOUT_S, gate_spec=_gate())
+    return plan_from_cli(
+        f"digits:{version}",
+        canary=str(CANARY),
+        waves="100",
+        min_devices=1,
+        device_timeout_s=TIMEOUT_S,
+        gate_spec=_gate(),
+    )
 
 
 class GateFleet:
@@ -138,7 +149,8 @@ def _events(manager: RolloutManager, rollout_id: str) -> list[StateChanged]:
 
 
 def test_worse_model_is_stopped_by_the_gate_and_the_canary_rolled_back(
-        gate_fleet: GateFleet, worse_model: tuple[Path, np.ndarray]) -> None:
+    gate_fleet: GateFleet, worse_model: tuple[Path, np.ndarray]
+) -> None:
     h = gate_fleet.h
     path, outputs = worse_model
     h.hub.publish(manifest_for(h.trained, "1.1.0"), path, h.trained.golden_x, outputs)

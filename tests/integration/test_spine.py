@@ -75,8 +75,14 @@ def test_tampered_bundle_is_refused_and_previous_model_keeps_serving(harness: Ha
     tampered_sha = harness.hub.store.put_bytes(bytes(tampered))
     assert harness.hub.transfer is not None and harness.hub.orders is not None
     # An attacker who can place bytes and an order cannot get them past the signed length and hash.
-    order = harness.hub.orders.order_for("dep-tampered", tampered_sha, model="digits", version="1.1.0",
-                                       target=agent.config.target, tuf_target=v2.tuf_target)
+    order = harness.hub.orders.order_for(
+        "dep-tampered",
+        tampered_sha,
+        model="digits",
+        version="1.1.0",
+        target=agent.config.target,
+        tuf_target=v2.tuf_target,
+    )
     harness.hub.orders.send(agent.config.device_id, order)
     assert agent.wait_for_deployment("dep-tampered", 60).value == "failed"
     assert "tampered" in harness.detail(agent)
@@ -173,8 +179,14 @@ def test_order_for_another_target_is_refused(harness: Harness) -> None:
     agent = harness.agent("wt")
     published = harness.hub.registry.list_variants("digits", "1.0.0")[0]
     assert harness.hub.transfer is not None and harness.hub.orders is not None
-    order = harness.hub.orders.order_for("dep-wrong-target", published.bundle_sha256, model="digits",
-                                       version="1.0.0", target="rpi4-arm64", tuf_target=published.tuf_target)
+    order = harness.hub.orders.order_for(
+        "dep-wrong-target",
+        published.bundle_sha256,
+        model="digits",
+        version="1.0.0",
+        target="rpi4-arm64",
+        tuf_target=published.tuf_target,
+    )
     events: list[str] = []
     done = threading.Event()
 

@@ -18,13 +18,16 @@ def test_round_trip_keeps_schema_version() -> None:
     assert decode(UpdateEvent, payload) == event
 
 
-@pytest.mark.parametrize(("payload", "message"), [
-    (b"{not json", "malformed JSON"),
-    (b"[1, 2]", "not a JSON object"),
-    (b'{"schema_version": 2}', "unsupported schema_version 2"),
-    (b'{"schema_version": 1, "request_id": "r", "kind": "everything"}', "invalid FetchRequest: kind"),
-    (b"x" * 600_000, "exceeds"),
-])
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"{not json", "malformed JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"schema_version": 2}', "unsupported schema_version 2"),
+        (b'{"schema_version": 1, "request_id": "r", "kind": "everything"}', "invalid FetchRequest: kind"),
+        (b"x" * 600_000, "exceeds"),
+    ],
+)
 def test_bad_messages_say_what_and_where(payload: bytes, message: str) -> None:
     with pytest.raises(ProtocolError, match=message) as info:
         decode(FetchRequest, payload, topic="edgefleet/v1/devices/d/fetch")

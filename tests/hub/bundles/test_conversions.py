@@ -20,19 +20,30 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainedDigits, 
     trained = train_digits(root, epochs=30)
     vectors = root / "eval.npz"
     np.savez(vectors, input=((trained.test_x - trained.mean) / trained.std).astype(np.float32), labels=trained.test_y)
-    convert(trained.onnx_path, ["x86-onnx-cpu", "intel-openvino"], root / "out", calib=vectors, eval=vectors,
-            cache_dir=root / "cache", eval_limit=128, measure_budget_s=0.2, max_trials=2)
+    convert(
+        trained.onnx_path,
+        ["x86-onnx-cpu", "intel-openvino"],
+        root / "out",
+        calib=vectors,
+        eval=vectors,
+        cache_dir=root / "cache",
+        eval_limit=128,
+        measure_budget_s=0.2,
+        max_trials=2,
+    )
     return trained, root / "out", vectors
 
 
 def test_variants_register_and_each_device_gets_its_targets_variant(
-        tmp_path: Path, converted: tuple[TrainedDigits, Path, Path]) -> None:
+    tmp_path: Path, converted: tuple[TrainedDigits, Path, Path]
+) -> None:
     trained, out, vectors = converted
     hub = start_hub(tmp_path, None)
     harness = Harness(hub, tmp_path, trained)
     try:
-        result = register_conversion(hub, out, version="2.0.0", vectors=vectors, model="digits",
-                                     labels=[str(i) for i in range(10)])
+        result = register_conversion(
+            hub, out, version="2.0.0", vectors=vectors, model="digits", labels=[str(i) for i in range(10)]
+        )
         registered = {r["variant"] for r in result.registered}
         assert {"x86-onnx-cpu/int8", "x86-onnx-cpu/fp32", "intel-openvino/int8"} <= registered
         pc = harness.agent("pc")
@@ -58,12 +69,37 @@ def test_cli_registers_a_conversion(tmp_path: Path, converted: tuple[TrainedDigi
     from hub.cli import app
 
     _, out, vectors = converted
-    result = CliRunner().invoke(app, ["models", "register-conversion", str(out), "--version", "3.1.0",
-                                      "--vectors", str(vectors), "--model", "digits",
-                                      "--data-dir", str(tmp_path / "hub")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "models",
+            "register-conversion",
+            str(out),
+            "--version",
+            "3.1.0",
+            "--vectors",
+            str(vectors),
+            "--model",
+            "digits",
+            "--data-dir",
+            str(tmp_path / "hub"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)
     assert body["version"] == "3.1.0" and len(body["registered"]) >= 3
-    bad = CliRunner().invoke(app, ["models", "register-conversion", str(out), "--version", "three",
-                                   "--vectors", str(vectors), "--data-dir", str(tmp_path / "hub")])
+    bad = CliRunner().invoke(
+        app,
+        [
+            "models",
+            "register-conversion",
+            str(out),
+            "--version",
+            "three",
+            "--vectors",
+            str(vectors),
+            "--data-dir",
+            str(tmp_path / "hub"),
+        ],
+    )
     assert bad.exit_code != 0

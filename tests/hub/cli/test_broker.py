@@ -20,8 +20,9 @@ def test_auth_files_cover_every_provisioned_device_and_the_hub(tmp_path: Path) -
     registry = Registry(db)
     secrets = {name: registry.provision_device(name, "rpi4-arm64")[1] for name in ("cam-a", "cam-b")}
     db.close()
-    result = CliRunner().invoke(app, ["broker", "auth-files", "--out", str(tmp_path / "auth"),
-                                      "--data-dir", str(settings.data_dir)])
+    result = CliRunner().invoke(
+        app, ["broker", "auth-files", "--out", str(tmp_path / "auth"), "--data-dir", str(settings.data_dir)]
+    )
     assert result.exit_code == 0, result.output
     assert "allow_anonymous false" in result.output
     hashes = dict(line.split(":", 1) for line in (tmp_path / "auth" / "passwd").read_text().split())

@@ -96,7 +96,6 @@ def test_reports_read_a_hub_data_dir_with_bundle_references_and_rollouts(tmp_pat
     from hub.config import HubSettings
     from hub.registry.rollouts import RolloutStore
     from hub.rollouts.operations import create_rollout
-
     from tests.hub.monitoring.monitoring_fleet import VERSIONS, hub_scenario, install
 
     data = hub_scenario(jetson_shift=1.0, now=time.time() + 240)  # windows begin after the rollout
@@ -111,12 +110,24 @@ def test_reports_read_a_hub_data_dir_with_bundle_references_and_rollouts(tmp_pat
     finally:
         hub.db.close()
     runner = CliRunner()
-    drift = runner.invoke(_app(), ["drift", "report", f"{MODEL}:{VERSIONS['1.0']}", "--data-dir", str(data_dir),
-                                   "--json"])
+    drift = runner.invoke(
+        _app(), ["drift", "report", f"{MODEL}:{VERSIONS['1.0']}", "--data-dir", str(data_dir), "--json"]
+    )
     assert drift.exit_code == 0, drift.output
     assert "target=jetson-orin" in DriftReport.model_validate_json(drift.stdout).drifted_cohorts
-    elsewhere = runner.invoke(_app(), ["drift", "report", f"{MODEL}:{VERSIONS['1.0']}", "--data-dir",
-                                       str(tmp_path / "empty"), "--database-url", database_url, "--json"])
+    elsewhere = runner.invoke(
+        _app(),
+        [
+            "drift",
+            "report",
+            f"{MODEL}:{VERSIONS['1.0']}",
+            "--data-dir",
+            str(tmp_path / "empty"),
+            "--database-url",
+            database_url,
+            "--json",
+        ],
+    )
     assert elsewhere.exit_code == 1 and "no drift reference" in elsewhere.output  # bundles live in data dir
     canary = runner.invoke(_app(), ["canary", "report", "ro-cli", "--data-dir", str(data_dir), "--json"])
     assert canary.exit_code == 0, canary.output

@@ -57,9 +57,7 @@ def test_hash_round_trip_and_format() -> None:
 @needs_passwd_tool
 def test_hashes_from_mosquitto_passwd_verify(tmp_path: Path) -> None:
     path = tmp_path / "passwd"
-    subprocess.run(
-        [MOSQUITTO_PASSWD, "-c", "-b", str(path), "cam-a", "pa55"], check=True, capture_output=True
-    )
+    subprocess.run([MOSQUITTO_PASSWD, "-c", "-b", str(path), "cam-a", "pa55"], check=True, capture_output=True)
     username, hashed = path.read_text().strip().split(":", 1)
     assert username == "cam-a" and verify_password("pa55", hashed) and not verify_password("pa56", hashed)
 
@@ -173,9 +171,7 @@ class Client:
             try:
                 message = self.inbox.get(timeout=WAIT_S)
             except queue.Empty:
-                raise AssertionError(
-                    f"{self.username} never received {payload!r} on {topic}; got {seen}"
-                ) from None
+                raise AssertionError(f"{self.username} never received {payload!r} on {topic}; got {seen}") from None
             seen.append(message)
             if message == (topic, payload):
                 return seen
@@ -233,9 +229,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 @pytest.fixture
 def clients(broker: int) -> Iterator[dict[str, Client]]:
-    made = {
-        name: Client(name, PASSWORDS[name], broker).connect() for name in ("cam-a", "cam-b", HUB_USERNAME)
-    }
+    made = {name: Client(name, PASSWORDS[name], broker).connect() for name in ("cam-a", "cam-b", HUB_USERNAME)}
     yield made
     for client in made.values():
         client.close()

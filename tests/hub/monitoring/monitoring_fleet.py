@@ -25,8 +25,12 @@ def hub_scenario(*, now: float | None = None, **kw: Any) -> dict[str, Any]:
     shift = (time.time() if now is None else now) - 1180.0
     batches = []
     for raw in data["batches"]:
-        raw = {**raw, "version": VERSIONS[raw["version"]], "window_start": raw["window_start"] + shift,
-               "window_end": raw["window_end"] + shift}
+        raw = {
+            **raw,
+            "version": VERSIONS[raw["version"]],
+            "window_start": raw["window_start"] + shift,
+            "window_end": raw["window_end"] + shift,
+        }
         if raw.get("shadow"):
             raw["shadow"] = {**raw["shadow"], "candidate_version": VERSIONS[raw["shadow"]["candidate_version"]]}
         batches.append(TelemetryBatch.model_validate(raw))
@@ -40,8 +44,14 @@ def install(hub: Hub, data: dict[str, Any], root: Path) -> None:
     x = np.zeros((1, 2), dtype=np.float32)
     for version in VERSIONS.values():
         for target in TARGETS.values():
-            manifest = BundleManifest(model=MODEL, version=version, target=target, runtime="onnxruntime",
-                                      model_file="model.onnx", input=TensorSpec(name="input", shape=[-1, 2]))
+            manifest = BundleManifest(
+                model=MODEL,
+                version=version,
+                target=target,
+                runtime="onnxruntime",
+                model_file="model.onnx",
+                input=TensorSpec(name="input", shape=[-1, 2]),
+            )
             hub.publish(manifest, model_path, x, x, reference=data["reference"])
     for device, labels in data["labels"].items():
         hub.registry.provision_device(device, TARGETS[device[:3]], labels)

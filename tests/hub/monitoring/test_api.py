@@ -48,10 +48,11 @@ def fleet(hub: Hub, tmp_path: Path) -> dict[str, Any]:
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_metrics_exposes_telemetry_devices_online_and_rollout_state(hub: Hub, fleet: dict[str, Any]) -> None:
@@ -75,16 +76,21 @@ def test_metrics_exposes_telemetry_devices_online_and_rollout_state(hub: Hub, fl
     assert samples[("edgefleet_telemetry_batches_total", (("result", "accepted"),))] == len(batches)
     rpi_new = (("model", MODEL), ("target", "rpi4-arm64"), ("version", VERSIONS["1.1"]))
     assert samples[("edgefleet_device_inference_requests_total", rpi_new)] == sum(
-        b.requests for b in batches if b.target == "rpi4-arm64" and b.version == VERSIONS["1.1"])
+        b.requests for b in batches if b.target == "rpi4-arm64" and b.version == VERSIONS["1.1"]
+    )
     assert samples[("edgefleet_device_inference_latency_seconds_count", rpi_new)] > 0
     assert samples[("edgefleet_devices_online", (("target", "rpi4-arm64"),))] == 1
     assert samples[("edgefleet_devices_registered", (("target", "rpi4-arm64"),))] == 21
     assert samples[("edgefleet_devices_online", (("target", "jetson-orin"),))] == 0
-    states = {dict(labels)["state"]: v for (name, labels), v in samples.items()
-              if name == "edgefleet_rollout_state" and dict(labels)["rollout"] == "ro-metrics"}
+    states = {
+        dict(labels)["state"]: v
+        for (name, labels), v in samples.items()
+        if name == "edgefleet_rollout_state" and dict(labels)["rollout"] == "ro-metrics"
+    }
     assert list(states.values()).count(1.0) == 1  # the hub may already have started it: one current state
-    assert all(dict(labels)["version"] == VERSIONS["1.1"] for (name, labels) in samples
-               if name == "edgefleet_rollout_state")
+    assert all(
+        dict(labels)["version"] == VERSIONS["1.1"] for (name, labels) in samples if name == "edgefleet_rollout_state"
+    )
     assert not any("device_id" in dict(labels) or "device" in dict(labels) for _, labels in samples)
 
 
@@ -104,19 +110,22 @@ def test_duplicates_and_rejects_are_counted_on_metrics(hub: Hub, fleet: dict[str
 
 def test_drift_route_uses_the_bundle_reference_and_publishes_scores(hub: Hub, fleet: dict[str, Any]) -> None:
     client = TestClient(create_app(hub))
-    response = client.get(f"/models/{MODEL}/versions/{VERSIONS['1.0']}/drift",
-                          params={"cohort": "region=eu", "last_hours": 1})
+    response = client.get(
+        f"/models/{MODEL}/versions/{VERSIONS['1.0']}/drift", params={"cohort": "region=eu", "last_hours": 1}
+    )
     assert response.status_code == 200, response.text
     report = DriftReport.model_validate(response.json())
     assert {c.cohort for c in report.cohorts} == {"all", "target=rpi4-arm64", "target=jetson-orin", "region=eu"}
     assert "target=jetson-orin" in report.drifted_cohorts and "target=rpi4-arm64" not in report.drifted_cohorts
     samples = _samples(client.get("/metrics").text)
-    detected = {dict(labels)["cohort"]: v for (name, labels), v in samples.items()
-                if name == "edgefleet_drift_detected" and dict(labels)["feature"] == "x"}
+    detected = {
+        dict(labels)["cohort"]: v
+        for (name, labels), v in samples.items()
+        if name == "edgefleet_drift_detected" and dict(labels)["feature"] == "x"
+    }
     assert detected["target=jetson-orin"] == 1 and detected["target=rpi4-arm64"] == 0
     assert client.get(f"/models/{MODEL}/versions/9.9.9/drift").status_code == 404
-    assert client.get(f"/models/{MODEL}/versions/{VERSIONS['1.0']}/drift",
-                      params={"by": "colour"}).status_code == 422
+    assert client.get(f"/models/{MODEL}/versions/{VERSIONS['1.0']}/drift", params={"by": "colour"}).status_code == 422
 
 
 def test_canary_routes_for_a_deployment_and_a_rollout(hub: Hub, fleet: dict[str, Any]) -> None:
@@ -148,4 +157,5 @@ def test_rollups_route_lists_pruned_telemetry(hub: Hub, fleet: dict[str, Any]) -
     rows = TestClient(create_app(hub)).get(f"/models/{MODEL}/versions/{VERSIONS['1.0']}/telemetry/rollups").json()
     assert rows and all(r["version"] == VERSIONS["1.0"] and r["devices"] >= 1 for r in rows)
     assert sum(r["batches"] for r in rows) + len(hub.registry.telemetry_batches(MODEL, VERSIONS["1.0"])) == sum(
-        1 for b in fleet["batches"] if b.version == VERSIONS["1.0"])
+        1 for b in fleet["batches"] if b.version == VERSIONS["1.0"]
+    )

@@ -45,8 +45,9 @@ def _requests(metrics: FleetMetrics) -> float:
     return total
 
 
-def test_only_fresh_batches_are_observed_and_duplicates_counted(registry: Registry,
-                                                                batches: list[TelemetryBatch]) -> None:
+def test_only_fresh_batches_are_observed_and_duplicates_counted(
+    registry: Registry, batches: list[TelemetryBatch]
+) -> None:
     metrics = FleetMetrics(CollectorRegistry())
     stored: list[TelemetryBatch] = []
     ingestor = TelemetryIngestor(registry, metrics=metrics, on_stored=stored.extend, linger_s=0.01)
@@ -67,15 +68,16 @@ def test_only_fresh_batches_are_observed_and_duplicates_counted(registry: Regist
     assert _requests(metrics) == sum(b.requests for b in batches[:12])
 
 
-def test_malformed_batch_is_rejected_counted_and_breaks_nothing(registry: Registry,
-                                                                batches: list[TelemetryBatch]) -> None:
+def test_malformed_batch_is_rejected_counted_and_breaks_nothing(
+    registry: Registry, batches: list[TelemetryBatch]
+) -> None:
     metrics = FleetMetrics(CollectorRegistry())
     ingestor = TelemetryIngestor(registry, metrics=metrics, linger_s=0.01)
     good = batches[0]
-    corrupt_sketch = good.model_copy(update={"batch_id": "bad-sketch",
-                                             "feature_sketches": {"x": "AAAAAAAAAAAAAAAA"}})
-    bad_hist = good.model_copy(update={"batch_id": "bad-hist",
-                                       "latency_ms": good.latency_ms.model_copy(update={"counts": [1, 2]})})
+    corrupt_sketch = good.model_copy(update={"batch_id": "bad-sketch", "feature_sketches": {"x": "AAAAAAAAAAAAAAAA"}})
+    bad_hist = good.model_copy(
+        update={"batch_id": "bad-hist", "latency_ms": good.latency_ms.model_copy(update={"counts": [1, 2]})}
+    )
     more_errors = good.model_copy(update={"batch_id": "bad-errors", "errors": good.requests + 1})
     try:
         for bad in (corrupt_sketch, bad_hist, more_errors):
@@ -99,7 +101,7 @@ def test_concurrent_writers_store_each_batch_exactly_once(database_url: str, bat
     def work(index: int) -> None:
         barrier.wait()
         for start in range(0, len(batches), 6):
-            chunk = batches[start:start + 12]  # overlaps the next chunk; both workers write everything
+            chunk = batches[start : start + 12]  # overlaps the next chunk; both workers write everything
             fresh[index].extend(b.batch_id for b in registries[index].store_telemetry(chunk))
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
@@ -115,8 +117,7 @@ def test_concurrent_writers_store_each_batch_exactly_once(database_url: str, bat
             r.db.close()
 
 
-def test_retention_folds_old_and_excess_batches_into_rollups(registry: Registry,
-                                                             batches: list[TelemetryBatch]) -> None:
+def test_retention_folds_old_and_excess_batches_into_rollups(registry: Registry, batches: list[TelemetryBatch]) -> None:
     registry.record_telemetry(batches)
     # scenario windows: 1000-1060, 1060-1120, 1120-1180 (epoch seconds), 30 devices, 2 versions, 2 targets
     now = 1061.0 + 100.0  # max age 100 s: the first window (ending at 1060) is older
@@ -126,7 +127,8 @@ def test_retention_folds_old_and_excess_batches_into_rollups(registry: Registry,
     assert registry.telemetry_count() == len(batches) - 30
     rollups = registry.telemetry_rollups()
     assert {(r.version, r.target, r.window_start) for r in rollups} == {
-        (v, t, 960.0) for v in ("1.0", "1.1") for t in ("rpi4-arm64", "jetson-orin")}
+        (v, t, 960.0) for v in ("1.0", "1.1") for t in ("rpi4-arm64", "jetson-orin")
+    }
     for row in rollups:
         members = [b for b in oldest if (b.version, b.target) == (row.version, row.target)]
         agg = TelemetryAggregate.from_batches(members)
@@ -143,13 +145,14 @@ def test_retention_folds_old_and_excess_batches_into_rollups(registry: Registry,
     assert registry.telemetry_count() == 20
     assert sum(r.batches for r in registry.telemetry_rollups()) == len(batches) - 20
     assert sum(r.requests for r in registry.telemetry_rollups("digits", "1.1")) + sum(
-        b.requests for b in registry.telemetry_batches("digits", "1.1")) == sum(
-        b.requests for b in batches if b.version == "1.1")
+        b.requests for b in registry.telemetry_batches("digits", "1.1")
+    ) == sum(b.requests for b in batches if b.version == "1.1")
 
 
 def test_ingestor_prunes_on_its_interval(registry: Registry, batches: list[TelemetryBatch]) -> None:
-    ingestor = TelemetryIngestor(registry, linger_s=0.01,
-                                 retention=RetentionPolicy(max_age_s=None, max_rows=10, interval_s=0.05))
+    ingestor = TelemetryIngestor(
+        registry, linger_s=0.01, retention=RetentionPolicy(max_age_s=None, max_rows=10, interval_s=0.05)
+    )
     try:
         for batch in batches[:25]:
             ingestor.submit(batch)

@@ -19,9 +19,18 @@ def registry(database_url: str):
 
 
 def _variant(registry: Registry, version: str, target: str = "x86-onnx-cpu") -> None:
-    registry.add_variant("m", version, target=target, runtime="onnxruntime", precision="fp32",
-                         artifact_sha256=SHA, size_bytes=10, bundle_sha256=SHA, bundle_size=20,
-                         tuf_target=f"bundles/m/{version}/{target}.zip")
+    registry.add_variant(
+        "m",
+        version,
+        target=target,
+        runtime="onnxruntime",
+        precision="fp32",
+        artifact_sha256=SHA,
+        size_bytes=10,
+        bundle_sha256=SHA,
+        bundle_size=20,
+        tuf_target=f"bundles/m/{version}/{target}.zip",
+    )
 
 
 def test_versions_order_by_semver_not_text(registry: Registry) -> None:
@@ -84,8 +93,19 @@ def test_device_state_updates_inventory(registry: Registry) -> None:
 
 def test_telemetry_duplicates_are_dropped_by_batch_id(registry: Registry) -> None:
     hist = Histogram(edges=[1.0], counts=[1, 0])
-    batch = TelemetryBatch(batch_id="b" * 16, device_id="pc-1", target="x86-onnx-cpu", model="m", version="1.0.0",
-                           window_start=0, window_end=1, requests=1, errors=0, latency_ms=hist, confidence=hist)
+    batch = TelemetryBatch(
+        batch_id="b" * 16,
+        device_id="pc-1",
+        target="x86-onnx-cpu",
+        model="m",
+        version="1.0.0",
+        window_start=0,
+        window_end=1,
+        requests=1,
+        errors=0,
+        latency_ms=hist,
+        confidence=hist,
+    )
     assert registry.record_telemetry([batch, batch]) == 1
     assert registry.record_telemetry([batch]) == 0
     assert registry.telemetry_count() == 1

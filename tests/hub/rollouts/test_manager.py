@@ -49,9 +49,18 @@ class Fleet:
         registry.add_version("digits", version)
         bundle = f"bundle {version}".encode() * 100
         sha = self.hub.store.put_bytes(bundle)
-        registry.add_variant("digits", version, target=TARGET, runtime="onnxruntime", precision="fp32",
-                             artifact_sha256=hashlib.sha256(bundle).hexdigest(), size_bytes=len(bundle),
-                             bundle_sha256=sha, bundle_size=len(bundle), tuf_target=f"digits/{version}/{TARGET}")
+        registry.add_variant(
+            "digits",
+            version,
+            target=TARGET,
+            runtime="onnxruntime",
+            precision="fp32",
+            artifact_sha256=hashlib.sha256(bundle).hexdigest(),
+            size_bytes=len(bundle),
+            bundle_sha256=sha,
+            bundle_size=len(bundle),
+            tuf_target=f"digits/{version}/{TARGET}",
+        )
 
     def _on_order(self, message: Message) -> None:
         device_id, _ = topics.parse_device_topic(message.topic)
@@ -79,10 +88,22 @@ class Fleet:
         variant = self.hub.registry.list_variants("digits", version)[0]
         return InstalledModel(model="digits", version=version, sha256=variant.bundle_sha256, target=TARGET)
 
-    def report(self, device_id: str, update_state: UpdateState, deployment_id: str | None,
-               previous: InstalledModel | None = None) -> None:
-        state = DeviceState(device_id=device_id, online=True, target=TARGET, active=self.installed[device_id],
-                            last_known_good=previous, update_state=update_state, deployment_id=deployment_id)
+    def report(
+        self,
+        device_id: str,
+        update_state: UpdateState,
+        deployment_id: str | None,
+        previous: InstalledModel | None = None,
+    ) -> None:
+        state = DeviceState(
+            device_id=device_id,
+            online=True,
+            target=TARGET,
+            active=self.installed[device_id],
+            last_known_good=previous,
+            update_state=update_state,
+            deployment_id=deployment_id,
+        )
         self.broker.publish(topics.device_topic(device_id, "state"), state.model_dump_json().encode(), retain=True)
 
     def obey(self, manager: RolloutManager, *, fail: bool = False) -> int:
@@ -94,8 +115,15 @@ class Fleet:
                 continue
             acted += 1
             if fail and not order.allow_downgrade:
-                manager.observe_event(UpdateEvent(device_id=device_id, deployment_id=order.deployment_id,
-                                                  state=UpdateState.FAILED, ok=False, detail="self-test failed"))
+                manager.observe_event(
+                    UpdateEvent(
+                        device_id=device_id,
+                        deployment_id=order.deployment_id,
+                        state=UpdateState.FAILED,
+                        ok=False,
+                        detail="self-test failed",
+                    )
+                )
                 self.report(device_id, UpdateState.FAILED, order.deployment_id, previous=current)
                 self.installed[device_id] = current
                 continue
@@ -117,8 +145,9 @@ def _plan(**options: object) -> RolloutPlan:
     return plan_from_cli("digits:2.0.0", **defaults)  # type: ignore[arg-type]
 
 
-def _drive(fleet: Fleet, manager: RolloutManager, rollout_id: str, *, fail: bool = False,
-           rounds: int = 20) -> RolloutSnapshot:
+def _drive(
+    fleet: Fleet, manager: RolloutManager, rollout_id: str, *, fail: bool = False, rounds: int = 20
+) -> RolloutSnapshot:
     for _ in range(rounds):
         manager.tick()
         snapshot = manager.store.load(rollout_id)
@@ -240,8 +269,23 @@ def test_cli_start_status_and_commands(fleet: Fleet, tmp_path: Path) -> None:
     fleet.device("d0")
     data_dir = str(fleet.hub.settings.data_dir)
     runner = CliRunner()
-    started = runner.invoke(app, ["rollout", "start", "digits:2.0.0", "--canary", "1", "--waves", "100",
-                                  "--no-gate", "--id", "ro-cli", "--data-dir", data_dir])
+    started = runner.invoke(
+        app,
+        [
+            "rollout",
+            "start",
+            "digits:2.0.0",
+            "--canary",
+            "1",
+            "--waves",
+            "100",
+            "--no-gate",
+            "--id",
+            "ro-cli",
+            "--data-dir",
+            data_dir,
+        ],
+    )
     assert started.exit_code == 0, started.output
     assert started.stdout.strip() == "ro-cli"
     bad = runner.invoke(app, ["rollout", "resume", "ro-cli", "--data-dir", data_dir])
@@ -264,10 +308,20 @@ def test_canary_gate_judges_stored_telemetry(fleet: Fleet) -> None:
     def batch(device_id: str, version: str, errors: int) -> TelemetryBatch:
         latency = Histogram(edges=[5.0, 10.0, 20.0], counts=[100, 250, 50, 0], total=3400.0)
         confidence = Histogram(edges=[0.5, 0.9, 1.0], counts=[0, 100, 300, 0], total=370.0)
-        return TelemetryBatch(batch_id=f"batch-{device_id}-{version[0]}", device_id=device_id, target=TARGET,
-                              model="digits", version=version, window_start=100.0, window_end=160.0,
-                              requests=400, errors=errors, latency_ms=latency, confidence=confidence,
-                              predictions={"1": 200, "7": 200})
+        return TelemetryBatch(
+            batch_id=f"batch-{device_id}-{version[0]}",
+            device_id=device_id,
+            target=TARGET,
+            model="digits",
+            version=version,
+            window_start=100.0,
+            window_end=160.0,
+            requests=400,
+            errors=errors,
+            latency_ms=latency,
+            confidence=confidence,
+            predictions={"1": 200, "7": 200},
+        )
 
     canary, baseline = ["c0", "c1", "c2"], ["b0", "b1", "b2"]
     batches = [batch(d, "2.0.0", 80) for d in canary] + [batch(d, "1.0.0", 0) for d in baseline]
@@ -276,8 +330,16 @@ def test_canary_gate_judges_stored_telemetry(fleet: Fleet) -> None:
     snapshot = new_rollout("ro-t", _plan(), [], now=0.0)
 
     def request(since: float) -> RequestGate:
-        return RequestGate(request_id="g1", model="digits", version="2.0.0", wave=0, attempt=1, since=since,
-                           candidates=tuple(canary), baseline=tuple(baseline))
+        return RequestGate(
+            request_id="g1",
+            model="digits",
+            version="2.0.0",
+            wave=0,
+            attempt=1,
+            since=since,
+            candidates=tuple(canary),
+            baseline=tuple(baseline),
+        )
 
     report = analyse(request(0.0), snapshot)
     assert report.verdict == "fail" and any("error" in r.lower() for r in report.reasons), report.reasons
@@ -303,13 +365,25 @@ def _gate_batches(fleet: Fleet, slow: float) -> tuple[list[str], list[str]]:
     def batch(device_id: str, version: str, factor: float) -> TelemetryBatch:
         latency = Histogram(edges=[5.0, 10.0, 20.0], counts=[100, 250, 50, 0], total=3400.0 * factor)
         confidence = Histogram(edges=[0.5, 0.9, 1.0], counts=[0, 100, 300, 0], total=370.0)
-        return TelemetryBatch(batch_id=f"gate-batch-{device_id}", device_id=device_id, target=TARGET, model="digits",
-                              version=version, window_start=100.0, window_end=160.0, requests=400, errors=0,
-                              latency_ms=latency, confidence=confidence, predictions={"1": 200, "7": 200})
+        return TelemetryBatch(
+            batch_id=f"gate-batch-{device_id}",
+            device_id=device_id,
+            target=TARGET,
+            model="digits",
+            version=version,
+            window_start=100.0,
+            window_end=160.0,
+            requests=400,
+            errors=0,
+            latency_ms=latency,
+            confidence=confidence,
+            predictions={"1": 200, "7": 200},
+        )
 
     canary, baseline = [f"c{i}" for i in range(4)], [f"b{i}" for i in range(4)]
-    fleet.hub.registry.record_telemetry([batch(d, "2.0.0", slow) for d in canary]
-                                        + [batch(d, "1.0.0", 1.0) for d in baseline])
+    fleet.hub.registry.record_telemetry(
+        [batch(d, "2.0.0", slow) for d in canary] + [batch(d, "1.0.0", 1.0) for d in baseline]
+    )
     return canary, baseline
 
 
@@ -319,8 +393,16 @@ def test_canary_gate_uses_the_plans_analysis_settings(fleet: Fleet) -> None:
     from hub.rollouts.gate import canary_gate
 
     canary, baseline = _gate_batches(fleet, slow=2.0)
-    request = RequestGate(request_id="g1", model="digits", version="2.0.0", wave=0, attempt=1, since=0.0,
-                          candidates=tuple(canary), baseline=tuple(baseline))
+    request = RequestGate(
+        request_id="g1",
+        model="digits",
+        version="2.0.0",
+        wave=0,
+        attempt=1,
+        since=0.0,
+        candidates=tuple(canary),
+        baseline=tuple(baseline),
+    )
     analyse = canary_gate(fleet.hub.registry)
     default = analyse(request, new_rollout("ro-d", _plan(gate=True), [], now=0.0))
     assert default.verdict == "inconclusive"  # CanaryConfig's defaults: 5 devices per group
@@ -338,8 +420,16 @@ def test_gate_settings_are_validated_and_round_trip(fleet: Fleet) -> None:
     from fleet.errors import FleetConfigError
     from fleet.rollout_plan import gate_from_cli
 
-    gate = gate_from_cli(after="canary", soak_s=1.0, retry_interval_s=2.0, max_wait_s=30.0, min_devices=3,
-                         min_requests=50, min_requests_per_device=10, critical="confidence, predictions")
+    gate = gate_from_cli(
+        after="canary",
+        soak_s=1.0,
+        retry_interval_s=2.0,
+        max_wait_s=30.0,
+        min_devices=3,
+        min_requests=50,
+        min_requests_per_device=10,
+        critical="confidence, predictions",
+    )
     plan = _plan(gate=True, gate_spec=gate)
     assert RolloutPlan.model_validate_json(plan.model_dump_json()) == plan
     assert plan.gate is not None and plan.gate.canary.min_devices == 3 and plan.gate.canary.min_requests == 50
@@ -360,9 +450,28 @@ def test_cli_and_rest_take_gate_settings(fleet: Fleet) -> None:
     fleet.device("d0")
     data_dir = str(fleet.hub.settings.data_dir)
     runner = CliRunner()
-    started = runner.invoke(app, ["rollout", "start", "digits:2.0.0", "--canary", "1", "--id", "ro-gc",
-                                  "--gate-min-devices", "3", "--gate-min-requests", "40", "--gate-critical",
-                                  "latency,confidence", "--gate-retry", "5", "--data-dir", data_dir])
+    started = runner.invoke(
+        app,
+        [
+            "rollout",
+            "start",
+            "digits:2.0.0",
+            "--canary",
+            "1",
+            "--id",
+            "ro-gc",
+            "--gate-min-devices",
+            "3",
+            "--gate-min-requests",
+            "40",
+            "--gate-critical",
+            "latency,confidence",
+            "--gate-retry",
+            "5",
+            "--data-dir",
+            data_dir,
+        ],
+    )
     assert started.exit_code == 0, started.output
     gate = RolloutStore(fleet.hub.db).load("ro-gc").plan.gate
     assert gate is not None and gate.retry_interval_s == 5 and gate.canary.min_devices == 3
@@ -370,8 +479,13 @@ def test_cli_and_rest_take_gate_settings(fleet: Fleet) -> None:
     bad = runner.invoke(app, ["rollout", "start", "digits:2.0.0", "--gate-critical", "speed", "--data-dir", data_dir])
     assert bad.exit_code == 2 and "invalid metrics" in bad.output
     client = TestClient(create_app(fleet.hub), raise_server_exceptions=False)
-    body = {"model_version": "digits:2.0.0", "canary": "1", "rollout_id": "ro-ga", "gate_min_devices": 2,
-            "gate_critical": "error_rate"}
+    body = {
+        "model_version": "digits:2.0.0",
+        "canary": "1",
+        "rollout_id": "ro-ga",
+        "gate_min_devices": 2,
+        "gate_critical": "error_rate",
+    }
     assert client.post("/rollouts", json=body).status_code == 201
     gate = RolloutStore(fleet.hub.db).load("ro-ga").plan.gate
     assert gate is not None and gate.canary.min_devices == 2 and not gate.canary.metrics["latency"].critical  # type: ignore[index]
