@@ -150,10 +150,12 @@ def write_broker_auth(directory: Path, users: Iterable[BrokerUser], *, mode: int
 
 
 def mosquitto_config(files: BrokerAuthFiles, *, port: int = 1883, host: str = "127.0.0.1") -> str:
-    """A minimal Mosquitto 2 configuration: one listener, no anonymous clients, these files."""
+    """A minimal Mosquitto 2 configuration: one listener, no anonymous clients, these files, and each client's
+    id forced to its login (``use_username_as_clientid``), so no device can take over another's session."""
     return "\n".join(
         [
             f"listener {port} {host}",
+            "use_username_as_clientid true",
             "allow_anonymous false",
             f"password_file {files.password_file}",
             f"acl_file {files.acl_file}",

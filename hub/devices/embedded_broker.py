@@ -2,7 +2,14 @@
 
 Used when ``edgefleet hub serve`` gets no broker URL: one process, nothing else to install.
 It speaks MQTT 3.1.1 and checks every connection against the registry's credentials and every publish
-and subscription against `fleet.wire.acl`, like the generated Mosquitto configuration does.
+and subscription against `fleet.wire.acl`, like the generated Mosquitto configuration does. Two holes of
+amqtt 0.12 are closed here:
+
+- identity: a device must use its login as its client id (Mosquitto's ``use_username_as_clientid``), so no
+  device can take over another's session with its own password; hub connections use ``edgefleet-`` ids;
+- retained messages: amqtt replays, to every client that connects, the retained messages matching *any*
+  client's subscriptions, without an ACL check; `_AclBroker` replays only for the client's own
+  subscriptions and only topics its rules let it read.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from hub.errors import HubError
 CredentialCheck = Callable[[str, str], bool]
 _CHECKS: dict[str, CredentialCheck] = {}
 log = logging.getLogger(__name__)
+_AUTHENTICATED = "edgefleet.authenticated"  # session attribute: credentials checked once, before any session change
 
 
 def _free_port(host: str) -> int:
@@ -55,9 +63,12 @@ try:  # the plugins subclass amqtt's bases; amqtt is a hub dependency
 
         async def authenticate(self, *, session: Any) -> bool | None:
             check = _CHECKS.get(self.config.check_id)
-            if self.config.allow_anonymous:
+            if self.config.allow_anonymous or session.attributes.get(_AUTHENTICATED):
                 return True
             if check is None or not session.username or session.password is None:
+                return False
+            if not _client_id_matches(session.username, session.client_id):
+                log.warning("refused %s: client id %r is not its login", session.username, session.client_id)
                 return False
             password = session.password.decode() if isinstance(session.password, bytes) else session.password
             return await asyncio.get_running_loop().run_in_executor(None, check, session.username, password)
@@ -82,9 +93,78 @@ try:  # the plugins subclass amqtt's bases; amqtt is a hub dependency
                 return allowed(_rules_for(username), "write", topic)
             return allowed(_rules_for(username), "read", topic)
 
+    from amqtt.broker import Broker as _AmqttBroker
+    from amqtt.errors import AMQTTError, MQTTError
+    from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+
+    class _AclBroker(_AmqttBroker):
+        """amqtt's broker that authenticates before touching any session, and replays retained messages only
+        where the client may read them."""
+
+        async def _initialize_client_session(
+            self, reader: Any, writer: Any, remote_address: str, remote_port: int
+        ) -> tuple[Any, Any]:
+            # amqtt drops (clean session) or takes over the session of the CONNECT's client id before it
+            # authenticates, so any client naming a victim's id disconnected the victim; authenticate first.
+            try:
+                handler, session = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+            except (AMQTTError, MQTTError) as exc:
+                await writer.close()
+                raise AMQTTError(f"bad CONNECT from {remote_address}:{remote_port}: {exc}") from exc
+            if not await self._authenticate(session, self.listeners_config["default"]):
+                handler.attach(session, reader, writer)
+                await handler.mqtt_connack_authorize(False)
+                await writer.close()
+                raise AMQTTError(f"refused {session.username!r} (client id {session.client_id!r})")
+            session.attributes[_AUTHENTICATED] = True
+            return handler, await self._resume_or_replace(session)
+
+        async def _resume_or_replace(self, session: Any) -> Any:
+            """The session to continue: a fresh one (clean session), or the stored one of this client id."""
+            if session.clean_session:
+                await self._delete_session(session.client_id)
+                session.parent = 0
+            elif session.client_id in self._sessions:
+                stored, _ = self._sessions[session.client_id]
+                for name in ("will_flag", "will_message", "will_topic", "will_qos", "keep_alive", "username"):
+                    setattr(stored, name, getattr(session, name))
+                stored.password, stored.attributes[_AUTHENTICATED] = session.password, True
+                session = stored
+                session.parent = 1
+            else:
+                session.parent = 0
+            delay = self.config.get("timeout-disconnect-delay", 0)
+            if session.keep_alive > 0 and isinstance(delay, int):
+                session.keep_alive += delay
+            return session
+
+        async def _publish_retained_messages_for_subscription(
+            self, subscription: tuple[str, int], session: Any
+        ) -> None:
+            topic_filter = subscription[0]
+            subscribers = self._subscriptions.get(topic_filter, [])
+            if not any(subscriber.client_id == session.client_id for subscriber, _ in subscribers):
+                return  # another client's subscription: amqtt replays every filter to every new connection
+            handler = self._get_handler(session)
+            if handler is None:
+                return
+            for topic, retained in list(self._retained_messages.items()):
+                if self._matches(topic, topic_filter) and allowed(_rules_for(session.username), "read", topic):
+                    qos = min(subscription[1], retained.qos or subscription[1])
+                    await handler.mqtt_publish(retained.topic, retained.data, qos, retain=True)
+
     _AMQTT_ERROR: str | None = None
 except ImportError as exc:  # pragma: no cover - only without the hub extra
     _AMQTT_ERROR = str(exc)
+
+
+def _client_id_matches(username: str | None, client_id: str | None) -> bool:
+    """A device's client id is its login; the hub's connections are named ``edgefleet-<role>-<random>``."""
+    if not username or not client_id:
+        return False
+    if username == HUB_USERNAME:
+        return client_id.startswith("edgefleet-")
+    return client_id == username
 
 
 class _SnapshotItems(dict[str, Any]):
@@ -127,8 +207,6 @@ class EmbeddedBroker:
             raise HubError(f"embedded broker failed to start on {self.host}:{self.port}: {exc}") from exc
 
     async def _start(self) -> None:
-        from amqtt.broker import Broker
-
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 10_000}},
             "plugins": {
@@ -139,7 +217,7 @@ class EmbeddedBroker:
                 "hub.devices.embedded_broker.AclTopicPlugin": {"enforce": self._secured},
             },
         }
-        self._broker = Broker(config, loop=self._loop)
+        self._broker = _AclBroker(config, loop=self._loop) if self._secured else _AmqttBroker(config, loop=self._loop)
         self._broker._subscriptions = _SnapshotItems()
         await self._broker.start()
 

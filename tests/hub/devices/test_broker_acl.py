@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import getpass
-import queue
 import shutil
 import socket
 import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,13 +24,14 @@ from hub.devices.broker_acl import (
     render_password_file,
     write_broker_auth,
 )
+from hub.devices.embedded_broker import EmbeddedBroker
 from hub.errors import InvalidRequestError
 from hub.registry.credentials import hash_password, verify_password
+from tests.hub.devices.mqtt_client import WAIT_S, Client
 from tests.waiting import port_accepts, wait_until
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-WAIT_S = 10.0
 SHA = "ab" * 32
 PASSWORDS = {"cam-a": "secret-a", "cam-b": "secret-b", HUB_USERNAME: "hub-secret"}
 
@@ -115,81 +113,22 @@ def test_files_are_written_atomically_with_mode(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------- real Mosquitto
 
 
-@dataclass
-class Client:
-    """A paho 2.x client that records what it receives; every wait is an Event with a timeout."""
-
-    username: str
-    password: str
-    port: int
-    inbox: queue.Queue[tuple[str, bytes]] = field(default_factory=queue.Queue)
-    connected: threading.Event = field(default_factory=threading.Event)
-    refused: threading.Event = field(default_factory=threading.Event)
-    subscribed: dict[int, threading.Event] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        import paho.mqtt.client as mqtt
-
-        self.reason = ""
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"{self.username}-{uuid.uuid4().hex[:6]}",
-            protocol=mqtt.MQTTv311,
-        )
-        self.client.username_pw_set(self.username, self.password)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = lambda c, u, msg: self.inbox.put((msg.topic, bytes(msg.payload)))
-        self.client.on_subscribe = self._on_subscribe
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        self.reason = str(reason)
-        (self.refused if getattr(reason, "is_failure", False) else self.connected).set()
-
-    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
-        self.subscribed.setdefault(mid, threading.Event()).set()
-
-    def connect(self) -> Client:
-        self.client.connect("127.0.0.1", self.port)
-        self.client.loop_start()
-        assert self.connected.wait(WAIT_S), f"{self.username} could not connect: {self.reason}"
-        return self
-
-    def subscribe(self, topic: str) -> None:
-        result, mid = self.client.subscribe(topic, qos=1)
-        assert result == 0 and mid is not None
-        event = self.subscribed.setdefault(mid, threading.Event())
-        assert event.wait(WAIT_S), f"no SUBACK for {topic}"
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
-        info.wait_for_publish(WAIT_S)
-
-    def receive_until(self, topic: str, payload: bytes) -> list[tuple[str, bytes]]:
-        """Everything received up to and including ``(topic, payload)``; fails if it never comes."""
-        seen: list[tuple[str, bytes]] = []
-        while True:
-            try:
-                message = self.inbox.get(timeout=WAIT_S)
-            except queue.Empty:
-                raise AssertionError(f"{self.username} never received {payload!r} on {topic}; got {seen}") from None
-            seen.append(message)
-            if message == (topic, payload):
-                return seen
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A private Mosquitto with generated files: ``allow_anonymous false``, password and ACL files."""
+@pytest.fixture(scope="module", params=["mosquitto", "embedded"])
+def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """Each broker with the fleet's rules: a private Mosquitto with the generated configuration, and the
+    embedded broker checking the same logins."""
+    if request.param == "embedded":
+        embedded = EmbeddedBroker("127.0.0.1", check=lambda user, password: PASSWORDS.get(user) == password)
+        embedded.start()
+        yield embedded.port
+        embedded.stop()
+        return
     if not Path(MOSQUITTO).exists():
         pytest.skip("mosquitto is not installed")
     workdir = tmp_path_factory.mktemp("mosquitto")
@@ -235,7 +174,6 @@ def clients(broker: int) -> Iterator[dict[str, Client]]:
         client.close()
 
 
-@needs_mosquitto
 def test_device_cannot_read_another_devices_orders(clients: dict[str, Client]) -> None:
     a, hub = clients["cam-a"], clients[HUB_USERNAME]
     mine, theirs = device_topic("cam-a", "deployment"), device_topic("cam-b", "deployment")
@@ -258,7 +196,6 @@ def test_device_cannot_read_another_devices_orders(clients: dict[str, Client]) -
     hub.publish(mine, b"", retain=True)
 
 
-@needs_mosquitto
 def test_device_cannot_write_to_another_device_or_to_read_only_topics(clients: dict[str, Client]) -> None:
     a, hub = clients["cam-a"], clients[HUB_USERNAME]
     hub.subscribe(f"{ROOT}/#")
@@ -286,7 +223,6 @@ def test_device_cannot_write_to_another_device_or_to_read_only_topics(clients: d
     ]
 
 
-@needs_mosquitto
 def test_hub_reaches_every_device_and_devices_read_fleet_topics(clients: dict[str, Client]) -> None:
     a, b, hub = clients["cam-a"], clients["cam-b"], clients[HUB_USERNAME]
     token = uuid.uuid4().hex.encode()
@@ -314,7 +250,6 @@ def test_hub_reaches_every_device_and_devices_read_fleet_topics(clients: dict[st
     hub.receive_until(device_topic("cam-b", "heartbeat"), b"beat-" + token)
 
 
-@needs_mosquitto
 @pytest.mark.parametrize(("username", "password"), [("cam-a", "wrong"), ("cam-z", "secret-a"), ("", "")])
 def test_bad_credentials_are_refused(broker: int, username: str, password: str) -> None:
     client = Client(username or "anon", password, broker)
@@ -328,3 +263,41 @@ def test_bad_credentials_are_refused(broker: int, username: str, password: str) 
         assert "authori" in client.reason.lower() or "password" in client.reason.lower()
     finally:
         client.client.loop_stop()
+
+
+def test_a_device_cannot_take_over_another_devices_client_id(clients: dict[str, Client], broker: int) -> None:
+    """cam-b logs in with its own password under cam-a's client id: the embedded broker refuses it, Mosquitto
+    (``use_username_as_clientid``) names the session after the login; either way cam-a keeps its session."""
+    a, hub = clients["cam-a"], clients[HUB_USERNAME]
+    mine = device_topic("cam-a", "deployment")
+    a.subscribe(mine)
+    impostor = Client("cam-b", PASSWORDS["cam-b"], broker, client_id=a.client_id_used).start()
+    try:
+        assert impostor.connected.wait(WAIT_S) or impostor.refused.is_set()
+        token = uuid.uuid4().hex.encode()
+        hub.publish(mine, b"order-" + token)
+        a.receive_until(mine, b"order-" + token)  # still connected, still subscribed
+        assert a.connected.is_set() and not a.disconnected.is_set()
+    finally:
+        impostor.close()
+
+
+def test_retained_messages_reach_only_clients_allowed_to_read_them(clients: dict[str, Client], broker: int) -> None:
+    """Retained orders and states of cam-a, and subscriptions other clients hold, never reach cam-b."""
+    a, hub = clients["cam-a"], clients[HUB_USERNAME]
+    hub.subscribe(f"{ROOT}/devices/+/state")  # the hub's wildcard subscription exists on the broker
+    a.subscribe(device_topic("cam-a", "deployment"))
+    token = uuid.uuid4().hex.encode()
+    hub.publish(device_topic("cam-a", "deployment"), b"order-a-" + token, retain=True)
+    a.publish(device_topic("cam-a", "state"), b"state-a-" + token, retain=True)
+    hub.receive_until(device_topic("cam-a", "state"), b"state-a-" + token)
+    late = Client("cam-b", PASSWORDS["cam-b"], broker, client_id="cam-b").connect()  # connects after both retained
+    try:
+        late.subscribe(device_topic("cam-b", "deployment"))
+        hub.publish(device_topic("cam-b", "deployment"), b"marker-" + token)
+        seen = late.receive_until(device_topic("cam-b", "deployment"), b"marker-" + token)
+        assert seen == [(device_topic("cam-b", "deployment"), b"marker-" + token)], seen
+    finally:
+        late.close()
+        hub.publish(device_topic("cam-a", "deployment"), b"", retain=True)
+        a.publish(device_topic("cam-a", "state"), b"", retain=True)
