@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.errors import AgentConfigError
+from fleet.wire.mqtt import TlsFiles
 from fleet.wire.topics import DEVICE_ID_PATTERN
 from targets import TARGETS
 
@@ -18,7 +19,10 @@ class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     device_id: str
     target: str
-    broker_url: str = "mqtt://127.0.0.1:1883"
+    broker_url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt://host:port, or mqtts:// for TLS")
+    broker_ca_file: Path | None = Field(default=None, description="CA of the broker's certificate (mqtts://)")
+    broker_cert_file: Path | None = Field(default=None, description="this device's client certificate (mutual TLS)")
+    broker_key_file: Path | None = Field(default=None, description="the client certificate's private key")
     password: str | None = Field(default=None, description="device credential; prefer password_file")
     password_file: Path | None = None
     data_dir: Path = Path("var/agent")
@@ -59,6 +63,14 @@ class AgentConfig(BaseModel):
             raise ValueError("the local inference API listens on loopback only")
         return value
 
+    def broker_tls(self) -> TlsFiles | None:
+        """The TLS files for an ``mqtts://`` broker URL (None for plain ``mqtt://``)."""
+        if not self.broker_url.startswith(("mqtts://", "ssl://")):
+            return None
+        return TlsFiles(
+            *(str(p) if p else None for p in (self.broker_ca_file, self.broker_cert_file, self.broker_key_file))
+        )
+
     def secret(self) -> str | None:
         """The device password, read from ``password_file`` when given."""
         if self.password_file is not None:
@@ -75,7 +87,7 @@ class AgentConfig(BaseModel):
             raw = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise AgentConfigError(f"cannot read agent config {path}: {exc}") from exc
-        for key in ("data_dir", "trust_root", "password_file"):
+        for key in ("data_dir", "trust_root", "password_file", "broker_ca_file", "broker_cert_file", "broker_key_file"):
             if key in raw and not Path(raw[key]).is_absolute():
                 raw[key] = str(path.parent / raw[key])
         try:

@@ -76,7 +76,9 @@ class Agent:
             trust_root = cfg.trust_root.read_bytes()
         except OSError as exc:
             raise AgentError(f"cannot read trust root {cfg.trust_root}: {exc}") from exc
-        address = BrokerAddress.from_url(cfg.broker_url).with_credentials(cfg.device_id, cfg.secret())
+        address = BrokerAddress.from_url(cfg.broker_url, tls=cfg.broker_tls()).with_credentials(
+            cfg.device_id, cfg.secret()
+        )
         will = Will(
             topics.device_topic(cfg.device_id, "state"),
             encode(DeviceState(device_id=cfg.device_id, online=False, target=cfg.target)),

@@ -69,19 +69,23 @@ class Hub:
             return self.connector.device_address
         if self.settings.broker_url is None:
             raise RuntimeError("hub is not started")
-        return BrokerConnector.from_url(self.settings.broker_url, hub_secret=self.hub_secret).device_address
+        return BrokerConnector.from_url(
+            self.settings.broker_url, hub_secret=self.hub_secret, tls=self.settings.broker_tls()
+        ).device_address
 
     def start(self) -> None:
         """Start the embedded broker when no URL is configured, connect, wire the parts and subscribe."""
         s = self.settings
         if s.broker_url is None:
-            self.embedded = EmbeddedBroker(s.broker_host, s.broker_port, check=self._check_credentials)
+            self.embedded = EmbeddedBroker(
+                s.broker_host, s.broker_port, check=self._check_credentials, tls=s.embedded_tls()
+            )
             self.embedded.start()
             self.connector = BrokerConnector(
-                BrokerAddress(self.embedded.host, self.embedded.port), hub_secret=self.hub_secret
+                BrokerAddress(self.embedded.host, self.embedded.port, tls=s.broker_tls()), hub_secret=self.hub_secret
             )
         else:
-            self.connector = BrokerConnector.from_url(s.broker_url, hub_secret=self.hub_secret)
+            self.connector = BrokerConnector.from_url(s.broker_url, hub_secret=self.hub_secret, tls=s.broker_tls())
         self.broker = broker = self.connector.connect("hub")
         retention = RetentionPolicy(
             max_age_s=s.telemetry_max_age_s,

@@ -6,6 +6,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fleet.wire.mqtt import TlsFiles
+from hub.devices.pki import ServerTls
+
 
 class HubSettings(BaseModel):
     """Everything the hub needs to start. Omit ``broker_url`` to run the embedded broker."""
@@ -13,7 +16,20 @@ class HubSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     data_dir: Path = Path("var/hub")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite in data_dir")
-    broker_url: str | None = Field(default=None, description="mqtt://user:pass@host:port; default embedded")
+    broker_url: str | None = Field(
+        default=None, description="mqtt://user:pass@host:port or mqtts:// (TLS); default embedded"
+    )
+    broker_ca_file: Path | None = Field(default=None, description="CA of the broker's certificate (mqtts://)")
+    broker_cert_file: Path | None = Field(default=None, description="the hub's client certificate (mutual TLS)")
+    broker_key_file: Path | None = Field(default=None, description="the hub's client certificate key")
+    embedded_tls_cert: Path | None = Field(default=None, description="embedded broker: serve TLS with this cert")
+    embedded_tls_key: Path | None = Field(default=None, description="embedded broker: the certificate's key")
+    embedded_client_ca: Path | None = Field(default=None, description="embedded broker: CA of device certificates")
+    require_client_cert: bool = Field(
+        default=False, description="embedded broker: every device presents a certificate naming its id"
+    )
+    api_tls_cert: Path | None = Field(default=None, description="serve the REST API over HTTPS with this cert")
+    api_tls_key: Path | None = Field(default=None, description="the REST API certificate's key")
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(default=0, ge=0, le=65535, description="embedded broker port; 0 picks a free one")
     hub_secret: str | None = Field(default=None, description="hub's broker password; generated when omitted")
@@ -46,8 +62,8 @@ class HubSettings(BaseModel):
     @field_validator("broker_url")
     @classmethod
     def _broker_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("mqtt://", "tcp://")):
-            raise ValueError("broker_url must start with mqtt://")
+        if value is not None and not value.startswith(("mqtt://", "tcp://", "mqtts://", "ssl://")):
+            raise ValueError("broker_url must start with mqtt:// or mqtts://")
         return value
 
     @model_validator(mode="after")
@@ -57,6 +73,38 @@ class HubSettings(BaseModel):
                 "shared_telemetry needs an external broker (broker_url): the embedded one has no shared subscriptions"
             )
         return self
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> HubSettings:
+        for cert, key, what in (
+            (self.embedded_tls_cert, self.embedded_tls_key, "embedded_tls_cert and embedded_tls_key"),
+            (self.api_tls_cert, self.api_tls_key, "api_tls_cert and api_tls_key"),
+            (self.broker_cert_file, self.broker_key_file, "broker_cert_file and broker_key_file"),
+        ):
+            if (cert is None) != (key is None):
+                raise ValueError(f"{what} go together")
+        if self.require_client_cert and (self.embedded_tls_cert is None or self.embedded_client_ca is None):
+            raise ValueError("require_client_cert needs embedded_tls_cert, embedded_tls_key and embedded_client_ca")
+        return self
+
+    def broker_tls(self) -> TlsFiles | None:
+        """TLS for the hub's own broker connection: for an mqtts:// URL, or the embedded broker serving TLS."""
+        secure = (
+            self.embedded_tls_cert is not None
+            if self.broker_url is None
+            else self.broker_url.startswith(("mqtts://", "ssl://"))
+        )
+        if not secure:
+            return None
+        files = (self.broker_ca_file, self.broker_cert_file, self.broker_key_file)
+        return TlsFiles(*(str(path) if path else None for path in files))
+
+    def embedded_tls(self) -> ServerTls | None:
+        """The embedded broker's TLS listener settings, when it serves TLS."""
+        if self.embedded_tls_cert is None or self.embedded_tls_key is None:
+            return None
+        client_ca = str(self.embedded_client_ca) if self.embedded_client_ca else None
+        return ServerTls(str(self.embedded_tls_cert), str(self.embedded_tls_key), client_ca, self.require_client_cert)
 
     def telemetry_filter(self) -> str:
         """The subscription the hub consumes telemetry with (shared when ``shared_telemetry``)."""

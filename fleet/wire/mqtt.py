@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
+import ssl
 import threading
 import uuid
 from dataclasses import dataclass
@@ -28,30 +30,64 @@ class BrokerConnectionError(FleetError, ConnectionError):
 
 
 @dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """TLS for a broker connection: the CA that signed the broker's certificate (None: the system's trust
+    store) and, for mutual TLS, this client's certificate and key (PEM files)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """A client context that verifies the broker's certificate and host name."""
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+            if self.cert_file:
+                context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerConnectionError(f"cannot load TLS files ({self.ca_file}, {self.cert_file}): {exc}") from exc
+        return context
+
+
+_SCHEMES = {"mqtt": False, "tcp": False, "mqtts": True, "ssl": True}
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerAddress:
-    """Where a broker listens and how to log in."""
+    """Where a broker listens, how to log in, and whether to use TLS."""
 
     host: str = "127.0.0.1"
     port: int = 1883
     username: str | None = None
     password: str | None = None
+    tls: TlsFiles | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> BrokerAddress:
-        """Parse ``mqtt://[user:password@]host[:port]``."""
+    def from_url(cls, url: str, *, tls: TlsFiles | None = None) -> BrokerAddress:
+        """Parse ``mqtt://[user:password@]host[:port]`` or ``mqtts://...`` (TLS, port 8883 by default; ``tls``
+        names the CA and client certificate, else the system's trust store is used)."""
         parsed = urlparse(url)
-        if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
-            raise BrokerConnectionError(f"broker URL must look like mqtt://host:port, got {url!r}")
+        if parsed.scheme not in _SCHEMES or not parsed.hostname:
+            raise BrokerConnectionError(f"broker URL must look like mqtt://host:port or mqtts://host:port, got {url!r}")
+        secure = _SCHEMES[parsed.scheme]
+        if tls is not None and not secure:
+            raise BrokerConnectionError(f"TLS files were given but {url!r} is not an mqtts:// URL")
         return cls(
             host=parsed.hostname,
-            port=parsed.port or 1883,
+            port=parsed.port or (8883 if secure else 1883),
             username=unquote(parsed.username) if parsed.username else None,
             password=unquote(parsed.password) if parsed.password else None,
+            tls=(tls or TlsFiles()) if secure else None,
         )
 
     def with_credentials(self, username: str | None, password: str | None) -> BrokerAddress:
         """The same address with other credentials."""
-        return BrokerAddress(self.host, self.port, username, password)
+        return BrokerAddress(self.host, self.port, username, password, self.tls)
+
+    @property
+    def url(self) -> str:
+        """``mqtt(s)://host:port`` without credentials."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +125,7 @@ class PahoBroker:
         self._subscriptions: dict[str, tuple[int, list[Handler]]] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
+        self._answered = threading.Event()  # the first attempt ended: connected, refused or failed
         self._closed = False
         self._connect_error: str | None = None
         self._on_connect_hook = on_connect
@@ -101,6 +138,8 @@ class PahoBroker:
             clean_session=True,
         )
         self._client.max_queued_messages_set(10_000)
+        if address.tls is not None:
+            self._client.tls_set_context(address.tls.context())
         if address.username is not None:
             self._client.username_pw_set(address.username, address.password)
         if will is not None:
@@ -110,6 +149,7 @@ class PahoBroker:
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
         self._client.on_subscribe = self._handle_subscribe
+        self._client.on_connect_fail = lambda client, userdata: self._answered.set()
         self._restoring_mid: int | None = None
         self._dispatcher.start()
         try:
@@ -118,8 +158,8 @@ class PahoBroker:
             self._stop_dispatcher()
             raise BrokerConnectionError(f"cannot reach broker at {address.host}:{address.port}: {exc}") from exc
         self._client.loop_start()
-        if wait_connected and not self.wait_connected(connect_timeout_s):
-            reason = self._connect_error or "timed out"
+        if wait_connected and not (self._answered.wait(connect_timeout_s) and self._connected.is_set()):
+            reason = self._connect_error or _probe(address) or "timed out"
             self.close()
             raise BrokerConnectionError(f"cannot connect to broker at {address.host}:{address.port}: {reason}")
 
@@ -196,6 +236,7 @@ class PahoBroker:
             log.warning("broker refused %s: %s", self.client_id, reason_code)
             if str(reason_code) in ("Not authorized", "Bad user name or password"):
                 client.disconnect()  # do not hammer the broker with credentials it refuses
+            self._answered.set()
             return
         with self._lock:
             subscriptions = [(f, q) for f, (q, _) in self._subscriptions.items()]
@@ -218,11 +259,13 @@ class PahoBroker:
 
     def _ready(self) -> None:
         self._connected.set()
+        self._answered.set()
         if self._on_connect_hook is not None:
             self._inbox.put(self._on_connect_hook)
 
     def _handle_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._connected.clear()
+        self._answered.set()
         if not self._closed:
             log.info("%s lost its broker connection (%s); paho reconnects with backoff", self.client_id, reason_code)
 
@@ -248,3 +291,23 @@ class PahoBroker:
             func(*args)
         except Exception:  # a bad message must never kill the dispatcher
             log.exception("MQTT handler %s failed", getattr(func, "__qualname__", func))
+
+
+def _probe(address: BrokerAddress, timeout_s: float = 5.0) -> str | None:
+    """Why a connection cannot be made, from a direct attempt (paho's background loop keeps the reason to
+    itself): a refused port, or the TLS handshake's error such as an unknown CA or an expired certificate."""
+    try:
+        with socket.create_connection((address.host, address.port), timeout=timeout_s) as sock:
+            if address.tls is None:
+                return None
+            with address.tls.context().wrap_socket(sock, server_hostname=address.host) as tls:
+                tls.recv(1)  # a refused client certificate shows up on the first read (TLS 1.3)
+    except ssl.SSLCertVerificationError as exc:
+        return f"TLS: the broker's certificate is not trusted ({exc.verify_message})"
+    except ssl.SSLError as exc:
+        return f"TLS: {exc.reason or exc}"
+    except TimeoutError:
+        return None
+    except OSError as exc:
+        return str(exc)
+    return None

@@ -29,10 +29,18 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., help="directory for the password and ACL files"),
         data_dir: Path = typer.Option(Path("var/hub")),
         database_url: str | None = typer.Option(None),
+        port: int = typer.Option(1883, help="the device listener's port (8883 is usual with TLS)"),
+        host: str = typer.Option("127.0.0.1", help="the device listener's address"),
+        tls_cert: Path | None = typer.Option(None, help="serve TLS with this certificate (`edgefleet pki issue`)"),
+        tls_key: Path | None = typer.Option(None, help="its private key"),
+        client_ca: Path | None = typer.Option(None, help="CA of device certificates (mutual TLS)"),
+        require_client_cert: bool = typer.Option(False, help="devices must present a certificate; its CN is the login"),
     ) -> None:
-        """Write Mosquitto's password and ACL files from the inventory (reload Mosquitto with SIGHUP after)."""
+        """Write Mosquitto's password and ACL files from the inventory (reload Mosquitto with SIGHUP after),
+        and print the listener configuration to include."""
         from hub.app import Hub
         from hub.devices.broker_acl import BrokerUser, hub_user, mosquitto_config, write_broker_auth
+        from hub.devices.pki import ServerTls
 
         hub = Hub(HubSettings(data_dir=data_dir, database_url=database_url))
         try:
@@ -43,7 +51,14 @@ def register(app: typer.Typer) -> None:
         finally:
             hub.db.close()
         files = write_broker_auth(out, users)
-        typer.echo(mosquitto_config(files))
+        if (tls_cert is None) != (tls_key is None) or (require_client_cert and client_ca is None):
+            raise typer.BadParameter("--tls-cert and --tls-key go together; --require-client-cert needs --client-ca")
+        tls = (
+            ServerTls(str(tls_cert), str(tls_key), str(client_ca) if client_ca else None, require_client_cert)
+            if tls_cert and tls_key
+            else None
+        )
+        typer.echo(mosquitto_config(files, port=port, host=host, tls=tls))
         console.print(f"{len(users) - 1} devices and the hub written to {files.password_file} and {files.acl_file}")
 
     models_app = typer.Typer(help="Models, versions and their variants.", no_args_is_help=True)
@@ -94,6 +109,15 @@ def register(app: typer.Typer) -> None:
         database_url: str | None = typer.Option(None, help="SQLAlchemy URL; omitted: SQLite in data dir"),
         broker_port: int = typer.Option(1883, help="embedded broker port"),
         api_port: int = typer.Option(8600, help="REST API port"),
+        broker_ca_file: Path | None = typer.Option(None, help="CA of the broker's certificate (mqtts://)"),
+        broker_cert_file: Path | None = typer.Option(None, help="the hub's client certificate for the broker"),
+        broker_key_file: Path | None = typer.Option(None, help="its private key"),
+        embedded_tls_cert: Path | None = typer.Option(None, help="embedded broker: serve TLS with this cert"),
+        embedded_tls_key: Path | None = typer.Option(None, help="embedded broker: the certificate's key"),
+        embedded_client_ca: Path | None = typer.Option(None, help="embedded broker: CA of device certificates"),
+        require_client_cert: bool = typer.Option(False, help="embedded broker: devices must present a cert"),
+        api_tls_cert: Path | None = typer.Option(None, help="serve the REST API over HTTPS with this cert"),
+        api_tls_key: Path | None = typer.Option(None, help="the REST API certificate's key"),
     ) -> None:
         """Start the hub (REST API, MQTT wiring; an in-process broker when no broker URL is given)."""
         import uvicorn
@@ -107,15 +131,31 @@ def register(app: typer.Typer) -> None:
             database_url=database_url,
             broker_port=broker_port,
             api_port=api_port,
+            broker_ca_file=broker_ca_file,
+            broker_cert_file=broker_cert_file,
+            broker_key_file=broker_key_file,
+            embedded_tls_cert=embedded_tls_cert,
+            embedded_tls_key=embedded_tls_key,
+            embedded_client_ca=embedded_client_ca,
+            require_client_cert=require_client_cert,
+            api_tls_cert=api_tls_cert,
+            api_tls_key=api_tls_key,
         )
         hub = Hub(settings)
         hub.start()
+        scheme = "https" if settings.api_tls_cert else "http"
         console.print(
-            f"hub: broker {hub.broker_address.host}:{hub.broker_address.port}, "
-            f"API http://{settings.api_host}:{settings.api_port}/docs"
+            f"hub: broker {hub.broker_address.url}, API {scheme}://{settings.api_host}:{settings.api_port}/docs"
         )
         try:
-            uvicorn.run(create_app(hub), host=settings.api_host, port=settings.api_port, log_level="warning")
+            uvicorn.run(
+                create_app(hub),
+                host=settings.api_host,
+                port=settings.api_port,
+                log_level="warning",
+                ssl_certfile=str(settings.api_tls_cert) if settings.api_tls_cert else None,
+                ssl_keyfile=str(settings.api_tls_key) if settings.api_tls_key else None,
+            )
         finally:
             hub.stop()
 

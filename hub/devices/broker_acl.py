@@ -29,6 +29,7 @@ from typing import Literal
 
 from fleet.errors import ProtocolError
 from fleet.wire.acl import HUB_USERNAME, Rule, device_rules, hub_rules
+from hub.devices.pki import ServerTls
 from hub.errors import InvalidRequestError
 from hub.registry.credentials import hash_password
 
@@ -149,19 +150,25 @@ def write_broker_auth(directory: Path, users: Iterable[BrokerUser], *, mode: int
     return files
 
 
-def mosquitto_config(files: BrokerAuthFiles, *, port: int = 1883, host: str = "127.0.0.1") -> str:
-    """A minimal Mosquitto 2 configuration: one listener, no anonymous clients, these files, and each client's
-    id forced to its login (``use_username_as_clientid``), so no device can take over another's session."""
-    return "\n".join(
-        [
-            f"listener {port} {host}",
-            "use_username_as_clientid true",
-            "allow_anonymous false",
-            f"password_file {files.password_file}",
-            f"acl_file {files.acl_file}",
-            "",
-        ]
-    )
+def mosquitto_config(
+    files: BrokerAuthFiles, *, port: int = 1883, host: str = "127.0.0.1", tls: ServerTls | None = None
+) -> str:
+    """A Mosquitto 2 listener for devices: no anonymous clients, these files, and each client's id forced to
+    its login (``use_username_as_clientid``), so no device can take over another's session.
+
+    With ``tls`` the listener speaks TLS only; with ``tls.require_client_cert`` every client must present a
+    certificate signed by ``tls.client_ca_file`` and its common name becomes its login
+    (``use_identity_as_username``), so the device id comes from the certificate, not from what it claims.
+    """
+    lines = [f"listener {port} {host}", "use_username_as_clientid true", "allow_anonymous false"]
+    if tls is not None:
+        lines += [f"certfile {tls.cert_file}", f"keyfile {tls.key_file}"]
+        if tls.client_ca_file:
+            lines.append(f"cafile {tls.client_ca_file}")
+        if tls.require_client_cert:
+            lines += ["require_certificate true", "use_identity_as_username true"]
+    lines += [f"password_file {files.password_file}", f"acl_file {files.acl_file}", ""]
+    return "\n".join(lines)
 
 
 __all__ = [

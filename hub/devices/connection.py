@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 
 from fleet.wire.acl import HUB_USERNAME
-from fleet.wire.mqtt import BrokerAddress, PahoBroker
+from fleet.wire.mqtt import BrokerAddress, PahoBroker, TlsFiles
 
 __all__ = ["BrokerConnector"]
 
@@ -23,14 +23,14 @@ class BrokerConnector:
         self.address = address
 
     @classmethod
-    def from_url(cls, url: str, *, hub_secret: str) -> BrokerConnector:
-        """A connector for ``mqtt://[user:password@]host:port`` (the hub user when no user is given)."""
-        return cls(BrokerAddress.from_url(url), hub_secret=hub_secret)
+    def from_url(cls, url: str, *, hub_secret: str, tls: TlsFiles | None = None) -> BrokerConnector:
+        """A connector for ``mqtt(s)://[user:password@]host:port`` (the hub user when no user is given)."""
+        return cls(BrokerAddress.from_url(url, tls=tls), hub_secret=hub_secret)
 
     @property
     def device_address(self) -> BrokerAddress:
         """Where devices connect, without the hub's credentials."""
-        return BrokerAddress(self.address.host, self.address.port)
+        return BrokerAddress(self.address.host, self.address.port, tls=self.address.tls)
 
     def connect(self, role: str) -> PahoBroker:
         """A new connection with a unique client id naming its ``role`` (e.g. ``hub``, ``ingest``)."""

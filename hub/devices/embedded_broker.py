@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.wire.acl import HUB_USERNAME, Rule, allowed, device_rules, hub_rules
+from hub.devices.pki import ServerTls
 from hub.errors import HubError
 
 CredentialCheck = Callable[[str, str], bool]
@@ -60,6 +61,7 @@ try:  # the plugins subclass amqtt's bases; amqtt is a hub dependency
         class Config:
             check_id: str = ""
             allow_anonymous: bool = False
+            require_client_cert: bool = False
 
         async def authenticate(self, *, session: Any) -> bool | None:
             check = _CHECKS.get(self.config.check_id)
@@ -69,6 +71,10 @@ try:  # the plugins subclass amqtt's bases; amqtt is a hub dependency
                 return False
             if not _client_id_matches(session.username, session.client_id):
                 log.warning("refused %s: client id %r is not its login", session.username, session.client_id)
+                return False
+            problem = _certificate_problem(session, require=self.config.require_client_cert)
+            if problem:
+                log.warning("refused %s: %s", session.username, problem)
                 return False
             password = session.password.decode() if isinstance(session.password, bytes) else session.password
             return await asyncio.get_running_loop().run_in_executor(None, check, session.username, password)
@@ -167,6 +173,20 @@ def _client_id_matches(username: str | None, client_id: str | None) -> bool:
     return client_id == username
 
 
+def _certificate_problem(session: Any, *, require: bool) -> str | None:
+    """Why the TLS client certificate does not fit the login: a device's certificate must name it (common
+    name = device id); with ``require`` every device must present one. The hub logs in with its password."""
+    if session.username == HUB_USERNAME:
+        return None
+    peer = session.ssl_object.getpeercert() if session.ssl_object is not None else None
+    if not peer:
+        return "no client certificate" if require else None
+    names = [value for rdn in peer.get("subject", ()) for key, value in rdn if key == "commonName"]
+    if names != [session.username]:
+        return f"the client certificate names {names} but the login is {session.username!r}"
+    return None
+
+
 class _SnapshotItems(dict[str, Any]):
     """amqtt 0.12's broadcast loop iterates the subscription map across awaits, so a client subscribing at that
     moment raised "dictionary changed size during iteration" and the message was lost; iterate a snapshot."""
@@ -178,13 +198,21 @@ class _SnapshotItems(dict[str, Any]):
 class EmbeddedBroker:
     """Runs amqtt in a background thread; ``start()`` returns once it accepts connections."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, check: CredentialCheck | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        check: CredentialCheck | None = None,
+        tls: ServerTls | None = None,
+    ) -> None:
         if _AMQTT_ERROR:
             raise HubError(f"the embedded broker needs amqtt (pip install 'edgefleet[hub]'): {_AMQTT_ERROR}")
         self.host = host
         self.port = port or _free_port(host)
         self._check_id = uuid.uuid4().hex
         self._secured = check is not None
+        self.tls = tls
         if check is not None:
             _CHECKS[self._check_id] = check
         self._loop = asyncio.new_event_loop()
@@ -193,8 +221,8 @@ class EmbeddedBroker:
 
     @property
     def url(self) -> str:
-        """``mqtt://host:port`` of the listener."""
-        return f"mqtt://{self.host}:{self.port}"
+        """``mqtt://host:port`` (``mqtts://`` with TLS) of the listener."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 15.0) -> None:
         """Start listening."""
@@ -207,12 +235,18 @@ class EmbeddedBroker:
             raise HubError(f"embedded broker failed to start on {self.host}:{self.port}: {exc}") from exc
 
     async def _start(self) -> None:
+        listener: dict[str, Any] = {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 10_000}
+        if self.tls is not None:
+            listener |= {"ssl": True, "certfile": self.tls.cert_file, "keyfile": self.tls.key_file}
+            if self.tls.client_ca_file:
+                listener["cafile"] = self.tls.client_ca_file  # client certificates are verified against it
         config = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 10_000}},
+            "listeners": {"default": listener},
             "plugins": {
                 "hub.devices.embedded_broker.RegistryAuthPlugin": {
                     "check_id": self._check_id,
                     "allow_anonymous": not self._secured,
+                    "require_client_cert": bool(self.tls and self.tls.require_client_cert),
                 },
                 "hub.devices.embedded_broker.AclTopicPlugin": {"enforce": self._secured},
             },

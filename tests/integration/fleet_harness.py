@@ -57,7 +57,7 @@ class Harness:
         settings: dict[str, object] = {
             "device_id": device_id,
             "target": target,
-            "broker_url": f"mqtt://{address.host}:{address.port}",
+            "broker_url": address.url,
             "password": secret,
             "data_dir": directory / "data",
             "trust_root": directory / "root.json",

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from hub.demo.model import TrainedDigits
 from hub.serving.app import create_app
 from hub.serving.config import ModelSpec
-from tests.hub.serving.conftest import running_server
+from tests.http_server import running_server
 from tests.integration.fleet_harness import Harness
 
 

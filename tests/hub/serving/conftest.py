@@ -3,10 +3,8 @@ fake backend for deterministic queue tests, and a real uvicorn server on an ephe
 
 from __future__ import annotations
 
-import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,29 +103,3 @@ def metrics() -> ServingMetrics:
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     """A metric sample's value (0 when absent)."""
     return registry.get_sample_value(name, labels) or 0.0
-
-
-@contextmanager
-def running_server(app: object) -> Iterator[str]:
-    """Run ``app`` with uvicorn on an ephemeral port in a thread; yields ``host:port``."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        started = threading.Event()
-        for _ in range(500):  # wait for start-up (model loading), at most ~10 s
-            if server.started or not thread.is_alive():
-                break
-            started.wait(0.02)
-        if not server.started:
-            raise RuntimeError("uvicorn did not start")
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()

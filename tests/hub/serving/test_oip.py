@@ -16,13 +16,13 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from hub.serving import Backend, ModelSpec, StaticRepository, TensorSpec, create_app
+from tests.http_server import running_server
 from tests.hub.serving.conftest import (
     IN_FEATURES,
     OUT_FEATURES,
     GatedBackend,
     TinyModels,
     fake_spec,
-    running_server,
     sample,
 )
 

@@ -13,7 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from hub.serving import ModelSpec, StaticRepository, create_app
-from tests.hub.serving.conftest import IN_FEATURES, TinyModels, running_server
+from tests.http_server import running_server
+from tests.hub.serving.conftest import IN_FEATURES, TinyModels
 
 httpclient: Any = pytest.importorskip("tritonclient.http")
 utils: Any = pytest.importorskip("tritonclient.utils")
