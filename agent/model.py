@@ -9,7 +9,7 @@ import numpy as np
 from agent.bundle import LoadedBundle
 from agent.errors import InferenceError
 from agent.runtimes import Runtime, load_runtime
-from fleet.wire.bundle import BundleManifest
+from fleet.wire.bundle import BundleManifest, Postprocess
 
 _DTYPES = {
     "float32": np.float32,
@@ -74,18 +74,22 @@ class ServableModel:
 
     def answers(self, outputs: np.ndarray) -> list[Answer]:
         """Post-process raw outputs (softmax, labels) into answers."""
-        post = self.manifest.postprocess
-        scores = outputs.reshape(outputs.shape[0], -1).astype(np.float64)
-        if post.softmax:
-            shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-            scores = shifted / shifted.sum(axis=1, keepdims=True)
-        result = []
-        for row in scores:
-            index = int(row.argmax())
-            label = post.labels[index] if index < len(post.labels) else str(index)
-            result.append(Answer(label=label, index=index, confidence=float(row[index]), scores=row.tolist()))
-        return result
+        return postprocess(outputs, self.manifest.postprocess)
 
     def predict(self, inputs: np.ndarray | list[object]) -> list[Answer]:
         """Answers for a batch of raw inputs."""
         return self.answers(self.raw(inputs))
+
+
+def postprocess(outputs: np.ndarray, post: Postprocess) -> list[Answer]:
+    """Answers from raw outputs, one per row: softmax when asked, the top class's label and confidence."""
+    scores = outputs.reshape(outputs.shape[0], -1).astype(np.float64)
+    if post.softmax:
+        shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+        scores = shifted / shifted.sum(axis=1, keepdims=True)
+    result = []
+    for row in scores:
+        index = int(row.argmax())
+        label = post.labels[index] if index < len(post.labels) else str(index)
+        result.append(Answer(label=label, index=index, confidence=float(row[index]), scores=row.tolist()))
+    return result

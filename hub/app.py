@@ -22,6 +22,7 @@ from fleet.wire.bundle import BundleManifest
 from fleet.wire.messages import DeviceState, UpdateEvent
 from fleet.wire.mqtt import BrokerAddress, PahoBroker
 from hub.bundles.publish import PublishedVariant, publish_variant
+from hub.bundles.reference import reference_profile
 from hub.bundles.store import ArtifactStore
 from hub.bundles.transfer import BundleTransfer
 from hub.bundles.tuf_repository import TufRepository
@@ -154,6 +155,8 @@ class Hub:
         """Register ``manifest.model:manifest.version`` if new, then publish this variant's signed bundle."""
         if not any(v.version == manifest.version for v in self.registry.list_versions(manifest.model)):
             self.registry.add_version(manifest.model, manifest.version)
+        if reference is None:  # drift always has a baseline: at least the self-test vectors
+            reference = reference_profile(manifest, selftest_inputs, selftest_outputs)
         return publish_variant(
             self.registry,
             self.store,

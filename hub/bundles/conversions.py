@@ -1,5 +1,7 @@
 """Register a conversion's variants under one model version, each as a signed bundle for its target.
 
+Every variant's bundle carries the drift reference profile of the vectors file (its first 1,000 rows and the
+first variant's answers on them), so `drift report` and the rollout gate work without a hand-made reference.
 Golden self-test vectors come from running each variant on this host on the given inputs, so a device's
 health check proves its runtime reproduces what the hub measured. A variant that could not run here (Core ML
 on Linux, TensorRT without a GPU) or that failed or missed its accuracy budget is skipped with the reason;
@@ -16,10 +18,13 @@ import numpy as np
 
 from fleet.wire.bundle import BundleManifest, Postprocess, SelfTest, TensorSpec
 from hub.app import Hub
+from hub.bundles.reference import reference_profile
 from hub.errors import InvalidRequestError
 from targets import get_target
 
 _FORMATS_WITH_WEIGHTS = {"openvino": ".bin"}
+#: Rows of the vectors file the drift reference is built from (each run through the model once).
+REFERENCE_ROWS = 1000
 
 
 @dataclass
@@ -55,7 +60,9 @@ def register_conversion(
     if len(input_names) != 1:
         raise InvalidRequestError(f"bundles carry one input tensor; {report.model} takes {input_names}")
     dataset = load_npz(vectors, input_names)
-    inputs = np.asarray(dataset.inputs[input_names[0]])[:count]
+    reference_inputs = np.asarray(dataset.inputs[input_names[0]])[:REFERENCE_ROWS]
+    inputs = reference_inputs[:count]
+    reference_outputs: np.ndarray | None = None  # from the first variant run: every variant shares the reference
     for variant in report.variants:
         if variant.status != "ok" or variant.path is None:
             result.skipped.append({"variant": variant.name, "reason": variant.reason or f"status {variant.status}"})
@@ -82,6 +89,10 @@ def register_conversion(
         )
         runner = load_runner(target, artifact)
         outputs = np.stack([np.asarray(runner({input_names[0]: row[None, ...]}))[0] for row in inputs])
+        if reference_outputs is None:
+            reference_outputs = np.stack(
+                [np.asarray(runner({input_names[0]: row[None, ...]}))[0] for row in reference_inputs]
+            )
         quantised = variant.precision not in ("fp32", "fp16")
         dtype = str(variant.meta.get("input_dtypes", ["float32"])[0])
         manifest = BundleManifest(
@@ -116,7 +127,10 @@ def register_conversion(
                 "peak_memory_mb",
             )
         }
-        published = hub.publish(manifest, model_path, inputs, outputs, metrics=metrics, weights_path=weights_path)
+        reference = reference_profile(manifest, reference_inputs, reference_outputs)
+        published = hub.publish(
+            manifest, model_path, inputs, outputs, metrics=metrics, weights_path=weights_path, reference=reference
+        )
         result.registered.append(
             {"variant": variant.name, "bundle_sha256": published.bundle_sha256, "tuf_target": published.tuf_target}
         )

@@ -73,10 +73,19 @@ def register(app: typer.Typer) -> None:
         labels: str | None = typer.Option(None, help="comma-separated class labels"),
         data_dir: Path = typer.Option(Path("var/hub")),
         database_url: str | None = typer.Option(None),
+        gate: Path | None = typer.Option(None, help="gate thresholds (TOML): refuse unless `edgefleet gate` passes"),
     ) -> None:
         """Sign and register every usable variant of a conversion under MODEL:VERSION."""
         from hub.app import Hub
         from hub.bundles.conversions import register_conversion
+        from hub.cli.gate import run_gate
+
+        if gate is not None:
+            verdict = run_gate(directory, gate, None)
+            if not verdict.passed:
+                typer.echo(verdict.table(), err=True)
+                typer.echo(f"error: {directory} failed the gate {gate}; nothing registered", err=True)
+                raise typer.Exit(1)
 
         hub = Hub(HubSettings(data_dir=data_dir, database_url=database_url))
         try:

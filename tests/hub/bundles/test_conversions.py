@@ -103,3 +103,9 @@ def test_cli_registers_a_conversion(tmp_path: Path, converted: tuple[TrainedDigi
         ],
     )
     assert bad.exit_code != 0
+    # the bundles carry a drift reference built from the vectors: `drift report` needs no --reference
+    drift = CliRunner().invoke(app, ["drift", "report", "digits:3.1.0", "--data-dir", str(tmp_path / "hub"), "--json"])
+    assert drift.exit_code == 0, drift.output
+    assert "no drift reference" not in drift.output
+    report = json.loads(drift.output)
+    assert report["model"] == "digits" and report["version"] == "3.1.0"
