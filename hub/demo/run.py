@@ -14,6 +14,7 @@ from hub.app import Hub
 from hub.config import HubSettings
 from hub.demo.model import digits_manifest, digits_reference, train_digits
 from hub.demo.simulator import SimulatedFleet
+from hub.devices.pki import CertificateAuthority
 
 DEMO_TARGET = "x86-onnx-cpu"
 _OURS = ("mqtt-dispatch", "embedded-broker", "telemetry-writer", "agent-http", "paho")
@@ -36,13 +37,15 @@ def run_demo(
         say("training a digits classifier (scikit-learn's digits, PyTorch MLP)...")
         trained = train_digits(root / "model")
         say(f"trained: held-out accuracy {trained.accuracy:.3f}; exported {trained.onnx_path.name}")
-        hub = Hub(HubSettings(data_dir=root / "hub", broker_url=broker_url))
+        ca, settings = _secured_settings(root, broker_url)
+        hub = Hub(settings)
         hub.start()
         broker_port = hub.broker_address.port if broker_url is None else None
-        fleet = SimulatedFleet(hub, root / "fleet")
+        fleet = SimulatedFleet(hub, root / "fleet", ca)
         try:
             say(
-                f"hub up: broker {hub.broker_address.host}:{hub.broker_address.port}, "
+                f"hub up: broker {hub.broker_address.url}"
+                f"{' (TLS, a client certificate per device)' if ca else ''}, "
                 f"registry {hub.db.engine.url.render_as_string()}"
             )
             manifest = digits_manifest(trained, "1.0.0", target=DEMO_TARGET)
@@ -144,3 +147,21 @@ def _port_closed(port: int) -> bool:
 
 def _ratio(numerator: int, denominator: int) -> float:
     return round(numerator / denominator, 4) if denominator else 0.0
+
+
+def _secured_settings(root: Path, broker_url: str | None) -> tuple[CertificateAuthority | None, HubSettings]:
+    """On the embedded broker the demo runs as a real fleet would: its own CA, the broker serving TLS, and every
+    device presenting a certificate that names it. An external broker is used as given."""
+    if broker_url is not None:
+        return None, HubSettings(data_dir=root / "hub", broker_url=broker_url)
+    ca = CertificateAuthority.create(root / "pki")
+    server = ca.issue_server(root / "pki" / "broker", ["127.0.0.1", "localhost"])
+    settings = HubSettings(
+        data_dir=root / "hub",
+        embedded_tls_cert=server.cert_file,
+        embedded_tls_key=server.key_file,
+        embedded_client_ca=ca.cert_file,
+        require_client_cert=True,
+        broker_ca_file=ca.cert_file,
+    )
+    return ca, settings

@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 
 from hub.app import Hub
+from hub.devices.pki import CertificateAuthority
+from hub.devices.provisioning import DeviceKit, write_device_kit
 from hub.errors import HubError
 
 
@@ -47,10 +49,12 @@ class SimulatedDevice:
 
 @dataclass
 class SimulatedFleet:
-    """Provision ``count`` devices on ``hub`` and run them as agent processes under ``root``."""
+    """Provision ``count`` devices on ``hub`` and run them as agent processes under ``root``; with ``ca``, each
+    device gets its own client certificate for a TLS broker."""
 
     hub: Hub
     root: Path
+    ca: CertificateAuthority | None = None
     devices: list[SimulatedDevice] = field(default_factory=list)
 
     def provision(
@@ -66,27 +70,16 @@ class SimulatedFleet:
         address = self.hub.broker_address
         trust_root = self.hub.tuf.trusted_root()
         created = []
-        for index in range(count):
+        for _ in range(count):
             device_id = f"{prefix}-{len(self.devices) + 1:03d}"
             _, secret = self.hub.registry.provision_device(device_id, target, labels or {})
-            directory = self.root / device_id
-            directory.mkdir(parents=True, exist_ok=True)
-            (directory / "root.json").write_bytes(trust_root)
-            secret_path = directory / "device.secret"
-            secret_path.touch(mode=0o600)
-            secret_path.write_text(secret)
             port = free_port()
-            config = directory / "agent.toml"
-            config.write_text(
-                f'device_id = "{device_id}"\ntarget = "{target}"\n'
-                f'broker_url = "mqtt://{address.host}:{address.port}"\npassword_file = "device.secret"\n'
-                f'data_dir = "data"\ntrust_root = "root.json"\nhttp_port = {port}\n'
-                f"telemetry_interval_s = {telemetry_interval_s}\nchunk_timeout_s = 2.0\n"
-            )
+            settings = {"http_port": port, "telemetry_interval_s": telemetry_interval_s, "chunk_timeout_s": 2.0}
+            kit = DeviceKit(device_id, target, secret, address, trust_root, settings)
+            config = write_device_kit(self.root / device_id, kit, ca=self.ca)
             device = SimulatedDevice(device_id, target, config, port)
             self.devices.append(device)
             created.append(device)
-            del index
         return created
 
     def start(self, devices: list[SimulatedDevice] | None = None, *, timeout_s: float = 60.0) -> None:
