@@ -23,7 +23,7 @@ from fleet.wire.messages import DeviceState, UpdateEvent
 from fleet.wire.mqtt import BrokerAddress, PahoBroker
 from hub.bundles.publish import PublishedVariant, publish_variant
 from hub.bundles.reference import reference_profile
-from hub.bundles.store import ArtifactStore
+from hub.bundles.store import open_store
 from hub.bundles.transfer import BundleTransfer
 from hub.bundles.tuf_repository import TufRepository
 from hub.config import HubSettings
@@ -48,7 +48,7 @@ class Hub:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.resolved_database_url())
         self.registry = Registry(self.db)
-        self.store = ArtifactStore(settings.data_dir / "artifacts")
+        self.store = open_store(settings.artifact_store, settings.data_dir)
         self.tuf = TufRepository(settings.data_dir / "tuf")
         self.hub_secret = settings.hub_secret or self._load_or_create_secret()
         self.embedded: EmbeddedBroker | None = None

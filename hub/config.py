@@ -35,6 +35,11 @@ class HubSettings(BaseModel):
     hub_secret: str | None = Field(default=None, description="hub's broker password; generated when omitted")
     chunk_size: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
     rebroadcast_window_s: float = Field(default=2.0, ge=0)
+    artifact_store: str | None = Field(
+        default=None,
+        pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,62}|file:)",
+        description="s3://bucket[/prefix]?endpoint=URL for an S3-compatible service; default data_dir/artifacts",
+    )
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8600, ge=0, le=65535)
     shared_telemetry: bool = Field(
