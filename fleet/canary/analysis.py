@@ -84,8 +84,10 @@ def analyse_canary(
 
     results = [judge(can, base, config) for metric, judge in JUDGES.items() if config.spec(metric).enabled]
 
-    def label(r: MetricResult) -> str:
-        return f"{r.metric.value}{' (critical)' if r.critical else ''} {r.verdict.value}: {r.reason}"
+    def label(result: MetricResult) -> str:
+        return (
+            f"{result.metric.value}{' (critical)' if result.critical else ''} {result.verdict.value}: {result.reason}"
+        )
 
     critical_fail = [r for r in results if r.critical and r.verdict == Verdict.FAIL]
     critical_open = [r for r in results if r.critical and r.verdict == Verdict.INCONCLUSIVE]

@@ -45,18 +45,18 @@ def _inconclusive(
     )
 
 
-def _latency_value(d: DeviceMetrics, statistic: str) -> float | None:
-    if d.latency_ms is None or histogram_count(d.latency_ms) == 0:
+def _latency_value(device: DeviceMetrics, statistic: str) -> float | None:
+    if device.latency_ms is None or histogram_count(device.latency_ms) == 0:
         return None
     if statistic == "mean":
-        return d.latency_ms.total / histogram_count(d.latency_ms)
-    return histogram_quantile(d.latency_ms, int(statistic[1:]) / 100)
+        return device.latency_ms.total / histogram_count(device.latency_ms)
+    return histogram_quantile(device.latency_ms, int(statistic[1:]) / 100)
 
 
-def _confidence_value(d: DeviceMetrics, _statistic: str) -> float | None:
-    if d.confidence is None or histogram_count(d.confidence) == 0:
+def _confidence_value(device: DeviceMetrics, _statistic: str) -> float | None:
+    if device.confidence is None or histogram_count(device.confidence) == 0:
         return None
-    return d.confidence.total / histogram_count(d.confidence)
+    return device.confidence.total / histogram_count(device.confidence)
 
 
 def _device_level(
