@@ -4,7 +4,8 @@ Exceptions::
 
     FleetError
      ├── ProtocolError          a wire message that is malformed, oversized or of an unknown schema
-     └── FleetConfigError       an invalid plan, selector or analysis setting
+     ├── FleetConfigError       an invalid plan, selector or analysis setting
+     └── RolloutError           a rollout command the current state does not allow, or a malformed verdict
 """
 
 
@@ -22,3 +23,7 @@ class ProtocolError(FleetError, ValueError):
 
 class FleetConfigError(FleetError, ValueError):
     """Invalid configuration given to a fleet component."""
+
+
+class RolloutError(FleetError):
+    """A command the rollout's current state does not allow, or a gate verdict that cannot be read."""

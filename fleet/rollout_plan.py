@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fleet.canary import DEFAULT_METRICS, CanaryConfig, CanaryMetric, MetricSpec
+from fleet.canary.config import DEFAULT_METRICS, CanaryConfig, CanaryMetric, MetricSpec
 from fleet.errors import FleetConfigError
 from fleet.selection import SelectionPolicy, parse_selector
 from fleet.windows import MaintenanceWindow

@@ -334,9 +334,3 @@ def selector_labels(labels: Mapping[str, str], target: str | None) -> dict[str, 
     if target is not None:
         out.setdefault("target", target)
     return out
-
-
-def group_devices(devices: Iterable[tuple[str, Mapping[str, str]]], selector: LabelSelector | str) -> list[str]:
-    """The sorted ids of ``(device_id, labels)`` pairs that ``selector`` matches (a group)."""
-    parsed = parse_selector(selector) if isinstance(selector, str) else selector
-    return sorted(device_id for device_id, labels in devices if parsed.matches(labels))

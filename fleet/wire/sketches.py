@@ -153,12 +153,6 @@ class HistogramAccumulator:
         self._counts += other._counts
         self._total += other._total
 
-    def reset(self) -> None:
-        """Zero the counts, keep the edges."""
-        if self._counts is not None:
-            self._counts[:] = 0
-        self._total = 0.0
-
     def to_histogram(self) -> Histogram:
         """The wire message for the counts so far."""
         if self._edges is None or self._counts is None:

@@ -30,21 +30,9 @@ class ArtifactStore:
             raise NotFoundError(f"invalid artifact digest {digest!r}")
         return self.root / "sha256" / digest[:2] / digest
 
-    def has(self, digest: str) -> bool:
-        """Whether the blob is stored."""
-        return self.path(digest).is_file()
-
     def put_bytes(self, data: bytes) -> str:
         """Store ``data`` and return its sha256."""
         return self.put_stream(io.BytesIO(data))
-
-    def put_file(self, source: Path) -> str:
-        """Copy the file at ``source`` into the store and return its sha256."""
-        try:
-            with source.open("rb") as stream:
-                return self.put_stream(stream)
-        except FileNotFoundError as exc:
-            raise NotFoundError(f"artifact source {source} does not exist") from exc
 
     def put_stream(self, stream: BinaryIO) -> str:
         """Store everything read from ``stream``; the blob appears only when completely written."""

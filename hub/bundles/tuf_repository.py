@@ -13,7 +13,6 @@ it: unsigned, tampered, expired or rolled-back metadata and bundles are refused 
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Callable
@@ -87,14 +86,6 @@ class TufRepository:
             info.unrecognized_fields["custom"] = custom or {}
             targets.signed.targets[target_path] = info
             return self._publish_targets(targets)
-
-    def target_custom(self, target_path: str) -> dict[str, Any]:
-        """The custom fields signed for ``target_path``."""
-        with self._lock:
-            info = self._read("targets").signed.targets.get(target_path)
-        if info is None:
-            raise NotFoundError(f"TUF target {target_path} is not signed")
-        return dict(info.unrecognized_fields.get("custom", {}))
 
     def refresh_timestamp(self) -> int:
         """Re-sign snapshot and timestamp with fresh expiry (run periodically); return timestamp version."""
@@ -238,9 +229,3 @@ class TufRepository:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(metadata.to_bytes(JSONSerializer(compact=True)))
         os.replace(tmp, path)
-
-
-def describe(metadata_bytes: bytes) -> dict[str, Any]:
-    """Role, version and expiry of a metadata file, for logs and the REST API."""
-    signed = json.loads(metadata_bytes)["signed"]
-    return {"role": signed["_type"], "version": signed["version"], "expires": signed["expires"]}

@@ -86,11 +86,6 @@ class DeviceTraffic:
         self._reject_listeners.append(listener)
         return lambda: self._reject_listeners.remove(listener)
 
-    def forget(self, device_id: str) -> None:
-        """Check ``device_id`` against the registry again on its next message (after decommissioning)."""
-        with self._known_lock:
-            self._known.discard(device_id)
-
     # -- lifecycle ------------------------------------------------------------------------------------------
 
     def start(self, *, telemetry_only: bool = False) -> None:

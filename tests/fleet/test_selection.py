@@ -11,7 +11,6 @@ from fleet.selection import (
     RejectCode,
     SelectionPolicy,
     Variant,
-    group_devices,
     parse_selector,
     select_variant,
     selector_labels,
@@ -114,7 +113,8 @@ LABELS = {
 
 
 def pick(text: str) -> list[str]:
-    return group_devices(LABELS.items(), text)
+    selector = parse_selector(text)
+    return sorted(device_id for device_id, labels in LABELS.items() if selector.matches(labels))
 
 
 @pytest.mark.parametrize(

@@ -1,25 +1,18 @@
-"""The rollout engine, driven against a small simulated fleet (pure: no broker, no clock)."""
+"""``step`` (fleet/rollout/engine.py), driven against a small simulated fleet (pure: no broker, no clock)."""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, TypeVar
 
 import pytest
 
 from fleet.rollout import (
-    ADVANCING,
-    FINAL_STATES,
-    TRANSITIONS,
-    Action,
     Command,
     Deferred,
     DeployTo,
-    DeviceStatus,
     Event,
     GateVerdict,
     Notice,
@@ -34,8 +27,6 @@ from fleet.rollout import (
     StateChanged,
     Verdict,
     allowed_commands,
-    dump_actions,
-    load_actions,
     new_rollout,
     step,
     summarize,
@@ -46,160 +37,23 @@ from fleet.rollout_plan import (
     FailureThreshold,
     GateSpec,
     PercentWaves,
-    RolloutPlan,
 )
 from fleet.selection import Variant
 from fleet.windows import DailyWindow
-from fleet.wire.messages import UpdateState
-
-MODEL, OLD, NEW = "digits", "1.0.0", "2.0.0"
-T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC).timestamp()  # a Monday, noon UTC
-TARGETS = ("x86-onnx-cpu", "rpi4-arm64", "jetson-orin", "intel-openvino")
-VARIANTS = [
-    Variant(variant_id=f"{t}-v", target=t, precision=p, size_bytes=100_000, latency_ms=5.0)
-    for t, p in [
-        ("x86-onnx-cpu", "int8"),
-        ("rpi4-arm64", "int8"),
-        ("jetson-orin", "fp16"),
-        ("intel-openvino", "int8"),
-    ]
-]
-Behaviour = Literal["ok", "fail", "silent"]
-A = TypeVar("A")
-
-
-@dataclass
-class SimDevice:
-    """A device that installs what it is told after ``latency_s`` (or fails, or never answers)."""
-
-    device_id: str
-    target: str
-    labels: dict[str, str] = field(default_factory=dict)
-    behaviour: Behaviour = "ok"
-    latency_s: float = 30.0
-    active: str | None = OLD
-    deployment_id: str | None = None
-    update_state: UpdateState = UpdateState.IDLE
-    error: str | None = None
-    order: tuple[float, str, str] | None = None  # issued_at, deployment_id, version
-    deployments: int = 0
-
-    def receive(self, now: float, deployment_id: str, version: str) -> None:
-        self.order = (now, deployment_id, version)
-        self.deployment_id, self.update_state, self.error = deployment_id, UpdateState.DOWNLOAD, None
-
-    def advance(self, now: float) -> None:
-        if self.order is None or now < self.order[0] + self.latency_s:
-            return
-        _, deployment_id, version = self.order
-        self.order = None
-        if deployment_id.endswith(".rollback"):
-            self.active, self.update_state = OLD, UpdateState.DONE
-        elif self.behaviour == "ok":
-            self.active, self.update_state = version, UpdateState.DONE
-        elif self.behaviour == "fail":  # the agent rolls itself back and says why
-            self.update_state, self.error = UpdateState.FAILED, "self-test: 3/10 golden vectors off"
-        else:
-            self.order = (now, deployment_id, version)  # silent: keeps "downloading" forever
-
-    def status(self) -> DeviceStatus:
-        return DeviceStatus(
-            device_id=self.device_id,
-            target=self.target,
-            labels=self.labels,
-            active_model=MODEL if self.active else None,
-            active_version=self.active,
-            update_state=self.update_state,
-            deployment_id=self.deployment_id,
-            error=self.error,
-        )
-
-
-class SimFleet:
-    def __init__(self, devices: Iterable[SimDevice]) -> None:
-        self.devices = {d.device_id: d for d in devices}
-        self.log: list[Action] = []
-
-    def statuses(self, now: float) -> list[DeviceStatus]:
-        for device in self.devices.values():
-            device.advance(now)
-        return [d.status() for d in self.devices.values()]
-
-    def apply(self, now: float, actions: list[Action]) -> None:
-        self.log += actions
-        for action in actions:
-            if isinstance(action, DeployTo):
-                for device_id in action.device_ids:
-                    device = self.devices[device_id]
-                    assert action.variant.target == device.target  # never a wrong variant
-                    device.deployments += 1
-                    device.receive(now, action.deployment_id, action.version)
-            elif isinstance(action, RollBack):
-                for device_id in action.device_ids:
-                    self.devices[device_id].receive(now, action.deployment_id, OLD)
-
-    def of(self, kind: type[A]) -> list[A]:
-        return [a for a in self.log if isinstance(a, kind)]
-
-
-def mixed_fleet(counts: dict[str, int], behaviours: dict[str, Behaviour] | None = None) -> SimFleet:
-    behaviours = behaviours or {}
-    devices = []
-    for target, n in counts.items():
-        for i in range(n):
-            devices.append(SimDevice(f"{target}-{i:03d}", target, {"env": "prod"}, behaviours.get(target, "ok")))
-    return SimFleet(devices)
-
-
-FLEET = {"x86-onnx-cpu": 20, "rpi4-arm64": 10, "jetson-orin": 6, "intel-openvino": 4}
-Gate = Callable[[RequestGate, float], GateVerdict | None]
-
-
-def plan(**overrides: object) -> RolloutPlan:
-    base: dict[str, object] = {
-        "model": MODEL,
-        "version": NEW,
-        "canary": CanarySpec(percent=10),
-        "waves": PercentWaves(steps=[25, 50, 100]),
-        "gate": None,
-        "failure": FailureThreshold(max_rate=0.05, min_devices=10),
-    }
-    base.update(overrides)
-    return RolloutPlan.model_validate(base)
-
-
-def drive(
-    snapshot: RolloutSnapshot,
-    fleet: SimFleet,
-    *,
-    now: float = T0,
-    gate: Gate | None = None,
-    until: Callable[[RolloutSnapshot], bool] = lambda s: s.final,
-    dt: float = 60.0,
-    max_steps: int = 500,
-    pending: RequestGate | None = None,
-) -> tuple[RolloutSnapshot, float]:
-    """Step every ``dt`` seconds, carry out actions, answer gate requests, until ``until`` holds."""
-    for _ in range(max_steps):
-        verdict = gate(pending, now) if (gate and pending) else None
-        if verdict is not None:
-            pending = None
-        snapshot, actions = step(snapshot, now, fleet.statuses(now), gate_verdict=verdict)
-        fleet.apply(now, actions)
-        pending = next((a for a in actions if isinstance(a, RequestGate)), pending)
-        if until(snapshot):
-            return snapshot, now
-        now += dt
-    raise AssertionError(f"rollout did not settle: {snapshot.state} {snapshot.reason}")
-
-
-def always(verdict: Verdict) -> Gate:
-    return lambda request, now: GateVerdict(verdict=verdict, reasons=(f"{verdict} on wave {request.wave}",))
-
-
-def deployed_ids(fleet: SimFleet) -> list[str]:
-    return [d for a in fleet.of(DeployTo) for d in a.device_ids]
-
+from tests.fleet.rollout.simulated_fleet import (
+    FLEET,
+    NEW,
+    OLD,
+    T0,
+    VARIANTS,
+    SimDevice,
+    SimFleet,
+    always,
+    deployed_ids,
+    drive,
+    mixed_fleet,
+    plan,
+)
 
 # ------------------------------------------------------------------------------------------ happy path
 
@@ -230,7 +84,7 @@ def test_good_model_reaches_every_device_through_canary_and_waves() -> None:
 def test_each_wave_waits_for_the_previous_gate() -> None:
     fleet = mixed_fleet(FLEET)
     snapshot = new_rollout("r1", plan(gate=GateSpec(after="every_wave")), VARIANTS, now=T0)
-    snapshot, now = drive(snapshot, fleet, until=lambda s: s.state == RolloutState.GATE)
+    snapshot, now = drive(snapshot, fleet, until=lambda snapshot: snapshot.state == RolloutState.GATE)
     assert snapshot.gate is not None and snapshot.gate.wave == 0 and snapshot.gate.outstanding
     for _ in range(3):  # no verdict: nothing new is sent
         now += 60
@@ -276,7 +130,9 @@ def test_failures_count_only_after_min_devices_and_by_rate() -> None:
     devices = [SimDevice(f"d{i:02d}", "x86-onnx-cpu", latency_s=30 + 10 * i) for i in range(20)]
     devices[0].behaviour = devices[1].behaviour = "fail"
     fleet = SimFleet(devices)
-    snapshot, _ = drive(new_rollout("r3", p, VARIANTS, now=T0), fleet, until=lambda s: s.state != "wave_running")
+    snapshot, _ = drive(
+        new_rollout("r3", p, VARIANTS, now=T0), fleet, until=lambda snapshot: snapshot.state != "wave_running"
+    )
     assert snapshot.state == RolloutState.ABORTING
     assert "2 of 10 finished device(s) failed" in snapshot.reason
 
@@ -310,7 +166,7 @@ def test_inconclusive_gate_asks_again_then_pauses_for_a_person() -> None:
     gate = GateSpec(after="canary", retry_interval_s=300, max_wait_s=1000)
     snapshot = new_rollout("r6", plan(gate=gate), VARIANTS, now=T0)
     snapshot, now = drive(
-        snapshot, fleet, gate=always(Verdict.INCONCLUSIVE), until=lambda s: s.state == RolloutState.PAUSED
+        snapshot, fleet, gate=always(Verdict.INCONCLUSIVE), until=lambda snapshot: snapshot.state == RolloutState.PAUSED
     )
     attempts = [a.attempt for a in fleet.of(RequestGate)]
     # asked at g, g+360, g+720 (each answer arrives a step later, the retry waits 300 s after it);
@@ -357,7 +213,9 @@ def test_below_success_threshold_pauses_and_promote_accepts() -> None:
         failure=FailureThreshold(max_rate=0.5),
     )
     fleet = SimFleet(devices)
-    snapshot, now = drive(new_rollout("r8", p, VARIANTS, now=T0), fleet, until=lambda s: s.state == "paused")
+    snapshot, now = drive(
+        new_rollout("r8", p, VARIANTS, now=T0), fleet, until=lambda snapshot: snapshot.state == "paused"
+    )
     assert snapshot.state == RolloutState.PAUSED and "below the success threshold" in snapshot.reason
     with pytest.raises(RolloutError, match="cannot pause"):
         step(snapshot, now, fleet.statuses(now), command="pause")
@@ -377,7 +235,7 @@ def test_below_success_threshold_pauses_and_promote_accepts() -> None:
 def test_pause_stops_new_deployments_and_resume_continues() -> None:
     fleet = mixed_fleet(FLEET)
     snapshot = new_rollout("r9", plan(), VARIANTS, now=T0)
-    snapshot, now = drive(snapshot, fleet, until=lambda s: s.wave == 1)
+    snapshot, now = drive(snapshot, fleet, until=lambda snapshot: snapshot.wave == 1)
     snapshot, actions = step(snapshot, now, fleet.statuses(now), command=Command.PAUSE)
     assert snapshot.state == RolloutState.PAUSED and any(isinstance(a, Pause) for a in actions)
     assert allowed_commands(snapshot) == [Command.RESUME, Command.ABORT, Command.PROMOTE]
@@ -396,7 +254,7 @@ def test_pause_stops_new_deployments_and_resume_continues() -> None:
 def test_approval_after_canary_and_promote() -> None:
     fleet = mixed_fleet(FLEET)
     snapshot = new_rollout("r10", plan(approval="after_canary"), VARIANTS, now=T0)
-    snapshot, now = drive(snapshot, fleet, until=lambda s: s.state == RolloutState.AWAITING_APPROVAL)
+    snapshot, now = drive(snapshot, fleet, until=lambda snapshot: snapshot.state == RolloutState.AWAITING_APPROVAL)
     assert "waiting for approval" in fleet.of(Pause)[-1].reason
     with pytest.raises(RolloutError):
         step(snapshot, now, fleet.statuses(now), command=Command.PAUSE.value + "x")
@@ -425,7 +283,7 @@ def test_promote_mid_wave_starts_the_next_wave_now() -> None:
 def test_abort_command_rolls_back_what_was_sent() -> None:
     fleet = mixed_fleet(FLEET)
     snapshot = new_rollout("r12", plan(), VARIANTS, now=T0)
-    snapshot, now = drive(snapshot, fleet, until=lambda s: s.wave == 2)
+    snapshot, now = drive(snapshot, fleet, until=lambda snapshot: snapshot.wave == 2)
     snapshot, actions = step(snapshot, now, fleet.statuses(now), command=Command.ABORT)
     fleet.apply(now, actions)
     (rollback,) = [a for a in actions if isinstance(a, RollBack)]
@@ -453,7 +311,7 @@ def test_foreign_verdict_objects_are_accepted_and_garbage_refused() -> None:
 
     fleet = mixed_fleet(FLEET)
     snapshot = new_rollout("r14", plan(gate=GateSpec(after="canary")), VARIANTS, now=T0)
-    snapshot, now = drive(snapshot, fleet, until=lambda s: s.state == RolloutState.GATE)
+    snapshot, now = drive(snapshot, fleet, until=lambda snapshot: snapshot.state == RolloutState.GATE)
     with pytest.raises(RolloutError, match="not one of"):
         step(snapshot, now, fleet.statuses(now), gate_verdict=CanaryReport("maybe", ()))
     snapshot, _ = step(snapshot, now, fleet.statuses(now), gate_verdict=CanaryReport("PASS", ("p95 ok",)))
@@ -498,7 +356,7 @@ def test_maintenance_window_defers_deployments() -> None:
 def test_late_joining_device_is_picked_up() -> None:
     fleet = mixed_fleet(FLEET)
     snapshot = new_rollout("r16", plan(), VARIANTS, now=T0)
-    snapshot, now = drive(snapshot, fleet, until=lambda s: s.wave == 3)
+    snapshot, now = drive(snapshot, fleet, until=lambda snapshot: snapshot.wave == 3)
     newcomer = SimDevice("late-rpi", "rpi4-arm64", {"env": "prod"})
     fleet.devices[newcomer.device_id] = newcomer
     now += 60
@@ -604,84 +462,9 @@ def test_exponential_waves() -> None:
     assert sizes == [2, 3, 6, 12, 17] and snapshot.state == RolloutState.COMPLETED
 
 
-# ------------------------------------------------------------------------------------- persistence
-
-
-def test_json_round_trip_mid_rollout_continues_identically() -> None:
-    def run(persist: bool) -> tuple[str, list[str]]:
-        fleet = mixed_fleet(FLEET, {"jetson-orin": "fail"})
-        p = plan(
-            gate=GateSpec(after="every_wave", retry_interval_s=120, max_wait_s=3000),
-            failure=FailureThreshold(max_rate=0.3, min_devices=5),
-            success_threshold=0.7,
-        )
-        snapshot = new_rollout("r24", p, VARIANTS, now=T0)
-        log: list[str] = []
-        now, pending, answers = T0, None, iter([Verdict.INCONCLUSIVE, Verdict.PASS] * 10)
-        while not snapshot.final and now < T0 + 50_000:
-            verdict = GateVerdict(verdict=next(answers), reasons=("r",)) if pending else None
-            snapshot, actions = step(snapshot, now, fleet.statuses(now), gate_verdict=verdict)
-            pending = any(isinstance(a, RequestGate) for a in actions) or (pending and verdict is None)
-            if persist:  # what a restarted hub would load
-                snapshot = RolloutSnapshot.model_validate_json(snapshot.model_dump_json())
-                actions = load_actions(dump_actions(actions))
-            fleet.apply(now, actions)
-            log.append(dump_actions(actions).decode())
-            now += 90
-        return snapshot.model_dump_json(), log
-
-    plain_snapshot, plain_log = run(persist=False)
-    events = RolloutSnapshot.model_validate_json(plain_snapshot).history
-    assert {Event.GATE_INCONCLUSIVE, Event.GATE_PASS} <= {h.event for h in events}
-    assert max(h.wave for h in events) == 3
-    stored_snapshot, stored_log = run(persist=True)
-    assert stored_log == plain_log
-    assert stored_snapshot == plain_snapshot
-    assert '"state":"aborted"' in plain_snapshot or '"state":"completed"' in plain_snapshot
-
-
-def test_restart_from_stored_snapshot_mid_wave() -> None:
-    fleet = mixed_fleet(FLEET)
-    snapshot, now = drive(new_rollout("r25", plan(), VARIANTS, now=T0), fleet, until=lambda s: s.wave == 2)
-    stored = snapshot.model_dump_json()
-    del snapshot  # the hub process dies here
-    restored = RolloutSnapshot.model_validate_json(stored)
-    restored, _ = drive(restored, fleet, now=now + 600)
-    assert restored.state == RolloutState.COMPLETED
-    assert all(d.deployments == 1 for d in fleet.devices.values())  # nothing sent twice
-
-
 def test_step_does_not_mutate_its_input() -> None:
     fleet = mixed_fleet(FLEET)
     snapshot = new_rollout("r26", plan(), VARIANTS, now=T0)
     before = snapshot.model_dump_json()
     step(snapshot, T0, fleet.statuses(T0))
     assert snapshot.model_dump_json() == before
-
-
-# ----------------------------------------------------------------------------------- the table itself
-
-
-def test_transition_table_is_closed_and_final_states_are_final() -> None:
-    sources = {s for s, _ in TRANSITIONS}
-    assert FINAL_STATES.isdisjoint(sources)
-    assert set(TRANSITIONS.values()) | sources == set(RolloutState)
-    assert set(TRANSITIONS) >= ADVANCING
-    for state in set(RolloutState) - FINAL_STATES - {RolloutState.ABORTING}:
-        assert (state, Event.ABORT) in TRANSITIONS  # a person can always stop a live rollout
-    assert TRANSITIONS[(RolloutState.WAVE_RUNNING, Event.FAILURE_THRESHOLD)] == RolloutState.ABORTING
-    assert TRANSITIONS[(RolloutState.GATE, Event.GATE_FAIL)] == RolloutState.ABORTING
-    assert TRANSITIONS[(RolloutState.GATE, Event.GATE_EXHAUSTED)] == RolloutState.PAUSED
-
-
-def test_a_real_canary_report_is_a_gate_input() -> None:
-    from fleet.canary import analyse_canary
-
-    report = analyse_canary([], [])  # no telemetry at all: inconclusive, saying why
-    fleet = mixed_fleet(FLEET)
-    snapshot = new_rollout("r27", plan(gate=GateSpec(after="canary")), VARIANTS, now=T0)
-    snapshot, now = drive(snapshot, fleet, until=lambda s: s.state == RolloutState.GATE)
-    snapshot, actions = step(snapshot, now, fleet.statuses(now), gate_verdict=report)
-    assert snapshot.state == RolloutState.GATE and snapshot.gate is not None
-    assert snapshot.gate.reasons == list(report.reasons) and report.reasons
-    assert [a.event for a in actions if isinstance(a, StateChanged)] == [Event.GATE_INCONCLUSIVE]
