@@ -25,7 +25,10 @@ class ArtifactStore:
         (root / "tmp").mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
-        """Where the blob ``digest`` lives (whether or not it exists)."""
+        """A local file holding the blob ``digest`` (whether or not it exists yet)."""
+        return self._local(digest)
+
+    def _local(self, digest: str) -> Path:
         if not _DIGEST.match(digest):
             raise NotFoundError(f"invalid artifact digest {digest!r}")
         return self.root / "sha256" / digest[:2] / digest
@@ -45,7 +48,7 @@ class ArtifactStore:
                     out.write(block)
                 out.flush()
                 os.fsync(out.fileno())
-            final = self.path(digest.hexdigest())
+            final = self._local(digest.hexdigest())
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp_name, final)
         except OSError as exc:
@@ -56,7 +59,7 @@ class ArtifactStore:
     def read(self, digest: str) -> bytes:
         """Return the blob's bytes, checking them against the digest."""
         try:
-            data = self.path(digest).read_bytes()
+            data = self._local(digest).read_bytes()
         except FileNotFoundError as exc:
             raise NotFoundError(f"artifact {digest} is not in the store") from exc
         if hashlib.sha256(data).hexdigest() != digest:
@@ -66,7 +69,7 @@ class ArtifactStore:
     def read_range(self, digest: str, offset: int, length: int) -> bytes:
         """Return ``length`` bytes from ``offset`` of the blob (no digest check: callers check chunks)."""
         try:
-            with self.path(digest).open("rb") as blob:
+            with self._local(digest).open("rb") as blob:
                 blob.seek(offset)
                 return blob.read(length)
         except FileNotFoundError as exc:
@@ -75,7 +78,7 @@ class ArtifactStore:
     def size(self, digest: str) -> int:
         """Size of the blob in bytes."""
         try:
-            return self.path(digest).stat().st_size
+            return self._local(digest).stat().st_size
         except FileNotFoundError as exc:
             raise NotFoundError(f"artifact {digest} is not in the store") from exc
 
@@ -122,7 +125,7 @@ class S3ArtifactStore(ArtifactStore):
         )
 
     def _key(self, digest: str) -> str:
-        super().path(digest)  # validates the digest
+        self._local(digest)  # validates the digest
         return f"{self.prefix}sha256/{digest}"
 
     def _call(self, what: str, digest: str, action: Any) -> Any:
@@ -141,13 +144,13 @@ class S3ArtifactStore(ArtifactStore):
     def put_stream(self, stream: BinaryIO) -> str:
         """Store locally (atomically, digest computed), then upload; return the digest."""
         digest = super().put_stream(stream)
-        local = super().path(digest)
+        local = self._local(digest)
         self._call("upload", digest, lambda: self._s3.upload_file(str(local), self.bucket, self._key(digest)))
         return digest
 
     def path(self, digest: str) -> Path:
         """A local file holding the blob: the cache, filled from S3 (and verified) when missing."""
-        local = super().path(digest)
+        local = self._local(digest)
         if not local.is_file():
             data = self._call("download", digest, lambda: self._get(digest))
             if hashlib.sha256(data).hexdigest() != digest:
@@ -162,7 +165,7 @@ class S3ArtifactStore(ArtifactStore):
 
     def read_range(self, digest: str, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset``: from the cache when there, else one ranged GET."""
-        if super().path(digest).is_file():
+        if self._local(digest).is_file():
             return super().read_range(digest, offset, length)
         if length <= 0:
             return b""

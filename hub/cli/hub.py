@@ -116,6 +116,9 @@ def register(app: typer.Typer) -> None:
         data_dir: Path = typer.Option(Path("var/hub"), help="registry, artifacts and TUF keys"),
         broker_url: str | None = typer.Option(None, help="mqtt://host:port; omitted: embedded broker"),
         database_url: str | None = typer.Option(None, help="SQLAlchemy URL; omitted: SQLite in data dir"),
+        artifact_store: str | None = typer.Option(
+            None, help="s3://bucket[/prefix]?endpoint=URL (S3-compatible); omitted: data dir/artifacts"
+        ),
         broker_port: int = typer.Option(1883, help="embedded broker port"),
         api_port: int = typer.Option(8600, help="REST API port"),
         broker_ca_file: Path | None = typer.Option(None, help="CA of the broker's certificate (mqtts://)"),
@@ -138,6 +141,7 @@ def register(app: typer.Typer) -> None:
             data_dir=data_dir,
             broker_url=broker_url,
             database_url=database_url,
+            artifact_store=artifact_store,
             broker_port=broker_port,
             api_port=api_port,
             broker_ca_file=broker_ca_file,
