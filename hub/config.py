@@ -35,6 +35,9 @@ class HubSettings(BaseModel):
     hub_secret: str | None = Field(default=None, description="hub's broker password; generated when omitted")
     chunk_size: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
     rebroadcast_window_s: float = Field(default=2.0, ge=0)
+    metadata_refresh_interval_s: float = Field(
+        default=600.0, gt=0, description="how often the hub re-signs TUF metadata that is half-way to expiry"
+    )
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8600, ge=0, le=65535)
     shared_telemetry: bool = Field(
