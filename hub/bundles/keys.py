@@ -116,6 +116,16 @@ class KeyStore:
         if path is not None:
             path.unlink()
 
+    def reencrypt(self, new_passphrase: bytes | None) -> list[Path]:
+        """Rewrite every key file here under ``new_passphrase`` (None: plaintext); all are read before any is
+        written, so a wrong current passphrase changes nothing. Return the files rewritten."""
+        paths = sorted(self.keys_dir.glob("*.pem"))
+        signers = [read_key_file(path, self.passphrase) for path in paths]
+        for path, signer in zip(paths, signers, strict=True):
+            write_key_file(path, signer, new_passphrase)
+        self.passphrase = new_passphrase
+        return paths
+
     def export(self, role: str, keyid: str, out: Path) -> None:
         """Move the key ``keyid`` of ``role`` to ``out`` (0600; encrypted as on the hub); the hub keeps none."""
         path = self.find(role, keyid)

@@ -147,6 +147,28 @@ def rotate(
     typer.echo(json.dumps({"role": role, "root_version": version}))
 
 
+@keys_app.command("passphrase")
+def passphrase(
+    data_dir: Path = DataDirOpt,
+    new_from: str = typer.Option(
+        "EDGEFLEET_NEW_KEY_PASSPHRASE", help="environment variable holding the new passphrase (empty: no encryption)"
+    ),
+) -> None:
+    """Re-encrypt the keys on the hub: read with EDGEFLEET_KEY_PASSPHRASE (unset: plaintext), write with the new
+    passphrase. Restart the hub with EDGEFLEET_KEY_PASSPHRASE set to the new one."""
+    import os
+
+    from hub.bundles.keys import KeyStore, passphrase_from_env
+
+    new = os.environ.get(new_from, "").encode() or None
+    try:
+        _open(data_dir)  # the current passphrase must open the repository
+        rewritten = KeyStore(_tuf_dir(data_dir) / "keys", passphrase_from_env()).reencrypt(new)
+    except SigningError as exc:
+        raise _fail(exc) from exc
+    typer.echo(json.dumps({"keys": len(rewritten), "encrypted": new is not None}))
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``keys`` command group to ``app``."""
     app.add_typer(keys_app, name="keys")

@@ -78,3 +78,21 @@ def test_commands_on_a_directory_without_a_repository_fail_clearly(tmp_path: Pat
     for args in (["status"], ["sign-root"], ["export-root", "--out", str(tmp_path / "k.pem")]):
         code, _, err = _keys(*args, "--data-dir", str(tmp_path / "none"))
         assert code == 1 and "no TUF repository in" in err, args
+
+
+def test_keys_of_an_existing_hub_are_encrypted_and_the_passphrase_changed(tmp_path: Path) -> None:
+    data = str(tmp_path / "hub")
+    assert _keys("init", "--data-dir", data)[0] == 0  # plaintext, as a hub made before encryption existed
+    code, out, err = _keys("passphrase", "--data-dir", data, env={"EDGEFLEET_NEW_KEY_PASSPHRASE": "one"})
+    assert code == 0 and json.loads(out) == {"keys": 4, "encrypted": True}, err
+    pems = [p.read_bytes() for p in (tmp_path / "hub" / "tuf" / "keys").iterdir()]
+    assert all(b"ENCRYPTED PRIVATE KEY" in pem for pem in pems)
+    assert "is encrypted" in _keys("sign-root", "--data-dir", data)[2]
+    code, _, err = _keys(
+        "passphrase", "--data-dir", data, env={PASSPHRASE_ENV: "wrong", "EDGEFLEET_NEW_KEY_PASSPHRASE": "two"}
+    )
+    assert code == 1 and "wrong passphrase" in err
+    assert [p.read_bytes() for p in (tmp_path / "hub" / "tuf" / "keys").iterdir()] == pems  # nothing changed
+    env = {PASSPHRASE_ENV: "one", "EDGEFLEET_NEW_KEY_PASSPHRASE": "two"}
+    assert _keys("passphrase", "--data-dir", data, env=env)[0] == 0
+    assert _keys("sign-root", "--data-dir", data, env={PASSPHRASE_ENV: "two"})[0] == 0
