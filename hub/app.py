@@ -21,8 +21,10 @@ from fleet.wire.acl import HUB_USERNAME
 from fleet.wire.bundle import BundleManifest
 from fleet.wire.messages import DeviceState, UpdateEvent
 from fleet.wire.mqtt import BrokerAddress, PahoBroker
+from hub.bundles.keys import passphrase_from_env
 from hub.bundles.publish import PublishedVariant, publish_variant
 from hub.bundles.reference import reference_profile
+from hub.bundles.refresh import MetadataRefresher
 from hub.bundles.store import open_store
 from hub.bundles.transfer import BundleTransfer
 from hub.bundles.tuf_repository import TufRepository
@@ -33,6 +35,8 @@ from hub.devices.orders import DeploymentOrders
 from hub.devices.traffic import DeviceTraffic
 from hub.monitoring.ingest import RetentionPolicy, TelemetryIngestor
 from hub.monitoring.service import HubMonitoring
+from hub.monitoring.signing_metrics import SigningMetrics
+from hub.private_files import create_private, private_dir
 from hub.registry import Database, Deployment, Registry
 from hub.rollouts.manager import RolloutManager
 
@@ -45,11 +49,12 @@ class Hub:
 
     def __init__(self, settings: HubSettings) -> None:
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         self.db = Database(settings.resolved_database_url())
         self.registry = Registry(self.db)
         self.store = open_store(settings.artifact_store, settings.data_dir)
-        self.tuf = TufRepository(settings.data_dir / "tuf")
+        self.tuf = TufRepository(settings.data_dir / "tuf", passphrase=passphrase_from_env())
+        self.metadata_refresher = MetadataRefresher(lambda: self.tuf, interval_s=settings.metadata_refresh_interval_s)
         self.hub_secret = settings.hub_secret or self._load_or_create_secret()
         self.embedded: EmbeddedBroker | None = None
         self.connector: BrokerConnector | None = None
@@ -62,6 +67,7 @@ class Hub:
         self._progress = threading.Condition()
         self.rollouts: RolloutManager | None = None  # started last, stopped first
         self.monitoring = HubMonitoring(self.registry, self.store)  # /metrics and drift/canary reports
+        self.monitoring.prometheus.register(SigningMetrics(lambda: self.tuf))
 
     @property
     def broker_address(self) -> BrokerAddress:
@@ -111,6 +117,7 @@ class Hub:
         traffic.on_event(self._apply_event)
         traffic.on_event(self.rollouts.observe_event)
         traffic.on_fetch(self.transfer.handle)
+        self.metadata_refresher.start()  # before devices fetch: metadata gone stale while the hub was down
         traffic.start()
         self.rollouts.start()
 
@@ -119,6 +126,7 @@ class Hub:
         if self.rollouts is not None:
             self.rollouts.stop()
             self.rollouts = None
+        self.metadata_refresher.stop()
         if self.traffic is not None:
             self.traffic.stop()
         if self.ingestor is not None:
@@ -243,6 +251,6 @@ class Hub:
         if path.exists():
             return path.read_text().strip()
         secret = secrets.token_urlsafe(32)
-        path.touch(mode=0o600)
+        create_private(path)
         path.write_text(secret)
         return secret

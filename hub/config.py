@@ -40,6 +40,9 @@ class HubSettings(BaseModel):
         pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,62}|file:)",
         description="s3://bucket[/prefix]?endpoint=URL for an S3-compatible service; default data_dir/artifacts",
     )
+    metadata_refresh_interval_s: float = Field(
+        default=600.0, gt=0, description="how often the hub re-signs TUF metadata that is half-way to expiry"
+    )
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8600, ge=0, le=65535)
     shared_telemetry: bool = Field(

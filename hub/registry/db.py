@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
@@ -12,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
 from hub.errors import HubError
+from hub.private_files import create_private
 
 
 def normalise_url(url: str) -> str:
@@ -30,6 +32,7 @@ class Database:
         connect_args = {"check_same_thread": False, "timeout": 30} if is_sqlite else {}
         self.engine: Engine = create_engine(self.url, connect_args=connect_args, pool_pre_ping=not is_sqlite)
         if is_sqlite:
+            _create_sqlite_file(self.engine)
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             SQLModel.metadata.create_all(self.engine)
@@ -50,6 +53,17 @@ class Database:
     def close(self) -> None:
         """Release all pooled connections."""
         self.engine.dispose()
+
+
+def _create_sqlite_file(engine: Engine) -> None:
+    """Create the database file owner-only before SQLite does (it holds credential hashes); SQLite gives its
+    -wal and -shm files the same mode."""
+    database = engine.url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        try:
+            create_private(Path(database))
+        except OSError as exc:
+            raise HubError(f"cannot create database file {database}: {exc.strerror or exc}") from exc
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
