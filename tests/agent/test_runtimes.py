@@ -29,8 +29,14 @@ def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 def _manifest(runtime: str, target: str) -> BundleManifest:
-    return BundleManifest(model="m", version="1.0.0", target=target, runtime=runtime,  # type: ignore[arg-type]
-                          model_file="model.onnx", input=TensorSpec(name="input", shape=[-1, 8]))
+    return BundleManifest(
+        model="m",
+        version="1.0.0",
+        target=target,
+        runtime=runtime,  # type: ignore[arg-type]
+        model_file="model.onnx",
+        input=TensorSpec(name="input", shape=[-1, 8]),
+    )
 
 
 def test_openvino_and_onnxruntime_agree(onnx_model: bytes) -> None:
@@ -64,8 +70,9 @@ def test_core_ml_is_refused_off_apple_platforms(onnx_model: bytes) -> None:
 
 
 def test_prepare_checks_shape_and_applies_affine_preprocessing(onnx_model: bytes) -> None:
-    manifest = _manifest("onnxruntime", "x86-onnx-cpu").model_copy(update={"preprocess": {
-        "kind": "affine", "scale": 2.0, "mean": [1.0], "std": [4.0]}})
+    manifest = _manifest("onnxruntime", "x86-onnx-cpu").model_copy(
+        update={"preprocess": {"kind": "affine", "scale": 2.0, "mean": [1.0], "std": [4.0]}}
+    )
     manifest = BundleManifest.model_validate(manifest.model_dump())
     bundle = LoadedBundle(manifest, onnx_model, np.zeros((1, 8), np.float32), np.zeros((1, 3), np.float32), None)
     model = ServableModel(bundle, "0" * 64)
