@@ -73,10 +73,14 @@ class StateStore:
             return AgentState.model_validate_json(self.path.read_bytes())
         except FileNotFoundError:
             return AgentState()
-        except (ValidationError, ValueError) as exc:
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "file"
             raise AgentError(
-                f"agent state file {self.path} is unreadable: {exc}; move it aside to start clean"
+                f"agent state file {self.path} is unreadable ({where}: {first['msg']}); move it aside to start clean"
             ) from exc
+        except (OSError, ValueError) as exc:
+            raise AgentError(f"agent state file {self.path} is unreadable ({exc}); move it aside to start clean") from exc
 
     def save(self, state: AgentState) -> None:
         """Persist atomically; raise `StorageError` (the file unchanged) when the disk refuses the write."""

@@ -27,13 +27,12 @@ from hub.bundles.tuf_repository import TufRepository
 
 TARGET = "x86-onnx-cpu"
 DEVICE = "unit-1"
-CHUNK = 1024
+CHUNK = 256
 WEIGHTS = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
 
 
 def onnx_matmul() -> bytes:
     """A one-node ONNX model: ``output = input @ WEIGHTS`` for inputs of shape (n, 4)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
