@@ -80,7 +80,9 @@ class StateStore:
                 f"agent state file {self.path} is unreadable ({where}: {first['msg']}); move it aside to start clean"
             ) from exc
         except (OSError, ValueError) as exc:
-            raise AgentError(f"agent state file {self.path} is unreadable ({exc}); move it aside to start clean") from exc
+            raise AgentError(
+                f"agent state file {self.path} is unreadable ({exc}); move it aside to start clean"
+            ) from exc
 
     def save(self, state: AgentState) -> None:
         """Persist atomically; raise `StorageError` (the file unchanged) when the disk refuses the write."""

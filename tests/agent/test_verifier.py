@@ -62,15 +62,14 @@ def test_signed_for_another_target_is_refused(memory_hub: MemoryHub, tmp_path: P
 
 def test_expired_metadata_is_refused(memory_hub: MemoryHub, tmp_path: Path) -> None:
     order = memory_hub.publish("1.0.0")
-    with time_machine.travel(datetime.now(UTC) + timedelta(days=2)), pytest.raises(
-        VerificationError, match="hub metadata has expired"
+    with (
+        time_machine.travel(datetime.now(UTC) + timedelta(days=2)),
+        pytest.raises(VerificationError, match="hub metadata has expired"),
     ):
         _verifier(memory_hub, tmp_path).verify(order, _bundle_file(tmp_path, bundle_bytes("1.0.0")))
 
 
-def test_trusted_metadata_persists_so_a_restart_does_not_bootstrap_again(
-    memory_hub: MemoryHub, tmp_path: Path
-) -> None:
+def test_trusted_metadata_persists_so_a_restart_does_not_bootstrap_again(memory_hub: MemoryHub, tmp_path: Path) -> None:
     order = memory_hub.publish("1.0.0")
     bundle = _bundle_file(tmp_path, bundle_bytes("1.0.0"))
     _verifier(memory_hub, tmp_path).verify(order, bundle)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import pytest
 
@@ -38,7 +39,7 @@ class _Raises:
 
 
 @pytest.fixture
-def a_record(tmp_path) -> UpdateRecord:  # type: ignore[no-untyped-def]
+def a_record(tmp_path: Path) -> UpdateRecord:
     order = MemoryHub(tmp_path).order("ab" * 32, 10, version="1.0.0")
     return UpdateRecord(order=order, state=S.INSTALL)
 

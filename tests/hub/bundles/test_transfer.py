@@ -31,7 +31,9 @@ def _chunks(sha: str, chunks: list[int]) -> FetchRequest:
     return FetchRequest(request_id="r1", kind="chunks", sha256=sha, chunks=chunks)
 
 
-def test_requested_chunks_are_broadcast_once_per_window(parts: tuple[InMemoryBroker, ArtifactStore, BundleTransfer]) -> None:
+def test_requested_chunks_are_broadcast_once_per_window(
+    parts: tuple[InMemoryBroker, ArtifactStore, BundleTransfer],
+) -> None:
     broker, store, transfer = parts
     sha = store.put_bytes(b"0123456789")
     transfer.handle(DEVICE, _chunks(sha, [2, 0, 0]))
