@@ -18,7 +18,7 @@ from agent.offload import OffloadClient
 from agent.state_store import StateStore
 from agent.telemetry import Outbox, TelemetryCollector, TelemetrySender
 from agent.transfer import ChunkDownloader, MetadataClient
-from agent.updater import Updater
+from agent.update import Updater
 from agent.verifier import BundleVerifier
 from fleet.errors import ProtocolError
 from fleet.wire import topics

@@ -4,7 +4,9 @@ Exceptions::
 
     AgentError
      ├── AgentConfigError       invalid agent.toml or settings
-     ├── TransferError          a bundle download could not complete (timeout, wrong size or digest)
+     ├── TransferError          a bundle download could not complete (timeout, wrong size or digest,
+     │                          refused by the hub)
+     ├── StorageError           the device's disk refused a write (a full disk says ENOSPC)
      ├── VerificationError      TUF refused the bundle or its metadata: unsigned, tampered, expired,
      │                          rolled back, or signed for another model/target
      ├── BundleError            the archive or its manifest is malformed or unsafe
@@ -12,6 +14,8 @@ Exceptions::
      ├── HealthCheckError       the candidate failed its self-test or its latency budget
      └── InferenceError         a request that cannot be answered (bad input shape or type)
 """
+
+import errno
 
 
 class AgentError(Exception):
@@ -24,6 +28,10 @@ class AgentConfigError(AgentError, ValueError):
 
 class TransferError(AgentError):
     """A bundle transfer failed."""
+
+
+class StorageError(AgentError):
+    """A write to the device's disk failed; the message names the errno (ENOSPC for a full disk)."""
 
 
 class VerificationError(AgentError):
@@ -44,3 +52,10 @@ class HealthCheckError(AgentError):
 
 class InferenceError(AgentError, ValueError):
     """The request cannot be answered."""
+
+
+def storage_error(action: str, exc: OSError) -> StorageError:
+    """A `StorageError` saying what could not be written and why, e.g. ``cannot write x: ENOSPC (No space...)``."""
+    code = errno.errorcode.get(exc.errno or 0, "")
+    reason = f"{code} ({exc.strerror})" if code and exc.strerror else str(exc)
+    return StorageError(f"{action}: {reason}")

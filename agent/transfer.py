@@ -3,7 +3,9 @@
 Chunks arrive on the bundle's broadcast topic, so devices updating together share one stream; each
 device asks only for the chunks it still misses. Progress is kept on disk (``.part`` file plus a bitmap
 of received chunks), so a download interrupted by a lost connection or a restart continues where it
-stopped. Every chunk is checked against its digest and the whole file against the order's digest.
+stopped. Every chunk is checked against its digest and the whole file against the order's digest. A full
+disk or a hub refusal (`FetchRefused`: no such bundle) stops the download at once with the reason and
+removes its partial files.
 """
 
 from __future__ import annotations
@@ -20,14 +22,153 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.errors import TransferError
+from agent.errors import AgentError, TransferError, storage_error
 from fleet.errors import ProtocolError
 from fleet.wire import topics
-from fleet.wire.messages import DeploymentOrder, FetchRequest, MetadataReply, decode, decode_chunk, encode
+from fleet.wire.messages import (
+    DeploymentOrder,
+    FetchRefused,
+    FetchRequest,
+    MetadataReply,
+    decode,
+    decode_chunk,
+    encode,
+)
 from fleet.wire.transport import Broker, Message
 
 log = logging.getLogger(__name__)
 MAX_CHUNKS_PER_REQUEST = 256
+
+
+class BundleDownload:
+    """One bundle's download on disk: the ``.part`` file, the bitmap of chunks it holds, and what went wrong.
+
+    Chunk frames and hub refusals are fed in through `on_chunk` and `on_refused` (broker handlers); the
+    `ChunkDownloader` loop asks for `missing` chunks until there are none, then calls `finish`.
+    """
+
+    def __init__(self, order: DeploymentOrder, directory: Path) -> None:
+        self.order = order
+        self.part = directory / f"{order.sha256}.part"
+        self.have_path = directory / f"{order.sha256}.have"
+        self.have: set[int] = set()
+        self.corrupt_chunks = 0
+        self.failure: AgentError | None = None
+        self.arrived = threading.Event()
+        self._lock = threading.Lock()
+
+    def prepare(self) -> None:
+        """Resume from an earlier partial download, or preallocate a fresh ``.part`` file."""
+        order = self.order
+        self.have = self._load_have()
+        if self.part.exists() and self.part.stat().st_size == order.size_bytes:
+            return
+        self.have = set()
+        try:
+            with self.part.open("wb") as out:
+                out.truncate(order.size_bytes)
+        except OSError as exc:
+            self.discard()
+            action = f"cannot make room for the {order.size_bytes}-byte bundle in {self.part.parent}"
+            raise storage_error(action, exc) from exc
+
+    def missing(self) -> list[int]:
+        """Indices of the chunks not yet written, in order."""
+        with self._lock:
+            return [i for i in range(self.order.chunk_count) if i not in self.have]
+
+    def on_chunk(self, message: Message) -> None:
+        """Write one chunk frame of this bundle; drop (and count) corrupt or mis-sized ones."""
+        order = self.order
+        try:
+            frame = decode_chunk(message.payload, topic=message.topic)
+        except ProtocolError as exc:
+            self.corrupt_chunks += 1
+            log.warning("dropped chunk: %s", exc)
+            return
+        if frame.sha256 != order.sha256 or frame.count != order.chunk_count:
+            return
+        expected_len = min(order.chunk_size, order.size_bytes - frame.index * order.chunk_size)
+        if len(frame.data) != expected_len:
+            self.corrupt_chunks += 1
+            log.warning("chunk %d has %d bytes, expected %d", frame.index, len(frame.data), expected_len)
+            return
+        with self._lock:
+            if frame.index in self.have or self.failure is not None:
+                return
+            try:
+                _write_chunk(self.part, frame.index * order.chunk_size, frame.data)
+                self.have.add(frame.index)
+                if len(self.have) % 16 == 0 or len(self.have) == order.chunk_count:
+                    self._save_have()
+            except OSError as exc:  # a full disk: stop and say why
+                self.failure = storage_error(f"cannot write chunk {frame.index} to {self.part}", exc)
+        self.arrived.set()
+
+    def on_refused(self, message: Message) -> None:
+        """The hub cannot serve this bundle: fail at once with its reason."""
+        try:
+            refusal = decode(FetchRefused, message.payload, topic=message.topic)
+        except ProtocolError as exc:
+            log.warning("dropped fetch refusal: %s", exc)
+            return
+        if refusal.sha256 != self.order.sha256:
+            return
+        with self._lock:
+            self.failure = TransferError(f"the hub refused bundle {self.order.sha256[:12]}: {refusal.reason}")
+        self.arrived.set()
+
+    def wait_for_chunks(self, quiet_s: float) -> None:
+        """Return once chunks stop arriving for ``quiet_s``, or the download completed or failed."""
+        while self.arrived.wait(quiet_s):
+            self.arrived.clear()
+            with self._lock:
+                if len(self.have) == self.order.chunk_count or self.failure is not None:
+                    return
+
+    def raise_failure(self) -> None:
+        """Raise what stopped the download (full disk, hub refusal), removing its partial files."""
+        if self.failure is not None:
+            self.discard()
+            raise self.failure
+
+    def checkpoint(self) -> None:
+        """Save the bitmap of received chunks, so a restart resumes from it."""
+        with self._lock, contextlib.suppress(OSError):
+            self._save_have()
+
+    def finish(self, final: Path) -> Path:
+        """Check the whole file against the order's digest and move it to ``final``."""
+        digest = sha256_file(self.part)
+        if digest != self.order.sha256:
+            self.discard()
+            raise TransferError(
+                f"downloaded bundle digest {digest[:12]} != ordered {self.order.sha256[:12]}; "
+                "discarded, it will be fetched again"
+            )
+        os.replace(self.part, final)
+        self.have_path.unlink(missing_ok=True)
+        return final
+
+    def discard(self) -> None:
+        """Remove the partial file and its bitmap."""
+        self.part.unlink(missing_ok=True)
+        self.have_path.unlink(missing_ok=True)
+        self.have_path.with_suffix(".tmp").unlink(missing_ok=True)
+
+    def _load_have(self) -> set[int]:
+        try:
+            data = json.loads(self.have_path.read_text())
+            if data.get("chunk_size") == self.order.chunk_size:
+                return {i for i in data["have"] if isinstance(i, int) and 0 <= i < self.order.chunk_count}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return set()
+
+    def _save_have(self) -> None:
+        tmp = self.have_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"have": sorted(self.have), "chunk_size": self.order.chunk_size}))
+        os.replace(tmp, self.have_path)
 
 
 class ChunkDownloader:
@@ -56,65 +197,20 @@ class ChunkDownloader:
     ) -> Path:
         """Fetch the order's bundle (resuming any earlier partial download) and return its path."""
         final = self.final_path(order.sha256)
-        if final.exists() and _sha256_file(final) == order.sha256:
+        if final.exists() and sha256_file(final) == order.sha256:
             return final
-        part = self.directory / f"{order.sha256}.part"
-        have_path = self.directory / f"{order.sha256}.have"
-        have = self._load_have(have_path, order)
-        if not part.exists() or part.stat().st_size != order.size_bytes:
-            try:
-                _preallocate(part, order.size_bytes)
-            except OSError as exc:
-                part.unlink(missing_ok=True)
-                raise TransferError(
-                    f"cannot make room for the {order.size_bytes}-byte bundle in "
-                    f"{self.directory}: {exc.strerror or exc}"
-                ) from exc
-            have = set()
-        lock = threading.Lock()
-        failures: list[str] = []
-        arrived = threading.Event()
-
-        def on_chunk(message: Message) -> None:
-            try:
-                frame = decode_chunk(message.payload, topic=message.topic)
-            except ProtocolError as exc:
-                self.corrupt_chunks += 1
-                log.warning("%s: dropped chunk: %s", self.device_id, exc)
-                return
-            if frame.sha256 != order.sha256 or frame.count != order.chunk_count:
-                return
-            expected_len = min(order.chunk_size, order.size_bytes - frame.index * order.chunk_size)
-            if len(frame.data) != expected_len:
-                self.corrupt_chunks += 1
-                log.warning(
-                    "%s: chunk %d has %d bytes, expected %d", self.device_id, frame.index, len(frame.data), expected_len
-                )
-                return
-            with lock:
-                if frame.index in have:
-                    return
-                try:
-                    _write_chunk(part, frame.index * order.chunk_size, frame.data)
-                    have.add(frame.index)
-                    if len(have) % 16 == 0 or len(have) == order.chunk_count:
-                        self._save_have(have_path, have, order.chunk_size)
-                except OSError as exc:  # a full disk: stop, keep what is safely written, say why
-                    failures.append(f"cannot write chunk {frame.index} to {part}: {exc.strerror or exc}")
-            arrived.set()
-
-        unsubscribe = self.broker.subscribe(topics.bundle_topic(order.sha256), on_chunk, qos=1)
+        job = BundleDownload(order, self.directory)
+        job.prepare()
+        unsubscribes = [
+            self.broker.subscribe(topics.bundle_topic(order.sha256), job.on_chunk, qos=1),
+            self.broker.subscribe(topics.device_topic(self.device_id, "refused"), job.on_refused, qos=1),
+        ]
         deadline = time.monotonic() + timeout_s
         try:
-            while True:
-                with lock:
-                    missing = [i for i in range(order.chunk_count) if i not in have]
+            while missing := job.missing():
                 if progress is not None:
                     progress(1 - len(missing) / order.chunk_count)
-                if not missing:
-                    break
-                if failures:
-                    raise TransferError(failures[0])
+                job.raise_failure()
                 if cancelled():
                     raise TransferError(f"download of {order.sha256[:12]} cancelled")
                 if time.monotonic() > deadline:
@@ -122,29 +218,19 @@ class ChunkDownloader:
                         f"download of {order.sha256[:12]} timed out after {timeout_s:.0f} s with "
                         f"{len(missing)} of {order.chunk_count} chunks missing"
                     )
+                job.arrived.clear()  # before asking: an in-process broker answers within the request
                 self._request(order.sha256, missing[:MAX_CHUNKS_PER_REQUEST])
                 # Wait while chunks keep flowing; re-ask for what is still missing once they stop.
-                arrived.clear()
-                while arrived.wait(self.chunk_timeout_s):
-                    arrived.clear()
-                    with lock:
-                        if len(have) == order.chunk_count or failures:
-                            break
+                job.wait_for_chunks(self.chunk_timeout_s)
+            if progress is not None:
+                progress(1.0)
         finally:
-            unsubscribe()
-            with lock, contextlib.suppress(OSError):
-                self._save_have(have_path, have, order.chunk_size)
-        digest = _sha256_file(part)
-        if digest != order.sha256:
-            part.unlink(missing_ok=True)
-            have_path.unlink(missing_ok=True)
-            raise TransferError(
-                f"downloaded bundle digest {digest[:12]} != ordered {order.sha256[:12]}; "
-                "discarded, it will be fetched again"
-            )
-        os.replace(part, final)
-        have_path.unlink(missing_ok=True)
-        return final
+            for unsubscribe in unsubscribes:
+                unsubscribe()
+            self.corrupt_chunks += job.corrupt_chunks
+            if job.failure is None:
+                job.checkpoint()
+        return job.finish(final)
 
     def discard(self, sha256: str) -> None:
         """Remove any partial or complete download of ``sha256``."""
@@ -155,22 +241,6 @@ class ChunkDownloader:
         request = FetchRequest(request_id=uuid.uuid4().hex, kind="chunks", sha256=sha256, chunks=chunks)
         self.requests_sent += 1
         self.broker.publish(topics.device_topic(self.device_id, "fetch"), encode(request), qos=1)
-
-    @staticmethod
-    def _load_have(path: Path, order: DeploymentOrder) -> set[int]:
-        try:
-            data = json.loads(path.read_text())
-            if data.get("chunk_size") == order.chunk_size:
-                return {i for i in data["have"] if isinstance(i, int) and 0 <= i < order.chunk_count}
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        return set()
-
-    @staticmethod
-    def _save_have(path: Path, have: set[int], chunk_size: int) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"have": sorted(have), "chunk_size": chunk_size}))
-        os.replace(tmp, path)
 
 
 class MetadataClient:
@@ -231,18 +301,14 @@ class MetadataClient:
             waiting[0].set()
 
 
-def _preallocate(path: Path, size: int) -> None:
-    with path.open("wb") as out:
-        out.truncate(size)
-
-
 def _write_chunk(path: Path, offset: int, data: bytes) -> None:
     with path.open("r+b") as out:
         out.seek(offset)
         out.write(data)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while block := handle.read(1 << 20):

@@ -30,6 +30,7 @@ def device_rules(device_id: str) -> tuple[Rule, ...]:
         *(Rule("write", f"{own}/{channel}") for channel in ("state", "heartbeat", "events", "telemetry", "fetch")),
         Rule("read", f"{own}/deployment"),
         Rule("read", f"{own}/meta"),
+        Rule("read", f"{own}/refused"),
         Rule("read", f"{ROOT}/bundles/#"),
         Rule("read", f"{ROOT}/broadcast/#"),
     )

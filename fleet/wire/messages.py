@@ -126,6 +126,14 @@ class MetadataReply(WireModel):
     data_b64: str = ""
 
 
+class FetchRefused(WireModel):
+    """The hub's answer to a chunk `FetchRequest` it cannot serve (no such bundle, chunk out of range)."""
+
+    request_id: Name
+    sha256: Sha256
+    reason: str = Field(max_length=1000)
+
+
 class Histogram(WireModel):
     """Fixed-bucket histogram: ``counts[i]`` counts values <= ``edges[i]``; the last count is overflow."""
 

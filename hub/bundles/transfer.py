@@ -2,7 +2,9 @@
 
 Bundle chunks go to one broadcast topic per bundle; a chunk already sent within ``rebroadcast_window_s`` is
 not sent again, so a wave of devices fetching together costs about one bundle of egress, and a device that
-missed chunks asks for just those.
+missed chunks asks for just those. A chunk request the hub cannot serve (no such bundle in the store, a chunk
+index past its end) is answered at once with `FetchRefused` on the device's ``refused`` topic, so the device
+fails its update with the hub's reason instead of waiting for its download timeout.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import time
 
 from fleet.errors import ProtocolError
 from fleet.wire import topics
-from fleet.wire.messages import FetchRequest, MetadataReply, encode, encode_chunk
+from fleet.wire.messages import FetchRefused, FetchRequest, MetadataReply, encode, encode_chunk
 from fleet.wire.transport import Broker
 from hub.bundles.store import ArtifactStore
 from hub.bundles.tuf_repository import TufRepository
-from hub.errors import HubError
+from hub.errors import HubError, NotFoundError
 
 __all__ = ["BundleTransfer"]
 
@@ -51,7 +53,7 @@ class BundleTransfer:
         if request.kind == "metadata":
             self._reply_metadata(device_id, request)
         else:
-            self._send_chunks(request)
+            self._send_chunks(device_id, request)
 
     def _reply_metadata(self, device_id: str, request: FetchRequest) -> None:
         name = request.name or ""
@@ -66,15 +68,23 @@ class BundleTransfer:
         self.egress_bytes += len(payload)
         self.broker.publish(topics.device_topic(device_id, "meta"), payload, qos=1)
 
-    def _send_chunks(self, request: FetchRequest) -> None:
+    def _send_chunks(self, device_id: str, request: FetchRequest) -> None:
         if request.sha256 is None:
             raise ProtocolError("chunk request without sha256")
-        size = self.store.size(request.sha256)
+        try:
+            size = self.store.size(request.sha256)
+        except NotFoundError:
+            self._refuse(device_id, request, request.sha256, f"the hub has no bundle {request.sha256}")
+            return
         count = max(1, math.ceil(size / self.chunk_size))
+        wanted = sorted(set(request.chunks))
+        if wanted and wanted[-1] >= count:
+            self._refuse(
+                device_id, request, request.sha256, f"chunk {wanted[-1]} out of range: bundle has {count} chunks"
+            )
+            return
         now = time.monotonic()
-        for index in sorted(set(request.chunks)):
-            if index >= count:
-                raise ProtocolError(f"chunk {index} out of range: bundle has {count} chunks")
+        for index in wanted:
             with self._lock:
                 last = self._recent.get((request.sha256, index))
                 if last is not None and now - last < self.rebroadcast_window_s:
@@ -88,3 +98,8 @@ class BundleTransfer:
             if len(self._recent) > _MAX_RECENT:
                 cutoff = now - self.rebroadcast_window_s
                 self._recent = {k: t for k, t in self._recent.items() if t >= cutoff}
+
+    def _refuse(self, device_id: str, request: FetchRequest, sha256: str, reason: str) -> None:
+        payload = encode(FetchRefused(request_id=request.request_id, sha256=sha256, reason=reason))
+        self.egress_bytes += len(payload)
+        self.broker.publish(topics.device_topic(device_id, "refused"), payload, qos=1)

@@ -225,3 +225,65 @@ def test_full_disk_fails_the_download_clearly_and_the_old_model_keeps_serving(
     assert agent.service.predict(harness.trained.test_x[:1].tolist())["version"] == "1.0.0"
     monkeypatch.undo()  # space is back: the same version installs on the next order
     assert set(harness.deploy("1.1.0", [agent]).values()) == {"done"}
+
+
+def test_a_full_disk_at_install_fails_with_enospc_and_the_next_order_succeeds_after_a_restart(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import agent.update.slots as slots
+
+    harness.publish("1.0.0")
+    harness.publish("1.1.0")
+    agent = harness.agent("fullinstall")
+    assert set(harness.deploy("1.0.0", [agent]).values()) == {"done"}
+
+    def no_space(_source: Path, destination: Path) -> None:
+        destination.write_bytes(b"the first blocks of the bundle")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(slots, "_copy", no_space)
+    assert set(harness.deploy("1.1.0", [agent]).values()) == {"failed"}
+    assert "ENOSPC (No space left on device)" in harness.detail(agent)
+    saved = agent.store.load()
+    assert saved.update is not None and saved.update.state == UpdateState.FAILED  # not stuck at install
+    data = agent.config.data_dir
+    assert not list((data / "slots").glob("*.tmp")) and not list((data / "downloads").iterdir())
+    agent.service.predict(harness.trained.test_x[:1].tolist())  # serving and telemetry carry on
+    assert agent.flush_telemetry() == 1
+    monkeypatch.undo()  # space is back; the agent restarts
+    harness.agents.remove(agent)
+    agent.stop()
+    restarted = harness.agent_from(agent.config)
+    assert set(harness.deploy("1.1.0", [restarted]).values()) == {"done"}
+    assert restarted.service.predict(harness.trained.test_x[:1].tolist())["version"] == "1.1.0"
+
+
+def test_an_order_for_a_bundle_the_hub_lacks_fails_in_seconds_with_the_hubs_answer(harness: Harness) -> None:
+    import time
+
+    from fleet.wire.messages import DeploymentOrder, encode
+
+    published = harness.publish("1.0.0")
+    agent = harness.agent("nobundle", download_timeout_s=120)
+    missing = "0f" * 32
+    order = DeploymentOrder(
+        deployment_id="lost-bundle",
+        model="digits",
+        version="1.0.0",
+        target=agent.config.target,
+        tuf_target=published.tuf_target,
+        sha256=missing,
+        size_bytes=100_000,
+        chunk_size=harness.hub.settings.chunk_size,
+        chunk_count=-(-100_000 // harness.hub.settings.chunk_size),
+    )
+    assert harness.hub.broker is not None
+    started = time.monotonic()
+    harness.hub.broker.publish(
+        topics.device_topic(agent.config.device_id, "deployment"), encode(order), qos=1, retain=True
+    )
+    assert agent.wait_for_deployment("lost-bundle", 30) == UpdateState.FAILED
+    assert time.monotonic() - started < 10  # the download timeout is 120 s
+    assert f"the hub refused bundle {missing[:12]}: the hub has no bundle {missing}" in harness.detail(agent)

@@ -1,0 +1,123 @@
+"""Bundle download: resumes from a partial file, re-asks for corrupt chunks, times out, stops on a full disk
+or a hub refusal (removing its partial files)."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+
+import agent.transfer as transfer
+import hub.bundles.transfer as hub_transfer
+from agent.errors import StorageError, TransferError
+from agent.transfer import BundleDownload, ChunkDownloader, sha256_file
+from fleet.wire import topics
+from fleet.wire.messages import FetchRequest, decode, encode_chunk
+from fleet.wire.transport import InMemoryBroker
+from tests.agent.conftest import CHUNK, DEVICE, MemoryHub, bundle_bytes
+
+
+def _downloader(broker: InMemoryBroker, tmp_path: Path, **kwargs: float) -> ChunkDownloader:
+    return ChunkDownloader(broker, DEVICE, tmp_path / "downloads", chunk_timeout_s=kwargs.get("chunk_timeout_s", 0.5))
+
+
+def _chunk_requests(broker: InMemoryBroker) -> list[list[int]]:
+    fetch = topics.device_topic(DEVICE, "fetch")
+    return [decode(FetchRequest, m.payload).chunks for m in broker.published if m.topic == fetch]
+
+
+def test_resumes_from_a_partial_file_asking_only_for_missing_chunks(memory_hub: MemoryHub, tmp_path: Path) -> None:
+    order = memory_hub.publish("1.0.0")
+    data = memory_hub.store.path(order.sha256).read_bytes()
+    assert order.chunk_count >= 3
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    partial = bytearray(order.size_bytes)
+    partial[:CHUNK] = data[:CHUNK]
+    (downloads / f"{order.sha256}.part").write_bytes(bytes(partial))
+    (downloads / f"{order.sha256}.have").write_text(json.dumps({"have": [0], "chunk_size": CHUNK}))
+    path = _downloader(memory_hub.broker, tmp_path).download(order, timeout_s=5)
+    assert sha256_file(path) == order.sha256
+    assert _chunk_requests(memory_hub.broker) == [list(range(1, order.chunk_count))]
+    assert not (downloads / f"{order.sha256}.have").exists()
+
+
+def test_a_bitmap_for_another_chunk_size_is_ignored(memory_hub: MemoryHub, tmp_path: Path) -> None:
+    order = memory_hub.publish("1.0.0")
+    job = BundleDownload(order, tmp_path)
+    (tmp_path / f"{order.sha256}.part").write_bytes(b"\0" * order.size_bytes)
+    (tmp_path / f"{order.sha256}.have").write_text(json.dumps({"have": [0, 1], "chunk_size": CHUNK * 2}))
+    job.prepare()
+    assert job.missing() == list(range(order.chunk_count))
+
+
+def test_a_corrupt_chunk_is_dropped_and_asked_for_again(
+    memory_hub: MemoryHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order = memory_hub.publish("1.0.0")
+    corrupted: list[int] = []
+
+    def corrupt_first(sha256: str, index: int, count: int, data: bytes) -> bytes:
+        frame = encode_chunk(sha256, index, count, data)
+        if corrupted:
+            return frame
+        corrupted.append(index)
+        return frame[:-1] + bytes([frame[-1] ^ 0xFF])
+
+    monkeypatch.setattr(hub_transfer, "encode_chunk", corrupt_first)
+    downloader = _downloader(memory_hub.broker, tmp_path, chunk_timeout_s=0.05)
+    path = downloader.download(order, timeout_s=5)
+    assert sha256_file(path) == order.sha256 and downloader.corrupt_chunks == 1
+    assert _chunk_requests(memory_hub.broker)[1] == corrupted
+
+
+def test_times_out_naming_the_missing_chunks_and_keeps_the_partial_file(tmp_path: Path) -> None:
+    silent = InMemoryBroker()  # no hub answers
+    order = MemoryHub(tmp_path / "hub").order("ab" * 32, 3 * CHUNK, version="1.0.0")
+    downloader = _downloader(silent, tmp_path, chunk_timeout_s=0.05)
+    with pytest.raises(TransferError, match=r"timed out after 0 s with 3 of 3 chunks missing"):
+        downloader.download(order, timeout_s=0.2)
+    assert (downloader.directory / f"{order.sha256}.part").exists()  # a later try resumes from it
+    assert len(_chunk_requests(silent)) >= 2  # asked again after each quiet spell
+
+
+def test_a_full_disk_stops_the_download_with_enospc_and_removes_partial_files(
+    memory_hub: MemoryHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order = memory_hub.publish("1.0.0")
+
+    def no_space(_path: Path, _offset: int, _data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(transfer, "_write_chunk", no_space)
+    downloader = _downloader(memory_hub.broker, tmp_path)
+    with pytest.raises(StorageError, match=r"cannot write chunk 0 to .*: ENOSPC \(No space left on device\)"):
+        downloader.download(order, timeout_s=5)
+    assert list(downloader.directory.iterdir()) == []
+
+
+def test_a_hub_refusal_ends_the_download_at_once(memory_hub: MemoryHub, tmp_path: Path) -> None:
+    order = memory_hub.order("cd" * 32, 4 * CHUNK, version="1.0.0")
+    downloader = _downloader(memory_hub.broker, tmp_path, chunk_timeout_s=30)
+    with pytest.raises(TransferError, match="the hub refused bundle cdcdcdcdcdcd: the hub has no bundle"):
+        downloader.download(order, timeout_s=60)
+    assert downloader.requests_sent == 1 and list(downloader.directory.iterdir()) == []
+
+
+def test_a_refusal_for_another_bundle_is_ignored(memory_hub: MemoryHub, tmp_path: Path) -> None:
+    order = memory_hub.publish("1.0.0")
+    job = BundleDownload(order, tmp_path)
+    other = memory_hub.order("cd" * 32, 10, version="1.0.0")
+    memory_hub.broker.subscribe(topics.device_topic(DEVICE, "refused"), job.on_refused)
+    memory_hub.transfer.handle(DEVICE, FetchRequest(request_id="r1", kind="chunks", sha256=other.sha256, chunks=[0]))
+    assert job.failure is None
+
+
+def test_an_existing_complete_download_is_reused(memory_hub: MemoryHub, tmp_path: Path) -> None:
+    order = memory_hub.publish("1.0.0")
+    downloader = _downloader(memory_hub.broker, tmp_path)
+    downloader.final_path(order.sha256).write_bytes(bundle_bytes("1.0.0"))
+    assert downloader.download(order, timeout_s=5) == downloader.final_path(order.sha256)
+    assert downloader.requests_sent == 0

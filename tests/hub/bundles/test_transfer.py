@@ -1,0 +1,86 @@
+"""`BundleTransfer`: chunks go to the bundle's broadcast topic once per window; requests it cannot serve are
+refused to the asking device with the reason; metadata replies say found or not."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from fleet.errors import ProtocolError
+from fleet.wire import topics
+from fleet.wire.messages import FetchRefused, FetchRequest, MetadataReply, decode, decode_chunk
+from fleet.wire.transport import InMemoryBroker
+from hub.bundles.store import ArtifactStore
+from hub.bundles.transfer import BundleTransfer
+from hub.bundles.tuf_repository import TufRepository
+
+DEVICE = "cam-1"
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> tuple[InMemoryBroker, ArtifactStore, BundleTransfer]:
+    broker = InMemoryBroker()
+    store = ArtifactStore(tmp_path / "store")
+    transfer = BundleTransfer(broker, store, TufRepository(tmp_path / "tuf"), chunk_size=4, rebroadcast_window_s=60)
+    return broker, store, transfer
+
+
+def _chunks(sha: str, chunks: list[int]) -> FetchRequest:
+    return FetchRequest(request_id="r1", kind="chunks", sha256=sha, chunks=chunks)
+
+
+def test_requested_chunks_are_broadcast_once_per_window(
+    parts: tuple[InMemoryBroker, ArtifactStore, BundleTransfer],
+) -> None:
+    broker, store, transfer = parts
+    sha = store.put_bytes(b"0123456789")
+    transfer.handle(DEVICE, _chunks(sha, [2, 0, 0]))
+    transfer.handle("cam-2", _chunks(sha, [0, 1]))
+    frames = [decode_chunk(m.payload) for m in broker.published]
+    assert all(m.topic == topics.bundle_topic(sha) for m in broker.published)
+    assert [(f.index, f.count, f.data) for f in frames] == [(0, 3, b"0123"), (2, 3, b"89"), (1, 3, b"4567")]
+    assert transfer.egress_bytes == sum(len(m.payload) for m in broker.published)
+
+
+def test_an_unknown_bundle_is_refused_to_the_asking_device(
+    parts: tuple[InMemoryBroker, ArtifactStore, BundleTransfer],
+) -> None:
+    broker, _, transfer = parts
+    transfer.handle(DEVICE, _chunks("ab" * 32, [0]))
+    [message] = broker.published
+    assert message.topic == topics.device_topic(DEVICE, "refused")
+    refusal = decode(FetchRefused, message.payload)
+    assert (refusal.request_id, refusal.sha256) == ("r1", "ab" * 32)
+    assert refusal.reason == f"the hub has no bundle {'ab' * 32}"
+
+
+def test_a_chunk_past_the_end_is_refused_and_nothing_is_sent(
+    parts: tuple[InMemoryBroker, ArtifactStore, BundleTransfer],
+) -> None:
+    broker, store, transfer = parts
+    sha = store.put_bytes(b"0123456789")
+    transfer.handle(DEVICE, _chunks(sha, [1, 7]))
+    [message] = broker.published
+    assert decode(FetchRefused, message.payload).reason == "chunk 7 out of range: bundle has 3 chunks"
+
+
+def test_a_chunk_request_without_a_digest_is_a_protocol_error(
+    parts: tuple[InMemoryBroker, ArtifactStore, BundleTransfer],
+) -> None:
+    _, _, transfer = parts
+    with pytest.raises(ProtocolError, match="without sha256"):
+        transfer.handle(DEVICE, FetchRequest(request_id="r1", kind="chunks"))
+
+
+def test_metadata_replies_carry_the_file_or_found_false(
+    parts: tuple[InMemoryBroker, ArtifactStore, BundleTransfer],
+) -> None:
+    broker, _, transfer = parts
+    transfer.handle(DEVICE, FetchRequest(request_id="r1", kind="metadata", name="1.root.json"))
+    transfer.handle(DEVICE, FetchRequest(request_id="r2", kind="metadata", name="9.root.json"))
+    found, missing = (decode(MetadataReply, m.payload) for m in broker.published)
+    assert found.found and base64.b64decode(found.data_b64) == transfer.tuf.trusted_root()
+    assert not missing.found and missing.data_b64 == ""
+    assert {m.topic for m in broker.published} == {topics.device_topic(DEVICE, "meta")}
