@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from agent.config import AgentConfig
-from agent.errors import AgentError
+from agent.errors import AgentError, ReplayedOrderError
 from agent.http_api import LocalApi
 from agent.inference import InferenceService
 from agent.offload import OffloadClient
@@ -213,6 +213,9 @@ class Agent:
             assert self.updater is not None  # set in start() before this thread runs
             try:
                 final = self.updater.apply(order)
+            except ReplayedOrderError as exc:
+                log.warning("%s: refused deployment order: %s", self.config.device_id, exc)
+                continue  # nothing to report: the hub never sent this order now
             except Exception as exc:  # keep serving whatever happens to one update
                 log.exception("%s: update %s crashed", self.config.device_id, order.deployment_id)
                 self._report(order, UpdateState.FAILED, False, f"agent error: {exc}", None)

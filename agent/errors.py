@@ -4,6 +4,7 @@ Exceptions::
 
     AgentError
      ├── AgentConfigError       invalid agent.toml or settings
+     ├── ReplayedOrderError     a deployment order older than the last accepted one (a replay)
      ├── TransferError          a bundle download could not complete (timeout, wrong size or digest,
      │                          refused by the hub)
      ├── StorageError           the device's disk refused a write (a full disk says ENOSPC)
@@ -24,6 +25,10 @@ class AgentError(Exception):
 
 class AgentConfigError(AgentError, ValueError):
     """Invalid agent configuration."""
+
+
+class ReplayedOrderError(AgentError):
+    """A deployment order older than one already accepted: a replay, refused."""
 
 
 class TransferError(AgentError):

@@ -58,6 +58,7 @@ class AgentState(BaseModel):
     shadow: Slot | None = None
     update: UpdateRecord | None = None
     completed_deployments: list[str] = []
+    last_order_sequence: int = 0  # the highest deployment-order sequence accepted (orders below it are replays)
 
 
 class StateStore:

@@ -110,7 +110,7 @@ class Hub:
         self.transfer = BundleTransfer(
             broker, self.store, self.tuf, chunk_size=s.chunk_size, rebroadcast_window_s=s.rebroadcast_window_s
         )
-        self.orders = DeploymentOrders(broker, self.store, chunk_size=s.chunk_size)
+        self.orders = DeploymentOrders(broker, self.store, self.registry, chunk_size=s.chunk_size)
         self.rollouts = RolloutManager(self.registry, self.orders)
         traffic.on_state(self._apply_state)
         traffic.on_state(self.rollouts.observe_state)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.errors import AgentError, StorageError
+from agent.errors import AgentError, ReplayedOrderError, StorageError
 from agent.model import ServableModel
 from agent.state_store import AgentState, StateStore, UpdateRecord
 from agent.transfer import ChunkDownloader
@@ -114,6 +114,7 @@ class Updater:
         """Drive ``order`` to DONE or FAILED (resuming where a previous run stopped); return the final state."""
         state = self.ledger.state
         record = state.update
+        self._check_sequence(order)
         if order.deployment_id in state.completed_deployments and (record is None or record.state in TERMINAL):
             return UpdateState.DONE if self.ledger.is_active(order.sha256) else UpdateState.FAILED
         if record is None or record.order.deployment_id != order.deployment_id or record.order.sha256 != order.sha256:
@@ -132,6 +133,16 @@ class Updater:
             self._persist(record, current)
         self._report(order, record.state, record.state is UpdateState.DONE, record.detail, None)
         return record.state
+
+    def _check_sequence(self, order: DeploymentOrder) -> None:
+        """Refuse an order older than the last accepted one; remember a newer one before acting on it."""
+        last = self.ledger.state.last_order_sequence
+        if order.sequence < last or (order.sequence == 0 and last > 0):
+            raise ReplayedOrderError(
+                f"order {order.deployment_id} has sequence {order.sequence}, below the accepted {last}: a replay"
+            )
+        if order.sequence > last:
+            self.ledger.state.last_order_sequence = order.sequence  # saved with the record about to be created
 
     def _enter(self, record: UpdateRecord, current: UpdateState, event: Event, detail: str) -> None:
         record.state = next_state(current, event)

@@ -93,6 +93,9 @@ class DeploymentOrder(WireModel):
     allow_downgrade: bool = False
     shadow: bool = False  # install and health-check, then run beside the active model instead of replacing it
     issued_at: float = 0.0
+    # Strictly increasing per device, kept by hub and agent: an agent refuses an order older than the last one
+    # it accepted, so a captured order can never be replayed (0: a hub from before sequences).
+    sequence: int = Field(default=0, ge=0, le=2**63 - 1)
 
 
 class UpdateEvent(WireModel):

@@ -9,16 +9,21 @@ from fleet.wire import topics
 from fleet.wire.messages import DeploymentOrder, encode
 from fleet.wire.transport import Broker
 from hub.bundles.store import ArtifactStore
+from hub.registry import Registry
 
 __all__ = ["DeploymentOrders"]
 
 
 class DeploymentOrders:
-    """The hub's order sink: a device that is offline gets its retained order on reconnect."""
+    """The hub's order sink: a device that is offline gets its retained order on reconnect. Each order sent is
+    stamped with the device's next sequence (`Registry.next_order_sequence`), so no order can be replayed."""
 
-    def __init__(self, broker: Broker, store: ArtifactStore, *, chunk_size: int = 64 * 1024) -> None:
+    def __init__(
+        self, broker: Broker, store: ArtifactStore, registry: Registry, *, chunk_size: int = 64 * 1024
+    ) -> None:
         self.broker = broker
         self.store = store
+        self.registry = registry
         self.chunk_size = chunk_size
 
     def order_for(
@@ -51,8 +56,9 @@ class DeploymentOrders:
         )
 
     def send(self, device_id: str, order: DeploymentOrder) -> None:
-        """Publish ``order`` as the device's desired deployment (retained)."""
-        self.broker.publish(topics.device_topic(device_id, "deployment"), encode(order), qos=1, retain=True)
+        """Publish ``order`` as the device's desired deployment (retained), stamped with its next sequence."""
+        stamped = order.model_copy(update={"sequence": self.registry.next_order_sequence(device_id)})
+        self.broker.publish(topics.device_topic(device_id, "deployment"), encode(stamped), qos=1, retain=True)
 
     def clear(self, device_id: str) -> None:
         """Remove the device's retained order, so a reconnecting device is not sent it again."""

@@ -201,6 +201,17 @@ class Registry:
             device = session.get(Device, device_id)
         return device is not None and verify_secret(secret, device.credential_hash)
 
+    def next_order_sequence(self, device_id: str) -> int:
+        """Reserve the device's next deployment-order sequence: above every earlier one, and at least the
+        current time in milliseconds, so sequences keep rising even after a database is restored from backup."""
+        with self.db.session() as session:
+            device = session.exec(select(Device).where(Device.id == device_id).with_for_update()).first()
+            if device is None:
+                raise NotFoundError(f"device {device_id} does not exist")
+            device.order_sequence = max(device.order_sequence + 1, int(time.time() * 1000))
+            session.add(device)
+            return device.order_sequence
+
     def get_device(self, device_id: str) -> Device:
         """The device row, or `NotFoundError`."""
         with self.db.session() as session:

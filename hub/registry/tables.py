@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -70,6 +70,7 @@ class Device(SQLModel, table=True):
     active_sha256: str | None = None
     update_state: str = "idle"
     created_at: float = Field(default_factory=_now)
+    order_sequence: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
 
 
 class Deployment(SQLModel, table=True):

@@ -3,6 +3,7 @@ an agent with its own certificate installs a deployment, and the REST API answer
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def test_the_rest_api_serves_https_with_the_fleet_ca(tmp_path: Path) -> None:
     try:
         app = create_app(hub)
         with running_server(app, ssl_certfile=str(server.cert_file), ssl_keyfile=str(server.key_file)) as address:
-            assert httpx.get(f"https://{address}/health", verify=str(ca.cert_file)).status_code == 200
+            trusting = ssl.create_default_context(cafile=str(ca.cert_file))
+            assert httpx.get(f"https://{address}/health", verify=trusting).status_code == 200
             with pytest.raises(httpx.HTTPError):
                 httpx.get(f"http://{address}/health")  # plain HTTP is not spoken on the TLS port
             with pytest.raises(httpx.ConnectError):  # an untrusting client refuses the certificate

@@ -35,7 +35,7 @@ class Fleet:
     def __init__(self, root: Path) -> None:
         self.hub = Hub(HubSettings(data_dir=root, chunk_size=1024))
         self.broker = InMemoryBroker()
-        self.orders_sink = DeploymentOrders(self.broker, self.hub.store, chunk_size=1024)
+        self.orders_sink = DeploymentOrders(self.broker, self.hub.store, self.hub.registry, chunk_size=1024)
         self.orders: dict[str, DeploymentOrder | None] = {}
         self.broker.subscribe(topics.device_wildcard("deployment"), self._on_order)
         self.installed: dict[str, InstalledModel] = {}
