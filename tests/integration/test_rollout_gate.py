@@ -70,14 +70,15 @@ def worse_model(tmp_path_factory: pytest.TempPathFactory, trained: TrainedDigits
 
 
 def _gate() -> GateSpec:
-    """Judge after the canary; small groups suffice. Latency tolerates 50%: ten in-process agents share the
-    CPU here, and the worse model is several times slower. Confidence and predictions are critical too."""
+    """Judge after the canary; small groups suffice. Latency tolerates 100%: ten in-process agents share two
+    CPU cores with whatever else runs (a loaded CI box made an equal model look 50% slower on a few devices),
+    and the worse model is several times slower. Confidence and predictions are critical too."""
     critical = (CanaryMetric.LATENCY, CanaryMetric.ERROR_RATE, CanaryMetric.CONFIDENCE, CanaryMetric.PREDICTIONS)
     canary = CanaryConfig(
         min_devices=3,
         min_requests=100,
         min_requests_per_device=20,
-        latency_tolerance=0.5,
+        latency_tolerance=1.0,
         metrics={m: MetricSpec(critical=m in critical) for m in CanaryMetric},
     )
     return GateSpec(after="canary", retry_interval_s=0.5, max_wait_s=120.0, canary=canary)
