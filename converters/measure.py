@@ -6,17 +6,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from converters.runners import RunnerFn
-
-
-def size_bytes(paths: list[Path]) -> int:
-    """Total size of the files making up a variant."""
-    return sum(p.stat().st_size for p in paths if p.is_file())
 
 
 class _PeakRSS:

@@ -6,7 +6,7 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 from converters.errors import ConversionError, InvalidSourceError, UnsupportedOperatorError
@@ -146,7 +146,3 @@ def io_meta(source: SourceModel, **extra: Any) -> dict[str, Any]:
     }
     meta.update(extra)
     return meta
-
-
-def example_shapes(examples: Mapping[str, Any]) -> dict[str, list[int]]:
-    return {k: list(v.shape) for k, v in examples.items()}
