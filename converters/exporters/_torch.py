@@ -28,9 +28,14 @@ def require_module(source: SourceModel, target: str, stage: str) -> Any:
 
 
 def export_program(source: SourceModel, *, dynamic: bool = True, batch_one: bool = False) -> Any:
-    """``torch.export`` the source module; symbolic batch (and named axes) when ``dynamic``."""
+    """``torch.export`` the source module; symbolic batch (and named axes) when ``dynamic``.
+
+    A ``.pt2`` source's own program is returned as saved when ``dynamic`` (re-exporting it with other
+    dimension bounds violates its range constraints); static exports stay within its bounds."""
     import torch
 
+    if dynamic and not batch_one and source.program is not None:
+        return source.program
     from converters.onnx_export import _widen_batch
 
     examples = source.torch_examples()
