@@ -11,10 +11,12 @@ from typing import Any
 
 from converters import registry
 from converters.cache import digest, toolchain_versions
+from converters.onnx_to_torch import needs_torch, torch_source
 from converters.pipeline import Pipeline
 from converters.plan import VariantPlan
 from converters.report import StepRecord
 from converters.session import Session
+from converters.source import SourceModel
 from converters.types import Artifact, StepContext
 
 CALIBRATING_STEPS = ("int8_static", "nncf_ptq")
@@ -38,6 +40,8 @@ def build(session: Session, plan: VariantPlan, pipeline: Pipeline) -> Built:
     steps = list(pipeline.steps)
     export_at = next(i for i, s in enumerate(steps) if s.kind == "export")
     fused = tuple(s for s in steps[export_at + 1 :] if s.type == "litert_int8")
+    if any(needs_torch(s.type) for s in steps[: export_at + 1]):
+        source = _torch_source(session, source, target.name)
     for step in steps[:export_at]:
         source_key = digest(
             source_key,
@@ -87,6 +91,14 @@ def build(session: Session, plan: VariantPlan, pipeline: Pipeline) -> Built:
         )
         artifact = _cached_step(session, plan, key, step.type, records, _pass_runner(step, context, artifact))
     return Built(artifact, key, records)
+
+
+def _torch_source(session: Session, source: SourceModel, target: str) -> SourceModel:
+    """The source as a PyTorch module (ONNX sources through onnx2torch), converted once per run."""
+    key = f"torch:{source.digest}"
+    if key not in session.sources:
+        session.sources[key] = torch_source(source, target=target)
+    return session.sources[key]
 
 
 def _context(session: Session, plan: VariantPlan, source: Any, fused: tuple[Any, ...]) -> StepContext:
