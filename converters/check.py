@@ -9,7 +9,7 @@ from typing import Any
 from converters.cache import digest
 from converters.errors import ExecutionError
 from converters.evaluate import ReferenceEvaluator
-from converters.measure import measure
+from converters.measure import measure_isolated
 from converters.plan import VariantPlan
 from converters.runners import load_runner
 from converters.session import Session
@@ -18,7 +18,7 @@ from converters.types import Artifact
 DEFAULT_BUDGET = 0.01  # one accuracy point, when no max_accuracy_drop is given
 # Tolerances on max relative error for outputs that are not classifier logits.
 REL_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 5e-2, "palettized": 5e-2, "int4": 1e-1}
-MEASURE_VERSION = 1
+MEASURE_VERSION = 2  # 2: each variant in its own process
 
 
 def quality_loss(metrics: Mapping[str, Any], source_accuracy: float | None) -> tuple[str, float]:
@@ -61,10 +61,11 @@ def measure_variant(session: Session, plan: VariantPlan, artifact: Artifact, key
     if cached is not None:
         return cached
     session.notify("step", plan.name, "measure")
-    sample = session.evaluation.sample(0)
-    result = measure(
-        lambda: load_runner(plan.target, artifact, session.threads),
-        sample,
+    result = measure_isolated(
+        plan.target,
+        artifact,
+        session.evaluation.sample(0),
+        threads=session.threads,
         budget_s=session.options.measure_budget_s,
     )
     session.cache.put_json(cache_key, result)
