@@ -45,6 +45,7 @@ class SourceModel:
     history: tuple[str, ...] = ()
     batch_dynamic: bool = True
     program: Any = None
+    notes: Mapping[str, Any] = field(default_factory=dict)  # what source passes did, for the report
 
     @property
     def input_names(self) -> tuple[str, ...]:

@@ -148,6 +148,7 @@ def io_meta(source: SourceModel, **extra: Any) -> dict[str, Any]:
         "input_names": list(source.input_names),
         "input_dtypes": [str(a.dtype) for a in source.examples.values()],
         "output_names": list(source.output_names),
+        **dict(source.notes),
     }
     meta.update(extra)
     return meta
