@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from converters.cache import digest
 from converters.errors import ExecutionError
 from converters.evaluate import ReferenceEvaluator
-from converters.measure import measure_isolated
+from converters.measure import WARMUP, measure, measure_isolated
 from converters.plan import VariantPlan
 from converters.runners import load_runner
 from converters.session import Session
@@ -61,12 +62,15 @@ def measure_variant(session: Session, plan: VariantPlan, artifact: Artifact, key
     if cached is not None:
         return cached
     session.notify("step", plan.name, "measure")
-    result = measure_isolated(
-        plan.target,
-        artifact,
-        session.evaluation.sample(0),
-        threads=session.threads,
-        budget_s=session.options.measure_budget_s,
-    )
+    sample = session.evaluation.sample(0)
+    budget_s = session.options.measure_budget_s
+    try:
+        result = measure_isolated(plan.target, artifact, sample, threads=session.threads, budget_s=budget_s)
+        result["measured_in"] = "fresh process"
+    except ExecutionError:  # e.g. custom operators registered only in this process
+        warmup = WARMUP.get(artifact.format, 5)
+        load = partial(load_runner, plan.target, artifact, session.threads)
+        result = measure(load, sample, warmup=warmup, budget_s=budget_s)
+        result["measured_in"] = "converter process (a fresh process could not load the variant)"
     session.cache.put_json(cache_key, result)
     return result

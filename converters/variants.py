@@ -67,7 +67,7 @@ def checked(
     accuracy_drop = None
     if metrics.get("accuracy") is not None and source_accuracy is not None:
         accuracy_drop = round(source_accuracy - metrics["accuracy"], 6)
-    extra = {k: measured[k] for k in ("inference_precision",) if k in measured}
+    extra = {k: measured[k] for k in ("inference_precision", "measured_in") if k in measured}
     return VariantReport(
         **_written(plan, artifact, directory, staging),
         max_abs_error=metrics["max_abs_error"],
