@@ -104,8 +104,12 @@ def test_core_ml_runs_on_macos(tmp_path: Path) -> None:  # pragma: no cover - ma
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Linear(8, 3)).eval()
     traced = torch.jit.trace(module, torch.zeros(1, 8))
-    mlmodel = ct.convert(traced, inputs=[ct.TensorType(name="input", shape=(1, 8))], convert_to="mlprogram",
-                         compute_precision=ct.precision.FLOAT32)
+    mlmodel = ct.convert(
+        traced,
+        inputs=[ct.TensorType(name="input", shape=(1, 8))],
+        convert_to="mlprogram",
+        compute_precision=ct.precision.FLOAT32,
+    )
     mlmodel.save(str(tmp_path / "m.mlpackage"))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
