@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import platform
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -86,10 +88,21 @@ class LiteRtRuntime:
         return np.stack(rows)
 
 
-class OpenVinoRuntime:
-    """OpenVINO on the CPU; the bundle carries an ONNX file or an IR pair (``.xml`` with its ``.bin``)."""
+def openvino_precision(precision: str) -> str:
+    """OpenVINO's ``INFERENCE_PRECISION_HINT`` for a variant's precision (as the converters measured it).
 
-    def __init__(self, model_bytes: bytes, weights: bytes | None = None) -> None:
+    The CPU plugin otherwise computes in bf16 wherever the CPU supports it; fp16 variants store fp16
+    weights and compute in f32, int8 ones keep their float operations in f32, bf16 runs only if labelled.
+    """
+    return {"bf16": "bf16"}.get(precision, "f32")
+
+
+class OpenVinoRuntime:
+    """OpenVINO on the CPU; the bundle carries an ONNX file or an IR pair (``.xml`` with its ``.bin``).
+
+    Inference runs in the precision the variant is labelled with (`openvino_precision`)."""
+
+    def __init__(self, model_bytes: bytes, weights: bytes | None = None, precision: str = "fp32") -> None:
         try:
             import openvino as ov
         except ImportError as exc:
@@ -104,11 +117,90 @@ class OpenVinoRuntime:
                 (Path(tmp) / "model.xml").write_bytes(model_bytes)
                 (Path(tmp) / "model.bin").write_bytes(weights)
                 model = core.read_model(str(Path(tmp) / "model.xml"))
-            self._compiled = core.compile_model(model, "CPU")
+            config = {"INFERENCE_PRECISION_HINT": openvino_precision(precision)}
+            self._compiled = core.compile_model(model, "CPU", config)
+        self.inference_precision: str = self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch."""
         return np.asarray(self._compiled(batch)[0])
+
+
+class TorchScriptRuntime:
+    """A TorchScript module through libtorch (install the ``agent-torch`` extra: torch is not in the
+    default agent install). Models traced with a fixed batch of 1 run row by row."""
+
+    def __init__(self, model_bytes: bytes, row_by_row: bool = False, threads: int = 1) -> None:
+        try:
+            import torch
+        except ImportError as exc:
+            raise RuntimeUnavailableError("TorchScript needs torch: pip install edgefleet[agent-torch]") from exc
+        torch.set_num_threads(threads)
+        try:
+            self._module = torch.jit.load(io.BytesIO(model_bytes), map_location="cpu").eval()
+        except Exception as exc:  # torch raises RuntimeError and friends for corrupt archives
+            raise RuntimeUnavailableError(f"TorchScript cannot load the model: {exc}") from exc
+        self._torch = torch
+        self._row_by_row = row_by_row
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch (or each row, for a model with a fixed batch of 1)."""
+        rows = [batch[i : i + 1] for i in range(len(batch))] if self._row_by_row else [batch]
+        try:
+            with self._torch.no_grad():
+                outputs = [self._first(self._module(self._torch.from_numpy(np.ascontiguousarray(r)))) for r in rows]
+        except Exception as exc:
+            raise InferenceError(f"TorchScript rejected input of shape {batch.shape}: {exc}") from exc
+        return np.concatenate(outputs)
+
+    @staticmethod
+    def _first(output: Any) -> np.ndarray:
+        while isinstance(output, (tuple, list)):
+            output = output[0]
+        return np.asarray(output.numpy())
+
+
+class CoreMLRuntime:
+    """Core ML through coremltools' prediction API (macOS only). The bundle carries an ``.mlmodel``
+    file or a zip of an ``.mlpackage`` directory."""
+
+    def __init__(self, model_bytes: bytes) -> None:
+        if platform.system() != "Darwin":
+            raise RuntimeUnavailableError(
+                f"Core ML models run only on macOS/iOS; this device runs {platform.system()}. "
+                "Deploy a variant for this device's target instead."
+            )
+        try:
+            import coremltools as ct
+        except ImportError as exc:
+            raise RuntimeUnavailableError("Core ML needs coremltools: pip install coremltools") from exc
+        self._dir = tempfile.TemporaryDirectory(prefix="coreml-")
+        root = Path(self._dir.name)
+        if model_bytes[:2] == b"PK":
+            with zipfile.ZipFile(io.BytesIO(model_bytes)) as archive:
+                archive.extractall(root / "model.mlpackage")
+            path = root / "model.mlpackage"
+            inner = [p.parent for p in path.rglob("Manifest.json")]
+            path = inner[0] if inner else path
+        else:
+            path = root / "model.mlmodel"
+            path.write_bytes(model_bytes)
+        try:
+            self._model = ct.models.MLModel(str(path))
+        except Exception as exc:
+            raise RuntimeUnavailableError(f"Core ML cannot load the model: {exc}") from exc
+        self._input = self._model.get_spec().description.input[0].name
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run each row through ``MLModel.predict`` (converted models have a batch of 1)."""
+        rows = []
+        for row in batch:
+            try:
+                result = self._model.predict({self._input: row[None, ...]})
+            except Exception as exc:
+                raise InferenceError(f"Core ML rejected input of shape {row.shape}: {exc}") from exc
+            rows.append(np.asarray(next(iter(result.values())))[0])
+        return np.stack(rows)
 
 
 def load_runtime(manifest: BundleManifest, model_bytes: bytes, extra: dict[str, bytes] | None = None) -> Runtime:
@@ -123,14 +215,11 @@ def load_runtime(manifest: BundleManifest, model_bytes: bytes, extra: dict[str, 
     elif manifest.runtime == "litert":
         runtime = LiteRtRuntime(model_bytes)
     elif manifest.runtime == "openvino":
-        runtime = OpenVinoRuntime(model_bytes, (extra or {}).get("weights"))
+        runtime = OpenVinoRuntime(model_bytes, (extra or {}).get("weights"), manifest.precision)
     elif manifest.runtime == "coreml":
-        if platform.system() != "Darwin":
-            raise RuntimeUnavailableError(
-                f"Core ML models run only on macOS/iOS; this device runs {platform.system()}. "
-                "Deploy a variant for this device's target instead."
-            )
-        raise RuntimeUnavailableError("the Core ML runtime is not bundled with this agent build")
+        runtime = CoreMLRuntime(model_bytes)
+    elif manifest.runtime == "torchscript":
+        runtime = TorchScriptRuntime(model_bytes, row_by_row=manifest.input.shape[:1] == [1])
     else:
         raise RuntimeUnavailableError(f"runtime {manifest.runtime!r} is not supported by this agent")
     return runtime

@@ -15,7 +15,7 @@ Exceptions::
      └── ExecutionError              a variant could not be loaded or run on this host
 """
 
-from converters.convert import convert, plan_variants
+from converters.convert import ConvertOptions, convert, plan_variants
 from converters.errors import (
     ConversionError,
     ExecutionError,
@@ -31,6 +31,7 @@ from converters.report import ConversionReport, VariantReport, load_report
 __all__ = [
     "ConversionError",
     "ConversionReport",
+    "ConvertOptions",
     "ExecutionError",
     "InvalidDataError",
     "InvalidSourceError",

@@ -71,7 +71,7 @@ def _dynamic_axes(
 
 
 def _export_dynamo(
-    module: torch.nn.Module,
+    module: Any,
     example_inputs: tuple[Any, ...],
     path: Path,
     opset: int,
@@ -121,14 +121,15 @@ def _check_self_contained(path: Path, opset: int) -> None:
     onnx.save_model(model, str(path))
 
 
-def _set_mode(module: torch.nn.Module, *, training: bool) -> None:
-    """``module.train(training)``; modules unlifted from an ExportedProgram refuse it (and need none)."""
-    with contextlib.suppress(NotImplementedError):
-        module.train(training)
+def _set_mode(module: Any, *, training: bool) -> None:
+    """``module.train(training)``; ExportedPrograms and modules unlifted from one need none."""
+    if hasattr(module, "train"):
+        with contextlib.suppress(NotImplementedError):
+            module.train(training)
 
 
 def export_onnx(
-    module: torch.nn.Module,
+    module: torch.nn.Module | torch.export.ExportedProgram,
     example_inputs: tuple[Any, ...],
     out: Path,
     *,
@@ -141,6 +142,7 @@ def export_onnx(
 ) -> Path:
     """Export ``module`` to a single self-contained ``.onnx`` file at ``out`` and return its path.
 
+    An ``ExportedProgram`` is exported as it is, with its own dynamic dimensions.
     The batch dimension of every input and output is symbolic when ``dynamic_batch`` is true;
     ``dynamic_axes`` adds more symbolic dimensions (e.g. ``{"input_ids": {1: "seq"}}``). The file is
     written to a temporary name and renamed into place, so a failure leaves nothing at ``out``.
@@ -161,9 +163,12 @@ def export_onnx(
     except ImportError as exc:  # pragma: no cover - depends on installed extras
         raise ConversionError("ONNX export needs torch (pip install edgefleet[convert])") from exc
 
-    axes = _dynamic_axes(input_names, output_names, dynamic_batch, dynamic_axes)
-    inputs = _widen_batch(tuple(example_inputs)) if dynamic_batch else tuple(example_inputs)
-    was_training = module.training
+    if isinstance(module, torch.export.ExportedProgram):  # used as saved: its own dynamic dims
+        axes, inputs = None, tuple(example_inputs)
+    else:
+        axes = _dynamic_axes(input_names, output_names, dynamic_batch, dynamic_axes)
+        inputs = _widen_batch(tuple(example_inputs)) if dynamic_batch else tuple(example_inputs)
+    was_training = getattr(module, "training", False)
     _set_mode(module, training=False)
     fd, tmp_name = tempfile.mkstemp(suffix=".onnx.tmp", dir=out.parent)
     os.close(fd)

@@ -1,14 +1,72 @@
-"""Default pipelines per target and precision, and the quantization search spaces."""
+"""Planning: the variants to build per target and precision, and each one's default pipeline."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from converters import registry
 from converters.errors import PipelineConfigError
 from converters.pipeline import Pipeline, parse_pipeline
-from targets import Target
+from targets import Target, get_target
 
-QUANT_STEPS = ("int8_static", "nncf_ptq", "litert_int8")
+
+@dataclass(frozen=True)
+class VariantPlan:
+    """A target, the precision to build for it and the pipeline that builds it."""
+
+    target: Target
+    precision: str
+    pipeline: Pipeline
+
+    @property
+    def name(self) -> str:
+        return f"{self.target.name}/{self.precision}"
+
+
+def plan_variants(
+    targets: Sequence[str],
+    *,
+    precisions: Sequence[str] | None = None,
+    pipelines: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    integer_inputs: bool = False,
+) -> list[VariantPlan]:
+    """The variants to build: each target's precisions (filtered by ``precisions``), with the default
+    pipeline unless ``pipelines`` gives one for ``"target"`` or ``"target/precision"``. Every step's
+    toolchain is checked before anything heavy is imported (`MissingExtraError`)."""
+    plans: list[VariantPlan] = []
+    custom = dict(pipelines or {})
+    for key in custom:
+        if key.split("/")[0] not in targets:
+            raise PipelineConfigError(f"pipeline given for {key!r}, which is not among the targets")
+    for name in targets:
+        target = get_target(name)
+        if name in custom:  # one pipeline for the whole target builds one variant
+            pipeline = parse_pipeline([dict(step) for step in custom[name]])
+            plans.append(VariantPlan(target, pipeline.precision, pipeline))
+            continue
+        wanted = [p for p in target.precisions if precisions is None or p in precisions]
+        if not wanted:
+            raise PipelineConfigError(f"{name} supports {', '.join(target.precisions)}; none requested")
+        for precision in wanted:
+            steps = custom.get(f"{name}/{precision}")
+            if steps is not None:
+                pipeline = parse_pipeline([dict(step) for step in steps])
+                if pipeline.precision != precision:
+                    raise PipelineConfigError(
+                        f"pipeline for {name}/{precision} produces a {pipeline.precision} variant"
+                    )
+            else:
+                pipeline = default_pipeline(target, precision, integer_inputs=integer_inputs)
+            plans.append(VariantPlan(target, precision, pipeline))
+    for plan in plans:
+        for step in plan.pipeline.steps:
+            registry.check_available(step.type)
+        runtime_module = registry.RUNTIME_MODULES.get(plan.target.runtime)
+        if runtime_module and plan.target.runtime != "coreml" and not registry.module_available(runtime_module):
+            raise registry.MissingExtraError(f"{plan.target.runtime} runtime", runtime_module)
+    return plans
 
 
 def default_pipeline(target: Target, precision: str, *, integer_inputs: bool = False) -> Pipeline:
@@ -52,52 +110,3 @@ def default_pipeline(target: Target, precision: str, *, integer_inputs: bool = F
     if steps is None:
         raise PipelineConfigError(f"no default pipeline for {target.name} ({target.runtime}) at {precision}")
     return parse_pipeline(steps)
-
-
-def search_space(pipeline: Pipeline, max_trials: int) -> list[Pipeline]:
-    """Variants of ``pipeline``'s quantization step to try under an accuracy budget, the given one
-    first: calibration method, per-channel, and nodes kept in float."""
-    config = pipeline.to_config()
-    index = next((i for i, step in enumerate(config) if step["type"] in QUANT_STEPS), None)
-    if index is None:
-        return [pipeline]
-    base = config[index]
-    variations: list[dict[str, Any]] = []
-    if base["type"] == "int8_static":
-        # one change at a time first (calibration, granularity, nodes kept in float), then pairs
-        methods = [m for m in ("minmax", "entropy", "percentile") if m != base["calibration"]]
-        variations += [{"calibration": m} for m in methods]
-        variations += [
-            {"per_channel": not base["per_channel"]},
-            {"exclude_first_last": True},
-            {"activation_matmuls": False},
-        ]
-        variations += [{"calibration": m, "exclude_first_last": True} for m in methods]
-        variations += [{"exclude_first_last": True, "activation_matmuls": False}]
-    elif base["type"] == "nncf_ptq":
-        flipped = not base["transformer"]
-        variations += [
-            {"ignore_last_layer": True},
-            {"transformer": flipped},
-            {"preset": "mixed"},
-            {"transformer": flipped, "ignore_last_layer": True},
-            {"preset": "mixed", "ignore_last_layer": True},
-        ]
-    else:
-        variations = [{"per_channel": True}, {"per_channel": False}]
-    candidates = [pipeline]
-    seen = {_signature(pipeline)}
-    for change in variations:
-        steps = [dict(step) for step in config]
-        steps[index] = {**base, **change}
-        candidate = parse_pipeline(steps)
-        if _signature(candidate) not in seen:
-            seen.add(_signature(candidate))
-            candidates.append(candidate)
-    return candidates[:max_trials]
-
-
-def _signature(pipeline: Pipeline) -> str:
-    import json
-
-    return json.dumps(pipeline.to_config(), sort_keys=True, default=list)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -234,7 +233,3 @@ def write_report(report: ConversionReport, directory: Path) -> None:
     """Write ``report.json`` and the model card into ``directory``."""
     (directory / REPORT_FILE).write_text(report.to_json())
     (directory / MODEL_CARD_FILE).write_text(render_model_card(report))
-
-
-def report_from_dict(data: dict[str, Any]) -> ConversionReport:
-    return ConversionReport.model_validate(json.loads(json.dumps(data, default=str)))

@@ -119,9 +119,7 @@ def _tflite(target: Target, artifact: Artifact, threads: int) -> RunnerFn:
 def _openvino(target: Target, artifact: Artifact, threads: int) -> RunnerFn:
     import openvino as ov
 
-    config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads}
-    if artifact.precision != "int8":
-        config["INFERENCE_PRECISION_HINT"] = "f32"  # no silent bf16 on AMX CPUs: measure what we label
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": openvino_precision(artifact.precision)}
     compiled = ov.Core().compile_model(str(artifact.path), "CPU", config)
     request = compiled.create_infer_request()
     names = list(artifact.meta.get("input_names", []))
@@ -130,12 +128,23 @@ def _openvino(target: Target, artifact: Artifact, threads: int) -> RunnerFn:
         result = request.infer({n: batch[n] for n in names})
         return np.asarray(result[compiled.outputs[0]]).copy()
 
+    actual = compiled.get_property("INFERENCE_PRECISION_HINT")
+    run.info = {"inference_precision": actual.to_string()}  # type: ignore[attr-defined]
     return run
+
+
+def openvino_precision(precision: str) -> str:
+    """OpenVINO's ``INFERENCE_PRECISION_HINT`` for a variant's precision. The CPU plugin otherwise
+    computes in bf16 wherever the CPU supports it; an fp16 variant stores fp16 weights and computes in
+    f32, an int8 one keeps its non-quantized operations in f32, and bf16 runs only when labelled so."""
+    return {"bf16": "bf16"}.get(precision, "f32")
 
 
 def _torchscript(target: Target, artifact: Artifact, threads: int) -> RunnerFn:
     import torch
 
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)  # the same intra-op thread count as the other runtimes
     module = torch.jit.load(str(artifact.path), map_location="cpu").eval()
     names = list(artifact.meta.get("input_names", []))
 

@@ -30,6 +30,8 @@ class SourceModel:
 
     ``module`` is the PyTorch module for torch sources (``None`` for ONNX); ``path`` the file it came
     from, if any. ``dynamic_axes`` names symbolic dimensions per input (the batch is always one).
+    ``program`` is the ``ExportedProgram`` of a ``.pt2`` source, used as saved (its own dynamic
+    dimensions and range constraints) by every exporter that takes one.
     """
 
     name: str
@@ -42,6 +44,8 @@ class SourceModel:
     digest: str = ""
     history: tuple[str, ...] = ()
     batch_dynamic: bool = True
+    program: Any = None
+    notes: Mapping[str, Any] = field(default_factory=dict)  # what source passes did, for the report
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -55,7 +59,9 @@ class SourceModel:
 
     def derived(self, module: Any, step_digest: str, label: str) -> SourceModel:
         """A new source after a source pass replaced the module."""
-        return replace(self, module=module, kind="torch", digest=step_digest, history=(*self.history, label))
+        return replace(
+            self, module=module, kind="torch", digest=step_digest, history=(*self.history, label), program=None
+        )
 
     def run(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
         """The source model's primary output on ``batch`` (the reference every variant is checked against)."""
@@ -216,6 +222,7 @@ def _load_exported(path: Path, examples: Dataset | None) -> SourceModel:
         dynamic_axes=axes,
         digest=file_digest(path),
         batch_dynamic=batch_dynamic,
+        program=program,
     )
 
 

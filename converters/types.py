@@ -34,10 +34,6 @@ class Artifact:
         """The file (or directory) a runtime loads."""
         return self.root / self.main
 
-    def relocated(self, root: Path) -> Artifact:
-        """The same artifact under another root (after its files were copied there)."""
-        return Artifact(root, self.main, self.format, self.precision, self.files, dict(self.meta))
-
 
 @dataclass(frozen=True)
 class StepContext:

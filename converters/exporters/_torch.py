@@ -6,7 +6,7 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 from converters.errors import ConversionError, InvalidSourceError, UnsupportedOperatorError
@@ -28,9 +28,14 @@ def require_module(source: SourceModel, target: str, stage: str) -> Any:
 
 
 def export_program(source: SourceModel, *, dynamic: bool = True, batch_one: bool = False) -> Any:
-    """``torch.export`` the source module; symbolic batch (and named axes) when ``dynamic``."""
+    """``torch.export`` the source module; symbolic batch (and named axes) when ``dynamic``.
+
+    A ``.pt2`` source's own program is returned as saved when ``dynamic`` (re-exporting it with other
+    dimension bounds violates its range constraints); static exports stay within its bounds."""
     import torch
 
+    if dynamic and not batch_one and source.program is not None:
+        return source.program
     from converters.onnx_export import _widen_batch
 
     examples = source.torch_examples()
@@ -143,10 +148,7 @@ def io_meta(source: SourceModel, **extra: Any) -> dict[str, Any]:
         "input_names": list(source.input_names),
         "input_dtypes": [str(a.dtype) for a in source.examples.values()],
         "output_names": list(source.output_names),
+        **dict(source.notes),
     }
     meta.update(extra)
     return meta
-
-
-def example_shapes(examples: Mapping[str, Any]) -> dict[str, list[int]]:
-    return {k: list(v.shape) for k, v in examples.items()}

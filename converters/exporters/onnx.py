@@ -30,7 +30,7 @@ class OnnxExporter:
                 _export_torchscript(model, path, self.config.opset)
         else:
             export_onnx(
-                model.module,
+                model.program if model.program is not None else model.module,
                 model.torch_examples(),
                 path,
                 opset=self.config.opset,

@@ -65,7 +65,8 @@ def convert_command(
     ),
     cache_dir: Path = typer.Option(DEFAULT_CACHE, "--cache-dir", help="Step cache directory."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the step cache."),
-    keep_going: bool = typer.Option(False, "--keep-going", help="Record failing variants and build the rest."),
+    keep_going: bool = typer.Option(False, "--keep-going", help="Write the report even if no variant was built."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first failing variant and exit non-zero."),
     threads: int = typer.Option(2, "--threads", help="Threads each runtime may use when measuring."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of a table."),
 ) -> None:
@@ -99,6 +100,7 @@ def convert_command(
             keep_going,
             threads,
             quiet=as_json,
+            strict=strict,
         )
     except UnsupportedOperatorError as exc:
         typer.echo(
@@ -113,7 +115,7 @@ def convert_command(
         typer.echo(report.to_json())
     else:
         _print_table(report, out)
-    if any(v.status == "failed" for v in report.variants):
+    if all(v.status == "failed" for v in report.variants):  # nothing usable was built
         raise typer.Exit(1)
 
 
@@ -132,6 +134,7 @@ def _run(
     threads: int,
     *,
     quiet: bool,
+    strict: bool = False,
 ) -> Any:
     from functools import partial
 
@@ -151,6 +154,7 @@ def _run(
         cache_dir=cache_dir,
         keep_going=keep_going,
         threads=threads,
+        strict=strict,
     )
     if quiet:
         return run()

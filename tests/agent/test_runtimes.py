@@ -1,5 +1,6 @@
-"""Runtimes chosen by the bundle: ONNX Runtime and OpenVINO run the same model alike; Core ML is refused
-off Apple platforms with a clear error."""
+"""Runtimes chosen by the bundle: ONNX Runtime and OpenVINO run the same model alike (OpenVINO in the
+variant's own precision, never a silent bf16); TorchScript runs through the agent-torch extra; Core ML
+runs on macOS and is refused elsewhere with a clear error."""
 
 from __future__ import annotations
 
@@ -42,8 +43,81 @@ def _manifest(runtime: str, target: str) -> BundleManifest:
 def test_openvino_and_onnxruntime_agree(onnx_model: bytes) -> None:
     x = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
     ort_out = load_runtime(_manifest("onnxruntime", "x86-onnx-cpu"), onnx_model).run(x)
-    ov_out = load_runtime(_manifest("openvino", "intel-openvino"), onnx_model).run(x)
-    np.testing.assert_allclose(ov_out, ort_out, atol=1e-4)
+    openvino = load_runtime(_manifest("openvino", "intel-openvino"), onnx_model)
+    assert openvino.inference_precision == "f32"  # type: ignore[attr-defined]
+    np.testing.assert_allclose(openvino.run(x), ort_out, atol=1e-4)
+
+
+def test_openvino_runs_bf16_only_for_a_bf16_variant(onnx_model: bytes) -> None:
+    import openvino as ov
+
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no bf16 support")
+    manifest = _manifest("openvino", "intel-openvino").model_copy(update={"precision": "bf16"})
+    assert load_runtime(manifest, onnx_model).inference_precision == "bf16"  # type: ignore[attr-defined]
+
+
+def _traced(batch: int) -> tuple[object, bytes]:
+    import io
+
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval()
+    traced = torch.jit.trace(module, torch.zeros(batch, 8))
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    return module, buffer.getvalue()
+
+
+def test_torchscript_runs_a_traced_model() -> None:
+    import torch
+
+    module, model_bytes = _traced(2)
+    x = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
+    runtime = load_runtime(_manifest("torchscript", "torchscript-cpu"), model_bytes)
+    np.testing.assert_allclose(runtime.run(x), module(torch.from_numpy(x)).detach().numpy(), atol=1e-6)
+    with pytest.raises(RuntimeUnavailableError, match="TorchScript cannot load the model"):
+        load_runtime(_manifest("torchscript", "torchscript-cpu"), b"not a zip archive")
+
+
+def test_torchscript_with_a_fixed_batch_of_one_runs_row_by_row() -> None:
+    import torch
+
+    module, model_bytes = _traced(1)
+    manifest = _manifest("torchscript", "torchscript-cpu").model_copy(
+        update={"input": TensorSpec(name="input", shape=[1, 8])}
+    )
+    x = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
+    got = load_runtime(manifest, model_bytes).run(x)
+    np.testing.assert_allclose(got, module(torch.from_numpy(x)).detach().numpy(), atol=1e-6)
+
+
+@pytest.mark.skipif(platform.system() != "Darwin", reason="Core ML predictions run only on macOS")
+def test_core_ml_runs_on_macos(tmp_path: Path) -> None:  # pragma: no cover - macOS only
+    import io
+    import zipfile
+
+    import coremltools as ct
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 3)).eval()
+    traced = torch.jit.trace(module, torch.zeros(1, 8))
+    mlmodel = ct.convert(
+        traced,
+        inputs=[ct.TensorType(name="input", shape=(1, 8))],
+        convert_to="mlprogram",
+        compute_precision=ct.precision.FLOAT32,
+    )
+    mlmodel.save(str(tmp_path / "m.mlpackage"))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in (tmp_path / "m.mlpackage").rglob("*"):
+            archive.write(path, path.relative_to(tmp_path / "m.mlpackage"))
+    x = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
+    got = load_runtime(_manifest("coreml", "apple-coreml"), buffer.getvalue()).run(x)
+    np.testing.assert_allclose(got, module(torch.from_numpy(x)).detach().numpy(), atol=1e-4)
 
 
 def test_litert_runs_a_converted_model_row_by_row(tmp_path: Path) -> None:

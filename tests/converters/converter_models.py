@@ -76,3 +76,29 @@ class MysteryModel(nn.Module):
 def mystery_model() -> nn.Module:
     """A model using an operator that no exporter can translate."""
     return MysteryModel().eval()
+
+
+class TinyBert(nn.Module):
+    """A BERT-style sentence classifier built from a `transformers` config (random weights, nothing
+    downloaded): 2 layers, width 64, returns the logits."""
+
+    vocab = 128
+
+    def __init__(self, layers: int = 2, width: int = 64, max_positions: int = 64) -> None:
+        from transformers import BertConfig, BertForSequenceClassification
+
+        super().__init__()
+        config = BertConfig(
+            vocab_size=self.vocab,
+            hidden_size=width,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=width * 2,
+            max_position_embeddings=max_positions,
+            num_labels=3,
+        )
+        torch.manual_seed(0)
+        self.bert = BertForSequenceClassification(config).eval()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.bert(input_ids=input_ids).logits

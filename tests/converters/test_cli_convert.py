@@ -155,3 +155,20 @@ def test_convert_prints_a_table_and_fails_on_unsupported_operator(
     assert failed.exit_code == 2
     assert "mystery" in failed.output and "x86-onnx-cpu" in failed.output and "export" in failed.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_convert_exits_zero_when_some_target_was_built_and_non_zero_with_strict(  # type: ignore[no-untyped-def]
+    app, tmp_path: Path
+) -> None:
+    from tests.converters.converter_models import mystery_model
+
+    program = torch.export.export(mystery_model(), (torch.randn(1, 4),))
+    torch.export.save(program, str(tmp_path / "mystery.pt2"))
+    args = ["convert", str(tmp_path / "mystery.pt2"), "--targets", "x86-onnx-cpu,torchscript-cpu"]
+    args += ["--precisions", "fp32", "--no-cache"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "x86-onnx-cpu/fp32" in result.output and "mystery" in result.output  # the reason is in the table
+    strict = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "strict"), "--strict"])
+    assert strict.exit_code == 2 and "mystery" in strict.output
+    assert not (tmp_path / "strict").exists()

@@ -101,7 +101,7 @@ def test_failure_keeps_the_previous_output_intact(cnn: Trained, tmp_path: Path) 
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-def test_keep_going_records_the_failure_and_builds_the_rest(tmp_path: Path) -> None:
+def test_a_failing_target_is_reported_while_the_others_are_built(tmp_path: Path) -> None:
     out = tmp_path / "out"
     report = convert(
         mystery_model(),
@@ -109,14 +109,35 @@ def test_keep_going_records_the_failure_and_builds_the_rest(tmp_path: Path) -> N
         out,
         precisions=["fp32"],
         example_inputs=(torch.randn(1, 4),),
-        keep_going=True,
     )
     failed = report.variant("x86-onnx-cpu", "fp32")
     assert failed.status == "failed" and failed.path is None and not failed.executed
     assert failed.error is not None and "mystery" in (failed.error.operator or "")
-    assert failed.error.stage == "export"
+    assert failed.error.stage == "export" and "mystery" in (failed.reason or "")
     assert report.variant("torchscript-cpu").status == "ok"  # TorchScript runs the custom op eagerly
     assert not (out / "x86-onnx-cpu-fp32").exists()
+    assert "mystery" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_strict_stops_at_the_first_failure_and_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedOperatorError):
+        convert(
+            mystery_model(),
+            ["x86-onnx-cpu", "torchscript-cpu"],
+            tmp_path / "out",
+            precisions=["fp32"],
+            example_inputs=(torch.randn(1, 4),),
+            strict=True,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keep_going_writes_the_report_even_when_nothing_was_built(tmp_path: Path) -> None:
+    report = convert(
+        mystery_model(), ["x86-onnx-cpu"], tmp_path / "out", example_inputs=(torch.randn(1, 4),), keep_going=True
+    )
+    assert {v.status for v in report.variants} == {"failed"}
+    assert (tmp_path / "out" / REPORT_FILE).is_file()
 
 
 def test_rerun_with_one_changed_target_redoes_only_that_target(mlp: Trained, tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ import pytest
 from converters import registry
 from converters.errors import MissingExtraError, PipelineConfigError
 from converters.pipeline import parse_pipeline
-from converters.plan import default_pipeline, search_space
+from converters.plan import default_pipeline
+from converters.search import search_space
 from targets import TARGETS, get_target
 
 

@@ -31,6 +31,33 @@ def test_structured_pruning_removes_whole_output_channels(cnn: Trained) -> None:
     assert zero_rows == round(0.25 * weight.shape[0])
 
 
+def test_shrink_removes_dead_channels_and_keeps_the_function(cnn: Trained) -> None:
+    from converters.passes.shrink import shrink
+
+    pruned = finalize(prune_module(cnn.model, 0.5, structured=True))
+    x = torch.from_numpy(cnn.eval.inputs["input"][:8])
+    smaller = shrink(pruned, (x,))
+    assert (smaller.conv1.out_channels, smaller.conv2.out_channels) == (8, 16)
+    assert smaller.head.in_features == 16 * 4 * 4
+    assert sum(p.numel() for p in smaller.parameters()) < 0.45 * sum(p.numel() for p in cnn.model.parameters())
+    torch.testing.assert_close(smaller(x), pruned(x), atol=1e-5, rtol=1e-5)
+    assert pruned.conv1.out_channels == 16  # the input module is untouched
+
+
+def test_structured_pruning_in_a_pipeline_shrinks_the_variant(cnn: Trained, tmp_path: Path) -> None:
+    prune = {"type": "prune", "amount": 0.5, "structured": True, "finetune_epochs": 4, "learning_rate": 5e-3}
+    pruned = [prune, {"type": "onnx_export"}]
+    common = {"example_inputs": cnn.example, "calib": cnn.calib, "eval": cnn.eval, "train": cnn.train}
+    base = convert(cnn.model, ["x86-onnx-cpu"], tmp_path / "a", precisions=["fp32"], **common)
+    report = convert(cnn.model, ["x86-onnx-cpu"], tmp_path / "b", pipelines={"x86-onnx-cpu": pruned}, **common)
+    (variant,) = report.variants
+    assert variant.size_bytes < 0.5 * base.variant("x86-onnx-cpu").size_bytes
+    notes = variant.meta["pruning"]
+    assert notes["parameters_after"] < 0.45 * notes["parameters_before"]
+    assert notes["latency_ms_before"] > 0 and notes["latency_ms_after"] > 0
+    assert variant.accuracy is not None and report.source_accuracy - variant.accuracy <= 0.05
+
+
 def test_pruned_and_fine_tuned_variant_in_a_pipeline(mlp: Trained, tmp_path: Path) -> None:
     pipeline = [{"type": "prune", "amount": 0.5, "finetune_epochs": 2}, {"type": "onnx_export"}]
     report = convert(

@@ -10,6 +10,7 @@ import pytest
 from converters import InvalidDataError, InvalidSourceError, export_onnx
 from converters.convert import convert
 from converters.data import load_npz
+from converters.registry import module_available
 from converters.source import load_source
 from tests.converters.conftest import Trained
 
@@ -28,11 +29,18 @@ def test_onnx_source_converts_for_onnxruntime(mlp: Trained, tmp_path: Path) -> N
     assert report.variant("x86-onnx-cpu", "int8").top1_agreement >= 0.95
 
 
-def test_onnx_source_cannot_feed_a_torch_only_exporter(mlp: Trained, tmp_path: Path) -> None:
-    path = export_onnx(mlp.model, mlp.example, tmp_path / "mlp.onnx")
-    report = convert(path, ["torchscript-cpu"], tmp_path / "out", keep_going=True)
-    (variant,) = report.variants
-    assert variant.status == "failed" and "needs a PyTorch source" in variant.error.message
+def test_onnx_source_reaches_every_target(cnn: Trained, tmp_path: Path) -> None:
+    if not module_available("onnx2torch"):
+        pytest.skip("onnx2torch is not installed (pip install edgefleet[convert-onnx])")
+    path = export_onnx(cnn.model, cnn.example, tmp_path / "cnn.onnx")
+    targets = ["x86-onnx-cpu", "intel-openvino", "rpi4-arm64", "torchscript-cpu", "apple-coreml"]
+    report = convert(path, targets, tmp_path / "out", eval=cnn.eval, precisions=["fp32", "fp16"])
+    assert {v.target for v in report.variants} == set(targets)
+    for variant in report.variants:
+        expected = "not_executed" if variant.target == "apple-coreml" else "ok"
+        assert variant.status == expected, (variant.name, variant.error)
+    litert = report.variant("rpi4-arm64", "fp32")
+    assert litert.max_rel_error < 1e-4 and litert.accuracy == report.source_accuracy
 
 
 def test_torchscript_source(mlp: Trained, tmp_path: Path) -> None:
