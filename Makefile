@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[all]"
+	# onnx2torch without its torchvision requirement: torchvision's wheels would replace the pinned CPU torch
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps onnx2torch==1.5.15
 	touch $@
 
 demo: $(BIN)/.installed
