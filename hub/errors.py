@@ -7,7 +7,8 @@ Exceptions::
      ├── ConflictError          409  the thing already exists, or the request contradicts current state
      ├── InvalidRequestError    422  well-formed but unacceptable input (bad semver, unknown target...)
      ├── ArtifactError          500  the artifact store cannot read or write (full disk, corrupt blob)
-     └── SigningError           500  the TUF repository cannot sign or load its keys
+     ├── SigningError           500  the TUF repository cannot sign or load its keys
+     └── MigrationError         500  the database schema cannot be brought to this hub's revision
 """
 
 from __future__ import annotations
@@ -43,3 +44,7 @@ class ArtifactError(HubError):
 
 class SigningError(HubError):
     """The TUF repository could not sign or load keys."""
+
+
+class MigrationError(HubError):
+    """The database's schema cannot be brought to the revision this hub needs."""
