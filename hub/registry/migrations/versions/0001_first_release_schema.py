@@ -195,7 +195,7 @@ def upgrade() -> None:
         sa.Column("variant_id", sa.Integer(), nullable=True),
         sa.Column("state", sa.String(), nullable=False),
         sa.Column("ok", sa.Boolean(), nullable=False),
-        sa.Column("detail", sa.Text(), nullable=False),
+        sa.Column("detail", sa.String(), nullable=False),
         sa.Column("updated_at", sa.Float(), nullable=False),
         sa.ForeignKeyConstraint(
             ["deployment_id"],
