@@ -20,6 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 
 from hub.errors import MigrationError
+from hub.private_files import create_private
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 BASELINE_REVISION = "0001"
@@ -144,6 +145,7 @@ def _copy_sqlite_aside(engine: Engine, revision: str) -> Path | None:
     while backup.exists():  # never overwrite: an earlier copy may be the only intact one
         attempt += 1
         backup = source.with_name(f"{source.name}.bak-{revision}.{attempt}")
+    create_private(backup)  # it holds credential hashes, like the database
     with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(backup)) as dst:
         src.backup(dst)  # consistent with WAL, unlike copying the file
     return backup

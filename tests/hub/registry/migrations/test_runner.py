@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,11 +19,12 @@ from hub.registry.migrations.runner import MIGRATIONS_DIR
 from hub.registry.rollouts import RolloutStore
 from tests.hub.registry.conftest import FIRST_RELEASE_SECRETS
 
+TEST_REVISION = "9999"
 NEXT_REVISION = """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
+revision = "{revision}"
 down_revision = "{head}"
 branch_labels = None
 depends_on = None
@@ -48,8 +50,10 @@ def next_revision(tmp_path: Path) -> Callable[..., Path]:
     def make(*, fail: bool = False) -> Path:
         scripts = tmp_path / "migrations"
         shutil.copytree(MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-        body = NEXT_REVISION.format(head=head_revision(), fail='raise RuntimeError("disk on fire")' if fail else "")
-        (scripts / "versions" / "0002_test_next.py").write_text(body)
+        body = NEXT_REVISION.format(
+            revision=TEST_REVISION, head=head_revision(), fail='raise RuntimeError("disk on fire")' if fail else ""
+        )
+        (scripts / "versions" / f"{TEST_REVISION}_test_next.py").write_text(body)
         return scripts
 
     return make
@@ -94,6 +98,7 @@ def test_first_release_database_is_stamped_and_keeps_its_data(first_release_url:
     db = Database(first_release_url)
     try:
         assert db.migration.from_revision == BASELINE_REVISION and _revision(first_release_url) == head_revision()
+        assert (db.migration.backup is not None) == first_release_url.startswith("sqlite")  # copied aside first
         registry = Registry(db)
         devices = registry.list_devices()
         assert [d.id for d in devices] == ["dev-1", "dev-2", "pi-1"]
@@ -127,15 +132,16 @@ def test_older_database_is_copied_aside_then_upgraded(
         again = upgrade_to_head(engine, scripts=scripts)
     finally:
         engine.dispose()
-    assert (result.from_revision, result.to_revision) == (BASELINE_REVISION, "0002")
+    assert (result.from_revision, result.to_revision) == (BASELINE_REVISION, TEST_REVISION)
     assert not again.changed and again.backup is None
-    assert "note" in _columns(first_release_url, "device") and _revision(first_release_url) == "0002"
+    assert "note" in _columns(first_release_url, "device") and _revision(first_release_url) == TEST_REVISION
     notes = _query(first_release_url, "SELECT id, note FROM device ORDER BY id")
     assert notes == [("dev-1", "migrated"), ("dev-2", "migrated"), ("pi-1", "migrated")]
     # rebuilding the device table with foreign keys off kept the rows that reference it
     assert _query(first_release_url, "SELECT count(*) FROM deploymentdevice") == [(2,)]
     if first_release_url.startswith("sqlite"):
         assert result.backup is not None and result.backup.name == f"registry.db.bak-{BASELINE_REVISION}"
+        assert stat.S_IMODE(result.backup.stat().st_mode) == 0o600  # credential hashes: owner-only
         with sqlite3.connect(result.backup) as copy:
             tables = {row[0] for row in copy.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             assert "alembic_version" not in tables and copy.execute("SELECT count(*) FROM device").fetchone() == (3,)
@@ -148,7 +154,9 @@ def test_failed_upgrade_keeps_the_data_and_says_where(
 ) -> None:
     engine = sqlalchemy.create_engine(first_release_url)
     try:
-        with pytest.raises(MigrationError, match=r"from 0001 to 0002 failed: disk on fire") as failure:
+        with pytest.raises(
+            MigrationError, match=rf"from {BASELINE_REVISION} to {TEST_REVISION} failed: disk on fire"
+        ) as failure:
             upgrade_to_head(engine, scripts=next_revision(fail=True))
     finally:
         engine.dispose()
@@ -173,7 +181,7 @@ def test_database_of_a_newer_hub_is_refused(database_url: str, next_revision: Ca
         upgrade_to_head(engine, scripts=next_revision())
     finally:
         engine.dispose()
-    with pytest.raises(MigrationError, match="revision 0002, which this hub does not know"):
+    with pytest.raises(MigrationError, match=f"revision {TEST_REVISION}, which this hub does not know"):
         Database(database_url)
 
 
