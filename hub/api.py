@@ -1,56 +1,99 @@
 """The hub's REST API (FastAPI): models, versions, variants, devices, deployments, health.
 
-Errors: every `hub.errors.HubError` is answered with its ``status_code`` by one handler.
+Errors: every `hub.errors.HubError` is answered with its ``status_code`` by one handler, and a request that
+fails validation as `InvalidRequestError` (422), both as ``{"error": class, "detail": one line}``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from fleet.wire.messages import DeviceId, Name
 from hub.app import Hub
 from hub.errors import HubError, NotFoundError
 from hub.monitoring.api import create_monitoring_router
+from hub.request_limits import RequestLimits, error_response, invalid_request
 from hub.rollouts.api import create_rollouts_router
 from hub.serving.from_registry import serving_router
+
+# Bounded so the registry can store what it accepts: each part fits PostgreSQL's INTEGER column.
+SEMVER_PATTERN = (
+    r"^(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})"
+    r"(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?$"
+)
+SemVer = Annotated[str, Field(max_length=64, pattern=SEMVER_PATTERN, examples=["1.2.0"])]
+ModelName = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]  # as `Name`
+LabelKey = Annotated[str, Field(max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
+LabelValue = Annotated[str, Field(max_length=256, pattern=r"^[^\x00-\x1f]*$")]
 
 
 class VersionIn(BaseModel):
     """A new model version."""
 
-    version: str = Field(examples=["1.2.0"])
-    notes: str = ""
+    version: SemVer
+    notes: str = Field(default="", max_length=10_000, pattern=r"^[^\x00]*$")
 
 
 class DeviceIn(BaseModel):
     """A device to provision."""
 
-    device_id: str
-    target: str
-    labels: dict[str, str] = Field(default_factory=dict)
+    device_id: DeviceId
+    target: Name
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
 
 
 class DeploymentIn(BaseModel):
     """Bring devices to a model version."""
 
-    model: str
-    version: str
-    device_ids: list[str] = Field(min_length=1)
+    model: Name
+    version: SemVer
+    device_ids: list[DeviceId] = Field(min_length=1, max_length=100_000)
     allow_downgrade: bool = False
     shadow: bool = False
 
 
+class ErrorOut(BaseModel):
+    """Every error answer: the `hub.errors` class and a one-line reason."""
+
+    error: str
+    detail: str | None = None
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": description}
+    for status, description in (
+        (404, "unknown model, version, device, deployment or rollout"),
+        (409, "exists already, or conflicts with the current state"),
+        (413, "request body over the limit"),
+        (422, "invalid request"),
+    )
+}
+
+
 def create_app(hub: Hub) -> FastAPI:
     """The REST application bound to a started ``hub``."""
-    app = FastAPI(title="EdgeFleet hub", version="1", description="Models, variants, devices and deployments.")
+    app = FastAPI(
+        title="EdgeFleet hub",
+        version="1",
+        description="Models, variants, devices and deployments.",
+        responses=ERROR_RESPONSES,
+    )
     registry = hub.registry
+
+    app.add_middleware(RequestLimits, max_body_bytes=hub.settings.api_max_body_bytes)
 
     @app.exception_handler(HubError)
     async def _hub_error(_request: Request, exc: HubError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content={"error": type(exc).__name__, "detail": str(exc)})
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(invalid_request(exc))
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -75,7 +118,7 @@ def create_app(hub: Hub) -> FastAPI:
         ]
 
     @app.post("/models/{name}/versions", status_code=201)
-    def add_version(name: str, body: VersionIn) -> dict[str, Any]:
+    def add_version(name: ModelName, body: VersionIn) -> dict[str, Any]:
         """Register a semver version."""
         row = registry.add_version(name, body.version, body.notes)
         return {"model": name, "version": row.version}

@@ -45,6 +45,9 @@ class HubSettings(BaseModel):
     )
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8600, ge=0, le=65535)
+    api_max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="larger REST request bodies are answered 413 (inference inputs)"
+    )
     shared_telemetry: bool = Field(
         default=False,
         description="consume telemetry through an MQTT shared subscription ($share/GROUP/...), so several hub "

@@ -6,8 +6,10 @@ Exceptions::
      ├── NotFoundError          404  unknown model, version, device, deployment or artifact
      ├── ConflictError          409  the thing already exists, or the request contradicts current state
      ├── InvalidRequestError    422  well-formed but unacceptable input (bad semver, unknown target...)
+     │    └── PayloadTooLargeError  413  a request body over the API's limit
      ├── ArtifactError          500  the artifact store cannot read or write (full disk, corrupt blob)
-     └── SigningError           500  the TUF repository cannot sign or load its keys
+     ├── SigningError           500  the TUF repository cannot sign or load its keys
+     └── MigrationError         500  the database schema cannot be brought to this hub's revision
 """
 
 from __future__ import annotations
@@ -37,9 +39,19 @@ class InvalidRequestError(HubError):
     status_code = 422
 
 
+class PayloadTooLargeError(InvalidRequestError):
+    """The request body is larger than the API accepts."""
+
+    status_code = 413
+
+
 class ArtifactError(HubError):
     """Reading or writing the artifact store failed."""
 
 
 class SigningError(HubError):
     """The TUF repository could not sign or load keys."""
+
+
+class MigrationError(HubError):
+    """The database's schema cannot be brought to the revision this hub needs."""

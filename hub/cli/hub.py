@@ -172,6 +172,26 @@ def register(app: typer.Typer) -> None:
         finally:
             hub.stop()
 
+    @hub_app.command("migrate")
+    def migrate(
+        data_dir: Path = typer.Option(Path("var/hub"), help="registry, artifacts and TUF keys"),
+        database_url: str | None = typer.Option(None, help="SQLAlchemy URL; omitted: SQLite in data dir"),
+    ) -> None:
+        """Bring the registry's schema to this release's revision (``hub serve`` also does it at start)."""
+        from hub.errors import HubError
+        from hub.registry import Database
+
+        try:
+            db = Database(HubSettings(data_dir=data_dir, database_url=database_url).resolved_database_url())
+        except HubError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from exc
+        db.close()
+        result = db.migration
+        typer.echo(f"schema revision: from {result.from_revision or 'none (empty database)'} to {result.to_revision}")
+        if result.backup is not None:
+            typer.echo(f"the database as it was: {result.backup}")
+
     @devices_app.command("add")
     def add(
         device_id: str,

@@ -10,10 +10,11 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from hub.errors import HubError
 from hub.private_files import create_private
+from hub.registry.migrations import MigrationResult, upgrade_to_head
 
 
 def normalise_url(url: str) -> str:
@@ -24,7 +25,11 @@ def normalise_url(url: str) -> str:
 
 
 class Database:
-    """Owns the engine and creates the schema."""
+    """Owns the engine and brings the schema to this hub's revision (`hub.registry.migrations`).
+
+    ``migration`` says what opening did: the revision found (None for an empty database), the one now
+    current, and the SQLite copy made before changing a database that held data.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = normalise_url(url)
@@ -35,7 +40,7 @@ class Database:
             _create_sqlite_file(self.engine)
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
-            SQLModel.metadata.create_all(self.engine)
+            self.migration: MigrationResult = upgrade_to_head(self.engine)
         except OperationalError as exc:
             raise HubError(f"cannot open database {self.engine.url.render_as_string()}: {exc.orig}") from exc
 

@@ -6,10 +6,10 @@ Errors are `hub.errors` ones, answered with their status by the app's handler; p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleet.errors import FleetConfigError
 from fleet.rollout import Command
@@ -22,31 +22,39 @@ if TYPE_CHECKING:
     from hub.app import Hub
 
 
+# Bounds that keep every accepted value storable; the plan's own rules are checked by `fleet.rollout_plan`.
+Short = Annotated[str, Field(max_length=1024, pattern=r"^[^\x00]*$")]
+Count = Annotated[int, Field(ge=0, le=1_000_000_000)]
+# Stored as rollout.id (100 characters; its roll-back deployment adds ".rollback"), used in deployment ids.
+RolloutId = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
 class RolloutIn(BaseModel):
     """Start a rollout: a full ``plan`` (see docs/rollouts.md), or the CLI's short options (``gate_*``: the
     gate's timing and canary analysis settings, as ``edgefleet rollout start --gate-*``)."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
     plan: dict[str, Any] | None = None
-    model_version: str | None = Field(default=None, examples=["digits:1.2.0"])
-    selector: str = ""
-    canary: str = "5%"
-    waves: str = "10,50,100"
+    model_version: Short | None = Field(default=None, examples=["digits:1.2.0"])
+    selector: Short = ""
+    canary: Short = "5%"
+    waves: Short = "10,50,100"
     max_failure_rate: float | None = 0.05
-    max_failures: int | None = None
-    min_devices: int = 10
+    max_failures: Count | None = None
+    min_devices: Count = 10
     success_threshold: float = 0.95
-    approval: str = "none"
+    approval: Short = "none"
     gate: bool = True
-    gate_after: str = "every_wave"
+    gate_after: Short = "every_wave"
     gate_soak_s: float = 0.0
     gate_retry_s: float = 300.0
     gate_max_wait_s: float = 3600.0
-    gate_min_devices: int | None = None
-    gate_min_requests: int | None = None
-    gate_min_requests_per_device: int | None = None
-    gate_critical: str | None = Field(default=None, examples=["latency,error_rate,confidence"])
+    gate_min_devices: Count | None = None
+    gate_min_requests: Count | None = None
+    gate_min_requests_per_device: Count | None = None
+    gate_critical: Short | None = Field(default=None, examples=["latency,error_rate,confidence"])
     device_timeout_s: float = 1800.0
-    rollout_id: str | None = None
+    rollout_id: RolloutId | None = None
 
     def to_plan(self) -> RolloutPlan:
         """The validated plan, or `InvalidRequestError` saying what is wrong."""

@@ -1,4 +1,5 @@
-"""The SQLite database holds credential hashes: its file is created owner-only, by any code path."""
+"""The SQLite database holds credential hashes: its file is created owner-only, by any code path. A hub started
+on a database the first release made migrates it at open and serves the old data."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ import stat
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from fleet.wire.mqtt import PahoBroker
+from hub.api import create_app
+from hub.app import Hub
+from hub.config import HubSettings
 from hub.errors import HubError
 from hub.registry import Database, Registry
+from hub.registry.migrations import head_revision
+from tests.hub.registry.conftest import FIRST_RELEASE_SECRETS
 
 
 def test_sqlite_file_is_created_owner_only(tmp_path: Path) -> None:
@@ -27,3 +35,26 @@ def test_sqlite_file_is_created_owner_only(tmp_path: Path) -> None:
 def test_sqlite_file_in_a_missing_directory_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(HubError, match=r"cannot create database file .*No such file or directory"):
         Database(f"sqlite:///{tmp_path / 'absent' / 'registry.db'}")
+
+
+def test_hub_on_a_first_release_database_serves_its_devices(first_release_url: str, tmp_path: Path) -> None:
+    hub = Hub(HubSettings(data_dir=tmp_path / "hub", database_url=first_release_url))
+    assert hub.db.migration.to_revision == head_revision()
+    hub.start()
+    try:
+        with TestClient(create_app(hub)) as client:
+            health = client.get("/health")
+            assert health.status_code == 200 and health.json()["devices"] == 3
+            assert health.json()["telemetry_batches"] == 2
+            devices = client.get("/devices")
+            assert devices.status_code == 200 and [d["id"] for d in devices.json()] == ["dev-1", "dev-2", "pi-1"]
+        # a device logs in to the hub's broker with the credential the first release gave it
+        address = hub.broker_address
+        device = PahoBroker(address.with_credentials("dev-1", FIRST_RELEASE_SECRETS["dev-1"]), client_id="dev-1")
+        try:
+            assert device.connected
+        finally:
+            device.close()
+        assert not hub.registry.check_device_secret("dev-1", FIRST_RELEASE_SECRETS["pi-1"])
+    finally:
+        hub.stop()

@@ -1,0 +1,40 @@
+"""``edgefleet hub migrate``: upgrades a first-release registry and says from which revision to which."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy
+from typer.testing import CliRunner
+
+from hub.cli import app
+from hub.registry.migrations import BASELINE_REVISION, head_revision
+from tests.hub.registry.conftest import load_first_release
+
+
+def test_migrate_reports_revisions_and_is_idempotent(database_url: str, tmp_path: Path) -> None:
+    load_first_release(database_url)
+    args = ["hub", "migrate", "--data-dir", str(tmp_path), "--database-url", database_url]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert f"from {BASELINE_REVISION} to {head_revision()}" in first.output
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and f"from {head_revision()} to {head_revision()}" in again.output
+
+
+def test_migrate_a_fresh_data_dir_creates_the_schema(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["hub", "migrate", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"from none (empty database) to {head_revision()}" in result.output
+    assert (tmp_path / "registry.db").exists()
+
+
+def test_migrate_refuses_an_unknown_schema_with_one_line(database_url: str, tmp_path: Path) -> None:
+    engine = sqlalchemy.create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text("CREATE TABLE model (id INTEGER PRIMARY KEY)"))
+    engine.dispose()
+    result = CliRunner().invoke(app, ["hub", "migrate", "--data-dir", str(tmp_path), "--database-url", database_url])
+    assert result.exit_code == 1
+    assert "error: database has EdgeFleet tables but no schema revision" in result.output
+    assert "Traceback" not in result.output
