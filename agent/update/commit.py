@@ -2,38 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from agent.model import ServableModel
 from agent.state_store import RestorePoint, UpdateRecord
-from agent.transfer import ChunkDownloader
 from agent.update.ledger import Ledger
-from agent.update.models import CandidateCache
-from agent.update.slots import SlotStore
+from agent.update.switching import SlotSwitch
 from agent.update.table import Outcome
 
-Activate = Callable[[ServableModel | None], None]
 
-
-class Commit:
+class Commit(SlotSwitch):
     """Saves the switch (and a restore point for ROLLBACK) before activating, then frees what is unused."""
-
-    def __init__(
-        self,
-        ledger: Ledger,
-        downloader: ChunkDownloader,
-        slots: SlotStore,
-        candidates: CandidateCache,
-        *,
-        activate: Activate,
-        activate_shadow: Activate,
-    ) -> None:
-        self.ledger = ledger
-        self.downloader = downloader
-        self.slots = slots
-        self.candidates = candidates
-        self.activate = activate
-        self.activate_shadow = activate_shadow
 
     def run(self, record: UpdateRecord) -> Outcome:
         """Switch (idempotent: a resumed commit finds the switch already saved and skips it)."""

@@ -10,7 +10,7 @@ from agent.errors import AgentError, ReplayedOrderError, StorageError
 from agent.model import ServableModel
 from agent.state_store import AgentState, StateStore, UpdateRecord
 from agent.transfer import ChunkDownloader
-from agent.update.commit import Activate, Commit
+from agent.update.commit import Commit
 from agent.update.download import Download
 from agent.update.health_check import HealthCheck
 from agent.update.install import Install
@@ -18,6 +18,7 @@ from agent.update.ledger import Ledger
 from agent.update.models import CandidateCache, load_model
 from agent.update.rollback import Rollback
 from agent.update.slots import SlotStore
+from agent.update.switching import Activate
 from agent.update.table import TERMINAL, Event, Handler, next_state, run_handler
 from agent.update.verify import Verify
 from agent.verifier import BundleVerifier

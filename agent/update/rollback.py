@@ -3,33 +3,13 @@
 from __future__ import annotations
 
 from agent.state_store import UpdateRecord
-from agent.transfer import ChunkDownloader
-from agent.update.commit import Activate
-from agent.update.ledger import Ledger
-from agent.update.models import CandidateCache, load_model
-from agent.update.slots import SlotStore
+from agent.update.models import load_model
+from agent.update.switching import SlotSwitch
 from agent.update.table import Outcome
 
 
-class Rollback:
+class Rollback(SlotSwitch):
     """Idempotent: restoring an already restored state changes nothing."""
-
-    def __init__(
-        self,
-        ledger: Ledger,
-        downloader: ChunkDownloader,
-        slots: SlotStore,
-        candidates: CandidateCache,
-        *,
-        activate: Activate,
-        activate_shadow: Activate,
-    ) -> None:
-        self.ledger = ledger
-        self.downloader = downloader
-        self.slots = slots
-        self.candidates = candidates
-        self.activate = activate
-        self.activate_shadow = activate_shadow
 
     def run(self, record: UpdateRecord) -> Outcome:
         """Restore, then remove the candidate's slot and download; the detail keeps the failure's reason."""

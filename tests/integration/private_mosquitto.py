@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.waiting import port_accepts, wait_until
@@ -13,17 +15,17 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 class PrivateMosquitto:
-    """Anonymous Mosquitto on 127.0.0.1:port; `stop` kills it like a crash, `start` brings it back."""
+    """Mosquitto on 127.0.0.1:port (anonymous, or the listener ``listener(port)`` renders); `stop` kills it like
+    a crash, `start` brings it back."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, listener: Callable[[int], str] | None = None) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = int(sock.getsockname()[1])
         self.config = workdir / "mosquitto.conf"
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser root\n"
-            "persistence false\nmax_inflight_messages 100\n"
-        )
+        body = listener(self.port) if listener else f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        # run as whoever runs the tests (as root, mosquitto would otherwise switch to its own user first)
+        self.config.write_text(f"{body}\nuser {getpass.getuser()}\npersistence false\nmax_inflight_messages 100\n")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import getpass
 import shutil
-import socket
 import subprocess
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,9 +25,8 @@ from hub.devices.embedded_broker import EmbeddedBroker
 from hub.errors import InvalidRequestError
 from hub.registry.credentials import hash_password, verify_password
 from tests.hub.devices.mqtt_client import WAIT_S, Client
-from tests.waiting import port_accepts, wait_until
+from tests.integration.private_mosquitto import MOSQUITTO, PrivateMosquitto
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 SHA = "ab" * 32
 PASSWORDS = {"cam-a": "secret-a", "cam-b": "secret-b", HUB_USERNAME: "hub-secret"}
@@ -113,12 +109,6 @@ def test_files_are_written_atomically_with_mode(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------- real Mosquitto
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module", params=["mosquitto", "embedded"])
 def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """Each broker with the fleet's rules: a private Mosquitto with the generated configuration, and the
@@ -134,36 +124,10 @@ def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     workdir = tmp_path_factory.mktemp("mosquitto")
     users = [hub_user(PASSWORDS[HUB_USERNAME])] + [device_user(d, PASSWORDS[d]) for d in ("cam-a", "cam-b")]
     files = write_broker_auth(workdir / "auth", users, mode=0o600)
-    port = _free_port()
-    config = workdir / "mosquitto.conf"
-    # run as whoever runs the tests (as root, mosquitto would otherwise switch to its own user first)
-    extra = f"user {getpass.getuser()}\npersistence false\nlog_dest stderr\nlog_type all\n"
-    config.write_text(mosquitto_config(files, port=port) + extra)
-    process = subprocess.Popen(
-        [MOSQUITTO, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    ready = threading.Event()
-    log: list[str] = []
-
-    def read_log() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            log.append(line)
-            if f"listen socket on port {port}" in line:
-                ready.set()
-        ready.set()  # the process exited: stop waiting
-
-    reader = threading.Thread(target=read_log, daemon=True)
-    reader.start()
-    try:
-        # the log names the port before every listener is bound: wait until it accepts connections too
-        if not ready.wait(WAIT_S) or process.poll() is not None or not wait_until(lambda: port_accepts(port), WAIT_S):
-            raise AssertionError(f"mosquitto did not start: {''.join(log)}")
-        yield port
-    finally:
-        process.terminate()
-        process.wait(WAIT_S)
-        reader.join(WAIT_S)
+    mosquitto = PrivateMosquitto(workdir, listener=lambda port: mosquitto_config(files, port=port))
+    mosquitto.start()
+    yield mosquitto.port
+    mosquitto.stop()
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ certificate for another device are refused."""
 from __future__ import annotations
 
 import datetime as dt
-import getpass
-import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,8 +20,8 @@ from fleet.wire.transport import Message
 from hub.devices.broker_acl import device_user, hub_user, mosquitto_config, write_broker_auth
 from hub.devices.embedded_broker import EmbeddedBroker
 from hub.devices.pki import CertificateAuthority, IssuedCertificate, ServerTls
-from tests.hub.devices.test_broker_acl import MOSQUITTO, PASSWORDS, _free_port
-from tests.waiting import port_accepts, wait_until
+from tests.hub.devices.test_broker_acl import PASSWORDS
+from tests.integration.private_mosquitto import MOSQUITTO, PrivateMosquitto
 
 WAIT_S = 10.0
 
@@ -67,18 +65,10 @@ def tls_broker(request: pytest.FixtureRequest, pki: Pki, tmp_path_factory: pytes
     workdir = tmp_path_factory.mktemp("mosquitto-tls")
     users = [hub_user(PASSWORDS[HUB_USERNAME])] + [device_user(d, PASSWORDS[d]) for d in ("cam-a", "cam-b")]
     files = write_broker_auth(workdir / "auth", users, mode=0o600)
-    port = _free_port()
-    config = workdir / "mosquitto.conf"
-    extra = f"user {getpass.getuser()}\npersistence false\n"
-    config.write_text(mosquitto_config(files, port=port, tls=tls) + extra)
-    process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        if not wait_until(lambda: port_accepts(port) or process.poll() is not None, WAIT_S) or process.poll():
-            raise AssertionError(f"mosquitto did not start: {process.stderr.read() if process.stderr else ''}")
-        yield port
-    finally:
-        process.terminate()
-        process.wait(WAIT_S)
+    mosquitto = PrivateMosquitto(workdir, listener=lambda port: mosquitto_config(files, port=port, tls=tls))
+    mosquitto.start()
+    yield mosquitto.port
+    mosquitto.stop()
 
 
 def _connect(port: int, login: str, cert: IssuedCertificate | None, *, ca: CertificateAuthority) -> PahoBroker:
