@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from fleet.wire.messages import DeviceId, Name
 from hub.app import Hub
+from hub.console import mount_console
 from hub.errors import HubError, NotFoundError
 from hub.monitoring.api import create_monitoring_router
 from hub.request_limits import RequestLimits, error_response, invalid_request
@@ -82,6 +83,8 @@ def create_app(hub: Hub) -> FastAPI:
         version="1",
         description="Models, variants, devices and deployments.",
         responses=ERROR_RESPONSES,
+        docs_url=None,  # served offline by hub.console
+        redoc_url=None,  # ReDoc loads its script from a CDN
     )
     registry = hub.registry
 
@@ -180,4 +183,5 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(create_monitoring_router(hub))
     # Heavy models: the Open Inference Protocol over registry variants for serving targets (/v2/...).
     app.include_router(serving_router(registry, hub.store, hub.monitoring.prometheus))
+    mount_console(app, hub)  # /ui, /console/api and an offline /docs
     return app

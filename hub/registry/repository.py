@@ -444,6 +444,18 @@ class Registry:
         with self.db.session() as session:
             return [TelemetryBatch.model_validate(r.payload) for r in session.exec(query)]
 
+    def device_telemetry(self, device_id: str, since: float | None = None) -> list[TelemetryBatch]:
+        """Stored batches of one device (every model), optionally only windows ending after ``since``, oldest first."""
+        query = (
+            select(TelemetryRecord)
+            .where(TelemetryRecord.device_id == device_id)
+            .order_by(col(TelemetryRecord.window_end))
+        )
+        if since is not None:
+            query = query.where(TelemetryRecord.window_end >= since)
+        with self.db.session() as session:
+            return [TelemetryBatch.model_validate(r.payload) for r in session.exec(query)]
+
     def telemetry_count(self) -> int:
         """Number of stored batches."""
         with self.db.session() as session:
