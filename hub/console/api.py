@@ -112,7 +112,7 @@ def _action_line(action: dict[str, Any]) -> dict[str, Any]:
     devices = action.get("device_ids") or action.get("candidates") or ()
     text = action.get("reason") or action.get("message") or ""
     if kind == "deploy":
-        text = f"wave {action.get('wave')}: {action.get('model')}:{action.get('version')}"
+        text = f"wave {action.get('wave', 0) + 1}: {action.get('model')}:{action.get('version')}"
     elif kind == "request_gate":
-        text = f"gate of wave {action.get('wave')}, attempt {action.get('attempt')}"
+        text = f"gate of wave {action.get('wave', 0) + 1}, attempt {action.get('attempt')}"
     return {"kind": kind, "devices": len(devices), "summary": text}

@@ -44,10 +44,11 @@ const Charts = (() => {
     if (!labels.length) return empty(box, title);
     box.dataset.points = String(countPoints(series));
     const x = labels.map((_, i) => i);
+    labels = labels.map((l) => (typeof l === "number" ? Number(l.toPrecision(3)) : l));
     const drawBars = uPlot.paths.bars({ size: [0.8, 60] });
     const opts = {
       title, width, height,
-      scales: { x: { time: false, range: [-0.5, labels.length - 0.5] } },
+      scales: { x: { time: false, range: [-0.5, labels.length - 0.5] }, y: { range: (_u, _min, max) => [0, max > 0 ? max * 1.1 : 1] } },
       series: [
         { label: "bin", value: (_u, i) => (i === null || i === undefined ? "" : String(labels[Math.round(i)])) },
         ...series.map((s, i) => ({

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from fleet.rollout_plan import plan_from_cli
-from fleet.wire.bundle import BundleManifest, TensorSpec
 from fleet.wire import topics
+from fleet.wire.bundle import BundleManifest, TensorSpec
 from fleet.wire.messages import DeviceState, TelemetryBatch, encode
 from fleet.wire.mqtt import PahoBroker
 from hub.app import Hub
@@ -74,7 +74,10 @@ def _publish_converted_model(hub: Hub, root: Path) -> None:
     model_path = root / "keywords.onnx"
     model_path.write_bytes(b"not a real model: the console reads only the registry")
     x = np.zeros((1, 2), dtype=np.float32)
-    for target, precision, accuracy, latency in (("rpi4-arm64", "int8", 0.912, 14.2), ("jetson-orin", "fp16", 0.921, 3.1)):
+    for target, precision, accuracy, latency in (
+        ("rpi4-arm64", "int8", 0.912, 14.2),
+        ("jetson-orin", "fp16", 0.921, 3.1),
+    ):
         manifest = BundleManifest(
             model="keywords",
             version="2.0.0",

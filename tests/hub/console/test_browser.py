@@ -17,8 +17,8 @@ import pytest
 from fleet.rollout import RolloutState
 from hub.api import create_app
 from hub.registry.rollouts import RolloutStore
-from tests.hub.console.console_fleet import ROLLOUT_ID, ConsoleFleet, bring_online, console_fleet
 from tests.http_server import running_server
+from tests.hub.console.console_fleet import ROLLOUT_ID, ConsoleFleet, bring_online, console_fleet
 from tests.waiting import wait_until
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install '.[dev]')")
@@ -59,9 +59,10 @@ def open_page(browser: webdriver.Chrome, base_url: str, route: str) -> None:
     """Load ``/ui#route`` from scratch and wait until its page has rendered its data."""
     browser.get("about:blank")
     browser.get(f"{base_url}/ui{route}")
-    assert wait_until(lambda: browser.execute_script("return document.querySelector('#page').dataset.loaded !== undefined"), PAGE_TIMEOUT_S), (
-        f"{route} did not render: {error_line(browser)!r}"
-    )
+    assert wait_until(
+        lambda: browser.execute_script("return document.querySelector('#page').dataset.loaded !== undefined"),
+        PAGE_TIMEOUT_S,
+    ), f"{route} did not render: {error_line(browser)!r}"
 
 
 def error_line(browser: webdriver.Chrome) -> str:
@@ -74,7 +75,11 @@ def console_errors(browser: webdriver.Chrome) -> list[str]:
 
 
 def chart_points(browser: webdriver.Chrome, title: str) -> int:
-    return int(browser.execute_script("return document.querySelector(`.chart[data-title='${arguments[0]}']`).dataset.points", title))
+    return int(
+        browser.execute_script(
+            "return document.querySelector(`.chart[data-title='${arguments[0]}']`).dataset.points", title
+        )
+    )
 
 
 def screenshot(browser: webdriver.Chrome, name: str) -> None:
@@ -84,7 +89,9 @@ def screenshot(browser: webdriver.Chrome, name: str) -> None:
         browser.save_screenshot(str(Path(folder) / f"{name}.png"))
 
 
-def test_every_page_renders_without_console_errors(browser: webdriver.Chrome, base_url: str, fleet: ConsoleFleet) -> None:
+def test_every_page_renders_without_console_errors(
+    browser: webdriver.Chrome, base_url: str, fleet: ConsoleFleet
+) -> None:
     device = fleet.device_with_telemetry()
     pages = {
         "fleet": "#/fleet",
@@ -102,7 +109,9 @@ def test_every_page_renders_without_console_errors(browser: webdriver.Chrome, ba
         if name == "rollout":  # the canary analysis loads after the status
             assert wait_until(lambda: browser.find_elements("css selector", "#canary p"), PAGE_TIMEOUT_S)
         if name == "drift":
-            drift_points = [int(c.get_attribute("data-points")) for c in browser.find_elements("css selector", ".chart")]
+            drift_points = [
+                int(c.get_attribute("data-points")) for c in browser.find_elements("css selector", ".chart")
+            ]
         assert error_line(browser) == "", name
         assert console_errors(browser) == [], name
         texts[name] = browser.find_element("css selector", "#page").text
@@ -127,7 +136,9 @@ def test_fleet_counts_follow_the_hub_live(browser: webdriver.Chrome, base_url: s
     before_total, before_online = shown("total"), shown("online")
     bring_online(fleet.hub, "cam-live")
     assert wait_until(lambda: fleet.hub.registry.get_device("cam-live").online)
-    assert wait_until(lambda: (shown("total"), shown("online")) == (before_total + 1, before_online + 1), PAGE_TIMEOUT_S)
+    assert wait_until(
+        lambda: (shown("total"), shown("online")) == (before_total + 1, before_online + 1), PAGE_TIMEOUT_S
+    )
     assert "cam-live" in browser.find_element("css selector", "#page").text
 
 
