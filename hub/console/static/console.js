@@ -33,6 +33,15 @@ async function api(path, options = {}) {
   return body;
 }
 
+// Replace an element's content only when it changed, so polling neither flickers nor drops clicks and focus.
+const shownHtml = new WeakMap();
+function setHtml(element, html) {
+  if (shownHtml.get(element) === html) return false;
+  shownHtml.set(element, html);
+  element.innerHTML = html;
+  return true;
+}
+
 function table(headers, rows) {
   if (!rows.length) return '<p class="muted">none</p>';
   const head = headers.map((h) => `<th>${esc(h)}</th>`).join("");
@@ -60,7 +69,7 @@ const canAct = () => state.role !== "viewer";
 
 async function fleetPage(main) {
   const [summary, devices] = await Promise.all([api("/console/api/fleet"), api("/devices")]);
-  main.innerHTML = `<h1>Fleet</h1>
+  setHtml(main, `<h1>Fleet</h1>
     <div class="cards">
       <div class="card" id="count-total"><b>${summary.total}</b>devices</div>
       <div class="card" id="count-online"><b>${summary.online}</b>online</div>
@@ -78,7 +87,7 @@ async function fleetPage(main) {
       esc(Object.entries(d.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ")),
       d.active_model ? esc(`${d.active_model}:${d.active_version}`) : "", d.online ? '<span class="online">online</span>' : '<span class="offline">offline</span>',
       esc(d.update_state), esc(when(d.last_seen)),
-    ]))}`;
+    ]))}`);
 }
 
 async function devicePage(main, id) {
@@ -110,10 +119,10 @@ async function devicePage(main, id) {
 
 async function rolloutsPage(main) {
   const rollouts = await api("/rollouts");
-  main.innerHTML = `<h1>Rollouts</h1>${table(["rollout", "model", "state", "created", "updated"], rollouts.map((r) => [
+  setHtml(main, `<h1>Rollouts</h1>${table(["rollout", "model", "state", "created", "updated"], rollouts.map((r) => [
     `<a href="#/rollout/${encodeURIComponent(r.rollout_id)}">${esc(r.rollout_id)}</a>`, esc(`${r.model}:${r.version}`),
     `<span class="state">${esc(r.state)}</span>`, esc(when(r.created_at)), esc(when(r.updated_at)),
-  ]))}`;
+  ]))}`);
 }
 
 const phases = (c) => `${c.succeeded + c.current} ok, ${c.dispatched} updating, ${c.pending} pending, ${c.failed + c.timed_out} failed`;
@@ -147,8 +156,9 @@ async function rolloutPage(main, id) {
     main.innerHTML = `<div id="rollout-status"></div><h2>Canary analysis</h2><div id="canary"></div>`;
     loadCanary(id);
   }
-  $("#rollout-status").innerHTML = statusHtml;
-  main.querySelectorAll("button[data-command]").forEach((b) => b.addEventListener("click", () => command(id, b.dataset.command)));
+  if (setHtml($("#rollout-status"), statusHtml)) {
+    main.querySelectorAll("button[data-command]").forEach((b) => b.addEventListener("click", () => command(id, b.dataset.command)));
+  }
 }
 
 async function command(id, name) {
@@ -278,6 +288,7 @@ async function render() {
 function navigate() {
   clearInterval(state.timer);
   showError("");
+  shownHtml.delete($("#page"));
   $("#page").innerHTML = "";
   delete $("#page").dataset.loaded;
   render();
