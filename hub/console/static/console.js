@@ -180,11 +180,12 @@ async function loadCanary(id) {
         esc(m.metric), `<span class="${esc(m.verdict)}">${esc(m.verdict)}</span>`, num(m.canary_value), num(m.baseline_value),
         m.relative_change === null ? "" : `${(100 * m.relative_change).toFixed(1)}%`, num(m.p_value), esc(m.reason),
       ]))}<div class="grid" id="canary-charts"></div>`;
-    const measured = report.metrics.filter((m) => m.canary_value !== null || m.baseline_value !== null);
-    Charts.bars($("#canary-charts"), {
-      title: "canary vs baseline", labels: measured.map((m) => m.metric),
-      series: [{ label: "canary", values: measured.map((m) => m.canary_value) }, { label: "baseline", values: measured.map((m) => m.baseline_value) }],
-    });
+    for (const m of report.metrics.filter((x) => x.canary_value !== null && x.baseline_value !== null)) {
+      Charts.bars($("#canary-charts"), {
+        title: `${m.metric} (${m.verdict})`, labels: ["canary", "baseline"], width: 240,
+        series: [{ label: m.metric, values: [m.canary_value, m.baseline_value] }],
+      });
+    }
   } catch (e) {
     box.innerHTML = `<p class="muted">${esc(e.message)}</p>`;
   }

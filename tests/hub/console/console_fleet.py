@@ -41,7 +41,8 @@ class ConsoleFleet:
 
 @contextmanager
 def console_fleet(root: Path) -> Iterator[ConsoleFleet]:
-    """A started hub with the scenario installed, its telemetry stored and rollout ``ROLLOUT_ID`` running."""
+    """A started hub with the scenario installed, its telemetry stored, rollout ``ROLLOUT_ID`` running and
+    telemetry of its first minutes stored."""
     hub = Hub(HubSettings(data_dir=root / "hub"))
     hub.start()
     try:
@@ -52,8 +53,14 @@ def console_fleet(root: Path) -> Iterator[ConsoleFleet]:
         for batch in data["batches"]:
             hub.ingestor.submit(batch)
         assert hub.ingestor.wait_stored(len(data["batches"]), timeout_s=30)
-        hub.rollouts.start_rollout(plan_from_cli(CANDIDATE, canary="10%", waves="50,100"), rollout_id=ROLLOUT_ID)
-        yield ConsoleFleet(hub, data["batches"])
+        rollout = hub.rollouts.start_rollout(
+            plan_from_cli(CANDIDATE, canary="20%", waves="50,100"), rollout_id=ROLLOUT_ID
+        )
+        live = _rollout_telemetry(rollout.created_at, {d.device_id for d in rollout.devices.values() if d.canary})
+        for batch in live:
+            hub.ingestor.submit(batch)
+        assert hub.ingestor.wait_stored(len(data["batches"]) + len(live), timeout_s=30)
+        yield ConsoleFleet(hub, data["batches"] + live)
     finally:
         hub.stop()
 
@@ -88,3 +95,19 @@ def _publish_converted_model(hub: Hub, root: Path) -> None:
             input=TensorSpec(name="input", shape=[-1, 2]),
         )
         hub.publish(manifest, model_path, x, x, metrics={"accuracy": accuracy, "latency_ms": latency})
+
+
+def _rollout_telemetry(started_at: float, canary: set[str]) -> list[TelemetryBatch]:
+    """Telemetry of the three minutes after the rollout began: its canary devices on the candidate, the others on
+    the baseline, so that the rollout's canary analysis has both sides to compare."""
+    batches = hub_scenario(now=started_at + 180, seed=1)["batches"]
+    return [
+        b.model_copy(
+            update={
+                "batch_id": f"live-{i:04d}",
+                "version": VERSIONS["1.1"] if b.device_id in canary else VERSIONS["1.0"],
+                "shadow": None,
+            }
+        )
+        for i, b in enumerate(batches)
+    ]

@@ -91,7 +91,10 @@ def screenshot(browser: webdriver.Chrome, name: str) -> None:
     folder = os.environ.get("EDGEFLEET_CONSOLE_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
+        height = int(browser.execute_script("return document.documentElement.scrollHeight"))
+        browser.set_window_size(1400, min(height + 120, 2400))  # the whole page, not only the first screen
         browser.save_screenshot(str(Path(folder) / f"{name}.png"))
+        browser.set_window_size(1400, 1000)
 
 
 def test_every_page_renders_without_console_errors(
@@ -108,11 +111,15 @@ def test_every_page_renders_without_console_errors(
         "signin": "#/signin",
     }
     console_errors(browser)
-    texts, drift_points = {}, []
+    texts, drift_points, canary_points = {}, [], {}
     for name, route in pages.items():
         open_page(browser, base_url, route)
         if name == "rollout":  # the canary analysis loads after the status
             assert wait_until(lambda: browser.find_elements("css selector", "#canary p"), PAGE_TIMEOUT_S)
+            canary_points = {
+                c.get_attribute("data-title"): int(c.get_attribute("data-points"))
+                for c in browser.find_elements("css selector", "#canary .chart")
+            }
         if name == "drift":
             drift_points = [
                 int(c.get_attribute("data-points")) for c in browser.find_elements("css selector", ".chart")
@@ -124,6 +131,7 @@ def test_every_page_renders_without_console_errors(
     assert "keywords" in texts["models"] and "accuracy" in texts["models"] and "0.912" in texts["models"]
     assert drift_points and all(points > 0 for points in drift_points)  # reference and current drawn per feature
     assert "started with" in texts["rollout"]  # the timeline's reasons
+    assert canary_points["latency (pass)"] == 2  # the gate's metrics: canary against baseline
 
     browser.get(f"{base_url}/docs")  # Swagger UI from the package: renders the API without internet
     assert wait_until(lambda: browser.find_elements("css selector", ".swagger-ui .info .title"), PAGE_TIMEOUT_S)
