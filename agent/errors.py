@@ -14,6 +14,8 @@ Exceptions::
      ├── RuntimeUnavailableError   the bundle's runtime cannot run on this device
      ├── HealthCheckError       the candidate failed its self-test or its latency budget
      └── InferenceError         a request that cannot be answered (bad input shape or type)
+          ├── NonFiniteError     an input or an answer is NaN or infinite
+          └── BatchTooLargeError more rows in one request than the configured cap
 """
 
 import errno
@@ -64,3 +66,11 @@ def storage_error(action: str, exc: OSError) -> StorageError:
     code = errno.errorcode.get(exc.errno or 0, "")
     reason = f"{code} ({exc.strerror})" if code and exc.strerror else str(exc)
     return StorageError(f"{action}: {reason}")
+
+
+class NonFiniteError(InferenceError):
+    """An input (or the model's output for it) is NaN or infinite."""
+
+
+class BatchTooLargeError(InferenceError):
+    """A request carries more rows than the device accepts at once."""

@@ -4,6 +4,7 @@ tier for heavy models or low-confidence answers, a shadow candidate on sampled r
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import random
 import threading
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import InferenceError
+from agent.errors import BatchTooLargeError, InferenceError, NonFiniteError
 from agent.model import Answer, ServableModel
 from agent.offload import OffloadClient, OffloadError
 from agent.telemetry import TelemetryCollector
@@ -78,8 +79,11 @@ class InferenceService:
             self._shadow_thread.join(timeout=10)
             self._shadow_thread = None
 
-    def predict(self, inputs: Any) -> dict[str, Any]:
-        """Answer one input or a batch; raise `InferenceError` for bad input or when no model is active."""
+    def predict(self, inputs: Any, *, max_rows: int | None = None) -> dict[str, Any]:
+        """Answer one input or a batch of at most ``max_rows``; every number in and out is finite.
+
+        Raise `InferenceError` for bad input (`NonFiniteError`, `BatchTooLargeError`) or when no model is active.
+        """
         model = self._model
         if model is None:
             raise InferenceError("no model is installed on this device yet")
@@ -87,13 +91,19 @@ class InferenceService:
         manifest = model.manifest
         start = time.perf_counter()
         try:
+            raw = _finite_array(inputs)
             batch = model.prepare(inputs)
-            answers, source, note = self._answer(model, batch)
+            if max_rows is not None and len(batch) > max_rows:
+                raise BatchTooLargeError(f"batch of {len(batch)} rows is over this device's cap of {max_rows}")
+            with np.errstate(over="ignore", invalid="ignore"):  # a non-finite output is refused just below
+                answers, source, note = self._answer(model, batch)
+            if not all(math.isfinite(a.confidence) for a in answers):
+                raise NonFiniteError("the model produced a non-finite score for this input")
         except InferenceError:
             self.collector.record_error(manifest.model, manifest.version)
             raise
         latency_ms = (time.perf_counter() - start) * 1000
-        raw = np.asarray(inputs, dtype=np.float32).reshape(len(answers), -1)
+        raw = raw.reshape(len(answers), -1)
         self.collector.record(
             manifest.model,
             manifest.version,
@@ -179,3 +189,15 @@ class InferenceService:
                     agreed=0,
                     latency_ms=0.0,
                 )
+
+
+def _finite_array(inputs: Any) -> np.ndarray:
+    """``inputs`` as float32, refusing NaN and values that are infinite (or overflow float32)."""
+    try:
+        with np.errstate(over="ignore"):  # an overflow becomes inf, refused just below
+            raw = np.asarray(inputs, dtype=np.float32)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InferenceError(f"input is not a numeric array: {exc}") from exc
+    if not np.isfinite(raw).all():
+        raise NonFiniteError("input holds NaN or infinite values (or values beyond float32)")
+    return raw
