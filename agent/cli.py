@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``edgefleet-agent`` console script."""
     parser = argparse.ArgumentParser(prog="edgefleet-agent", description="EdgeFleet device agent")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="connect to the hub and serve the installed model")
+    run = sub.add_parser("run", help="serve the installed model and connect to the hub (retrying until it answers)")
     run.add_argument("--config", type=Path, required=True, help="path to agent.toml")
     run.add_argument("--log-level", default="INFO")
     check = sub.add_parser("check-config", help="validate agent.toml and exit")
@@ -39,13 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     agent = Agent(config)
     try:
-        agent.start()
+        agent.start(online_timeout_s=0)  # serve at once; the broker link comes up in the background
     except (AgentError, FleetError) as exc:
         print(f"edgefleet-agent: {exc}", file=sys.stderr)
         return 1
     if agent.api is not None:
         print(f"local inference API on {agent.api.url}", flush=True)
-    print(f"agent {config.device_id} running", flush=True)
+    print(f"agent {config.device_id} running; connecting to the broker in the background", flush=True)
     stop.wait()
     agent.stop()
     return 0

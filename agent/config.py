@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import AgentConfigError
 from fleet.wire.mqtt import TlsFiles
@@ -29,6 +29,12 @@ class AgentConfig(BaseModel):
     trust_root: Path = Field(description="the hub's TUF root.json given at provisioning")
     http_host: str = "127.0.0.1"
     http_port: int | None = Field(default=None, ge=0, le=65535, description="local inference API; None disables")
+    http_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="larger bodies get 413")
+    http_max_batch_rows: int = Field(default=1024, ge=1, description="rows one request may carry (413 beyond)")
+    http_read_timeout_s: float = Field(default=10.0, gt=0, description="a client silent this long gets 408")
+    connect_timeout_s: float = Field(default=10.0, gt=0, description="how long one broker connection attempt waits")
+    reconnect_initial_s: float = Field(default=1.0, gt=0, description="first backoff ceiling between attempts")
+    reconnect_max_s: float = Field(default=60.0, gt=0, description="backoff cap: attempts go on forever")
     telemetry_interval_s: float = Field(default=10.0, gt=0)
     heartbeat_interval_s: float = Field(default=30.0, gt=0)
     outbox_max_batches: int = Field(default=10_000, ge=10)
@@ -70,6 +76,12 @@ class AgentConfig(BaseModel):
         return TlsFiles(
             *(str(p) if p else None for p in (self.broker_ca_file, self.broker_cert_file, self.broker_key_file))
         )
+
+    @model_validator(mode="after")
+    def _backoff(self) -> AgentConfig:
+        if self.reconnect_initial_s > self.reconnect_max_s:
+            raise ValueError("reconnect_initial_s must not exceed reconnect_max_s")
+        return self
 
     def secret(self) -> str | None:
         """The device password, read from ``password_file`` when given."""

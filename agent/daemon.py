@@ -10,10 +10,12 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.errors import AgentError, ReplayedOrderError
-from agent.http_api import LocalApi
+from agent.http_api import ApiLimits, LocalApi
 from agent.inference import InferenceService
+from agent.link import BrokerLink
 from agent.offload import OffloadClient
 from agent.state_store import StateStore
 from agent.telemetry import Outbox, TelemetryCollector, TelemetrySender
@@ -38,7 +40,7 @@ def _agent_version() -> str:
 
 
 class Agent:
-    """One device. ``start()`` connects and serves; ``stop()`` says goodbye and releases everything."""
+    """One device. ``start()`` serves at once and connects in the background; ``stop()`` says goodbye."""
 
     def __init__(self, config: AgentConfig, *, before_step: Callable[[UpdateState], None] | None = None) -> None:
         self.config = config
@@ -63,14 +65,18 @@ class Agent:
         self._deployment_id: str | None = None
         self.update_finished = threading.Condition()
         self.finished_deployments: dict[str, UpdateState] = {}
-        self.broker: PahoBroker | None = None
+        self.link: BrokerLink | None = None
         self.api: LocalApi | None = None
         self.updater: Updater | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
-    def start(self, *, connect_timeout_s: float = 15.0) -> None:
-        """Connect, announce, load the installed model and start the worker threads."""
+    def start(self, *, online_timeout_s: float = 15.0) -> bool:
+        """Load the installed model, serve the local API, then connect to the broker in the background.
+
+        Return whether the broker connection came up within ``online_timeout_s`` (0: do not wait); either way
+        the agent keeps serving and keeps trying to connect, with backoff, until `stop`.
+        """
         cfg = self.config
         try:
             trust_root = cfg.trust_root.read_bytes()
@@ -83,12 +89,20 @@ class Agent:
             topics.device_topic(cfg.device_id, "state"),
             encode(DeviceState(device_id=cfg.device_id, online=False, target=cfg.target)),
         )
-        self.broker = PahoBroker(
-            address, client_id=cfg.device_id, will=will, on_connect=self._announce, connect_timeout_s=connect_timeout_s
+
+        def connect(on_ready: Callable[[], None]) -> PahoBroker:
+            return PahoBroker(address, client_id=cfg.device_id, will=will, on_connect=on_ready, wait_connected=False)
+
+        self.link = link = BrokerLink(
+            connect,
+            on_online=self._announce,
+            backoff=Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s),
+            attempt_timeout_s=cfg.connect_timeout_s,
+            where=f"{address.host}:{address.port}",
         )
-        metadata = MetadataClient(self.broker, cfg.device_id, timeout_s=cfg.metadata_timeout_s)
+        metadata = MetadataClient(link, cfg.device_id, timeout_s=cfg.metadata_timeout_s)
         downloader = ChunkDownloader(
-            self.broker, cfg.device_id, self.data_dir / "downloads", chunk_timeout_s=cfg.chunk_timeout_s
+            link, cfg.device_id, self.data_dir / "downloads", chunk_timeout_s=cfg.chunk_timeout_s
         )
         verifier = BundleVerifier(self.data_dir / "tuf", trust_root, metadata.get)
         self.updater = Updater(
@@ -104,36 +118,46 @@ class Agent:
         )
         self.service.activate(self.updater.load_active())
         self.service.set_shadow(self.updater.load_shadow())
+        if cfg.http_port is not None:
+            limits = ApiLimits(cfg.http_max_body_bytes, cfg.http_max_batch_rows, cfg.http_read_timeout_s)
+            self.api = LocalApi(self.service, cfg.http_host, cfg.http_port, limits=limits)
+            self.api.start()
         self.sender = TelemetrySender(self.outbox, cfg.device_id, self._publish_and_wait)
-        self._announce()
-        self.broker.subscribe(topics.device_topic(cfg.device_id, "deployment"), self._on_deployment, qos=1)
         pending = self.updater.pending()
         if pending is not None:
-            self._orders.put(pending)
+            self._orders.put(pending)  # before the retained order the broker replays, which is newer
+        link.subscribe(topics.device_topic(cfg.device_id, "deployment"), self._on_deployment, qos=1)
         self._spawn(self._update_loop, "updates")
         self._spawn(self._telemetry_loop, "telemetry")
-        if cfg.http_port is not None:
-            self.api = LocalApi(self.service, cfg.http_host, cfg.http_port)
-            self.api.start()
+        link.start()
+        return online_timeout_s > 0 and link.wait_connected(online_timeout_s)
+
+    @property
+    def broker(self) -> PahoBroker | None:
+        """The broker connection, once it was established."""
+        return self.link.broker if self.link is not None else None
 
     def stop(self) -> None:
         """Flush telemetry, mark the device offline (clean disconnect) and join every thread."""
         self._stopping.set()
         self._orders.put(_STOP)
+        if self.link is not None and self.link.broker is None:
+            self.link.close()  # never connected: stop trying, and release an update waiting for the link
         for thread in self._threads:
             thread.join(timeout=30)
         if self.api is not None:
             self.api.stop()
         self.service.close()
-        if self.broker is not None:
-            self.flush_telemetry()
-            self.broker.publish_and_wait(
-                topics.device_topic(self.config.device_id, "state"),
-                encode(self._state(online=False)),
-                retain=True,
-                timeout_s=5,
-            )
-            self.broker.close()
+        self.flush_telemetry()  # offline, this still moves recorded telemetry to the outbox on disk
+        if self.link is not None:
+            if self.link.connected:
+                self.link.publish_and_wait(
+                    topics.device_topic(self.config.device_id, "state"),
+                    encode(self._state(online=False)),
+                    retain=True,
+                    timeout_s=5,
+                )
+            self.link.close()
 
     # -- operations -------------------------------------------------------------------------------------------
 
@@ -141,7 +165,7 @@ class Agent:
         """Move recorded telemetry to the outbox and send what the broker acknowledges; return sent count."""
         for batch in self.collector.drain():
             self.outbox.put(batch)
-        if self.broker is None or not self.broker.connected:
+        if self.link is None or not self.link.connected:
             return 0
         return self.sender.flush()
 
@@ -173,13 +197,13 @@ class Agent:
         )
 
     def _announce(self) -> None:
-        if self.broker is not None and not self._stopping.is_set():
-            self.broker.publish(
+        if self.link is not None and self.link.broker is not None and not self._stopping.is_set():
+            self.link.publish(
                 topics.device_topic(self.config.device_id, "state"), encode(self._state()), qos=1, retain=True
             )
 
     def _publish_and_wait(self, topic: str, payload: bytes) -> bool:
-        return self.broker is not None and self.broker.publish_and_wait(topic, payload, timeout_s=10)
+        return self.link is not None and self.link.publish_and_wait(topic, payload, timeout_s=10)
 
     def _on_deployment(self, message: Message) -> None:
         if not message.payload:
@@ -201,16 +225,16 @@ class Agent:
         self._orders.put(order)
 
     def _update_loop(self) -> None:
+        assert self.link is not None and self.updater is not None  # set in start() before this thread runs
         while not self._stopping.is_set():
             order = self._orders.get()
-            if order is _STOP:
+            if order is _STOP or not self.link.wait_first_connection():
                 return
             while not self._orders.empty():  # only the newest desired state matters
                 newer = self._orders.get()
                 if newer is _STOP:
                     return
                 order = newer
-            assert self.updater is not None  # set in start() before this thread runs
             try:
                 final = self.updater.apply(order)
             except ReplayedOrderError as exc:
@@ -229,14 +253,14 @@ class Agent:
         while not self._stopping.wait(self.config.telemetry_interval_s):
             try:
                 self.flush_telemetry()
-                if time.monotonic() >= next_heartbeat and self.broker is not None:
+                if time.monotonic() >= next_heartbeat and self.link is not None and self.link.connected:
                     beat = Heartbeat(
                         device_id=self.config.device_id,
                         ts=time.time(),
                         uptime_s=time.monotonic() - self._started_at,
                         requests_total=self.service.requests_total,
                     )
-                    self.broker.publish(topics.device_topic(self.config.device_id, "heartbeat"), encode(beat), qos=0)
+                    self.link.publish(topics.device_topic(self.config.device_id, "heartbeat"), encode(beat), qos=0)
                     next_heartbeat = time.monotonic() + self.config.heartbeat_interval_s
             except Exception:
                 log.exception("%s: telemetry cycle failed", self.config.device_id)
@@ -244,7 +268,7 @@ class Agent:
     def _report(
         self, order: DeploymentOrder, state: UpdateState, ok: bool, detail: str, progress: float | None
     ) -> None:
-        if self.broker is None:
+        if self.link is None or self.link.broker is None:
             return
         changed = state != self._update_state or self._deployment_id != order.deployment_id
         self._update_state, self._deployment_id = state, order.deployment_id
@@ -259,6 +283,6 @@ class Agent:
             progress=progress,
             ts=time.time(),
         )
-        self.broker.publish(topics.device_topic(self.config.device_id, "events"), encode(event), qos=1)
+        self.link.publish(topics.device_topic(self.config.device_id, "events"), encode(event), qos=1)
         if changed:
             self._announce()
