@@ -107,4 +107,5 @@ class AgentConfig(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise AgentConfigError(f"{path}: {where}: {first['msg']}") from exc
+            prefix = f"{where}: " if where else ""  # a check across keys names no single key
+            raise AgentConfigError(f"{path}: {prefix}{first['msg'].removeprefix('Value error, ')}") from exc
