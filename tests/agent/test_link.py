@@ -69,7 +69,8 @@ def test_started_without_a_broker_it_retries_then_connects_with_early_subscripti
         assert link.wait_connected(10) and online.wait(1)
         sender = PahoBroker(BrokerAddress(port=broker.port))
         try:
-            sender.publish("dev/in/order", b"hello")
+            # retained, as orders are: the link's SUBSCRIBE and this publish race on separate connections
+            assert sender.publish_and_wait("dev/in/order", b"hello", retain=True, timeout_s=5)
             assert received.get(timeout=10).payload == b"hello"  # the subscription made while offline
         finally:
             sender.close()
