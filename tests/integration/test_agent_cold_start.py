@@ -40,6 +40,9 @@ def offline_device(tmp_path: Path, trained: TrainedDigits) -> Iterator[tuple[Har
         assert set(harness.deploy("1.0.0", [first]).values()) == {"done"}
         harness.agents.remove(first)
         first.stop()
+        device_id = first.config.device_id
+        # so that "online" later can only come from the restarted agent
+        assert wait_until(lambda: not harness.hub.registry.get_device(device_id).online, 30)
         harness.hub.stop()
         broker.stop()
         yield harness, broker, first.config.model_copy(update={"http_port": 0, **FAST_RETRY})
@@ -115,7 +118,9 @@ def test_agent_process_keeps_running_offline_and_gets_online_later(
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "agent.cli", "run", "--config", str(toml)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    log = tmp_path / "agent.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
     try:
         lines = _lines(process)
         url = ""
@@ -126,9 +131,9 @@ def test_agent_process_keeps_running_offline_and_gets_online_later(
         answer = httpx.post(f"{url}/v1/predict", json={"inputs": harness.trained.test_x[:1].tolist()}, timeout=5)
         assert answer.status_code == 200 and answer.json()["version"] == "1.0.0"
         _bring_back(harness, broker, tmp_path)
-        assert wait_until(lambda: harness.hub.registry.get_device(config.device_id).online, 30)
+        assert wait_until(lambda: harness.hub.registry.get_device(config.device_id).online, 30), log.read_text()
         assert process.poll() is None
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
-    assert wait_until(lambda: not harness.hub.registry.get_device(config.device_id).online, 30)  # said goodbye
+    assert wait_until(lambda: not harness.hub.registry.get_device(config.device_id).online, 30), log.read_text()
