@@ -90,8 +90,17 @@ class Agent:
             encode(DeviceState(device_id=cfg.device_id, online=False, target=cfg.target)),
         )
 
+        if address.tls is not None:
+            address.tls.context()  # unreadable TLS files are a setup error that waiting will not fix: fail now
+
         def connect(on_ready: Callable[[], None]) -> PahoBroker:
-            return PahoBroker(address, client_id=cfg.device_id, will=will, on_connect=on_ready, wait_connected=False)
+            return PahoBroker(
+                address,
+                client_id=cfg.device_id,
+                will=will,
+                on_connect=on_ready,
+                connect_timeout_s=cfg.connect_timeout_s,
+            )
 
         self.link = link = BrokerLink(
             connect,

@@ -8,6 +8,7 @@ restores the subscriptions and the link calls ``on_online`` again after each rec
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -23,7 +24,8 @@ from fleet.wire.transport import Handler, Unsubscribe
 log = logging.getLogger(__name__)
 
 Connect = Callable[[Callable[[], None]], PahoBroker]
-"""Starts one connection attempt without waiting; the argument is the hook to call each time it is ready."""
+"""Makes one connection attempt, raising `BrokerConnectionError` with the reason when it fails; the argument is
+the hook the connection calls each time it is ready (after the first time: after each reconnect)."""
 
 _CLOSED = object()
 
@@ -143,25 +145,21 @@ class BrokerLink:
     def _run(self) -> None:
         while not self._closed:
             self.attempts += 1
-            broker = self._attempt(self.attempts)
-            if broker is not None:
-                if self._attach(self.attempts, broker):
-                    self._on_online()
-                return
+            attempt = self.attempts
+            try:
+                broker = self._connect(functools.partial(self._ready, attempt))
+            except (FleetError, OSError) as exc:
+                reason = str(exc)
+            else:
+                if self._wait_for(attempt, self._attempt_timeout_s):
+                    if self._attach(attempt, broker):
+                        self._on_online()
+                    return
+                broker.close()  # joins its dispatcher, so no stale ready signal of this attempt can follow
+                reason = f"no answer from the broker at {self._where} within {self._attempt_timeout_s} s"
             delay = self._backoff.next_delay()
-            log.warning("broker at %s unreachable; next attempt in %.1f s", self._where, delay)
+            log.warning("%s; next attempt in %.1f s", reason, delay)
             self._wait_for(None, delay)
-
-    def _attempt(self, attempt: int) -> PahoBroker | None:
-        try:
-            broker = self._connect(lambda: self._ready(attempt))
-        except (FleetError, OSError) as exc:
-            log.warning("cannot connect to the broker at %s: %s", self._where, exc)
-            return None
-        if self._wait_for(attempt, self._attempt_timeout_s):
-            return broker
-        broker.close()  # joins its dispatcher, so no stale ready signal of this attempt can follow
-        return None
 
     def _wait_for(self, attempt: int | None, timeout_s: float) -> bool:
         """Wait until ``attempt`` is ready (True), or until the timeout or close (False)."""

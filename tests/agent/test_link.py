@@ -46,14 +46,16 @@ def _link(broker: PrivateMosquitto, online: Callable[[], None]) -> BrokerLink:
     address = BrokerAddress(port=broker.port)
 
     def connect(on_ready: Callable[[], None]) -> PahoBroker:
-        return PahoBroker(address, client_id="dev-link", on_connect=on_ready, wait_connected=False)
+        return PahoBroker(address, client_id="dev-link", on_connect=on_ready, connect_timeout_s=0.3)
 
     return BrokerLink(
         connect, on_online=online, backoff=Backoff(0.05, 0.2), attempt_timeout_s=0.3, where=f"127.0.0.1:{broker.port}"
     )
 
 
-def test_started_without_a_broker_it_retries_then_connects_with_early_subscriptions(broker: PrivateMosquitto) -> None:
+def test_started_without_a_broker_it_retries_then_connects_with_early_subscriptions(
+    broker: PrivateMosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
     online = Online()
     link = _link(broker, online)
     received: queue.Queue[Message] = queue.Queue()
@@ -62,6 +64,7 @@ def test_started_without_a_broker_it_retries_then_connects_with_early_subscripti
     try:
         assert wait_until(lambda: link.attempts >= 3, 10)  # retrying, never giving up
         assert not link.connected and online.calls == 0
+        assert "Connection refused; next attempt in" in caplog.text  # each failure says why, once
         with pytest.raises(BrokerConnectionError, match="not connected to the broker"):
             link.publish("dev/out", b"x")
         assert not link.publish_and_wait("dev/out", b"x", timeout_s=0.1)
