@@ -26,7 +26,3 @@ class Backoff:
         ceiling = self._ceiling
         self._ceiling = min(self.cap_s, ceiling * 2)
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
-
-    def reset(self) -> None:
-        """Start again from the initial delay (after a successful connection)."""
-        self._ceiling = self.initial_s

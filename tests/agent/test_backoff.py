@@ -24,14 +24,6 @@ def test_attempts_go_on_forever_within_the_cap() -> None:
     assert all(15.0 <= d <= 30.0 for d in delays[10:])
 
 
-def test_reset_starts_from_the_initial_delay_again() -> None:
-    backoff = Backoff(1.0, 60.0, rng=random.Random(3))
-    for _ in range(10):
-        backoff.next_delay()
-    backoff.reset()
-    assert 0.5 <= backoff.next_delay() <= 1.0
-
-
 def test_devices_that_lost_the_broker_together_come_back_spread_out() -> None:
     fleet = [Backoff(1.0, 60.0, rng=random.Random(seed)) for seed in range(200)]
     for _ in range(6):  # sixth attempt: ceiling 32 s
