@@ -234,8 +234,11 @@ class PahoBroker:
         if reason_code.is_failure:
             self._connect_error = str(reason_code)
             log.warning("broker refused %s: %s", self.client_id, reason_code)
-            if str(reason_code) in ("Not authorized", "Bad user name or password"):
-                client.disconnect()  # do not hammer the broker with credentials it refuses
+            refused = str(reason_code) in ("Not authorized", "Bad user name or password")
+            if refused and not self._answered.is_set():
+                # the first attempt: the caller decides (raise, or retry with its own backoff); later refusals
+                # (a broker restarting, a login back-off) are retried by paho with its growing delay
+                client.disconnect()
             self._answered.set()
             return
         with self._lock:
