@@ -1,0 +1,61 @@
+"""REST routes for access control, admin only: API tokens (create, list, revoke) and the audit log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
+
+from hub.auth.dependencies import allow, require
+from hub.auth.roles import Role
+from hub.auth.tokens import DEFAULT_TTL_DAYS, Principal, issue_token, token_state
+from hub.registry.access import MAX_AUDIT_PAGE, AccessStore
+from hub.registry.access_tables import ApiToken
+
+
+class TokenIn(BaseModel):
+    """A token to create; ``ttl_days`` None makes one that never expires."""
+
+    name: str = Field(min_length=1, max_length=128)
+    role: Role
+    ttl_days: float | None = Field(default=DEFAULT_TTL_DAYS, gt=0)
+
+
+def token_view(row: ApiToken) -> dict[str, Any]:
+    """A token as listed: everything but its digest, plus its state."""
+    return row.model_dump(exclude={"token_sha256"}) | {"state": token_state(row)}
+
+
+def create_access_router(store: AccessStore) -> APIRouter:
+    """Routes ``/tokens`` and ``/audit`` over ``store``."""
+    router = APIRouter(tags=["access"])
+
+    @router.get("/tokens", dependencies=allow(Role.ADMIN))
+    def tokens() -> list[dict[str, Any]]:
+        """All tokens (never their values), oldest first."""
+        return [token_view(row) for row in store.tokens()]
+
+    @router.post("/tokens", status_code=201)
+    def create_token(body: TokenIn, principal: Principal = Depends(require(Role.ADMIN))) -> dict[str, Any]:
+        """Create a token; its value appears only in this answer."""
+        issued = issue_token(
+            store, body.name, body.role, ttl_days=body.ttl_days, created_by=f"token:{principal.token_id}"
+        )
+        return token_view(issued.row) | {"token": issued.token}
+
+    @router.delete("/tokens/{token_id}", dependencies=allow(Role.ADMIN))
+    def revoke_token(token_id: str) -> dict[str, Any]:
+        """Revoke a token at once (idempotent)."""
+        return token_view(store.revoke_token(token_id))
+
+    @router.get("/audit", dependencies=allow(Role.ADMIN))
+    def audit(
+        limit: int = Query(default=100, ge=1, le=MAX_AUDIT_PAGE),
+        since: float | None = Query(default=None, description="only entries at or after this Unix time"),
+        token_id: str | None = Query(default=None, description="only this token's entries"),
+    ) -> list[dict[str, Any]]:
+        """The audit log of changes, newest first."""
+        return [e.model_dump() for e in store.audit_entries(limit=limit, since=since, token_id=token_id)]
+
+    return router
