@@ -8,7 +8,6 @@ failed-login counter and the log record them. Inference calls (``.../infer``) ch
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,8 +51,8 @@ class AuditMiddleware:
             if isinstance(principal, Principal):
                 await run_in_threadpool(self._record, scope, principal, status)
 
-    def _record(self, scope: dict[str, Any], principal: Principal, status: int) -> None:
-        route = getattr(scope.get("route"), "path", scope["path"])
+    def _record(self, scope: Scope, principal: Principal, status: int) -> None:
+        route = str(getattr(scope.get("route"), "path", scope["path"]))
         client = scope.get("client")
         entry = AuditEntry(
             token_id=principal.token_id,
