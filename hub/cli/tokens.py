@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hub.auth import DEFAULT_TTL_DAYS, Role
 from hub.config import HubSettings
 
 if TYPE_CHECKING:
@@ -25,9 +26,15 @@ AS_JSON = typer.Option(False, "--json", help="print JSON")
 
 
 def _store(data_dir: Path, database_url: str | None) -> AccessStore:
+    from hub.errors import HubError
     from hub.registry import AccessStore, Database
 
-    return AccessStore(Database(HubSettings(data_dir=data_dir, database_url=database_url).resolved_database_url()))
+    if database_url is None:  # tokens may be made before the hub's first start
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        return AccessStore(Database(HubSettings(data_dir=data_dir, database_url=database_url).resolved_database_url()))
+    except HubError as exc:
+        raise _fail(str(exc)) from exc
 
 
 def _when(ts: float | None) -> str:
@@ -59,8 +66,6 @@ def _fail(message: str) -> typer.Exit:
 
 def register(app: typer.Typer) -> None:
     """Add ``tokens`` and ``audit`` to ``app``."""
-    from hub.auth import DEFAULT_TTL_DAYS, Role
-
     tokens_app = typer.Typer(help="API tokens of the REST API (bearer, with a role).", no_args_is_help=True)
     app.add_typer(tokens_app, name="tokens")
 
