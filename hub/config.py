@@ -77,6 +77,18 @@ class HubSettings(BaseModel):
         default=300.0, ge=0, description="how often the ingestor prunes raw telemetry; 0 never (another worker does)"
     )
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"trusted proxy {item!r} is not an IP address or CIDR network") from exc
+        return value
+
     @field_validator("broker_url")
     @classmethod
     def _broker_scheme(cls, value: str | None) -> str | None:

@@ -3,12 +3,17 @@ outcome; reads, anonymous requests and inference are not written; only admins re
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import time_machine
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from hub.app import Hub
 from hub.auth import Role
+from hub.config import HubSettings
 from hub.registry import AccessStore
 from tests.hub.auth.clients import api_client, bearer_client
 
@@ -59,3 +64,8 @@ def test_token_management_is_audited(hub: Hub, app: FastAPI) -> None:
     bearer_client(app, created["token"]).get("/models")
     routes = [(e["method"], e["route"], e["status"]) for e in admin.get("/audit").json()]
     assert routes == [("DELETE", "/tokens/{token_id}", 200), ("POST", "/tokens", 201)]
+
+
+def test_a_trusted_proxy_must_be_an_address_or_network(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="trusted proxy 'proxy.local' is not an IP address"):
+        HubSettings(data_dir=tmp_path, trusted_proxies=["10.0.0.0/8", "proxy.local"])
