@@ -67,5 +67,5 @@ def test_token_management_is_audited(hub: Hub, app: FastAPI) -> None:
 
 
 def test_a_trusted_proxy_must_be_an_address_or_network(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="trusted proxy 'proxy.local' is not an IP address"):
+    with pytest.raises(ValidationError, match=r"trusted proxy 'proxy\.local' is not an IP address"):
         HubSettings(data_dir=tmp_path, trusted_proxies=["10.0.0.0/8", "proxy.local"])
