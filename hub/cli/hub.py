@@ -169,7 +169,7 @@ def register(app: typer.Typer) -> None:
         if first is not None and os.environ.get(ADMIN_TOKEN_ENV):
             console.print(f"admin token {first.row.id} stored from ${ADMIN_TOKEN_ENV}")
         elif first is not None:
-            console.print(f"admin API token (shown once, store it now): [bold]{first.token}[/bold]")
+            console.print(f"admin API token (shown once, store it now): [bold]{first.token}[/bold]", soft_wrap=True)
         hub.start()
         scheme = "https" if settings.api_tls_cert else "http"
         console.print(
