@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, Field
 
 from hub.auth.dependencies import allow, require
@@ -17,9 +17,13 @@ from hub.registry.access_tables import ApiToken
 class TokenIn(BaseModel):
     """A token to create; ``ttl_days`` None makes one that never expires."""
 
-    name: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]*$")
     role: Role
-    ttl_days: float | None = Field(default=DEFAULT_TTL_DAYS, gt=0)
+    ttl_days: float | None = Field(default=DEFAULT_TTL_DAYS, gt=0, le=3650)
+
+
+TOKEN_ID_PATTERN = r"^[0-9a-z]{1,16}$"  # a digest prefix, or ``cli`` in the audit log
+TokenId = Annotated[str, Path(pattern=TOKEN_ID_PATTERN)]
 
 
 def token_view(row: ApiToken) -> dict[str, Any]:
@@ -45,15 +49,17 @@ def create_access_router(store: AccessStore) -> APIRouter:
         return token_view(issued.row) | {"token": issued.token}
 
     @router.delete("/tokens/{token_id}", dependencies=allow(Role.ADMIN))
-    def revoke_token(token_id: str) -> dict[str, Any]:
+    def revoke_token(token_id: TokenId) -> dict[str, Any]:
         """Revoke a token at once (idempotent)."""
         return token_view(store.revoke_token(token_id))
 
     @router.get("/audit", dependencies=allow(Role.ADMIN))
     def audit(
         limit: int = Query(default=100, ge=1, le=MAX_AUDIT_PAGE),
-        since: float | None = Query(default=None, description="only entries at or after this Unix time"),
-        token_id: str | None = Query(default=None, description="only this token's entries"),
+        since: float | None = Query(
+            default=None, allow_inf_nan=False, description="only entries at or after this time"
+        ),
+        token_id: str | None = Query(default=None, pattern=TOKEN_ID_PATTERN, description="only this token's entries"),
     ) -> list[dict[str, Any]]:
         """The audit log of changes, newest first."""
         return [e.model_dump() for e in store.audit_entries(limit=limit, since=since, token_id=token_id)]
