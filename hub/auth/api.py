@@ -1,4 +1,5 @@
-"""REST routes for access control, admin only: API tokens (create, list, revoke) and the audit log."""
+"""REST routes for access control: who a token is (any role), and for admins API tokens (create, list, revoke) and
+the audit log."""
 
 from __future__ import annotations
 
@@ -32,8 +33,14 @@ def token_view(row: ApiToken) -> dict[str, Any]:
 
 
 def create_access_router(store: AccessStore) -> APIRouter:
-    """Routes ``/tokens`` and ``/audit`` over ``store``."""
+    """Routes ``/auth/whoami``, ``/tokens`` and ``/audit`` over ``store``."""
     router = APIRouter(tags=["access"])
+
+    @router.get("/auth/whoami")
+    def whoami(principal: Principal = Depends(require(*Role))) -> dict[str, Any]:
+        """The token this request carries: id, name and role (the console shows it and hides what the role
+        may not do)."""
+        return {"token_id": principal.token_id, "name": principal.name, "role": principal.role.value}
 
     @router.get("/tokens", dependencies=allow(Role.ADMIN))
     def tokens() -> list[dict[str, Any]]:

@@ -153,3 +153,9 @@ def test_bad_tokens_back_the_address_off_and_are_counted(hub: Hub, app: FastAPI)
 @pytest.mark.parametrize("header", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer "])
 def test_malformed_authorization_headers_are_401(app: FastAPI, header: str) -> None:
     assert TestClient(app, headers={"Authorization": header}).get("/models").status_code == 401
+
+
+def test_whoami_names_the_token_for_every_role(hub: Hub, app: FastAPI) -> None:
+    for role in Role:
+        me = api_client(hub, role, app=app).get("/auth/whoami").json()
+        assert (me["name"], me["role"]) == (f"test {role}", role.value) and len(me["token_id"]) == 12
