@@ -1,7 +1,9 @@
 """The hub's REST API (FastAPI): models, versions, variants, devices, deployments, health.
 
-Errors: every `hub.errors.HubError` is answered with its ``status_code`` by one handler, and a request that
-fails validation as `InvalidRequestError` (422), both as ``{"error": class, "detail": one line}``.
+Every route but ``/health`` needs an API token whose role it names (`hub.auth.allow`); every change is written to
+the audit log (`hub.auth.AuditMiddleware`). Errors: every `hub.errors.HubError` is answered with its ``status_code``
+(and headers) by one handler, and a request that fails validation as `InvalidRequestError` (422), both as
+``{"error": class, "detail": one line}``.
 """
 
 from __future__ import annotations
@@ -12,12 +14,17 @@ from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from fleet.wire.messages import DeviceId, Name
 from hub.app import Hub
+from hub.auth import AuditMiddleware, Authenticator, Role, allow
+from hub.auth.api import create_access_router
 from hub.console import mount_console
 from hub.errors import HubError, NotFoundError
 from hub.monitoring.api import create_monitoring_router
+from hub.registry import AccessStore
+from hub.registry.tables import DEVICE_SECRET_FIELDS
 from hub.request_limits import RequestLimits, error_response, invalid_request
 from hub.rollouts.api import create_rollouts_router
 from hub.serving.from_registry import serving_router
@@ -87,6 +94,11 @@ def create_app(hub: Hub) -> FastAPI:
         redoc_url=None,  # ReDoc loads its script from a CDN
     )
     registry = hub.registry
+    access = AccessStore(hub.db)
+    app.state.authenticator = Authenticator(access, hub.logins)
+    app.add_middleware(AuditMiddleware, store=access)
+    if hub.settings.trusted_proxies:  # around the audit and the routes: both see the forwarded client
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=hub.settings.trusted_proxies)
 
     app.add_middleware(RequestLimits, max_body_bytes=hub.settings.api_max_body_bytes)
 
@@ -100,15 +112,10 @@ def create_app(hub: Hub) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        """Liveness plus the state of the broker connection and database."""
-        return {
-            "status": "ok",
-            "broker_connected": bool(hub.broker and hub.broker.connected),
-            "devices": len(registry.list_devices()),
-            "telemetry_batches": registry.telemetry_count(),
-        }
+        """Liveness and the broker connection; anonymous, so it tells nothing about the fleet."""
+        return {"status": "ok", "broker_connected": bool(hub.broker and hub.broker.connected)}
 
-    @app.get("/models")
+    @app.get("/models", dependencies=allow(Role.VIEWER))
     def models() -> list[dict[str, Any]]:
         """All models with their versions (highest first)."""
         return [
@@ -120,13 +127,13 @@ def create_app(hub: Hub) -> FastAPI:
             for m in registry.list_models()
         ]
 
-    @app.post("/models/{name}/versions", status_code=201)
+    @app.post("/models/{name}/versions", status_code=201, dependencies=allow(Role.OPERATOR))
     def add_version(name: ModelName, body: VersionIn) -> dict[str, Any]:
         """Register a semver version."""
         row = registry.add_version(name, body.version, body.notes)
         return {"model": name, "version": row.version}
 
-    @app.get("/models/{name}/versions")
+    @app.get("/models/{name}/versions", dependencies=allow(Role.VIEWER))
     def versions(name: str) -> list[dict[str, Any]]:
         """Versions of one model."""
         rows = registry.list_versions(name)
@@ -134,17 +141,17 @@ def create_app(hub: Hub) -> FastAPI:
             raise NotFoundError(f"model {name} has no versions")
         return [{"version": v.version, "notes": v.notes, "created_at": v.created_at} for v in rows]
 
-    @app.get("/models/{name}/versions/{version}/variants")
+    @app.get("/models/{name}/versions/{version}/variants", dependencies=allow(Role.VIEWER))
     def variants(name: str, version: str) -> list[dict[str, Any]]:
         """Per-target variants of one version."""
         return [v.model_dump(exclude={"id", "version_id"}) for v in registry.list_variants(name, version)]
 
-    @app.get("/devices")
+    @app.get("/devices", dependencies=allow(Role.VIEWER, Role.PROVISIONER))
     def devices() -> list[dict[str, Any]]:
-        """Inventory (credentials never included)."""
-        return [d.model_dump(exclude={"credential_hash"}) for d in registry.list_devices()]
+        """Inventory (credentials and their hashes never included)."""
+        return [d.model_dump(exclude=set(DEVICE_SECRET_FIELDS)) for d in registry.list_devices()]
 
-    @app.post("/devices", status_code=201)
+    @app.post("/devices", status_code=201, dependencies=allow(Role.PROVISIONER))
     def provision(body: DeviceIn) -> dict[str, Any]:
         """Provision a device; the secret appears only in this answer, with the TUF trust root."""
         device, secret = registry.provision_device(body.device_id, body.target, body.labels)
@@ -155,12 +162,12 @@ def create_app(hub: Hub) -> FastAPI:
             "trust_root": hub.tuf.trusted_root().decode(),
         }
 
-    @app.get("/devices/{device_id}")
+    @app.get("/devices/{device_id}", dependencies=allow(Role.VIEWER, Role.PROVISIONER))
     def device(device_id: str) -> dict[str, Any]:
-        """One device."""
-        return registry.get_device(device_id).model_dump(exclude={"credential_hash"})
+        """One device (credentials and their hashes never included)."""
+        return registry.get_device(device_id).model_dump(exclude=set(DEVICE_SECRET_FIELDS))
 
-    @app.post("/deployments", status_code=201)
+    @app.post("/deployments", status_code=201, dependencies=allow(Role.OPERATOR))
     def deploy(body: DeploymentIn) -> dict[str, Any]:
         """Send a version to devices (each gets its target's variant)."""
         deployment = hub.deploy(
@@ -168,17 +175,18 @@ def create_app(hub: Hub) -> FastAPI:
         )
         return deployment.model_dump()
 
-    @app.get("/deployments")
+    @app.get("/deployments", dependencies=allow(Role.VIEWER))
     def deployments() -> list[dict[str, Any]]:
         """All deployments, newest first."""
         return [d.model_dump() for d in registry.list_deployments()]
 
-    @app.get("/deployments/{deployment_id}")
+    @app.get("/deployments/{deployment_id}", dependencies=allow(Role.VIEWER))
     def deployment(deployment_id: str) -> dict[str, Any]:
         """A deployment with per-device progress."""
         row = registry.get_deployment(deployment_id)
         return {**row.model_dump(), "devices": [d.model_dump() for d in registry.deployment_devices(deployment_id)]}
 
+    app.include_router(create_access_router(access))
     app.include_router(create_rollouts_router(hub))
     app.include_router(create_monitoring_router(hub))
     # Heavy models: the Open Inference Protocol over registry variants for serving targets (/v2/...).

@@ -21,6 +21,7 @@ from fleet.wire.acl import HUB_USERNAME
 from fleet.wire.bundle import BundleManifest
 from fleet.wire.messages import DeviceState, UpdateEvent
 from fleet.wire.mqtt import BrokerAddress, PahoBroker
+from hub.auth.guard import LoginGuard
 from hub.bundles.keys import passphrase_from_env
 from hub.bundles.publish import PublishedVariant, publish_variant
 from hub.bundles.reference import reference_profile
@@ -68,6 +69,7 @@ class Hub:
         self.rollouts: RolloutManager | None = None  # started last, stopped first
         self.monitoring = HubMonitoring(self.registry, self.store)  # /metrics and drift/canary reports
         self.monitoring.prometheus.register(SigningMetrics(lambda: self.tuf))
+        self.logins = LoginGuard(settings.login_backoff, prometheus=self.monitoring.prometheus)  # devices and API
 
     @property
     def broker_address(self) -> BrokerAddress:
@@ -241,10 +243,12 @@ class Hub:
         if channel == "telemetry" and self.ingestor is not None:
             self.ingestor.reject()
 
-    def _check_credentials(self, username: str, password: str) -> bool:
-        if username == HUB_USERNAME:
+    def _check_credentials(self, username: str, password: str, address: str) -> bool:
+        if username == HUB_USERNAME:  # a 256-bit secret, compared in constant time: no back-off to lock it out
             return secrets.compare_digest(password, self.hub_secret)
-        return self.registry.check_device_secret(username, password)
+        return self.logins.check_device(
+            username, address, lambda: self.registry.check_device_secret(username, password)
+        )
 
     def _load_or_create_secret(self) -> str:
         path = self.settings.data_dir / "hub.secret"

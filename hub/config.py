@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fleet.wire.mqtt import TlsFiles
+from hub.auth.guard import LoginBackoffSettings
 from hub.devices.pki import ServerTls
 
 
@@ -48,6 +49,12 @@ class HubSettings(BaseModel):
     api_max_body_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1024, description="larger REST request bodies are answered 413 (inference inputs)"
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses (or CIDR networks) of reverse proxies whose X-Forwarded-For names the client; "
+        "empty: the connecting address is the client",
+    )
+    login_backoff: LoginBackoffSettings = Field(default_factory=LoginBackoffSettings)
     shared_telemetry: bool = Field(
         default=False,
         description="consume telemetry through an MQTT shared subscription ($share/GROUP/...), so several hub "
@@ -69,6 +76,18 @@ class HubSettings(BaseModel):
     telemetry_prune_interval_s: float = Field(
         default=300.0, ge=0, description="how often the ingestor prunes raw telemetry; 0 never (another worker does)"
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"trusted proxy {item!r} is not an IP address or CIDR network") from exc
+        return value
 
     @field_validator("broker_url")
     @classmethod

@@ -7,6 +7,9 @@ Exceptions::
      ├── ConflictError          409  the thing already exists, or the request contradicts current state
      ├── InvalidRequestError    422  well-formed but unacceptable input (bad semver, unknown target...)
      │    └── PayloadTooLargeError  413  a request body over the API's limit
+     ├── AuthenticationError    401  no bearer token, or one that is unknown, revoked or expired
+     ├── PermissionDeniedError  403  the token's role does not allow the route
+     ├── TooManyAttemptsError   429  this address failed too often: refused until ``retry_after_s`` passed
      ├── ArtifactError          500  the artifact store cannot read or write (full disk, corrupt blob)
      ├── SigningError           500  the TUF repository cannot sign or load its keys
      └── MigrationError         500  the database schema cannot be brought to this hub's revision
@@ -14,11 +17,17 @@ Exceptions::
 
 from __future__ import annotations
 
+import math
+
 
 class HubError(Exception):
     """Base class for hub errors."""
 
     status_code = 500
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the REST answer carries with this error."""
+        return {}
 
 
 class NotFoundError(HubError):
@@ -43,6 +52,36 @@ class PayloadTooLargeError(InvalidRequestError):
     """The request body is larger than the API accepts."""
 
     status_code = 413
+
+
+class AuthenticationError(HubError):
+    """The request carries no valid API token."""
+
+    status_code = 401
+
+    def headers(self) -> dict[str, str]:
+        """Tell the client which scheme to use (RFC 6750)."""
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class PermissionDeniedError(HubError):
+    """The token is valid but its role does not allow this."""
+
+    status_code = 403
+
+
+class TooManyAttemptsError(HubError):
+    """Refused without checking: this login failed too often lately."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        """When to try again, in whole seconds."""
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
 class ArtifactError(HubError):

@@ -16,8 +16,12 @@ from hub.errors import HubError, InvalidRequestError, PayloadTooLargeError
 
 
 def error_response(exc: HubError) -> JSONResponse:
-    """The API's answer to ``exc``: its status, class name and one-line detail."""
-    return JSONResponse(status_code=exc.status_code, content={"error": type(exc).__name__, "detail": str(exc)})
+    """The API's answer to ``exc``: its status, class name, one-line detail and headers."""
+    return JSONResponse(
+        status_code=exc.status_code,
+        content={"error": type(exc).__name__, "detail": str(exc)},
+        headers=exc.headers(),
+    )
 
 
 def invalid_request(exc: RequestValidationError) -> InvalidRequestError:

@@ -130,12 +130,21 @@ def register(app: typer.Typer) -> None:
         require_client_cert: bool = typer.Option(False, help="embedded broker: devices must present a cert"),
         api_tls_cert: Path | None = typer.Option(None, help="serve the REST API over HTTPS with this cert"),
         api_tls_key: Path | None = typer.Option(None, help="the REST API certificate's key"),
+        trusted_proxy: list[str] = typer.Option(
+            [], help="reverse proxy address or CIDR whose X-Forwarded-For is believed; repeatable"
+        ),
     ) -> None:
-        """Start the hub (REST API, MQTT wiring; an in-process broker when no broker URL is given)."""
+        """Start the hub (REST API, MQTT wiring; an in-process broker when no broker URL is given).
+
+        On first start it prints an admin API token once (or stores $EDGEFLEET_ADMIN_TOKEN)."""
+        import os
+
         import uvicorn
 
         from hub.api import create_app
         from hub.app import Hub
+        from hub.auth import ADMIN_TOKEN_ENV, bootstrap_admin_token
+        from hub.registry import AccessStore
 
         settings = HubSettings(
             data_dir=data_dir,
@@ -153,21 +162,28 @@ def register(app: typer.Typer) -> None:
             require_client_cert=require_client_cert,
             api_tls_cert=api_tls_cert,
             api_tls_key=api_tls_key,
+            trusted_proxies=trusted_proxy,
         )
         hub = Hub(settings)
+        first = bootstrap_admin_token(AccessStore(hub.db), os.environ)
+        if first is not None and os.environ.get(ADMIN_TOKEN_ENV):
+            console.print(f"admin token {first.row.id} stored from ${ADMIN_TOKEN_ENV}")
+        elif first is not None:
+            console.print(f"admin API token (shown once, store it now): [bold]{first.token}[/bold]", soft_wrap=True)
         hub.start()
         scheme = "https" if settings.api_tls_cert else "http"
         console.print(
             f"hub: broker {hub.broker_address.url}, API {scheme}://{settings.api_host}:{settings.api_port}/docs"
         )
         try:
-            uvicorn.run(
+            uvicorn.run(  # X-Forwarded-For is handled by the app, trusting only settings.trusted_proxies
                 create_app(hub),
                 host=settings.api_host,
                 port=settings.api_port,
                 log_level="warning",
                 ssl_certfile=str(settings.api_tls_cert) if settings.api_tls_cert else None,
                 ssl_keyfile=str(settings.api_tls_key) if settings.api_tls_key else None,
+                proxy_headers=False,
             )
         finally:
             hub.stop()
@@ -213,11 +229,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List devices with target, labels, online status and installed version."""
         from hub.registry import Database, Registry
+        from hub.registry.tables import DEVICE_SECRET_FIELDS
 
         registry = Registry(Database(HubSettings(data_dir=data_dir).resolved_database_url()))
         devices = registry.list_devices()
         if as_json:
-            rows = [d.model_dump(exclude={"credential_hash"}) for d in devices]
+            rows = [d.model_dump(exclude=set(DEVICE_SECRET_FIELDS)) for d in devices]
             typer.echo(json.dumps(rows, indent=2))
             return
         table = Table("device", "target", "labels", "online", "model:version", "update")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Query
 
+from hub.auth import Role, allow
 from hub.console.views import feature_distributions, fleet_summary, telemetry_series
 from hub.registry.rollouts import RolloutStore
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 def create_console_router(hub: Hub) -> APIRouter:
     """The console's data routes bound to ``hub``."""
-    router = APIRouter(prefix="/console/api", tags=["console"])
+    router = APIRouter(prefix="/console/api", tags=["console"], dependencies=allow(Role.VIEWER))
     registry = hub.registry
     store = RolloutStore(registry.db)
 

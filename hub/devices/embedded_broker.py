@@ -27,7 +27,7 @@ from fleet.wire.acl import HUB_USERNAME, Rule, allowed, device_rules, hub_rules
 from hub.devices.pki import ServerTls
 from hub.errors import HubError
 
-CredentialCheck = Callable[[str, str], bool]
+CredentialCheck = Callable[[str, str, str], bool]  # (username, password, client address)
 _CHECKS: dict[str, CredentialCheck] = {}
 log = logging.getLogger(__name__)
 _AUTHENTICATED = "edgefleet.authenticated"  # session attribute: credentials checked once, before any session change
@@ -77,7 +77,8 @@ try:  # the plugins subclass amqtt's bases; amqtt is a hub dependency
                 log.warning("refused %s: %s", session.username, problem)
                 return False
             password = session.password.decode() if isinstance(session.password, bytes) else session.password
-            return await asyncio.get_running_loop().run_in_executor(None, check, session.username, password)
+            address = str(session.remote_address or "unknown")
+            return await asyncio.get_running_loop().run_in_executor(None, check, session.username, password, address)
 
     class AclTopicPlugin(BaseTopicPlugin):
         """Confines each device to its own topics plus read-only broadcast and bundle topics."""

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from fleet.errors import FleetError
+from hub.auth import Role, allow
 from hub.errors import InvalidRequestError
 from hub.monitoring.queries import canary_report_for, drift_report_for
 
@@ -27,12 +28,12 @@ def create_monitoring_router(hub: Hub) -> APIRouter:
     router = APIRouter(tags=["monitoring"])
     monitoring = hub.monitoring
 
-    @router.get("/metrics", response_class=Response)
+    @router.get("/metrics", response_class=Response, dependencies=allow(Role.VIEWER))
     def metrics() -> Response:
         """Prometheus text exposition of the fleet metrics (no per-device labels) and the hub process."""
         return Response(content=monitoring.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    @router.get("/models/{name}/versions/{version}/drift")
+    @router.get("/models/{name}/versions/{version}/drift", dependencies=allow(Role.VIEWER))
     def drift(
         name: str,
         version: str,
@@ -64,17 +65,17 @@ def create_monitoring_router(hub: Hub) -> APIRouter:
         monitoring.record_canary(rollout_id, report)
         return {"rollout_id": rollout_id, **report.model_dump(mode="json")}
 
-    @router.get("/rollouts/{rollout_id}/canary")
+    @router.get("/rollouts/{rollout_id}/canary", dependencies=allow(Role.VIEWER))
     def rollout_canary(rollout_id: str) -> dict[str, Any]:
         """Canary verdict (pass, fail, inconclusive) of a rollout: canary devices against the others."""
         return canary(rollout_id)
 
-    @router.get("/deployments/{deployment_id}/canary")
+    @router.get("/deployments/{deployment_id}/canary", dependencies=allow(Role.VIEWER))
     def deployment_canary(deployment_id: str) -> dict[str, Any]:
         """Canary verdict of a deployment: its devices against the model's other versions since it began."""
         return canary(deployment_id)
 
-    @router.get("/models/{name}/versions/{version}/telemetry/rollups")
+    @router.get("/models/{name}/versions/{version}/telemetry/rollups", dependencies=allow(Role.VIEWER))
     def rollups(name: str, version: str) -> list[dict[str, Any]]:
         """Hourly (by default) rollups of pruned raw telemetry per device class, oldest first."""
         return [

@@ -1,5 +1,7 @@
 """The hub's registry: models, semver versions, per-target variants, devices, deployments, telemetry."""
 
+from hub.registry.access import AccessStore
+from hub.registry.access_tables import ApiToken, AuditEntry
 from hub.registry.db import Database
 from hub.registry.repository import Registry
 from hub.registry.rollout_tables import RolloutCommandRow, RolloutDeviceError, RolloutOutbox, RolloutRow
@@ -15,6 +17,9 @@ from hub.registry.tables import (
 from hub.registry.telemetry_tables import TelemetryRollup
 
 __all__ = [
+    "AccessStore",
+    "ApiToken",
+    "AuditEntry",
     "Database",
     "Deployment",
     "DeploymentDevice",

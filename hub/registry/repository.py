@@ -13,7 +13,7 @@ from sqlmodel import col, func, select
 
 from fleet.wire.messages import DeviceState, TelemetryBatch, UpdateEvent
 from hub.errors import ConflictError, InvalidRequestError, NotFoundError
-from hub.registry.credentials import hash_password, hash_secret, new_secret, verify_secret
+from hub.registry.credentials import dummy_hash, hash_password, hash_secret, new_secret, verify_secret
 from hub.registry.db import Database
 from hub.registry.tables import (
     Deployment,
@@ -196,10 +196,13 @@ class Registry:
             raise ConflictError(f"device {device_id} is already provisioned") from exc
 
     def check_device_secret(self, device_id: str, secret: str) -> bool:
-        """Whether ``secret`` is the device's credential."""
+        """Whether ``secret`` is the device's credential; an unknown id costs the same hashing as a known one."""
         with self.db.session() as session:
             device = session.get(Device, device_id)
-        return device is not None and verify_secret(secret, device.credential_hash)
+        if device is None:
+            verify_secret(secret, dummy_hash())  # no timing oracle for which ids exist
+            return False
+        return verify_secret(secret, device.credential_hash)
 
     def next_order_sequence(self, device_id: str) -> int:
         """Reserve the device's next deployment-order sequence: above every earlier one, and at least the

@@ -73,6 +73,10 @@ class Device(SQLModel, table=True):
     order_sequence: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
 
 
+#: Device columns that never leave the hub (REST answers and CLI listings drop them).
+DEVICE_SECRET_FIELDS = frozenset({"credential_hash", "broker_hash"})
+
+
 class Deployment(SQLModel, table=True):
     """A request to bring a set of devices to one model version."""
 

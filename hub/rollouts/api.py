@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fleet.errors import FleetConfigError
 from fleet.rollout import Command
 from fleet.rollout_plan import RolloutPlan, gate_from_cli, plan_from_cli
+from hub.auth import Role, allow
 from hub.errors import InvalidRequestError
 from hub.registry.rollouts import RolloutStore
 from hub.rollouts.operations import create_rollout, request_command, rollout_status
@@ -100,7 +101,7 @@ def create_rollouts_router(hub: Hub) -> APIRouter:
     router = APIRouter(prefix="/rollouts", tags=["rollouts"])
     store = RolloutStore(hub.registry.db)
 
-    @router.post("", status_code=201)
+    @router.post("", status_code=201, dependencies=allow(Role.OPERATOR))
     def start(body: RolloutIn) -> dict[str, Any]:
         """Create a rollout; a running hub starts it at once."""
         plan = body.to_plan()
@@ -110,7 +111,7 @@ def create_rollouts_router(hub: Hub) -> APIRouter:
             snapshot = create_rollout(store, hub.registry, plan, rollout_id=body.rollout_id)
         return rollout_status(store, snapshot.rollout_id).model_dump(mode="json")
 
-    @router.get("")
+    @router.get("", dependencies=allow(Role.VIEWER))
     def list_rollouts() -> list[dict[str, Any]]:
         """All rollouts, newest first."""
         return [
@@ -125,12 +126,12 @@ def create_rollouts_router(hub: Hub) -> APIRouter:
             for r in store.all()
         ]
 
-    @router.get("/{rollout_id}")
+    @router.get("/{rollout_id}", dependencies=allow(Role.VIEWER))
     def status(rollout_id: str) -> dict[str, Any]:
         """Progress overall, per wave and per device class, the gate and the commands allowed now."""
         return rollout_status(store, rollout_id).model_dump(mode="json")
 
-    @router.post("/{rollout_id}/{command}")
+    @router.post("/{rollout_id}/{command}", dependencies=allow(Role.OPERATOR))
     def command(rollout_id: str, command: Command) -> dict[str, Any]:
         """pause, resume, abort or promote; 409 when the rollout's state does not allow it."""
         if hub.rollouts is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from prometheus_client import CollectorRegistry
 
+from hub.auth import Role, allow
 from hub.bundles.store import ArtifactStore
 from hub.errors import NotFoundError
 from hub.registry import Registry, Variant
@@ -65,6 +66,9 @@ class RegistryRepository:
 
 
 def serving_router(registry: Registry, store: ArtifactStore, prometheus: CollectorRegistry) -> APIRouter:
-    """The Open Inference Protocol endpoints over registry models, for the hub's app."""
+    """The Open Inference Protocol endpoints over registry models, for the hub's app: open to viewers (inference
+    changes nothing; models load on demand anyway)."""
     manager = ModelManager(RegistryRepository(registry, store), ServingMetrics(prometheus))
-    return build_router(manager)
+    router = APIRouter(dependencies=allow(Role.VIEWER))
+    router.include_router(build_router(manager))
+    return router

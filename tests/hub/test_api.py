@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from hub.api import create_app
 from hub.app import Hub
 from hub.config import HubSettings
+from tests.hub.auth.clients import api_client
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     hub = Hub(HubSettings(data_dir=tmp_path / "hub"))
     hub.start()
     try:
-        with TestClient(create_app(hub)) as test_client:
+        with api_client(hub) as test_client:
             yield test_client
     finally:
         hub.stop()

@@ -20,7 +20,9 @@ from schemathesis.core.failures import ServerError
 
 from hub.api import create_app
 from hub.app import Hub
+from hub.auth import Role, issue_token
 from hub.config import HubSettings
+from hub.registry import AccessStore
 
 HUGE = 2**63
 BODY_LIMIT = 256 * 1024
@@ -94,13 +96,28 @@ CORPUS: list[tuple[str, str, str | None]] = [
     ("POST", "/models/m/versions", '"1.0.0"'),
     ("POST", "/models/m/versions", "{"),
     ("POST", "/models/m/versions", b"\xff\xfe{}".decode("latin-1")),
+    # access control: NUL, control characters, over-long and non-finite values
+    ("POST", "/tokens", json.dumps({"name": "a\x00b", "role": "viewer"})),
+    ("POST", "/tokens", json.dumps({"name": LONG, "role": "viewer"})),
+    ("POST", "/tokens", json.dumps({"name": "n", "role": "root"})),
+    ("POST", "/tokens", '{"name": "n", "role": "viewer", "ttl_days": Infinity}'),
+    ("POST", "/tokens", '{"name": "n", "role": "viewer", "ttl_days": NaN}'),
+    ("POST", "/tokens", json.dumps({"name": "n", "role": "viewer", "ttl_days": 1e300})),
+    ("DELETE", f"/tokens/{'t' * 300}", None),
+    ("DELETE", "/tokens/%00", None),
+    ("GET", "/audit?since=nan", None),
+    ("GET", "/audit?limit=100000", None),
+    ("GET", "/audit?token_id=%00", None),
 ]
+
+
+FUZZ_TOKEN = "ef_" + "f" * 43  # an admin token, stored in each test's hub
 
 
 @pytest.fixture
 def auth_headers() -> dict[str, str]:
-    """Headers every request carries (a bearer token once the API requires one)."""
-    return {}
+    """Headers every request carries: an admin token, so hostile input reaches every route's handler."""
+    return {"Authorization": f"Bearer {FUZZ_TOKEN}"}
 
 
 @pytest.fixture
@@ -124,6 +141,7 @@ def client(database_url: str, tmp_path: Path, auth_headers: dict[str, str]) -> I
         tuf_target="bundles/m/1.0.0/rpi4-arm64.zip",
     )
     hub.registry.provision_device("cam-1", "rpi4-arm64")
+    issue_token(AccessStore(hub.db), "fuzz", Role.ADMIN, created_by="test", token=FUZZ_TOKEN)
     try:
         with TestClient(create_app(hub), raise_server_exceptions=False, headers=auth_headers) as test_client:
             yield test_client

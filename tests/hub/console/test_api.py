@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from hub.api import create_app
+from hub.auth import Role
+from tests.hub.auth.clients import api_client
 from tests.hub.console.console_fleet import ROLLOUT_ID, ConsoleFleet, console_fleet
 
 
@@ -21,7 +22,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleFleet]:
 
 @pytest.fixture(scope="module")
 def client(fleet: ConsoleFleet) -> TestClient:
-    return TestClient(create_app(fleet.hub))
+    return api_client(fleet.hub, Role.OPERATOR)
 
 
 def test_fleet_counts_match_the_registry(client: TestClient, fleet: ConsoleFleet) -> None:

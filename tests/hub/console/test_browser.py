@@ -16,16 +16,21 @@ import pytest
 
 from fleet.rollout import RolloutState
 from hub.api import create_app
+from hub.auth import Role
 from hub.registry.rollouts import RolloutStore
 from tests.http_server import running_server
+from tests.hub.auth.clients import token_for
 from tests.hub.console.console_fleet import ROLLOUT_ID, ConsoleFleet, bring_online, console_fleet
 from tests.waiting import wait_until
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install '.[dev]')")
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (apt-get install)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (apt-get install)"
+    ),
+    pytest.mark.usefixtures("signed_in"),
+]
 PAGE_TIMEOUT_S = 15
 
 
@@ -39,6 +44,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleFleet]:
 def base_url(fleet: ConsoleFleet) -> Iterator[str]:
     with running_server(create_app(fleet.hub)) as address:
         yield f"http://{address}"
+
+
+@pytest.fixture(scope="module")
+def signed_in(browser: webdriver.Chrome, base_url: str, fleet: ConsoleFleet) -> None:
+    """The console's tab holds an operator token, as its sign-in page stores it."""
+    browser.get(f"{base_url}/ui#/signin")
+    browser.execute_script(
+        "sessionStorage.setItem('edgefleet.token', arguments[0])", token_for(fleet.hub, Role.OPERATOR)
+    )
 
 
 @pytest.fixture(scope="module")

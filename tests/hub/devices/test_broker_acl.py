@@ -114,7 +114,7 @@ def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     """Each broker with the fleet's rules: a private Mosquitto with the generated configuration, and the
     embedded broker checking the same logins."""
     if request.param == "embedded":
-        embedded = EmbeddedBroker("127.0.0.1", check=lambda user, password: PASSWORDS.get(user) == password)
+        embedded = EmbeddedBroker("127.0.0.1", check=lambda user, password, _address: PASSWORDS.get(user) == password)
         embedded.start()
         yield embedded.port
         embedded.stop()

@@ -55,7 +55,9 @@ def tls_broker(request: pytest.FixtureRequest, pki: Pki, tmp_path_factory: pytes
     """A broker that accepts only TLS with a client certificate from the fleet CA."""
     tls = ServerTls(str(pki.broker.cert_file), str(pki.broker.key_file), str(pki.ca.cert_file), True)
     if request.param == "embedded":
-        embedded = EmbeddedBroker("127.0.0.1", check=lambda user, password: PASSWORDS.get(user) == password, tls=tls)
+        embedded = EmbeddedBroker(
+            "127.0.0.1", check=lambda user, password, _address: PASSWORDS.get(user) == password, tls=tls
+        )
         embedded.start()
         yield embedded.port
         embedded.stop()

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.canary import CanaryReport
@@ -17,11 +16,11 @@ from fleet.rollout_plan import plan_from_cli
 from fleet.wire import topics
 from fleet.wire.messages import DeviceState, encode
 from fleet.wire.mqtt import PahoBroker
-from hub.api import create_app
 from hub.app import Hub
 from hub.config import HubSettings
 from hub.registry.rollouts import RolloutStore
 from hub.rollouts.operations import create_rollout
+from tests.hub.auth.clients import api_client
 from tests.hub.monitoring.monitoring_fleet import CANARY, MODEL, VERSIONS, hub_scenario, install
 from tests.waiting import wait_until
 
@@ -56,7 +55,7 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_exposes_telemetry_devices_online_and_rollout_state(hub: Hub, fleet: dict[str, Any]) -> None:
-    client = TestClient(create_app(hub))
+    client = api_client(hub)
     _, secret = hub.registry.provision_device("cam-online", "rpi4-arm64")
     address = hub.broker_address.with_credentials("cam-online", secret)
     device = PahoBroker(address, client_id="cam-online")
@@ -102,14 +101,14 @@ def test_duplicates_and_rejects_are_counted_on_metrics(hub: Hub, fleet: dict[str
     assert hub.broker is not None
     hub.broker.publish(topics.device_topic("rpi-01", "telemetry"), b"{not json", qos=1)
     assert wait_until(lambda: hub.ingestor is not None and hub.ingestor.rejected == 1)
-    samples = _samples(TestClient(create_app(hub)).get("/metrics").text)
+    samples = _samples(api_client(hub).get("/metrics").text)
     assert samples[("edgefleet_telemetry_batches_total", (("result", "duplicate"),))] == 5
     assert samples[("edgefleet_telemetry_batches_total", (("result", "rejected"),))] == 1
     assert hub.registry.telemetry_count() == len(fleet["batches"])
 
 
 def test_drift_route_uses_the_bundle_reference_and_publishes_scores(hub: Hub, fleet: dict[str, Any]) -> None:
-    client = TestClient(create_app(hub))
+    client = api_client(hub)
     response = client.get(
         f"/models/{MODEL}/versions/{VERSIONS['1.0']}/drift", params={"cohort": "region=eu", "last_hours": 1}
     )
@@ -129,7 +128,7 @@ def test_drift_route_uses_the_bundle_reference_and_publishes_scores(hub: Hub, fl
 
 
 def test_canary_routes_for_a_deployment_and_a_rollout(hub: Hub, fleet: dict[str, Any]) -> None:
-    client = TestClient(create_app(hub))
+    client = api_client(hub)
     deployment, _ = hub.registry.create_deployment(MODEL, VERSIONS["1.1"], CANARY)
     window_start = min(b.window_start for b in fleet["batches"])
     with hub.db.session() as session:  # the deployment began before the telemetry's windows
@@ -154,7 +153,7 @@ def test_canary_routes_for_a_deployment_and_a_rollout(hub: Hub, fleet: dict[str,
 
 def test_rollups_route_lists_pruned_telemetry(hub: Hub, fleet: dict[str, Any]) -> None:
     assert hub.registry.prune_telemetry(max_rows=30) == len(fleet["batches"]) - 30
-    rows = TestClient(create_app(hub)).get(f"/models/{MODEL}/versions/{VERSIONS['1.0']}/telemetry/rollups").json()
+    rows = api_client(hub).get(f"/models/{MODEL}/versions/{VERSIONS['1.0']}/telemetry/rollups").json()
     assert rows and all(r["version"] == VERSIONS["1.0"] and r["devices"] >= 1 for r in rows)
     assert sum(r["batches"] for r in rows) + len(hub.registry.telemetry_batches(MODEL, VERSIONS["1.0"])) == sum(
         1 for b in fleet["batches"] if b.version == VERSIONS["1.0"]

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from fleet.rollout import GateVerdict, RequestGate, RolloutSnapshot, RolloutState, Verdict
@@ -16,7 +15,6 @@ from fleet.rollout_plan import RolloutPlan, plan_from_cli
 from fleet.wire import topics
 from fleet.wire.messages import DeploymentOrder, DeviceState, InstalledModel, UpdateEvent, UpdateState, decode
 from fleet.wire.transport import InMemoryBroker, Message
-from hub.api import create_app
 from hub.app import Hub
 from hub.config import HubSettings
 from hub.devices.orders import DeploymentOrders
@@ -25,6 +23,7 @@ from hub.errors import ConflictError, HubError
 from hub.registry.rollouts import RolloutStore
 from hub.rollouts.manager import RolloutManager
 from hub.rollouts.operations import create_rollout, request_command
+from tests.hub.auth.clients import api_client
 
 TARGET = "x86-onnx-cpu"
 
@@ -250,7 +249,7 @@ def test_rest_routes(fleet: Fleet) -> None:
         fleet.device(f"d{i}")
     manager = fleet.manager()
     fleet.hub.rollouts = manager
-    client = TestClient(create_app(fleet.hub), raise_server_exceptions=False)
+    client = api_client(fleet.hub, raise_server_exceptions=False)
     body = {"model_version": "digits:2.0.0", "canary": "1", "waves": "100", "gate": False, "rollout_id": "ro-api"}
     created = client.post("/rollouts", json=body)
     assert created.status_code == 201 and created.json()["state"] == "wave_running"
@@ -478,7 +477,7 @@ def test_cli_and_rest_take_gate_settings(fleet: Fleet) -> None:
     assert gate.canary.min_requests == 40 and gate.canary.metrics["confidence"].critical  # type: ignore[index]
     bad = runner.invoke(app, ["rollout", "start", "digits:2.0.0", "--gate-critical", "speed", "--data-dir", data_dir])
     assert bad.exit_code == 2 and "invalid metrics" in bad.output
-    client = TestClient(create_app(fleet.hub), raise_server_exceptions=False)
+    client = api_client(fleet.hub, raise_server_exceptions=False)
     body = {
         "model_version": "digits:2.0.0",
         "canary": "1",
@@ -508,7 +507,7 @@ def test_rollouts_appear_as_deployments_with_per_device_rows(fleet: Fleet) -> No
     assert {(r.device_id, r.variant_id) for r in rows} == {(d, variant) for d in canary}
     rollback = registry.get_deployment("ro-dep.rollback")
     assert rollback.version == "1.0.0" and rollback.allow_downgrade and sorted(rollback.device_ids) == canary
-    client = TestClient(create_app(fleet.hub))
+    client = api_client(fleet.hub)
     listed = {d["id"] for d in client.get("/deployments").json()}
     assert {"ro-dep", "ro-dep.rollback"} <= listed
     assert len(client.get("/deployments/ro-dep").json()["devices"]) == 2

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from fastapi.testclient import TestClient
 
-from hub.api import create_app
 from hub.app import Hub
 from hub.config import HubSettings
 from hub.demo.model import digits_manifest, train_digits
+from tests.hub.auth.clients import api_client
 
 
 def test_heavy_variant_is_served_from_the_registry(tmp_path: Path) -> None:
@@ -30,7 +29,7 @@ def test_heavy_variant_is_served_from_the_registry(tmp_path: Path) -> None:
             trained.golden_x,
             trained.golden_logits,
         )
-        with TestClient(create_app(hub)) as client:
+        with api_client(hub) as client:
             index = client.post("/v2/repository/index").json()
             assert [(row["name"], row["version"]) for row in index] == [("digits", "2.0.0")]
             assert client.post("/v2/repository/models/digits/load").status_code == 200
