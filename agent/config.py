@@ -30,6 +30,9 @@ class AgentConfig(BaseModel):
     http_host: str = "127.0.0.1"
     http_port: int | None = Field(default=None, ge=0, le=65535, description="local inference API; None disables")
     telemetry_interval_s: float = Field(default=10.0, gt=0)
+    telemetry_ack_timeout_s: float = Field(
+        default=30.0, gt=0, description="a telemetry batch the hub has not acknowledged by then is sent again"
+    )
     heartbeat_interval_s: float = Field(default=30.0, gt=0)
     outbox_max_batches: int = Field(default=10_000, ge=10)
     chunk_timeout_s: float = Field(default=5.0, gt=0)

@@ -53,6 +53,9 @@ class Agent:
             shadow_sample_rate=config.shadow_sample_rate,
         )
         self.outbox = Outbox(self.data_dir / "outbox", max_batches=config.outbox_max_batches)
+        self.sender = TelemetrySender(
+            self.outbox, config.device_id, self._publish_and_wait, ack_timeout_s=config.telemetry_ack_timeout_s
+        )
         self.store = StateStore(self.data_dir / "state.json")
         self._before_step = before_step
         self._orders: queue.Queue[Any] = queue.Queue()
@@ -104,9 +107,9 @@ class Agent:
         )
         self.service.activate(self.updater.load_active())
         self.service.set_shadow(self.updater.load_shadow())
-        self.sender = TelemetrySender(self.outbox, cfg.device_id, self._publish_and_wait)
         self._announce()
         self.broker.subscribe(topics.device_topic(cfg.device_id, "deployment"), self._on_deployment, qos=1)
+        self.broker.subscribe(self.sender.ack_topic, self.sender.on_ack, qos=1)
         pending = self.updater.pending()
         if pending is not None:
             self._orders.put(pending)
@@ -173,6 +176,7 @@ class Agent:
         )
 
     def _announce(self) -> None:
+        self.sender.resend_all()  # acknowledgements sent while the link was down are lost
         if self.broker is not None and not self._stopping.is_set():
             self.broker.publish(
                 topics.device_topic(self.config.device_id, "state"), encode(self._state()), qos=1, retain=True

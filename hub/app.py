@@ -33,7 +33,7 @@ from hub.devices.connection import BrokerConnector
 from hub.devices.embedded_broker import EmbeddedBroker
 from hub.devices.orders import DeploymentOrders
 from hub.devices.traffic import DeviceTraffic
-from hub.monitoring.ingest import RetentionPolicy, TelemetryIngestor
+from hub.monitoring.ingest import RetentionPolicy, TelemetryIngestor, publish_acks
 from hub.monitoring.service import HubMonitoring
 from hub.monitoring.signing_metrics import SigningMetrics
 from hub.private_files import create_private, private_dir
@@ -100,7 +100,9 @@ class Hub:
             window_s=s.telemetry_rollup_window_s,
             interval_s=s.telemetry_prune_interval_s,
         )
-        self.ingestor = TelemetryIngestor(self.registry, metrics=self.monitoring.metrics, retention=retention)
+        self.ingestor = TelemetryIngestor(
+            self.registry, metrics=self.monitoring.metrics, retention=retention, acknowledge=publish_acks(broker)
+        )
         self.traffic = traffic = DeviceTraffic(broker, self.registry, telemetry_filter=s.telemetry_filter())
         traffic.on_telemetry(self.ingestor.submit)
         traffic.on_rejected(self._on_rejected)
