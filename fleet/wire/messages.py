@@ -27,6 +27,7 @@ BatchId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-
 #: Counts stored in 32-bit integer columns; a window never holds more (a device answers far fewer requests).
 Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Label = Annotated[str, Field(min_length=1, max_length=128)]
+ShortName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 MAX_HISTOGRAM_BUCKETS: Final = 64
 MAX_PREDICTION_LABELS: Final = 1000
 MAX_FEATURES: Final = 256
@@ -167,9 +168,9 @@ class TelemetryBatch(WireModel):
 
     batch_id: BatchId
     device_id: DeviceId
-    target: Name
+    target: ShortName  # stored in 64-character columns
     model: Name
-    version: Name
+    version: ShortName
     window_start: float = Field(ge=0.0)
     window_end: float = Field(ge=0.0)
     requests: Count
