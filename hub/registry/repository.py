@@ -9,7 +9,7 @@ from typing import Any
 
 import semver
 from pydantic import ValidationError
-from sqlalchemy import delete
+from sqlalchemy import delete, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 
@@ -257,6 +257,31 @@ class Registry:
                 device.active_sha256 = state.active.sha256
             session.add(device)
             return True
+
+    def record_heard(self, heard: dict[str, float]) -> None:
+        """Devices heard from (heartbeats) at the given times: online, last seen then. A time older than the
+        device's last state changes nothing, so a late heartbeat never undoes a newer offline state."""
+        if not heard:
+            return
+        with self.db.session() as session:
+            for device_id, at in heard.items():
+                session.connection().execute(
+                    update(Device)
+                    .where(col(Device.id) == device_id)
+                    .where(or_(col(Device.last_seen).is_(None), col(Device.last_seen) < at))
+                    .values(online=True, last_seen=at)
+                )
+
+    def mark_silent_offline(self, silent_since: float) -> list[str]:
+        """Mark offline every online device not heard from since ``silent_since``; return their ids."""
+        silent = or_(col(Device.last_seen).is_(None), col(Device.last_seen) < silent_since)
+        with self.db.session() as session:
+            ids = list(session.exec(select(Device.id).where(col(Device.online).is_(True)).where(silent)))
+            if ids:
+                session.connection().execute(
+                    update(Device).where(col(Device.id).in_(ids)).where(silent).values(online=False)
+                )
+        return sorted(ids)
 
     # -- deployments --------------------------------------------------------------------------------------
 

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig
 from agent.daemon import Agent
 from hub.app import Hub
 from hub.config import HubSettings
+from tests.integration.fleet_harness import new_agent
 from tests.waiting import wait_until
 
-TARGET = "x86-onnx-cpu"
 OUTAGE_S = 5.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free now, so a restarted hub's embedded broker listens where the agents reconnect."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -50,7 +50,7 @@ class Traffic:
 
 @pytest.fixture
 def settings(tmp_path: Path, broker_url: str | None) -> HubSettings:
-    return HubSettings(data_dir=tmp_path / "hub", broker_url=broker_url, broker_port=_free_port())
+    return HubSettings(data_dir=tmp_path / "hub", broker_url=broker_url, broker_port=free_port())
 
 
 @pytest.fixture
@@ -61,23 +61,8 @@ def agents(tmp_path: Path, settings: HubSettings) -> Iterator[tuple[list[Hub], l
     hubs = [hub]
     prefix = f"td-{uuid.uuid4().hex[:6]}"
     started: list[Agent] = []
-    address = hub.broker_address
     for n in range(3):
-        device_id = f"{prefix}-{n}"
-        _, secret = hub.registry.provision_device(device_id, TARGET)
-        (tmp_path / device_id).mkdir()
-        (tmp_path / device_id / "root.json").write_bytes(hub.tuf.trusted_root())
-        config = AgentConfig(
-            device_id=device_id,
-            target=TARGET,
-            broker_url=f"mqtt://{address.host}:{address.port}",
-            password=secret,
-            data_dir=tmp_path / device_id / "data",
-            trust_root=tmp_path / device_id / "root.json",
-            telemetry_interval_s=0.2,
-            telemetry_ack_timeout_s=1.0,
-        )
-        agent = Agent(config)
+        agent = new_agent(hub, tmp_path, f"{prefix}-{n}", telemetry_interval_s=0.2, telemetry_ack_timeout_s=1.0)
         agent.start()
         started.append(agent)
     yield hubs, started
