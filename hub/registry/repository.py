@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import semver
@@ -35,7 +36,7 @@ _WRITE_ATTEMPTS = 5
 log = logging.getLogger(__name__)
 
 
-def usable_batch(payload: dict[str, Any]) -> TelemetryBatch | None:
+def usable_batch(payload: Mapping[str, Any]) -> TelemetryBatch | None:
     """The stored batch if analysis can use it (it parses and passes `validate_batch`), else None (logged):
     rows stored before validation covered everything must not break every later report."""
     try:
