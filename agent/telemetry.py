@@ -281,16 +281,20 @@ class TelemetrySender:
         sent = 0
         now = time.time()  # wall clock, so tests move it; a clock stepped back counts as timed out
         pending = self.outbox.pending()
+
+        def awaited(sent_at: float | None) -> bool:
+            return sent_at is not None and 0 <= now - sent_at < self.ack_timeout_s
+
         with self._lock:
             present = {batch_id_of(p) for p in pending}
             self._sent_at = {b: t for b, t in self._sent_at.items() if b in present}  # dropped by the bound
+            awaiting = sum(1 for t in self._sent_at.values() if awaited(t))
         for path in pending:
             batch_id = batch_id_of(path)
             with self._lock:
                 last = self._sent_at.get(batch_id)
-                if last is not None and 0 <= now - last < self.ack_timeout_s:
-                    continue
-                awaiting = sum(1 for t in self._sent_at.values() if 0 <= now - t < self.ack_timeout_s)
+            if awaited(last):
+                continue
             if awaiting >= self.max_in_flight:
                 break
             try:
@@ -303,6 +307,7 @@ class TelemetrySender:
                 if path.exists():  # else its acknowledgement already came
                     self._sent_at[batch_id] = now
                 self.resent += last is not None
+            awaiting += 1
             sent += 1
         self.sent += sent
         return sent

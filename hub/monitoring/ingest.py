@@ -198,6 +198,9 @@ class TelemetryIngestor:
             self.reject(len(result.refused))
         try:
             self._send_acks(result.committed, result.refused)
+        except Exception:  # devices send these batches again and get the acknowledgement then
+            log.exception("acknowledging %d telemetry batches failed", len(result.committed) + len(result.refused))
+        try:
             if self._metrics is not None:
                 self._metrics.observe_batches(result.fresh)
                 if duplicates:
@@ -207,7 +210,7 @@ class TelemetryIngestor:
             if self._on_stored is not None and result.fresh:
                 self._on_stored(result.fresh)
         except Exception:
-            log.exception("acknowledging or observing %d stored telemetry batches failed", len(result.committed))
+            log.exception("observing %d stored telemetry batches failed", len(result.fresh))
         with self._idle:
             self._pending -= len(batches)
             self._idle.notify_all()
