@@ -499,16 +499,18 @@ class Registry:
         return batches, len(payloads) - len(batches)
 
     def device_telemetry(self, device_id: str, since: float | None = None) -> list[TelemetryBatch]:
-        """Stored batches of one device (every model), optionally only windows ending after ``since``, oldest first."""
+        """Usable stored batches of one device (every model), optionally only windows ending after ``since``,
+        oldest first."""
         query = (
-            select(TelemetryRecord)
+            select(TelemetryRecord.payload)
             .where(TelemetryRecord.device_id == device_id)
             .order_by(col(TelemetryRecord.window_end))
         )
         if since is not None:
             query = query.where(TelemetryRecord.window_end >= since)
         with self.db.session() as session:
-            return [TelemetryBatch.model_validate(r.payload) for r in session.exec(query)]
+            payloads = list(session.exec(query))
+        return [b for b in map(usable_batch, payloads) if b is not None]
 
     def telemetry_count(self) -> int:
         """Number of stored batches."""
