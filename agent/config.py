@@ -36,6 +36,9 @@ class AgentConfig(BaseModel):
     reconnect_initial_s: float = Field(default=1.0, gt=0, description="first backoff ceiling between attempts")
     reconnect_max_s: float = Field(default=60.0, gt=0, description="backoff cap: attempts go on forever")
     telemetry_interval_s: float = Field(default=10.0, gt=0)
+    telemetry_ack_timeout_s: float = Field(
+        default=30.0, gt=0, description="a telemetry batch the hub has not acknowledged by then is sent again"
+    )
     heartbeat_interval_s: float = Field(default=30.0, gt=0)
     outbox_max_batches: int = Field(default=10_000, ge=10)
     chunk_timeout_s: float = Field(default=5.0, gt=0)

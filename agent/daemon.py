@@ -55,6 +55,9 @@ class Agent:
             shadow_sample_rate=config.shadow_sample_rate,
         )
         self.outbox = Outbox(self.data_dir / "outbox", max_batches=config.outbox_max_batches)
+        self.sender = TelemetrySender(
+            self.outbox, config.device_id, self._publish_and_wait, ack_timeout_s=config.telemetry_ack_timeout_s
+        )
         self.store = StateStore(self.data_dir / "state.json")
         self._before_step = before_step
         self._orders: queue.Queue[Any] = queue.Queue()
@@ -131,7 +134,7 @@ class Agent:
             limits = ApiLimits(cfg.http_max_body_bytes, cfg.http_max_batch_rows, cfg.http_read_timeout_s)
             self.api = LocalApi(self.service, cfg.http_host, cfg.http_port, limits=limits)
             self.api.start()
-        self.sender = TelemetrySender(self.outbox, cfg.device_id, self._publish_and_wait)
+        link.subscribe(self.sender.ack_topic, self.sender.on_ack, qos=1)
         pending = self.updater.pending()
         if pending is not None:
             self._orders.put(pending)  # before the retained order the broker replays, which is newer
@@ -206,6 +209,7 @@ class Agent:
         )
 
     def _announce(self) -> None:
+        self.sender.resend_all()  # acknowledgements sent while the link was down are lost
         if self.link is not None and self.link.broker is not None and not self._stopping.is_set():
             self.link.publish(
                 topics.device_topic(self.config.device_id, "state"), encode(self._state()), qos=1, retain=True

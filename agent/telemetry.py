@@ -1,8 +1,9 @@
 """Telemetry on the device: per-version statistics drained into batches, and the on-disk outbox.
 
-The outbox keeps batches on disk while the broker is unreachable, bounded by count (the oldest are
-dropped first, and counted), and sends them in order once connected; each batch carries an id, so a
-batch sent twice around a reconnect is stored once by the hub.
+The outbox keeps batches on disk, bounded by count (the oldest are dropped first, and counted), and sends
+them oldest first. A batch leaves the outbox only when the hub acknowledges it (`TelemetryAck`, sent after
+the batch is committed to the hub's database): a batch the broker took but no hub stored (the hub was down)
+is sent again, with the same id, after ``ack_timeout_s`` or a reconnect, and the hub stores it once.
 """
 
 from __future__ import annotations
@@ -13,18 +14,24 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
+from fleet.errors import ProtocolError
 from fleet.wire import topics
-from fleet.wire.messages import ShadowStats, TelemetryBatch
+from fleet.wire.messages import ShadowStats, TelemetryAck, TelemetryBatch, decode
 from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS, FeatureSketcher, HistogramAccumulator
+from fleet.wire.transport import Message
 
 log = logging.getLogger(__name__)
 MAX_SKETCHED_FEATURES = 256
 SKETCH_FLUSH_ROWS = 256
+MAX_IN_FLIGHT = 100
+"""Batches sent and not yet acknowledged, at most: a hub coming back is not flooded with the whole outbox."""
+REJECTED_KEPT = 100
+"""Batches the hub refused for good, kept aside in ``outbox/rejected`` for inspection (the newest)."""
 
 
 class _VersionStats:
@@ -199,6 +206,27 @@ class Outbox:
                 self.dropped += 1
             self.has_items.set()
 
+    def settle(self, stored: Iterable[str], rejected: Iterable[str] = ()) -> int:
+        """Remove the batches the hub stored, and move those it refused for good to ``rejected/``
+        (the newest `REJECTED_KEPT` are kept); return how many left the queue."""
+        done, refused = set(stored), set(rejected)
+        settled = 0
+        with self._lock:
+            for path in self.directory.glob("*.json"):
+                batch_id = batch_id_of(path)
+                if batch_id in done:
+                    path.unlink(missing_ok=True)
+                elif batch_id in refused:
+                    quarantine = self.directory / "rejected"
+                    quarantine.mkdir(exist_ok=True)
+                    os.replace(path, quarantine / path.name)
+                    for old in sorted(quarantine.glob("*.json"))[:-REJECTED_KEPT]:
+                        old.unlink(missing_ok=True)
+                else:
+                    continue
+                settled += 1
+        return settled
+
     def pending(self) -> list[Path]:
         """Queued batch files, oldest first."""
         with self._lock:
@@ -211,26 +239,105 @@ class Outbox:
         return len(self.pending())
 
 
-class TelemetrySender:
-    """Moves batches from the outbox to the broker, oldest first, deleting each once acknowledged."""
+def batch_id_of(path: Path) -> str:
+    """The batch id of an outbox file (``{seq}-{batch_id}.json``)."""
+    return path.name.split("-", 1)[1].removesuffix(".json")
 
-    def __init__(self, outbox: Outbox, device_id: str, publish_and_wait: Callable[[str, bytes], bool]) -> None:
+
+class TelemetrySender:
+    """Moves batches from the outbox to the broker, oldest first; each stays in the outbox until the hub
+    acknowledges it, and is sent again (same id) when no acknowledgement came within ``ack_timeout_s``.
+
+    ``flush`` runs on the telemetry thread, ``on_ack`` on the broker's dispatcher thread.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        device_id: str,
+        publish_and_wait: Callable[[str, bytes], bool],
+        *,
+        ack_timeout_s: float = 30.0,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
         self.outbox = outbox
+        self.device_id = device_id
         self.topic = topics.device_topic(device_id, "telemetry")
+        self.ack_topic = topics.device_topic(device_id, "telemetry-ack")
+        self.ack_timeout_s = ack_timeout_s
+        self.max_in_flight = max_in_flight
         self._publish_and_wait = publish_and_wait
+        self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)
+        self._sent_at: dict[str, float] = {}  # batch id -> wall-clock time of its last send
         self.sent = 0
+        self.resent = 0
+        self.acknowledged = 0
+        self.rejected = 0
 
     def flush(self) -> int:
-        """Send everything queued; stop at the first batch the broker does not acknowledge."""
+        """Send queued batches not awaiting an acknowledgement (up to ``max_in_flight`` awaiting); stop at
+        the first one the broker does not take. Return how many were sent."""
         sent = 0
-        for path in self.outbox.pending():
+        now = time.time()  # wall clock, so tests move it; a clock stepped back counts as timed out
+        pending = self.outbox.pending()
+
+        def awaited(sent_at: float | None) -> bool:
+            return sent_at is not None and 0 <= now - sent_at < self.ack_timeout_s
+
+        with self._lock:
+            present = {batch_id_of(p) for p in pending}
+            self._sent_at = {b: t for b, t in self._sent_at.items() if b in present}  # dropped by the bound
+            awaiting = sum(1 for t in self._sent_at.values() if awaited(t))
+        for path in pending:
+            batch_id = batch_id_of(path)
+            with self._lock:
+                last = self._sent_at.get(batch_id)
+            if awaited(last):
+                continue
+            if awaiting >= self.max_in_flight:
+                break
             try:
                 payload = path.read_bytes()
             except FileNotFoundError:
-                continue  # dropped by the bound meanwhile
+                continue  # acknowledged or dropped by the bound meanwhile
             if not self._publish_and_wait(self.topic, payload):
                 break
-            path.unlink(missing_ok=True)
+            with self._lock:
+                if path.exists():  # else its acknowledgement already came
+                    self._sent_at[batch_id] = now
+                self.resent += last is not None
+            awaiting += 1
             sent += 1
         self.sent += sent
         return sent
+
+    def on_ack(self, message: Message) -> None:
+        """Handle a `TelemetryAck` from the hub: drop what it stored, set aside what it refused."""
+        try:
+            ack = decode(TelemetryAck, message.payload, topic=message.topic)
+        except ProtocolError as exc:
+            log.warning("%s: ignored telemetry acknowledgement: %s", self.device_id, exc)
+            return
+        if ack.device_id != self.device_id:
+            log.warning("%s: ignored telemetry acknowledgement for %s", self.device_id, ack.device_id)
+            return
+        for batch_id, reason in ack.rejected.items():
+            log.warning("%s: hub refused telemetry batch %s: %s", self.device_id, batch_id, reason)
+        self.outbox.settle(ack.stored, ack.rejected)
+        with self._settled:
+            for batch_id in (*ack.stored, *ack.rejected):
+                self._sent_at.pop(batch_id, None)
+            self.acknowledged += len(ack.stored)
+            self.rejected += len(ack.rejected)
+            self._settled.notify_all()
+
+    def resend_all(self) -> None:
+        """Forget what awaits an acknowledgement (after a reconnect), so the next flush sends it again."""
+        with self._lock:
+            self._sent_at.clear()
+
+    def wait_settled(self, timeout_s: float) -> bool:
+        """Block until nothing sent awaits an acknowledgement; return whether that happened in time."""
+        with self._settled:
+            return self._settled.wait_for(lambda: not self._sent_at, timeout_s)

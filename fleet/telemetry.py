@@ -25,8 +25,9 @@ from fleet.wire.messages import Histogram, TelemetryBatch
 from fleet.wire.sketches import (
     CONFIDENCE_BUCKETS,
     DEFAULT_SKETCH_K,
+    LATENCY_BUCKETS_MS,
     HistogramAccumulator,
-    check_histogram,
+    check_standard_edges,
     deserialize_sketch,
     new_sketch,
     serialize_sketch,
@@ -40,17 +41,28 @@ __all__ = ["ReferenceProfile", "TelemetryAggregate", "validate_batch"]
 
 
 def validate_batch(batch: TelemetryBatch) -> None:
-    """Check what the schema cannot: histogram shapes and every feature sketch's bytes. The hub calls this
-    at ingestion so one corrupt batch never reaches (and breaks) a drift or canary report."""
-    for hist in (batch.latency_ms, batch.confidence, *((batch.shadow.latency_ms,) if batch.shadow else ())):
-        check_histogram(hist)
-    if batch.errors > batch.requests:
-        raise ProtocolError(f"batch {batch.batch_id} has more errors than requests")
+    """Check what the schema cannot (it already refuses non-finite numbers and oversized fields): the standard
+    histogram edges and shapes, consistent counts and time window, and every feature sketch's bytes. The hub
+    calls this at ingestion and before analysis, so one corrupt batch never reaches (and breaks) a report."""
+    where = f"batch {batch.batch_id}"
+    try:
+        check_standard_edges(batch.latency_ms, LATENCY_BUCKETS_MS, "latency")
+        check_standard_edges(batch.confidence, CONFIDENCE_BUCKETS, "confidence")
+        if batch.shadow is not None:
+            check_standard_edges(batch.shadow.latency_ms, LATENCY_BUCKETS_MS, "shadow latency")
+    except ProtocolError as exc:
+        raise ProtocolError(f"{where}: {exc}") from exc
+    if batch.errors > batch.requests or batch.offloaded > batch.requests:
+        raise ProtocolError(f"{where} has more errors or offloaded requests than requests")
+    if batch.shadow is not None and batch.shadow.agreed > batch.shadow.compared:
+        raise ProtocolError(f"{where} has more shadow agreements than comparisons")
+    if batch.window_end < batch.window_start:
+        raise ProtocolError(f"{where} ends before it starts")
     for name, text in batch.feature_sketches.items():
         try:
             deserialize_sketch(text)
         except ProtocolError as exc:
-            raise ProtocolError(f"batch {batch.batch_id}, feature {name!r}: {exc}") from exc
+            raise ProtocolError(f"{where}, feature {name!r}: {exc}") from exc
 
 
 @dataclass

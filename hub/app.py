@@ -34,7 +34,8 @@ from hub.devices.connection import BrokerConnector
 from hub.devices.embedded_broker import EmbeddedBroker
 from hub.devices.orders import DeploymentOrders
 from hub.devices.traffic import DeviceTraffic
-from hub.monitoring.ingest import RetentionPolicy, TelemetryIngestor
+from hub.monitoring.ingest import RetentionPolicy, TelemetryIngestor, publish_acks
+from hub.monitoring.presence import DevicePresence
 from hub.monitoring.service import HubMonitoring
 from hub.monitoring.signing_metrics import SigningMetrics
 from hub.private_files import create_private, private_dir
@@ -64,6 +65,7 @@ class Hub:
         self.ingestor: TelemetryIngestor | None = None
         self.transfer: BundleTransfer | None = None
         self.orders: DeploymentOrders | None = None
+        self.presence: DevicePresence | None = None
         self._event_listeners: list[Any] = []
         self._progress = threading.Condition()
         self.rollouts: RolloutManager | None = None  # started last, stopped first
@@ -102,7 +104,9 @@ class Hub:
             window_s=s.telemetry_rollup_window_s,
             interval_s=s.telemetry_prune_interval_s,
         )
-        self.ingestor = TelemetryIngestor(self.registry, metrics=self.monitoring.metrics, retention=retention)
+        self.ingestor = TelemetryIngestor(
+            self.registry, metrics=self.monitoring.metrics, retention=retention, acknowledge=publish_acks(broker)
+        )
         self.traffic = traffic = DeviceTraffic(broker, self.registry, telemetry_filter=s.telemetry_filter())
         traffic.on_telemetry(self.ingestor.submit)
         traffic.on_rejected(self._on_rejected)
@@ -114,6 +118,9 @@ class Hub:
         )
         self.orders = DeploymentOrders(broker, self.store, self.registry, chunk_size=s.chunk_size)
         self.rollouts = RolloutManager(self.registry, self.orders)
+        self.presence = DevicePresence(self.registry, offline_after_s=s.device_offline_after_s)
+        self.presence.sweep()  # before subscribing: stored rows of devices that fell silent meanwhile are stale
+        traffic.on_heartbeat(self.presence.heard)
         traffic.on_state(self._apply_state)
         traffic.on_state(self.rollouts.observe_state)
         traffic.on_event(self._apply_event)
@@ -121,6 +128,7 @@ class Hub:
         traffic.on_fetch(self.transfer.handle)
         self.metadata_refresher.start()  # before devices fetch: metadata gone stale while the hub was down
         traffic.start()
+        self.presence.start()
         self.rollouts.start()
 
     def stop(self) -> None:
@@ -129,6 +137,8 @@ class Hub:
             self.rollouts.stop()
             self.rollouts = None
         self.metadata_refresher.stop()
+        if self.presence is not None:
+            self.presence.stop()
         if self.traffic is not None:
             self.traffic.stop()
         if self.ingestor is not None:
@@ -140,6 +150,7 @@ class Hub:
         self.db.close()
         self.traffic = self.ingestor = self.broker = self.embedded = None
         self.transfer = self.orders = None
+        self.presence = None
         self.connector = None
 
     def __enter__(self) -> Hub:

@@ -77,6 +77,13 @@ class HubSettings(BaseModel):
         default=300.0, ge=0, description="how often the ingestor prunes raw telemetry; 0 never (another worker does)"
     )
 
+    device_offline_after_s: float = Field(
+        default=90.0,
+        gt=0,
+        description="a device not heard from (state or heartbeat) for this long is marked offline, also at start; "
+        "keep it a few agent heartbeat intervals (30 s by default)",
+    )
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxy_networks(cls, value: list[str]) -> list[str]:

@@ -43,3 +43,5 @@ class CanaryReport(BaseModel):
     device_classes: list[str]
     excluded_devices: dict[str, str] = Field(default_factory=dict)
     config: CanaryConfig
+    skipped_batches: int = 0
+    """Stored batches left out because they could not be used (malformed data of some device)."""

@@ -93,6 +93,8 @@ class DriftReport(BaseModel):
     corrected_tests: int
     config: DriftConfig
     cohorts: list[CohortDrift]
+    skipped_batches: int = 0
+    """Stored batches left out because they could not be used (malformed data of some device)."""
 
     @property
     def drifted_cohorts(self) -> list[str]:

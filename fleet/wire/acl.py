@@ -31,6 +31,7 @@ def device_rules(device_id: str) -> tuple[Rule, ...]:
         Rule("read", f"{own}/deployment"),
         Rule("read", f"{own}/meta"),
         Rule("read", f"{own}/refused"),
+        Rule("read", f"{own}/telemetry-ack"),
         Rule("read", f"{ROOT}/bundles/#"),
         Rule("read", f"{ROOT}/broadcast/#"),
     )

@@ -23,12 +23,21 @@ _CHUNK_MAGIC: Final = b"EFC1"
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+BatchId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+#: Counts stored in 32-bit integer columns; a window never holds more (a device answers far fewer requests).
+Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Label = Annotated[str, Field(min_length=1, max_length=128)]
+ShortName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+MAX_HISTOGRAM_BUCKETS: Final = 64
+MAX_PREDICTION_LABELS: Final = 1000
+MAX_FEATURES: Final = 256
+MAX_ACK_BATCHES: Final = 1000
 
 
 class WireModel(BaseModel):
     """Base of every JSON wire message: frozen, strict about unknown fields, versioned."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # JSON has no NaN or Infinity
     schema_version: Literal[1] = SCHEMA_VERSION
 
 
@@ -140,38 +149,52 @@ class FetchRefused(WireModel):
 class Histogram(WireModel):
     """Fixed-bucket histogram: ``counts[i]`` counts values <= ``edges[i]``; the last count is overflow."""
 
-    edges: list[float]
-    counts: list[Annotated[int, Field(ge=0)]]
-    total: float = 0.0
+    edges: list[float] = Field(min_length=1, max_length=MAX_HISTOGRAM_BUCKETS)
+    counts: list[Count] = Field(max_length=MAX_HISTOGRAM_BUCKETS + 1)
+    total: float = Field(default=0.0, ge=0.0)
 
 
 class ShadowStats(WireModel):
     """Candidate model run beside the active one on sampled requests."""
 
     candidate_version: Name
-    compared: int = Field(ge=0)
-    agreed: int = Field(ge=0)
+    compared: Count
+    agreed: Count
     latency_ms: Histogram
 
 
 class TelemetryBatch(WireModel):
     """Telemetry for one model version over one time window; the hub drops repeated ``batch_id``."""
 
-    batch_id: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+    batch_id: BatchId
     device_id: DeviceId
-    target: Name
+    target: ShortName  # stored in 64-character columns
     model: Name
-    version: Name
-    window_start: float
-    window_end: float
-    requests: int = Field(ge=0)
-    errors: int = Field(ge=0)
-    offloaded: int = Field(default=0, ge=0)
+    version: ShortName
+    window_start: float = Field(ge=0.0)
+    window_end: float = Field(ge=0.0)
+    requests: Count
+    errors: Count
+    offloaded: Count = 0
     latency_ms: Histogram
     confidence: Histogram
-    predictions: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
-    feature_sketches: dict[str, str] = Field(default_factory=dict)
+    predictions: dict[Label, Count] = Field(default_factory=dict, max_length=MAX_PREDICTION_LABELS)
+    feature_sketches: dict[Label, str] = Field(default_factory=dict, max_length=MAX_FEATURES)
     shadow: ShadowStats | None = None
+
+
+class TelemetryAck(WireModel):
+    """The hub's receipt for telemetry batches, sent only after they are committed to its database.
+
+    ``stored`` batches (new or already stored) and ``rejected`` ones (with the reason; they can never be
+    stored) may leave the device's outbox; a batch named in neither is sent again.
+    """
+
+    device_id: DeviceId
+    stored: list[BatchId] = Field(default_factory=list, max_length=MAX_ACK_BATCHES)
+    rejected: dict[BatchId, Annotated[str, Field(max_length=500)]] = Field(
+        default_factory=dict, max_length=MAX_ACK_BATCHES
+    )
 
 
 M = TypeVar("M", bound=WireModel)

@@ -36,6 +36,7 @@ __all__ = [
     "FeatureSketcher",
     "HistogramAccumulator",
     "check_histogram",
+    "check_standard_edges",
     "deserialize_sketch",
     "histogram_count",
     "histogram_mean",
@@ -71,6 +72,14 @@ def check_histogram(hist: Histogram) -> None:
         )
     if any(b <= a for a, b in zip(hist.edges, hist.edges[1:], strict=False)):
         raise ProtocolError("histogram edges are not strictly increasing")
+
+
+def check_standard_edges(hist: Histogram, edges: Sequence[float], name: str) -> None:
+    """Refuse a histogram whose edges are not exactly ``edges`` (`LATENCY_BUCKETS_MS` or `CONFIDENCE_BUCKETS`):
+    histograms only merge with the same edges, so one stored with others would break every later report."""
+    check_histogram(hist)
+    if tuple(hist.edges) != tuple(edges):
+        raise ProtocolError(f"{name} histogram does not use the standard {len(edges)} bucket edges")
 
 
 class HistogramAccumulator:
@@ -118,11 +127,11 @@ class HistogramAccumulator:
         self.observe_many(np.asarray([value], dtype=np.float64))
 
     def observe_many(self, values: Iterable[float] | np.ndarray) -> None:
-        """Count many values at once; NaN values are ignored."""
+        """Count many values at once; NaN and infinite values are ignored."""
         if self._edges is None or self._counts is None:
             raise FleetConfigError("histogram accumulator has no edges yet")
         arr = np.asarray(values, dtype=np.float64).ravel()
-        arr = arr[~np.isnan(arr)]
+        arr = arr[np.isfinite(arr)]
         if arr.size == 0:
             return
         idx = np.searchsorted(self._edges, arr, side="left")
@@ -218,10 +227,10 @@ def new_sketch(k: int = DEFAULT_SKETCH_K) -> kll_floats_sketch:
 
 
 def sketch_from_values(values: Iterable[float] | np.ndarray, k: int = DEFAULT_SKETCH_K) -> kll_floats_sketch:
-    """A KLL sketch of ``values`` (NaN values are skipped)."""
+    """A KLL sketch of ``values`` (NaN and infinite values are skipped)."""
     sk = new_sketch(k)
     arr = np.asarray(values, dtype=np.float32).ravel()
-    arr = arr[~np.isnan(arr)]
+    arr = arr[np.isfinite(arr)]
     if arr.size:
         sk.update(arr)
     return sk
@@ -273,7 +282,7 @@ def _check_kll_bytes(raw: bytes) -> None:
             raise ProtocolError("malformed empty KLL sketch")
         return
     if flags & _FLAG_SINGLE_ITEM:
-        if preamble_ints != 2 or len(raw) != 12 or math.isnan(struct.unpack_from("<f", raw, 8)[0]):
+        if preamble_ints != 2 or len(raw) != 12 or not math.isfinite(struct.unpack_from("<f", raw, 8)[0]):
             raise ProtocolError("malformed single-item KLL sketch")
         return
     if preamble_ints != 5 or len(raw) < 20:
@@ -290,8 +299,8 @@ def _check_kll_bytes(raw: bytes) -> None:
     if sum((levels[i + 1] - levels[i]) << i for i in range(num_levels)) != n or n == 0:
         raise ProtocolError("KLL sketch weights do not add up to its item count")
     values = np.frombuffer(raw, dtype="<f4", offset=items_at - 8)  # min, max, then the items
-    if np.isnan(values).any() or values[0] > values[1]:
-        raise ProtocolError("KLL sketch holds NaN or inconsistent min/max")
+    if not np.isfinite(values).all() or values[0] > values[1]:
+        raise ProtocolError("KLL sketch holds NaN, infinity or inconsistent min/max")
     items = values[2:]
     descending = items[1:] < items[:-1]  # allowed only across level boundaries and in an unsorted level 0
     descending[[e for e in (b - levels[0] - 1 for b in levels[1:num_levels]) if 0 <= e < descending.size]] = False
@@ -366,15 +375,15 @@ class FeatureSketcher:
         return sk
 
     def update(self, features: Mapping[str, float]) -> None:
-        """Add one row of feature values (NaN skipped)."""
+        """Add one row of feature values (NaN and infinities skipped)."""
         for name, value in features.items():
-            if value == value:  # not NaN
+            if math.isfinite(value):
                 self._sketch(name).update(float(value))
 
     def update_column(self, name: str, values: Iterable[float] | np.ndarray) -> None:
-        """Add many values of one feature."""
+        """Add many values of one feature (NaN and infinities skipped)."""
         arr = np.asarray(values, dtype=np.float32).ravel()
-        arr = arr[~np.isnan(arr)]
+        arr = arr[np.isfinite(arr)]
         if arr.size:
             self._sketch(name).update(arr)
 

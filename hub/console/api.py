@@ -102,7 +102,8 @@ def create_console_router(hub: Hub) -> APIRouter:
         registry.get_version(name, version)
         source = hub.monitoring.source()
         since = time.time() - last_hours * 3600 if last_hours else None
-        return feature_distributions(source.reference(name, version), source.telemetry(name, version, since=since))
+        current = source.telemetry(name, version, since=since).batches
+        return feature_distributions(source.reference(name, version), current)
 
     return router
 

@@ -23,7 +23,15 @@ from typing import Any, TypeVar
 
 from fleet.errors import ProtocolError
 from fleet.wire import topics
-from fleet.wire.messages import DeviceState, FetchRequest, TelemetryBatch, UpdateEvent, WireModel, decode
+from fleet.wire.messages import (
+    DeviceState,
+    FetchRequest,
+    Heartbeat,
+    TelemetryBatch,
+    UpdateEvent,
+    WireModel,
+    decode,
+)
 from fleet.wire.transport import Broker, Message, Unsubscribe
 from hub.errors import HubError
 from hub.registry import Registry
@@ -42,6 +50,7 @@ _CHANNELS: dict[str, tuple[type[WireModel], str | None]] = {
     "events": (UpdateEvent, "device_id"),
     "fetch": (FetchRequest, None),
     "telemetry": (TelemetryBatch, "device_id"),
+    "heartbeat": (Heartbeat, "device_id"),
 }
 
 
@@ -81,6 +90,10 @@ class DeviceTraffic:
         """Call ``listener`` with every telemetry batch that decoded and names its sender."""
         return self._add("telemetry", listener)
 
+    def on_heartbeat(self, listener: Listener[Heartbeat]) -> Unsubscribe:
+        """Call ``listener`` with every valid heartbeat."""
+        return self._add("heartbeat", listener)
+
     def on_rejected(self, listener: RejectListener) -> Unsubscribe:
         """Call ``listener(channel, error)`` for every message refused here or by a listener."""
         self._reject_listeners.append(listener)
@@ -92,7 +105,9 @@ class DeviceTraffic:
         """Subscribe to the device channels the hub consumes."""
         filters = {"telemetry": self.telemetry_filter}
         if not telemetry_only:
-            filters |= {channel: topics.device_wildcard(channel) for channel in ("state", "events", "fetch")}
+            filters |= {
+                channel: topics.device_wildcard(channel) for channel in ("state", "events", "fetch", "heartbeat")
+            }
         for channel, topic_filter in filters.items():
             self._unsubscribes.append(self.broker.subscribe(topic_filter, self._handler(channel)))
 

@@ -2,8 +2,12 @@
 
 A batch that fails `fleet.telemetry.validate_batch` is rejected and counted, never queued. Each write stores
 the batches whose id is new (`Registry.store_telemetry`); only those reach `FleetMetrics` and the
-``on_stored`` callback, duplicates are counted. Every ``prune_interval_s`` the writer folds old raw batches
-into rollups (`Registry.prune_telemetry`), so raw telemetry stays bounded.
+``on_stored`` callback, duplicates are counted. A write the database refuses is split in halves and retried,
+so one batch it cannot store is rejected alone (and counted) and the others are stored; a write that fails
+because the database is unreachable stores nothing and acknowledges nothing (devices send those batches
+again). After each write, every device gets one `TelemetryAck` naming its batches committed (new or
+duplicate) or refused: only then may it delete them. Every ``prune_interval_s`` the writer folds old raw
+batches into rollups (`Registry.prune_telemetry`), so raw telemetry stays bounded.
 """
 
 from __future__ import annotations
@@ -15,14 +19,41 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
 from fleet.errors import ProtocolError
 from fleet.telemetry import validate_batch
-from fleet.wire.messages import TelemetryBatch
+from fleet.wire import topics
+from fleet.wire.messages import MAX_ACK_BATCHES, TelemetryAck, TelemetryBatch, encode
+from fleet.wire.transport import Broker
 from hub.monitoring.metrics import FleetMetrics
 from hub.registry import Registry
 
+__all__ = ["Acknowledge", "RetentionPolicy", "TelemetryIngestor", "publish_acks"]
+
 log = logging.getLogger(__name__)
 _FLUSH = object()
+#: The database could not be reached: nothing was stored, and nothing about the batches is known to be wrong.
+_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
+Acknowledge = Callable[[TelemetryAck], None]
+
+
+def publish_acks(broker: Broker) -> Acknowledge:
+    """Send each acknowledgement to its device's ``telemetry-ack`` topic (QoS 1, queued while offline)."""
+
+    def acknowledge(ack: TelemetryAck) -> None:
+        broker.publish(topics.device_topic(ack.device_id, "telemetry-ack"), encode(ack), qos=1)
+
+    return acknowledge
+
+
+@dataclass
+class _WriteResult:
+    fresh: list[TelemetryBatch]
+    committed: list[TelemetryBatch]
+    refused: dict[str, tuple[TelemetryBatch, str]]
+    unstored: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,8 +79,12 @@ class TelemetryIngestor:
         on_stored: Callable[[list[TelemetryBatch]], None] | None = None,
         metrics: FleetMetrics | None = None,
         retention: RetentionPolicy | None = None,
+        acknowledge: Acknowledge | None = None,
+        validate: Callable[[TelemetryBatch], None] = validate_batch,
     ) -> None:
         self._registry = registry
+        self._acknowledge = acknowledge
+        self._validate = validate
         self._max_batch = max_batch
         self._linger_s = linger_s
         self._on_stored = on_stored
@@ -65,6 +100,7 @@ class TelemetryIngestor:
         self.stored = 0
         self.duplicates = 0
         self.rejected = 0
+        self.unstored = 0
         self.pruned = 0
         self._thread = threading.Thread(target=self._run, name="telemetry-writer", daemon=True)
         self._thread.start()
@@ -72,12 +108,13 @@ class TelemetryIngestor:
     def submit(self, batch: TelemetryBatch) -> None:
         """Validate and queue a batch for writing (a full queue blocks the caller, nothing is dropped).
 
-        A malformed batch raises `ProtocolError` after being counted as rejected.
+        A malformed batch raises `ProtocolError` after being counted as rejected and refused to its device.
         """
         try:
-            validate_batch(batch)
-        except ProtocolError:
+            self._validate(batch)
+        except ProtocolError as exc:
             self.reject()
+            self._send_acks([], {batch.batch_id: (batch, str(exc))})
             raise
         with self._idle:
             self._pending += 1
@@ -151,25 +188,72 @@ class TelemetryIngestor:
     def _write(self, batches: list[TelemetryBatch]) -> None:
         if not batches:
             return
+        result = self._store_isolating(batches)
+        duplicates = len(result.committed) - len(result.fresh)
+        with self._idle:
+            self.stored += len(result.fresh)
+            self.duplicates += duplicates
+            self.unstored += result.unstored
+        if result.refused:
+            self.reject(len(result.refused))
         try:
-            fresh = self._registry.store_telemetry(batches)
+            self._send_acks(result.committed, result.refused)
+        except Exception:  # devices send these batches again and get the acknowledgement then
+            log.exception("acknowledging %d telemetry batches failed", len(result.committed) + len(result.refused))
+        try:
+            if self._metrics is not None:
+                self._metrics.observe_batches(result.fresh)
+                if duplicates:
+                    self._metrics.count_batches("duplicate", duplicates)
+                if result.unstored:
+                    self._metrics.count_batches("unstored", result.unstored)
+            if self._on_stored is not None and result.fresh:
+                self._on_stored(result.fresh)
         except Exception:
-            log.exception("writing %d telemetry batches failed; they are lost on the hub side", len(batches))
-            fresh = None
-        if fresh is not None:
-            duplicates = len(batches) - len(fresh)
-            with self._idle:
-                self.stored += len(fresh)
-                self.duplicates += duplicates
-            try:
-                if self._metrics is not None:
-                    self._metrics.observe_batches(fresh)
-                    if duplicates:
-                        self._metrics.count_batches("duplicate", duplicates)
-                if self._on_stored is not None and fresh:
-                    self._on_stored(fresh)
-            except Exception:
-                log.exception("observing %d stored telemetry batches failed", len(fresh))
+            log.exception("observing %d stored telemetry batches failed", len(result.fresh))
         with self._idle:
             self._pending -= len(batches)
             self._idle.notify_all()
+
+    def _store_isolating(self, batches: list[TelemetryBatch]) -> _WriteResult:
+        """Store ``batches`` in one write; when the database refuses it, store each half on its own, down to
+        the single batch it cannot store, which is refused with the database's reason."""
+        try:
+            fresh = self._registry.store_telemetry(batches)
+        except _UNAVAILABLE as exc:
+            log.warning("database unavailable, %d telemetry batches not stored (devices resend): %s", len(batches), exc)
+            return _WriteResult([], [], {}, unstored=len(batches))
+        except Exception as exc:
+            if len(batches) == 1:
+                reason = f"the database refused the batch: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                log.warning("telemetry batch %s of %s rejected: %s", batches[0].batch_id, batches[0].device_id, reason)
+                return _WriteResult([], [], {batches[0].batch_id: (batches[0], reason)})
+            half = len(batches) // 2
+            first, second = self._store_isolating(batches[:half]), self._store_isolating(batches[half:])
+            return _WriteResult(
+                first.fresh + second.fresh,
+                first.committed + second.committed,
+                first.refused | second.refused,
+                first.unstored + second.unstored,
+            )
+        return _WriteResult(fresh, batches, {})
+
+    def _send_acks(self, committed: list[TelemetryBatch], refused: dict[str, tuple[TelemetryBatch, str]]) -> None:
+        """One `TelemetryAck` per device (and per `MAX_ACK_BATCHES` ids) for what was committed or refused."""
+        if self._acknowledge is None:
+            return
+        stored: dict[str, list[str]] = {}
+        for batch in committed:
+            stored.setdefault(batch.device_id, []).append(batch.batch_id)
+        rejected: dict[str, dict[str, str]] = {}
+        for batch_id, (batch, reason) in refused.items():
+            rejected.setdefault(batch.device_id, {})[batch_id] = reason[:500]
+        for device_id in stored.keys() | rejected.keys():
+            ids = list(dict.fromkeys(stored.get(device_id, [])))
+            for start in range(0, max(len(ids), 1), MAX_ACK_BATCHES):
+                chunk = ids[start : start + MAX_ACK_BATCHES]
+                self._acknowledge(
+                    TelemetryAck(
+                        device_id=device_id, stored=chunk, rejected=rejected.get(device_id, {}) if start == 0 else {}
+                    )
+                )

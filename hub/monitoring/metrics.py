@@ -19,7 +19,7 @@ Metrics::
     edgefleet_device_predictions_total                counter    model, version, target, label
     edgefleet_shadow_comparisons_total                counter    model, version, candidate
     edgefleet_shadow_agreements_total                 counter    model, version, candidate
-    edgefleet_telemetry_batches_total                 counter    result (accepted, duplicate, rejected)
+    edgefleet_telemetry_batches_total                 counter    result (accepted, duplicate, rejected, unstored)
     edgefleet_drift_score                             gauge      model, version, cohort, feature, test
     edgefleet_drift_detected                          gauge      model, version, cohort, feature
     edgefleet_devices_online                          gauge      target
@@ -230,7 +230,8 @@ class FleetMetrics:
             self.observe_batch(batch)
 
     def count_batches(self, result: str, n: int = 1) -> None:
-        """Count batches that were not observed: ``duplicate`` or ``rejected`` (malformed)."""
+        """Count batches that were not observed: ``duplicate``, ``rejected`` (malformed, refused for good) or
+        ``unstored`` (the database was unreachable; not acknowledged, so the device sends them again)."""
         self.telemetry_batches.labels(result).inc(n)
 
     # -- analysis --------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ testable without a database. Storage plugs in through the small `MonitoringSourc
 - `FileSource` reads a JSON dump (``{"batches": [...], "reference": {...}, "labels": {...},
   "rollouts": {...}}``) for offline analysis and tests.
 
+A source hands over only batches analysis can use (`fleet.telemetry.validate_batch`); the others are skipped
+and counted in the report's ``skipped_batches``, so one device's bad data never fails a report.
+
 Unknown rollouts or missing references raise `hub.errors.NotFoundError`.
 """
 
@@ -17,13 +20,14 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleet.canary import CanaryConfig, CanaryReport, analyse_canary, device_metrics
 from fleet.drift import DriftConfig, DriftReport, analyse_drift, group_cohorts
-from fleet.telemetry import ReferenceProfile
+from fleet.errors import ProtocolError
+from fleet.telemetry import ReferenceProfile, validate_batch
 from fleet.wire.messages import TelemetryBatch
 from hub.errors import InvalidRequestError, NotFoundError
 
@@ -35,6 +39,7 @@ __all__ = [
     "MonitoringSource",
     "RegistrySource",
     "RolloutView",
+    "TelemetryRead",
     "canary_report",
     "canary_report_for",
     "drift_report",
@@ -59,13 +64,20 @@ class RolloutView(BaseModel):
     window_end: float | None = None
 
 
+class TelemetryRead(NamedTuple):
+    """Batches a source can hand to analysis, and how many it skipped as unusable."""
+
+    batches: list[TelemetryBatch]
+    skipped: int = 0
+
+
 class MonitoringSource(Protocol):
     """Where reports get their data from."""
 
     def telemetry(
         self, model: str, version: str | None = None, *, since: float | None = None, until: float | None = None
-    ) -> list[TelemetryBatch]:
-        """Batches of ``model`` (one version, or all), whose window ends in ``[since, until]``."""
+    ) -> TelemetryRead:
+        """Usable batches of ``model`` (one version, or all) whose window ends in ``[since, until]``."""
         ...
 
     def reference(self, model: str, version: str) -> ReferenceProfile:
@@ -168,8 +180,8 @@ def drift_report_for(
 ) -> DriftReport:
     """`drift_report` on what ``source`` holds (``reference`` overrides the source's)."""
     ref = reference if reference is not None else source.reference(model, version)
-    batches = source.telemetry(model, version, since=since, until=until)
-    return drift_report(
+    batches, skipped = source.telemetry(model, version, since=since, until=until)
+    report = drift_report(
         ref,
         batches,
         model=model,
@@ -179,6 +191,7 @@ def drift_report_for(
         device_labels=source.device_labels(),
         config=config,
     )
+    return report.model_copy(update={"skipped_batches": skipped})
 
 
 def canary_report_for(
@@ -186,9 +199,10 @@ def canary_report_for(
 ) -> CanaryReport:
     """`canary_report` for a rollout known to ``source``."""
     rollout = source.rollout(rollout_id)
-    batches = source.telemetry(rollout.model, since=rollout.window_start, until=rollout.window_end)
+    batches, skipped = source.telemetry(rollout.model, since=rollout.window_start, until=rollout.window_end)
     canary, baseline = split_rollout_batches(rollout, batches)
-    return canary_report(canary, baseline, candidate_version=rollout.candidate_version, config=config)
+    report = canary_report(canary, baseline, candidate_version=rollout.candidate_version, config=config)
+    return report.model_copy(update={"skipped_batches": skipped})
 
 
 # -------------------------------------------------------------------------------------------- sources
@@ -205,7 +219,16 @@ class FileSource:
             data = {"batches": [json.loads(line) for line in text.splitlines() if line.strip()]}
         else:
             data = json.loads(text)
-        self._batches = [TelemetryBatch.model_validate(b) for b in data.get("batches", [])]
+        self._batches: list[TelemetryBatch] = []
+        self._skipped = 0
+        for raw in data.get("batches", []):
+            try:
+                batch = TelemetryBatch.model_validate(raw)
+                validate_batch(batch)
+            except (ValidationError, ProtocolError):
+                self._skipped += 1
+                continue
+            self._batches.append(batch)
         raw_ref = data.get("reference") or {}
         if "feature_sketches" in raw_ref or "schema_version" in raw_ref:
             self._references = {"*": ReferenceProfile.model_validate(raw_ref)}
@@ -216,12 +239,13 @@ class FileSource:
 
     def telemetry(
         self, model: str, version: str | None = None, *, since: float | None = None, until: float | None = None
-    ) -> list[TelemetryBatch]:
-        return [
+    ) -> TelemetryRead:
+        batches = [
             b
             for b in self._batches
             if b.model == model and (version is None or b.version == version) and _in_window(b, since, until)
         ]
+        return TelemetryRead(batches, self._skipped)
 
     def reference(self, model: str, version: str) -> ReferenceProfile:
         ref = self._references.get(f"{model}:{version}") or self._references.get("*")
@@ -257,9 +281,9 @@ class RegistrySource:
 
     def telemetry(
         self, model: str, version: str | None = None, *, since: float | None = None, until: float | None = None
-    ) -> list[TelemetryBatch]:
-        batches = self._registry.telemetry_batches(model, version)
-        return [b for b in batches if _in_window(b, since, until)]
+    ) -> TelemetryRead:
+        batches, skipped = self._registry.read_telemetry(model, version)
+        return TelemetryRead([b for b in batches if _in_window(b, since, until)], skipped)
 
     def reference(self, model: str, version: str) -> ReferenceProfile:
         found = self._reference(model, version) if self._reference is not None else None

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import semver
-from sqlalchemy import delete
+from pydantic import ValidationError
+from sqlalchemy import delete, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 
+from fleet.errors import ProtocolError
+from fleet.telemetry import validate_batch
 from fleet.wire.messages import DeviceState, TelemetryBatch, UpdateEvent
 from hub.errors import ConflictError, InvalidRequestError, NotFoundError
 from hub.registry.credentials import dummy_hash, hash_password, hash_secret, new_secret, verify_secret
@@ -28,6 +33,19 @@ from hub.registry.telemetry_tables import TelemetryRollup, fold_batches, rollup_
 from targets import TargetError, get_target
 
 _WRITE_ATTEMPTS = 5
+log = logging.getLogger(__name__)
+
+
+def usable_batch(payload: Mapping[str, Any]) -> TelemetryBatch | None:
+    """The stored batch if analysis can use it (it parses and passes `validate_batch`), else None (logged):
+    rows stored before validation covered everything must not break every later report."""
+    try:
+        batch = TelemetryBatch.model_validate(payload)
+        validate_batch(batch)
+    except (ValidationError, ProtocolError) as exc:
+        log.warning("skipped stored telemetry batch %s: %s", payload.get("batch_id"), str(exc).splitlines()[0])
+        return None
+    return batch
 
 
 class _PruneConflict(Exception):
@@ -244,6 +262,31 @@ class Registry:
             session.add(device)
             return True
 
+    def record_heard(self, heard: dict[str, float]) -> None:
+        """Devices heard from (heartbeats) at the given times: online, last seen then. A time older than the
+        device's last state changes nothing, so a late heartbeat never undoes a newer offline state."""
+        if not heard:
+            return
+        with self.db.session() as session:
+            for device_id, at in heard.items():
+                session.connection().execute(
+                    update(Device)
+                    .where(col(Device.id) == device_id)
+                    .where(or_(col(Device.last_seen).is_(None), col(Device.last_seen) < at))
+                    .values(online=True, last_seen=at)
+                )
+
+    def mark_silent_offline(self, silent_since: float) -> list[str]:
+        """Mark offline every online device not heard from since ``silent_since``; return their ids."""
+        silent = or_(col(Device.last_seen).is_(None), col(Device.last_seen) < silent_since)
+        with self.db.session() as session:
+            ids = list(session.exec(select(Device.id).where(col(Device.online).is_(True)).where(silent)))
+            if ids:
+                session.connection().execute(
+                    update(Device).where(col(Device.id).in_(ids)).where(silent).values(online=False)
+                )
+        return sorted(ids)
+
     # -- deployments --------------------------------------------------------------------------------------
 
     def create_deployment(
@@ -409,8 +452,11 @@ class Registry:
                 raise _PruneConflict
             groups: dict[tuple[str, str, str, float], list[TelemetryBatch]] = {}
             for record in old:
-                key = (record.model, record.version, record.target, rollup_window_start(record.window_start, window_s))
-                groups.setdefault(key, []).append(TelemetryBatch.model_validate(record.payload))
+                batch = usable_batch(record.payload)
+                if batch is None:
+                    continue  # deleted without folding: it would break the rollup and every report after it
+                key = (batch.model, batch.version, batch.target, rollup_window_start(batch.window_start, window_s))
+                groups.setdefault(key, []).append(batch)
             for (model, version, target, start), members in groups.items():
                 row = session.exec(
                     select(TelemetryRollup).where(
@@ -438,26 +484,36 @@ class Registry:
             return list(session.exec(query))
 
     def telemetry_batches(self, model_name: str | None = None, version: str | None = None) -> list[TelemetryBatch]:
-        """Stored batches, optionally for one model version, oldest first."""
-        query = select(TelemetryRecord).order_by(col(TelemetryRecord.window_end))
+        """Stored batches analysis can use, optionally for one model version, oldest first."""
+        return self.read_telemetry(model_name, version)[0]
+
+    def read_telemetry(
+        self, model_name: str | None = None, version: str | None = None
+    ) -> tuple[list[TelemetryBatch], int]:
+        """Stored batches analysis can use (oldest first) and how many stored rows were skipped as unusable."""
+        query = select(TelemetryRecord.payload).order_by(col(TelemetryRecord.window_end))
         if model_name is not None:
             query = query.where(TelemetryRecord.model == model_name)
         if version is not None:
             query = query.where(TelemetryRecord.version == version)
         with self.db.session() as session:
-            return [TelemetryBatch.model_validate(r.payload) for r in session.exec(query)]
+            payloads = list(session.exec(query))
+        batches = [b for b in map(usable_batch, payloads) if b is not None]
+        return batches, len(payloads) - len(batches)
 
     def device_telemetry(self, device_id: str, since: float | None = None) -> list[TelemetryBatch]:
-        """Stored batches of one device (every model), optionally only windows ending after ``since``, oldest first."""
+        """Usable stored batches of one device (every model), optionally only windows ending after ``since``,
+        oldest first."""
         query = (
-            select(TelemetryRecord)
+            select(TelemetryRecord.payload)
             .where(TelemetryRecord.device_id == device_id)
             .order_by(col(TelemetryRecord.window_end))
         )
         if since is not None:
             query = query.where(TelemetryRecord.window_end >= since)
         with self.db.session() as session:
-            return [TelemetryBatch.model_validate(r.payload) for r in session.exec(query)]
+            payloads = list(session.exec(query))
+        return [b for b in map(usable_batch, payloads) if b is not None]
 
     def telemetry_count(self) -> int:
         """Number of stored batches."""

@@ -1,13 +1,18 @@
-"""Device telemetry: per-version batches, feature sketches filled in blocks, the bounded outbox."""
+"""Device telemetry: per-version batches, feature sketches filled in blocks, the bounded outbox, and the
+sender that deletes a batch only once the hub acknowledged it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import time_machine
 
-from agent.telemetry import SKETCH_FLUSH_ROWS, Outbox, TelemetryCollector
+from agent.telemetry import SKETCH_FLUSH_ROWS, Outbox, TelemetryCollector, TelemetrySender, batch_id_of
+from fleet.wire.messages import TelemetryAck, encode
 from fleet.wire.sketches import deserialize_sketch
+from fleet.wire.transport import Message
 
 
 def test_every_input_row_reaches_the_feature_sketches(tmp_path: Path) -> None:
@@ -48,3 +53,79 @@ def test_outbox_keeps_order_and_drops_the_oldest_beyond_its_bound(tmp_path: Path
     (batch,) = collector.drain()
     reopened.put(batch)
     assert reopened.pending()[-1].name.endswith(f"{batch.batch_id}.json")
+
+
+def _queued(outbox: Outbox, n: int) -> list[str]:
+    collector = TelemetryCollector("d-1", "x86-onnx-cpu")
+    ids = []
+    for _ in range(n):
+        collector.record("m", "1.0.0", latency_ms=1.0, labels=["a"], confidences=[0.9])
+        (batch,) = collector.drain()
+        outbox.put(batch)
+        ids.append(batch.batch_id)
+    return ids
+
+
+def _ack(sender: TelemetrySender, stored: list[str], rejected: dict[str, str] | None = None) -> None:
+    ack = TelemetryAck(device_id=sender.device_id, stored=stored, rejected=rejected or {})
+    sender.on_ack(Message(sender.ack_topic, encode(ack)))
+
+
+def test_a_batch_leaves_the_outbox_only_when_the_hub_acknowledges_it(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path)
+    published: list[str] = []
+    sender = TelemetrySender(outbox, "d-1", lambda _t, p: published.append(json.loads(p)["batch_id"]) or True)
+    ids = _queued(outbox, 3)
+    assert sender.flush() == 3 and published == ids
+    assert len(outbox) == 3  # the broker took them; no hub has stored them yet
+    assert sender.flush() == 0  # awaiting acknowledgement: not sent again at once
+    _ack(sender, ids[:2])
+    assert [batch_id_of(p) for p in outbox.pending()] == ids[2:]
+    assert not sender.wait_settled(0)
+    _ack(sender, ids[2:])
+    assert len(outbox) == 0 and sender.wait_settled(0) and sender.acknowledged == 3
+
+
+def test_unacknowledged_batches_are_sent_again_with_the_same_id_after_the_timeout(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path)
+    published: list[str] = []
+    sender = TelemetrySender(
+        outbox, "d-1", lambda _t, p: published.append(json.loads(p)["batch_id"]) or True, ack_timeout_s=30
+    )
+    ids = _queued(outbox, 2)
+    with time_machine.travel(1_000_000.0, tick=False) as clock:
+        sender.flush()
+        clock.shift(29)
+        assert sender.flush() == 0
+        clock.shift(2)  # the hub was down: no acknowledgement within the timeout
+        assert sender.flush() == 2 and published == ids + ids and sender.resent == 2
+        _ack(sender, ids)
+        clock.shift(60)
+        assert sender.flush() == 0 and len(outbox) == 0
+
+
+def test_a_reconnect_resends_at_once_and_in_flight_batches_are_capped(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path)
+    published: list[str] = []
+    sender = TelemetrySender(
+        outbox, "d-1", lambda _t, p: published.append(json.loads(p)["batch_id"]) or True, max_in_flight=3
+    )
+    ids = _queued(outbox, 5)
+    assert sender.flush() == 3 and published == ids[:3]  # a returning hub is not flooded
+    sender.resend_all()  # the link came back: acknowledgements sent meanwhile are lost
+    assert sender.flush() == 3 and published[3:] == ids[:3]
+
+
+def test_batches_the_hub_refuses_are_set_aside_and_foreign_acks_ignored(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path)
+    sender = TelemetrySender(outbox, "d-1", lambda _t, _p: True)
+    ids = _queued(outbox, 2)
+    sender.flush()
+    foreign = TelemetryAck(device_id="d-2", stored=ids)
+    sender.on_ack(Message(sender.ack_topic, encode(foreign)))
+    sender.on_ack(Message(sender.ack_topic, b"not json"))
+    assert len(outbox) == 2
+    _ack(sender, [], {ids[0]: "histogram does not use the standard edges"})
+    assert [batch_id_of(p) for p in outbox.pending()] == ids[1:]
+    assert [batch_id_of(p) for p in (tmp_path / "rejected").glob("*.json")] == ids[:1]
+    assert sender.rejected == 1

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from datasketches import kll_floats_sketch
 
 from fleet.errors import ProtocolError
 from fleet.telemetry import ReferenceProfile, TelemetryAggregate, validate_batch
-from fleet.wire.messages import Histogram, ShadowStats, TelemetryBatch
+from fleet.wire.messages import Histogram, ShadowStats, TelemetryBatch, decode, encode
 from fleet.wire.sketches import (
     CONFIDENCE_BUCKETS,
     LATENCY_BUCKETS_MS,
     FeatureSketcher,
     HistogramAccumulator,
+    deserialize_sketch,
+    serialize_sketch,
 )
 
 
@@ -103,3 +107,63 @@ def test_telemetry_stays_light_for_the_agent() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+class TestBatchValidation:
+    """Everything storage and analysis rely on is checked before a batch is stored."""
+
+    def test_non_finite_numbers_are_refused_at_decoding(self) -> None:
+        good = _batch("d1", np.linspace(1, 50, 100))
+        for field, value in (("window_end", "NaN"), ("window_start", "Infinity")):
+            raw = encode(good).replace(f'"{field}":{getattr(good, field)}'.encode(), f'"{field}":{value}'.encode())
+            with pytest.raises(ProtocolError, match=field):
+                decode(TelemetryBatch, raw)
+        with pytest.raises(ValueError, match="finite"):
+            good.latency_ms.model_validate({**good.latency_ms.model_dump(), "total": math.inf})
+
+    def test_sizes_that_do_not_fit_storage_are_refused(self) -> None:
+        good = _batch("d1", np.linspace(1, 50, 100)).model_dump()
+        for update in (
+            {"version": "v" * 65},  # a 64-character column
+            {"requests": 2**31},  # a 32-bit integer column
+            {"predictions": {f"label-{i}": 1 for i in range(1001)}},
+            {"feature_sketches": {f"f{i}": "" for i in range(257)}},
+        ):
+            with pytest.raises(ValueError):
+                TelemetryBatch.model_validate({**good, **update})
+
+    @pytest.mark.parametrize("which", ["latency_ms", "confidence", "shadow"])
+    def test_only_the_standard_histogram_edges_are_accepted(self, which: str) -> None:
+        good = _batch("d1", np.linspace(1, 50, 100), shadow=True)
+        validate_batch(good)
+        odd = Histogram(edges=[1.0, 2.0, 3.0], counts=[1, 2, 3, 4], total=5.0)
+        if which == "shadow":
+            assert good.shadow is not None
+            bad = good.model_copy(update={"shadow": good.shadow.model_copy(update={"latency_ms": odd})})
+        else:
+            bad = good.model_copy(update={which: odd})
+        with pytest.raises(ProtocolError, match="standard"):
+            validate_batch(bad)
+
+    def test_inconsistent_counts_and_windows_are_refused(self) -> None:
+        good = _batch("d1", np.linspace(1, 50, 100), shadow=True)
+        assert good.shadow is not None
+        for update, message in (
+            ({"offloaded": good.requests + 1}, "offloaded"),
+            ({"window_end": good.window_start - 1}, "ends before it starts"),
+            ({"shadow": good.shadow.model_copy(update={"agreed": 11})}, "shadow agreements"),
+        ):
+            with pytest.raises(ProtocolError, match=message):
+                validate_batch(good.model_copy(update=update))
+
+    def test_a_sketch_holding_infinity_is_refused_and_devices_never_make_one(self) -> None:
+        sketch = kll_floats_sketch(200)
+        sketch.update(np.array([1.0, np.inf], dtype=np.float32))
+        with pytest.raises(ProtocolError, match="infinity"):
+            deserialize_sketch(serialize_sketch(sketch))
+        sketcher = FeatureSketcher()
+        sketcher.update_column("x", np.array([1.0, np.inf, -np.inf, np.nan]))
+        assert deserialize_sketch(sketcher.to_wire()["x"]).n == 1
+        hist = HistogramAccumulator(LATENCY_BUCKETS_MS)
+        hist.observe_many([2.0, np.inf])
+        assert hist.count == 1 and math.isfinite(hist.total)

@@ -48,25 +48,7 @@ class Harness:
 
     def agent_on(self, name: str, target: str, *, start: bool = True, **overrides: object) -> Agent:
         """An agent on a device of ``target``."""
-        device_id = f"{self.prefix}-{name}"
-        _, secret = self.hub.registry.provision_device(device_id, target)
-        directory = self.root / device_id
-        directory.mkdir(parents=True)
-        (directory / "root.json").write_bytes(self.hub.tuf.trusted_root())
-        address = self.hub.broker_address
-        settings: dict[str, object] = {
-            "device_id": device_id,
-            "target": target,
-            "broker_url": address.url,
-            "password": secret,
-            "data_dir": directory / "data",
-            "trust_root": directory / "root.json",
-            "telemetry_interval_s": 3600,
-            "chunk_timeout_s": 1.0,
-            "download_timeout_s": 60,
-        }
-        settings.update(overrides)
-        agent = Agent(AgentConfig.model_validate(settings))
+        agent = new_agent(self.hub, self.root, f"{self.prefix}-{name}", target, **overrides)
         if start:
             agent.start()
         self.agents.append(agent)
@@ -106,6 +88,28 @@ class Harness:
         for agent in self.agents:
             agent.stop()
         self.hub.stop()
+
+
+def new_agent(hub: Hub, root: Path, device_id: str, target: str = TARGET, **overrides: object) -> Agent:
+    """Provision ``device_id`` on ``hub`` and create (not start) its agent, with its files under ``root``."""
+    _, secret = hub.registry.provision_device(device_id, target)
+    directory = root / device_id
+    directory.mkdir(parents=True)
+    (directory / "root.json").write_bytes(hub.tuf.trusted_root())
+    address = hub.broker_address
+    settings: dict[str, object] = {
+        "device_id": device_id,
+        "target": target,
+        "broker_url": address.url,
+        "password": secret,
+        "data_dir": directory / "data",
+        "trust_root": directory / "root.json",
+        "telemetry_interval_s": 3600,
+        "chunk_timeout_s": 1.0,
+        "download_timeout_s": 60,
+    }
+    settings.update(overrides)
+    return Agent(AgentConfig.model_validate(settings))
 
 
 def start_hub(root: Path, broker_url: str | None, database_url: str | None = None) -> Hub:

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from fleet.errors import ProtocolError
 from fleet.telemetry import TelemetryAggregate
-from fleet.wire.messages import TelemetryBatch
+from fleet.wire.messages import Histogram, TelemetryAck, TelemetryBatch
 from fleet.wire.sketches import deserialize_sketch
 from hub.monitoring.ingest import RetentionPolicy, TelemetryIngestor
 from hub.monitoring.metrics import FleetMetrics
@@ -162,3 +162,67 @@ def test_ingestor_prunes_on_its_interval(registry: Registry, batches: list[Telem
         ingestor.close()
     assert registry.telemetry_count() == 10
     assert sum(r.batches for r in registry.telemetry_rollups()) == 15
+
+
+def test_a_batch_the_database_refuses_is_rejected_alone_and_the_others_are_stored_and_acknowledged(
+    registry: Registry, batches: list[TelemetryBatch]
+) -> None:
+    """Validation skipped, as if it missed something: a NaN window end fails the bulk write on both
+    databases; the write is split until the bad batch stands alone, and every device hears what became
+    of its batches."""
+    metrics = FleetMetrics(CollectorRegistry())
+    acks: list[TelemetryAck] = []
+    ingestor = TelemetryIngestor(
+        registry, metrics=metrics, acknowledge=acks.append, validate=lambda _batch: None, linger_s=0.5
+    )
+    good = batches[:9]
+    bad = good[4].model_copy(update={"batch_id": "bad-window-end", "window_end": float("nan")})
+    try:
+        for batch in [*good[:4], bad, *good[4:]]:  # one write
+            ingestor.submit(batch)
+        assert ingestor.wait_idle(30)
+    finally:
+        ingestor.close()
+    assert sorted(b.batch_id for b in registry.telemetry_batches()) == sorted(b.batch_id for b in good)
+    assert (ingestor.stored, ingestor.rejected) == (9, 1) and _count(metrics, "rejected") == 1
+    stored = {batch_id for ack in acks for batch_id in ack.stored}
+    assert stored == {b.batch_id for b in good}
+    (refusal,) = [ack for ack in acks if ack.rejected]
+    assert refusal.device_id == bad.device_id and "database refused" in refusal.rejected["bad-window-end"]
+    assert all(len({b.device_id for b in good if b.batch_id in ack.stored}) <= 1 for ack in acks)
+
+
+def test_acknowledgements_name_duplicates_too_and_come_once_per_device_per_write(
+    registry: Registry, batches: list[TelemetryBatch]
+) -> None:
+    acks: list[TelemetryAck] = []
+    ingestor = TelemetryIngestor(registry, acknowledge=acks.append, linger_s=0.5)
+    try:
+        for batch in batches[:6]:
+            ingestor.submit(batch)
+        assert ingestor.wait_idle(30)
+        first = list(acks)
+        acks.clear()
+        ingestor.submit(batches[0])  # resent because its acknowledgement was lost
+        assert ingestor.wait_idle(30)
+    finally:
+        ingestor.close()
+    devices = {b.device_id for b in batches[:6]}
+    assert sorted(a.device_id for a in first) == sorted(devices)
+    assert {i for a in first for i in a.stored} == {b.batch_id for b in batches[:6]}
+    assert [(a.device_id, a.stored) for a in acks] == [(batches[0].device_id, [batches[0].batch_id])]
+
+
+def test_a_malformed_batch_is_refused_to_its_device(registry: Registry, batches: list[TelemetryBatch]) -> None:
+    acks: list[TelemetryAck] = []
+    ingestor = TelemetryIngestor(registry, acknowledge=acks.append)
+    odd_edges = batches[0].model_copy(
+        update={"batch_id": "odd-edges", "latency_ms": Histogram(edges=[1.0, 2.0], counts=[1, 0, 0], total=1.0)}
+    )
+    try:
+        with pytest.raises(ProtocolError, match="standard"):
+            ingestor.submit(odd_edges)
+    finally:
+        ingestor.close()
+    assert [(a.device_id, list(a.rejected)) for a in acks] == [(odd_edges.device_id, ["odd-edges"])]
+    assert registry.telemetry_count() == 0

@@ -53,7 +53,7 @@ def test_drift_of_other_version_ignores_baseline_batches(tmp_path: Path) -> None
     assert [c.cohort for c in report.cohorts] == ["all"]
     assert report.cohorts[0].devices == len(CANARY)
     assert report.cohorts[0].dataset_drift is False
-    assert source.telemetry(MODEL, CANDIDATE, since=1100, until=1150)[0].window_end == 1120.0
+    assert source.telemetry(MODEL, CANDIDATE, since=1100, until=1150).batches[0].window_end == 1120.0
 
 
 def test_canary_report_passes_an_equal_candidate_and_fails_a_slow_one(tmp_path: Path) -> None:
@@ -70,7 +70,7 @@ def test_canary_report_passes_an_equal_candidate_and_fails_a_slow_one(tmp_path: 
 
 def test_split_rollout_batches_respects_devices_versions_and_window(tmp_path: Path) -> None:
     source = _source(tmp_path)
-    batches = source.telemetry(MODEL)
+    batches = source.telemetry(MODEL).batches
     view = RolloutView(
         rollout_id="r",
         model=MODEL,
@@ -112,7 +112,7 @@ def test_registry_source_reads_telemetry_and_labels(tmp_path: Path) -> None:
         reference=lambda m, v: reference if (m, v) == (MODEL, BASELINE) else None,
         rollout=lambda r: view if r == "ro-1" else None,
     )
-    assert len(source.telemetry(MODEL, CANDIDATE)) == len(CANARY) * 3
+    assert len(source.telemetry(MODEL, CANDIDATE).batches) == len(CANARY) * 3
     assert source.device_labels() == {
         "rpi-07": {"region": "us"},
         "rpi-08": {"region": "eu"},
@@ -127,3 +127,59 @@ def test_registry_source_reads_telemetry_and_labels(tmp_path: Path) -> None:
         source.reference(MODEL, CANDIDATE)
     with pytest.raises(NotFoundError):
         source.rollout("dep-unknown")
+
+
+def test_one_devices_unusable_stored_rows_are_skipped_and_counted_never_failing_a_report(database_url: str) -> None:
+    """Rows stored before validation covered everything: odd histogram edges, a payload that no longer
+    parses. Drift, canary and pruning go on without them, and the reports say how many were left out."""
+    from hub.registry import Database, Registry, TelemetryRecord
+
+    db = Database(database_url)
+    registry = Registry(db)
+    try:
+        dump = scenario()
+        batches = [TelemetryBatch.model_validate(b) for b in dump["batches"]]
+        registry.store_telemetry(batches)
+        sample = next(b for b in batches if b.version == CANDIDATE)
+        odd_edges = sample.model_dump(mode="json") | {
+            "batch_id": "legacy-odd-edges",
+            "latency_ms": {"edges": [1.0, 2.0], "counts": [1, 2, 3], "total": 6.0, "schema_version": 1},
+        }
+        unparseable = sample.model_dump(mode="json") | {"batch_id": "legacy-no-window", "window_end": None}
+        with db.session() as session:
+            for payload in (odd_edges, unparseable):
+                session.add(
+                    TelemetryRecord(
+                        batch_id=payload["batch_id"],
+                        device_id=sample.device_id,
+                        target=sample.target,
+                        model=sample.model,
+                        version=sample.version,
+                        window_start=sample.window_start,
+                        window_end=sample.window_end,
+                        requests=sample.requests,
+                        errors=sample.errors,
+                        payload=payload,
+                    )
+                )
+        reference = ReferenceProfile.model_validate(dump["reference"])
+        view = RolloutView.model_validate(dump["rollouts"]["ro-1"])
+        source = RegistrySource(registry, reference=lambda _m, _v: reference, rollout=lambda _r: view)
+        drift = drift_report_for(source, MODEL, CANDIDATE)
+        canary = canary_report_for(source, "ro-1")
+        assert drift.skipped_batches == 2 and canary.skipped_batches == 2
+        assert canary.verdict == Verdict.PASS
+        assert len(registry.telemetry_batches(MODEL, CANDIDATE)) == len(CANARY) * 3
+        assert registry.prune_telemetry(max_rows=0) == len(batches) + 2  # folded, the unusable ones dropped
+        assert sum(r.batches for r in registry.telemetry_rollups(MODEL)) == len(batches)
+    finally:
+        db.close()
+
+
+def test_a_file_with_a_bad_batch_still_reports(tmp_path: Path) -> None:
+    dump = scenario()
+    dump["batches"][0]["confidence"] = {"edges": [0.5], "counts": [1, 1], "total": 0.7, "schema_version": 1}
+    path = tmp_path / "telemetry.json"
+    path.write_text(json.dumps(dump))
+    report = canary_report_for(FileSource(path), "ro-1")
+    assert report.skipped_batches == 1

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.wire.messages import DeviceState, Histogram, InstalledModel, TelemetryBatch
+from fleet.wire.messages import DeviceState, InstalledModel, TelemetryBatch
+from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS, HistogramAccumulator
 from hub.errors import ConflictError, InvalidRequestError, NotFoundError
 from hub.registry import Database, Registry
 
@@ -92,7 +93,6 @@ def test_device_state_updates_inventory(registry: Registry) -> None:
 
 
 def test_telemetry_duplicates_are_dropped_by_batch_id(registry: Registry) -> None:
-    hist = Histogram(edges=[1.0], counts=[1, 0])
     batch = TelemetryBatch(
         batch_id="b" * 16,
         device_id="pc-1",
@@ -103,8 +103,8 @@ def test_telemetry_duplicates_are_dropped_by_batch_id(registry: Registry) -> Non
         window_end=1,
         requests=1,
         errors=0,
-        latency_ms=hist,
-        confidence=hist,
+        latency_ms=HistogramAccumulator(LATENCY_BUCKETS_MS).to_histogram(),
+        confidence=HistogramAccumulator(CONFIDENCE_BUCKETS).to_histogram(),
     )
     assert registry.record_telemetry([batch, batch]) == 1
     assert registry.record_telemetry([batch]) == 0

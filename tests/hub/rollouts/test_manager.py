@@ -13,7 +13,16 @@ from typer.testing import CliRunner
 from fleet.rollout import GateVerdict, RequestGate, RolloutSnapshot, RolloutState, Verdict
 from fleet.rollout_plan import RolloutPlan, plan_from_cli
 from fleet.wire import topics
-from fleet.wire.messages import DeploymentOrder, DeviceState, InstalledModel, UpdateEvent, UpdateState, decode
+from fleet.wire.messages import (
+    DeploymentOrder,
+    DeviceState,
+    Histogram,
+    InstalledModel,
+    UpdateEvent,
+    UpdateState,
+    decode,
+)
+from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS
 from fleet.wire.transport import InMemoryBroker, Message
 from hub.app import Hub
 from hub.config import HubSettings
@@ -298,15 +307,23 @@ def test_cli_start_status_and_commands(fleet: Fleet, tmp_path: Path) -> None:
     assert "ro-cli" in runner.invoke(app, ["rollout", "list", "--data-dir", data_dir]).stdout
 
 
+def _standard(edges: tuple[float, ...], placed: dict[float, int], *, total: float) -> Histogram:
+    """A histogram on the standard edges with ``placed`` counts in the buckets ending at those edges."""
+    counts = [0] * (len(edges) + 1)
+    for edge, count in placed.items():
+        counts[edges.index(edge)] = count
+    return Histogram(edges=list(edges), counts=counts, total=total)
+
+
 def test_canary_gate_judges_stored_telemetry(fleet: Fleet) -> None:
     from fleet.canary import CanaryConfig
     from fleet.rollout import new_rollout
-    from fleet.wire.messages import Histogram, TelemetryBatch
+    from fleet.wire.messages import TelemetryBatch
     from hub.rollouts.gate import canary_gate
 
     def batch(device_id: str, version: str, errors: int) -> TelemetryBatch:
-        latency = Histogram(edges=[5.0, 10.0, 20.0], counts=[100, 250, 50, 0], total=3400.0)
-        confidence = Histogram(edges=[0.5, 0.9, 1.0], counts=[0, 100, 300, 0], total=370.0)
+        latency = _standard(LATENCY_BUCKETS_MS, {5.0: 100, 10.0: 250, 20.0: 50}, total=3400.0)
+        confidence = _standard(CONFIDENCE_BUCKETS, {0.9: 100, 1.0: 300}, total=370.0)
         return TelemetryBatch(
             batch_id=f"batch-{device_id}-{version[0]}",
             device_id=device_id,
@@ -359,11 +376,11 @@ def test_rollback_without_a_retained_state_uses_the_registry_copy(fleet: Fleet) 
 
 
 def _gate_batches(fleet: Fleet, slow: float) -> tuple[list[str], list[str]]:
-    from fleet.wire.messages import Histogram, TelemetryBatch
+    from fleet.wire.messages import TelemetryBatch
 
     def batch(device_id: str, version: str, factor: float) -> TelemetryBatch:
-        latency = Histogram(edges=[5.0, 10.0, 20.0], counts=[100, 250, 50, 0], total=3400.0 * factor)
-        confidence = Histogram(edges=[0.5, 0.9, 1.0], counts=[0, 100, 300, 0], total=370.0)
+        latency = _standard(LATENCY_BUCKETS_MS, {5.0: 100, 10.0: 250, 20.0: 50}, total=3400.0 * factor)
+        confidence = _standard(CONFIDENCE_BUCKETS, {0.9: 100, 1.0: 300}, total=370.0)
         return TelemetryBatch(
             batch_id=f"gate-batch-{device_id}",
             device_id=device_id,
