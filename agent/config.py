@@ -45,6 +45,9 @@ class AgentConfig(BaseModel):
     download_timeout_s: float = Field(default=600.0, gt=0)
     metadata_timeout_s: float = Field(default=10.0, gt=0)
     offload_url: str | None = Field(default=None, description="hub serving endpoint (Open Inference Protocol)")
+    offload_token_file: Path | None = Field(
+        default=None, description="file holding the hub API token the serving tier requires (a viewer token)"
+    )
     offload_timeout_s: float = Field(default=2.0, gt=0)
     cascade_threshold: float | None = Field(
         default=None, gt=0, le=1, description="offload answers whose local confidence is below this"
@@ -86,6 +89,15 @@ class AgentConfig(BaseModel):
             raise ValueError("reconnect_initial_s must not exceed reconnect_max_s")
         return self
 
+    def offload_token(self) -> str | None:
+        """The serving tier's API token, read from ``offload_token_file`` when given."""
+        if self.offload_token_file is None:
+            return None
+        try:
+            return self.offload_token_file.read_text().strip() or None
+        except OSError as exc:
+            raise AgentConfigError(f"cannot read offload_token_file {self.offload_token_file}: {exc}") from exc
+
     def secret(self) -> str | None:
         """The device password, read from ``password_file`` when given."""
         if self.password_file is not None:
@@ -102,7 +114,15 @@ class AgentConfig(BaseModel):
             raw = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise AgentConfigError(f"cannot read agent config {path}: {exc}") from exc
-        for key in ("data_dir", "trust_root", "password_file", "broker_ca_file", "broker_cert_file", "broker_key_file"):
+        for key in (
+            "data_dir",
+            "trust_root",
+            "password_file",
+            "offload_token_file",
+            "broker_ca_file",
+            "broker_cert_file",
+            "broker_key_file",
+        ):
             if key in raw and not Path(raw[key]).is_absolute():
                 raw[key] = str(path.parent / raw[key])
         try:

@@ -47,7 +47,11 @@ class Agent:
         self.data_dir = config.data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.collector = TelemetryCollector(config.device_id, config.target)
-        offload = OffloadClient(config.offload_url, timeout_s=config.offload_timeout_s) if config.offload_url else None
+        offload = (
+            OffloadClient(config.offload_url, timeout_s=config.offload_timeout_s, token=config.offload_token())
+            if config.offload_url
+            else None
+        )
         self.service = InferenceService(
             self.collector,
             offload=offload,

@@ -32,9 +32,10 @@ class OffloadError(AgentError):
 class OffloadClient:
     """Sends prepared batches to ``{base_url}/v2/models/{model}/versions/{version}/infer``."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 2.0) -> None:
+    def __init__(self, base_url: str, *, timeout_s: float = 2.0, token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self._headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
         self.calls = 0
         self.failures = 0
 
@@ -57,7 +58,7 @@ class OffloadClient:
             }
         ).encode()
         url = f"{self.base_url}/v2/models/{model}/versions/{version}/infer"
-        request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(url, data=body, method="POST", headers=self._headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 answer: dict[str, Any] = json.loads(response.read())
