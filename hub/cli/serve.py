@@ -86,8 +86,13 @@ def serve(
     timeout_ms: TimeoutOpt = 30_000.0,
     instances: InstancesOpt = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    token_file: Annotated[
+        Path | None, typer.Option(help="file holding the API token clients must send (or EDGEFLEET_SERVING_TOKEN)")
+    ] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="serve without a token (trusted networks only)")] = False,
 ) -> None:
-    """Serve model files (no hub needed): V2 endpoints under /v2, Prometheus metrics at /metrics."""
+    """Serve model files (no hub needed): V2 endpoints under /v2, Prometheus metrics at /metrics. Clients send
+    ``Authorization: Bearer TOKEN``; without --token-file or EDGEFLEET_SERVING_TOKEN a token is made and printed."""
     if ctx.invoked_subcommand is not None:
         return
     batching = _batching(
@@ -101,8 +106,28 @@ def serve(
 
     from hub.serving import create_app
 
-    app = create_app(specs, registry=CollectorRegistry())
+    app = create_app(specs, registry=CollectorRegistry(), token=None if no_auth else _serving_token(token_file))
     uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def _serving_token(token_file: Path | None) -> str:
+    """The token from ``token_file`` or the environment, else a new one printed once to stderr."""
+    import os
+    import secrets
+
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read --token-file {token_file}: {exc}") from exc
+        if not token:
+            raise typer.BadParameter(f"--token-file {token_file} is empty")
+        return token
+    token = os.environ.get("EDGEFLEET_SERVING_TOKEN", "").strip()
+    if not token:
+        token = f"ef_{secrets.token_urlsafe(32)}"
+        typer.echo(f"serving API token (shown once; clients send 'Authorization: Bearer ...'): {token}", err=True)
+    return token
 
 
 @serve_app.command("export-triton")

@@ -34,6 +34,7 @@ def test_serve_builds_an_app_with_the_given_models(
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.setenv("EDGEFLEET_SERVING_TOKEN", "ef_test")
     result = CliRunner().invoke(
         cli,
         [
@@ -54,7 +55,7 @@ def test_serve_builds_an_app_with_the_given_models(
     )
     assert result.exit_code == 0, result.output
     assert seen["port"] == 9100 and seen["host"] == "127.0.0.1"
-    with TestClient(seen["app"]) as client:
+    with TestClient(seen["app"], headers={"Authorization": "Bearer ef_test"}) as client:
         assert client.get("/v2/models/mlp").json()["versions"] == ["1", "2"]
         config = client.get("/v2/models/mlp/versions/2/config").json()
         assert config["max_batch_size"] == 8
@@ -80,10 +81,36 @@ def test_serve_reads_a_config_file(
             }
         )
     )
-    result = CliRunner().invoke(cli, ["serve", "--config", str(config)])
+    token_file = tmp_path / "token"
+    token_file.write_text("ef_from_file\n")
+    result = CliRunner().invoke(cli, ["serve", "--config", str(config), "--token-file", str(token_file)])
     assert result.exit_code == 0, result.output
-    with TestClient(seen["app"]) as client:
+    with TestClient(seen["app"], headers={"Authorization": "Bearer ef_from_file"}) as client:
         assert client.get("/v2/models/a/config").json()["max_batch_size"] == 0
+
+
+def test_serving_needs_a_token_by_default_except_for_health_probes(
+    cli: typer.Typer, tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app))
+    monkeypatch.delenv("EDGEFLEET_SERVING_TOKEN", raising=False)
+    result = CliRunner().invoke(cli, ["serve", "--model", f"mlp={tiny_models.onnx}"])
+    assert result.exit_code == 0, result.output
+    token = result.output.strip().rsplit(" ", 1)[-1]  # printed once
+    assert token.startswith("ef_")
+    with TestClient(seen["app"]) as client:
+        assert client.get("/v2/health/ready").status_code == 200
+        for path in ("/v2/models/mlp", "/metrics", "/v2/repository/index"):
+            assert client.get(path).status_code == 401, path
+        assert client.get("/v2/models/mlp", headers={"Authorization": "Bearer ef_wrong"}).status_code == 401
+        assert client.get("/v2/models/mlp", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    open_result = CliRunner().invoke(cli, ["serve", "--model", f"mlp={tiny_models.onnx}", "--no-auth"])
+    assert open_result.exit_code == 0 and "token" not in open_result.output
+    with TestClient(seen["app"]) as client:
+        assert client.get("/v2/models/mlp").status_code == 200
 
 
 @pytest.mark.parametrize(
