@@ -97,3 +97,23 @@ def test_no_import_cycles() -> None:
         if module not in index:
             visit(module)
     assert not cycles, f"import cycles: {cycles}"
+
+
+HUB_ONLY = ("hub", "converters", "fastapi", "sqlalchemy", "sqlmodel", "scipy", "torch", "openvino", "uvicorn")
+
+
+def test_the_agent_loads_without_any_hub_only_module() -> None:
+    """Import every agent module in a fresh interpreter: none of the hub-only packages may come along."""
+    import subprocess
+    import sys
+
+    agent_modules = sorted(name for name in MODULES if name == "agent" or name.startswith("agent."))
+    code = (
+        "import importlib, sys\n"
+        f"for name in {agent_modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"loaded = sorted({{m.split('.')[0] for m in sys.modules}} & set({HUB_ONLY!r}))\n"
+        "print(','.join(loaded))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.strip() == "", f"the agent imports hub-only packages: {result.stdout.strip()}"
