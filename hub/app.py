@@ -29,6 +29,7 @@ from hub.bundles.refresh import MetadataRefresher
 from hub.bundles.store import open_store
 from hub.bundles.transfer import BundleTransfer
 from hub.bundles.tuf_repository import TufRepository
+from hub.cluster import LeaderDuties, leadership_for
 from hub.config import HubSettings
 from hub.devices.connection import BrokerConnector
 from hub.devices.embedded_broker import EmbeddedBroker
@@ -57,6 +58,8 @@ class Hub:
         self.store = open_store(settings.artifact_store, settings.data_dir)
         self.tuf = TufRepository(settings.data_dir / "tuf", passphrase=passphrase_from_env())
         self.metadata_refresher = MetadataRefresher(lambda: self.tuf, interval_s=settings.metadata_refresh_interval_s)
+        self.leadership = leadership_for(self.db, replica=settings.replica, check_s=settings.leader_check_s)
+        self.duties: LeaderDuties | None = None  # the rollout manager and metadata signing, on the leader only
         self.hub_secret = settings.hub_secret or self._load_or_create_secret()
         self.embedded: EmbeddedBroker | None = None
         self.connector: BrokerConnector | None = None
@@ -68,7 +71,7 @@ class Hub:
         self.presence: DevicePresence | None = None
         self._event_listeners: list[Any] = []
         self._progress = threading.Condition()
-        self.rollouts: RolloutManager | None = None  # started last, stopped first
+        self.rollouts: RolloutManager | None = None  # while this hub leads (always, unless it is a replica)
         self.monitoring = HubMonitoring(self.registry, self.store)  # /metrics and drift/canary reports
         self.monitoring.prometheus.register(SigningMetrics(lambda: self.tuf))
         self.logins = LoginGuard(settings.login_backoff, prometheus=self.monitoring.prometheus)  # devices and API
@@ -107,7 +110,10 @@ class Hub:
         self.ingestor = TelemetryIngestor(
             self.registry, metrics=self.monitoring.metrics, retention=retention, acknowledge=publish_acks(broker)
         )
-        self.traffic = traffic = DeviceTraffic(broker, self.registry, telemetry_filter=s.telemetry_filter())
+        share = s.share_group if s.replica else None
+        self.traffic = traffic = DeviceTraffic(
+            broker, self.registry, telemetry_filter=s.telemetry_filter(), shared_group=share
+        )
         traffic.on_telemetry(self.ingestor.submit)
         traffic.on_rejected(self._on_rejected)
         if s.ingest_only:  # a telemetry worker: the full hub owns device state, transfers and rollouts
@@ -117,25 +123,33 @@ class Hub:
             broker, self.store, self.tuf, chunk_size=s.chunk_size, rebroadcast_window_s=s.rebroadcast_window_s
         )
         self.orders = DeploymentOrders(broker, self.store, self.registry, chunk_size=s.chunk_size)
-        self.rollouts = RolloutManager(self.registry, self.orders)
         self.presence = DevicePresence(self.registry, offline_after_s=s.device_offline_after_s)
         self.presence.sweep()  # before subscribing: stored rows of devices that fell silent meanwhile are stale
         traffic.on_heartbeat(self.presence.heard)
         traffic.on_state(self._apply_state)
-        traffic.on_state(self.rollouts.observe_state)
         traffic.on_event(self._apply_event)
-        traffic.on_event(self.rollouts.observe_event)
         traffic.on_fetch(self.transfer.handle)
-        self.metadata_refresher.start()  # before devices fetch: metadata gone stale while the hub was down
+        # a replica's leader sees every state and event on a connection of its own; a lone hub on this one
+        feed = DeviceTraffic(self.connector.connect("hub-leader"), self.registry) if s.replica else traffic
+        self.duties = LeaderDuties(
+            self.registry,
+            self.orders,
+            self.metadata_refresher,
+            self.leadership,
+            feed=feed,
+            own_feed=s.replica,
+            on_manager=self._set_rollouts,
+        )
+        self.leadership.start(on_elected=self.duties.lead, on_deposed=self.duties.step_down)
         traffic.start()
         self.presence.start()
-        self.rollouts.start()
 
     def stop(self) -> None:
         """Stop in reverse order; safe to call twice."""
-        if self.rollouts is not None:
-            self.rollouts.stop()
-            self.rollouts = None
+        self.leadership.stop()  # stops the duties when leading
+        if self.duties is not None and self.duties.feed is not self.traffic:
+            self.duties.feed.broker.close()
+        self.duties = None
         self.metadata_refresher.stop()
         if self.presence is not None:
             self.presence.stop()
@@ -237,6 +251,9 @@ class Hub:
                 if all(s in TERMINAL_STATES for s in current.values()) or remaining <= 0:
                     return current
                 self._progress.wait(remaining)
+
+    def _set_rollouts(self, manager: RolloutManager | None) -> None:
+        self.rollouts = manager
 
     def _apply_state(self, state: DeviceState) -> None:
         if not self.registry.apply_device_state(state):

@@ -66,6 +66,15 @@ class HubSettings(BaseModel):
         description="a telemetry worker: consumes only (shared) telemetry; no device state, bundle "
         "transfer or rollouts, which stay with the one full hub",
     )
+    replica: bool = Field(
+        default=False,
+        description="one of several hub replicas on one PostgreSQL: device state, events, fetch requests and "
+        "telemetry are consumed through shared subscriptions in share_group; the replica holding a PostgreSQL "
+        "advisory lock runs rollouts and signs metadata (see docs/scale-out.md)",
+    )
+    leader_check_s: float = Field(
+        default=2.0, gt=0, description="replicas: how often a follower campaigns and the leader checks its lock"
+    )
     telemetry_max_age_s: float | None = Field(
         default=7 * 24 * 3600.0, gt=0, description="raw telemetry batches older than this are folded into rollups"
     )
@@ -112,6 +121,12 @@ class HubSettings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _replica_needs_shared_services(self) -> HubSettings:
+        if self.replica and (self.broker_url is None or not (self.database_url or "").startswith("postgres")):
+            raise ValueError("replica needs an external broker (broker_url) and PostgreSQL (database_url)")
+        return self
+
+    @model_validator(mode="after")
     def _tls_pairs(self) -> HubSettings:
         for cert, key, what in (
             (self.embedded_tls_cert, self.embedded_tls_key, "embedded_tls_cert and embedded_tls_key"),
@@ -144,11 +159,11 @@ class HubSettings(BaseModel):
         return ServerTls(str(self.embedded_tls_cert), str(self.embedded_tls_key), client_ca, self.require_client_cert)
 
     def telemetry_filter(self) -> str:
-        """The subscription the hub consumes telemetry with (shared when ``shared_telemetry``)."""
+        """The subscription the hub consumes telemetry with (shared when ``shared_telemetry`` or ``replica``)."""
         from fleet.wire import topics
 
         plain = topics.device_wildcard("telemetry")
-        return f"$share/{self.share_group}/{plain}" if self.shared_telemetry else plain
+        return f"$share/{self.share_group}/{plain}" if self.shared_telemetry or self.replica else plain
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file in the data directory."""

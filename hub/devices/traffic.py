@@ -58,13 +58,24 @@ class DeviceTraffic:
     """Decodes device state, update events, fetch requests and telemetry; dispatches them typed.
 
     ``telemetry_filter`` may be a ``$share/GROUP/...`` shared subscription that splits telemetry among hub
-    workers; ``start(telemetry_only=True)`` subscribes to telemetry alone (a telemetry worker).
+    workers; ``start(telemetry_only=True)`` subscribes to telemetry alone (a telemetry worker). With
+    ``shared_group`` every channel is consumed through ``$share/GROUP/...``, so each message reaches one hub
+    replica of the group (retained states are then not delivered at subscription: the broker keeps them for
+    plain subscribers only).
     """
 
-    def __init__(self, broker: Broker, registry: Registry, *, telemetry_filter: str | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        registry: Registry,
+        *,
+        telemetry_filter: str | None = None,
+        shared_group: str | None = None,
+    ) -> None:
         self.broker = broker
         self.registry = registry
-        self.telemetry_filter = telemetry_filter or topics.device_wildcard("telemetry")
+        self.shared_group = shared_group
+        self.telemetry_filter = telemetry_filter or self._filter("telemetry")
         self.rejected: Counter[str] = Counter()
         self._listeners: dict[str, list[Callable[..., None]]] = {channel: [] for channel in _CHANNELS}
         self._reject_listeners: list[RejectListener] = []
@@ -101,13 +112,11 @@ class DeviceTraffic:
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
-    def start(self, *, telemetry_only: bool = False) -> None:
-        """Subscribe to the device channels the hub consumes."""
-        filters = {"telemetry": self.telemetry_filter}
-        if not telemetry_only:
-            filters |= {
-                channel: topics.device_wildcard(channel) for channel in ("state", "events", "fetch", "heartbeat")
-            }
+    def start(self, *, telemetry_only: bool = False, channels: tuple[str, ...] | None = None) -> None:
+        """Subscribe to the device channels the hub consumes (all, telemetry alone, or ``channels``)."""
+        if channels is None:
+            channels = ("telemetry",) if telemetry_only else ("telemetry", "state", "events", "fetch", "heartbeat")
+        filters = {c: self.telemetry_filter if c == "telemetry" else self._filter(c) for c in channels}
         for channel, topic_filter in filters.items():
             self._unsubscribes.append(self.broker.subscribe(topic_filter, self._handler(channel)))
 
@@ -118,6 +127,10 @@ class DeviceTraffic:
         self._unsubscribes.clear()
 
     # -- decoding -------------------------------------------------------------------------------------------
+
+    def _filter(self, channel: str) -> str:
+        plain = topics.device_wildcard(channel)
+        return f"$share/{self.shared_group}/{plain}" if self.shared_group else plain
 
     def _add(self, channel: str, listener: Callable[..., None]) -> Unsubscribe:
         self._listeners[channel].append(listener)

@@ -8,8 +8,9 @@ out and marks them done, so a restarted hub drains the outbox and keeps stepping
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from fleet.rollout import Action, Command, RolloutSnapshot, dump_actions, load_actions
 from hub.errors import ConflictError, NotFoundError
@@ -24,10 +25,14 @@ _MAX_DEPLOYMENT_ID = 64  # Deployment.id's column length
 
 
 class RolloutStore:
-    """Rollout rows, their action outbox and the operator command queue (each method one transaction)."""
+    """Rollout rows, their action outbox and the operator command queue (each method one transaction).
 
-    def __init__(self, db: Database) -> None:
+    ``fence``, when given, runs first inside every `save` transaction and raises to refuse the write (the
+    leadership epoch check of hub replicas, `hub.cluster.leadership`)."""
+
+    def __init__(self, db: Database, *, fence: Callable[[Session], None] | None = None) -> None:
         self.db = db
+        self.fence = fence
 
     def create(self, snapshot: RolloutSnapshot) -> None:
         """Store a new rollout."""
@@ -58,6 +63,8 @@ class RolloutStore:
     def save(self, snapshot: RolloutSnapshot, actions: list[Action]) -> int | None:
         """Store the snapshot and, in the same transaction, its actions as an outbox row; return its id."""
         with self.db.session() as session:
+            if self.fence is not None:
+                self.fence(session)
             row = session.get(RolloutRow, snapshot.rollout_id)
             if row is None:
                 raise NotFoundError(f"rollout {snapshot.rollout_id} does not exist")

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from sqlmodel import Session
+
 from fleet.rollout import (
     Action,
     Command,
@@ -97,10 +99,11 @@ class RolloutManager:
         tick_s: float = 2.0,
         analyse: GateAnalysis | None = None,
         clock: Callable[[], float] = time.time,
+        fence: Callable[[Session], None] | None = None,
     ) -> None:
         self.registry = registry
         self.orders = orders
-        self.store = RolloutStore(registry.db)
+        self.store = RolloutStore(registry.db, fence=fence)  # fence: refuse a deposed replica's outbox writes
         self.tick_s = tick_s
         self.analyse = analyse or canary_gate(registry)
         self.clock = clock

@@ -1,0 +1,128 @@
+"""`LeaderDuties`: what only the leading replica runs, started on election and stopped on deposition.
+
+The leader runs the rollout engine (`RolloutManager`, its outbox writes fenced by the leadership epoch and its
+orders refused once it knows it was deposed) and signs TUF metadata (`MetadataRefresher`). The manager needs
+every device's state and update events, while each replica only receives its share of them: on a replica the
+leader opens a connection of its own with plain (unshared) subscriptions to ``state`` and ``events``, so it also
+receives the retained states of the whole fleet when elected. A single hub feeds the manager from its one
+`DeviceTraffic`, after the registry writer, exactly as before replicas existed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from fleet.wire.messages import DeploymentOrder
+from hub.bundles.refresh import MetadataRefresher
+from hub.cluster.leadership import FencedError, Leadership
+from hub.devices.traffic import DeviceTraffic
+from hub.registry import Registry
+from hub.rollouts.manager import OrderSink, RolloutManager
+
+__all__ = ["FencedOrders", "LeaderDuties"]
+
+log = logging.getLogger(__name__)
+
+
+class FencedOrders:
+    """An `OrderSink` that refuses to send once its replica no longer leads."""
+
+    def __init__(self, orders: OrderSink, leadership: Leadership) -> None:
+        self.orders = orders
+        self.leadership = leadership
+
+    def order_for(
+        self,
+        deployment_id: str,
+        bundle_sha256: str,
+        *,
+        model: str,
+        version: str,
+        target: str,
+        tuf_target: str,
+        allow_downgrade: bool = False,
+        shadow: bool = False,
+    ) -> DeploymentOrder:
+        """Build an order (no side effect, so no fence)."""
+        return self.orders.order_for(
+            deployment_id,
+            bundle_sha256,
+            model=model,
+            version=version,
+            target=target,
+            tuf_target=tuf_target,
+            allow_downgrade=allow_downgrade,
+            shadow=shadow,
+        )
+
+    def send(self, device_id: str, order: DeploymentOrder) -> None:
+        """Send ``order`` unless deposed."""
+        self._check(device_id)
+        self.orders.send(device_id, order)
+
+    def clear(self, device_id: str) -> None:
+        """Withdraw the device's order unless deposed."""
+        self._check(device_id)
+        self.orders.clear(device_id)
+
+    def _check(self, device_id: str) -> None:
+        if not self.leadership.is_leader:
+            raise FencedError(f"not the leader: no order for {device_id}")
+
+
+class LeaderDuties:
+    """Starts the rollout manager and the metadata refresher on election; stops them on deposition.
+
+    ``on_manager`` is told the running manager (None once deposed), for the REST routes that step it at once.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        orders: OrderSink,
+        refresher: MetadataRefresher,
+        leadership: Leadership,
+        *,
+        feed: DeviceTraffic,
+        own_feed: bool,
+        on_manager: Callable[[RolloutManager | None], None] = lambda _manager: None,
+    ) -> None:
+        self.registry = registry
+        self.orders = FencedOrders(orders, leadership)
+        self.refresher = refresher
+        self.leadership = leadership
+        self.feed = feed
+        self.own_feed = own_feed
+        self.on_manager = on_manager
+        self.manager: RolloutManager | None = None
+        self._unsubscribes: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def lead(self, epoch: int) -> None:
+        """Start the duties (called by the leadership on election)."""
+        with self._lock:
+            manager = RolloutManager(self.registry, self.orders, fence=self.leadership.fence)
+            self._unsubscribes = [self.feed.on_state(manager.observe_state), self.feed.on_event(manager.observe_event)]
+            self.refresher.start()  # before devices fetch: metadata gone stale while no one led
+            if self.own_feed:
+                self.feed.start(channels=("state", "events"))
+            manager.start()
+            self.manager = manager
+            self.on_manager(manager)
+        log.info("leading with epoch %d: rollouts and metadata signing", epoch)
+
+    def step_down(self) -> None:
+        """Stop the duties; safe to call when not leading."""
+        with self._lock:
+            manager, self.manager = self.manager, None
+            self.on_manager(None)
+            if manager is not None:
+                manager.stop()
+            for unsubscribe in self._unsubscribes:
+                unsubscribe()
+            self._unsubscribes.clear()
+            if self.own_feed:
+                self.feed.stop()
+            self.refresher.stop()
