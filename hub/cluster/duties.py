@@ -6,6 +6,10 @@ every device's state and update events, while each replica only receives its sha
 leader opens a connection of its own with plain (unshared) subscriptions to ``state`` and ``events``, so it also
 receives the retained states of the whole fleet when elected. A single hub feeds the manager from its one
 `DeviceTraffic`, after the registry writer, exactly as before replicas existed.
+
+A replica that dies takes the messages it had received but not yet applied with it (a shared subscription hands
+each message to one member). States are retained, so the leader also records a device's retained ``done`` state
+on its deployment row: an install whose ``done`` event was lost with a dead replica still shows as done.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from fleet.wire.messages import DeploymentOrder
+from fleet.wire.messages import DeploymentOrder, DeviceState, UpdateEvent, UpdateState
 from hub.bundles.refresh import MetadataRefresher
 from hub.cluster.leadership import FencedError, Leadership
 from hub.devices.traffic import DeviceTraffic
@@ -105,6 +109,8 @@ class LeaderDuties:
         with self._lock:
             manager = RolloutManager(self.registry, self.orders, fence=self.leadership.fence)
             self._unsubscribes = [self.feed.on_state(manager.observe_state), self.feed.on_event(manager.observe_event)]
+            if self.own_feed:
+                self._unsubscribes.append(self.feed.on_state(self._record_done))
             self.refresher.start()  # before devices fetch: metadata gone stale while no one led
             if self.own_feed:
                 self.feed.start(channels=("state", "events"))
@@ -112,6 +118,11 @@ class LeaderDuties:
             self.manager = manager
             self.on_manager(manager)
         log.info("leading with epoch %d: rollouts and metadata signing", epoch)
+
+    def _record_done(self, state: DeviceState) -> None:
+        if state.update_state == UpdateState.DONE and state.deployment_id:
+            done = UpdateEvent(device_id=state.device_id, deployment_id=state.deployment_id, state=UpdateState.DONE)
+            self.registry.record_update_event(done)
 
     def step_down(self) -> None:
         """Stop the duties; safe to call when not leading."""

@@ -346,7 +346,8 @@ class Registry:
     def record_update_event(self, event: UpdateEvent) -> bool:
         """Apply a device's update event to its deployment row; False when no such row exists."""
         with self.db.session() as session:
-            row = session.get(DeploymentDevice, (event.deployment_id, event.device_id))
+            # locked: hub replicas may apply two events of one device at once (shared subscriptions)
+            row = session.get(DeploymentDevice, (event.deployment_id, event.device_id), with_for_update=True)
             if row is None:
                 return False
             if row.state in ("done", "failed", "rollback") and event.state.value not in ("done", "failed", "rollback"):

@@ -1,0 +1,213 @@
+"""Three hub replicas (separate processes) on one PostgreSQL schema and a Mosquitto of the test's own (no retained
+states of other tests), sharing device traffic: the leader is SIGKILLed mid-rollout, another replica takes over,
+and every device installs the version exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig
+from agent.daemon import Agent
+from fleet.rollout import RolloutState
+from fleet.rollout_plan import plan_from_cli
+from fleet.wire import topics
+from fleet.wire.messages import DeploymentOrder, UpdateEvent, UpdateState, decode
+from fleet.wire.mqtt import BrokerAddress, PahoBroker
+from fleet.wire.transport import Message
+from hub.app import Hub
+from hub.cluster.leadership import LeaderRow
+from hub.config import HubSettings
+from hub.demo.model import TrainedDigits
+from hub.registry.rollouts import RolloutStore
+from hub.rollouts.operations import create_rollout, request_command
+from tests.integration.fleet_harness import TARGET, manifest_for
+from tests.integration.private_mosquitto import PrivateMosquitto
+from tests.pg_schema import fresh_schema
+from tests.waiting import wait_until
+
+DEVICES = 4
+TIMEOUT_S = 90.0
+
+#: a replica process: starts a hub from the JSON settings in argv[1], says so, and runs until SIGTERM (or SIGKILL)
+REPLICA = """
+import signal, sys, threading
+from hub.app import Hub
+from hub.config import HubSettings
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+hub = Hub(HubSettings.model_validate_json(sys.argv[1]))
+hub.start()
+print("started", flush=True)
+stop.wait()
+hub.stop()
+"""
+
+
+class Replicas:
+    """Hub replica processes on shared settings; each one's output goes to a log file."""
+
+    def __init__(self, settings: HubSettings, logs: Path) -> None:
+        self.settings = settings
+        self.logs = logs
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def start(self, count: int) -> None:
+        """Start ``count`` replicas and wait until each has started."""
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        for index in range(count):
+            log = (self.logs / f"replica-{index}.log").open("w")
+            process = subprocess.Popen(
+                [sys.executable, "-c", REPLICA, self.settings.model_dump_json()],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=env,
+            )
+            self.processes.append(process)
+        for process in self.processes:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "started", self.tail()
+
+    def by_pid(self, pid: int) -> subprocess.Popen[str]:
+        return next(p for p in self.processes if p.pid == pid)
+
+    def tail(self) -> str:
+        return "\n".join(path.read_text()[-3000:] for path in sorted(self.logs.glob("replica-*.log")))
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+class Wire:
+    """A test client on Mosquitto counting the deployment orders and 'done' events each device got."""
+
+    def __init__(self, prefix: str, port: int) -> None:
+        self.prefix = prefix
+        self.orders: Counter[tuple[str, str]] = Counter()
+        self.done: Counter[tuple[str, str]] = Counter()
+        self.broker = PahoBroker(BrokerAddress("127.0.0.1", port), client_id=f"test-wire-{uuid.uuid4().hex[:6]}")
+        self.broker.subscribe(topics.device_wildcard("deployment"), self._order)
+        self.broker.subscribe(topics.device_wildcard("events"), self._event)
+
+    def _order(self, message: Message) -> None:
+        device_id, _ = topics.parse_device_topic(message.topic)
+        if device_id.startswith(self.prefix) and message.payload:
+            order = decode(DeploymentOrder, message.payload, topic=message.topic)
+            self.orders[(device_id, order.deployment_id)] += 1
+
+    def _event(self, message: Message) -> None:
+        device_id, _ = topics.parse_device_topic(message.topic)
+        if device_id.startswith(self.prefix):
+            event = decode(UpdateEvent, message.payload, topic=message.topic)
+            if event.state == UpdateState.DONE:
+                self.done[(device_id, event.deployment_id)] += 1
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with fresh_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
+    broker = PrivateMosquitto(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def test_the_leader_dies_mid_rollout_and_every_device_updates_once(
+    tmp_path: Path, postgres_url: str, mosquitto: PrivateMosquitto, trained: TrainedDigits
+) -> None:
+    settings = HubSettings(
+        data_dir=tmp_path / "hub",  # shared by the replicas: TUF repository (file-locked) and artifacts
+        database_url=postgres_url,
+        broker_url=mosquitto.url,
+        replica=True,
+        leader_check_s=0.2,
+        chunk_size=4096,
+        rebroadcast_window_s=0.5,
+    )
+    publisher = Hub(settings)  # not started: publishes and provisions through the shared database and files
+    publisher.publish(manifest_for(trained, "1.0.0"), trained.onnx_path, trained.golden_x, trained.golden_logits)
+    prefix = f"rep-{uuid.uuid4().hex[:6]}"
+    wire = Wire(prefix, mosquitto.port)
+    replicas = Replicas(settings, tmp_path)
+    agents: list[Agent] = []
+    try:
+        replicas.start(3)
+        for index in range(DEVICES):
+            device_id = f"{prefix}-d{index}"
+            _, secret = publisher.registry.provision_device(device_id, TARGET)
+            directory = tmp_path / device_id
+            directory.mkdir()
+            (directory / "root.json").write_bytes(publisher.tuf.trusted_root())
+            config = {
+                "device_id": device_id,
+                "target": TARGET,
+                "broker_url": settings.broker_url,
+                "password": secret,
+                "data_dir": directory / "data",
+                "trust_root": directory / "root.json",
+                "telemetry_interval_s": 3600,
+                "chunk_timeout_s": 1.0,
+                "download_timeout_s": 60,
+            }
+            agents.append(Agent(AgentConfig.model_validate(config)))
+            agents[-1].start()
+        store = RolloutStore(publisher.registry.db)
+        plan = plan_from_cli(
+            "digits:1.0.0", canary="2", waves="100", gate=False, min_devices=1, approval="after_canary"
+        )
+        rollout_id = create_rollout(store, publisher.registry, plan).rollout_id  # as a follower's REST route does
+
+        def state() -> RolloutState:
+            return store.load(rollout_id).state
+
+        assert wait_until(lambda: state() == RolloutState.AWAITING_APPROVAL, TIMEOUT_S), (state(), replicas.tail())
+        with publisher.registry.db.session() as session:
+            leader = session.get(LeaderRow, "rollouts")
+        assert leader is not None and leader.epoch == 1
+        first_wave = {device for device, _ in wire.done}
+        assert len(first_wave) == 2
+        killed = replicas.by_pid(int(leader.holder.rsplit(":", 1)[1]))
+        killed.kill()  # SIGKILL mid-rollout: no clean shutdown, its database session and broker link just end
+        killed.wait(10)
+
+        request_command(store, rollout_id, "promote")  # queued in the database; whoever leads applies it
+        assert wait_until(lambda: state() == RolloutState.COMPLETED, TIMEOUT_S), (state(), replicas.tail())
+        assert wait_until(lambda: len(wire.done) == DEVICES, TIMEOUT_S)
+
+        with publisher.registry.db.session() as session:
+            new_leader = session.get(LeaderRow, "rollouts")
+        assert new_leader is not None and new_leader.epoch >= 2 and new_leader.holder != leader.holder
+        device_ids = {a.config.device_id for a in agents}
+        assert wire.done == Counter({(d, rollout_id): 1 for d in device_ids})  # every device installed once
+        assert wire.orders == Counter({(d, rollout_id): 1 for d in device_ids})  # no order dispatched twice
+        for agent in agents:
+            assert agent.service.predict([[0.0] * 64])["version"] == "1.0.0"
+        rows = publisher.registry.deployment_devices(rollout_id)
+        assert {(r.device_id, r.state) for r in rows} == {(d, "done") for d in device_ids}
+    finally:
+        for agent in agents:
+            agent.stop()
+        replicas.close()
+        wire.broker.close()
+        publisher.db.close()
