@@ -1,0 +1,62 @@
+"""`DeviceTraffic` subscriptions: plain by default, ``$share/GROUP/...`` for replicas, a chosen set of channels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleet.wire import topics
+from fleet.wire.messages import DeviceState, encode
+from fleet.wire.transport import Handler, InMemoryBroker, Unsubscribe
+from hub.devices.traffic import DeviceTraffic
+from hub.registry import Database, Registry
+
+
+class RecordingBroker(InMemoryBroker):
+    """The in-memory broker, remembering every filter subscribed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.filters: list[str] = []
+
+    def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1) -> Unsubscribe:
+        self.filters.append(topic_filter)
+        return super().subscribe(topic_filter, handler, qos=qos)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
+    registry = Registry(db)
+    registry.provision_device("cam-1", "x86-onnx-cpu")
+    yield registry
+    db.close()
+
+
+def test_plain_filters_by_default(registry: Registry) -> None:
+    broker = RecordingBroker()
+    DeviceTraffic(broker, registry).start()
+    assert sorted(broker.filters) == sorted(
+        topics.device_wildcard(c) for c in ("state", "events", "fetch", "telemetry")
+    )
+
+
+def test_a_replica_shares_every_channel_and_still_decodes(registry: Registry) -> None:
+    broker = RecordingBroker()
+    traffic = DeviceTraffic(broker, registry, shared_group="edgefleet-hub")
+    states: list[DeviceState] = []
+    traffic.on_state(states.append)
+    traffic.start()
+    assert sorted(broker.filters) == sorted(
+        f"$share/edgefleet-hub/{topics.device_wildcard(c)}" for c in ("state", "events", "fetch", "telemetry")
+    )
+    broker.publish(topics.device_topic("cam-1", "state"), encode(DeviceState(device_id="cam-1", online=True)))
+    assert [s.device_id for s in states] == ["cam-1"]
+
+
+def test_a_chosen_set_of_channels(registry: Registry) -> None:
+    broker = RecordingBroker()
+    DeviceTraffic(broker, registry).start(channels=("state", "events"))
+    assert broker.filters == [topics.device_wildcard("state"), topics.device_wildcard("events")]
