@@ -27,12 +27,13 @@ from collections.abc import Callable
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Field, Session, SQLModel
+from sqlmodel import Session
 
 from hub.errors import ConflictError
 from hub.registry.db import Database
+from hub.registry.leader_tables import LeaderRow
 
-__all__ = ["AlwaysLeader", "FencedError", "LeaderRow", "Leadership", "PostgresLeadership", "leadership_for"]
+__all__ = ["AlwaysLeader", "FencedError", "Leadership", "PostgresLeadership", "leadership_for"]
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +43,6 @@ Deposed = Callable[[], None]
 
 class FencedError(ConflictError):
     """A write by a replica that is no longer the leader (its epoch is not the current one)."""
-
-
-class LeaderRow(SQLModel, table=True):
-    """The current leadership epoch of one duty (``rollouts``) and who holds it."""
-
-    __tablename__ = "hub_leader"
-    name: str = Field(primary_key=True, max_length=64)
-    epoch: int = 0
-    holder: str = Field(default="", max_length=200)
-    elected_at: float = 0.0
 
 
 class Leadership:

@@ -3,6 +3,7 @@
 from hub.registry.access import AccessStore
 from hub.registry.access_tables import ApiToken, AuditEntry
 from hub.registry.db import Database
+from hub.registry.leader_tables import LeaderRow
 from hub.registry.repository import Registry
 from hub.registry.rollout_tables import RolloutCommandRow, RolloutDeviceError, RolloutOutbox, RolloutRow
 from hub.registry.tables import (
@@ -24,6 +25,7 @@ __all__ = [
     "Deployment",
     "DeploymentDevice",
     "Device",
+    "LeaderRow",
     "Model",
     "ModelVersion",
     "Registry",

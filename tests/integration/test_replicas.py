@@ -24,9 +24,9 @@ from fleet.wire.messages import DeploymentOrder, UpdateEvent, UpdateState, decod
 from fleet.wire.mqtt import BrokerAddress, PahoBroker
 from fleet.wire.transport import Message
 from hub.app import Hub
-from hub.cluster.leadership import LeaderRow
 from hub.config import HubSettings
 from hub.demo.model import TrainedDigits
+from hub.registry import LeaderRow
 from hub.registry.rollouts import RolloutStore
 from hub.rollouts.operations import create_rollout, request_command
 from tests.integration.fleet_harness import TARGET, manifest_for
