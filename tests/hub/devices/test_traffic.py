@@ -13,6 +13,8 @@ from fleet.wire.transport import Handler, InMemoryBroker, Unsubscribe
 from hub.devices.traffic import DeviceTraffic
 from hub.registry import Database, Registry
 
+CHANNELS = ("state", "events", "fetch", "telemetry", "heartbeat")
+
 
 class RecordingBroker(InMemoryBroker):
     """The in-memory broker, remembering every filter subscribed."""
@@ -38,9 +40,7 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 def test_plain_filters_by_default(registry: Registry) -> None:
     broker = RecordingBroker()
     DeviceTraffic(broker, registry).start()
-    assert sorted(broker.filters) == sorted(
-        topics.device_wildcard(c) for c in ("state", "events", "fetch", "telemetry")
-    )
+    assert sorted(broker.filters) == sorted(topics.device_wildcard(c) for c in CHANNELS)
 
 
 def test_a_replica_shares_every_channel_and_still_decodes(registry: Registry) -> None:
@@ -49,9 +49,7 @@ def test_a_replica_shares_every_channel_and_still_decodes(registry: Registry) ->
     states: list[DeviceState] = []
     traffic.on_state(states.append)
     traffic.start()
-    assert sorted(broker.filters) == sorted(
-        f"$share/edgefleet-hub/{topics.device_wildcard(c)}" for c in ("state", "events", "fetch", "telemetry")
-    )
+    assert sorted(broker.filters) == sorted(f"$share/edgefleet-hub/{topics.device_wildcard(c)}" for c in CHANNELS)
     broker.publish(topics.device_topic("cam-1", "state"), encode(DeviceState(device_id="cam-1", online=True)))
     assert [s.device_id for s in states] == ["cam-1"]
 
