@@ -151,6 +151,9 @@ class PahoBroker:
         self._client.on_subscribe = self._handle_subscribe
         self._client.on_connect_fail = lambda client, userdata: self._answered.set()
         self._restoring_mid: int | None = None
+        self._sent_subscribes: dict[int, list[tuple[str, int]]] = {}
+        self._subscribe_retries: dict[str, int] = {}
+        self._early_subacks: dict[int, list[Any]] = {}
         self._dispatcher.start()
         try:
             self._client.connect_async(address.host, address.port, keepalive=keepalive_s)
@@ -198,7 +201,7 @@ class PahoBroker:
             self._subscriptions[topic_filter] = (max(qos, existing[0]) if existing else qos, handlers)
             first = existing is None
         if first and self.connected:
-            self._client.subscribe(topic_filter, qos=qos)
+            self._send_subscribe([(topic_filter, qos)])
 
         def unsubscribe() -> None:
             with self._lock:
@@ -247,18 +250,62 @@ class PahoBroker:
                 # "connected" means ready: every subscription restored and acknowledged by the broker
                 _, mid = client.subscribe(subscriptions)
                 self._restoring_mid = mid
+                self._sent_subscribes[mid] = subscriptions
             else:
                 self._restoring_mid = None
         if not subscriptions:
             self._ready()
+
+    def _send_subscribe(self, subscriptions: list[tuple[str, int]]) -> None:
+        _, mid = self._client.subscribe(subscriptions)
+        if mid is None:
+            return
+        with self._lock:
+            early = self._early_subacks.pop(mid, None)  # the SUBACK can beat this thread here
+            if early is None:
+                self._sent_subscribes[mid] = subscriptions
+        if early is not None:
+            self._retry_refused(subscriptions, early)
 
     def _handle_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         with self._lock:
             restoring = mid == self._restoring_mid
             if restoring:
                 self._restoring_mid = None
+            sent = self._sent_subscribes.pop(mid, None)
+            if sent is None and not restoring:
+                self._early_subacks[mid] = list(reason_codes)
+        if sent:
+            self._retry_refused(sent, reason_codes)
         if restoring:
             self._ready()
+
+    def _retry_refused(self, sent: list[tuple[str, int]], reason_codes: Any) -> None:
+        for (topic_filter, qos), code in zip(sent, reason_codes, strict=False):
+            if _is_failure(code):
+                self._retry_subscribe(topic_filter, qos)
+            else:
+                with self._lock:
+                    self._subscribe_retries.pop(topic_filter, None)
+
+    def _retry_subscribe(self, topic_filter: str, qos: int) -> None:
+        """A broker may refuse a subscription for a while (NATS while JetStream recovers): ask again with a
+        growing delay for as long as the filter is wanted."""
+        with self._lock:
+            attempt = self._subscribe_retries.get(topic_filter, 0)
+            self._subscribe_retries[topic_filter] = attempt + 1
+        delay = min(30.0, 0.5 * 2**attempt)
+        log.warning("%s: broker refused subscription %s; asking again in %.1f s", self.client_id, topic_filter, delay)
+
+        def again() -> None:
+            with self._lock:
+                wanted = topic_filter in self._subscriptions
+            if wanted and self.connected and not self._closed:
+                self._send_subscribe([(topic_filter, qos)])
+
+        timer = threading.Timer(delay, again)
+        timer.daemon = True
+        timer.start()
 
     def _ready(self) -> None:
         self._connected.set()
@@ -314,3 +361,11 @@ def _probe(address: BrokerAddress, timeout_s: float = 5.0) -> str | None:
     except OSError as exc:
         return str(exc)
     return None
+
+
+def _is_failure(code: Any) -> bool:
+    """Whether a SUBACK return code refuses the subscription (0x80 in MQTT 3.1.1, >= 0x80 in MQTT 5)."""
+    failure = getattr(code, "is_failure", None)
+    if isinstance(failure, bool):
+        return failure
+    return int(getattr(code, "value", code)) >= 0x80

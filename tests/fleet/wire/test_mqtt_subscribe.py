@@ -1,0 +1,69 @@
+"""A subscription the broker refuses (NATS refuses QoS 1 subscriptions while JetStream recovers) is asked for
+again with a growing delay until it is granted."""
+
+from __future__ import annotations
+
+import threading
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from fleet.wire.mqtt import BrokerAddress, PahoBroker
+from fleet.wire.transport import Message
+
+GRANTED = ReasonCode(PacketTypes.SUBACK, identifier=1)
+REFUSED = ReasonCode(PacketTypes.SUBACK, identifier=0x80)
+
+
+class Recorder:
+    """Stands in for paho's ``subscribe``: records requests and hands out message ids."""
+
+    def __init__(self) -> None:
+        self.requests: list[list[tuple[str, int]]] = []
+        self.changed = threading.Condition()
+
+    def __call__(self, subscriptions: list[tuple[str, int]]) -> tuple[int, int]:
+        with self.changed:
+            self.requests.append(subscriptions)
+            self.changed.notify_all()
+            return 0, len(self.requests)
+
+    def wait_for(self, count: int, timeout_s: float = 10.0) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: len(self.requests) >= count, timeout_s)
+
+
+def _broker(recorder: Recorder) -> PahoBroker:
+    broker = PahoBroker(BrokerAddress("127.0.0.1", 9), wait_connected=False)  # nothing listens on port 9
+    broker._client.subscribe = recorder  # type: ignore[method-assign]
+    broker._connected.set()
+    return broker
+
+
+def _noop(_message: Message) -> None:
+    return None
+
+
+def test_a_refused_subscription_is_asked_for_again_until_granted() -> None:
+    recorder = Recorder()
+    broker = _broker(recorder)
+    try:
+        broker.subscribe("edgefleet/v1/bundles/#", _noop)
+        assert recorder.requests == [[("edgefleet/v1/bundles/#", 1)]]
+        broker._handle_subscribe(None, None, 1, [REFUSED], None)
+        assert recorder.wait_for(2)  # asked again after the first delay
+        broker._handle_subscribe(None, None, 2, [GRANTED], None)
+        assert broker._subscribe_retries == {}
+    finally:
+        broker.close()
+
+
+def test_a_suback_that_arrives_before_the_request_is_recorded_still_counts() -> None:
+    recorder = Recorder()
+    broker = _broker(recorder)
+    try:
+        broker._handle_subscribe(None, None, 1, [REFUSED], None)  # the network thread was faster
+        broker.subscribe("edgefleet/v1/broadcast/#", _noop)
+        assert recorder.wait_for(2)
+    finally:
+        broker.close()
