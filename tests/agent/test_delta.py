@@ -124,9 +124,9 @@ def test_a_tampered_reused_piece_still_fails_tuf_verification(device: Device, me
     forged = second.model_copy(update={"sha256": forged_sha, "size_bytes": len(tampered)})
     assert device.updater.apply(forged) is UpdateState.FAILED
     assert device.downloader.delta_reused_bytes == len(tampered)  # all of it came from the tampered slot
-    failure = device.reports[-1]
-    assert failure[1] is UpdateState.VERIFY and not failure[2]
-    assert "does not match its signed length and sha256" in failure[3]
+    _, state, ok, detail = device.reports[-1]
+    assert state is UpdateState.FAILED and not ok
+    assert "does not match its signed length and sha256" in detail
     assert device.updater.state.active is not None and device.updater.state.active.version == "1.0.0"
 
 
