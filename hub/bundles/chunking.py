@@ -34,7 +34,7 @@ def _candidates(data: np.ndarray) -> np.ndarray:
         block = data[lead : start + _BLOCK]
         gears = _GEAR[block]
         rolling = np.zeros(len(block), dtype=np.uint32)
-        for lag in range(_WINDOW):
+        for lag in range(min(_WINDOW, len(block))):
             rolling[lag:] += gears[: len(block) - lag] << np.uint32(lag)
         hits = np.flatnonzero((rolling >> np.uint32(32 - _MASK_BITS)) == 0) + lead + 1
         found.append(hits[hits > start])

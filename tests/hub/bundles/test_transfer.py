@@ -6,12 +6,15 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fleet.errors import ProtocolError
 from fleet.wire import topics
+from fleet.wire.chunk_index import ChunkIndex, index_name
 from fleet.wire.messages import FetchRefused, FetchRequest, MetadataReply, decode, decode_chunk
 from fleet.wire.transport import InMemoryBroker
+from hub.bundles.chunking import chunk_index
 from hub.bundles.store import ArtifactStore
 from hub.bundles.transfer import BundleTransfer
 from hub.bundles.tuf_repository import TufRepository
@@ -84,3 +87,42 @@ def test_metadata_replies_carry_the_file_or_found_false(
     assert found.found and base64.b64decode(found.data_b64) == transfer.tuf.trusted_root()
     assert not missing.found and missing.data_b64 == ""
     assert {m.topic for m in broker.published} == {topics.device_topic(DEVICE, "meta")}
+
+
+def test_the_chunk_index_is_served_by_its_metadata_name(
+    parts: tuple[InMemoryBroker, ArtifactStore, BundleTransfer],
+) -> None:
+    broker, store, transfer = parts
+    data = bytes(range(256)) * 200
+    sha = store.put_bytes(data)
+    transfer.handle(DEVICE, FetchRequest(request_id="r1", kind="metadata", name=index_name(sha)))
+    transfer.handle(DEVICE, FetchRequest(request_id="r2", kind="metadata", name=index_name("ef" * 32)))
+    found, missing = (decode(MetadataReply, m.payload) for m in broker.published)
+    assert ChunkIndex.decode(base64.b64decode(found.data_b64)) == chunk_index(data)
+    assert not missing.found
+
+
+def test_requested_pieces_are_broadcast_once_per_window_on_the_pieces_topic(
+    parts: tuple[InMemoryBroker, ArtifactStore, BundleTransfer],
+) -> None:
+    broker, store, transfer = parts
+    data = np.random.default_rng(0).bytes(100_000)
+    sha = store.put_bytes(data)
+    index = chunk_index(data)
+    transfer.handle(DEVICE, FetchRequest(request_id="r1", kind="pieces", sha256=sha, chunks=[1, 0]))
+    transfer.handle("cam-2", FetchRequest(request_id="r2", kind="pieces", sha256=sha, chunks=[0]))
+    assert {m.topic for m in broker.published} == {topics.bundle_pieces_topic(sha)}
+    frames = [decode_chunk(m.payload) for m in broker.published]
+    assert [f.index for f in frames] == [0, 1] and {f.count for f in frames} == {len(index.pieces)}
+    assert [f.data for f in frames] == [data[p.offset : p.offset + p.length] for p in index.pieces[:2]]
+
+
+def test_pieces_past_the_index_or_of_an_unknown_bundle_are_refused(
+    parts: tuple[InMemoryBroker, ArtifactStore, BundleTransfer],
+) -> None:
+    broker, store, transfer = parts
+    sha = store.put_bytes(b"small")
+    transfer.handle(DEVICE, FetchRequest(request_id="r1", kind="pieces", sha256=sha, chunks=[1]))
+    transfer.handle(DEVICE, FetchRequest(request_id="r2", kind="pieces", sha256="ef" * 32, chunks=[0]))
+    reasons = [decode(FetchRefused, m.payload).reason for m in broker.published]
+    assert reasons == ["pieces [1] out of range for the index", f"the hub has no bundle {'ef' * 32}"]
