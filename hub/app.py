@@ -120,7 +120,12 @@ class Hub:
             traffic.start(telemetry_only=True)
             return
         self.transfer = BundleTransfer(
-            broker, self.store, self.tuf, chunk_size=s.chunk_size, rebroadcast_window_s=s.rebroadcast_window_s
+            broker,
+            self.store,
+            self.tuf,
+            chunk_size=s.chunk_size,
+            rebroadcast_window_s=s.rebroadcast_window_s,
+            gather_s=s.chunk_gather_s,
         )
         self.orders = DeploymentOrders(broker, self.store, self.registry, chunk_size=s.chunk_size)
         self.presence = DevicePresence(self.registry, offline_after_s=s.device_offline_after_s)
@@ -155,6 +160,8 @@ class Hub:
             self.presence.stop()
         if self.traffic is not None:
             self.traffic.stop()
+        if self.transfer is not None:
+            self.transfer.close()
         if self.ingestor is not None:
             self.ingestor.close()
         if self.broker is not None:

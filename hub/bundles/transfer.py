@@ -1,8 +1,10 @@
 """`BundleTransfer`: answers devices' fetch requests with TUF metadata and bundle chunks over the broker.
 
-Bundle chunks go to one broadcast topic per bundle; a chunk already sent within ``rebroadcast_window_s`` is
-not sent again, so a wave of devices fetching together costs about one bundle of egress, and a device that
-missed chunks asks for just those. A chunk request the hub cannot serve (no such bundle in the store, a chunk
+Bundle chunks go to one broadcast topic per bundle. The first request for a chunk schedules its broadcast
+``gather_s`` later, so the devices of a wave, which subscribe as their orders arrive, are all listening when it
+goes out and the requests that arrive meanwhile ride along; a chunk sent within ``rebroadcast_window_s`` is not
+sent again. A wave of devices fetching together thus costs about one bundle of egress, and a device that
+missed chunks (it joined after the broadcast) asks again for just those once its stream goes quiet. A chunk request the hub cannot serve (no such bundle in the store, a chunk
 index past its end) is answered at once with `FetchRefused` on the device's ``refused`` topic, so the device
 fails its update with the hub's reason instead of waiting for its download timeout.
 
@@ -20,6 +22,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from fleet.errors import ProtocolError
 from fleet.wire import topics
@@ -36,6 +39,9 @@ __all__ = ["BundleTransfer"]
 _MAX_RECENT = 100_000
 _INDEXES_CACHED = 32
 
+_Key = tuple[str, str, int]  # bundle digest, "chunk" or "piece", position
+_Frame = Callable[[], tuple[str, bytes]]  # reads the data when sent: (topic, frame)
+
 
 class BundleTransfer:
     """Serves metadata files and bundle chunks; counts the bytes it sends in ``egress_bytes``."""
@@ -48,14 +54,20 @@ class BundleTransfer:
         *,
         chunk_size: int = 64 * 1024,
         rebroadcast_window_s: float = 2.0,
+        gather_s: float = 0.0,
     ) -> None:
         self.broker = broker
         self.store = store
         self.tuf = tuf
         self.chunk_size = chunk_size
         self.rebroadcast_window_s = rebroadcast_window_s
+        self.gather_s = gather_s
         self.egress_bytes = 0
-        self._recent: dict[tuple[str, str, int], float] = {}
+        self.broadcasts = 0
+        self._recent: dict[_Key, float] = {}
+        self._pending: dict[_Key, _Frame] = {}
+        self._timer: threading.Timer | None = None
+        self._closed = False
         self._indexes: OrderedDict[str, ChunkIndex | None] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -120,10 +132,15 @@ class BundleTransfer:
                 device_id, request, request.sha256, f"chunk {wanted[-1]} out of range: bundle has {count} chunks"
             )
             return
-        topic = topics.bundle_topic(request.sha256)
-        for index in self._due(request.sha256, "chunk", wanted):
-            data = self.store.read_range(request.sha256, index * self.chunk_size, self.chunk_size)
-            self._broadcast(topic, encode_chunk(request.sha256, index, count, data))
+        sha, topic = request.sha256, topics.bundle_topic(request.sha256)
+
+        def chunk(index: int) -> _Frame:
+            return lambda: (
+                topic,
+                encode_chunk(sha, index, count, self.store.read_range(sha, index * self.chunk_size, self.chunk_size)),
+            )
+
+        self._schedule({(sha, "chunk", index): chunk(index) for index in wanted})
 
     def _send_pieces(self, device_id: str, request: FetchRequest) -> None:
         if request.sha256 is None:
@@ -137,31 +154,56 @@ class BundleTransfer:
         if index is None or (wanted and wanted[-1] >= len(index.pieces)):
             self._refuse(device_id, request, request.sha256, f"pieces {wanted[-1:]} out of range for the index")
             return
-        topic = topics.bundle_pieces_topic(request.sha256)
-        count = len(index.pieces)
-        for position in self._due(request.sha256, "piece", wanted):
-            piece = index.pieces[position]
-            data = self.store.read_range(request.sha256, piece.offset, piece.length)
-            self._broadcast(topic, encode_chunk(request.sha256, position, count, data))
+        sha, topic, pieces = request.sha256, topics.bundle_pieces_topic(request.sha256), index.pieces
 
-    def _due(self, sha256: str, kind: str, wanted: list[int]) -> list[int]:
-        """The requested positions not broadcast within the rebroadcast window; marks them as sent now."""
-        now = time.monotonic()
-        due = []
+        def piece(position: int) -> _Frame:
+            at = pieces[position]
+            return lambda: (
+                topic,
+                encode_chunk(sha, position, len(pieces), self.store.read_range(sha, at.offset, at.length)),
+            )
+
+        self._schedule({(sha, "piece", position): piece(position) for position in wanted})
+
+    def close(self) -> None:
+        """Send what is gathered now and schedule nothing more (the hub is stopping)."""
         with self._lock:
-            for position in wanted:
-                last = self._recent.get((sha256, kind, position))
-                if last is None or now - last >= self.rebroadcast_window_s:
-                    self._recent[(sha256, kind, position)] = now
-                    due.append(position)
+            self._closed = True
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        self._flush()
+
+    def _schedule(self, frames: dict[_Key, _Frame]) -> None:
+        """Queue the frames not sent within the rebroadcast window nor already queued; send them after
+        ``gather_s`` (at once when it is 0)."""
+        now = time.monotonic()
+        with self._lock:
+            for key, frame in frames.items():
+                last = self._recent.get(key)
+                if key not in self._pending and (last is None or now - last >= self.rebroadcast_window_s):
+                    self._pending[key] = frame
             if len(self._recent) > _MAX_RECENT:  # forget old entries so the map stays bounded
                 cutoff = now - self.rebroadcast_window_s
                 self._recent = {k: t for k, t in self._recent.items() if t >= cutoff}
-        return due
+            gather = self.gather_s > 0 and not self._closed
+            if gather and self._pending and self._timer is None:
+                self._timer = threading.Timer(self.gather_s, self._flush)
+                self._timer.daemon = True
+                self._timer.start()
+        if not gather:
+            self._flush()
 
-    def _broadcast(self, topic: str, frame: bytes) -> None:
-        self.egress_bytes += len(frame)
-        self.broker.publish(topic, frame, qos=1)
+    def _flush(self) -> None:
+        with self._lock:
+            batch, self._pending, self._timer = self._pending, {}, None
+        for key in sorted(batch):
+            topic, frame = batch[key]()
+            with self._lock:
+                self._recent[key] = time.monotonic()
+            self.egress_bytes += len(frame)
+            self.broadcasts += 1
+            self.broker.publish(topic, frame, qos=1)
 
     def _refuse(self, device_id: str, request: FetchRequest, sha256: str, reason: str) -> None:
         payload = encode(FetchRefused(request_id=request.request_id, sha256=sha256, reason=reason))

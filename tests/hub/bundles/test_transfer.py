@@ -4,6 +4,7 @@ refused to the asking device with the reason; metadata replies say found or not.
 from __future__ import annotations
 
 import base64
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,28 @@ def test_pieces_past_the_index_or_of_an_unknown_bundle_are_refused(
     transfer.handle(DEVICE, FetchRequest(request_id="r2", kind="pieces", sha256="ef" * 32, chunks=[0]))
     reasons = [decode(FetchRefused, m.payload).reason for m in broker.published]
     assert reasons == ["pieces [1] out of range for the index", f"the hub has no bundle {'ef' * 32}"]
+
+
+def test_requests_within_the_gather_delay_share_one_broadcast(tmp_path: Path) -> None:
+    broker, store = InMemoryBroker(), ArtifactStore(tmp_path / "store")
+    transfer = BundleTransfer(broker, store, TufRepository(tmp_path / "tuf"), chunk_size=4, gather_s=600)
+    sha = store.put_bytes(b"0123456789")
+    for device in ("cam-1", "cam-2", "cam-3"):
+        transfer.handle(device, _chunks(sha, [0, 1, 2]))
+    assert broker.published == []  # a wave's devices are still subscribing
+    transfer.close()  # sends what is gathered
+    assert [decode_chunk(m.payload).index for m in broker.published] == [0, 1, 2]
+    assert transfer.broadcasts == 3
+
+
+def test_gathered_chunks_go_out_when_the_delay_ends(tmp_path: Path) -> None:
+    broker, store = InMemoryBroker(), ArtifactStore(tmp_path / "store")
+    transfer = BundleTransfer(broker, store, TufRepository(tmp_path / "tuf"), chunk_size=4, gather_s=0.05)
+    sha = store.put_bytes(b"0123456789")
+    sent = threading.Event()
+    broker.subscribe(topics.bundle_topic(sha), lambda _m: sent.set())
+    transfer.handle(DEVICE, _chunks(sha, [1]))
+    assert sent.wait(10)
+    transfer.handle("cam-2", _chunks(sha, [1]))  # within the rebroadcast window: not sent again
+    transfer.close()
+    assert transfer.broadcasts == 1
