@@ -4,15 +4,17 @@ Bundle chunks go to one broadcast topic per bundle. The first request for a chun
 ``gather_s`` later, so the devices of a wave, which subscribe as their orders arrive, are all listening when it
 goes out and the requests that arrive meanwhile ride along; a chunk sent within ``rebroadcast_window_s`` is not
 sent again. A wave of devices fetching together thus costs about one bundle of egress, and a device that
-missed chunks (it joined after the broadcast) asks again for just those once its stream goes quiet. A chunk request the hub cannot serve (no such bundle in the store, a chunk
-index past its end) is answered at once with `FetchRefused` on the device's ``refused`` topic, so the device
-fails its update with the hub's reason instead of waiting for its download timeout.
+missed chunks (it joined after the broadcast) asks again for just those once its stream goes quiet.
+
+A chunk request the hub cannot serve (no such bundle in the store, a chunk index past its end) is answered at
+once with `FetchRefused` on the device's ``refused`` topic, so the device fails its update with the hub's
+reason instead of waiting for its download timeout.
 
 Delta updates: the metadata name ``chunk-index.{sha256}`` returns the bundle's content-defined chunk index
 (`fleet.wire.chunk_index`, computed once per bundle and cached), and a ``pieces`` request broadcasts the named
-pieces on the bundle's ``pieces`` topic under the same rebroadcast window, so a device that holds the previous
-version fetches only the pieces it lacks. An index too large for one reply is answered as not found, and the
-device downloads the whole bundle.
+pieces on the bundle's ``pieces`` topic under the same gather delay and rebroadcast window, so a device that
+holds the previous version fetches only the pieces it lacks. An index too large for one reply is answered as
+not found, and the device downloads the whole bundle.
 """
 
 from __future__ import annotations
