@@ -144,6 +144,7 @@ class Hub:
             feed=feed,
             own_feed=s.replica,
             on_manager=self._set_rollouts,
+            push=self.transfer.push,
         )
         self.leadership.start(on_elected=self.duties.lead, on_deposed=self.duties.step_down)
         traffic.start()

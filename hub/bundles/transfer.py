@@ -134,15 +134,28 @@ class BundleTransfer:
                 device_id, request, request.sha256, f"chunk {wanted[-1]} out of range: bundle has {count} chunks"
             )
             return
-        sha, topic = request.sha256, topics.bundle_topic(request.sha256)
+        self._schedule(self._chunk_frames(request.sha256, wanted, count))
+
+    def push(self, sha256: str) -> None:
+        """Broadcast every chunk of ``sha256`` after the gather delay, even chunks sent within the window: a
+        wave was just ordered to fetch it, and its devices were not listening before (`RolloutManager.push`)."""
+        try:
+            count = max(1, math.ceil(self.store.size(sha256) / self.chunk_size))
+        except NotFoundError:
+            return  # the devices' requests are refused with the reason
+        self._schedule(self._chunk_frames(sha256, list(range(count)), count), resend=True)
+
+    def _chunk_frames(self, sha256: str, indices: list[int], count: int) -> dict[_Key, _Frame]:
+        topic = topics.bundle_topic(sha256)
 
         def chunk(index: int) -> _Frame:
+            offset = index * self.chunk_size
             return lambda: (
                 topic,
-                encode_chunk(sha, index, count, self.store.read_range(sha, index * self.chunk_size, self.chunk_size)),
+                encode_chunk(sha256, index, count, self.store.read_range(sha256, offset, self.chunk_size)),
             )
 
-        self._schedule({(sha, "chunk", index): chunk(index) for index in wanted})
+        return {(sha256, "chunk", index): chunk(index) for index in indices}
 
     def _send_pieces(self, device_id: str, request: FetchRequest) -> None:
         if request.sha256 is None:
@@ -176,14 +189,14 @@ class BundleTransfer:
             timer.cancel()
         self._flush()
 
-    def _schedule(self, frames: dict[_Key, _Frame]) -> None:
-        """Queue the frames not sent within the rebroadcast window nor already queued; send them after
-        ``gather_s`` (at once when it is 0)."""
+    def _schedule(self, frames: dict[_Key, _Frame], *, resend: bool = False) -> None:
+        """Queue the frames not already queued and (unless ``resend``) not sent within the rebroadcast window;
+        send them after ``gather_s`` (at once when it is 0)."""
         now = time.monotonic()
         with self._lock:
             for key, frame in frames.items():
                 last = self._recent.get(key)
-                if key not in self._pending and (last is None or now - last >= self.rebroadcast_window_s):
+                if key not in self._pending and (resend or last is None or now - last >= self.rebroadcast_window_s):
                     self._pending[key] = frame
             if len(self._recent) > _MAX_RECENT:  # forget old entries so the map stays bounded
                 cutoff = now - self.rebroadcast_window_s

@@ -152,3 +152,14 @@ def test_gathered_chunks_go_out_when_the_delay_ends(tmp_path: Path) -> None:
     transfer.handle("cam-2", _chunks(sha, [1]))  # within the rebroadcast window: not sent again
     transfer.close()
     assert transfer.broadcasts == 1
+
+
+def test_a_push_resends_every_chunk_even_within_the_window(tmp_path: Path) -> None:
+    broker, store = InMemoryBroker(), ArtifactStore(tmp_path / "store")
+    transfer = BundleTransfer(broker, store, TufRepository(tmp_path / "tuf"), chunk_size=4, rebroadcast_window_s=60)
+    sha = store.put_bytes(b"0123456789")
+    transfer.handle(DEVICE, _chunks(sha, [0]))
+    transfer.push(sha)  # a new wave was ordered: its devices were not listening a moment ago
+    transfer.handle("cam-2", _chunks(sha, [0, 1, 2]))  # the wave's own requests, once it has everything
+    transfer.push("ef" * 32)  # a bundle the store lacks: nothing to push (requests for it are refused)
+    assert [decode_chunk(m.payload).index for m in broker.published] == [0, 0, 1, 2]
