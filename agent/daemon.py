@@ -122,6 +122,7 @@ class Agent:
             cfg.device_id,
             self.data_dir / "downloads",
             chunk_timeout_s=cfg.chunk_timeout_s,
+            ask_after_s=cfg.chunk_ask_after_s,
             index_source=metadata.get,
         )
         verifier = BundleVerifier(self.data_dir / "tuf", trust_root, metadata.get)

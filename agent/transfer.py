@@ -179,9 +179,11 @@ class BundleDownload:
 class ChunkDownloader:
     """Downloads bundles into ``directory``; one download at a time per instance.
 
-    ``index_source`` fetches a chunk index by its metadata name (`MetadataClient.get`); without it every
-    download is whole. ``delta_reused_bytes`` and ``delta_fetched_bytes`` count what delta downloads took
-    from the installed bundle and from the hub.
+    The hub pushes a wave's bundle right after its orders, so the first request waits ``ask_after_s`` for
+    chunks already on their way: a device that gets them all never asks, and a hub busy with a large wave is
+    not sent requests it would answer with a second copy. ``index_source`` fetches a chunk index by its
+    metadata name (`MetadataClient.get`); without it every download is whole. ``delta_reused_bytes`` and
+    ``delta_fetched_bytes`` count what delta downloads took from the installed bundle and from the hub.
     """
 
     def __init__(
@@ -191,12 +193,14 @@ class ChunkDownloader:
         directory: Path,
         *,
         chunk_timeout_s: float = 5.0,
+        ask_after_s: float = 0.0,
         index_source: IndexSource | None = None,
     ) -> None:
         self.broker = broker
         self.device_id = device_id
         self.directory = directory
         self.chunk_timeout_s = chunk_timeout_s
+        self.ask_after_s = ask_after_s
         self.index_source = index_source
         directory.mkdir(parents=True, exist_ok=True)
         self.corrupt_chunks = 0
@@ -235,6 +239,8 @@ class ChunkDownloader:
             self.broker.subscribe(topics.device_topic(self.device_id, "refused"), job.on_refused, qos=1),
         ]
         try:
+            if self.ask_after_s > 0 and job.missing():
+                job.wait_for_chunks(self.ask_after_s)
             while missing := job.missing():
                 if progress is not None:
                     progress(1 - len(missing) / order.chunk_count)

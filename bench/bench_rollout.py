@@ -83,6 +83,7 @@ class SimDevice:
         self.last_progress = 0.0
         self.done_at: float | None = None
         self.bytes_in = 0
+        self.asked = False
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
         self.client.username_pw_set(device_id, "bench")
         self.client.on_connect = self._on_connect
@@ -132,17 +133,19 @@ class SimDevice:
         if order.sha256 == self.installed.sha256:
             return
         with self.lock:
-            self.order, self.chunks, self.last_progress = order, {}, time.monotonic()
+            self.order, self.chunks, self.last_progress, self.asked = order, {}, time.monotonic(), False
         self.client.subscribe(topics.bundle_topic(order.sha256), qos=1)
         self._event(order, UpdateState.DOWNLOAD)
         self._announce(UpdateState.DOWNLOAD, order.deployment_id)
-        self.request_missing()
+        if self.fleet.ask_after_s == 0:  # else the driver asks once ask_after_s passed without chunks
+            self.request_missing()
 
     def request_missing(self) -> None:
         with self.lock:
             order = self.order
             if order is None or self.done_at is not None:
                 return
+            self.asked = True
             missing = [i for i in range(order.chunk_count) if i not in self.chunks]
             self.last_progress = time.monotonic()
         request = FetchRequest(request_id=uuid.uuid4().hex[:12], kind="chunks", sha256=order.sha256, chunks=missing)
@@ -173,7 +176,11 @@ class SimDevice:
 
     def stalled(self, timeout_s: float) -> bool:
         with self.lock:
-            return self.order is not None and self.done_at is None and time.monotonic() - self.last_progress > timeout_s
+            if self.order is None or self.done_at is not None:
+                return False
+            quiet = time.monotonic() - self.last_progress
+            # the agent's chunk_ask_after_s: the first ask waits for the pushed wave, later ones the chunk timeout
+            return quiet > (self.fleet.ask_after_s if not self.asked else timeout_s)
 
 
 class Driver(threading.Thread):
@@ -227,7 +234,8 @@ class Driver(threading.Thread):
 class SimFleet:
     """The simulated devices, plus the counters the fan-out measurement needs."""
 
-    def __init__(self) -> None:
+    def __init__(self, ask_after_s: float = 0.0) -> None:
+        self.ask_after_s = ask_after_s
         self.devices: list[SimDevice] = []
         self._connected = 0
         self._fanout: dict[bytes, int] = {}
@@ -379,7 +387,7 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
         )
     )
     hub.start()
-    fleet = SimFleet()
+    fleet = SimFleet(args.ask_after)
     publisher = fanout_publisher(address)
     driver: Driver | None = None
     run_id = secrets.token_hex(3)
@@ -425,6 +433,7 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
             "chunk_gather_s": args.gather,
             "rebroadcast_window_s": args.rebroadcast_window,
             "chunk_timeout_s": args.chunk_timeout,
+            "ask_after_s": args.ask_after,
             "state": snapshot.state.value,
             "devices": args.devices,
             "devices_on_version": on_version,
@@ -465,6 +474,7 @@ def main() -> None:
     parser.add_argument("--rebroadcast-window", type=float, default=2.0)
     parser.add_argument("--chunk-timeout", type=float, default=2.0)
     parser.add_argument("--gather", type=float, default=0.3, help="hub chunk gather delay; 0: the old behaviour")
+    parser.add_argument("--ask-after", type=float, default=1.0, help="device's first ask; 0: ask at once (old)")
     parser.add_argument("--fanout-messages", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--broker-url", default=None, help="default: a private mosquitto started for the run")

@@ -238,6 +238,9 @@ class Hub:
                 shadow=shadow,
             )
             self.orders.send(device_id, order)
+        if self.transfer is not None:  # broadcast each bundle once to all its devices (see BundleTransfer.push)
+            for sha in {variant.bundle_sha256 for variant in chosen.values()}:
+                self.transfer.push(sha)
         return deployment
 
     def on_update_event(self, listener: Any) -> Any:
