@@ -474,7 +474,7 @@ def main() -> None:
     parser.add_argument("--rebroadcast-window", type=float, default=2.0)
     parser.add_argument("--chunk-timeout", type=float, default=2.0)
     parser.add_argument("--gather", type=float, default=0.3, help="hub chunk gather delay; 0: the old behaviour")
-    parser.add_argument("--ask-after", type=float, default=1.0, help="device's first ask; 0: ask at once (old)")
+    parser.add_argument("--ask-after", type=float, default=3.0, help="device's first ask; 0: ask at once (old)")
     parser.add_argument("--fanout-messages", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--broker-url", default=None, help="default: a private mosquitto started for the run")
