@@ -240,7 +240,8 @@ class Hub:
             self.orders.send(device_id, order)
         if self.transfer is not None:  # broadcast each bundle once to all its devices (see BundleTransfer.push)
             for sha in {variant.bundle_sha256 for variant in chosen.values()}:
-                self.transfer.push(sha)
+                devices = [self.registry.get_device(d) for d, v in chosen.items() if v.bundle_sha256 == sha]
+                self.transfer.push(sha, {d.active_sha256 for d in devices if d.active_sha256})
         return deployment
 
     def on_update_event(self, listener: Any) -> Any:

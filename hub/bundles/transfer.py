@@ -40,6 +40,7 @@ __all__ = ["BundleTransfer"]
 
 _MAX_RECENT = 100_000
 _INDEXES_CACHED = 32
+_DELTA_WORTH = 0.25  # shared share of a bundle above which its devices download a delta instead of a push
 
 _Key = tuple[str, str, int]  # bundle digest, "chunk" or "piece", position
 _Frame = Callable[[], tuple[str, bytes]]  # reads the data when sent: (topic, frame)
@@ -136,14 +137,30 @@ class BundleTransfer:
             return
         self._schedule(self._chunk_frames(request.sha256, wanted, count))
 
-    def push(self, sha256: str) -> None:
+    def push(self, sha256: str, installed: set[str] | None = None) -> None:
         """Broadcast every chunk of ``sha256`` after the gather delay, even chunks sent within the window: a
-        wave was just ordered to fetch it, and its devices were not listening before (`RolloutManager.push`)."""
+        wave was just ordered to fetch it, and its devices were not listening before (`RolloutManager.push`).
+
+        Nothing is pushed when a bundle the wave's devices have ``installed`` shares a quarter or more of its
+        bytes with ``sha256``: those devices fetch only the pieces they lack, and a push would send it all.
+        """
         try:
             count = max(1, math.ceil(self.store.size(sha256) / self.chunk_size))
+            if any(self._shared_share(sha256, base) >= _DELTA_WORTH for base in installed or set()):
+                return
         except NotFoundError:
             return  # the devices' requests are refused with the reason
         self._schedule(self._chunk_frames(sha256, list(range(count)), count), resend=True)
+
+    def _shared_share(self, sha256: str, base: str) -> float:
+        """The share of ``sha256``'s bytes found in pieces of ``base`` (0 when either has no index)."""
+        if base == sha256:
+            return 0.0
+        new, old = self.chunk_index(sha256), self.chunk_index(base)
+        if new is None or old is None or new.size == 0:
+            return 0.0
+        have = old.by_digest()
+        return sum(p.length for p in new.pieces if p.sha256 in have) / new.size
 
     def _chunk_frames(self, sha256: str, indices: list[int], count: int) -> dict[_Key, _Frame]:
         topic = topics.bundle_topic(sha256)

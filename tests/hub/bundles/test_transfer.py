@@ -163,3 +163,15 @@ def test_a_push_resends_every_chunk_even_within_the_window(tmp_path: Path) -> No
     transfer.handle("cam-2", _chunks(sha, [0, 1, 2]))  # the wave's own requests, once it has everything
     transfer.push("ef" * 32)  # a bundle the store lacks: nothing to push (requests for it are refused)
     assert [decode_chunk(m.payload).index for m in broker.published] == [0, 0, 1, 2]
+
+
+def test_no_push_when_the_wave_runs_a_bundle_sharing_most_pieces(tmp_path: Path) -> None:
+    broker, store = InMemoryBroker(), ArtifactStore(tmp_path / "store")
+    transfer = BundleTransfer(broker, store, TufRepository(tmp_path / "tuf"), chunk_size=65536)
+    body = np.random.default_rng(0).bytes(200_000)
+    old, new = store.put_bytes(body + b"head v1" * 100), store.put_bytes(body + b"head v2" * 100)
+    unrelated = store.put_bytes(np.random.default_rng(1).bytes(200_000))
+    transfer.push(new, {old})  # its devices download the few pieces they lack instead
+    assert broker.published == []
+    transfer.push(new, {unrelated})
+    assert len(broker.published) == 4  # every chunk of the 200 KB bundle
