@@ -30,6 +30,7 @@ from agent.delta import DeltaDownload, DeltaUnavailable, IndexSource, fetch_delt
 from agent.errors import AgentError, TransferError, storage_error
 from fleet.errors import ProtocolError
 from fleet.wire import topics
+from fleet.wire.chunk_index import DELTA_MIN_SHARED
 from fleet.wire.messages import (
     DeploymentOrder,
     FetchRefused,
@@ -227,17 +228,26 @@ class ChunkDownloader:
         if final.exists() and sha256_file(final) == order.sha256:
             return final
         deadline = time.monotonic() + timeout_s
-        if base is not None and self.index_source is not None and base[0] != order.sha256 and base[1].exists():
-            try:
-                return self._download_delta(self.index_source, order, base, final, deadline, cancelled)
-            except DeltaUnavailable as exc:
-                log.info("%s: downloading the whole bundle: %s", self.device_id, exc)
         job = BundleDownload(order, self.directory)
         job.prepare()
-        unsubscribes = [
-            self.broker.subscribe(topics.bundle_topic(order.sha256), job.on_chunk, qos=1),
-            self.broker.subscribe(topics.device_topic(self.device_id, "refused"), job.on_refused, qos=1),
-        ]
+        # Listen for chunks before trying a delta: a wave's bundle may be pushed while the delta is being tried.
+        unsubscribes = [self.broker.subscribe(topics.bundle_topic(order.sha256), job.on_chunk, qos=1)]
+        if base is not None and self.index_source is not None and base[0] != order.sha256 and base[1].exists():
+            try:
+                path = self._download_delta(self.index_source, order, base, final, deadline, cancelled)
+            except DeltaUnavailable as exc:
+                log.info("%s: downloading the whole bundle: %s", self.device_id, exc)
+            except BaseException:  # a full disk, a timeout: nothing of this attempt is kept
+                unsubscribes[0]()
+                job.discard()
+                raise
+            else:
+                unsubscribes[0]()
+                job.discard()
+                return path
+        unsubscribes.append(
+            self.broker.subscribe(topics.device_topic(self.device_id, "refused"), job.on_refused, qos=1)
+        )
         try:
             if self.ask_after_s > 0 and job.missing():
                 job.wait_for_chunks(self.ask_after_s)
@@ -279,8 +289,10 @@ class ChunkDownloader:
         job = DeltaDownload(order, index, self.directory / f"{order.sha256}.delta")
         job.reuse(base[1], base_index)
         try:
-            if job.reused_bytes == 0:
-                raise DeltaUnavailable(f"bundle {order.sha256[:12]} shares no piece with the installed one")
+            if job.reused_bytes < DELTA_MIN_SHARED * order.size_bytes:  # the hub pushes such bundles whole
+                raise DeltaUnavailable(
+                    f"bundle {order.sha256[:12]} shares {job.reused_bytes} bytes with the installed one, too few"
+                )
             fetch_delta(
                 self.broker, self.device_id, job, quiet_s=self.chunk_timeout_s, deadline=deadline, cancelled=cancelled
             )

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from fleet.errors import ProtocolError
 from fleet.wire import topics
-from fleet.wire.chunk_index import MAX_PIECES, ChunkIndex, parse_index_name
+from fleet.wire.chunk_index import DELTA_MIN_SHARED, MAX_PIECES, ChunkIndex, parse_index_name
 from fleet.wire.messages import FetchRefused, FetchRequest, MetadataReply, encode, encode_chunk
 from fleet.wire.transport import Broker
 from hub.bundles.chunking import chunk_index
@@ -40,7 +40,6 @@ __all__ = ["BundleTransfer"]
 
 _MAX_RECENT = 100_000
 _INDEXES_CACHED = 32
-_DELTA_WORTH = 0.25  # shared share of a bundle above which its devices download a delta instead of a push
 
 _Key = tuple[str, str, int]  # bundle digest, "chunk" or "piece", position
 _Frame = Callable[[], tuple[str, bytes]]  # reads the data when sent: (topic, frame)
@@ -146,7 +145,7 @@ class BundleTransfer:
         """
         try:
             count = max(1, math.ceil(self.store.size(sha256) / self.chunk_size))
-            if any(self._shared_share(sha256, base) >= _DELTA_WORTH for base in installed or set()):
+            if any(self._shared_share(sha256, base) >= DELTA_MIN_SHARED for base in installed or set()):
                 return
         except NotFoundError:
             return  # the devices' requests are refused with the reason

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.transfer import ChunkDownloader, MetadataClient, sha256_file
 from fleet.wire import topics
 from fleet.wire.chunk_index import index_name
 from fleet.wire.messages import DeploymentOrder, FetchRequest, UpdateState, decode
@@ -137,3 +138,27 @@ def test_without_a_chunk_index_the_whole_bundle_is_downloaded(device: Device, me
     assert device.updater.apply(second) is UpdateState.DONE
     assert not fetch_requests(memory_hub, "pieces") and device.downloader.delta_fetched_bytes == 0
     assert fetch_requests(memory_hub, "chunks")
+
+
+def test_a_bundle_pushed_while_a_delta_is_tried_is_kept_when_too_little_is_shared(
+    memory_hub: MemoryHub, tmp_path: Path
+) -> None:
+    order, _ = publish(memory_hub, "2.0.0", head(2))
+    base = tmp_path / "installed.zip"
+    base.write_bytes(np.random.default_rng(5).bytes(order.size_bytes))  # shares nothing with the new bundle
+    base_sha = memory_hub.store.put_bytes(base.read_bytes())
+    pushed: list[bool] = []
+    metadata = MetadataClient(memory_hub.broker, DEVICE, timeout_s=5)
+
+    def index_source(name: str) -> bytes | None:
+        if not pushed:  # the hub pushes the wave's bundle while the device asks for the indexes
+            pushed.append(True)
+            memory_hub.transfer.push(order.sha256)
+        return metadata.get(name)
+
+    downloader = ChunkDownloader(
+        memory_hub.broker, DEVICE, tmp_path / "downloads", ask_after_s=30, index_source=index_source
+    )
+    path = downloader.download(order, timeout_s=60, base=(base_sha, base))
+    assert sha256_file(path) == order.sha256
+    assert downloader.requests_sent == 0 and downloader.delta_fetched_bytes == 0
