@@ -118,7 +118,12 @@ class Agent:
         )
         metadata = MetadataClient(link, cfg.device_id, timeout_s=cfg.metadata_timeout_s)
         downloader = ChunkDownloader(
-            link, cfg.device_id, self.data_dir / "downloads", chunk_timeout_s=cfg.chunk_timeout_s
+            link,
+            cfg.device_id,
+            self.data_dir / "downloads",
+            chunk_timeout_s=cfg.chunk_timeout_s,
+            ask_after_s=cfg.chunk_ask_after_s,
+            index_source=metadata.get,
         )
         verifier = BundleVerifier(self.data_dir / "tuf", trust_root, metadata.get)
         self.updater = Updater(

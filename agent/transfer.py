@@ -6,6 +6,10 @@ of received chunks), so a download interrupted by a lost connection or a restart
 stopped. Every chunk is checked against its digest and the whole file against the order's digest. A full
 disk or a hub refusal (`FetchRefused`: no such bundle) stops the download at once with the reason and
 removes its partial files.
+
+Given the installed bundle as a base and a source of chunk indexes, `ChunkDownloader` first tries a delta
+download (`agent.delta`): only the pieces the base lacks travel. When no delta is possible it downloads the
+whole bundle.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.delta import DeltaDownload, DeltaUnavailable, IndexSource, fetch_delta, load_indexes
 from agent.errors import AgentError, TransferError, storage_error
 from fleet.errors import ProtocolError
 from fleet.wire import topics
+from fleet.wire.chunk_index import DELTA_MIN_SHARED
 from fleet.wire.messages import (
     DeploymentOrder,
     FetchRefused,
@@ -172,16 +178,36 @@ class BundleDownload:
 
 
 class ChunkDownloader:
-    """Downloads bundles into ``directory``; one download at a time per instance."""
+    """Downloads bundles into ``directory``; one download at a time per instance.
 
-    def __init__(self, broker: Broker, device_id: str, directory: Path, *, chunk_timeout_s: float = 5.0) -> None:
+    The hub pushes a wave's bundle right after its orders, so the first request waits ``ask_after_s`` for
+    chunks already on their way: a device that gets them all never asks, and a hub busy with a large wave is
+    not sent requests it would answer with a second copy. ``index_source`` fetches a chunk index by its
+    metadata name (`MetadataClient.get`); without it every download is whole. ``delta_reused_bytes`` and
+    ``delta_fetched_bytes`` count what delta downloads took from the installed bundle and from the hub.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        device_id: str,
+        directory: Path,
+        *,
+        chunk_timeout_s: float = 5.0,
+        ask_after_s: float = 0.0,
+        index_source: IndexSource | None = None,
+    ) -> None:
         self.broker = broker
         self.device_id = device_id
         self.directory = directory
         self.chunk_timeout_s = chunk_timeout_s
+        self.ask_after_s = ask_after_s
+        self.index_source = index_source
         directory.mkdir(parents=True, exist_ok=True)
         self.corrupt_chunks = 0
         self.requests_sent = 0
+        self.delta_reused_bytes = 0
+        self.delta_fetched_bytes = 0
 
     def final_path(self, sha256: str) -> Path:
         """Where a complete download of ``sha256`` lives."""
@@ -194,19 +220,37 @@ class ChunkDownloader:
         timeout_s: float = 600.0,
         progress: Callable[[float], None] | None = None,
         cancelled: Callable[[], bool] = lambda: False,
+        base: tuple[str, Path] | None = None,
     ) -> Path:
-        """Fetch the order's bundle (resuming any earlier partial download) and return its path."""
+        """Fetch the order's bundle and return its path: as a delta against ``base`` (the installed bundle's
+        digest and path) when the hub serves chunk indexes, else whole, resuming any earlier partial download."""
         final = self.final_path(order.sha256)
         if final.exists() and sha256_file(final) == order.sha256:
             return final
+        deadline = time.monotonic() + timeout_s
         job = BundleDownload(order, self.directory)
         job.prepare()
-        unsubscribes = [
-            self.broker.subscribe(topics.bundle_topic(order.sha256), job.on_chunk, qos=1),
-            self.broker.subscribe(topics.device_topic(self.device_id, "refused"), job.on_refused, qos=1),
-        ]
-        deadline = time.monotonic() + timeout_s
+        # Listen for chunks before trying a delta: a wave's bundle may be pushed while the delta is being tried.
+        unsubscribes = [self.broker.subscribe(topics.bundle_topic(order.sha256), job.on_chunk, qos=1)]
+        if base is not None and self.index_source is not None and base[0] != order.sha256 and base[1].exists():
+            try:
+                path = self._download_delta(self.index_source, order, base, final, deadline, cancelled)
+            except DeltaUnavailable as exc:
+                log.info("%s: downloading the whole bundle: %s", self.device_id, exc)
+            except BaseException:  # a full disk, a timeout: nothing of this attempt is kept
+                unsubscribes[0]()
+                job.discard()
+                raise
+            else:
+                unsubscribes[0]()
+                job.discard()
+                return path
+        unsubscribes.append(
+            self.broker.subscribe(topics.device_topic(self.device_id, "refused"), job.on_refused, qos=1)
+        )
         try:
+            if self.ask_after_s > 0 and job.missing():
+                job.wait_for_chunks(self.ask_after_s)
             while missing := job.missing():
                 if progress is not None:
                     progress(1 - len(missing) / order.chunk_count)
@@ -232,9 +276,39 @@ class ChunkDownloader:
                 job.checkpoint()
         return job.finish(final)
 
+    def _download_delta(
+        self,
+        index_source: IndexSource,
+        order: DeploymentOrder,
+        base: tuple[str, Path],
+        final: Path,
+        deadline: float,
+        cancelled: Callable[[], bool],
+    ) -> Path:
+        index, base_index = load_indexes(index_source, order.sha256, base[0])
+        job = DeltaDownload(order, index, self.directory / f"{order.sha256}.delta")
+        job.reuse(base[1], base_index)
+        try:
+            if job.reused_bytes < DELTA_MIN_SHARED * order.size_bytes:  # the hub pushes such bundles whole
+                raise DeltaUnavailable(
+                    f"bundle {order.sha256[:12]} shares {job.reused_bytes} bytes with the installed one, too few"
+                )
+            fetch_delta(
+                self.broker, self.device_id, job, quiet_s=self.chunk_timeout_s, deadline=deadline, cancelled=cancelled
+            )
+            digest = sha256_file(job.part)
+            if digest != order.sha256:
+                raise DeltaUnavailable(f"reassembled bundle digest {digest[:12]} != ordered {order.sha256[:12]}")
+            os.replace(job.part, final)
+        finally:
+            job.part.unlink(missing_ok=True)
+            self.delta_reused_bytes += job.reused_bytes
+            self.delta_fetched_bytes += job.fetched_bytes
+        return final
+
     def discard(self, sha256: str) -> None:
         """Remove any partial or complete download of ``sha256``."""
-        for suffix in (".part", ".have", ".bundle"):
+        for suffix in (".part", ".have", ".bundle", ".delta"):
             (self.directory / f"{sha256}{suffix}").unlink(missing_ok=True)
 
     def _request(self, sha256: str, chunks: list[int]) -> None:

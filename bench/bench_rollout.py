@@ -13,7 +13,12 @@ of one chunk's size and the run records how long the broker takes to deliver eac
 
     .venv/bin/python bench/bench_rollout.py [--devices 1000] [--bundle-kb 256] [--broker-url mqtt://127.0.0.1:1883]
 
-Goal (design: fan-out): hub egress for the whole rollout about one bundle per wave, not one per device.
+``wall_over_fanout`` is the rollout's wall time over the time the broker alone takes to deliver the same
+chunks to the same devices (chunk deliveries at the measured fan-out rate); ``egress_bundles_per_wave`` is the
+hub's egress in bundles over the number of waves (canary included). ``--gather 0`` gives the hub's behaviour
+before chunk broadcasts were gathered.
+
+Goal (issue 13): wall_over_fanout <= 1.5 and egress_bundles_per_wave <= 1.2, late joiners included.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ class SimDevice:
         self.last_progress = 0.0
         self.done_at: float | None = None
         self.bytes_in = 0
+        self.asked = False
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
         self.client.username_pw_set(device_id, "bench")
         self.client.on_connect = self._on_connect
@@ -127,17 +133,19 @@ class SimDevice:
         if order.sha256 == self.installed.sha256:
             return
         with self.lock:
-            self.order, self.chunks, self.last_progress = order, {}, time.monotonic()
+            self.order, self.chunks, self.last_progress, self.asked = order, {}, time.monotonic(), False
         self.client.subscribe(topics.bundle_topic(order.sha256), qos=1)
         self._event(order, UpdateState.DOWNLOAD)
         self._announce(UpdateState.DOWNLOAD, order.deployment_id)
-        self.request_missing()
+        if self.fleet.ask_after_s == 0:  # else the driver asks once ask_after_s passed without chunks
+            self.request_missing()
 
     def request_missing(self) -> None:
         with self.lock:
             order = self.order
             if order is None or self.done_at is not None:
                 return
+            self.asked = True
             missing = [i for i in range(order.chunk_count) if i not in self.chunks]
             self.last_progress = time.monotonic()
         request = FetchRequest(request_id=uuid.uuid4().hex[:12], kind="chunks", sha256=order.sha256, chunks=missing)
@@ -168,7 +176,11 @@ class SimDevice:
 
     def stalled(self, timeout_s: float) -> bool:
         with self.lock:
-            return self.order is not None and self.done_at is None and time.monotonic() - self.last_progress > timeout_s
+            if self.order is None or self.done_at is not None:
+                return False
+            quiet = time.monotonic() - self.last_progress
+            # the agent's chunk_ask_after_s: the first ask waits for the pushed wave, later ones the chunk timeout
+            return quiet > (self.fleet.ask_after_s if not self.asked else timeout_s)
 
 
 class Driver(threading.Thread):
@@ -222,7 +234,8 @@ class Driver(threading.Thread):
 class SimFleet:
     """The simulated devices, plus the counters the fan-out measurement needs."""
 
-    def __init__(self) -> None:
+    def __init__(self, ask_after_s: float = 0.0) -> None:
+        self.ask_after_s = ask_after_s
         self.devices: list[SimDevice] = []
         self._connected = 0
         self._fanout: dict[bytes, int] = {}
@@ -370,10 +383,11 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
             broker_url=broker_url,
             chunk_size=args.chunk_kb * 1024,
             rebroadcast_window_s=args.rebroadcast_window,
+            chunk_gather_s=args.gather,
         )
     )
     hub.start()
-    fleet = SimFleet()
+    fleet = SimFleet(args.ask_after)
     publisher = fanout_publisher(address)
     driver: Driver | None = None
     run_id = secrets.token_hex(3)
@@ -394,7 +408,7 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
         assert hub.transfer is not None and hub.rollouts is not None
         manager = hub.rollouts
         # the hub's rollout view must hold every device's retained state before the rollout starts
-        if not manager.wait_for(lambda: all(s.update_state is not None for s in manager.statuses()), 60):
+        if not manager.wait_for(lambda: all(s.update_state is not None for s in manager.statuses()), 300):
             raise RuntimeError("hub did not see every device's state")
         plan = plan_from_cli(
             "digits:2.0.0", canary="1%", waves=args.waves, gate=False, min_devices=10, device_timeout_s=600
@@ -409,7 +423,17 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
         bundle = hub.store.size(new_sha)
         waves = [h for h in snapshot.history if h.event.value in ("wave_complete", "last_wave_complete")]
         on_version = sum(1 for d in fleet.devices if d.installed.sha256 == new_sha)
+        chunks = math.ceil(bundle / (args.chunk_kb * 1024))
+        # The broker alone delivering the same chunks to the same devices, at the rate measured above.
+        fanout_seconds = on_version * chunks / fanout["deliveries_per_s"]
         return {
+            "wall_over_fanout": round(duration / fanout_seconds, 2),
+            "egress_bundles_per_wave": round(egress / bundle / max(1, len(waves)), 2),
+            "fanout_seconds_same_bytes": round(fanout_seconds, 2),
+            "chunk_gather_s": args.gather,
+            "rebroadcast_window_s": args.rebroadcast_window,
+            "chunk_timeout_s": args.chunk_timeout,
+            "ask_after_s": args.ask_after,
             "state": snapshot.state.value,
             "devices": args.devices,
             "devices_on_version": on_version,
@@ -420,7 +444,8 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
             "devices_per_s": round(on_version / duration, 1),
             "bundle_bytes": bundle,
             "chunk_bytes": args.chunk_kb * 1024,
-            "chunks_per_bundle": math.ceil(bundle / (args.chunk_kb * 1024)),
+            "chunks_per_bundle": chunks,
+            "chunk_broadcasts": hub.transfer.broadcasts,
             "hub_egress_bytes": egress,
             "hub_egress_bundles": round(egress / bundle, 2),
             "unicast_egress_bytes_would_be": bundle * on_version,
@@ -448,6 +473,8 @@ def main() -> None:
     parser.add_argument("--waves", default="10,50,100")
     parser.add_argument("--rebroadcast-window", type=float, default=2.0)
     parser.add_argument("--chunk-timeout", type=float, default=2.0)
+    parser.add_argument("--gather", type=float, default=0.3, help="hub chunk gather delay; 0: the old behaviour")
+    parser.add_argument("--ask-after", type=float, default=3.0, help="device's first ask; 0: ask at once (old)")
     parser.add_argument("--fanout-messages", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--broker-url", default=None, help="default: a private mosquitto started for the run")

@@ -120,7 +120,12 @@ class Hub:
             traffic.start(telemetry_only=True)
             return
         self.transfer = BundleTransfer(
-            broker, self.store, self.tuf, chunk_size=s.chunk_size, rebroadcast_window_s=s.rebroadcast_window_s
+            broker,
+            self.store,
+            self.tuf,
+            chunk_size=s.chunk_size,
+            rebroadcast_window_s=s.rebroadcast_window_s,
+            gather_s=s.chunk_gather_s,
         )
         self.orders = DeploymentOrders(broker, self.store, self.registry, chunk_size=s.chunk_size)
         self.presence = DevicePresence(self.registry, offline_after_s=s.device_offline_after_s)
@@ -139,6 +144,7 @@ class Hub:
             feed=feed,
             own_feed=s.replica,
             on_manager=self._set_rollouts,
+            push=self.transfer.push,
         )
         self.leadership.start(on_elected=self.duties.lead, on_deposed=self.duties.step_down)
         traffic.start()
@@ -155,6 +161,8 @@ class Hub:
             self.presence.stop()
         if self.traffic is not None:
             self.traffic.stop()
+        if self.transfer is not None:
+            self.transfer.close()
         if self.ingestor is not None:
             self.ingestor.close()
         if self.broker is not None:
@@ -230,6 +238,10 @@ class Hub:
                 shadow=shadow,
             )
             self.orders.send(device_id, order)
+        if self.transfer is not None:  # broadcast each bundle once to all its devices (see BundleTransfer.push)
+            for sha in {variant.bundle_sha256 for variant in chosen.values()}:
+                devices = [self.registry.get_device(d) for d, v in chosen.items() if v.bundle_sha256 == sha]
+                self.transfer.push(sha, {d.active_sha256 for d in devices if d.active_sha256})
         return deployment
 
     def on_update_event(self, listener: Any) -> Any:

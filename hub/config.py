@@ -36,6 +36,9 @@ class HubSettings(BaseModel):
     hub_secret: str | None = Field(default=None, description="hub's broker password; generated when omitted")
     chunk_size: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
     rebroadcast_window_s: float = Field(default=2.0, ge=0)
+    chunk_gather_s: float = Field(
+        default=0.3, ge=0, le=10, description="delay a chunk's first broadcast so a whole wave is listening"
+    )
     artifact_store: str | None = Field(
         default=None,
         pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,62}|file:)",

@@ -1,8 +1,10 @@
-"""DOWNLOAD: fetch the ordered bundle over the broker, resuming a partial download."""
+"""DOWNLOAD: fetch the ordered bundle over the broker (as a delta against the active model's bundle when the
+hub serves chunk indexes), resuming a partial download."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from agent.state_store import UpdateRecord
 from agent.transfer import ChunkDownloader
@@ -25,7 +27,11 @@ class Download:
         """Download the bundle to the downloader's final path (raises `TransferError` or `StorageError`)."""
         if self.ledger.is_active(record.order.sha256):
             return Outcome.ok("already active")
+        active = self.ledger.state.active
         self.downloader.download(
-            record.order, timeout_s=self.timeout_s, progress=lambda fraction: self.progress(record, fraction)
+            record.order,
+            timeout_s=self.timeout_s,
+            progress=lambda fraction: self.progress(record, fraction),
+            base=(active.sha256, Path(active.path)) if active is not None else None,
         )
         return Outcome.ok()

@@ -120,10 +120,11 @@ class UpdateEvent(WireModel):
 
 
 class FetchRequest(WireModel):
-    """A device asks for bundle chunks (``kind='chunks'``) or a TUF metadata file (``kind='metadata'``)."""
+    """A device asks for bundle chunks (``kind='chunks'``), a TUF metadata file or chunk index
+    (``kind='metadata'``), or pieces of a bundle's chunk index by position (``kind='pieces'``)."""
 
     request_id: Name
-    kind: Literal["chunks", "metadata"]
+    kind: Literal["chunks", "metadata", "pieces"]
     sha256: Sha256 | None = None
     chunks: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=100_000)
     name: str | None = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")

@@ -12,6 +12,7 @@
     edgefleet/v1/devices/{id}/meta         hub -> device   TUF metadata replies, QoS 1
     edgefleet/v1/devices/{id}/refused      hub -> device   chunk requests the hub cannot serve, QoS 1
     edgefleet/v1/bundles/{sha256}          hub -> devices  broadcast bundle chunks, QoS 1
+    edgefleet/v1/bundles/{sha256}/pieces   hub -> devices  broadcast content-defined pieces (delta updates), QoS 1
     edgefleet/v1/broadcast/{name}          hub -> devices  read-only fleet-wide notices (retained)
 
 A device's broker ACL grants write on its own ``devices/{id}/`` subtree (state, heartbeat, events,
@@ -73,6 +74,11 @@ def bundle_topic(sha256: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise ProtocolError(f"invalid bundle digest {sha256!r}")
     return f"{ROOT}/bundles/{sha256}"
+
+
+def bundle_pieces_topic(sha256: str) -> str:
+    """Broadcast topic carrying the content-defined pieces of one bundle (see `fleet.wire.chunk_index`)."""
+    return f"{bundle_topic(sha256)}/pieces"
 
 
 def broadcast_topic(name: str) -> str:

@@ -44,11 +44,14 @@ def build_bundle(
         members[manifest.weights_file] = weights
     if reference is not None:
         members[REFERENCE_NAME] = json.dumps(reference, sort_keys=True).encode()
+    # Model and weights are stored, not deflated: a retrained layer then changes only its own bytes, and
+    # content-defined chunking lets a device that holds the previous version fetch just those.
+    stored = {manifest.model_file, manifest.weights_file}
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, data in members.items():
             info = zipfile.ZipInfo(name, date_time=_FIXED_DATE)
-            info.compress_type = zipfile.ZIP_DEFLATED
+            info.compress_type = zipfile.ZIP_STORED if name in stored else zipfile.ZIP_DEFLATED
             archive.writestr(info, data)
     return out.getvalue()
 

@@ -92,6 +92,7 @@ class LeaderDuties:
         feed: DeviceTraffic,
         own_feed: bool,
         on_manager: Callable[[RolloutManager | None], None] = lambda _manager: None,
+        push: Callable[[str, set[str]], None] | None = None,
     ) -> None:
         self.registry = registry
         self.orders = FencedOrders(orders, leadership)
@@ -100,6 +101,7 @@ class LeaderDuties:
         self.feed = feed
         self.own_feed = own_feed
         self.on_manager = on_manager
+        self.push = push  # the rollout manager's wave push (`BundleTransfer.push`)
         self.manager: RolloutManager | None = None
         self._unsubscribes: list[Callable[[], None]] = []
         self._lock = threading.Lock()
@@ -107,7 +109,7 @@ class LeaderDuties:
     def lead(self, epoch: int) -> None:
         """Start the duties (called by the leadership on election)."""
         with self._lock:
-            manager = RolloutManager(self.registry, self.orders, fence=self.leadership.fence)
+            manager = RolloutManager(self.registry, self.orders, fence=self.leadership.fence, push=self.push)
             self._unsubscribes = [self.feed.on_state(manager.observe_state), self.feed.on_event(manager.observe_event)]
             if self.own_feed:
                 self._unsubscribes.append(self.feed.on_state(self._record_done))

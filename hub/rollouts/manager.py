@@ -100,10 +100,14 @@ class RolloutManager:
         analyse: GateAnalysis | None = None,
         clock: Callable[[], float] = time.time,
         fence: Callable[[Session], None] | None = None,
+        push: Callable[[str, set[str]], None] | None = None,
     ) -> None:
         self.registry = registry
         self.orders = orders
         self.store = RolloutStore(registry.db, fence=fence)  # fence: refuse a deposed replica's outbox writes
+        # Called with a bundle's digest and the bundles the wave runs once its orders are out, so the bundle is
+        # broadcast to the whole wave at once instead of in answer to its devices' requests (`BundleTransfer.push`).
+        self.push = push
         self.tick_s = tick_s
         self.analyse = analyse or canary_gate(registry)
         self.clock = clock
@@ -314,6 +318,11 @@ class RolloutManager:
         )
         for device_id in action.device_ids:
             self.orders.send(device_id, order)
+        if self.push is not None and action.device_ids:
+            with self._data_lock:
+                states = [self._states.get(d) for d in action.device_ids]
+            installed = {s.active.sha256 for s in states if s is not None and s.active is not None}
+            self.push(row.bundle_sha256, installed)
 
     def _roll_back(self, snapshot: RolloutSnapshot, action: RollBack) -> None:
         with self._data_lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from fleet.wire import topics
 from fleet.wire.messages import FetchRequest, decode, encode_chunk
 from fleet.wire.transport import InMemoryBroker
 from tests.agent.conftest import CHUNK, DEVICE, MemoryHub, bundle_bytes
+from tests.waiting import wait_until
 
 
 def _downloader(broker: InMemoryBroker, tmp_path: Path, **kwargs: float) -> ChunkDownloader:
@@ -121,3 +123,23 @@ def test_an_existing_complete_download_is_reused(memory_hub: MemoryHub, tmp_path
     downloader.final_path(order.sha256).write_bytes(bundle_bytes("1.0.0"))
     assert downloader.download(order, timeout_s=5) == downloader.final_path(order.sha256)
     assert downloader.requests_sent == 0
+
+
+def test_a_pushed_bundle_downloads_without_a_single_request(memory_hub: MemoryHub, tmp_path: Path) -> None:
+    order = memory_hub.publish("1.0.0")
+    downloader = ChunkDownloader(memory_hub.broker, DEVICE, tmp_path / "downloads", ask_after_s=30)
+    done: list[Path] = []
+    thread = threading.Thread(target=lambda: done.append(downloader.download(order, timeout_s=60)))
+    thread.start()
+    bundle_topic = topics.bundle_topic(order.sha256)
+    assert wait_until(lambda: any(f == bundle_topic for f, _ in memory_hub.broker._handlers), 10)
+    memory_hub.transfer.push(order.sha256)  # the hub broadcasts the wave's bundle once its orders are out
+    thread.join(30)
+    assert done and sha256_file(done[0]) == order.sha256 and downloader.requests_sent == 0
+
+
+def test_without_a_push_the_device_asks_once_ask_after_passes(memory_hub: MemoryHub, tmp_path: Path) -> None:
+    order = memory_hub.publish("1.0.0")
+    downloader = ChunkDownloader(memory_hub.broker, DEVICE, tmp_path / "downloads", ask_after_s=0.05)
+    assert sha256_file(downloader.download(order, timeout_s=30)) == order.sha256
+    assert downloader.requests_sent == 1

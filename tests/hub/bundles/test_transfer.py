@@ -4,14 +4,18 @@ refused to the asking device with the reason; metadata replies say found or not.
 from __future__ import annotations
 
 import base64
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fleet.errors import ProtocolError
 from fleet.wire import topics
+from fleet.wire.chunk_index import ChunkIndex, index_name
 from fleet.wire.messages import FetchRefused, FetchRequest, MetadataReply, decode, decode_chunk
 from fleet.wire.transport import InMemoryBroker
+from hub.bundles.chunking import chunk_index
 from hub.bundles.store import ArtifactStore
 from hub.bundles.transfer import BundleTransfer
 from hub.bundles.tuf_repository import TufRepository
@@ -84,3 +88,90 @@ def test_metadata_replies_carry_the_file_or_found_false(
     assert found.found and base64.b64decode(found.data_b64) == transfer.tuf.trusted_root()
     assert not missing.found and missing.data_b64 == ""
     assert {m.topic for m in broker.published} == {topics.device_topic(DEVICE, "meta")}
+
+
+def test_the_chunk_index_is_served_by_its_metadata_name(
+    parts: tuple[InMemoryBroker, ArtifactStore, BundleTransfer],
+) -> None:
+    broker, store, transfer = parts
+    data = bytes(range(256)) * 200
+    sha = store.put_bytes(data)
+    transfer.handle(DEVICE, FetchRequest(request_id="r1", kind="metadata", name=index_name(sha)))
+    transfer.handle(DEVICE, FetchRequest(request_id="r2", kind="metadata", name=index_name("ef" * 32)))
+    found, missing = (decode(MetadataReply, m.payload) for m in broker.published)
+    assert ChunkIndex.decode(base64.b64decode(found.data_b64)) == chunk_index(data)
+    assert not missing.found
+
+
+def test_requested_pieces_are_broadcast_once_per_window_on_the_pieces_topic(
+    parts: tuple[InMemoryBroker, ArtifactStore, BundleTransfer],
+) -> None:
+    broker, store, transfer = parts
+    data = np.random.default_rng(0).bytes(100_000)
+    sha = store.put_bytes(data)
+    index = chunk_index(data)
+    transfer.handle(DEVICE, FetchRequest(request_id="r1", kind="pieces", sha256=sha, chunks=[1, 0]))
+    transfer.handle("cam-2", FetchRequest(request_id="r2", kind="pieces", sha256=sha, chunks=[0]))
+    assert {m.topic for m in broker.published} == {topics.bundle_pieces_topic(sha)}
+    frames = [decode_chunk(m.payload) for m in broker.published]
+    assert [f.index for f in frames] == [0, 1] and {f.count for f in frames} == {len(index.pieces)}
+    assert [f.data for f in frames] == [data[p.offset : p.offset + p.length] for p in index.pieces[:2]]
+
+
+def test_pieces_past_the_index_or_of_an_unknown_bundle_are_refused(
+    parts: tuple[InMemoryBroker, ArtifactStore, BundleTransfer],
+) -> None:
+    broker, store, transfer = parts
+    sha = store.put_bytes(b"small")
+    transfer.handle(DEVICE, FetchRequest(request_id="r1", kind="pieces", sha256=sha, chunks=[1]))
+    transfer.handle(DEVICE, FetchRequest(request_id="r2", kind="pieces", sha256="ef" * 32, chunks=[0]))
+    reasons = [decode(FetchRefused, m.payload).reason for m in broker.published]
+    assert reasons == ["pieces [1] out of range for the index", f"the hub has no bundle {'ef' * 32}"]
+
+
+def test_requests_within_the_gather_delay_share_one_broadcast(tmp_path: Path) -> None:
+    broker, store = InMemoryBroker(), ArtifactStore(tmp_path / "store")
+    transfer = BundleTransfer(broker, store, TufRepository(tmp_path / "tuf"), chunk_size=4, gather_s=600)
+    sha = store.put_bytes(b"0123456789")
+    for device in ("cam-1", "cam-2", "cam-3"):
+        transfer.handle(device, _chunks(sha, [0, 1, 2]))
+    assert broker.published == []  # a wave's devices are still subscribing
+    transfer.close()  # sends what is gathered
+    assert [decode_chunk(m.payload).index for m in broker.published] == [0, 1, 2]
+    assert transfer.broadcasts == 3
+
+
+def test_gathered_chunks_go_out_when_the_delay_ends(tmp_path: Path) -> None:
+    broker, store = InMemoryBroker(), ArtifactStore(tmp_path / "store")
+    transfer = BundleTransfer(broker, store, TufRepository(tmp_path / "tuf"), chunk_size=4, gather_s=0.05)
+    sha = store.put_bytes(b"0123456789")
+    sent = threading.Event()
+    broker.subscribe(topics.bundle_topic(sha), lambda _m: sent.set())
+    transfer.handle(DEVICE, _chunks(sha, [1]))
+    assert sent.wait(10)
+    transfer.handle("cam-2", _chunks(sha, [1]))  # within the rebroadcast window: not sent again
+    transfer.close()
+    assert transfer.broadcasts == 1
+
+
+def test_a_push_resends_every_chunk_even_within_the_window(tmp_path: Path) -> None:
+    broker, store = InMemoryBroker(), ArtifactStore(tmp_path / "store")
+    transfer = BundleTransfer(broker, store, TufRepository(tmp_path / "tuf"), chunk_size=4, rebroadcast_window_s=60)
+    sha = store.put_bytes(b"0123456789")
+    transfer.handle(DEVICE, _chunks(sha, [0]))
+    transfer.push(sha)  # a new wave was ordered: its devices were not listening a moment ago
+    transfer.handle("cam-2", _chunks(sha, [0, 1, 2]))  # the wave's own requests, once it has everything
+    transfer.push("ef" * 32)  # a bundle the store lacks: nothing to push (requests for it are refused)
+    assert [decode_chunk(m.payload).index for m in broker.published] == [0, 0, 1, 2]
+
+
+def test_no_push_when_the_wave_runs_a_bundle_sharing_most_pieces(tmp_path: Path) -> None:
+    broker, store = InMemoryBroker(), ArtifactStore(tmp_path / "store")
+    transfer = BundleTransfer(broker, store, TufRepository(tmp_path / "tuf"), chunk_size=65536)
+    body = np.random.default_rng(0).bytes(200_000)
+    old, new = store.put_bytes(body + b"head v1" * 100), store.put_bytes(body + b"head v2" * 100)
+    unrelated = store.put_bytes(np.random.default_rng(1).bytes(200_000))
+    transfer.push(new, {old})  # its devices download the few pieces they lack instead
+    assert broker.published == []
+    transfer.push(new, {unrelated})
+    assert len(broker.published) == 4  # every chunk of the 200 KB bundle

@@ -548,3 +548,23 @@ def test_failure_reasons_survive_a_new_manager(fleet: Fleet) -> None:
     finally:
         second.stop()
     assert RolloutStore(fleet.hub.db).errors() == {}  # the rollout is final: nothing left to remember
+
+
+def test_each_wave_pushes_its_bundle_once_its_orders_are_out(fleet: Fleet) -> None:
+    [fleet.device(f"d{i}") for i in range(6)]
+    manager = fleet.manager()
+    pushed: list[tuple[str, int]] = []
+    installed: list[set[str]] = []
+
+    def push(sha: str, bases: set[str]) -> None:
+        pushed.append((sha, sum(o is not None for o in fleet.orders.values())))
+        installed.append(bases)
+
+    manager.push = push
+    manager.start_rollout(_plan(), rollout_id="ro-push")
+    assert _drive(fleet, manager, "ro-push").state == RolloutState.COMPLETED
+    bundle = fleet.hub.registry.list_variants("digits", "2.0.0")[0].bundle_sha256
+    # canary (1 device), 50% (3), 100% (6): each push after that wave's orders were sent
+    assert pushed == [(bundle, 1), (bundle, 3), (bundle, 6)]
+    running = fleet.hub.registry.list_variants("digits", "1.0.0")[0].bundle_sha256
+    assert installed == [{running}] * 3  # what the wave runs, so a bundle that a delta would serve is not pushed
