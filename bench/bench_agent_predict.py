@@ -2,10 +2,10 @@
 with 64 feature sketches) against the bare model call (`ServableModel.predict`), batch 1, on two models:
 the demo digits classifier and a small transformer encoder (4 layers, width 192, sequence 64).
 
-The two calls alternate request by request (swapping which goes first), so both see the same machine load; the overhead is the
-difference of the p50s and is reported over the model's own p50. The mean is reported too: it includes the
-sketch updates, which run once per block of requests (`agent.telemetry.SKETCH_FLUSH_ROWS`) and so are
-amortised out of the p50.
+The two calls alternate request by request (swapping which goes first), so both see the same machine
+load; the overhead is the difference of the p50s, reported over the model's own p50. The mean is reported
+too: it includes the sketch updates, which run once per block of requests
+(`agent.telemetry.SKETCH_FLUSH_ROWS`) and so are amortised out of the p50.
 
 Writes bench/results/agent_predict.json.
 """
