@@ -91,26 +91,28 @@ class InferenceService:
         manifest = model.manifest
         start = time.perf_counter()
         try:
-            raw = _finite_array(inputs)
-            batch = model.prepare(inputs)
-            if max_rows is not None and len(batch) > max_rows:
-                raise BatchTooLargeError(f"batch of {len(batch)} rows is over this device's cap of {max_rows}")
-            with np.errstate(over="ignore", invalid="ignore"):  # a non-finite output is refused just below
+            # One errstate for the whole request: an overflow or NaN on the way is refused explicitly below.
+            with np.errstate(over="ignore", invalid="ignore"):
+                raw = _finite_array(inputs)
+                # The float32 array is what prepare() would build from the list again (float models only).
+                batch = model.prepare(raw if manifest.input.dtype.startswith("float") else inputs)
+                if max_rows is not None and len(batch) > max_rows:
+                    raise BatchTooLargeError(f"batch of {len(batch)} rows is over this device's cap of {max_rows}")
                 answers, source, note = self._answer(model, batch)
-            if not all(math.isfinite(a.confidence) for a in answers):
+            confidences = [a.confidence for a in answers]
+            if not all(map(math.isfinite, confidences)):
                 raise NonFiniteError("the model produced a non-finite score for this input")
         except InferenceError:
             self.collector.record_error(manifest.model, manifest.version)
             raise
         latency_ms = (time.perf_counter() - start) * 1000
-        raw = raw.reshape(len(answers), -1)
         self.collector.record(
             manifest.model,
             manifest.version,
             latency_ms=latency_ms,
             labels=[a.label for a in answers],
-            confidences=[a.confidence for a in answers],
-            inputs=raw,
+            confidences=confidences,
+            inputs=raw.reshape(len(answers), -1),
             feature_names=manifest.feature_names,
             offloaded=source == "offload",
         )
@@ -192,10 +194,11 @@ class InferenceService:
 
 
 def _finite_array(inputs: Any) -> np.ndarray:
-    """``inputs`` as float32, refusing NaN and values that are infinite (or overflow float32)."""
+    """``inputs`` as float32, refusing NaN and values that are infinite (or overflow float32).
+
+    Call it with overflow warnings silenced (``np.errstate(over="ignore")``): an overflow becomes inf."""
     try:
-        with np.errstate(over="ignore"):  # an overflow becomes inf, refused just below
-            raw = np.asarray(inputs, dtype=np.float32)
+        raw = np.asarray(inputs, dtype=np.float32)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InferenceError(f"input is not a numeric array: {exc}") from exc
     if not np.isfinite(raw).all():

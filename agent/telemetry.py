@@ -46,8 +46,12 @@ class _VersionStats:
         self.confidence = HistogramAccumulator(CONFIDENCE_BUCKETS)
         self.predictions: Counter[str] = Counter()
         self.sketcher = FeatureSketcher()
-        # Input rows wait here and enter the sketches a column at a time: one sketch update per column per
-        # SKETCH_FLUSH_ROWS rows instead of one per column per request (bounded memory either way).
+        # What a request observed waits here, in plain lists, and enters the histograms, the label counts and
+        # the sketches a block at a time (one vectorised update per SKETCH_FLUSH_ROWS requests or rows):
+        # a numpy call per value costs microseconds, a list append tens of nanoseconds. Exact, not sampled.
+        self.pending_latencies: list[float] = []
+        self.pending_confidences: list[float] = []
+        self.pending_labels: list[str] = []
         self.pending_rows: list[np.ndarray] = []
         self.pending_count = 0
         self.feature_names: list[str] | None = None
@@ -55,6 +59,13 @@ class _VersionStats:
         self.shadow_compared = 0
         self.shadow_agreed = 0
         self.shadow_latency = HistogramAccumulator(LATENCY_BUCKETS_MS)
+
+    def add(self, latency_ms: float, labels: list[str], confidences: list[float]) -> None:
+        self.pending_latencies.append(latency_ms)
+        self.pending_labels += labels
+        self.pending_confidences += confidences
+        if len(self.pending_latencies) >= SKETCH_FLUSH_ROWS or len(self.pending_labels) >= SKETCH_FLUSH_ROWS:
+            self.flush()
 
     def add_rows(self, rows: np.ndarray, names: list[str] | None) -> None:
         if self.pending_rows and rows.shape[1] != self.pending_rows[0].shape[1]:
@@ -65,13 +76,26 @@ class _VersionStats:
         if self.pending_count >= SKETCH_FLUSH_ROWS:
             self.flush_rows()
 
+    def flush(self) -> None:
+        """Move everything pending into the histograms, the label counts and the sketches."""
+        if self.pending_latencies:
+            self.latency.observe_many(np.array(self.pending_latencies, dtype=np.float64))
+            self.pending_latencies = []
+        if self.pending_confidences:
+            self.confidence.observe_many(np.array(self.pending_confidences, dtype=np.float64))
+            self.pending_confidences = []
+        if self.pending_labels:
+            self.predictions.update(self.pending_labels)
+            self.pending_labels = []
+        self.flush_rows()
+
     def flush_rows(self) -> None:
         if not self.pending_rows:
             return
         block = np.concatenate(self.pending_rows)
         names = self.feature_names
-        for column in range(block.shape[1]):
-            self.sketcher.update_column(names[column] if names else f"f{column}", block[:, column])
+        for column, values in enumerate(np.ascontiguousarray(block.T)):
+            self.sketcher.update_column(names[column] if names else f"f{column}", values)
         self.pending_rows, self.pending_count = [], 0
 
     def shadow_stats(self) -> ShadowStats | None:
@@ -114,12 +138,10 @@ class TelemetryCollector:
     ) -> None:
         """Record one successful request (a batch of ``len(labels)`` predictions)."""
         with self._lock:
-            stats = self._get(model, version)
+            stats = self._stats.get((model, version)) or self._get(model, version)
             stats.requests += 1
-            stats.offloaded += int(offloaded)
-            stats.latency.observe(latency_ms)
-            stats.confidence.observe_many(np.asarray(confidences, dtype=np.float64))
-            stats.predictions.update(labels)
+            stats.offloaded += offloaded
+            stats.add(latency_ms, labels, confidences)
             if inputs is not None:
                 flat = inputs.reshape(inputs.shape[0], -1)
                 if flat.shape[1] <= MAX_SKETCHED_FEATURES:
@@ -153,7 +175,7 @@ class TelemetryCollector:
         with self._lock:
             stats, self._stats = list(self._stats.values()), {}
         for s in stats:
-            s.flush_rows()
+            s.flush()
         return [
             TelemetryBatch(
                 batch_id=uuid.uuid4().hex,

@@ -4,14 +4,16 @@ sender that deletes a batch only once the hub acknowledged it."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 import time_machine
 
 from agent.telemetry import SKETCH_FLUSH_ROWS, Outbox, TelemetryCollector, TelemetrySender, batch_id_of
 from fleet.wire.messages import TelemetryAck, encode
-from fleet.wire.sketches import deserialize_sketch
+from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS, deserialize_sketch
 from fleet.wire.transport import Message
 
 
@@ -35,6 +37,59 @@ def test_every_input_row_reaches_the_feature_sketches(tmp_path: Path) -> None:
     x = deserialize_sketch(batch.feature_sketches["x"])
     assert x.n == len(rows) and x.get_min_value() == rows[0, 0] and x.get_max_value() == rows[-1, 0]
     assert collector.drain() == []
+
+
+def test_block_buffered_telemetry_matches_the_exact_statistics_of_every_request() -> None:
+    """Histograms, label counts and sketches fill a block at a time; the batch must still describe every
+    request exactly (histograms, counts) or within the sketch's bound (quantiles), partial block included."""
+    collector = TelemetryCollector("d-1", "x86-onnx-cpu")
+    rng = np.random.default_rng(7)
+    latencies, confidences, labels, rows = [], [], [], []
+    for i in range(5 * SKETCH_FLUSH_ROWS + 37):  # batches of 1 and 3 rows, never a whole number of blocks
+        n = 3 if i % 5 == 0 else 1
+        batch_rows = rng.normal(size=(n, 2)).astype(np.float32)
+        conf = rng.uniform(0.05, 1.0, size=n).tolist()
+        names = [f"c{int(c * 10)}" for c in conf]
+        latency = float(rng.exponential(4.0))
+        collector.record(
+            "m",
+            "1.0.0",
+            latency_ms=latency,
+            labels=names,
+            confidences=conf,
+            inputs=batch_rows,
+            feature_names=["a", "b"],
+        )
+        latencies.append(latency)
+        confidences += conf
+        labels += names
+        rows.append(batch_rows)
+    (batch,) = collector.drain()
+    values = np.concatenate(rows)
+    for hist, observed, edges in (
+        (batch.latency_ms, latencies, LATENCY_BUCKETS_MS),
+        (batch.confidence, confidences, CONFIDENCE_BUCKETS),
+    ):
+        exact = np.bincount(np.searchsorted(edges, observed, side="left"), minlength=len(edges) + 1)
+        assert hist.counts == exact.tolist()
+        assert hist.total == pytest.approx(sum(observed))
+    assert batch.requests == len(latencies) and batch.predictions == dict(Counter(labels))
+    for column, name in enumerate(["a", "b"]):
+        sketch = deserialize_sketch(batch.feature_sketches[name])
+        assert sketch.n == len(values)
+        bound = sketch.normalized_rank_error(False)
+        for q in (0.1, 0.5, 0.9):
+            true_rank = float(np.mean(values[:, column] <= sketch.get_quantile(q)))
+            assert abs(true_rank - q) <= bound + 1 / len(values)
+
+
+def test_pending_telemetry_stays_bounded_without_a_drain() -> None:
+    collector = TelemetryCollector("d-1", "x86-onnx-cpu")
+    for _ in range(10 * SKETCH_FLUSH_ROWS):  # no inputs: only latencies, confidences and labels wait
+        collector.record("m", "1.0.0", latency_ms=1.0, labels=["a", "b"], confidences=[0.9, 0.8])
+    (stats,) = collector._stats.values()
+    assert len(stats.pending_latencies) < SKETCH_FLUSH_ROWS and len(stats.pending_labels) < SKETCH_FLUSH_ROWS
+    assert stats.latency.count + len(stats.pending_latencies) == 10 * SKETCH_FLUSH_ROWS
 
 
 def test_outbox_keeps_order_and_drops_the_oldest_beyond_its_bound(tmp_path: Path) -> None:
