@@ -181,6 +181,30 @@ class TelemetryBatch(WireModel):
     predictions: dict[Label, Count] = Field(default_factory=dict, max_length=MAX_PREDICTION_LABELS)
     feature_sketches: dict[Label, str] = Field(default_factory=dict, max_length=MAX_FEATURES)
     shadow: ShadowStats | None = None
+    # Data contract checks of the window's inputs: rows checked, and rows breaking each rule (``input.rule``).
+    contract_rows: Count = 0
+    contract_violations: dict[Label, Count] = Field(default_factory=dict, max_length=MAX_FEATURES)
+
+
+class CapturedSample(WireModel):
+    """One input row a device captured for retraining, with the answer it gave."""
+
+    ts: float = Field(ge=0.0)
+    input: list[float] = Field(max_length=65_536)
+    label: Label
+    confidence: float = Field(ge=0, le=1)
+
+
+class CaptureBatch(WireModel):
+    """Sampled inputs of one model version (opt-in on the device); the hub drops repeated ``batch_id``."""
+
+    batch_id: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+    device_id: DeviceId
+    target: ShortName
+    model: Name
+    version: ShortName
+    shape: list[Annotated[int, Field(ge=1)]] = Field(description="per-row input shape; rows are sent flattened")
+    samples: list[CapturedSample] = Field(min_length=1, max_length=10_000)
 
 
 class TelemetryAck(WireModel):
