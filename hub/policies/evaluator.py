@@ -99,6 +99,11 @@ class PolicyEvaluator:
         self._thread = threading.Thread(target=self._loop, name="hub-policies", daemon=True)
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        """Whether the evaluation thread runs (on the leading replica only)."""
+        return self._thread is not None
+
     def stop(self) -> None:
         """Stop the evaluation thread."""
         self._stop.set()

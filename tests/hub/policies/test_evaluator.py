@@ -4,7 +4,7 @@ pauses the model's rollout, raises an alert and rolls the cohort back. The clock
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,10 @@ from fleet.rollout import RolloutState
 from fleet.telemetry import ReferenceProfile
 from fleet.wire.messages import TelemetryBatch
 from hub.api import create_app
+from hub.app import Hub
 from hub.auth import Role
+from hub.cluster.leadership import AlwaysLeader
+from hub.config import HubSettings
 from hub.monitoring.queries import RegistrySource
 from hub.policies.evaluator import PolicyEvaluator
 from hub.registry.policies import PolicyStore
@@ -165,3 +168,24 @@ def test_policy_rest_validates_reads_back_and_needs_an_operator_to_set(fleet: Fl
     _policy(client, max_violation_rate=0.1, rollback=True, rollback_to="1.0.0")
     policy = client.get("/models/digits/versions/2.0.0/policy").json()["policy"]
     assert policy["max_violation_rate"] == 0.1 and policy["rollback_to"] == "1.0.0" and policy["window_s"] == 600
+
+
+class _OneElection(AlwaysLeader):
+    """Leads when told to, as a replica that wins and later loses the lock."""
+
+    def start(self, on_elected: Callable[[int], None], on_deposed: Callable[[], None]) -> None:
+        self.elect, self.depose = on_elected, on_deposed
+
+
+def test_only_the_leading_replica_evaluates_policies(tmp_path: Path) -> None:
+    hub = Hub(HubSettings(data_dir=tmp_path / "hub", broker_port=0))
+    election = hub.leadership = _OneElection()
+    hub.start()
+    try:
+        assert not hub.policies.running  # a replica that has not won
+        election.elect(1)
+        assert hub.policies.running and hub.rollouts is not None
+        election.depose()
+        assert not hub.policies.running and hub.rollouts is None
+    finally:
+        hub.stop()
