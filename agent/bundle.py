@@ -13,7 +13,9 @@ import numpy as np
 from pydantic import ValidationError
 
 from agent.errors import BundleError
-from fleet.wire.bundle import MANIFEST_NAME, REFERENCE_NAME, SELFTEST_NAME, BundleManifest
+from fleet.errors import ProtocolError
+from fleet.wire.bundle import CONTRACT_NAME, MANIFEST_NAME, REFERENCE_NAME, SELFTEST_NAME, BundleManifest
+from fleet.wire.contract import DataContract, parse_contract
 
 MAX_UNCOMPRESSED_BYTES = 2 * 1024**3
 MAX_MEMBERS = 16
@@ -29,6 +31,7 @@ class LoadedBundle:
     selftest_outputs: np.ndarray
     reference: dict[str, Any] | None
     weights: bytes | None = None
+    contract: DataContract | None = None
 
 
 def read_bundle(path: Path) -> LoadedBundle:
@@ -49,9 +52,10 @@ def read_bundle(path: Path) -> LoadedBundle:
             weights = archive.read(manifest.weights_file) if manifest.weights_file else None
             inputs, outputs = _selftest(path, archive.read(SELFTEST_NAME))
             reference = json.loads(archive.read(REFERENCE_NAME)) if REFERENCE_NAME in names else None
-    except (zipfile.BadZipFile, KeyError, OSError, json.JSONDecodeError) as exc:
+            contract = parse_contract(archive.read(CONTRACT_NAME)) if CONTRACT_NAME in names else None
+    except (zipfile.BadZipFile, KeyError, OSError, json.JSONDecodeError, ProtocolError) as exc:
         raise BundleError(f"{path.name}: not a readable bundle: {exc}") from exc
-    return LoadedBundle(manifest, model_bytes, inputs, outputs, reference, weights)
+    return LoadedBundle(manifest, model_bytes, inputs, outputs, reference, weights, contract)
 
 
 def _check_members(path: Path, infos: list[zipfile.ZipInfo]) -> None:

@@ -55,6 +55,14 @@ class AgentConfig(BaseModel):
         default=None, gt=0, le=1, description="offload answers whose local confidence is below this"
     )
     shadow_sample_rate: float = Field(default=0.1, ge=0, le=1, description="share of requests a shadow model sees")
+    capture_rate: float = Field(
+        default=0.0, ge=0, le=1, description="share of input rows kept for retraining; 0 (default) captures nothing"
+    )
+    capture_max_per_hour: int = Field(default=100, ge=0, description="rows captured per clock hour at most")
+    capture_max_bytes: int = Field(default=5 * 1024 * 1024, ge=0, description="disk kept for unsent captures")
+    refuse_contract_violations: bool = Field(
+        default=False, description="answer 400 to inputs breaking the model's data contract (always counted)"
+    )
 
     @field_validator("device_id")
     @classmethod

@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from agent.backoff import Backoff
+from agent.capture import InputCapture
 from agent.config import AgentConfig
 from agent.errors import AgentError, ReplayedOrderError
 from agent.http_api import ApiLimits, LocalApi
@@ -47,6 +48,18 @@ class Agent:
         self.data_dir = config.data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.collector = TelemetryCollector(config.device_id, config.target)
+        self.capture = (
+            InputCapture(
+                self.data_dir / "capture",
+                config.device_id,
+                config.target,
+                rate=config.capture_rate,
+                max_per_hour=config.capture_max_per_hour,
+                max_bytes=config.capture_max_bytes,
+            )
+            if config.capture_rate > 0
+            else None
+        )
         offload = (
             OffloadClient(config.offload_url, timeout_s=config.offload_timeout_s, token=config.offload_token())
             if config.offload_url
@@ -57,6 +70,8 @@ class Agent:
             offload=offload,
             cascade_threshold=config.cascade_threshold,
             shadow_sample_rate=config.shadow_sample_rate,
+            refuse_contract_violations=config.refuse_contract_violations,
+            capture=self.capture,
         )
         self.outbox = Outbox(self.data_dir / "outbox", max_batches=config.outbox_max_batches)
         self.sender = TelemetrySender(
@@ -186,9 +201,14 @@ class Agent:
         """Move recorded telemetry to the outbox and send what the broker acknowledges; return sent count."""
         for batch in self.collector.drain():
             self.outbox.put(batch)
+        if self.capture is not None:
+            self.capture.spool()
         if self.link is None or not self.link.connected:
             return 0
-        return self.sender.flush()
+        sent = self.sender.flush()
+        if self.capture is not None:
+            self.capture.send(self._publish_and_wait)
+        return sent
 
     def wait_for_deployment(self, deployment_id: str, timeout_s: float) -> UpdateState | None:
         """Block until the deployment finished here; return its final state (None on timeout)."""

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from agent.capture import InputCapture
+from agent.contract import check_request, refusal
 from agent.errors import BatchTooLargeError, InferenceError, NonFiniteError
 from agent.model import Answer, ServableModel
 from agent.offload import OffloadClient, OffloadError
@@ -32,12 +34,16 @@ class InferenceService:
         offload: OffloadClient | None = None,
         cascade_threshold: float | None = None,
         shadow_sample_rate: float = 0.1,
+        refuse_contract_violations: bool = False,
+        capture: InputCapture | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.collector = collector
         self.offload = offload
         self.cascade_threshold = cascade_threshold
         self.shadow_sample_rate = shadow_sample_rate
+        self.refuse_contract_violations = refuse_contract_violations
+        self.capture = capture
         self._rng = rng or random.Random()
         self._model: ServableModel | None = None
         self._shadow: ServableModel | None = None
@@ -89,6 +95,7 @@ class InferenceService:
             raise InferenceError("no model is installed on this device yet")
         self.requests_total += 1
         manifest = model.manifest
+        self._check_contract(model, inputs)
         start = time.perf_counter()
         try:
             # One errstate for the whole request: an overflow or NaN on the way is refused explicitly below.
@@ -116,6 +123,10 @@ class InferenceService:
             feature_names=manifest.feature_names,
             offloaded=source == "offload",
         )
+        if self.capture is not None:
+            self.capture.offer(
+                manifest.model, manifest.version, raw, [a.label for a in answers], [a.confidence for a in answers]
+            )
         self._maybe_shadow(model, batch, answers)
         result: dict[str, Any] = {
             "model": manifest.model,
@@ -127,6 +138,17 @@ class InferenceService:
         if note:
             result["note"] = note
         return result
+
+    def _check_contract(self, model: ServableModel, inputs: Any) -> None:
+        contract = model.bundle.contract
+        if contract is None:
+            return
+        result = check_request(contract, inputs)
+        if result is None:
+            return
+        self.collector.record_contract(model.manifest.model, model.version, result.rows, result.violations)
+        if self.refuse_contract_violations and not result.ok:
+            raise refusal(result)
 
     def _answer(self, model: ServableModel, batch: np.ndarray) -> tuple[list[Answer], str, str]:
         manifest = model.manifest

@@ -59,6 +59,8 @@ class _VersionStats:
         self.shadow_compared = 0
         self.shadow_agreed = 0
         self.shadow_latency = HistogramAccumulator(LATENCY_BUCKETS_MS)
+        self.contract_rows = 0
+        self.contract_violations: Counter[str] = Counter()
 
     def add(self, latency_ms: float, labels: list[str], confidences: list[float]) -> None:
         self.pending_latencies.append(latency_ms)
@@ -162,6 +164,13 @@ class TelemetryCollector:
             stats.shadow_agreed += agreed
             stats.shadow_latency.observe(latency_ms)
 
+    def record_contract(self, model: str, version: str, rows: int, violations: dict[str, int]) -> None:
+        """Record a data contract check of ``rows`` input rows and the rows breaking each rule."""
+        with self._lock:
+            stats = self._get(model, version)
+            stats.contract_rows += rows
+            stats.contract_violations.update(violations)
+
     def record_error(self, model: str, version: str) -> None:
         """Record one failed request."""
         with self._lock:
@@ -193,9 +202,11 @@ class TelemetryCollector:
                 predictions=dict(s.predictions),
                 feature_sketches=s.sketcher.drain(),
                 shadow=s.shadow_stats(),
+                contract_rows=s.contract_rows,
+                contract_violations=dict(s.contract_violations),
             )
             for s in stats
-            if s.requests
+            if s.requests or s.contract_rows
         ]
 
 

@@ -111,6 +111,7 @@ class ConversionReport(BaseModel):
     calibration: DataInfo
     source_accuracy: float | None = None
     variants: list[VariantReport]
+    contract: dict[str, Any] | None = None  # data contract check of calibration/evaluation data (hub's --contract)
     root: Path | None = Field(default=None, exclude=True)
 
     def variant(self, target: str, precision: str | None = None) -> VariantReport:

@@ -23,6 +23,7 @@ from hub.auth.api import create_access_router
 from hub.console import mount_console
 from hub.errors import HubError, NotFoundError
 from hub.monitoring.api import create_monitoring_router
+from hub.policies.api import create_policies_router
 from hub.registry import AccessStore
 from hub.registry.tables import DEVICE_SECRET_FIELDS
 from hub.request_limits import RequestLimits, error_response, invalid_request
@@ -189,6 +190,7 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(create_access_router(access))
     app.include_router(create_rollouts_router(hub))
     app.include_router(create_monitoring_router(hub))
+    app.include_router(create_policies_router(hub))
     # Heavy models: the Open Inference Protocol over registry variants for serving targets (/v2/...).
     app.include_router(serving_router(registry, hub.store, hub.monitoring.prometheus))
     mount_console(app, hub)  # /ui, /console/api and an offline /docs

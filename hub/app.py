@@ -19,7 +19,8 @@ import numpy as np
 from fleet.errors import ProtocolError
 from fleet.wire.acl import HUB_USERNAME
 from fleet.wire.bundle import BundleManifest
-from fleet.wire.messages import DeviceState, UpdateEvent
+from fleet.wire.contract import DataContract
+from fleet.wire.messages import CaptureBatch, DeviceState, UpdateEvent
 from fleet.wire.mqtt import BrokerAddress, PahoBroker
 from hub.auth.guard import LoginGuard
 from hub.bundles.keys import passphrase_from_env
@@ -39,8 +40,12 @@ from hub.monitoring.ingest import RetentionPolicy, TelemetryIngestor, publish_ac
 from hub.monitoring.presence import DevicePresence
 from hub.monitoring.service import HubMonitoring
 from hub.monitoring.signing_metrics import SigningMetrics
+from hub.policies.evaluator import PolicyEvaluator
 from hub.private_files import create_private, private_dir
 from hub.registry import Database, Deployment, Registry
+from hub.registry.captures import CaptureStore
+from hub.registry.policies import PolicyStore
+from hub.registry.rollouts import RolloutStore
 from hub.rollouts.manager import RolloutManager
 
 log = logging.getLogger(__name__)
@@ -75,6 +80,16 @@ class Hub:
         self.monitoring = HubMonitoring(self.registry, self.store)  # /metrics and drift/canary reports
         self.monitoring.prometheus.register(SigningMetrics(lambda: self.tuf))
         self.logins = LoginGuard(settings.login_backoff, prometheus=self.monitoring.prometheus)  # devices and API
+        self.captures = CaptureStore(self.db)  # sampled inputs devices opted in to send
+        self.policies = PolicyEvaluator(
+            PolicyStore(self.db),
+            self.registry,
+            RolloutStore(self.db),
+            self.monitoring.source,
+            self._deploy_rollback,
+            self.monitoring.prometheus,
+            interval_s=settings.policy_interval_s,
+        )
 
     @property
     def broker_address(self) -> BrokerAddress:
@@ -134,6 +149,7 @@ class Hub:
         traffic.on_state(self._apply_state)
         traffic.on_event(self._apply_event)
         traffic.on_fetch(self.transfer.handle)
+        traffic.on_capture(self._store_capture)
         # a replica's leader sees every state and event on a connection of its own; a lone hub on this one
         feed = DeviceTraffic(self.connector.connect("hub-leader"), self.registry) if s.replica else traffic
         self.duties = LeaderDuties(
@@ -146,13 +162,14 @@ class Hub:
             on_manager=self._set_rollouts,
             push=self.transfer.push,
         )
-        self.leadership.start(on_elected=self.duties.lead, on_deposed=self.duties.step_down)
+        self.leadership.start(on_elected=self._lead, on_deposed=self._step_down)
         traffic.start()
         self.presence.start()
 
     def stop(self) -> None:
         """Stop in reverse order; safe to call twice."""
         self.leadership.stop()  # stops the duties when leading
+        self.policies.stop()
         if self.duties is not None and self.duties.feed is not self.traffic:
             self.duties.feed.broker.close()
         self.duties = None
@@ -194,8 +211,10 @@ class Hub:
         reference: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
         weights_path: Path | None = None,
+        contract: DataContract | None = None,
     ) -> PublishedVariant:
-        """Register ``manifest.model:manifest.version`` if new, then publish this variant's signed bundle."""
+        """Register ``manifest.model:manifest.version`` if new, then publish this variant's signed bundle
+        (carrying ``contract``, the data contract its agents check live inputs against, when given)."""
         if not any(v.version == manifest.version for v in self.registry.list_versions(manifest.model)):
             self.registry.add_version(manifest.model, manifest.version)
         if reference is None:  # drift always has a baseline: at least the self-test vectors
@@ -211,6 +230,7 @@ class Hub:
             reference=reference,
             metrics=metrics,
             weights_path=weights_path,
+            contract=contract,
         )
 
     def deploy(
@@ -243,6 +263,19 @@ class Hub:
                 devices = [self.registry.get_device(d) for d, v in chosen.items() if v.bundle_sha256 == sha]
                 self.transfer.push(sha, {d.active_sha256 for d in devices if d.active_sha256})
         return deployment
+
+    def _lead(self, epoch: int) -> None:
+        assert self.duties is not None  # set before the leadership starts
+        self.duties.lead(epoch)
+        self.policies.start()  # policies pause rollouts and roll cohorts back: the leader's job
+
+    def _step_down(self) -> None:
+        self.policies.stop()
+        if self.duties is not None:
+            self.duties.step_down()
+
+    def _deploy_rollback(self, model: str, version: str, device_ids: list[str]) -> str:
+        return self.deploy(model, version, device_ids, allow_downgrade=True).id
 
     def on_update_event(self, listener: Any) -> Any:
         """Call ``listener(event)`` for every device update event; return a function that removes it."""
@@ -278,6 +311,9 @@ class Hub:
             listener(event)
         with self._progress:
             self._progress.notify_all()
+
+    def _store_capture(self, batch: CaptureBatch) -> None:
+        self.captures.add(batch, now=time.time(), max_age_s=self.settings.capture_max_age_s)
 
     def _on_rejected(self, channel: str, _error: Exception) -> None:
         if channel == "telemetry" and self.ingestor is not None:

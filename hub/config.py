@@ -47,6 +47,10 @@ class HubSettings(BaseModel):
     metadata_refresh_interval_s: float = Field(
         default=600.0, gt=0, description="how often the hub re-signs TUF metadata that is half-way to expiry"
     )
+    capture_max_age_s: float | None = Field(
+        default=30 * 24 * 3600.0, gt=0, description="captured input samples older than this are deleted"
+    )
+    policy_interval_s: float = Field(default=30.0, gt=0, description="how often drift policies are evaluated")
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8600, ge=0, le=65535)
     api_max_body_bytes: int = Field(

@@ -33,27 +33,43 @@ def group_cohorts(
     """Aggregate batches into cohorts: one per combination of the ``by`` dimensions (``target``,
     ``version``, ``model``, ``label:<key>``), one per named label selector (devices' labels plus
     ``target``), and ``all`` when ``include_all``."""
-    labels = device_labels or {}
-    for dim in by:
-        if dim not in ("target", "version", "model") and not (dim.startswith("label:") and len(dim) > 6):
-            raise FleetConfigError(f"unknown cohort dimension {dim!r}: use target, version, model or label:<key>")
-    parsed = {name: parse_selector(s) if isinstance(s, str) else s for name, s in (selectors or {}).items()}
     out: dict[str, TelemetryAggregate] = {}
-
-    def into(name: str, single: TelemetryAggregate) -> None:
-        agg = out.get(name)
-        if agg is None:
-            agg = out[name] = TelemetryAggregate()
-        agg.merge(single)
-
+    namer = CohortNamer(by=by, selectors=selectors, device_labels=device_labels, include_all=include_all)
     for batch in batches:
         single = TelemetryAggregate.from_batches([batch])  # parse the sketches once per batch
-        if include_all:
-            into("all", single)
-        if by:
-            into(",".join(f"{d}={_dimension_value(batch, d, labels)}" for d in by), single)
-        device_view = selector_labels(labels.get(batch.device_id, {}), batch.target)
-        for name, sel in parsed.items():
-            if sel.matches(device_view):
-                into(name, single)
+        for name in namer.names(batch):
+            agg = out.get(name)
+            if agg is None:
+                agg = out[name] = TelemetryAggregate()
+            agg.merge(single)
     return out
+
+
+class CohortNamer:
+    """The cohorts one batch belongs to, by the rules of `group_cohorts` (for analyses that aggregate
+    something other than `TelemetryAggregate`, such as data contract violations)."""
+
+    def __init__(
+        self,
+        *,
+        by: Sequence[str] = ("target",),
+        selectors: Mapping[str, str | LabelSelector] | None = None,
+        device_labels: Mapping[str, Mapping[str, str]] | None = None,
+        include_all: bool = True,
+    ) -> None:
+        for dim in by:
+            if dim not in ("target", "version", "model") and not (dim.startswith("label:") and len(dim) > 6):
+                raise FleetConfigError(f"unknown cohort dimension {dim!r}: use target, version, model or label:<key>")
+        self.by = list(by)
+        self.labels = device_labels or {}
+        self.include_all = include_all
+        self.selectors = {name: parse_selector(s) if isinstance(s, str) else s for name, s in (selectors or {}).items()}
+
+    def names(self, batch: TelemetryBatch) -> list[str]:
+        """Cohort names of ``batch``: ``all``, its ``by`` combination, then the selectors it matches."""
+        names = ["all"] if self.include_all else []
+        if self.by:
+            names.append(",".join(f"{d}={_dimension_value(batch, d, self.labels)}" for d in self.by))
+        device_view = selector_labels(self.labels.get(batch.device_id, {}), batch.target)
+        names.extend(name for name, sel in self.selectors.items() if sel.matches(device_view))
+        return names

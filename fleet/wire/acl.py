@@ -27,7 +27,10 @@ def device_rules(device_id: str) -> tuple[Rule, ...]:
     """The topics one device may write (its own reports) and read (its orders and the broadcasts)."""
     own = f"{ROOT}/devices/{validate_device_id(device_id)}"
     return (
-        *(Rule("write", f"{own}/{channel}") for channel in ("state", "heartbeat", "events", "telemetry", "fetch")),
+        *(
+            Rule("write", f"{own}/{channel}")
+            for channel in ("state", "heartbeat", "events", "telemetry", "fetch", "capture")
+        ),
         Rule("read", f"{own}/deployment"),
         Rule("read", f"{own}/meta"),
         Rule("read", f"{own}/refused"),

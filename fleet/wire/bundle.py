@@ -2,7 +2,8 @@
 
 A bundle is a zip archive with fixed member names: ``manifest.json``, the model file it names,
 ``selftest.npz`` (golden inputs and outputs, loaded without pickle) and optionally ``reference.json``
-(per-feature reference quantiles for drift sketches). Readers open members by name only; they never
+(per-feature reference quantiles for drift sketches) and ``contract.json`` (the data contract of the inputs,
+`fleet.wire.contract`). Readers open members by name only; they never
 extract paths taken from the archive.
 """
 
@@ -16,6 +17,7 @@ BUNDLE_FORMAT: Final = "edgefleet-bundle/1"
 MANIFEST_NAME: Final = "manifest.json"
 SELFTEST_NAME: Final = "selftest.npz"
 REFERENCE_NAME: Final = "reference.json"
+CONTRACT_NAME: Final = "contract.json"
 MEMBER_NAME = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 
 

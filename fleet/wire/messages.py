@@ -9,9 +9,9 @@ import hashlib
 import json
 import struct
 from enum import StrEnum
-from typing import Annotated, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
 from fleet.errors import ProtocolError
 
@@ -182,6 +182,40 @@ class TelemetryBatch(WireModel):
     predictions: dict[Label, Count] = Field(default_factory=dict, max_length=MAX_PREDICTION_LABELS)
     feature_sketches: dict[Label, str] = Field(default_factory=dict, max_length=MAX_FEATURES)
     shadow: ShadowStats | None = None
+    # Data contract checks of the window's inputs: rows checked, and rows breaking each rule (``input.rule``).
+    contract_rows: Count = 0
+    contract_violations: dict[Label, Count] = Field(default_factory=dict, max_length=MAX_FEATURES)
+
+    @model_serializer(mode="wrap")
+    def _without_empty_contract(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave the contract fields out when nothing was checked, so a hub from before contracts (which
+        refuses unknown fields) still accepts batches from devices without one."""
+        data: dict[str, Any] = handler(self)
+        if not self.contract_rows and not self.contract_violations:
+            data.pop("contract_rows", None)
+            data.pop("contract_violations", None)
+        return data
+
+
+class CapturedSample(WireModel):
+    """One input row a device captured for retraining, with the answer it gave."""
+
+    ts: float = Field(ge=0.0)
+    input: list[float] = Field(max_length=65_536)
+    label: Label
+    confidence: float = Field(ge=0, le=1)
+
+
+class CaptureBatch(WireModel):
+    """Sampled inputs of one model version (opt-in on the device); the hub drops repeated ``batch_id``."""
+
+    batch_id: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+    device_id: DeviceId
+    target: ShortName
+    model: Name
+    version: ShortName
+    shape: list[Annotated[int, Field(ge=1)]] = Field(description="per-row input shape; rows are sent flattened")
+    samples: list[CapturedSample] = Field(min_length=1, max_length=10_000)
 
 
 class TelemetryAck(WireModel):

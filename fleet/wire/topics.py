@@ -8,6 +8,7 @@
     edgefleet/v1/devices/{id}/telemetry    device -> hub   telemetry batches, QoS 1, deduplicated by batch id
     edgefleet/v1/devices/{id}/fetch        device -> hub   requests for bundle chunks or TUF metadata, QoS 1
     edgefleet/v1/devices/{id}/telemetry-ack hub -> device  batch ids stored (or rejected) by the hub, QoS 1
+    edgefleet/v1/devices/{id}/capture      device -> hub   sampled inputs for retraining (opt-in), QoS 1
     edgefleet/v1/devices/{id}/deployment   hub -> device   retained desired deployment, QoS 1
     edgefleet/v1/devices/{id}/meta         hub -> device   TUF metadata replies, QoS 1
     edgefleet/v1/devices/{id}/refused      hub -> device   chunk requests the hub cannot serve, QoS 1
@@ -16,8 +17,8 @@
     edgefleet/v1/broadcast/{name}          hub -> devices  read-only fleet-wide notices (retained)
 
 A device's broker ACL grants write on its own ``devices/{id}/`` subtree (state, heartbeat, events,
-telemetry, fetch), read on its own ``deployment``, ``meta``, ``refused`` and ``telemetry-ack`` topics, and read on
-``bundles/#`` and ``broadcast/#``.
+telemetry, fetch, capture), read on its own ``deployment``, ``meta``, ``refused`` and ``telemetry-ack`` topics,
+and read on ``bundles/#`` and ``broadcast/#``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ QOS_CONTROL: Final = 1  # every message that changes state: handlers are idempot
 QOS_HEARTBEAT: Final = 0
 DEVICE_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _DEVICE_CHANNELS: Final = (
-    "state", "heartbeat", "events", "telemetry", "fetch", "deployment", "meta", "refused", "telemetry-ack",
+    "state", "heartbeat", "events", "telemetry", "fetch", "capture", "deployment", "meta", "refused", "telemetry-ack",
 )  # fmt: skip
 
 

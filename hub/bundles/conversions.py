@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from fleet.wire.bundle import BundleManifest, Postprocess, SelfTest, TensorSpec
+from fleet.wire.bundle import CONTRACT_NAME, BundleManifest, Postprocess, SelfTest, TensorSpec
+from fleet.wire.contract import DataContract, load_contract
 from hub.app import Hub
 from hub.bundles.reference import reference_profile
 from hub.errors import InvalidRequestError
@@ -46,14 +47,20 @@ def register_conversion(
     model: str | None = None,
     labels: list[str] | None = None,
     count: int = 16,
+    contract: DataContract | None = None,
 ) -> ConversionRegistration:
-    """Publish every usable variant in ``directory`` (an ``edgefleet convert`` output) as ``model:version``."""
+    """Publish every usable variant in ``directory`` (an ``edgefleet convert`` output) as ``model:version``.
+
+    Bundles carry ``contract``, else the ``contract.json`` that ``convert --contract`` left in ``directory``.
+    """
     from converters import load_report
     from converters.data import load_npz
     from converters.runners import load_runner
     from converters.types import Artifact
 
     report = load_report(directory)
+    if contract is None and (directory / CONTRACT_NAME).is_file():
+        contract = load_contract(directory / CONTRACT_NAME)
     name = model or report.model
     result = ConversionRegistration(name, version)
     input_names = list(report.source.get("inputs", {})) or ["input"]
@@ -129,7 +136,14 @@ def register_conversion(
         }
         reference = reference_profile(manifest, reference_inputs, reference_outputs)
         published = hub.publish(
-            manifest, model_path, inputs, outputs, metrics=metrics, weights_path=weights_path, reference=reference
+            manifest,
+            model_path,
+            inputs,
+            outputs,
+            metrics=metrics,
+            weights_path=weights_path,
+            reference=reference,
+            contract=contract,
         )
         result.registered.append(
             {"variant": variant.name, "bundle_sha256": published.bundle_sha256, "tuf_target": published.tuf_target}

@@ -1,4 +1,5 @@
-"""Building and publishing bundles: zip of manifest, model, self-test vectors; stored and TUF-signed."""
+"""Building and publishing bundles: zip of manifest, model, self-test vectors, drift reference and data
+contract; stored and TUF-signed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from fleet.wire.bundle import MANIFEST_NAME, REFERENCE_NAME, SELFTEST_NAME, BundleManifest
+from fleet.wire.bundle import CONTRACT_NAME, MANIFEST_NAME, REFERENCE_NAME, SELFTEST_NAME, BundleManifest
+from fleet.wire.contract import DataContract
 from hub.bundles.store import ArtifactStore
 from hub.bundles.tuf_repository import TufRepository
 from hub.errors import InvalidRequestError
@@ -27,6 +29,7 @@ def build_bundle(
     selftest_outputs: np.ndarray,
     reference: dict[str, Any] | None = None,
     weights: bytes | None = None,
+    contract: DataContract | None = None,
 ) -> bytes:
     """Return the bundle archive bytes (deterministic)."""
     if (weights is None) != (manifest.weights_file is None):
@@ -44,6 +47,8 @@ def build_bundle(
         members[manifest.weights_file] = weights
     if reference is not None:
         members[REFERENCE_NAME] = json.dumps(reference, sort_keys=True).encode()
+    if contract is not None:
+        members[CONTRACT_NAME] = contract.model_dump_json(indent=2).encode()
     # Model and weights are stored, not deflated: a retrained layer then changes only its own bytes, and
     # content-defined chunking lets a device that holds the previous version fetch just those.
     stored = {manifest.model_file, manifest.weights_file}
@@ -82,12 +87,13 @@ def publish_variant(
     reference: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     weights_path: Path | None = None,
+    contract: DataContract | None = None,
 ) -> PublishedVariant:
     """Store the model and its bundle, sign the bundle with TUF and register the variant."""
     model_bytes = model_path.read_bytes()
     artifact_sha = store.put_bytes(model_bytes)
     weights = weights_path.read_bytes() if weights_path is not None else None
-    bundle = build_bundle(manifest, model_bytes, selftest_inputs, selftest_outputs, reference, weights)
+    bundle = build_bundle(manifest, model_bytes, selftest_inputs, selftest_outputs, reference, weights, contract)
     bundle_sha = store.put_bytes(bundle)
     target_path = tuf_target_path(manifest)
     tuf.add_target(

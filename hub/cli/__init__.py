@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hub.cli import convert, gate, keys, monitor, pki, rollout, serve, tokens
+from hub.cli import capture, contract, convert, gate, keys, monitor, pki, policy, rollout, serve, tokens
 from hub.cli import hub as hub_commands
 
 __all__ = ["app", "main"]
@@ -16,7 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _group in (hub_commands, serve, convert, gate, rollout, monitor, pki, keys, tokens):
+for _group in (hub_commands, serve, convert, contract, gate, rollout, policy, monitor, capture, pki, keys, tokens):
     _group.register(app)
 
 

@@ -69,6 +69,9 @@ def convert_command(
     strict: bool = typer.Option(False, "--strict", help="Stop at the first failing variant and exit non-zero."),
     threads: int = typer.Option(2, "--threads", help="Threads each runtime may use when measuring."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of a table."),
+    contract: Path | None = typer.Option(
+        None, "--contract", help="Data contract (see `contract infer`): check --calib/--eval data, ship it along."
+    ),
 ) -> None:
     """Convert MODEL into a checked, measured variant per target; writes OUT/report.json and a model card."""
     from converters import registry
@@ -111,12 +114,34 @@ def convert_command(
     except (ConversionError, TargetError, json.JSONDecodeError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if contract is not None:
+        report = _record_contract(report, out, contract, [p for p in (calib, eval_data) if p is not None])
     if as_json:
         typer.echo(report.to_json())
     else:
         _print_table(report, out)
     if all(v.status == "failed" for v in report.variants):  # nothing usable was built
         raise typer.Exit(1)
+
+
+def _record_contract(report: Any, out: Path, path: Path, data: list[Path]) -> Any:
+    """The contract check step: check the calibration and evaluation data, record the result in the report
+    and keep the contract beside it (``register-conversion`` ships it in every bundle)."""
+    from converters.report import write_report
+    from fleet.wire.bundle import CONTRACT_NAME
+    from hub.cli.contract import check_data_files, load_contract_option
+
+    contract = load_contract_option(path)
+    assert contract is not None
+    results = check_data_files(contract, data)
+    passed = not any(r["violations"] for r in results.values())
+    report.contract = {"path": str(path), "passed": passed, "data": results}
+    (out / CONTRACT_NAME).write_text(contract.model_dump_json(indent=2))
+    write_report(report, out)
+    for name, result in results.items():
+        if result["violations"]:
+            typer.echo(f"warning: {name} breaks the data contract: {result['violations']}", err=True)
+    return report
 
 
 def _run(

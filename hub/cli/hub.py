@@ -74,10 +74,14 @@ def register(app: typer.Typer) -> None:
         data_dir: Path = typer.Option(Path("var/hub")),
         database_url: str | None = typer.Option(None),
         gate: Path | None = typer.Option(None, help="gate thresholds (TOML): refuse unless `edgefleet gate` passes"),
+        contract: Path | None = typer.Option(
+            None, help="data contract (JSON/TOML) the bundles carry; default: the conversion's contract.json"
+        ),
     ) -> None:
         """Sign and register every usable variant of a conversion under MODEL:VERSION."""
         from hub.app import Hub
         from hub.bundles.conversions import register_conversion
+        from hub.cli.contract import load_contract_option
         from hub.cli.gate import run_gate
 
         if gate is not None:
@@ -96,6 +100,7 @@ def register(app: typer.Typer) -> None:
                 vectors=vectors,
                 model=model,
                 labels=labels.split(",") if labels else None,
+                contract=load_contract_option(contract),
             )
         finally:
             hub.db.close()

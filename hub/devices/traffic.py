@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from fleet.errors import ProtocolError
 from fleet.wire import topics
 from fleet.wire.messages import (
+    CaptureBatch,
     DeviceState,
     FetchRequest,
     Heartbeat,
@@ -51,6 +52,7 @@ _CHANNELS: dict[str, tuple[type[WireModel], str | None]] = {
     "fetch": (FetchRequest, None),
     "telemetry": (TelemetryBatch, "device_id"),
     "heartbeat": (Heartbeat, "device_id"),
+    "capture": (CaptureBatch, "device_id"),
 }
 
 
@@ -105,6 +107,10 @@ class DeviceTraffic:
         """Call ``listener`` with every valid heartbeat."""
         return self._add("heartbeat", listener)
 
+    def on_capture(self, listener: Listener[CaptureBatch]) -> Unsubscribe:
+        """Call ``listener`` with every capture message (sampled inputs) that decoded and names its sender."""
+        return self._add("capture", listener)
+
     def on_rejected(self, listener: RejectListener) -> Unsubscribe:
         """Call ``listener(channel, error)`` for every message refused here or by a listener."""
         self._reject_listeners.append(listener)
@@ -115,7 +121,8 @@ class DeviceTraffic:
     def start(self, *, telemetry_only: bool = False, channels: tuple[str, ...] | None = None) -> None:
         """Subscribe to the device channels the hub consumes (all, telemetry alone, or ``channels``)."""
         if channels is None:
-            channels = ("telemetry",) if telemetry_only else ("telemetry", "state", "events", "fetch", "heartbeat")
+            everything = ("telemetry", "state", "events", "fetch", "heartbeat", "capture")
+            channels = ("telemetry",) if telemetry_only else everything
         filters = {c: self.telemetry_filter if c == "telemetry" else self._filter(c) for c in channels}
         for channel, topic_filter in filters.items():
             self._unsubscribes.append(self.broker.subscribe(topic_filter, self._handler(channel)))

@@ -2,8 +2,10 @@
 
 from hub.registry.access import AccessStore
 from hub.registry.access_tables import ApiToken, AuditEntry
+from hub.registry.capture_tables import CaptureRow
 from hub.registry.db import Database
 from hub.registry.leader_tables import LeaderRow
+from hub.registry.policy_tables import ModelPolicyRow, PolicyEventRow
 from hub.registry.repository import Registry
 from hub.registry.rollout_tables import RolloutCommandRow, RolloutDeviceError, RolloutOutbox, RolloutRow
 from hub.registry.tables import (
@@ -21,13 +23,16 @@ __all__ = [
     "AccessStore",
     "ApiToken",
     "AuditEntry",
+    "CaptureRow",
     "Database",
     "Deployment",
     "DeploymentDevice",
     "Device",
     "LeaderRow",
     "Model",
+    "ModelPolicyRow",
     "ModelVersion",
+    "PolicyEventRow",
     "Registry",
     "RolloutCommandRow",
     "RolloutDeviceError",

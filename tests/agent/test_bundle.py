@@ -12,6 +12,7 @@ import pytest
 from agent.bundle import read_bundle
 from agent.errors import BundleError
 from fleet.wire.bundle import BundleManifest, TensorSpec
+from fleet.wire.contract import infer
 from hub.bundles.publish import build_bundle
 from hub.errors import InvalidRequestError
 
@@ -87,6 +88,22 @@ def test_missing_model_file_and_bad_manifest_are_named(tmp_path: Path) -> None:
                 },
             )
         )
+
+
+def test_a_bundle_carries_its_data_contract_and_a_broken_one_is_refused(tmp_path: Path) -> None:
+    x, y = np.ones((2, 2), np.float32), np.zeros((2, 3), np.float32)
+    contract = infer({"input": x})
+    path = tmp_path / "b.zip"
+    path.write_bytes(build_bundle(MANIFEST, b"m", x, y, contract=contract))
+    assert read_bundle(path).contract == contract
+    members = {
+        "manifest.json": MANIFEST.model_dump_json().encode(),
+        "model.onnx": b"m",
+        "selftest.npz": _vectors(inputs=x, outputs=y),
+        "contract.json": b'{"inputs": []}',
+    }
+    with pytest.raises(BundleError, match="invalid contract: inputs"):
+        read_bundle(_zip(tmp_path / "c.zip", members))
 
 
 def test_corrupt_archive_is_refused(tmp_path: Path) -> None:

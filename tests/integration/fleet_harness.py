@@ -11,6 +11,7 @@ import numpy as np
 from agent.config import AgentConfig
 from agent.daemon import Agent
 from fleet.wire.bundle import BundleManifest
+from fleet.wire.contract import DataContract
 from hub.app import Hub
 from hub.bundles.publish import PublishedVariant
 from hub.config import HubSettings
@@ -35,12 +36,17 @@ class Harness:
     prefix: str = field(default_factory=lambda: f"it-{uuid.uuid4().hex[:8]}")
 
     def publish(
-        self, version: str, *, golden_outputs: np.ndarray | None = None, heavy: bool = False
+        self,
+        version: str,
+        *,
+        golden_outputs: np.ndarray | None = None,
+        heavy: bool = False,
+        contract: DataContract | None = None,
     ) -> PublishedVariant:
-        """Publish the digits model as ``version`` (optionally with wrong golden outputs)."""
+        """Publish the digits model as ``version`` (optionally with wrong golden outputs, or a data contract)."""
         outputs = self.trained.golden_logits if golden_outputs is None else golden_outputs
         manifest = manifest_for(self.trained, version, heavy=heavy)
-        return self.hub.publish(manifest, self.trained.onnx_path, self.trained.golden_x, outputs)
+        return self.hub.publish(manifest, self.trained.onnx_path, self.trained.golden_x, outputs, contract=contract)
 
     def agent(self, name: str, *, start: bool = True, **overrides: object) -> Agent:
         """Provision a device and create (and by default start) its agent."""

@@ -8,6 +8,9 @@ from fleet.wire.acl import allowed, device_rules, hub_rules
 def test_device_rules_confine_a_device() -> None:
     rules = device_rules("cam-1")
     assert allowed(rules, "write", "edgefleet/v1/devices/cam-1/telemetry")
+    assert allowed(rules, "write", "edgefleet/v1/devices/cam-1/capture")
+    assert not allowed(rules, "write", "edgefleet/v1/devices/cam-2/capture")
+    assert not allowed(rules, "read", "edgefleet/v1/devices/cam-2/capture")
     assert allowed(rules, "read", "edgefleet/v1/devices/cam-1/deployment")
     assert allowed(rules, "read", "edgefleet/v1/devices/cam-1/refused")
     assert not allowed(rules, "write", "edgefleet/v1/devices/cam-1/refused")

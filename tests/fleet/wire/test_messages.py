@@ -60,3 +60,19 @@ def test_topics_validate_device_ids() -> None:
             topics.device_topic(bad, "state")
     with pytest.raises(ProtocolError):
         topics.parse_device_topic("edgefleet/v1/devices/cam-1/unknown")
+
+
+def test_a_batch_without_contract_checks_encodes_as_before_contracts_existed() -> None:
+    """Hubs from before contracts refuse unknown fields: a device without a contract must not send them."""
+    import json
+
+    from fleet.wire.messages import Histogram, TelemetryBatch, encode
+
+    histogram = Histogram(edges=[1.0], counts=[1, 0], total=0.5)
+    plain = TelemetryBatch(batch_id="b" * 32, device_id="cam-1", target="rpi4-arm64", model="m", version="1.0.0",
+                           window_start=1.0, window_end=2.0, requests=1, errors=0, latency_ms=histogram,
+                           confidence=histogram)  # fmt: skip
+    assert "contract_rows" not in json.loads(encode(plain))
+    checked = plain.model_copy(update={"contract_rows": 3, "contract_violations": {"input.range": 1}})
+    body = json.loads(encode(checked))
+    assert body["contract_rows"] == 3 and body["contract_violations"] == {"input.range": 1}

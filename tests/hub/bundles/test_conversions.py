@@ -66,9 +66,14 @@ def test_cli_registers_a_conversion(tmp_path: Path, converted: tuple[TrainedDigi
 
     from typer.testing import CliRunner
 
+    from agent.bundle import read_bundle
+    from hub.bundles.store import ArtifactStore
     from hub.cli import app
 
     _, out, vectors = converted
+    contract = tmp_path / "contract.json"
+    inferred = CliRunner().invoke(app, ["contract", "infer", str(vectors), "--out", str(contract)])
+    assert inferred.exit_code == 0, inferred.output
     result = CliRunner().invoke(
         app,
         [
@@ -83,11 +88,17 @@ def test_cli_registers_a_conversion(tmp_path: Path, converted: tuple[TrainedDigi
             "digits",
             "--data-dir",
             str(tmp_path / "hub"),
+            "--contract",
+            str(contract),
         ],
     )
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)
     assert body["version"] == "3.1.0" and len(body["registered"]) >= 3
+    store = ArtifactStore(tmp_path / "hub" / "artifacts")
+    for registered in body["registered"]:  # every bundle carries the contract its devices check inputs against
+        bundle = read_bundle(store.path(registered["bundle_sha256"]))
+        assert bundle.contract is not None and bundle.contract.input().name == "input"
     bad = CliRunner().invoke(
         app,
         [
