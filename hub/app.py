@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from fleet.errors import ProtocolError
 from fleet.wire.acl import HUB_USERNAME
 from fleet.wire.bundle import BundleManifest
 from fleet.wire.contract import DataContract
@@ -35,6 +34,7 @@ from hub.config import HubSettings
 from hub.devices.connection import BrokerConnector
 from hub.devices.embedded_broker import EmbeddedBroker
 from hub.devices.orders import DeploymentOrders
+from hub.devices.records import DeviceRecords
 from hub.devices.traffic import DeviceTraffic
 from hub.monitoring.ingest import RetentionPolicy, TelemetryIngestor, publish_acks
 from hub.monitoring.presence import DevicePresence
@@ -74,6 +74,7 @@ class Hub:
         self.transfer: BundleTransfer | None = None
         self.orders: DeploymentOrders | None = None
         self.presence: DevicePresence | None = None
+        self.records: DeviceRecords | None = None
         self._event_listeners: list[Any] = []
         self._progress = threading.Condition()
         self.rollouts: RolloutManager | None = None  # while this hub leads (always, unless it is a replica)
@@ -146,8 +147,10 @@ class Hub:
         self.presence = DevicePresence(self.registry, offline_after_s=s.device_offline_after_s)
         self.presence.sweep()  # before subscribing: stored rows of devices that fell silent meanwhile are stale
         traffic.on_heartbeat(self.presence.heard)
+        self.records = DeviceRecords(self.registry, on_events=self._events_stored)
+        self.records.start()
         traffic.on_state(self._apply_state)
-        traffic.on_event(self._apply_event)
+        traffic.on_event(self.records.event)
         traffic.on_fetch(self.transfer.handle)
         traffic.on_capture(self._store_capture)
         # a replica's leader sees every state and event on a connection of its own; a lone hub on this one
@@ -178,6 +181,8 @@ class Hub:
             self.presence.stop()
         if self.traffic is not None:
             self.traffic.stop()
+        if self.records is not None:
+            self.records.close()
         if self.transfer is not None:
             self.transfer.close()
         if self.ingestor is not None:
@@ -190,6 +195,7 @@ class Hub:
         self.traffic = self.ingestor = self.broker = self.embedded = None
         self.transfer = self.orders = None
         self.presence = None
+        self.records = None
         self.connector = None
 
     def __enter__(self) -> Hub:
@@ -301,14 +307,14 @@ class Hub:
         self.rollouts = manager
 
     def _apply_state(self, state: DeviceState) -> None:
-        if not self.registry.apply_device_state(state):
-            raise ProtocolError(f"state from unprovisioned device {state.device_id}")
+        assert self.records is not None  # set before subscribing
+        self.records.state(state)  # the decoder checked the device is provisioned
         self.monitoring.on_device_state(state)
 
-    def _apply_event(self, event: UpdateEvent) -> None:
-        self.registry.record_update_event(event)
-        for listener in list(self._event_listeners):
-            listener(event)
+    def _events_stored(self, events: list[UpdateEvent]) -> None:
+        for event in events:
+            for listener in list(self._event_listeners):
+                listener(event)
         with self._progress:
             self._progress.notify_all()
 

@@ -248,19 +248,26 @@ class Registry:
 
     def apply_device_state(self, state: DeviceState) -> bool:
         """Record a device's reported state; return False for devices that are not provisioned."""
+        return bool(self.apply_device_states([state]))
+
+    def apply_device_states(self, states: list[DeviceState]) -> list[str]:
+        """Record reported states in one transaction (later ones win); return the ids of provisioned devices."""
+        applied = []
         with self.db.session() as session:
-            device = session.get(Device, state.device_id)
-            if device is None:
-                return False
-            device.online = state.online
-            device.last_seen = time.time()
-            device.update_state = state.update_state.value
-            if state.active is not None:
-                device.active_model = state.active.model
-                device.active_version = state.active.version
-                device.active_sha256 = state.active.sha256
-            session.add(device)
-            return True
+            for state in states:
+                device = session.get(Device, state.device_id)
+                if device is None:
+                    continue
+                device.online = state.online
+                device.last_seen = time.time()
+                device.update_state = state.update_state.value
+                if state.active is not None:
+                    device.active_model = state.active.model
+                    device.active_version = state.active.version
+                    device.active_sha256 = state.active.sha256
+                session.add(device)
+                applied.append(state.device_id)
+        return applied
 
     def record_heard(self, heard: dict[str, float]) -> None:
         """Devices heard from (heartbeats) at the given times: online, last seen then. A time older than the
@@ -345,19 +352,27 @@ class Registry:
 
     def record_update_event(self, event: UpdateEvent) -> bool:
         """Apply a device's update event to its deployment row; False when no such row exists."""
+        return bool(self.record_update_events([event]))
+
+    def record_update_events(self, events: list[UpdateEvent]) -> int:
+        """Apply update events, in order, in one transaction; return how many found their deployment row."""
+        applied = 0
         with self.db.session() as session:
-            # locked: hub replicas may apply two events of one device at once (shared subscriptions)
-            row = session.get(DeploymentDevice, (event.deployment_id, event.device_id), with_for_update=True)
-            if row is None:
-                return False
-            if row.state in ("done", "failed", "rollback") and event.state.value not in ("done", "failed", "rollback"):
-                return True  # a late progress message after the outcome changes nothing (QoS 1 redelivery)
-            row.state = event.state.value
-            row.ok = event.ok
-            row.detail = event.detail
-            row.updated_at = time.time()
-            session.add(row)
-            return True
+            for event in events:
+                # locked: hub replicas may apply two events of one device at once (shared subscriptions)
+                row = session.get(DeploymentDevice, (event.deployment_id, event.device_id), with_for_update=True)
+                if row is None:
+                    continue
+                applied += 1
+                finished = row.state in ("done", "failed", "rollback")
+                if finished and event.state.value not in ("done", "failed", "rollback"):
+                    continue  # a late progress message after the outcome changes nothing (QoS 1 redelivery)
+                row.state = event.state.value
+                row.ok = event.ok
+                row.detail = event.detail
+                row.updated_at = time.time()
+                session.add(row)
+        return applied
 
     # -- telemetry -----------------------------------------------------------------------------------------
 
