@@ -219,6 +219,28 @@ def test_gate_verdict_fail_aborts_and_pass_continues(fleet: Fleet) -> None:
     assert "p95 latency" in json.dumps([a.model_dump() for a in manager.store.history("ro-gate")])
 
 
+def test_status_keeps_the_gates_cause_and_events_give_the_timeline(fleet: Fleet) -> None:
+    for i in range(4):
+        fleet.device(f"d{i}")
+    manager = fleet.manager()
+    manager.start_rollout(_plan(canary="2", waves="100", gate=True), rollout_id="ro-why")
+    fleet.verdict = GateVerdict(verdict=Verdict.FAIL, reasons=("p95 latency 40% worse",))
+    assert _drive(fleet, manager, "ro-why").state == RolloutState.ABORTED
+    client = TestClient(create_app(fleet.hub), raise_server_exceptions=False)
+    status = client.get("/rollouts/ro-why").json()
+    assert "back on their last known good model" in status["reason"]
+    assert status["cause"] == "gate failed after canary: p95 latency 40% worse"
+    assert [(v["verdict"], v["reasons"]) for v in status["gate_verdicts"]] == [("fail", ["p95 latency 40% worse"])]
+    events = client.get("/rollouts/ro-why/events").json()
+    kinds = [e["kind"] for e in events]
+    assert kinds.index("deploy") < kinds.index("request_gate") < kinds.index("rollback")
+    assert all(isinstance(e["at"], float) for e in events)
+    assert [e["target"] for e in events if e["kind"] == "state_changed"][-1] == "aborted"
+    assert client.get("/rollouts/nope/events").status_code == 404
+    canary = client.get("/rollouts/ro-why/canary").json()
+    assert [v["verdict"] for v in canary["gate_verdicts"]] == ["fail"]
+
+
 def test_a_new_manager_continues_from_the_database_and_drains_the_outbox(fleet: Fleet) -> None:
     for i in range(4):
         fleet.device(f"d{i}")
@@ -548,3 +570,23 @@ def test_failure_reasons_survive_a_new_manager(fleet: Fleet) -> None:
     finally:
         second.stop()
     assert RolloutStore(fleet.hub.db).errors() == {}  # the rollout is final: nothing left to remember
+
+
+def test_canary_report_of_a_rollout_uses_its_own_gate_settings(fleet: Fleet) -> None:
+    from fleet.canary import CanaryConfig
+    from fleet.rollout import DeviceRecord, Phase, new_rollout
+    from fleet.rollout_plan import gate_from_cli
+    from hub.monitoring.queries import canary_report_for
+    from hub.monitoring.service import hub_source
+
+    canary, _ = _gate_batches(fleet, slow=2.0)
+    plan = _plan(gate=True, gate_spec=gate_from_cli(min_devices=2, min_requests=100))
+    snapshot = new_rollout("ro-own", plan, [], now=0.0)
+    snapshot.devices = {
+        d: DeviceRecord(device_id=d, device_class=TARGET, target=TARGET, phase=Phase.SUCCEEDED, canary=True)
+        for d in canary
+    }
+    RolloutStore(fleet.hub.db).create(snapshot)
+    source = hub_source(fleet.hub.registry, fleet.hub.store)
+    assert canary_report_for(source, "ro-own").verdict == "fail"  # 4 devices pass the plan's min_devices=2
+    assert canary_report_for(source, "ro-own", config=CanaryConfig()).verdict == "inconclusive"  # defaults: 5
