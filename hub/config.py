@@ -31,6 +31,15 @@ class HubSettings(BaseModel):
     )
     api_tls_cert: Path | None = Field(default=None, description="serve the REST API over HTTPS with this cert")
     api_tls_key: Path | None = Field(default=None, description="the REST API certificate's key")
+    device_broker_url: str | None = Field(
+        default=None, description="the broker URL written into device kits, when devices reach it differently"
+    )
+    device_ca_dir: Path | None = Field(
+        default=None, description="the fleet CA (`edgefleet pki init`): device kits get a client certificate"
+    )
+    broker_auth_dir: Path | None = Field(
+        default=None, description="rewrite Mosquitto's password and ACL files here when devices come and go"
+    )
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(default=0, ge=0, le=65535, description="embedded broker port; 0 picks a free one")
     hub_secret: str | None = Field(default=None, description="hub's broker password; generated when omitted")
