@@ -158,7 +158,10 @@ class _Engine:
             self.snapshot.wave = self.plan.first_wave
         self.snapshot.state = target
         self.snapshot.reason = reason
-        if target in (RolloutState.PAUSED, RolloutState.ABORTING) and target != source:
+        stopping = target in (RolloutState.PAUSED, RolloutState.ABORTING) or (
+            target == RolloutState.ABORTED and source != RolloutState.ABORTING  # aborted before anything was sent
+        )
+        if stopping and target != source:
             self.snapshot.cause = reason
         elif source == RolloutState.PAUSED and target != source:
             self.snapshot.cause = ""  # resumed or promoted: the pause is over

@@ -1,4 +1,5 @@
-"""Hub-side commands: ``hub serve``, ``devices``, ``demo``."""
+"""Commands run on the hub's machine: ``hub serve``, ``hub migrate``, ``broker auth-files``,
+``models register-conversion`` (they use its database and keys directly), and ``demo``."""
 
 from __future__ import annotations
 
@@ -18,9 +19,7 @@ console = Console(stderr=True)
 def register(app: typer.Typer) -> None:
     """Add the hub's commands to ``app``."""
     hub_app = typer.Typer(help="Run the hub.", no_args_is_help=True)
-    devices_app = typer.Typer(help="Device inventory.", no_args_is_help=True)
     app.add_typer(hub_app, name="hub")
-    app.add_typer(devices_app, name="devices")
     broker_app = typer.Typer(help="The external broker's access control.", no_args_is_help=True)
     app.add_typer(broker_app, name="broker")
 
@@ -207,48 +206,6 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"schema revision: from {result.from_revision or 'none (empty database)'} to {result.to_revision}")
         if result.backup is not None:
             typer.echo(f"the database as it was: {result.backup}")
-
-    @devices_app.command("add")
-    def add(
-        device_id: str,
-        target: str = typer.Option(..., help="target profile name"),
-        label: list[str] = typer.Option([], help="key=value, repeatable"),
-        data_dir: Path = typer.Option(Path("var/hub")),
-    ) -> None:
-        """Provision a device and print its credential (shown once)."""
-        from hub.registry import Database, Registry
-
-        labels = dict(item.split("=", 1) for item in label)
-        registry = Registry(Database(HubSettings(data_dir=data_dir).resolved_database_url()))
-        _, secret = registry.provision_device(device_id, target, labels)
-        typer.echo(json.dumps({"device_id": device_id, "target": target, "secret": secret}))
-
-    @devices_app.command("list")
-    def list_devices(
-        data_dir: Path = typer.Option(Path("var/hub")), as_json: bool = typer.Option(False, "--json")
-    ) -> None:
-        """List devices with target, labels, online status and installed version."""
-        from hub.registry import Database, Registry
-        from hub.registry.tables import DEVICE_SECRET_FIELDS
-
-        registry = Registry(Database(HubSettings(data_dir=data_dir).resolved_database_url()))
-        devices = registry.list_devices()
-        if as_json:
-            rows = [d.model_dump(exclude=set(DEVICE_SECRET_FIELDS)) for d in devices]
-            typer.echo(json.dumps(rows, indent=2))
-            return
-        table = Table("device", "target", "labels", "online", "model:version", "update")
-        for d in devices:
-            installed = f"{d.active_model}:{d.active_version}" if d.active_model else "-"
-            table.add_row(
-                d.id,
-                d.target,
-                ",".join(f"{k}={v}" for k, v in d.labels.items()),
-                "yes" if d.online else "no",
-                installed,
-                d.update_state,
-            )
-        Console().print(table)
 
     @app.command("demo")
     def demo(

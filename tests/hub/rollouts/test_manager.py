@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from fleet.rollout import GateVerdict, RequestGate, RolloutSnapshot, RolloutState, Verdict
 from fleet.rollout_plan import RolloutPlan, plan_from_cli
@@ -226,7 +226,7 @@ def test_status_keeps_the_gates_cause_and_events_give_the_timeline(fleet: Fleet)
     manager.start_rollout(_plan(canary="2", waves="100", gate=True), rollout_id="ro-why")
     fleet.verdict = GateVerdict(verdict=Verdict.FAIL, reasons=("p95 latency 40% worse",))
     assert _drive(fleet, manager, "ro-why").state == RolloutState.ABORTED
-    client = TestClient(create_app(fleet.hub), raise_server_exceptions=False)
+    client = api_client(fleet.hub, raise_server_exceptions=False)
     status = client.get("/rollouts/ro-why").json()
     assert "back on their last known good model" in status["reason"]
     assert status["cause"] == "gate failed after canary: p95 latency 40% worse"
@@ -293,40 +293,35 @@ def test_rest_routes(fleet: Fleet) -> None:
     assert client.post("/rollouts", json=unknown).status_code == 404
 
 
-def test_cli_start_status_and_commands(fleet: Fleet, tmp_path: Path) -> None:
+def test_cli_start_status_events_and_commands_over_rest(fleet: Fleet) -> None:
     from hub.cli import app
+    from tests.hub.cli.live_hub import serving
 
     fleet.device("d0")
-    data_dir = str(fleet.hub.settings.data_dir)
     runner = CliRunner()
-    started = runner.invoke(
-        app,
-        [
-            "rollout",
-            "start",
-            "digits:2.0.0",
-            "--canary",
-            "1",
-            "--waves",
-            "100",
-            "--no-gate",
-            "--id",
-            "ro-cli",
-            "--data-dir",
-            data_dir,
-        ],
-    )
-    assert started.exit_code == 0, started.output
-    assert started.stdout.strip() == "ro-cli"
-    bad = runner.invoke(app, ["rollout", "resume", "ro-cli", "--data-dir", data_dir])
-    assert bad.exit_code == 2 and "not allowed" in bad.output
-    assert runner.invoke(app, ["rollout", "abort", "ro-cli", "--data-dir", data_dir]).exit_code == 0
-    fleet.manager().tick()
-    status = runner.invoke(app, ["rollout", "status", "ro-cli", "--json", "--data-dir", data_dir])
-    assert json.loads(status.stdout)["state"] in ("aborting", "aborted")
-    table = runner.invoke(app, ["rollout", "status", "ro-cli", "--data-dir", data_dir])
-    assert table.exit_code == 0 and "per device class" in table.stdout
-    assert "ro-cli" in runner.invoke(app, ["rollout", "list", "--data-dir", data_dir]).stdout
+    with serving(fleet.hub) as hub_args:
+
+        def cli(*args: str) -> Result:
+            return runner.invoke(app, [*hub_args, *args])
+
+        options = ["--canary", "1", "--waves", "100", "--no-gate", "--id", "ro-cli"]
+        started = cli("rollout", "start", "digits:2.0.0", *options)
+        assert started.exit_code == 0, started.output
+        assert started.stdout.strip() == "ro-cli"
+        bad = cli("rollout", "resume", "ro-cli")
+        assert bad.exit_code == 1 and bad.output.startswith("error: HTTP 409: ") and "not allowed" in bad.output
+        assert json.loads(cli("rollout", "abort", "ro-cli", "--json").stdout)["rollout_id"] == "ro-cli"
+        fleet.manager().tick()
+        status = cli("rollout", "status", "ro-cli", "--json")
+        assert json.loads(status.stdout)["state"] in ("aborting", "aborted")
+        assert json.loads(status.stdout)["cause"] == "operator: abort"
+        table = cli("rollout", "status", "ro-cli")
+        assert table.exit_code == 0 and "per device class" in table.stdout
+        assert "ro-cli" in cli("rollout", "list").stdout
+        assert json.loads(cli("rollout", "list", "--json").stdout)[0]["rollout_id"] == "ro-cli"
+        events = json.loads(cli("rollout", "events", "ro-cli", "--json").stdout)
+        assert [(e["source"], e["target"]) for e in events if e["kind"] == "state_changed"] == [("pending", "aborted")]
+        assert "pending -> aborted" in cli("rollout", "events", "ro-cli").stdout
 
 
 def _standard(edges: tuple[float, ...], placed: dict[float, int], *, total: float) -> Histogram:
@@ -482,40 +477,26 @@ def test_gate_settings_are_validated_and_round_trip(fleet: Fleet) -> None:
     assert RolloutPlan.model_validate(old).gate.canary.min_devices == 5  # type: ignore[union-attr]
 
 
-def test_cli_and_rest_take_gate_settings(fleet: Fleet) -> None:
+def test_cli_takes_gate_settings(fleet: Fleet) -> None:
     from hub.cli import app
+    from tests.hub.cli.live_hub import serving
 
     fleet.device("d0")
-    data_dir = str(fleet.hub.settings.data_dir)
     runner = CliRunner()
-    started = runner.invoke(
-        app,
-        [
-            "rollout",
-            "start",
-            "digits:2.0.0",
-            "--canary",
-            "1",
-            "--id",
-            "ro-gc",
-            "--gate-min-devices",
-            "3",
-            "--gate-min-requests",
-            "40",
-            "--gate-critical",
-            "latency,confidence",
-            "--gate-retry",
-            "5",
-            "--data-dir",
-            data_dir,
-        ],
-    )
+    options = ["--canary", "1", "--id", "ro-gc", "--gate-min-devices", "3", "--gate-min-requests", "40"]
+    options += ["--gate-critical", "latency,confidence", "--gate-retry", "5"]
+    with serving(fleet.hub) as hub_args:
+        started = runner.invoke(app, [*hub_args, "rollout", "start", "digits:2.0.0", *options])
+        bad = runner.invoke(app, [*hub_args, "rollout", "start", "digits:2.0.0", "--gate-critical", "speed"])
     assert started.exit_code == 0, started.output
     gate = RolloutStore(fleet.hub.db).load("ro-gc").plan.gate
     assert gate is not None and gate.retry_interval_s == 5 and gate.canary.min_devices == 3
     assert gate.canary.min_requests == 40 and gate.canary.metrics["confidence"].critical  # type: ignore[index]
-    bad = runner.invoke(app, ["rollout", "start", "digits:2.0.0", "--gate-critical", "speed", "--data-dir", data_dir])
-    assert bad.exit_code == 2 and "invalid metrics" in bad.output
+    assert bad.exit_code == 1 and "HTTP 422" in bad.output and "invalid metrics" in bad.output
+
+
+def test_rest_takes_gate_settings(fleet: Fleet) -> None:
+    fleet.device("d0")
     client = api_client(fleet.hub, raise_server_exceptions=False)
     body = {
         "model_version": "digits:2.0.0",
