@@ -232,6 +232,7 @@ class EmbeddedBroker:
         try:
             future.result(timeout_s)
         except Exception as exc:
+            self._broker = None  # it never started: nothing to shut down
             self.stop()
             raise HubError(f"embedded broker failed to start on {self.host}:{self.port}: {exc}") from exc
 
