@@ -258,6 +258,7 @@ def _run_hub(settings: HubSettings, *, json_logs: bool) -> None:
     from hub.api import create_app
     from hub.app import Hub
     from hub.auth import ADMIN_TOKEN_ENV, bootstrap_admin_token
+    from hub.devices.api import refresh_broker_auth
     from hub.registry import AccessStore
 
     try:
@@ -268,6 +269,7 @@ def _run_hub(settings: HubSettings, *, json_logs: bool) -> None:
     try:
         hub = Hub(settings)
         first = bootstrap_admin_token(AccessStore(hub.db), os.environ)
+        refresh_broker_auth(hub)  # an external Mosquitto learns the current logins before the hub connects
         hub.start()
     except (HubError, FleetError) as exc:
         sock.close()

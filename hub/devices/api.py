@@ -95,7 +95,9 @@ def create_devices_router(hub: Hub) -> APIRouter:
     @router.patch("/{device_id}/labels", dependencies=allow(Role.OPERATOR))
     def labels(device_id: str, body: LabelsIn) -> dict[str, Any]:
         """Set and remove labels; answer the device."""
-        return registry.set_device_labels(device_id, body.set, body.remove).model_dump(exclude=set(DEVICE_SECRET_FIELDS))
+        return registry.set_device_labels(device_id, body.set, body.remove).model_dump(
+            exclude=set(DEVICE_SECRET_FIELDS)
+        )
 
     @router.delete("/{device_id}", status_code=204, response_class=Response, dependencies=allow(Role.OPERATOR))
     def remove(device_id: str) -> Response:

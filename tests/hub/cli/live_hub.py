@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from hub.api import create_app
 from hub.app import Hub
 from hub.auth import Role
-from tests.hub.auth.clients import token_for
 from tests.http_server import running_server
+from tests.hub.auth.clients import token_for
 
 
 @contextmanager

@@ -80,7 +80,8 @@ def test_a_bad_setting_from_the_environment_is_one_line(tmp_path: Path) -> None:
 def test_a_hub_from_file_and_environment_serves_and_logs_json(tmp_path: Path) -> None:
     api_port = _free_port()
     config = tmp_path / "hub.toml"
-    config.write_text(f'data_dir = "{tmp_path / "hub"}"\napi_port = 1\nbroker_port = 0\n')
+    auth = tmp_path / "mosquitto"
+    config.write_text(f'data_dir = "{tmp_path / "hub"}"\napi_port = 1\nbroker_port = 0\nbroker_auth_dir = "{auth}"\n')
     env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGEFLEET_API_PORT": str(api_port)}  # the variable beats the file
     command = [sys.executable, "-c", "from hub.cli import main; main()", "hub", "serve", "--config", str(config)]
     process = subprocess.Popen(
@@ -98,6 +99,7 @@ def test_a_hub_from_file_and_environment_serves_and_logs_json(tmp_path: Path) ->
     assert started and started[0]["level"] == "INFO" and started[0]["logger"] == "hub"
     assert f"127.0.0.1:{api_port}" in started[0]["message"]
     assert (tmp_path / "hub" / "registry.db").exists()  # the file's data_dir was used
+    assert "edgefleet-hub:" in (auth / "passwd").read_text()  # Mosquitto's files written at start
 
 
 SERVE = "from hub.cli import main; main()"
