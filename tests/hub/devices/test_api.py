@@ -13,17 +13,20 @@ from fastapi.testclient import TestClient
 from agent.config import AgentConfig
 from hub.api import create_app
 from hub.app import Hub
+from hub.auth import Role
 from hub.config import HubSettings
 from hub.devices.provisioning import extract_device_kit
+from tests.hub.auth.clients import bearer_client, token_for
 from tests.hub.devices.mqtt_client import WAIT_S, Client
 
 
 @pytest.fixture
 def started(tmp_path: Path) -> Iterator[tuple[Hub, TestClient]]:
+    """A started hub and an operator's client of its REST API."""
     hub = Hub(HubSettings(data_dir=tmp_path / "hub", broker_auth_dir=tmp_path / "mosquitto"))
     hub.start()
     try:
-        yield hub, TestClient(create_app(hub), raise_server_exceptions=False)
+        yield hub, bearer_client(create_app(hub), token_for(hub, Role.OPERATOR), raise_server_exceptions=False)
     finally:
         hub.stop()
 
@@ -41,6 +44,18 @@ def test_a_kit_holds_a_ready_agent_config_with_a_working_secret(
     assert hub.registry.check_device_secret("cam-1", config.secret())
     assert "cam-1:" in (tmp_path / "mosquitto" / "passwd").read_text()  # Mosquitto's files follow the inventory
     assert client.post("/devices/kit", json={"device_id": "cam-1", "target": "x86-onnx-cpu"}).status_code == 409
+
+
+def test_a_provisioner_adds_devices_but_only_an_operator_relabels_or_removes(started: tuple[Hub, TestClient]) -> None:
+    hub, operator = started
+    provisioner = bearer_client(operator.app, token_for(hub, Role.PROVISIONER), raise_server_exceptions=False)
+    viewer = bearer_client(operator.app, token_for(hub, Role.VIEWER), raise_server_exceptions=False)
+    assert provisioner.post("/devices/kit", json={"device_id": "cam-9", "target": "x86-onnx-cpu"}).status_code == 201
+    assert viewer.post("/devices/kit", json={"device_id": "cam-8", "target": "x86-onnx-cpu"}).status_code == 403
+    assert provisioner.patch("/devices/cam-9/labels", json={"set": {"a": "b"}}).status_code == 403
+    assert provisioner.delete("/devices/cam-9").status_code == 403
+    assert bearer_client(operator.app, None).delete("/devices/cam-9").status_code == 401
+    assert hub.registry.get_device("cam-9").labels == {}
 
 
 def test_labels_are_set_and_removed(started: tuple[Hub, TestClient]) -> None:
