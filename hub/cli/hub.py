@@ -68,6 +68,14 @@ def register(app: typer.Typer) -> None:
     models_app = typer.Typer(help="Models, versions and their variants.", no_args_is_help=True)
     app.add_typer(models_app, name="models")
 
+    @models_app.command("list")
+    def list_models(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+        """Models with their versions (highest first), from the hub's REST API."""
+        from hub.cli.remote import emit, hub_session
+
+        with hub_session() as hub:
+            emit(hub.get("/models"), as_json, _print_models)
+
     @models_app.command("register-conversion")
     def register(
         directory: Path = typer.Argument(..., help="an `edgefleet convert` output directory"),
@@ -300,6 +308,16 @@ def _run_hub(settings: HubSettings, *, json_logs: bool) -> None:
     finally:
         sock.close()
         hub.stop()
+
+
+def _print_models(models: list[dict[str, object]]) -> None:
+    table = Table("model", "versions", "description")
+    for m in models:
+        versions = m["versions"]
+        table.add_row(
+            str(m["name"]), ", ".join(map(str, versions)) if isinstance(versions, list) else "", str(m["description"])
+        )
+    Console().print(table)
 
 
 def _interrupt(*_: object) -> None:

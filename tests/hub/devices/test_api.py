@@ -84,3 +84,36 @@ def test_a_removed_device_is_disconnected_and_cannot_log_in_again(
     assert client.get("/devices/cam-3").status_code == 404
     assert client.delete("/devices/cam-3").status_code == 404
     assert "cam-3" not in (tmp_path / "mosquitto" / "passwd").read_text()
+
+
+def test_with_a_fleet_ca_the_kit_connects_over_mutual_tls(tmp_path: Path) -> None:
+    from hub.devices.pki import CertificateAuthority
+
+    ca = CertificateAuthority.create(tmp_path / "pki")
+    server = ca.issue_server(tmp_path / "pki" / "broker", ["127.0.0.1", "localhost"])
+    settings = HubSettings(
+        data_dir=tmp_path / "hub",
+        embedded_tls_cert=server.cert_file,
+        embedded_tls_key=server.key_file,
+        embedded_client_ca=ca.cert_file,
+        require_client_cert=True,
+        broker_ca_file=ca.cert_file,
+        device_ca_dir=tmp_path / "pki",
+    )
+    hub = Hub(settings)
+    hub.start()
+    try:
+        client = bearer_client(create_app(hub), token_for(hub, Role.PROVISIONER))
+        answer = client.post("/devices/kit", json={"device_id": "cam-7", "target": "x86-onnx-cpu"})
+        config = AgentConfig.load(extract_device_kit(answer.content, tmp_path / "cam-7"))
+        tls = config.broker_tls()
+        assert config.broker_url.startswith("mqtts://") and tls is not None and tls.cert_file and tls.key_file
+        assert stat.S_IMODE(Path(tls.key_file).stat().st_mode) == 0o600
+        from fleet.wire.mqtt import BrokerAddress, PahoBroker
+
+        address = BrokerAddress.from_url(config.broker_url, tls=tls)
+        login = BrokerAddress(address.host, address.port, "cam-7", config.secret(), tls)
+        connection = PahoBroker(login, client_id="cam-7")  # waits for the broker's answer; raises when refused
+        connection.close()
+    finally:
+        hub.stop()
