@@ -1,14 +1,26 @@
-"""Hub settings, validated: embedded defaults (in-process broker, SQLite, local artifact folder)."""
+"""Hub settings, validated: embedded defaults (in-process broker, SQLite, local artifact folder).
+
+`HubSettings` is what the code is given. `load_settings` layers them for ``hub serve``: flags first, then
+``EDGEFLEET_*`` environment variables (``EDGEFLEET_API_PORT=9000``; lists as JSON), then a TOML file
+(``--config hub.toml``, the field names as keys), then the defaults; every problem is one `SettingsError`.
+"""
 
 from __future__ import annotations
 
+import tomllib
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fleet.wire.mqtt import TlsFiles
 from hub.auth.guard import LoginBackoffSettings
 from hub.devices.pki import ServerTls
+from hub.errors import SettingsError
+
+ENV_PREFIX = "EDGEFLEET_"
 
 
 class HubSettings(BaseModel):
@@ -31,6 +43,15 @@ class HubSettings(BaseModel):
     )
     api_tls_cert: Path | None = Field(default=None, description="serve the REST API over HTTPS with this cert")
     api_tls_key: Path | None = Field(default=None, description="the REST API certificate's key")
+    device_broker_url: str | None = Field(
+        default=None, description="the broker URL written into device kits, when devices reach it differently"
+    )
+    device_ca_dir: Path | None = Field(
+        default=None, description="the fleet CA (`edgefleet pki init`): device kits get a client certificate"
+    )
+    broker_auth_dir: Path | None = Field(
+        default=None, description="rewrite Mosquitto's password and ACL files here when devices come and go"
+    )
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(default=0, ge=0, le=65535, description="embedded broker port; 0 picks a free one")
     hub_secret: str | None = Field(default=None, description="hub's broker password; generated when omitted")
@@ -175,3 +196,57 @@ class HubSettings(BaseModel):
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file in the data directory."""
         return self.database_url or f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+
+_file_values: ContextVar[dict[str, Any] | None] = ContextVar("hub_settings_file", default=None)
+
+
+class _LayeredSettings(BaseSettings, HubSettings):
+    """`HubSettings` read from init arguments (flags), then the environment, then the TOML file's values."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        from pydantic_settings import InitSettingsSource
+
+        return init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=_file_values.get() or {})
+
+
+def load_settings(
+    config_file: Path | None = None, *, defaults: dict[str, Any] | None = None, **flags: Any
+) -> HubSettings:
+    """Settings from ``flags`` (None values are not given), ``EDGEFLEET_*`` variables, ``config_file`` and then
+    ``defaults``, in that order of precedence; a `SettingsError` naming each bad setting in one line."""
+    values: dict[str, Any] = dict(defaults or {})
+    if config_file is not None:
+        try:
+            values |= tomllib.loads(config_file.read_text())
+        except OSError as exc:
+            raise SettingsError(f"cannot read the settings file {config_file}: {exc.strerror or exc}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"{config_file} is not valid TOML: {exc}") from None
+    token = _file_values.set(values)
+    try:
+        layered = _LayeredSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        raise SettingsError(f"invalid settings: {_one_line(exc)}") from None
+    finally:
+        _file_values.reset(token)
+    return HubSettings.model_validate(layered.model_dump())
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)

@@ -84,6 +84,10 @@ class TooManyAttemptsError(HubError):
         return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
+class SettingsError(HubError):
+    """A hub setting (flag, ``EDGEFLEET_*`` variable or TOML file) that is missing, malformed or out of range."""
+
+
 class ArtifactError(HubError):
     """Reading or writing the artifact store failed."""
 

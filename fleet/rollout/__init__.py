@@ -44,6 +44,7 @@ from fleet.rollout.inputs import DeviceStatus, GateInput, GateVerdict
 from fleet.rollout.snapshot import (
     DeviceRecord,
     GateProgress,
+    GateVerdictRecord,
     Phase,
     RolloutSnapshot,
     TransitionRecord,
@@ -69,6 +70,7 @@ __all__ = [
     "GateInput",
     "GateProgress",
     "GateVerdict",
+    "GateVerdictRecord",
     "Notice",
     "Pause",
     "Phase",

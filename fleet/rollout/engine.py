@@ -31,6 +31,7 @@ from fleet.rollout.snapshot import (
     TERMINAL,
     DeviceRecord,
     GateProgress,
+    GateVerdictRecord,
     Phase,
     RolloutSnapshot,
     TransitionRecord,
@@ -157,6 +158,13 @@ class _Engine:
             self.snapshot.wave = self.plan.first_wave
         self.snapshot.state = target
         self.snapshot.reason = reason
+        stopping = target in (RolloutState.PAUSED, RolloutState.ABORTING) or (
+            target == RolloutState.ABORTED and source != RolloutState.ABORTING  # aborted before anything was sent
+        )
+        if stopping and target != source:
+            self.snapshot.cause = reason
+        elif source == RolloutState.PAUSED and target != source:
+            self.snapshot.cause = ""  # resumed or promoted: the pause is over
         if target != source:
             self.snapshot.state_since = self.now
         record = TransitionRecord(
@@ -424,6 +432,10 @@ class _Engine:
             return
         gate.outstanding = False
         gate.reasons = reasons
+        record = GateVerdictRecord(
+            at=self.now, wave=gate.wave, attempt=gate.attempts, verdict=verdict.value, reasons=reasons
+        )
+        self.snapshot.gate_verdicts = [*self.snapshot.gate_verdicts, record][-_HISTORY_LIMIT:]
         why = "; ".join(reasons) or "no reasons given"
         if verdict == Verdict.PASS:
             self._fire(Event.GATE_PASS, f"gate passed after {wave_name(gate.wave)}: {why}")

@@ -75,6 +75,16 @@ class TransitionRecord(BaseModel):
     reason: str = ""
 
 
+class GateVerdictRecord(BaseModel):
+    """A verdict the gate reached, with the reasons it gave."""
+
+    at: float
+    wave: int
+    attempt: int
+    verdict: Literal["pass", "fail", "inconclusive"]
+    reasons: list[str] = Field(default_factory=list)
+
+
 class RolloutSnapshot(BaseModel):
     """Everything a rollout is: store it as JSON, load it after a restart, pass it to ``step``."""
 
@@ -94,6 +104,9 @@ class RolloutSnapshot(BaseModel):
     rollback_started_at: float | None = None
     next_order: int = 0
     history: list[TransitionRecord] = Field(default_factory=list)
+    cause: str = ""
+    """Why the rollout last paused or aborted (kept after the reason moves on, e.g. to the rollback's outcome)."""
+    gate_verdicts: list[GateVerdictRecord] = Field(default_factory=list)
 
     @property
     def deployment_id(self) -> str:

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from fleet.rollout.snapshot import (
     GateProgress,
+    GateVerdictRecord,
     Phase,
     RolloutSnapshot,
     allowed_commands,
@@ -51,6 +52,8 @@ class RolloutStatus(BaseModel):
     version: str
     state: RolloutState
     reason: str
+    cause: str
+    """Why it last paused or aborted: the gate's verdict and reasons, a failure threshold, an operator."""
     wave: int
     wave_name: str
     wave_count: int
@@ -59,6 +62,7 @@ class RolloutStatus(BaseModel):
     waves: list[WaveProgress]
     classes: dict[str, PhaseCounts]
     gate: GateProgress | None
+    gate_verdicts: list[GateVerdictRecord]
     allowed_commands: list[Command]
     updated_at: float
 
@@ -87,6 +91,7 @@ def summarize(snapshot: RolloutSnapshot) -> RolloutStatus:
         version=snapshot.plan.version,
         state=snapshot.state,
         reason=snapshot.reason,
+        cause=snapshot.cause,
         wave=snapshot.wave,
         wave_name=wave_name(snapshot.wave),
         wave_count=len(targets) - first,
@@ -95,6 +100,7 @@ def summarize(snapshot: RolloutSnapshot) -> RolloutStatus:
         waves=waves,
         classes=dict(sorted(classes.items())),
         gate=snapshot.gate,
+        gate_verdicts=snapshot.gate_verdicts,
         allowed_commands=allowed_commands(snapshot),
         updated_at=snapshot.updated_at,
     )

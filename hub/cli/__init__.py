@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from hub.cli import capture, contract, convert, gate, keys, monitor, pki, policy, rollout, serve, tokens
+from hub.cli import capture, contract, convert, devices, gate, keys, monitor, pki, policy, rollout, serve, tokens
 from hub.cli import hub as hub_commands
+from hub.cli.remote import set_target
 
 __all__ = ["app", "main"]
 
@@ -16,7 +17,35 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _group in (hub_commands, serve, convert, contract, gate, rollout, policy, monitor, capture, pki, keys, tokens):
+
+@app.callback()
+def _hub_options(
+    hub: str | None = typer.Option(
+        None, "--hub", help="the hub's URL (else $EDGEFLEET_HUB, ~/.config/edgefleet/cli.toml, http://127.0.0.1:8600)"
+    ),
+    token: str | None = typer.Option(
+        None, "--token", help="API token (else $EDGEFLEET_TOKEN or the config file)", show_default=False
+    ),
+) -> None:
+    """EdgeFleet: convert models per target, ship signed bundles to device fleets, watch them."""
+    set_target(hub, token)
+
+
+for _group in (
+    hub_commands,
+    devices,
+    serve,
+    convert,
+    contract,
+    gate,
+    rollout,
+    policy,
+    monitor,
+    capture,
+    pki,
+    keys,
+    tokens,
+):
     _group.register(app)
 
 

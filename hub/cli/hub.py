@@ -1,26 +1,30 @@
-"""Hub-side commands: ``hub serve``, ``devices``, ``demo``."""
+"""Commands run on the hub's machine: ``hub serve``, ``hub migrate``, ``broker auth-files``,
+``models register-conversion`` (they use its database and keys directly), and ``demo``."""
 
 from __future__ import annotations
 
 import json
+import logging
 import signal
+import socket
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from hub.config import HubSettings
+from hub.errors import HubError
 
 console = Console(stderr=True)
+log = logging.getLogger("hub")
 
 
 def register(app: typer.Typer) -> None:
     """Add the hub's commands to ``app``."""
     hub_app = typer.Typer(help="Run the hub.", no_args_is_help=True)
-    devices_app = typer.Typer(help="Device inventory.", no_args_is_help=True)
     app.add_typer(hub_app, name="hub")
-    app.add_typer(devices_app, name="devices")
     broker_app = typer.Typer(help="The external broker's access control.", no_args_is_help=True)
     app.add_typer(broker_app, name="broker")
 
@@ -63,6 +67,14 @@ def register(app: typer.Typer) -> None:
 
     models_app = typer.Typer(help="Models, versions and their variants.", no_args_is_help=True)
     app.add_typer(models_app, name="models")
+
+    @models_app.command("list")
+    def list_models(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+        """Models with their versions (highest first), from the hub's REST API."""
+        from hub.cli.remote import emit, hub_session
+
+        with hub_session() as hub:
+            emit(hub.get("/models"), as_json, _print_models)
 
     @models_app.command("register-conversion")
     def register(
@@ -118,80 +130,76 @@ def register(app: typer.Typer) -> None:
 
     @hub_app.command("serve")
     def serve(
-        data_dir: Path = typer.Option(Path("var/hub"), help="registry, artifacts and TUF keys"),
+        config: Path | None = typer.Option(None, "--config", help="settings file (TOML, HubSettings field names)"),
+        data_dir: Path | None = typer.Option(None, help="registry, artifacts and TUF keys [var/hub]"),
         broker_url: str | None = typer.Option(None, help="mqtt://host:port; omitted: embedded broker"),
         database_url: str | None = typer.Option(None, help="SQLAlchemy URL; omitted: SQLite in data dir"),
         artifact_store: str | None = typer.Option(
             None, help="s3://bucket[/prefix]?endpoint=URL (S3-compatible); omitted: data dir/artifacts"
         ),
-        broker_port: int = typer.Option(1883, help="embedded broker port"),
-        api_port: int = typer.Option(8600, help="REST API port"),
+        broker_host: str | None = typer.Option(None, help="embedded broker's listen address [127.0.0.1]"),
+        broker_port: int | None = typer.Option(None, help="embedded broker port [1883]"),
+        api_host: str | None = typer.Option(None, help="REST API's listen address [127.0.0.1]"),
+        api_port: int | None = typer.Option(None, help="REST API port [8600]"),
         broker_ca_file: Path | None = typer.Option(None, help="CA of the broker's certificate (mqtts://)"),
         broker_cert_file: Path | None = typer.Option(None, help="the hub's client certificate for the broker"),
         broker_key_file: Path | None = typer.Option(None, help="its private key"),
         embedded_tls_cert: Path | None = typer.Option(None, help="embedded broker: serve TLS with this cert"),
         embedded_tls_key: Path | None = typer.Option(None, help="embedded broker: the certificate's key"),
         embedded_client_ca: Path | None = typer.Option(None, help="embedded broker: CA of device certificates"),
-        require_client_cert: bool = typer.Option(False, help="embedded broker: devices must present a cert"),
+        require_client_cert: bool | None = typer.Option(
+            None, "--require-client-cert", help="embedded broker: devices must present a cert"
+        ),
         api_tls_cert: Path | None = typer.Option(None, help="serve the REST API over HTTPS with this cert"),
         api_tls_key: Path | None = typer.Option(None, help="the REST API certificate's key"),
         trusted_proxy: list[str] = typer.Option(
             [], help="reverse proxy address or CIDR whose X-Forwarded-For is believed; repeatable"
         ),
+        device_broker_url: str | None = typer.Option(None, help="broker URL written into device kits"),
+        device_ca_dir: Path | None = typer.Option(None, help="fleet CA: device kits get a client certificate"),
+        broker_auth_dir: Path | None = typer.Option(None, help="keep Mosquitto's password and ACL files here"),
+        log_format: str = typer.Option("text", help="text, or json: one JSON object per line"),
     ) -> None:
         """Start the hub (REST API, MQTT wiring; an in-process broker when no broker URL is given).
 
-        On first start it prints an admin API token once (or stores $EDGEFLEET_ADMIN_TOKEN)."""
-        import os
+        On first start it prints an admin API token once (or stores $EDGEFLEET_ADMIN_TOKEN).
+        Settings come from these flags, then EDGEFLEET_* environment variables (EDGEFLEET_API_PORT=9000), then
+        the --config file, then the defaults shown in brackets."""
+        from hub.cli.logs import configure_logging
+        from hub.config import load_settings
 
-        import uvicorn
-
-        from hub.api import create_app
-        from hub.app import Hub
-        from hub.auth import ADMIN_TOKEN_ENV, bootstrap_admin_token
-        from hub.registry import AccessStore
-
-        settings = HubSettings(
-            data_dir=data_dir,
-            broker_url=broker_url,
-            database_url=database_url,
-            artifact_store=artifact_store,
-            broker_port=broker_port,
-            api_port=api_port,
-            broker_ca_file=broker_ca_file,
-            broker_cert_file=broker_cert_file,
-            broker_key_file=broker_key_file,
-            embedded_tls_cert=embedded_tls_cert,
-            embedded_tls_key=embedded_tls_key,
-            embedded_client_ca=embedded_client_ca,
-            require_client_cert=require_client_cert,
-            api_tls_cert=api_tls_cert,
-            api_tls_key=api_tls_key,
-            trusted_proxies=trusted_proxy,
-        )
-        hub = Hub(settings)
-        first = bootstrap_admin_token(AccessStore(hub.db), os.environ)
-        if first is not None and os.environ.get(ADMIN_TOKEN_ENV):
-            console.print(f"admin token {first.row.id} stored from ${ADMIN_TOKEN_ENV}")
-        elif first is not None:
-            console.print(f"admin API token (shown once, store it now): [bold]{first.token}[/bold]", soft_wrap=True)
-        hub.start()
-        scheme = "https" if settings.api_tls_cert else "http"
-        console.print(
-            f"hub: broker {hub.broker_address.url}, API {scheme}://{settings.api_host}:{settings.api_port}/docs"
-        )
+        if log_format not in ("text", "json"):
+            _fail(f"--log-format must be text or json, not {log_format!r}")
+        configure_logging("json" if log_format == "json" else "text")
         try:
-            uvicorn.run(  # X-Forwarded-For is handled by the app, trusting only settings.trusted_proxies
-                create_app(hub),
-                host=settings.api_host,
-                port=settings.api_port,
-                log_level="warning",
-                ssl_certfile=str(settings.api_tls_cert) if settings.api_tls_cert else None,
-                ssl_keyfile=str(settings.api_tls_key) if settings.api_tls_key else None,
-                proxy_headers=False,
+            settings = load_settings(
+                config,
+                defaults={"broker_port": 1883},  # a served hub's embedded broker listens where devices expect it
+                data_dir=data_dir,
+                broker_url=broker_url,
+                database_url=database_url,
+                artifact_store=artifact_store,
+                broker_host=broker_host,
+                broker_port=broker_port,
+                api_host=api_host,
+                api_port=api_port,
+                broker_ca_file=broker_ca_file,
+                broker_cert_file=broker_cert_file,
+                broker_key_file=broker_key_file,
+                embedded_tls_cert=embedded_tls_cert,
+                embedded_tls_key=embedded_tls_key,
+                embedded_client_ca=embedded_client_ca,
+                require_client_cert=require_client_cert,
+                api_tls_cert=api_tls_cert,
+                api_tls_key=api_tls_key,
+                device_broker_url=device_broker_url,
+                device_ca_dir=device_ca_dir,
+                broker_auth_dir=broker_auth_dir,
+                trusted_proxies=trusted_proxy or None,
             )
-        finally:
-            hub.stop()
+        except HubError as exc:
+            _fail(str(exc))
+        _run_hub(settings, json_logs=log_format == "json")
 
     @hub_app.command("migrate")
     def migrate(
@@ -213,48 +221,6 @@ def register(app: typer.Typer) -> None:
         if result.backup is not None:
             typer.echo(f"the database as it was: {result.backup}")
 
-    @devices_app.command("add")
-    def add(
-        device_id: str,
-        target: str = typer.Option(..., help="target profile name"),
-        label: list[str] = typer.Option([], help="key=value, repeatable"),
-        data_dir: Path = typer.Option(Path("var/hub")),
-    ) -> None:
-        """Provision a device and print its credential (shown once)."""
-        from hub.registry import Database, Registry
-
-        labels = dict(item.split("=", 1) for item in label)
-        registry = Registry(Database(HubSettings(data_dir=data_dir).resolved_database_url()))
-        _, secret = registry.provision_device(device_id, target, labels)
-        typer.echo(json.dumps({"device_id": device_id, "target": target, "secret": secret}))
-
-    @devices_app.command("list")
-    def list_devices(
-        data_dir: Path = typer.Option(Path("var/hub")), as_json: bool = typer.Option(False, "--json")
-    ) -> None:
-        """List devices with target, labels, online status and installed version."""
-        from hub.registry import Database, Registry
-        from hub.registry.tables import DEVICE_SECRET_FIELDS
-
-        registry = Registry(Database(HubSettings(data_dir=data_dir).resolved_database_url()))
-        devices = registry.list_devices()
-        if as_json:
-            rows = [d.model_dump(exclude=set(DEVICE_SECRET_FIELDS)) for d in devices]
-            typer.echo(json.dumps(rows, indent=2))
-            return
-        table = Table("device", "target", "labels", "online", "model:version", "update")
-        for d in devices:
-            installed = f"{d.active_model}:{d.active_version}" if d.active_model else "-"
-            table.add_row(
-                d.id,
-                d.target,
-                ",".join(f"{k}={v}" for k, v in d.labels.items()),
-                "yes" if d.online else "no",
-                installed,
-                d.update_state,
-            )
-        Console().print(table)
-
     @app.command("demo")
     def demo(
         devices: int = typer.Option(5, min=1, max=200, help="simulated devices"),
@@ -274,6 +240,89 @@ def register(app: typer.Typer) -> None:
         else:
             _print_summary(summary)
         raise typer.Exit(0 if summary["ok"] else 1)
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr (a driver's multi-line message joined), exit status 1."""
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    raise typer.Exit(1)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The REST API's listening socket, bound before the hub starts so a taken port fails in one line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise HubError(f"the REST API cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _run_hub(settings: HubSettings, *, json_logs: bool) -> None:
+    """Start the hub and serve its REST API until interrupted; a failure to start is one line."""
+    import os
+
+    import uvicorn
+
+    from fleet.errors import FleetError
+    from hub.api import create_app
+    from hub.app import Hub
+    from hub.auth import ADMIN_TOKEN_ENV, bootstrap_admin_token
+    from hub.devices.api import refresh_broker_auth
+    from hub.registry import AccessStore
+
+    try:
+        sock = _listen(settings.api_host, settings.api_port)
+    except HubError as exc:
+        _fail(str(exc))
+    hub: Hub | None = None
+    try:
+        hub = Hub(settings)
+        first = bootstrap_admin_token(AccessStore(hub.db), os.environ)
+        refresh_broker_auth(hub)  # an external Mosquitto learns the current logins before the hub connects
+        hub.start()
+    except (HubError, FleetError) as exc:
+        sock.close()
+        if hub is not None:
+            hub.stop()
+        _fail(str(exc))
+    if first is not None and os.environ.get(ADMIN_TOKEN_ENV):
+        console.print(f"admin token {first.row.id} stored from ${ADMIN_TOKEN_ENV}")
+    elif first is not None:  # printed, never logged: a log collector should not keep it
+        console.print(f"admin API token (shown once, store it now): [bold]{first.token}[/bold]", soft_wrap=True)
+    scheme = "https" if settings.api_tls_cert else "http"
+    host, port = sock.getsockname()[:2]
+    ready = f"hub: broker {hub.broker_address.url}, API {scheme}://{host}:{port}/docs"
+    if json_logs:
+        log.info(ready)
+    else:
+        console.print(ready, soft_wrap=True, highlight=False)
+    config = uvicorn.Config(
+        create_app(hub),
+        log_config=None,  # the handlers configure_logging installed
+        log_level="warning",
+        ssl_certfile=str(settings.api_tls_cert) if settings.api_tls_cert else None,
+        ssl_keyfile=str(settings.api_tls_key) if settings.api_tls_key else None,
+        proxy_headers=False,  # X-Forwarded-For is handled by the app, trusting only settings.trusted_proxies
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+        hub.stop()
+
+
+def _print_models(models: list[dict[str, object]]) -> None:
+    table = Table("model", "versions", "description")
+    for m in models:
+        versions = m["versions"]
+        table.add_row(
+            str(m["name"]), ", ".join(map(str, versions)) if isinstance(versions, list) else "", str(m["description"])
+        )
+    Console().print(table)
 
 
 def _interrupt(*_: object) -> None:

@@ -1,42 +1,28 @@
 """Monitoring commands: ``drift report MODEL:VERSION`` and ``canary report ROLLOUT``.
 
-Both read the hub registry in ``--data-dir`` (or a telemetry dump given with ``--telemetry``), print a
-table, or the JSON report with ``--json``.
+Both ask the hub over its REST API (or analyse a telemetry dump given with ``--telemetry``, no hub needed), print
+a table, or the JSON report with ``--json``. ``canary report`` uses the rollout's own gate settings and lists the
+verdicts its gate reached.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from hub.config import HubSettings
+from fleet.canary import CanaryReport
+from fleet.drift import DriftReport
+from hub.cli.remote import hub_session
 from hub.errors import HubError
-from hub.monitoring.queries import (
-    FileSource,
-    MonitoringSource,
-    canary_report_for,
-    drift_report_for,
-    parse_model_version,
-)
+from hub.monitoring.queries import FileSource, canary_report_for, drift_report_for, parse_model_version
 
 console = Console(stderr=True)
-
-
-def _source(data_dir: Path, telemetry: Path | None, database_url: str | None = None) -> MonitoringSource:
-    """The telemetry dump, or the hub's registry (``--database-url`` or SQLite in ``--data-dir``) with the
-    drift references of its bundles and its rollouts."""
-    if telemetry is not None:
-        return FileSource(telemetry)
-    from hub.bundles.store import ArtifactStore
-    from hub.monitoring.service import hub_source
-    from hub.registry import Database, Registry
-
-    settings = HubSettings(data_dir=data_dir, database_url=database_url)
-    return hub_source(Registry(Database(settings.resolved_database_url())), ArtifactStore(data_dir / "artifacts"))
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -63,8 +49,6 @@ def register(app: typer.Typer) -> None:
         last: float | None = typer.Option(None, "--last", help="only telemetry of the last N hours"),
         reference: Path | None = typer.Option(None, help="ReferenceProfile JSON (e.g. a bundle's reference.json)"),
         telemetry: Path | None = typer.Option(None, help="telemetry dump (JSON or JSONL) instead of the hub"),
-        data_dir: Path = typer.Option(Path("var/hub"), help="hub data directory"),
-        database_url: str | None = typer.Option(None, help="hub database URL; omitted: SQLite in the data dir"),
         as_json: bool = typer.Option(False, "--json", help="print the JSON report"),
     ) -> None:
         """Drift of a model version's live telemetry against its reference data, per cohort."""
@@ -73,15 +57,22 @@ def register(app: typer.Typer) -> None:
         try:
             model, version = parse_model_version(model_version)
             ref = ReferenceProfile.model_validate_json(reference.read_text()) if reference else None
-            report = drift_report_for(
-                _source(data_dir, telemetry, database_url),
-                model,
-                version,
-                by=by,
-                selectors={c: c for c in cohort},
-                since=time.time() - last * 3600 if last else None,
-                reference=ref,
-            )
+            if telemetry is not None or ref is not None:
+                if telemetry is None:
+                    raise ValueError("--reference goes with --telemetry (the hub uses its bundle's reference)")
+                report = drift_report_for(
+                    FileSource(telemetry),
+                    model,
+                    version,
+                    by=by,
+                    selectors={c: c for c in cohort},
+                    since=time.time() - last * 3600 if last else None,
+                    reference=ref,
+                )
+            else:
+                with hub_session() as hub:
+                    answer = hub.get(f"/models/{model}/versions/{version}/drift", cohort=cohort, by=by, last_hours=last)
+                report = DriftReport.model_validate(answer)
         except (HubError, ValueError, OSError) as exc:
             raise _fail(exc) from exc
         if as_json:
@@ -113,17 +104,24 @@ def register(app: typer.Typer) -> None:
     def canary_report(
         rollout: str = typer.Argument(..., metavar="ROLLOUT"),
         telemetry: Path | None = typer.Option(None, help="telemetry dump (JSON) instead of the hub"),
-        data_dir: Path = typer.Option(Path("var/hub"), help="hub data directory"),
-        database_url: str | None = typer.Option(None, help="hub database URL; omitted: SQLite in the data dir"),
         as_json: bool = typer.Option(False, "--json", help="print the JSON report"),
     ) -> None:
-        """Canary verdict (pass, fail, inconclusive) of a rollout, with its reasons and metrics."""
+        """Canary verdict (pass, fail, inconclusive) of a rollout with its own gate settings, its reasons and
+        metrics, and the verdicts the rollout's gate reached."""
+        gate_verdicts: list[dict[str, Any]] = []
         try:
-            report = canary_report_for(_source(data_dir, telemetry, database_url), rollout)
+            if telemetry is not None:
+                report = canary_report_for(FileSource(telemetry), rollout)
+            else:
+                with hub_session() as hub:
+                    answer = hub.get(f"/rollouts/{rollout}/canary")
+                gate_verdicts = answer.pop("gate_verdicts", [])
+                answer.pop("rollout_id", None)
+                report = CanaryReport.model_validate(answer)
         except (HubError, ValueError, OSError) as exc:
             raise _fail(exc) from exc
         if as_json:
-            typer.echo(report.model_dump_json(indent=2))
+            typer.echo(json.dumps({**report.model_dump(mode="json"), "gate_verdicts": gate_verdicts}, indent=2))
             return
         score = "-" if report.score is None else f"{report.score:.0f}"
         typer.echo(
@@ -145,3 +143,6 @@ def register(app: typer.Typer) -> None:
                 m.reason,
             )
         Console().print(table)
+        for verdict in gate_verdicts:
+            reasons = "; ".join(verdict["reasons"]) or "no reasons given"
+            typer.echo(f"gate verdict after wave {verdict['wave']}: {verdict['verdict']}: {reasons}")

@@ -1,37 +1,20 @@
-"""``edgefleet rollout start|status|list|pause|resume|abort|promote``, working on the hub's database.
+"""``edgefleet rollout start|status|events|list|pause|resume|abort|promote``, through the hub's REST API.
 
-``start`` stores the rollout and commands are queued in the database; the running hub (``hub serve``)
-picks both up on its next tick, so the CLI never needs the broker. ``--gate-*`` options set the gate's
-timing and the canary analysis (devices and requests needed, critical metrics).
+``--gate-*`` options set the gate's timing and the canary analysis (devices and requests needed, critical
+metrics). ``status`` shows the cause of a pause or abort (the gate's verdict and reasons) beside the final state;
+``events`` the rollout's timeline.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import time
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from hub.config import HubSettings
-
-if TYPE_CHECKING:
-    from hub.registry import Registry
-    from hub.registry.rollouts import RolloutStore
-
-console = Console(stderr=True)
-DATA_DIR = typer.Option(Path("var/hub"), help="the hub's data directory")
-DATABASE_URL = typer.Option(None, help="SQLAlchemy URL; omitted: SQLite in the data dir")
-
-
-def _store(data_dir: Path, database_url: str | None) -> tuple[Registry, RolloutStore]:
-    from hub.registry import Database, Registry
-    from hub.registry.rollouts import RolloutStore
-
-    registry = Registry(Database(HubSettings(data_dir=data_dir, database_url=database_url).resolved_database_url()))
-    return registry, RolloutStore(registry.db)
+from hub.cli.remote import JSON_OPTION, emit, hub_session
 
 
 def register(app: typer.Typer) -> None:
@@ -73,113 +56,94 @@ def register(app: typer.Typer) -> None:
         ),
         device_timeout: float = typer.Option(1800.0, help="seconds a device has to finish"),
         rollout_id: str | None = typer.Option(None, "--id", help="rollout id (default: generated)"),
-        data_dir: Path = DATA_DIR,
-        database_url: str | None = DATABASE_URL,
-        as_json: bool = typer.Option(False, "--json"),
+        as_json: bool = JSON_OPTION,
     ) -> None:
-        """Create a rollout; the running hub starts it on its next tick."""
-        from fleet.errors import FleetConfigError
-        from fleet.rollout_plan import gate_from_cli, plan_from_cli
-        from hub.errors import HubError
-        from hub.rollouts.operations import create_rollout
-
-        try:
-            gate = (
-                None
-                if no_gate
-                else gate_from_cli(
-                    after=gate_after,
-                    soak_s=gate_soak,
-                    retry_interval_s=gate_retry,
-                    max_wait_s=gate_max_wait,
-                    min_devices=gate_min_devices,
-                    min_requests=gate_min_requests,
-                    min_requests_per_device=gate_min_requests_per_device,
-                    critical=gate_critical,
-                )
-            )
-            plan = plan_from_cli(
-                model_version,
-                selector=selector,
-                canary=canary,
-                waves=waves,
-                max_failure_rate=max_failure_rate,
-                max_failures=max_failures,
-                min_devices=min_devices,
-                success_threshold=success_threshold,
-                approval=approval,
-                gate=not no_gate,
-                device_timeout_s=device_timeout,
-                gate_spec=gate,
-            )
-            registry, store = _store(data_dir, database_url)
-            snapshot = create_rollout(store, registry, plan, rollout_id=rollout_id)
-        except (FleetConfigError, HubError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
-        if as_json:
-            typer.echo(json.dumps({"rollout_id": snapshot.rollout_id, "state": snapshot.state.value}))
-        else:
-            typer.echo(snapshot.rollout_id)
+        """Create a rollout; the hub starts it at once."""
+        body = {
+            "model_version": model_version,
+            "selector": selector,
+            "canary": canary,
+            "waves": waves,
+            "max_failure_rate": max_failure_rate,
+            "max_failures": max_failures,
+            "min_devices": min_devices,
+            "success_threshold": success_threshold,
+            "approval": approval,
+            "gate": not no_gate,
+            "gate_after": gate_after,
+            "gate_soak_s": gate_soak,
+            "gate_retry_s": gate_retry,
+            "gate_max_wait_s": gate_max_wait,
+            "gate_min_devices": gate_min_devices,
+            "gate_min_requests": gate_min_requests,
+            "gate_min_requests_per_device": gate_min_requests_per_device,
+            "gate_critical": gate_critical,
+            "device_timeout_s": device_timeout,
+            "rollout_id": rollout_id,
+        }
+        with hub_session() as hub:
+            status = hub.post("/rollouts", body)
+        emit(status, as_json, lambda data: typer.echo(data["rollout_id"]))
 
     @rollout_app.command("status")
-    def status(
-        rollout_id: str,
-        data_dir: Path = DATA_DIR,
-        database_url: str | None = DATABASE_URL,
-        as_json: bool = typer.Option(False, "--json"),
-    ) -> None:
-        """Progress overall, per wave and per device class."""
-        from hub.errors import HubError
-        from hub.rollouts.operations import rollout_status
+    def status(rollout_id: str, as_json: bool = JSON_OPTION) -> None:
+        """Progress overall, per wave and per device class; the cause of a pause or abort; the gate's verdicts."""
+        with hub_session() as hub:
+            emit(hub.get(f"/rollouts/{rollout_id}"), as_json, _print_status)
 
-        try:
-            summary = rollout_status(_store(data_dir, database_url)[1], rollout_id)
-        except HubError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
-        data = summary.model_dump(mode="json")
-        if as_json:
-            typer.echo(json.dumps(data, indent=2))
-            return
-        _print_status(data)
+    @rollout_app.command("events")
+    def events(rollout_id: str, as_json: bool = JSON_OPTION) -> None:
+        """The rollout's timeline: state changes with their reasons, waves sent, gate requests, rollbacks."""
+        with hub_session() as hub:
+            emit(hub.get(f"/rollouts/{rollout_id}/events"), as_json, _print_events)
 
     @rollout_app.command("list")
-    def list_rollouts(
-        data_dir: Path = DATA_DIR,
-        database_url: str | None = DATABASE_URL,
-        as_json: bool = typer.Option(False, "--json"),
-    ) -> None:
+    def list_rollouts(as_json: bool = JSON_OPTION) -> None:
         """All rollouts, newest first."""
-        rows = [
-            {"rollout_id": r.id, "model": r.model, "version": r.version, "state": r.state}
-            for r in _store(data_dir, database_url)[1].all()
-        ]
-        if as_json:
-            typer.echo(json.dumps(rows, indent=2))
-            return
-        table = Table("rollout", "model:version", "state")
-        for r in rows:
-            table.add_row(r["rollout_id"], f"{r['model']}:{r['version']}", r["state"])
-        Console().print(table)
+        with hub_session() as hub:
+            emit(hub.get("/rollouts"), as_json, _print_list)
 
     def _command(name: str) -> None:
-        def run(rollout_id: str, data_dir: Path = DATA_DIR, database_url: str | None = DATABASE_URL) -> None:
-            from hub.errors import HubError
-            from hub.rollouts.operations import request_command
+        def run(rollout_id: str, as_json: bool = JSON_OPTION) -> None:
+            with hub_session() as hub:
+                status = hub.post(f"/rollouts/{rollout_id}/{name}")
+            emit(status, as_json, lambda data: typer.echo(f"{name}: {rollout_id} is {data['state']}"))
 
-            try:
-                request_command(_store(data_dir, database_url)[1], rollout_id, name)
-            except HubError as exc:
-                console.print(f"[red]error:[/red] {exc}")
-                raise typer.Exit(2) from exc
-            typer.echo(f"{name} queued for {rollout_id}")
-
-        run.__doc__ = f"{name.capitalize()} a rollout (applied by the running hub on its next tick)."
+        run.__doc__ = f"{name.capitalize()} a rollout."
         rollout_app.command(name)(run)
 
     for name in ("pause", "resume", "abort", "promote"):
         _command(name)
+
+
+def _print_list(rows: list[dict[str, Any]]) -> None:
+    table = Table("rollout", "model:version", "state")
+    for r in rows:
+        table.add_row(r["rollout_id"], f"{r['model']}:{r['version']}", r["state"])
+    Console().print(table)
+
+
+def _describe(event: dict[str, Any]) -> str:
+    kind = event["kind"]
+    if kind == "state_changed":
+        return f"{event['source']} -> {event['target']} ({event['event']}): {event['reason']}"
+    if kind == "deploy":
+        return f"wave {event['wave']}: {len(event['device_ids'])} device(s) sent {event['model']}:{event['version']}"
+    if kind == "request_gate":
+        return f"gate asked after wave {event['wave']} (attempt {event['attempt']})"
+    if kind == "rollback":
+        return f"{len(event['device_ids'])} device(s) rolled back: {event['reason']}"
+    if kind == "skipped":
+        return f"{len(event['device_ids'])} device(s) skipped: {event['reason']}"
+    return str(event.get("reason") or event.get("message") or "")
+
+
+def _print_events(events: list[dict[str, Any]]) -> None:
+    table = Table("time (UTC)", "kind", "what")
+    for event in events:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event["at"]))
+        table.add_row(at, event["kind"], _describe(event))
+    Console().print(table)
 
 
 def _print_status(data: dict[str, Any]) -> None:
@@ -190,6 +154,8 @@ def _print_status(data: dict[str, Any]) -> None:
     )
     if data["reason"]:
         out.print(f"reason: {data['reason']}")
+    if data.get("cause") and data["cause"] != data["reason"]:
+        out.print(f"cause: {data['cause']}")
     phases = list(data["totals"])
     rows = [(w["name"], w["devices"]) for w in data["waves"]] + [("[b]total[/b]", data["totals"])]
     for title, items in (("per wave", rows), ("per device class", list(data["classes"].items()))):
@@ -200,4 +166,8 @@ def _print_status(data: dict[str, Any]) -> None:
     if data["gate"]:
         gate = data["gate"]
         out.print(f"gate: wave {gate['wave']}, attempts {gate['attempts']}; {'; '.join(gate['reasons'])}")
+    for verdict in data.get("gate_verdicts", []):
+        reasons = "; ".join(verdict["reasons"]) or "no reasons given"
+        where = f"after wave {verdict['wave']} (attempt {verdict['attempt']})"
+        out.print(f"gate verdict {where}: {verdict['verdict']}: {reasons}")
     out.print(f"allowed: {', '.join(data['allowed_commands']) or 'none'}")

@@ -232,6 +232,7 @@ class EmbeddedBroker:
         try:
             future.result(timeout_s)
         except Exception as exc:
+            self._broker = None  # it never started: nothing to shut down
             self.stop()
             raise HubError(f"embedded broker failed to start on {self.host}:{self.port}: {exc}") from exc
 
@@ -255,6 +256,22 @@ class EmbeddedBroker:
         self._broker = _AclBroker(config, loop=self._loop) if self._secured else _AmqttBroker(config, loop=self._loop)
         self._broker._subscriptions = _SnapshotItems()
         await self._broker.start()
+
+    def disconnect(self, client_id: str, timeout_s: float = 15.0) -> bool:
+        """Close ``client_id``'s connection and drop its session (a removed device); False when it has none."""
+        if self._broker is None:
+            return False
+        future = asyncio.run_coroutine_threadsafe(self._disconnect(client_id), self._loop)
+        return future.result(timeout_s)
+
+    async def _disconnect(self, client_id: str) -> bool:
+        session, handler = self._broker._sessions.get(client_id, (None, None))
+        if session is None:
+            return False
+        if handler is not None:
+            await handler.stop()
+        await self._broker._delete_session(client_id)
+        return True
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Shut the broker down and join its thread."""

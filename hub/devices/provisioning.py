@@ -10,8 +10,11 @@ Secrets and keys are owner-only (0600) in an owner-only directory (0700)::
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ import tomli_w
 from fleet.wire.mqtt import BrokerAddress
 from hub.devices.pki import CertificateAuthority
 
-__all__ = ["AGENT_CONFIG", "DeviceKit", "write_device_kit"]
+__all__ = ["AGENT_CONFIG", "DeviceKit", "extract_device_kit", "kit_archive", "write_device_kit"]
 
 AGENT_CONFIG = "agent.toml"
 
@@ -74,3 +77,24 @@ def write_device_kit(directory: Path, kit: DeviceKit, *, ca: CertificateAuthorit
     path = directory / AGENT_CONFIG
     _private(path, tomli_w.dumps(config).encode())
     return path
+
+
+def kit_archive(kit: DeviceKit, *, ca: CertificateAuthority | None = None) -> bytes:
+    """The device's directory (`write_device_kit`) as a gzipped tar whose members keep their owner-only modes."""
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(scratch) / kit.device_id
+        write_device_kit(directory, kit, ca=ca)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            for path in sorted(directory.iterdir()):
+                archive.add(path, arcname=path.name)
+    return buffer.getvalue()
+
+
+def extract_device_kit(archive: bytes, directory: Path) -> Path:
+    """Unpack a `kit_archive` into ``directory`` (created owner-only); return the path of ``agent.toml``."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(directory, 0o700)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        tar.extractall(directory, filter="data")  # the data filter refuses absolute paths, links out and devices
+    return directory / AGENT_CONFIG

@@ -16,8 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from fleet.errors import FleetError
 from hub.auth import Role, allow
-from hub.errors import InvalidRequestError
+from hub.errors import InvalidRequestError, NotFoundError
 from hub.monitoring.queries import canary_report_for, drift_report_for
+from hub.registry.rollouts import RolloutStore
 
 if TYPE_CHECKING:
     from hub.app import Hub
@@ -63,7 +64,15 @@ def create_monitoring_router(hub: Hub) -> APIRouter:
         except FleetError as exc:
             raise InvalidRequestError(str(exc)) from exc
         monitoring.record_canary(rollout_id, report)
-        return {"rollout_id": rollout_id, **report.model_dump(mode="json")}
+        return {"rollout_id": rollout_id, **report.model_dump(mode="json"), "gate_verdicts": gate_verdicts(rollout_id)}
+
+    def gate_verdicts(rollout_id: str) -> list[dict[str, Any]]:
+        """The verdicts the rollout's own gate reached (none for a plain deployment)."""
+        try:
+            snapshot = RolloutStore(hub.registry.db).load(rollout_id)
+        except NotFoundError:
+            return []
+        return [v.model_dump(mode="json") for v in snapshot.gate_verdicts]
 
     @router.get("/rollouts/{rollout_id}/canary", dependencies=allow(Role.VIEWER))
     def rollout_canary(rollout_id: str) -> dict[str, Any]:

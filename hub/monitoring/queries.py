@@ -62,6 +62,8 @@ class RolloutView(BaseModel):
     canary_device_ids: list[str] = Field(default_factory=list)
     window_start: float | None = None
     window_end: float | None = None
+    canary_config: CanaryConfig | None = None
+    """The analysis settings of the rollout's own gate (None: the defaults)."""
 
 
 class TelemetryRead(NamedTuple):
@@ -194,11 +196,10 @@ def drift_report_for(
     return report.model_copy(update={"skipped_batches": skipped})
 
 
-def canary_report_for(
-    source: MonitoringSource, rollout_id: str, *, config: CanaryConfig = CanaryConfig()
-) -> CanaryReport:
-    """`canary_report` for a rollout known to ``source``."""
+def canary_report_for(source: MonitoringSource, rollout_id: str, *, config: CanaryConfig | None = None) -> CanaryReport:
+    """`canary_report` for a rollout known to ``source``, with ``config`` or else the rollout's own gate settings."""
     rollout = source.rollout(rollout_id)
+    config = config or rollout.canary_config or CanaryConfig()
     batches, skipped = source.telemetry(rollout.model, since=rollout.window_start, until=rollout.window_end)
     canary, baseline = split_rollout_batches(rollout, batches)
     report = canary_report(canary, baseline, candidate_version=rollout.candidate_version, config=config)

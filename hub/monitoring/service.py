@@ -70,6 +70,7 @@ def rollout_view(registry: Registry, rollout_id: str) -> RolloutView | None:
         canary_device_ids=sorted(d.device_id for d in snapshot.devices.values() if d.canary),
         window_start=snapshot.created_at,
         window_end=snapshot.updated_at if snapshot.final else None,
+        canary_config=snapshot.plan.gate.canary if snapshot.plan.gate is not None else None,
     )
 
 

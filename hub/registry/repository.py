@@ -213,6 +213,30 @@ class Registry:
         except IntegrityError as exc:
             raise ConflictError(f"device {device_id} is already provisioned") from exc
 
+    def set_device_labels(self, device_id: str, labels: dict[str, str], remove: list[str] | None = None) -> Device:
+        """Set ``labels`` on a device and drop the keys in ``remove``; return the updated row."""
+        with self.db.session() as session:
+            device = session.get(Device, device_id)
+            if device is None:
+                raise NotFoundError(f"device {device_id} is not provisioned")
+            merged = {k: v for k, v in {**device.labels, **labels}.items() if k not in set(remove or ())}
+            device.labels = merged  # a new dict: JSON columns track assignment
+            session.add(device)
+            session.flush()
+            session.refresh(device)
+            return device
+
+    def remove_device(self, device_id: str) -> None:
+        """Decommission a device: its row and per-deployment rows go, so its credential no longer checks."""
+        with self.db.session() as session:
+            device = session.get(Device, device_id)
+            if device is None:
+                raise NotFoundError(f"device {device_id} is not provisioned")
+            for row in session.exec(select(DeploymentDevice).where(DeploymentDevice.device_id == device_id)):
+                session.delete(row)
+            session.flush()
+            session.delete(device)
+
     def check_device_secret(self, device_id: str, secret: str) -> bool:
         """Whether ``secret`` is the device's credential; an unknown id costs the same hashing as a known one."""
         with self.db.session() as session:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -112,6 +113,18 @@ class RolloutStore:
                 )
             )
         return [a for r in rows for a in load_actions(r.actions)]
+
+    def events(self, rollout_id: str) -> list[dict[str, Any]]:
+        """The rollout's timeline: every action it produced with the time it was stored (``at``), oldest first;
+        `NotFoundError` for an unknown rollout."""
+        self.load(rollout_id)
+        with self.db.session() as session:
+            rows = list(
+                session.exec(
+                    select(RolloutOutbox).where(RolloutOutbox.rollout_id == rollout_id).order_by(col(RolloutOutbox.id))
+                )
+            )
+        return [{"at": r.created_at, **a.model_dump(mode="json")} for r in rows for a in load_actions(r.actions)]
 
     def queue_command(self, rollout_id: str, command: Command) -> int:
         """Queue an operator command for the hub's next tick."""

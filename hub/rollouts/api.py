@@ -131,6 +131,11 @@ def create_rollouts_router(hub: Hub) -> APIRouter:
         """Progress overall, per wave and per device class, the gate and the commands allowed now."""
         return rollout_status(store, rollout_id).model_dump(mode="json")
 
+    @router.get("/{rollout_id}/events", dependencies=allow(Role.VIEWER))
+    def events(rollout_id: str) -> list[dict[str, Any]]:
+        """The timeline: every state change with its reason, the waves sent, gate requests, pauses, rollbacks."""
+        return store.events(rollout_id)
+
     @router.post("/{rollout_id}/{command}", dependencies=allow(Role.OPERATOR))
     def command(rollout_id: str, command: Command) -> dict[str, Any]:
         """pause, resume, abort or promote; 409 when the rollout's state does not allow it."""

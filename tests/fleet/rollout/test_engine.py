@@ -468,3 +468,24 @@ def test_step_does_not_mutate_its_input() -> None:
     before = snapshot.model_dump_json()
     step(snapshot, T0, fleet.statuses(T0))
     assert snapshot.model_dump_json() == before
+
+
+def test_the_cause_of_an_abort_and_the_gate_verdicts_outlast_the_rollback() -> None:
+    fleet = mixed_fleet(FLEET)
+    snapshot = new_rollout("r15", plan(gate=GateSpec(after="canary")), VARIANTS, now=T0)
+    snapshot, _ = drive(snapshot, fleet, gate=always(Verdict.FAIL))
+    assert snapshot.state == RolloutState.ABORTED and "back on their last known good" in snapshot.reason
+    assert snapshot.cause.startswith("gate failed after canary")
+    status = summarize(snapshot)
+    assert status.cause == snapshot.cause
+    assert [(v.wave, v.verdict) for v in status.gate_verdicts] == [(0, "fail")]
+
+
+def test_a_pause_cause_is_cleared_on_resume() -> None:
+    fleet = mixed_fleet(FLEET)
+    snapshot = new_rollout("r16", plan(), VARIANTS, now=T0)
+    snapshot, _ = step(snapshot, T0, fleet.statuses(T0))
+    snapshot, _ = step(snapshot, T0 + 1, fleet.statuses(T0 + 1), command=Command.PAUSE)
+    assert snapshot.cause == "operator: pause"
+    snapshot, _ = step(snapshot, T0 + 2, fleet.statuses(T0 + 2), command=Command.RESUME)
+    assert snapshot.state == RolloutState.WAVE_RUNNING and snapshot.cause == ""

@@ -115,7 +115,16 @@ def test_cli_registers_a_conversion(tmp_path: Path, converted: tuple[TrainedDigi
     )
     assert bad.exit_code != 0
     # the bundles carry a drift reference built from the vectors: `drift report` needs no --reference
-    drift = CliRunner().invoke(app, ["drift", "report", "digits:3.1.0", "--data-dir", str(tmp_path / "hub"), "--json"])
+    from hub.app import Hub
+    from hub.config import HubSettings
+    from tests.hub.cli.live_hub import serving
+
+    hub = Hub(HubSettings(data_dir=tmp_path / "hub"))  # the CLI asks the hub that holds the bundles
+    try:
+        with serving(hub) as hub_args:
+            drift = CliRunner().invoke(app, [*hub_args, "drift", "report", "digits:3.1.0", "--json"])
+    finally:
+        hub.db.close()
     assert drift.exit_code == 0, drift.output
     assert "no drift reference" not in drift.output
     report = json.loads(drift.output)

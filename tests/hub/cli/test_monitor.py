@@ -73,7 +73,9 @@ def test_canary_report(tmp_path: Path) -> None:
     assert slow.exit_code == 0, slow.output
     assert "rollout ro-1: FAIL" in slow.stdout and "latency (critical) fail" in slow.stdout
     ok = runner.invoke(_app(), ["canary", "report", "ro-1", "--telemetry", str(_dump(tmp_path)), "--json"])
-    assert CanaryReport.model_validate_json(ok.stdout).verdict.value == "pass"
+    answer = json.loads(ok.stdout)
+    assert answer.pop("gate_verdicts") == []  # a dump has no gate history
+    assert CanaryReport.model_validate(answer).verdict.value == "pass"
 
 
 def test_errors_are_reported_not_raised(tmp_path: Path) -> None:
@@ -83,55 +85,43 @@ def test_errors_are_reported_not_raised(tmp_path: Path) -> None:
     assert missing.exit_code == 1 and "rollout nope" in missing.output
     bad = runner.invoke(_app(), ["drift", "report", "digits", "--telemetry", str(dump)])
     assert bad.exit_code == 1 and "MODEL:VERSION" in bad.output
-    (tmp_path / "hub").mkdir()
-    no_ref = runner.invoke(_app(), ["drift", "report", "digits:1.0", "--data-dir", str(tmp_path / "hub")])
-    assert no_ref.exit_code == 1 and "reference" in no_ref.output
 
 
-def test_reports_read_a_hub_data_dir_with_bundle_references_and_rollouts(tmp_path: Path) -> None:
-    """Against the hub's own storage: the reference comes from the version's bundle, the rollout from the
-    rollout table, telemetry from the registry (SQLite in --data-dir, or --database-url)."""
-    from fleet.rollout_plan import plan_from_cli
+def test_reports_come_from_the_hub_over_rest_with_the_rollouts_own_gate_settings(tmp_path: Path) -> None:
+    """Against a hub's REST API: the reference comes from the version's bundle, the rollout and its gate
+    settings from the rollout table, telemetry from the registry."""
+    from fleet.rollout_plan import gate_from_cli, plan_from_cli
     from hub.app import Hub
+    from hub.cli import app
     from hub.config import HubSettings
     from hub.registry.rollouts import RolloutStore
     from hub.rollouts.operations import create_rollout
+    from tests.hub.cli.live_hub import serving
     from tests.hub.monitoring.monitoring_fleet import VERSIONS, hub_scenario, install
 
     data = hub_scenario(jetson_shift=1.0, now=time.time() + 240)  # windows begin after the rollout
-    data_dir = tmp_path / "hub"
-    hub = Hub(HubSettings(data_dir=data_dir))  # not started: storage only
+    hub = Hub(HubSettings(data_dir=tmp_path / "hub"))  # not started: storage and REST only
+    install(hub, data, tmp_path)
+    hub.registry.record_telemetry(data["batches"])
+    gate = gate_from_cli(min_devices=2, min_requests=1, min_requests_per_device=1)
+    plan = plan_from_cli(f"{MODEL}:{VERSIONS['1.1']}", canary="5%", waves="100", gate_spec=gate)
+    create_rollout(RolloutStore(hub.db), hub.registry, plan, rollout_id="ro-cli")
+    runner = CliRunner()
     try:
-        install(hub, data, tmp_path)
-        hub.registry.record_telemetry(data["batches"])
-        plan = plan_from_cli(f"{MODEL}:{VERSIONS['1.1']}", canary="5%", waves="100")
-        create_rollout(RolloutStore(hub.db), hub.registry, plan, rollout_id="ro-cli")
-        database_url = hub.settings.resolved_database_url()
+        with serving(hub) as hub_args:
+            drift = runner.invoke(app, [*hub_args, "drift", "report", f"{MODEL}:{VERSIONS['1.0']}", "--json"])
+            canary = runner.invoke(app, [*hub_args, "canary", "report", "ro-cli", "--json"])
+            table = runner.invoke(app, [*hub_args, "canary", "report", "ro-cli"])
+            missing = runner.invoke(app, [*hub_args, "canary", "report", "nope"])
     finally:
         hub.db.close()
-    runner = CliRunner()
-    drift = runner.invoke(
-        _app(), ["drift", "report", f"{MODEL}:{VERSIONS['1.0']}", "--data-dir", str(data_dir), "--json"]
-    )
     assert drift.exit_code == 0, drift.output
     assert "target=jetson-orin" in DriftReport.model_validate_json(drift.stdout).drifted_cohorts
-    elsewhere = runner.invoke(
-        _app(),
-        [
-            "drift",
-            "report",
-            f"{MODEL}:{VERSIONS['1.0']}",
-            "--data-dir",
-            str(tmp_path / "empty"),
-            "--database-url",
-            database_url,
-            "--json",
-        ],
-    )
-    assert elsewhere.exit_code == 1 and "no drift reference" in elsewhere.output  # bundles live in data dir
-    canary = runner.invoke(_app(), ["canary", "report", "ro-cli", "--data-dir", str(data_dir), "--json"])
     assert canary.exit_code == 0, canary.output
-    report = CanaryReport.model_validate_json(canary.stdout)
+    answer = json.loads(canary.stdout)
+    assert answer["gate_verdicts"] == []  # the hub never ran this rollout's gate
+    report = CanaryReport.model_validate({k: v for k, v in answer.items() if k != "gate_verdicts"})
     assert report.canary_devices > 0 and report.baseline_devices > 0
-    missing = runner.invoke(_app(), ["canary", "report", "nope", "--database-url", database_url])
-    assert missing.exit_code == 1 and "does not exist" in missing.output
+    assert report.config.min_devices == 2  # the rollout's own gate settings, not the defaults
+    assert table.exit_code == 0 and "rollout ro-cli" in table.stdout
+    assert missing.exit_code == 1 and missing.output.strip() == "error: HTTP 404: deployment nope does not exist"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from fleet.rollout import GateVerdict, RequestGate, RolloutSnapshot, RolloutState, Verdict
 from fleet.rollout_plan import RolloutPlan, plan_from_cli
@@ -219,6 +219,28 @@ def test_gate_verdict_fail_aborts_and_pass_continues(fleet: Fleet) -> None:
     assert "p95 latency" in json.dumps([a.model_dump() for a in manager.store.history("ro-gate")])
 
 
+def test_status_keeps_the_gates_cause_and_events_give_the_timeline(fleet: Fleet) -> None:
+    for i in range(4):
+        fleet.device(f"d{i}")
+    manager = fleet.manager()
+    manager.start_rollout(_plan(canary="2", waves="100", gate=True), rollout_id="ro-why")
+    fleet.verdict = GateVerdict(verdict=Verdict.FAIL, reasons=("p95 latency 40% worse",))
+    assert _drive(fleet, manager, "ro-why").state == RolloutState.ABORTED
+    client = api_client(fleet.hub, raise_server_exceptions=False)
+    status = client.get("/rollouts/ro-why").json()
+    assert "back on their last known good model" in status["reason"]
+    assert status["cause"] == "gate failed after canary: p95 latency 40% worse"
+    assert [(v["verdict"], v["reasons"]) for v in status["gate_verdicts"]] == [("fail", ["p95 latency 40% worse"])]
+    events = client.get("/rollouts/ro-why/events").json()
+    kinds = [e["kind"] for e in events]
+    assert kinds.index("deploy") < kinds.index("request_gate") < kinds.index("rollback")
+    assert all(isinstance(e["at"], float) for e in events)
+    assert [e["target"] for e in events if e["kind"] == "state_changed"][-1] == "aborted"
+    assert client.get("/rollouts/nope/events").status_code == 404
+    canary = client.get("/rollouts/ro-why/canary").json()
+    assert [v["verdict"] for v in canary["gate_verdicts"]] == ["fail"]
+
+
 def test_a_new_manager_continues_from_the_database_and_drains_the_outbox(fleet: Fleet) -> None:
     for i in range(4):
         fleet.device(f"d{i}")
@@ -271,40 +293,35 @@ def test_rest_routes(fleet: Fleet) -> None:
     assert client.post("/rollouts", json=unknown).status_code == 404
 
 
-def test_cli_start_status_and_commands(fleet: Fleet, tmp_path: Path) -> None:
+def test_cli_start_status_events_and_commands_over_rest(fleet: Fleet) -> None:
     from hub.cli import app
+    from tests.hub.cli.live_hub import serving
 
     fleet.device("d0")
-    data_dir = str(fleet.hub.settings.data_dir)
     runner = CliRunner()
-    started = runner.invoke(
-        app,
-        [
-            "rollout",
-            "start",
-            "digits:2.0.0",
-            "--canary",
-            "1",
-            "--waves",
-            "100",
-            "--no-gate",
-            "--id",
-            "ro-cli",
-            "--data-dir",
-            data_dir,
-        ],
-    )
-    assert started.exit_code == 0, started.output
-    assert started.stdout.strip() == "ro-cli"
-    bad = runner.invoke(app, ["rollout", "resume", "ro-cli", "--data-dir", data_dir])
-    assert bad.exit_code == 2 and "not allowed" in bad.output
-    assert runner.invoke(app, ["rollout", "abort", "ro-cli", "--data-dir", data_dir]).exit_code == 0
-    fleet.manager().tick()
-    status = runner.invoke(app, ["rollout", "status", "ro-cli", "--json", "--data-dir", data_dir])
-    assert json.loads(status.stdout)["state"] in ("aborting", "aborted")
-    table = runner.invoke(app, ["rollout", "status", "ro-cli", "--data-dir", data_dir])
-    assert table.exit_code == 0 and "per device class" in table.stdout
-    assert "ro-cli" in runner.invoke(app, ["rollout", "list", "--data-dir", data_dir]).stdout
+    with serving(fleet.hub) as hub_args:
+
+        def cli(*args: str) -> Result:
+            return runner.invoke(app, [*hub_args, *args])
+
+        options = ["--canary", "1", "--waves", "100", "--no-gate", "--id", "ro-cli"]
+        started = cli("rollout", "start", "digits:2.0.0", *options)
+        assert started.exit_code == 0, started.output
+        assert started.stdout.strip() == "ro-cli"
+        bad = cli("rollout", "resume", "ro-cli")
+        assert bad.exit_code == 1 and bad.output.startswith("error: HTTP 409: ") and "not allowed" in bad.output
+        assert json.loads(cli("rollout", "abort", "ro-cli", "--json").stdout)["rollout_id"] == "ro-cli"
+        fleet.manager().tick()
+        status = cli("rollout", "status", "ro-cli", "--json")
+        assert json.loads(status.stdout)["state"] in ("aborting", "aborted")
+        assert json.loads(status.stdout)["cause"] == "operator: abort"
+        table = cli("rollout", "status", "ro-cli")
+        assert table.exit_code == 0 and "per device class" in table.stdout
+        assert "ro-cli" in cli("rollout", "list").stdout
+        assert json.loads(cli("rollout", "list", "--json").stdout)[0]["rollout_id"] == "ro-cli"
+        events = json.loads(cli("rollout", "events", "ro-cli", "--json").stdout)
+        assert [(e["source"], e["target"]) for e in events if e["kind"] == "state_changed"] == [("pending", "aborted")]
+        assert "pending -> aborted" in cli("rollout", "events", "ro-cli").stdout
 
 
 def _standard(edges: tuple[float, ...], placed: dict[float, int], *, total: float) -> Histogram:
@@ -460,40 +477,26 @@ def test_gate_settings_are_validated_and_round_trip(fleet: Fleet) -> None:
     assert RolloutPlan.model_validate(old).gate.canary.min_devices == 5  # type: ignore[union-attr]
 
 
-def test_cli_and_rest_take_gate_settings(fleet: Fleet) -> None:
+def test_cli_takes_gate_settings(fleet: Fleet) -> None:
     from hub.cli import app
+    from tests.hub.cli.live_hub import serving
 
     fleet.device("d0")
-    data_dir = str(fleet.hub.settings.data_dir)
     runner = CliRunner()
-    started = runner.invoke(
-        app,
-        [
-            "rollout",
-            "start",
-            "digits:2.0.0",
-            "--canary",
-            "1",
-            "--id",
-            "ro-gc",
-            "--gate-min-devices",
-            "3",
-            "--gate-min-requests",
-            "40",
-            "--gate-critical",
-            "latency,confidence",
-            "--gate-retry",
-            "5",
-            "--data-dir",
-            data_dir,
-        ],
-    )
+    options = ["--canary", "1", "--id", "ro-gc", "--gate-min-devices", "3", "--gate-min-requests", "40"]
+    options += ["--gate-critical", "latency,confidence", "--gate-retry", "5"]
+    with serving(fleet.hub) as hub_args:
+        started = runner.invoke(app, [*hub_args, "rollout", "start", "digits:2.0.0", *options])
+        bad = runner.invoke(app, [*hub_args, "rollout", "start", "digits:2.0.0", "--gate-critical", "speed"])
     assert started.exit_code == 0, started.output
     gate = RolloutStore(fleet.hub.db).load("ro-gc").plan.gate
     assert gate is not None and gate.retry_interval_s == 5 and gate.canary.min_devices == 3
     assert gate.canary.min_requests == 40 and gate.canary.metrics["confidence"].critical  # type: ignore[index]
-    bad = runner.invoke(app, ["rollout", "start", "digits:2.0.0", "--gate-critical", "speed", "--data-dir", data_dir])
-    assert bad.exit_code == 2 and "invalid metrics" in bad.output
+    assert bad.exit_code == 1 and "HTTP 422" in bad.output and "invalid metrics" in bad.output
+
+
+def test_rest_takes_gate_settings(fleet: Fleet) -> None:
+    fleet.device("d0")
     client = api_client(fleet.hub, raise_server_exceptions=False)
     body = {
         "model_version": "digits:2.0.0",
@@ -568,3 +571,23 @@ def test_each_wave_pushes_its_bundle_once_its_orders_are_out(fleet: Fleet) -> No
     assert pushed == [(bundle, 1), (bundle, 3), (bundle, 6)]
     running = fleet.hub.registry.list_variants("digits", "1.0.0")[0].bundle_sha256
     assert installed == [{running}] * 3  # what the wave runs, so a bundle that a delta would serve is not pushed
+
+
+def test_canary_report_of_a_rollout_uses_its_own_gate_settings(fleet: Fleet) -> None:
+    from fleet.canary import CanaryConfig
+    from fleet.rollout import DeviceRecord, Phase, new_rollout
+    from fleet.rollout_plan import gate_from_cli
+    from hub.monitoring.queries import canary_report_for
+    from hub.monitoring.service import hub_source
+
+    canary, _ = _gate_batches(fleet, slow=2.0)
+    plan = _plan(gate=True, gate_spec=gate_from_cli(min_devices=2, min_requests=100))
+    snapshot = new_rollout("ro-own", plan, [], now=0.0)
+    snapshot.devices = {
+        d: DeviceRecord(device_id=d, device_class=TARGET, target=TARGET, phase=Phase.SUCCEEDED, canary=True)
+        for d in canary
+    }
+    RolloutStore(fleet.hub.db).create(snapshot)
+    source = hub_source(fleet.hub.registry, fleet.hub.store)
+    assert canary_report_for(source, "ro-own").verdict == "fail"  # 4 devices pass the plan's min_devices=2
+    assert canary_report_for(source, "ro-own", config=CanaryConfig()).verdict == "inconclusive"  # defaults: 5

@@ -1,0 +1,110 @@
+"""``edgefleet devices add|list|show|label|remove``: the device inventory, through the hub's REST API.
+
+``devices add ID --target T --out DIR`` provisions the device and writes its kit into DIR (owner-only): a ready
+``agent.toml``, the secret, the trust root, the broker's CA and, when the hub has a fleet CA, the certificate.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hub.cli.remote import JSON_OPTION, emit, hub_session
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not key=value")
+        pairs[key] = value
+    return pairs
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``devices`` commands to ``app``."""
+    devices_app = typer.Typer(help="Device inventory: provision, label, decommission.", no_args_is_help=True)
+    app.add_typer(devices_app, name="devices")
+
+    @devices_app.command("add")
+    def add(
+        device_id: str,
+        target: str = typer.Option(..., help="target profile name"),
+        label: list[str] = typer.Option([], help="key=value, repeatable"),
+        out: Path | None = typer.Option(None, help="write the device's kit (agent.toml, secret, trust root) here"),
+        as_json: bool = JSON_OPTION,
+    ) -> None:
+        """Provision a device: with --out write everything it needs, else print its secret (shown once)."""
+        from hub.devices.provisioning import AGENT_CONFIG, extract_device_kit
+
+        body = {"device_id": device_id, "target": target, "labels": _labels(label)}
+        if out is not None and out.exists() and any(out.iterdir()):
+            typer.echo(f"error: {out} is not empty; give a new directory", err=True)
+            raise typer.Exit(1)
+        with hub_session() as hub:
+            if out is None:
+                answer = hub.post("/devices", body)
+                emit(answer, True, print)
+                return
+            archive = hub.post_bytes("/devices/kit", body)
+        try:
+            config = extract_device_kit(archive, out)
+        except (tarfile.TarError, OSError) as exc:
+            typer.echo(f"error: the hub's kit could not be written to {out}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        files = sorted(p.name for p in out.iterdir())
+        emit(
+            {"device_id": device_id, "target": target, "directory": str(out), "files": files},
+            as_json,
+            lambda _: typer.echo(
+                f"{device_id}: kit in {out} ({', '.join(files)}); run: edgefleet-agent run "
+                f"--config {config.parent / AGENT_CONFIG}"
+            ),
+        )
+
+    @devices_app.command("list")
+    def list_devices(as_json: bool = JSON_OPTION) -> None:
+        """List devices with target, labels, online status and installed version."""
+        with hub_session() as hub:
+            emit(hub.get("/devices"), as_json, _print_devices)
+
+    @devices_app.command("show")
+    def show(device_id: str, as_json: bool = JSON_OPTION) -> None:
+        """One device."""
+        with hub_session() as hub:
+            emit(hub.get(f"/devices/{device_id}"), as_json, lambda d: _print_devices([d]))
+
+    @devices_app.command("label")
+    def label_device(
+        device_id: str,
+        labels: list[str] = typer.Argument(None, help="key=value to set, key- to remove"),
+        as_json: bool = JSON_OPTION,
+    ) -> None:
+        """Set labels (key=value) and remove them (key-), like kubectl label."""
+        items = labels or []
+        remove = [item[:-1] for item in items if item.endswith("-") and "=" not in item]
+        body = {"set": _labels([i for i in items if not (i.endswith("-") and "=" not in i)]), "remove": remove}
+        with hub_session() as hub:
+            emit(hub.patch(f"/devices/{device_id}/labels", body), as_json, lambda d: _print_devices([d]))
+
+    @devices_app.command("remove")
+    def remove(device_id: str, as_json: bool = JSON_OPTION) -> None:
+        """Decommission a device: its credential stops working at once."""
+        with hub_session() as hub:
+            hub.delete(f"/devices/{device_id}")
+        emit({"device_id": device_id, "removed": True}, as_json, lambda _: typer.echo(f"{device_id} removed"))
+
+
+def _print_devices(devices: list[dict[str, Any]]) -> None:
+    table = Table("device", "target", "labels", "online", "model:version", "update")
+    for d in devices:
+        installed = f"{d['active_model']}:{d['active_version']}" if d.get("active_model") else "-"
+        labels = ",".join(f"{k}={v}" for k, v in d.get("labels", {}).items())
+        table.add_row(d["id"], d["target"], labels, "yes" if d.get("online") else "no", installed, d["update_state"])
+    Console().print(table)

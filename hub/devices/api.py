@@ -1,0 +1,114 @@
+"""REST routes for the device lifecycle beyond the inventory: provisioning with a ready kit, labels, removal.
+
+``POST /devices/kit`` provisions a device and answers its directory (`hub.devices.provisioning.kit_archive`) as a
+gzipped tar: ``agent.toml``, the owner-only secret, the TUF trust root, the broker's CA and, when the hub has a fleet
+CA (``device_ca_dir``), the device's certificate. ``DELETE /devices/{id}`` decommissions a device at once: its
+credential stops checking, its session on the embedded broker is closed, its retained order and state are cleared,
+and with ``broker_auth_dir`` Mosquitto's password and ACL files are rewritten without it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, Field
+
+from fleet.wire import topics
+from fleet.wire.messages import DeviceId, Name
+from hub.auth import Role, allow
+from hub.devices.broker_acl import BrokerUser, hub_user, write_broker_auth
+from hub.devices.pki import CertificateAuthority
+from hub.devices.provisioning import DeviceKit, kit_archive
+from hub.registry.tables import DEVICE_SECRET_FIELDS
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+LabelKey = Annotated[str, Field(max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
+LabelValue = Annotated[str, Field(max_length=256, pattern=r"^[^\x00-\x1f]*$")]
+
+
+class KitIn(BaseModel):
+    """A device to provision, answered with its kit."""
+
+    device_id: DeviceId
+    target: Name
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
+
+
+class LabelsIn(BaseModel):
+    """Labels to set (``set``) and keys to drop (``remove``)."""
+
+    set: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
+    remove: list[LabelKey] = Field(default_factory=list, max_length=64)
+
+
+def refresh_broker_auth(hub: Hub) -> None:
+    """Rewrite Mosquitto's password and ACL files in ``broker_auth_dir`` from the inventory (reload Mosquitto
+    with SIGHUP to apply them); nothing without that setting."""
+    directory = hub.settings.broker_auth_dir
+    if directory is None:
+        return
+    devices = hub.registry.list_devices()
+    users = [hub_user(hub.hub_secret)] + [
+        BrokerUser(username=d.id, password_hash=d.broker_hash, role="device") for d in devices if d.broker_hash
+    ]
+    write_broker_auth(directory, users)
+
+
+def create_devices_router(hub: Hub) -> APIRouter:
+    """Routes for the device lifecycle, bound to ``hub``."""
+    router = APIRouter(prefix="/devices", tags=["devices"])
+    registry = hub.registry
+
+    @router.post(
+        "/kit",
+        status_code=201,
+        dependencies=allow(Role.PROVISIONER),
+        response_class=Response,
+        responses={201: {"content": {"application/gzip": {}}, "description": "the device's directory, tar.gz"}},
+    )
+    def provision_with_kit(body: KitIn) -> Response:
+        """Provision a device and answer everything it needs as a tar.gz (its secret appears only here)."""
+        device, secret = registry.provision_device(body.device_id, body.target, body.labels)
+        settings = hub.settings
+        overrides = {"broker_url": settings.device_broker_url} if settings.device_broker_url else {}
+        kit = DeviceKit(
+            device_id=device.id,
+            target=device.target,
+            secret=secret,
+            broker=hub.broker_address,
+            trust_root=hub.tuf.trusted_root(),
+            settings=overrides,
+        )
+        ca = CertificateAuthority(settings.device_ca_dir) if settings.device_ca_dir else None
+        archive = kit_archive(kit, ca=ca)
+        refresh_broker_auth(hub)
+        return Response(
+            archive,
+            status_code=201,
+            media_type="application/gzip",
+            headers={"Content-Disposition": f'attachment; filename="{device.id}.tar.gz"'},
+        )
+
+    @router.patch("/{device_id}/labels", dependencies=allow(Role.OPERATOR))
+    def labels(device_id: str, body: LabelsIn) -> dict[str, Any]:
+        """Set and remove labels; answer the device."""
+        return registry.set_device_labels(device_id, body.set, body.remove).model_dump(
+            exclude=set(DEVICE_SECRET_FIELDS)
+        )
+
+    @router.delete("/{device_id}", status_code=204, response_class=Response, dependencies=allow(Role.OPERATOR))
+    def remove(device_id: str) -> Response:
+        """Decommission a device: its credential stops working at once and its retained messages are cleared."""
+        registry.remove_device(device_id)
+        if hub.broker is not None:
+            for channel in ("deployment", "state"):
+                hub.broker.publish(topics.device_topic(device_id, channel), b"", qos=1, retain=True)
+        if hub.embedded is not None:
+            hub.embedded.disconnect(device_id)
+        refresh_broker_auth(hub)
+        return Response(status_code=204)
+
+    return router

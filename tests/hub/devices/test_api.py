@@ -1,0 +1,119 @@
+"""Device lifecycle over REST on a started hub with its embedded broker: a kit, labels, a removal that cuts the
+device off at once."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from agent.config import AgentConfig
+from hub.api import create_app
+from hub.app import Hub
+from hub.auth import Role
+from hub.config import HubSettings
+from hub.devices.provisioning import extract_device_kit
+from tests.hub.auth.clients import bearer_client, token_for
+from tests.hub.devices.mqtt_client import WAIT_S, Client
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[tuple[Hub, TestClient]]:
+    """A started hub and an operator's client of its REST API."""
+    hub = Hub(HubSettings(data_dir=tmp_path / "hub", broker_auth_dir=tmp_path / "mosquitto"))
+    hub.start()
+    try:
+        yield hub, bearer_client(create_app(hub), token_for(hub, Role.OPERATOR), raise_server_exceptions=False)
+    finally:
+        hub.stop()
+
+
+def test_a_kit_holds_a_ready_agent_config_with_a_working_secret(
+    started: tuple[Hub, TestClient], tmp_path: Path
+) -> None:
+    hub, client = started
+    answer = client.post("/devices/kit", json={"device_id": "cam-1", "target": "x86-onnx-cpu", "labels": {"a": "b"}})
+    assert answer.status_code == 201 and answer.headers["content-type"] == "application/gzip"
+    config = AgentConfig.load(extract_device_kit(answer.content, tmp_path / "cam-1"))
+    assert config.device_id == "cam-1" and config.broker_url == hub.broker_address.url
+    assert stat.S_IMODE((tmp_path / "cam-1" / "device.secret").stat().st_mode) == 0o600
+    assert config.trust_root.read_bytes() == hub.tuf.trusted_root()
+    assert hub.registry.check_device_secret("cam-1", config.secret())
+    assert "cam-1:" in (tmp_path / "mosquitto" / "passwd").read_text()  # Mosquitto's files follow the inventory
+    assert client.post("/devices/kit", json={"device_id": "cam-1", "target": "x86-onnx-cpu"}).status_code == 409
+
+
+def test_a_provisioner_adds_devices_but_only_an_operator_relabels_or_removes(started: tuple[Hub, TestClient]) -> None:
+    hub, operator = started
+    provisioner = bearer_client(operator.app, token_for(hub, Role.PROVISIONER), raise_server_exceptions=False)
+    viewer = bearer_client(operator.app, token_for(hub, Role.VIEWER), raise_server_exceptions=False)
+    assert provisioner.post("/devices/kit", json={"device_id": "cam-9", "target": "x86-onnx-cpu"}).status_code == 201
+    assert viewer.post("/devices/kit", json={"device_id": "cam-8", "target": "x86-onnx-cpu"}).status_code == 403
+    assert provisioner.patch("/devices/cam-9/labels", json={"set": {"a": "b"}}).status_code == 403
+    assert provisioner.delete("/devices/cam-9").status_code == 403
+    assert bearer_client(operator.app, None).delete("/devices/cam-9").status_code == 401
+    assert hub.registry.get_device("cam-9").labels == {}
+
+
+def test_labels_are_set_and_removed(started: tuple[Hub, TestClient]) -> None:
+    hub, client = started
+    hub.registry.provision_device("cam-2", "x86-onnx-cpu", {"site": "north", "tier": "edge"})
+    answer = client.patch("/devices/cam-2/labels", json={"set": {"site": "south"}, "remove": ["tier"]})
+    assert answer.status_code == 200 and answer.json()["labels"] == {"site": "south"}
+    assert "credential_hash" not in answer.json() and "broker_hash" not in answer.json()
+    assert hub.registry.get_device("cam-2").labels == {"site": "south"}
+    assert client.patch("/devices/ghost/labels", json={"set": {"a": "b"}}).status_code == 404
+
+
+def test_a_removed_device_is_disconnected_and_cannot_log_in_again(
+    started: tuple[Hub, TestClient], tmp_path: Path
+) -> None:
+    hub, client = started
+    _, secret = hub.registry.provision_device("cam-3", "x86-onnx-cpu")
+    assert hub.embedded is not None
+    device = Client("cam-3", secret, hub.embedded.port).connect()
+    assert client.delete("/devices/cam-3").status_code == 204
+    assert device.disconnected.wait(WAIT_S), "the removed device kept its connection"
+    device.close()
+    again = Client("cam-3", secret, hub.embedded.port).start()
+    assert again.refused.wait(WAIT_S)
+    again.close()
+    assert client.get("/devices/cam-3").status_code == 404
+    assert client.delete("/devices/cam-3").status_code == 404
+    assert "cam-3" not in (tmp_path / "mosquitto" / "passwd").read_text()
+
+
+def test_with_a_fleet_ca_the_kit_connects_over_mutual_tls(tmp_path: Path) -> None:
+    from hub.devices.pki import CertificateAuthority
+
+    ca = CertificateAuthority.create(tmp_path / "pki")
+    server = ca.issue_server(tmp_path / "pki" / "broker", ["127.0.0.1", "localhost"])
+    settings = HubSettings(
+        data_dir=tmp_path / "hub",
+        embedded_tls_cert=server.cert_file,
+        embedded_tls_key=server.key_file,
+        embedded_client_ca=ca.cert_file,
+        require_client_cert=True,
+        broker_ca_file=ca.cert_file,
+        device_ca_dir=tmp_path / "pki",
+    )
+    hub = Hub(settings)
+    hub.start()
+    try:
+        client = bearer_client(create_app(hub), token_for(hub, Role.PROVISIONER))
+        answer = client.post("/devices/kit", json={"device_id": "cam-7", "target": "x86-onnx-cpu"})
+        config = AgentConfig.load(extract_device_kit(answer.content, tmp_path / "cam-7"))
+        tls = config.broker_tls()
+        assert config.broker_url.startswith("mqtts://") and tls is not None and tls.cert_file and tls.key_file
+        assert stat.S_IMODE(Path(tls.key_file).stat().st_mode) == 0o600
+        from fleet.wire.mqtt import BrokerAddress, PahoBroker
+
+        address = BrokerAddress.from_url(config.broker_url, tls=tls)
+        login = BrokerAddress(address.host, address.port, "cam-7", config.secret(), tls)
+        connection = PahoBroker(login, client_id="cam-7")  # waits for the broker's answer; raises when refused
+        connection.close()
+    finally:
+        hub.stop()

@@ -1,0 +1,56 @@
+"""Hub settings layered from flags, EDGEFLEET_* variables and a TOML file, each problem in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hub.config import load_settings
+from hub.errors import SettingsError
+
+
+def test_flags_beat_the_environment_which_beats_the_file_which_beats_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text('api_port = 9100\nbroker_port = 1999\napi_host = "0.0.0.0"\n')
+    monkeypatch.setenv("EDGEFLEET_API_PORT", "9200")
+    monkeypatch.setenv("EDGEFLEET_TOKEN", "a CLI variable, not a hub setting")
+    settings = load_settings(config, defaults={"broker_port": 1883, "broker_host": "::1"}, api_port=None)
+    assert (settings.api_port, settings.broker_port, settings.api_host) == (9200, 1999, "0.0.0.0")
+    assert settings.broker_host == "::1"  # only the default gave it
+    assert load_settings(config, api_port=9300).api_port == 9300
+    assert load_settings().api_port == 9200 and load_settings().broker_port == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "toml", "message"),
+    [
+        ({"api_port": 70000}, {}, "", "invalid settings: api_port: Input should be less than or equal to 65535"),
+        ({}, {"EDGEFLEET_API_PORT": "abc"}, "", "invalid settings: api_port: Input should be a valid integer"),
+        ({}, {}, "bogus = 1\n", "invalid settings: bogus: Extra inputs are not permitted"),
+        ({}, {}, "api_port = \n", "is not valid TOML"),
+        ({"broker_url": "http://x"}, {}, "", "broker_url: broker_url must start with mqtt:// or mqtts://"),
+    ],
+)
+def test_a_bad_setting_is_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flags: dict[str, object],
+    env: dict[str, str],
+    toml: str,
+    message: str,
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    config = tmp_path / "hub.toml"
+    config.write_text(toml)
+    with pytest.raises(SettingsError) as raised:
+        load_settings(config, **flags)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"^cannot read the settings file .*nope.toml: No such file"):
+        load_settings(tmp_path / "nope.toml")
