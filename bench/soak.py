@@ -360,8 +360,8 @@ class Soak:
         final_version = self.versions[-1]
         deadline = time.monotonic() + args.settle
         while time.monotonic() < deadline:
-            on_final = [d for d in self.hub.registry.list_devices() if d.active_version == final_version]
-            if self.rollout_final() and len(on_final) == args.agents:
+            current = [d for d in self.hub.registry.list_devices() if d.active_version == final_version]
+            if self.rollout_final() and len(current) == args.agents:
                 break
             threading.Event().wait(2)  # polling the hub's view of the fleet
         devices = self.hub.registry.list_devices()
