@@ -17,7 +17,7 @@ from hub.registry.tables import (
     TelemetryRecord,
     Variant,
 )
-from hub.registry.telemetry_tables import TelemetryRollup
+from hub.registry.telemetry_tables import TelemetryRollup, TelemetryWindowAggregate
 
 __all__ = [
     "AccessStore",
@@ -40,5 +40,6 @@ __all__ = [
     "RolloutRow",
     "TelemetryRecord",
     "TelemetryRollup",
+    "TelemetryWindowAggregate",
     "Variant",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 import uuid
@@ -10,12 +11,12 @@ from typing import Any
 
 import semver
 from pydantic import ValidationError
-from sqlalchemy import delete, or_, update
+from sqlalchemy import delete, insert, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 
 from fleet.errors import ProtocolError
-from fleet.telemetry import validate_batch
+from fleet.telemetry import TelemetryAggregate, validate_batch
 from fleet.wire.messages import DeviceState, TelemetryBatch, UpdateEvent
 from hub.errors import ConflictError, InvalidRequestError, NotFoundError
 from hub.registry.credentials import dummy_hash, hash_password, hash_secret, new_secret, verify_secret
@@ -29,7 +30,16 @@ from hub.registry.tables import (
     TelemetryRecord,
     Variant,
 )
-from hub.registry.telemetry_tables import TelemetryRollup, fold_batches, rollup_window_start
+from hub.registry.telemetry_tables import (
+    TelemetryRollup,
+    TelemetryWindowAggregate,
+    fold_aggregate,
+    fold_batches,
+    pack_sketches,
+    rollup_window_start,
+    unpack_sketches,
+    window_aggregate,
+)
 from targets import TargetError, get_target
 
 _WRITE_ATTEMPTS = 5
@@ -404,43 +414,66 @@ class Registry:
         """Store batches in one transaction, skipping batch ids already stored; return how many were new."""
         return len(self.store_telemetry(batches))
 
-    def store_telemetry(self, batches: list[TelemetryBatch]) -> list[TelemetryBatch]:
+    def store_telemetry(
+        self, batches: list[TelemetryBatch], *, aggregate_window_s: float = 3600.0
+    ) -> list[TelemetryBatch]:
         """Store batches in one transaction, skipping batch ids already stored; return the newly stored ones.
 
-        Several hub workers may write at once: when another writer stored one of these ids between our read
-        and our commit, the transaction is retried (it then sees that id as stored), so a batch is stored and
-        returned exactly once across workers.
+        The new batches are written with one multi-row INSERT (sketches as raw bytes) and merged, in the same
+        transaction, into their `TelemetryWindowAggregate` rows (windows of ``aggregate_window_s``), so each
+        batch is counted in the aggregates exactly when it is stored. Several hub workers may write at once:
+        when another writer stored one of these ids or created one of these aggregate rows between our read
+        and our commit, the transaction is retried (it then sees that id as stored), so a batch is stored,
+        aggregated and returned exactly once across workers.
         """
         unique = {b.batch_id: b for b in batches}
+        if not unique:
+            return []
+        partials = _window_partials(list(unique.values()), aggregate_window_s)  # merged outside the transaction
         for attempt in range(_WRITE_ATTEMPTS):
-            if not unique:
-                return []
             try:
                 with self.db.session() as session:
                     seen = set(
                         session.exec(select(TelemetryRecord.batch_id).where(col(TelemetryRecord.batch_id).in_(unique)))
                     )
                     fresh = [b for batch_id, b in unique.items() if batch_id not in seen]
-                    for batch in fresh:
-                        session.add(
-                            TelemetryRecord(
-                                batch_id=batch.batch_id,
-                                device_id=batch.device_id,
-                                target=batch.target,
-                                model=batch.model,
-                                version=batch.version,
-                                window_start=batch.window_start,
-                                window_end=batch.window_end,
-                                requests=batch.requests,
-                                errors=batch.errors,
-                                payload=batch.model_dump(mode="json"),
-                            )
-                        )
+                    if not fresh:
+                        return []
+                    session.connection().execute(insert(TelemetryRecord), [_record_row(b) for b in fresh])
+                    mine = partials if not seen else _window_partials(fresh, aggregate_window_s)
+                    for key in sorted(mine):  # one lock order across workers: no deadlocks
+                        self._fold_window(session, key, aggregate_window_s, mine[key])
                 return fresh
             except IntegrityError:
                 if attempt == _WRITE_ATTEMPTS - 1:
                     raise
         return []  # pragma: no cover - the loop returns or raises
+
+    @staticmethod
+    def _fold_window(session: Any, key: _WindowKey, window_s: float, partial: TelemetryAggregate) -> None:
+        model, version, target, start = key
+        row = session.exec(
+            select(TelemetryWindowAggregate)
+            .where(
+                TelemetryWindowAggregate.model == model,
+                TelemetryWindowAggregate.version == version,
+                TelemetryWindowAggregate.target == target,
+                TelemetryWindowAggregate.window_start == start,
+            )
+            .with_for_update()
+        ).first()
+        if row is None:
+            row = TelemetryWindowAggregate(model=model, version=version, target=target, window_start=start, window_s=window_s)
+        session.add(fold_aggregate(row, partial))
+        session.flush()  # a row another worker created meanwhile fails here: the transaction is retried
+
+    def window_aggregates(self, model_name: str, version: str) -> list[tuple[str, TelemetryAggregate]]:
+        """The ingestion-time aggregates of one model version: (target, aggregate) per time window."""
+        query = select(TelemetryWindowAggregate).where(
+            TelemetryWindowAggregate.model == model_name, TelemetryWindowAggregate.version == version
+        )
+        with self.db.session() as session:
+            return [(row.target, window_aggregate(row)) for row in session.exec(query)]
 
     def prune_telemetry(
         self,
@@ -492,7 +525,7 @@ class Registry:
                 raise _PruneConflict
             groups: dict[tuple[str, str, str, float], list[TelemetryBatch]] = {}
             for record in old:
-                batch = usable_batch(record.payload)
+                batch = usable_batch(_stored_payload(record.payload, record.sketches))
                 if batch is None:
                     continue  # deleted without folding: it would break the rollup and every report after it
                 key = (batch.model, batch.version, batch.target, rollup_window_start(batch.window_start, window_s))
@@ -531,13 +564,13 @@ class Registry:
         self, model_name: str | None = None, version: str | None = None
     ) -> tuple[list[TelemetryBatch], int]:
         """Stored batches analysis can use (oldest first) and how many stored rows were skipped as unusable."""
-        query = select(TelemetryRecord.payload).order_by(col(TelemetryRecord.window_end))
+        query = select(TelemetryRecord.payload, TelemetryRecord.sketches).order_by(col(TelemetryRecord.window_end))
         if model_name is not None:
             query = query.where(TelemetryRecord.model == model_name)
         if version is not None:
             query = query.where(TelemetryRecord.version == version)
         with self.db.session() as session:
-            payloads = list(session.exec(query))
+            payloads = [_stored_payload(p, sk) for p, sk in session.exec(query)]
         batches = [b for b in map(usable_batch, payloads) if b is not None]
         return batches, len(payloads) - len(batches)
 
@@ -545,17 +578,61 @@ class Registry:
         """Usable stored batches of one device (every model), optionally only windows ending after ``since``,
         oldest first."""
         query = (
-            select(TelemetryRecord.payload)
+            select(TelemetryRecord.payload, TelemetryRecord.sketches)
             .where(TelemetryRecord.device_id == device_id)
             .order_by(col(TelemetryRecord.window_end))
         )
         if since is not None:
             query = query.where(TelemetryRecord.window_end >= since)
         with self.db.session() as session:
-            payloads = list(session.exec(query))
+            payloads = [_stored_payload(p, sk) for p, sk in session.exec(query)]
         return [b for b in map(usable_batch, payloads) if b is not None]
 
     def telemetry_count(self) -> int:
         """Number of stored batches."""
         with self.db.session() as session:
             return int(session.exec(select(func.count()).select_from(TelemetryRecord)).one())
+
+
+_WindowKey = tuple[str, str, str, float]
+
+
+def _window_partials(batches: list[TelemetryBatch], window_s: float) -> dict[_WindowKey, TelemetryAggregate]:
+    """``batches`` merged per model, version, target and aggregate window."""
+    out: dict[_WindowKey, TelemetryAggregate] = {}
+    for batch in batches:
+        key = (batch.model, batch.version, batch.target, rollup_window_start(batch.window_start, window_s))
+        agg = out.get(key)
+        if agg is None:
+            agg = out[key] = TelemetryAggregate()
+        agg.add(batch)
+    return out
+
+
+def _record_row(batch: TelemetryBatch) -> dict[str, Any]:
+    """The `TelemetryRecord` columns of a batch, its sketches as raw bytes beside the JSON of the rest."""
+    return {
+        "batch_id": batch.batch_id,
+        "device_id": batch.device_id,
+        "target": batch.target,
+        "model": batch.model,
+        "version": batch.version,
+        "window_start": batch.window_start,
+        "window_end": batch.window_end,
+        "requests": batch.requests,
+        "errors": batch.errors,
+        "payload": batch.model_dump(mode="json", exclude={"feature_sketches"}),
+        "sketches": pack_sketches({n: base64.b64decode(t) for n, t in batch.feature_sketches.items()}),
+        "received_at": time.time(),
+    }
+
+
+def _stored_payload(payload: dict[str, Any], sketches: bytes | None) -> dict[str, Any]:
+    """The batch JSON as received: rows written before migration 0004 hold their sketches in the JSON."""
+    if sketches is None:
+        return payload
+    try:
+        unpacked = unpack_sketches(sketches)
+    except ProtocolError:
+        return {**payload, "feature_sketches": None}  # unusable: `usable_batch` skips it
+    return {**payload, "feature_sketches": {n: base64.b64encode(raw).decode("ascii") for n, raw in unpacked.items()}}
