@@ -123,14 +123,19 @@ class Hub:
             window_s=s.telemetry_rollup_window_s,
             interval_s=s.telemetry_prune_interval_s,
         )
-        self.ingestor = TelemetryIngestor(
-            self.registry, metrics=self.monitoring.metrics, retention=retention, acknowledge=publish_acks(broker)
-        )
         share = s.share_group if s.replica else None
         self.traffic = traffic = DeviceTraffic(
             broker, self.registry, telemetry_filter=s.telemetry_filter(), shared_group=share
         )
-        traffic.on_telemetry(self.ingestor.submit)
+        self.ingestor = TelemetryIngestor(
+            self.registry,
+            metrics=self.monitoring.metrics,
+            retention=retention,
+            acknowledge=publish_acks(broker),
+            decode=traffic.decode_telemetry,  # in the writer thread, off the MQTT dispatcher
+            aggregate_window_s=s.telemetry_rollup_window_s,
+        )
+        traffic.on_telemetry_payload(self.ingestor.submit_payload)
         traffic.on_rejected(self._on_rejected)
         if s.ingest_only:  # a telemetry worker: the full hub owns device state, transfers and rollouts
             traffic.start(telemetry_only=True)

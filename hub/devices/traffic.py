@@ -7,6 +7,10 @@ order messages arrived, so a device's failed update event is always seen before 
 (the rollout engine relies on that). A message that fails a check is counted in ``rejected`` by channel and
 handed to the ``on_rejected`` listeners; no listener sees it.
 
+Telemetry is the exception when an ``on_telemetry_payload`` listener is added: the dispatcher hands it the raw
+message untouched, and the listener's own thread decodes it with `decode_telemetry` (same checks, same
+rejection counting), so decoding thousands of batches a second never holds up the dispatcher.
+
     traffic = DeviceTraffic(broker, registry)
     traffic.on_state(registry_writer)          # registered first, called first
     traffic.on_event(rollouts.observe_event)
@@ -81,6 +85,8 @@ class DeviceTraffic:
         self.rejected: Counter[str] = Counter()
         self._listeners: dict[str, list[Callable[..., None]]] = {channel: [] for channel in _CHANNELS}
         self._reject_listeners: list[RejectListener] = []
+        self._raw_telemetry: list[Callable[[Message], None]] = []
+        self._rejected_lock = threading.Lock()
         self._known: set[str] = set()
         self._known_lock = threading.Lock()
         self._unsubscribes: list[Unsubscribe] = []
@@ -102,6 +108,22 @@ class DeviceTraffic:
     def on_telemetry(self, listener: Listener[TelemetryBatch]) -> Unsubscribe:
         """Call ``listener`` with every telemetry batch that decoded and names its sender."""
         return self._add("telemetry", listener)
+
+    def on_telemetry_payload(self, listener: Callable[[Message], None]) -> Unsubscribe:
+        """Hand every raw telemetry message to ``listener`` undecoded; it calls `decode_telemetry` later,
+        off the dispatcher thread. Typed ``on_telemetry`` listeners are then not called."""
+        self._raw_telemetry.append(listener)
+        return lambda: self._raw_telemetry.remove(listener)
+
+    def decode_telemetry(self, message: Message) -> TelemetryBatch:
+        """Decode a raw telemetry message and check its sender (thread-safe); a message that fails is
+        counted and handed to the ``on_rejected`` listeners before the `ProtocolError` or `HubError` is raised."""
+        try:
+            _, batch = self._decode("telemetry", message)
+        except (ProtocolError, HubError) as exc:
+            self._reject("telemetry", exc)
+            raise
+        return batch  # type: ignore[no-any-return]
 
     def on_heartbeat(self, listener: Listener[Heartbeat]) -> Unsubscribe:
         """Call ``listener`` with every valid heartbeat."""
@@ -147,6 +169,10 @@ class DeviceTraffic:
         def handle(message: Message) -> None:
             if channel == "state" and not message.payload:
                 return  # a cleared retained state
+            if channel == "telemetry" and self._raw_telemetry:
+                for raw_listener in list(self._raw_telemetry):
+                    raw_listener(message)
+                return
             try:
                 device_id, message_type = self._decode(channel, message)
                 for listener in list(self._listeners[channel]):
@@ -155,12 +181,16 @@ class DeviceTraffic:
                     else:
                         listener(message_type)
             except (ProtocolError, HubError) as exc:
-                self.rejected[channel] += 1
-                log.warning("rejected %s message: %s", channel, exc)
-                for reject in list(self._reject_listeners):
-                    reject(channel, exc)
+                self._reject(channel, exc)
 
         return handle
+
+    def _reject(self, channel: str, exc: Exception) -> None:
+        with self._rejected_lock:
+            self.rejected[channel] += 1
+        log.warning("rejected %s message: %s", channel, exc)
+        for reject in list(self._reject_listeners):
+            reject(channel, exc)
 
     def _decode(self, channel: str, message: Message) -> tuple[str, Any]:
         device_id, _ = topics.parse_device_topic(message.topic)

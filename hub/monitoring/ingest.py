@@ -1,6 +1,9 @@
-"""Telemetry ingestion: batches from many devices validated at the door, queued and written in bulk.
+"""Telemetry ingestion: batches from many devices queued, decoded and validated by the writer, written in bulk.
 
-A batch that fails `fleet.telemetry.validate_batch` is rejected and counted, never queued. Each write stores
+Raw messages (`submit_payload`, what the MQTT dispatcher hands over) are queued undecoded: the writer thread
+decodes them (the ``decode`` callable, `DeviceTraffic.decode_telemetry`, which counts what it refuses) and
+validates them, so the dispatcher only moves bytes. `submit` takes an already decoded batch and validates it
+at the call. A batch that fails `fleet.telemetry.validate_batch` is rejected, counted and refused to its device. Each write stores
 the batches whose id is new (`Registry.store_telemetry`); only those reach `FleetMetrics` and the
 ``on_stored`` callback, duplicates are counted. A write the database refuses is split in halves and retried,
 so one batch it cannot store is rejected alone (and counted) and the others are stored; a write that fails
@@ -26,7 +29,8 @@ from fleet.errors import ProtocolError
 from fleet.telemetry import validate_batch
 from fleet.wire import topics
 from fleet.wire.messages import MAX_ACK_BATCHES, TelemetryAck, TelemetryBatch, encode
-from fleet.wire.transport import Broker
+from fleet.wire.transport import Broker, Message
+from hub.errors import HubError
 from hub.monitoring.metrics import FleetMetrics
 from hub.registry import Registry
 
@@ -81,8 +85,12 @@ class TelemetryIngestor:
         retention: RetentionPolicy | None = None,
         acknowledge: Acknowledge | None = None,
         validate: Callable[[TelemetryBatch], None] = validate_batch,
+        decode: Callable[[Message], TelemetryBatch] | None = None,
+        aggregate_window_s: float = 3600.0,
     ) -> None:
         self._registry = registry
+        self._decode = decode
+        self._aggregate_window_s = aggregate_window_s
         self._acknowledge = acknowledge
         self._validate = validate
         self._max_batch = max_batch
@@ -120,6 +128,15 @@ class TelemetryIngestor:
             self._pending += 1
             self.received += 1
         self._queue.put(batch)
+
+    def submit_payload(self, message: Message) -> None:
+        """Queue a raw telemetry message; the writer decodes and validates it (needs ``decode``)."""
+        if self._decode is None:
+            raise TypeError("submit_payload needs the ingestor to be built with decode=")
+        with self._idle:
+            self._pending += 1
+            self.received += 1
+        self._queue.put(message)
 
     def reject(self, n: int = 1) -> None:
         """Count batches refused before the queue (undecodable, from an unknown device, malformed)."""
@@ -173,7 +190,7 @@ class TelemetryIngestor:
                         items.append(item)
             except queue.Empty:
                 pass
-            self._write([i for i in items if isinstance(i, TelemetryBatch)])
+            self._write([i for i in items if i is not _FLUSH])
             self._maybe_prune()
 
     def _maybe_prune(self) -> None:
@@ -185,7 +202,42 @@ class TelemetryIngestor:
         except Exception:
             log.exception("pruning raw telemetry failed; retried in %.0f s", policy.interval_s)
 
-    def _write(self, batches: list[TelemetryBatch]) -> None:
+    def _decoded(self, items: list[object]) -> list[TelemetryBatch]:
+        """Typed batches of ``items``: raw messages decoded and validated; the failures are refused and counted."""
+        batches: list[TelemetryBatch] = []
+        refused: dict[str, tuple[TelemetryBatch, str]] = {}
+        undecodable = 0
+        for item in items:
+            if isinstance(item, TelemetryBatch):
+                batches.append(item)
+                continue
+            assert isinstance(item, Message) and self._decode is not None
+            try:
+                batch = self._decode(item)
+            except (ProtocolError, HubError):  # counted by the decoder's rejection listeners
+                undecodable += 1
+                continue
+            try:
+                self._validate(batch)
+            except ProtocolError as exc:
+                log.warning("rejected telemetry: %s", exc)
+                refused[batch.batch_id] = (batch, str(exc))
+                continue
+            batches.append(batch)
+        if refused:
+            self.reject(len(refused))
+            try:
+                self._send_acks([], refused)
+            except Exception:
+                log.exception("refusing %d malformed telemetry batches failed", len(refused))
+        if refused or undecodable:
+            with self._idle:
+                self._pending -= len(refused) + undecodable
+                self._idle.notify_all()
+        return batches
+
+    def _write(self, items: list[object]) -> None:
+        batches = self._decoded(items)
         if not batches:
             return
         result = self._store_isolating(batches)
@@ -219,7 +271,7 @@ class TelemetryIngestor:
         """Store ``batches`` in one write; when the database refuses it, store each half on its own, down to
         the single batch it cannot store, which is refused with the database's reason."""
         try:
-            fresh = self._registry.store_telemetry(batches)
+            fresh = self._registry.store_telemetry(batches, aggregate_window_s=self._aggregate_window_s)
         except _UNAVAILABLE as exc:
             log.warning("database unavailable, %d telemetry batches not stored (devices resend): %s", len(batches), exc)
             return _WriteResult([], [], {}, unstored=len(batches))
