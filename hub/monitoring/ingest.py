@@ -3,7 +3,8 @@
 Raw messages (`submit_payload`, what the MQTT dispatcher hands over) are queued undecoded: the writer thread
 decodes them (the ``decode`` callable, `DeviceTraffic.decode_telemetry`, which counts what it refuses) and
 validates them, so the dispatcher only moves bytes. `submit` takes an already decoded batch and validates it
-at the call. A batch that fails `fleet.telemetry.validate_batch` is rejected, counted and refused to its device. Each write stores
+at the call. A batch that fails `fleet.telemetry.validate_batch` is rejected, counted and refused to its
+device. Each write stores
 the batches whose id is new (`Registry.store_telemetry`); only those reach `FleetMetrics` and the
 ``on_stored`` callback, duplicates are counted. A write the database refuses is split in halves and retried,
 so one batch it cannot store is rejected alone (and counted) and the others are stored; a write that fails

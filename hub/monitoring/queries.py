@@ -8,6 +8,10 @@ testable without a database. Storage plugs in through the small `MonitoringSourc
 - `FileSource` reads a JSON dump (``{"batches": [...], "reference": {...}, "labels": {...},
   "rollouts": {...}}``) for offline analysis and tests.
 
+A drift report over all of a version's telemetry, by target (the default), reads the ingestion-time window
+aggregates (`Registry.window_aggregates`: tens of rows, not every device's batch) when the source has them
+(`AggregateSource`); any other grain (time bounds, labels, selectors) reads the batches.
+
 A source hands over only batches analysis can use (`fleet.telemetry.validate_batch`); the others are skipped
 and counted in the report's ``skipped_batches``, so one device's bad data never fails a report.
 
@@ -20,14 +24,14 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleet.canary import CanaryConfig, CanaryReport, analyse_canary, device_metrics
 from fleet.drift import DriftConfig, DriftReport, analyse_drift, group_cohorts
 from fleet.errors import ProtocolError
-from fleet.telemetry import ReferenceProfile, validate_batch
+from fleet.telemetry import ReferenceProfile, TelemetryAggregate, validate_batch
 from fleet.wire.messages import TelemetryBatch
 from hub.errors import InvalidRequestError, NotFoundError
 
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
     from hub.registry import Registry
 
 __all__ = [
+    "AggregateSource",
     "FileSource",
     "MonitoringSource",
     "RegistrySource",
@@ -92,6 +97,16 @@ class MonitoringSource(Protocol):
 
     def rollout(self, rollout_id: str) -> RolloutView:
         """The rollout; `NotFoundError` when unknown."""
+        ...
+
+
+@runtime_checkable
+class AggregateSource(Protocol):
+    """A source that also keeps per target aggregates of every batch it stored."""
+
+    def target_cohorts(self, model: str, version: str) -> dict[str, TelemetryAggregate] | None:
+        """Cohorts ``all`` and ``target=T`` of every stored batch of the version, or None when the
+        aggregates do not cover every stored batch (then the batches are read)."""
         ...
 
 
@@ -182,6 +197,11 @@ def drift_report_for(
 ) -> DriftReport:
     """`drift_report` on what ``source`` holds (``reference`` overrides the source's)."""
     ref = reference if reference is not None else source.reference(model, version)
+    at_aggregate_grain = tuple(by) == ("target",) and not selectors and since is None and until is None
+    if at_aggregate_grain and isinstance(source, AggregateSource):
+        cohorts = source.target_cohorts(model, version)
+        if cohorts is not None:
+            return analyse_drift(ref, cohorts, config, model=model, version=version)
     batches, skipped = source.telemetry(model, version, since=since, until=until)
     report = drift_report(
         ref,
@@ -285,6 +305,17 @@ class RegistrySource:
     ) -> TelemetryRead:
         batches, skipped = self._registry.read_telemetry(model, version)
         return TelemetryRead([b for b in batches if _in_window(b, since, until)], skipped)
+
+    def target_cohorts(self, model: str, version: str) -> dict[str, TelemetryAggregate] | None:
+        windows = self._registry.window_aggregates(model, version)
+        aggregated = sum(agg.batches for _, agg in windows)
+        if aggregated < self._registry.telemetry_count(model, version):
+            return None  # batches stored before the aggregates existed (migration 0004)
+        cohorts: dict[str, TelemetryAggregate] = {}
+        for target, agg in windows:
+            for name in ("all", f"target={target}"):
+                cohorts.setdefault(name, TelemetryAggregate()).merge(agg)
+        return cohorts
 
     def reference(self, model: str, version: str) -> ReferenceProfile:
         found = self._reference(model, version) if self._reference is not None else None

@@ -463,7 +463,9 @@ class Registry:
             .with_for_update()
         ).first()
         if row is None:
-            row = TelemetryWindowAggregate(model=model, version=version, target=target, window_start=start, window_s=window_s)
+            row = TelemetryWindowAggregate(
+                model=model, version=version, target=target, window_start=start, window_s=window_s
+            )
         session.add(fold_aggregate(row, partial))
         session.flush()  # a row another worker created meanwhile fails here: the transaction is retried
 
@@ -588,10 +590,15 @@ class Registry:
             payloads = [_stored_payload(p, sk) for p, sk in session.exec(query)]
         return [b for b in map(usable_batch, payloads) if b is not None]
 
-    def telemetry_count(self) -> int:
-        """Number of stored batches."""
+    def telemetry_count(self, model_name: str | None = None, version: str | None = None) -> int:
+        """Number of stored batches, optionally of one model version."""
+        query = select(func.count()).select_from(TelemetryRecord)
+        if model_name is not None:
+            query = query.where(TelemetryRecord.model == model_name)
+        if version is not None:
+            query = query.where(TelemetryRecord.version == version)
         with self.db.session() as session:
-            return int(session.exec(select(func.count()).select_from(TelemetryRecord)).one())
+            return int(session.exec(query).one())
 
 
 _WindowKey = tuple[str, str, str, float]

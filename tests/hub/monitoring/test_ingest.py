@@ -226,3 +226,35 @@ def test_a_malformed_batch_is_refused_to_its_device(registry: Registry, batches:
         ingestor.close()
     assert [(a.device_id, list(a.rejected)) for a in acks] == [(odd_edges.device_id, ["odd-edges"])]
     assert registry.telemetry_count() == 0
+
+
+def test_raw_payloads_are_decoded_and_validated_by_the_writer(
+    registry: Registry, batches: list[TelemetryBatch]
+) -> None:
+    """What the MQTT dispatcher hands over undecoded: the writer stores the good batch, refuses the malformed
+    one to its device, and the undecodable one is counted through the decoder's rejection listener."""
+    from fleet.wire import topics
+    from fleet.wire.messages import encode
+    from fleet.wire.transport import Message
+    from hub.devices.traffic import DeviceTraffic
+
+    good, malformed = (
+        batches[0],
+        batches[1].model_copy(update={"batch_id": "bad-sketch", "feature_sketches": {"x": "AAAAAAAAAAAAAAAA"}}),
+    )
+    for device in {good.device_id, malformed.device_id}:
+        registry.provision_device(device, good.target)
+    traffic = DeviceTraffic(broker=None, registry=registry)  # type: ignore[arg-type]  # decoding only
+    acks: list[TelemetryAck] = []
+    ingestor = TelemetryIngestor(registry, linger_s=0.01, decode=traffic.decode_telemetry, acknowledge=acks.append)
+    traffic.on_rejected(lambda _channel, _exc: ingestor.reject())
+    try:
+        for batch in (good, malformed):
+            ingestor.submit_payload(Message(topics.device_topic(batch.device_id, "telemetry"), encode(batch)))
+        ingestor.submit_payload(Message(topics.device_topic(good.device_id, "telemetry"), b"{not json"))
+        assert ingestor.wait_idle()
+    finally:
+        ingestor.close()
+    assert registry.telemetry_count() == 1 and ingestor.rejected == 2 and traffic.rejected["telemetry"] == 1
+    assert any(a.stored == [good.batch_id] for a in acks)
+    assert any("bad-sketch" in a.rejected for a in acks)

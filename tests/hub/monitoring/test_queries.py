@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 
 from fleet.canary import CanaryMetric, Verdict
 from fleet.telemetry import ReferenceProfile
@@ -183,3 +184,41 @@ def test_a_file_with_a_bad_batch_still_reports(tmp_path: Path) -> None:
     path.write_text(json.dumps(dump))
     report = canary_report_for(FileSource(path), "ro-1")
     assert report.skipped_batches == 1
+
+
+def test_drift_by_target_reads_the_window_aggregates_and_matches_the_batches(database_url: str) -> None:
+    """The aggregate path gives the report the batch path gives; batches the aggregates do not cover
+    (stored before they existed) send the report back to the batches."""
+    from hub.registry import Database, Registry, TelemetryWindowAggregate
+
+    db = Database(database_url)
+    registry = Registry(db)
+    try:
+        dump = scenario(jetson_shift=1.0)
+        registry.store_telemetry([TelemetryBatch.model_validate(b) for b in dump["batches"]])
+        reference = ReferenceProfile.model_validate(dump["reference"])
+        source = RegistrySource(registry, reference=lambda _m, _v: reference)
+        from_aggregates = drift_report_for(source, MODEL, BASELINE)
+        from_batches = drift_report(
+            reference,
+            registry.telemetry_batches(MODEL, BASELINE),
+            model=MODEL,
+            version=BASELINE,
+            device_labels=source.device_labels(),
+        )
+        assert source.target_cohorts(MODEL, BASELINE) is not None
+        assert from_aggregates.drifted_cohorts == from_batches.drifted_cohorts
+        assert "target=jetson-orin" in from_batches.drifted_cohorts
+        mine = {c.cohort: c for c in from_aggregates.cohorts}
+        theirs = {c.cohort: c for c in from_batches.cohorts}
+        assert set(mine) == set(theirs)
+        for name, cohort in theirs.items():
+            assert mine[name].devices == cohort.devices
+            assert [f.drifted for f in mine[name].features] == [f.drifted for f in cohort.features]
+        with db.session() as session:  # as if these batches predated the aggregates
+            for row in session.exec(select(TelemetryWindowAggregate)):
+                session.delete(row)
+        assert source.target_cohorts(MODEL, BASELINE) is None
+        assert drift_report_for(source, MODEL, BASELINE).drifted_cohorts == from_batches.drifted_cohorts
+    finally:
+        db.close()

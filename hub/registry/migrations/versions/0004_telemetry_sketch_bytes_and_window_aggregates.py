@@ -47,9 +47,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("model", "version", "target", "window_start"),
     )
-    op.create_index(
-        op.f("ix_telemetry_window_aggregate_model"), "telemetry_window_aggregate", ["model"], unique=False
-    )
+    op.create_index(op.f("ix_telemetry_window_aggregate_model"), "telemetry_window_aggregate", ["model"], unique=False)
 
 
 def downgrade() -> None:
