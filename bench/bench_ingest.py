@@ -2,23 +2,30 @@
 beside the broker's own throughput for payloads of the same size, measured in the same run.
 Writes bench/results/ingest.json.
 
-Hub: the real `hub.app.Hub`, one process per worker, on the machine's Mosquitto with SQLite (WAL) in a
-temporary directory, ingesting through `DeviceTraffic` (decode, device check, `validate_batch` including every
-feature sketch) and the `TelemetryIngestor` (bulk writes, duplicate check, `FleetMetrics`). With
-``--workers 2`` two hub processes share the telemetry through an MQTT shared subscription and one database.
-Time runs from the first publish until the last batch is in the database.
+Hub: the real `hub.app.Hub`, one process per worker, on the machine's Mosquitto, ingesting through
+`DeviceTraffic` (raw hand-off) and the `TelemetryIngestor` (decode, device check, `validate_batch` including
+every feature sketch, multi-row writes, duplicate check, window aggregates, acknowledgements, `FleetMetrics`).
+Each configuration ``DATABASE:WORKERS`` (``--configs``) runs on SQLite (WAL) in a temporary directory or on a
+fresh schema of the machine's PostgreSQL; with two workers, two hub processes share the telemetry through an
+MQTT shared subscription and one database. Time runs from the first publish until the last batch is in the
+database.
+
+``--baseline-ref REF`` measures the hub code of that git ref too (exported to a temporary directory), in the
+same run and interleaved, so before/after compare under the same machine load.
 
 Both are closed-loop: the publisher keeps at most 500 messages in flight (see `publish_all`).
 
 Broker: the same publisher sends the same payloads (QoS 1) to a topic one plain subscriber reads; time runs
 from the first publish until the last message is received.
 
-    .venv/bin/python bench/bench_ingest.py [--batches 5000] [--devices 500] [--features 8] [--workers 1,2]
+    .venv/bin/python bench/bench_ingest.py [--batches 5000] [--devices 500] [--features 8]
+        [--configs sqlite:1,postgresql:1,postgresql:2] [--baseline-ref main]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -29,11 +36,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sqlalchemy
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -42,9 +50,29 @@ from fleet.wire import topics  # noqa: E402
 from fleet.wire.messages import TelemetryBatch, encode  # noqa: E402
 from fleet.wire.mqtt import BrokerAddress, PahoBroker  # noqa: E402
 from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS, FeatureSketcher, HistogramAccumulator  # noqa: E402
-from hub.registry import Database, Device, Registry  # noqa: E402
 
 TARGETS = ("rpi4-arm64", "jetson-orin", "x86-onnx-cpu")
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@contextlib.contextmanager
+def database(kind: str, tmp: Path) -> Iterator[str]:
+    """A fresh SQLite file or a fresh PostgreSQL schema (dropped afterwards); yields its URL."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp / 'registry.db'}"
+        return
+    import sqlalchemy
+
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
 def make_payloads(n: int, devices: int, features: int, values: int, seed: int = 0) -> list[tuple[str, bytes]]:
@@ -139,6 +167,18 @@ def broker_throughput(address: BrokerAddress, payloads: list[tuple[str, bytes]])
     }
 
 
+PROVISION = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from hub.registry import Database, Device
+db = Database(sys.argv[2])
+targets = sys.argv[4].split(",")
+with db.session() as session:
+    for d in range(int(sys.argv[3])):
+        session.add(Device(id=f"bench-{d:05d}", target=targets[d % len(targets)], credential_hash="-"))
+db.close()
+"""
+
 WORKER = """
 import logging, sys
 from pathlib import Path
@@ -159,24 +199,35 @@ print(ingestor.received if ingestor else 0, ingestor.stored if ingestor else 0, 
 
 
 def hub_throughput(
-    address: BrokerAddress, broker_url: str, payloads: list[tuple[str, bytes]], devices: int, workers: int
+    address: BrokerAddress,
+    broker_url: str,
+    payloads: list[tuple[str, bytes]],
+    devices: int,
+    workers: int,
+    kind: str,
+    code_root: Path,
 ) -> dict[str, Any]:
-    """Batches per second stored by ``workers`` hub processes (a shared subscription when more than one)."""
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        database_url = f"sqlite:///{Path(tmp) / 'registry.db'}"
+    """Batches per second stored by ``workers`` hub processes running the code under ``code_root`` (a shared
+    subscription when more than one) on a fresh ``kind`` database."""
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp, database(kind, Path(tmp)) as database_url:
         group = f"bench-{uuid.uuid4().hex[:8]}"
-        db = Database(database_url)
-        registry = Registry(db)
-        with db.session() as session:  # provisioning without hashing hundreds of credentials
-            for d in range(devices):
-                session.add(Device(id=f"bench-{d:05d}", target=TARGETS[d % len(TARGETS)], credential_hash="-"))
+        # provisioned by the code under test (its schema), without hashing hundreds of credentials
+        subprocess.run(
+            [sys.executable, "-c", PROVISION, str(code_root), database_url, str(devices), ",".join(TARGETS)], check=True
+        )
+        engine = sqlalchemy.create_engine(database_url)
+
+        def stored() -> int:
+            with engine.connect() as conn:
+                return int(conn.execute(sqlalchemy.text("SELECT count(*) FROM telemetryrecord")).scalar_one())
+
         procs = [
             subprocess.Popen(
                 [
                     sys.executable,
                     "-c",
                     WORKER,
-                    str(ROOT),
+                    str(code_root),
                     str(Path(tmp) / f"hub{w}"),
                     database_url,
                     broker_url,
@@ -195,17 +246,18 @@ def hub_throughput(
                 if proc.stdout.readline().strip() != "ready":
                     raise RuntimeError("a hub worker did not start")
             start = time.perf_counter()
-            published = publish_all(address, payloads, registry.telemetry_count)
+            published = publish_all(address, payloads, stored)
             deadline = time.monotonic() + 300
-            while (count := registry.telemetry_count()) < len(payloads) and time.monotonic() < deadline:
+            while (count := stored()) < len(payloads) and time.monotonic() < deadline:
                 time.sleep(0.02)  # polling the database the workers write to
             end = time.perf_counter()
         finally:
             outputs = [proc.communicate("", timeout=60)[0].split() for proc in procs]
-            db.close()
+            engine.dispose()
     if count != len(payloads):
         raise RuntimeError(f"hub workers stored {count}/{len(payloads)} batches")
     return {
+        "database": kind,
         "workers": workers,
         "batches": len(payloads),
         "seconds": end - start,
@@ -215,41 +267,71 @@ def hub_throughput(
     }
 
 
+@contextlib.contextmanager
+def exported(ref: str | None) -> Iterator[Path | None]:
+    """The tree of git ``ref`` exported to a temporary directory (None: no baseline)."""
+    if ref is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-baseline-") as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        yield Path(tmp)
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]], broker_rate: float) -> dict[str, Any]:
+    """Median rate and share of the broker's rate per configuration."""
+    return {
+        config: {
+            "batches_per_s_median": statistics.median(r["batches_per_s"] for r in config_runs),
+            "share_of_broker_rate": statistics.median(r["batches_per_s"] for r in config_runs) / broker_rate,
+            "runs": config_runs,
+        }
+        for config, config_runs in runs.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=5000)
     parser.add_argument("--devices", type=int, default=500)
     parser.add_argument("--features", type=int, default=8)
     parser.add_argument("--values", type=int, default=200, help="values per feature sketch in each batch")
-    parser.add_argument("--workers", default="1,2", help="hub worker counts to measure, comma-separated")
+    parser.add_argument(
+        "--configs", default="sqlite:1,postgresql:1,postgresql:2", help="DATABASE:WORKERS to measure, comma-separated"
+    )
+    parser.add_argument("--baseline-ref", default=None, help="also measure the hub code of this git ref")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--broker-url", default="mqtt://127.0.0.1:1883")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
     args = parser.parse_args()
 
     address = BrokerAddress.from_url(args.broker_url)
+    configs = [(kind, int(workers)) for kind, workers in (c.split(":") for c in args.configs.split(","))]
     t0 = time.perf_counter()
     payloads = make_payloads(args.batches, args.devices, args.features, args.values)
     setup_s = time.perf_counter() - t0
     sizes = [len(p) for _, p in payloads]
     broker_runs: list[dict[str, Any]] = []
-    hub_runs: dict[int, list[dict[str, Any]]] = {}
-    for _ in range(args.repeats):  # interleaved, so both see the same machine load
-        broker_runs.append(broker_throughput(address, payloads))
-        for workers in (int(w) for w in args.workers.split(",")):
-            hub_runs.setdefault(workers, []).append(
-                hub_throughput(address, args.broker_url, payloads, args.devices, workers)
-            )
-            print(f"hub x{workers}: {hub_runs[workers][-1]['batches_per_s']:.0f} batches/s", flush=True)
-        print(f"broker: {broker_runs[-1]['messages_per_s']:.0f} msg/s", flush=True)
+    hub_runs: dict[str, list[dict[str, Any]]] = {}
+    baseline_runs: dict[str, list[dict[str, Any]]] = {}
+    with exported(args.baseline_ref) as baseline_root:
+        trees = [(ROOT, hub_runs)] + ([(baseline_root, baseline_runs)] if baseline_root is not None else [])
+        for _ in range(args.repeats):  # interleaved, so all see the same machine load
+            broker_runs.append(broker_throughput(address, payloads))
+            print(f"broker: {broker_runs[-1]['messages_per_s']:.0f} msg/s", flush=True)
+            for kind, workers in configs:
+                for root, runs in trees:
+                    run = hub_throughput(address, args.broker_url, payloads, args.devices, workers, kind, root)
+                    runs.setdefault(f"{kind}:{workers}", []).append(run)
+                    label = "baseline " if runs is baseline_runs else ""
+                    print(f"{label}hub {kind} x{workers}: {run['batches_per_s']:.0f} batches/s", flush=True)
     broker_rate = statistics.median(r["messages_per_s"] for r in broker_runs)
-    hub_results = {
-        str(w): {
-            "batches_per_s_median": statistics.median(r["batches_per_s"] for r in runs),
-            "share_of_broker_rate": statistics.median(r["batches_per_s"] for r in runs) / broker_rate,
-            "runs": runs,
-        }
-        for w, runs in hub_runs.items()
+    hub_results = summarise(hub_runs, broker_rate)
+    scaling = {
+        kind: hub_results[f"{kind}:2"]["batches_per_s_median"] / hub_results[f"{kind}:1"]["batches_per_s_median"]
+        for kind in ("sqlite", "postgresql")
+        if f"{kind}:1" in hub_results and f"{kind}:2" in hub_results
     }
     result = {
         "benchmark": "ingest",
@@ -261,12 +343,15 @@ def main() -> None:
             "repeats": args.repeats,
             "broker_url": args.broker_url,
             "qos": 1,
-            "database": "sqlite (WAL)",
+            "configs": args.configs,
+            "baseline_ref": args.baseline_ref,
         },
         "payload_bytes": {"mean": statistics.mean(sizes), "min": min(sizes), "max": max(sizes)},
         "setup_s": setup_s,
         "broker": {"messages_per_s_median": broker_rate, "runs": broker_runs},
         "hub": hub_results,
+        "two_workers_over_one": scaling,
+        "baseline": summarise(baseline_runs, broker_rate) if baseline_runs else None,
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),
@@ -276,8 +361,10 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    summary = {f"hub_x{w}_batches_per_s": round(v["batches_per_s_median"]) for w, v in hub_results.items()}
-    print(json.dumps({"broker_msg_per_s": round(broker_rate), **summary}))
+    summary = {c: round(v["share_of_broker_rate"], 3) for c, v in hub_results.items()}
+    if result["baseline"]:
+        summary |= {f"baseline {c}": round(v["share_of_broker_rate"], 3) for c, v in result["baseline"].items()}
+    print(json.dumps({"broker_msg_per_s": round(broker_rate), "share_of_broker_rate": summary, "x2": scaling}))
 
 
 if __name__ == "__main__":

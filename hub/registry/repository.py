@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import semver
+from datasketches import kll_floats_sketch
 from pydantic import ValidationError
 from sqlalchemy import delete, insert, or_, update
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +19,7 @@ from sqlmodel import col, func, select
 from fleet.errors import ProtocolError
 from fleet.telemetry import TelemetryAggregate, validate_batch
 from fleet.wire.messages import DeviceState, TelemetryBatch, UpdateEvent
+from fleet.wire.sketches import new_sketch
 from hub.errors import ConflictError, InvalidRequestError, NotFoundError
 from hub.registry.credentials import dummy_hash, hash_password, hash_secret, new_secret, verify_secret
 from hub.registry.db import Database
@@ -417,7 +419,8 @@ class Registry:
     def store_telemetry(
         self, batches: list[TelemetryBatch], *, aggregate_window_s: float = 3600.0
     ) -> list[TelemetryBatch]:
-        """Store batches in one transaction, skipping batch ids already stored; return the newly stored ones.
+        """Store batches that passed `validate_batch` in one transaction, skipping batch ids already stored;
+        return the newly stored ones.
 
         The new batches are written with one multi-row INSERT (sketches as raw bytes) and merged, in the same
         transaction, into their `TelemetryWindowAggregate` rows (windows of ``aggregate_window_s``), so each
@@ -429,7 +432,8 @@ class Registry:
         unique = {b.batch_id: b for b in batches}
         if not unique:
             return []
-        partials = _window_partials(list(unique.values()), aggregate_window_s)  # merged outside the transaction
+        raw = {batch_id: _raw_sketches(b) for batch_id, b in unique.items()}
+        partials = _window_partials(list(unique.values()), raw, aggregate_window_s)  # outside the transaction
         for attempt in range(_WRITE_ATTEMPTS):
             try:
                 with self.db.session() as session:
@@ -439,8 +443,9 @@ class Registry:
                     fresh = [b for batch_id, b in unique.items() if batch_id not in seen]
                     if not fresh:
                         return []
-                    session.connection().execute(insert(TelemetryRecord), [_record_row(b) for b in fresh])
-                    mine = partials if not seen else _window_partials(fresh, aggregate_window_s)
+                    rows = [_record_row(b, raw[b.batch_id]) for b in fresh]
+                    session.connection().execute(insert(TelemetryRecord), rows)
+                    mine = partials if not seen else _window_partials(fresh, raw, aggregate_window_s)
                     for key in sorted(mine):  # one lock order across workers: no deadlocks
                         self._fold_window(session, key, aggregate_window_s, mine[key])
                 return fresh
@@ -604,19 +609,31 @@ class Registry:
 _WindowKey = tuple[str, str, str, float]
 
 
-def _window_partials(batches: list[TelemetryBatch], window_s: float) -> dict[_WindowKey, TelemetryAggregate]:
-    """``batches`` merged per model, version, target and aggregate window."""
+def _raw_sketches(batch: TelemetryBatch) -> dict[str, bytes]:
+    return {name: base64.b64decode(text) for name, text in batch.feature_sketches.items()}
+
+
+def _window_partials(
+    batches: list[TelemetryBatch], raw: Mapping[str, dict[str, bytes]], window_s: float
+) -> dict[_WindowKey, TelemetryAggregate]:
+    """``batches`` merged per model, version, target and aggregate window. Their sketches (``raw``, by batch
+    id) are deserialised without `deserialize_sketch`'s structure check: they passed it in `validate_batch`."""
     out: dict[_WindowKey, TelemetryAggregate] = {}
     for batch in batches:
         key = (batch.model, batch.version, batch.target, rollup_window_start(batch.window_start, window_s))
         agg = out.get(key)
         if agg is None:
             agg = out[key] = TelemetryAggregate()
-        agg.add(batch)
+        agg.add(batch.model_copy(update={"feature_sketches": {}}))
+        for name, sketch_bytes in raw[batch.batch_id].items():
+            mine = agg.sketches.get(name)
+            if mine is None:
+                mine = agg.sketches[name] = new_sketch(agg.k)
+            mine.merge(kll_floats_sketch.deserialize(sketch_bytes))
     return out
 
 
-def _record_row(batch: TelemetryBatch) -> dict[str, Any]:
+def _record_row(batch: TelemetryBatch, sketches: Mapping[str, bytes]) -> dict[str, Any]:
     """The `TelemetryRecord` columns of a batch, its sketches as raw bytes beside the JSON of the rest."""
     return {
         "batch_id": batch.batch_id,
@@ -629,7 +646,7 @@ def _record_row(batch: TelemetryBatch) -> dict[str, Any]:
         "requests": batch.requests,
         "errors": batch.errors,
         "payload": batch.model_dump(mode="json", exclude={"feature_sketches"}),
-        "sketches": pack_sketches({n: base64.b64decode(t) for n, t in batch.feature_sketches.items()}),
+        "sketches": pack_sketches(sketches),
         "received_at": time.time(),
     }
 
