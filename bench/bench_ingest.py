@@ -333,6 +333,7 @@ def main() -> None:
         for kind in ("sqlite", "postgresql")
         if f"{kind}:1" in hub_results and f"{kind}:2" in hub_results
     }
+    baseline = summarise(baseline_runs, broker_rate) if baseline_runs else None
     result = {
         "benchmark": "ingest",
         "params": {
@@ -351,7 +352,7 @@ def main() -> None:
         "broker": {"messages_per_s_median": broker_rate, "runs": broker_runs},
         "hub": hub_results,
         "two_workers_over_one": scaling,
-        "baseline": summarise(baseline_runs, broker_rate) if baseline_runs else None,
+        "baseline": baseline,
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),
@@ -362,8 +363,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     summary = {c: round(v["share_of_broker_rate"], 3) for c, v in hub_results.items()}
-    if result["baseline"]:
-        summary |= {f"baseline {c}": round(v["share_of_broker_rate"], 3) for c, v in result["baseline"].items()}
+    if baseline:
+        summary |= {f"baseline {c}": round(v["share_of_broker_rate"], 3) for c, v in baseline.items()}
     print(json.dumps({"broker_msg_per_s": round(broker_rate), "share_of_broker_rate": summary, "x2": scaling}))
 
 

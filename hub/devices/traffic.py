@@ -123,7 +123,7 @@ class DeviceTraffic:
         except (ProtocolError, HubError) as exc:
             self._reject("telemetry", exc)
             raise
-        return batch  # type: ignore[no-any-return]
+        return batch
 
     def on_heartbeat(self, listener: Listener[Heartbeat]) -> Unsubscribe:
         """Call ``listener`` with every valid heartbeat."""
