@@ -53,6 +53,9 @@ from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS, FeatureS
 
 TARGETS = ("rpi4-arm64", "jetson-orin", "x86-onnx-cpu")
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+#: A run ends when no batch was stored for this long: a batch the broker dropped is then counted as lost
+#: (``stored`` < ``batches``) and the rate is what was stored until the last progress.
+STALL_S = 20.0
 
 
 @contextlib.contextmanager
@@ -127,7 +130,8 @@ def publish_all(
     try:
         last = None
         for sent, (t, payload) in enumerate(payloads):
-            while sent % 50 == 0 and sent - done() > window:
+            waited_since = time.monotonic()
+            while sent % 50 == 0 and sent - done() > window and time.monotonic() - waited_since < STALL_S:
                 time.sleep(0.005)
             last = client._client.publish(topic or t, payload, qos=1)
         if last is not None:
@@ -247,21 +251,24 @@ def hub_throughput(
                     raise RuntimeError("a hub worker did not start")
             start = time.perf_counter()
             published = publish_all(address, payloads, stored)
-            deadline = time.monotonic() + 300
-            while (count := stored()) < len(payloads) and time.monotonic() < deadline:
+            count, progress_at = stored(), time.monotonic()
+            while count < len(payloads) and time.monotonic() - progress_at < STALL_S:
                 time.sleep(0.02)  # polling the database the workers write to
-            end = time.perf_counter()
+                if (now_count := stored()) > count:
+                    count, progress_at = now_count, time.monotonic()
+            end = (
+                time.perf_counter() if count == len(payloads) else progress_at - time.monotonic() + time.perf_counter()
+            )
         finally:
             outputs = [proc.communicate("", timeout=60)[0].split() for proc in procs]
             engine.dispose()
-    if count != len(payloads):
-        raise RuntimeError(f"hub workers stored {count}/{len(payloads)} batches")
     return {
         "database": kind,
         "workers": workers,
         "batches": len(payloads),
+        "stored": count,
         "seconds": end - start,
-        "batches_per_s": len(payloads) / (end - start),
+        "batches_per_s": count / (end - start),
         "publish_s": published - start,
         "received_per_worker": [int(o[-2]) for o in outputs if len(o) >= 2],
     }
