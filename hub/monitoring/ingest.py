@@ -1,8 +1,9 @@
 """Telemetry ingestion: batches from many devices queued, decoded and validated by the writer, written in bulk.
 
-Raw messages (`submit_payload`, what the MQTT dispatcher hands over) are queued undecoded: the writer thread
+Raw messages (`submit_payload`, what the MQTT dispatcher hands over) are queued undecoded: a decoder thread
 decodes them (the ``decode`` callable, `DeviceTraffic.decode_telemetry`, which counts what it refuses) and
-validates them, so the dispatcher only moves bytes. `submit` takes an already decoded batch and validates it
+validates them into the write queue, so the dispatcher only moves bytes and decoding overlaps the writer's
+database round trips. `submit` takes an already decoded batch and validates it
 at the call. A batch that fails `fleet.telemetry.validate_batch` is rejected, counted and refused to its
 device. Each write stores
 the batches whose id is new (`Registry.store_telemetry`); only those reach `FleetMetrics` and the
@@ -111,6 +112,12 @@ class TelemetryIngestor:
         self.rejected = 0
         self.unstored = 0
         self.pruned = 0
+        self._raw: queue.Queue[object] = queue.Queue(maxsize=100_000)
+        self._closing = threading.Event()
+        self._decoder: threading.Thread | None = None
+        if decode is not None:
+            self._decoder = threading.Thread(target=self._run_decoder, name="telemetry-decoder", daemon=True)
+            self._decoder.start()
         self._thread = threading.Thread(target=self._run, name="telemetry-writer", daemon=True)
         self._thread.start()
 
@@ -131,13 +138,47 @@ class TelemetryIngestor:
         self._queue.put(batch)
 
     def submit_payload(self, message: Message) -> None:
-        """Queue a raw telemetry message; the writer decodes and validates it (needs ``decode``)."""
-        if self._decode is None:
+        """Queue a raw telemetry message; the decoder thread decodes and validates it (needs ``decode``)."""
+        if self._decoder is None:
             raise TypeError("submit_payload needs the ingestor to be built with decode=")
         with self._idle:
             self._pending += 1
             self.received += 1
-        self._queue.put(message)
+        self._raw.put(message)
+
+    def _run_decoder(self) -> None:
+        """Decode and validate raw messages into the write queue, while the writer waits on the database."""
+        assert self._decode is not None
+        while not (self._closing.is_set() and self._raw.empty()):
+            try:
+                message = self._raw.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if message is _FLUSH:
+                continue
+            assert isinstance(message, Message)
+            try:
+                batch = self._decode(message)
+            except (ProtocolError, HubError):  # counted by the decoder's rejection listeners
+                self._done(1)
+                continue
+            try:
+                self._validate(batch)
+            except ProtocolError as exc:
+                log.warning("rejected telemetry: %s", exc)
+                self.reject()
+                self._done(1)
+                try:
+                    self._send_acks([], {batch.batch_id: (batch, str(exc))})
+                except Exception:
+                    log.exception("refusing telemetry batch %s failed", batch.batch_id)
+                continue
+            self._queue.put(batch)
+
+    def _done(self, n: int) -> None:
+        with self._idle:
+            self._pending -= n
+            self._idle.notify_all()
 
     def reject(self, n: int = 1) -> None:
         """Count batches refused before the queue (undecodable, from an unknown device, malformed)."""
@@ -171,8 +212,12 @@ class TelemetryIngestor:
         return pruned
 
     def close(self) -> None:
-        """Write what is queued and stop the writer."""
-        self._stop.set()
+        """Decode and write what is queued and stop the decoder and the writer."""
+        self._closing.set()
+        if self._decoder is not None:
+            self._raw.put(_FLUSH)
+            self._decoder.join(timeout=30)
+        self._stop.set()  # only now: the writer stops once the queue is empty, the decoder fills it
         self._queue.put(_FLUSH)
         self._thread.join(timeout=30)
 
@@ -191,7 +236,7 @@ class TelemetryIngestor:
                         items.append(item)
             except queue.Empty:
                 pass
-            self._write([i for i in items if i is not _FLUSH])
+            self._write([i for i in items if isinstance(i, TelemetryBatch)])
             self._maybe_prune()
 
     def _maybe_prune(self) -> None:
@@ -203,42 +248,7 @@ class TelemetryIngestor:
         except Exception:
             log.exception("pruning raw telemetry failed; retried in %.0f s", policy.interval_s)
 
-    def _decoded(self, items: list[object]) -> list[TelemetryBatch]:
-        """Typed batches of ``items``: raw messages decoded and validated; the failures are refused and counted."""
-        batches: list[TelemetryBatch] = []
-        refused: dict[str, tuple[TelemetryBatch, str]] = {}
-        undecodable = 0
-        for item in items:
-            if isinstance(item, TelemetryBatch):
-                batches.append(item)
-                continue
-            assert isinstance(item, Message) and self._decode is not None
-            try:
-                batch = self._decode(item)
-            except (ProtocolError, HubError):  # counted by the decoder's rejection listeners
-                undecodable += 1
-                continue
-            try:
-                self._validate(batch)
-            except ProtocolError as exc:
-                log.warning("rejected telemetry: %s", exc)
-                refused[batch.batch_id] = (batch, str(exc))
-                continue
-            batches.append(batch)
-        if refused:
-            self.reject(len(refused))
-            try:
-                self._send_acks([], refused)
-            except Exception:
-                log.exception("refusing %d malformed telemetry batches failed", len(refused))
-        if refused or undecodable:
-            with self._idle:
-                self._pending -= len(refused) + undecodable
-                self._idle.notify_all()
-        return batches
-
-    def _write(self, items: list[object]) -> None:
-        batches = self._decoded(items)
+    def _write(self, batches: list[TelemetryBatch]) -> None:
         if not batches:
             return
         result = self._store_isolating(batches)
