@@ -258,3 +258,22 @@ def test_raw_payloads_are_decoded_and_validated_by_the_writer(
     assert registry.telemetry_count() == 1 and ingestor.rejected == 2 and traffic.rejected["telemetry"] == 1
     assert any(a.stored == [good.batch_id] for a in acks)
     assert any("bad-sketch" in a.rejected for a in acks)
+
+
+def test_close_decodes_and_writes_every_raw_payload_already_queued(
+    registry: Registry, batches: list[TelemetryBatch]
+) -> None:
+    from fleet.wire import topics
+    from fleet.wire.messages import encode
+    from fleet.wire.transport import Message
+    from hub.devices.traffic import DeviceTraffic
+
+    mine = batches[:40]
+    for device in sorted({b.device_id for b in mine}):
+        registry.provision_device(device, mine[0].target)
+    traffic = DeviceTraffic(broker=None, registry=registry)  # type: ignore[arg-type]  # decoding only
+    ingestor = TelemetryIngestor(registry, linger_s=0.01, decode=traffic.decode_telemetry)
+    for batch in mine:
+        ingestor.submit_payload(Message(topics.device_topic(batch.device_id, "telemetry"), encode(batch)))
+    ingestor.close()
+    assert registry.telemetry_count() == len(mine) == ingestor.stored
