@@ -310,7 +310,7 @@ class RegistrySource:
         windows = self._registry.window_aggregates(model, version)
         aggregated = sum(agg.batches for _, agg in windows)
         if aggregated < self._registry.telemetry_count(model, version):
-            return None  # batches stored before the aggregates existed (migration 0004)
+            return None  # batches stored before the aggregates existed (migration 0006)
         cohorts: dict[str, TelemetryAggregate] = {}
         for target, agg in windows:
             for name in ("all", f"target={target}"):

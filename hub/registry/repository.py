@@ -652,7 +652,7 @@ def _record_row(batch: TelemetryBatch, sketches: Mapping[str, bytes]) -> dict[st
 
 
 def _stored_payload(payload: Mapping[str, Any], sketches: bytes | None) -> Mapping[str, Any]:
-    """The batch JSON as received: rows written before migration 0004 hold their sketches in the JSON."""
+    """The batch JSON as received: rows written before migration 0006 hold their sketches in the JSON."""
     if sketches is None:
         return payload
     try:

@@ -114,7 +114,7 @@ class TelemetryRecord(SQLModel, table=True):
     requests: int
     errors: int
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-    """The batch as JSON; since migration 0004 without ``feature_sketches``, which are in ``sketches``."""
+    """The batch as JSON; since migration 0006 without ``feature_sketches``, which are in ``sketches``."""
     sketches: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     """The feature sketches' raw bytes (`hub.registry.telemetry_tables.pack_sketches`); None in older rows."""
     received_at: float = Field(default_factory=_now)
