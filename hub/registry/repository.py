@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -634,7 +635,11 @@ def _window_partials(
 
 
 def _record_row(batch: TelemetryBatch, sketches: Mapping[str, bytes]) -> dict[str, Any]:
-    """The `TelemetryRecord` columns of a batch, its sketches as raw bytes beside the JSON of the rest."""
+    """The `TelemetryRecord` columns of a batch, its sketches as raw bytes beside the JSON of the rest.
+
+    A non-finite time window raises `ValueError` (the message schema refuses them; PostgreSQL would store it)."""
+    if not (math.isfinite(batch.window_start) and math.isfinite(batch.window_end)):
+        raise ValueError(f"batch {batch.batch_id} has a non-finite time window")
     return {
         "batch_id": batch.batch_id,
         "device_id": batch.device_id,
