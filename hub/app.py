@@ -132,7 +132,7 @@ class Hub:
             metrics=self.monitoring.metrics,
             retention=retention,
             acknowledge=publish_acks(broker),
-            decode=traffic.decode_telemetry,  # in the writer thread, off the MQTT dispatcher
+            decode=traffic.decode_telemetry,  # in the ingestor's decoder thread, off the MQTT dispatcher
             aggregate_window_s=s.telemetry_rollup_window_s,
         )
         traffic.on_telemetry_payload(self.ingestor.submit_payload)
