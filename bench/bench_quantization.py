@@ -245,6 +245,7 @@ def run_case(name: str, case: tuple, threads: int, workdir: Path) -> dict:
         keep_going=True,
         max_accuracy_drop=0.01,
         max_trials=4,
+        cache_dir=workdir / "step-cache",  # search trials share one export instead of redoing it
     )
     result: dict = {
         "inputs": inputs,

@@ -65,7 +65,7 @@ def _transformer_schemes(base: dict[str, Any]) -> list[dict[str, Any]]:
             {"type": "int8_static", "calibration": "minmax", "per_channel": True},
         ]
     if base["type"] == "nncf_ptq":
-        return [{**base, "transformer": True}]
+        return [{**base, "transformer": True}, {**base, "transformer": False}]
     if base["type"] == "litert_int8" and not base["int8_io"]:
         return [{**base, "mode": "dynamic_range"}, {**base, "mode": "static"}]
     return []

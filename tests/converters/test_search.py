@@ -34,6 +34,7 @@ def test_transformer_search_space_holds_the_transformer_int8_schemes() -> None:
     }
     openvino = _quant_steps("intel-openvino", transformer=True)
     assert openvino[0] == {**openvino[0], "type": "nncf_ptq", "transformer": True}
+    assert openvino[1] == {**openvino[0], "transformer": False}
     litert = _quant_steps("rpi4-arm64", transformer=True)
     assert {s["mode"] for s in litert[:2]} == {"static", "dynamic_range"}
 
