@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from converters.errors import PipelineConfigError
 
@@ -108,6 +108,7 @@ class Int8DynamicStep(_Step):
     type: Literal["int8_dynamic"] = "int8_dynamic"
     accepts: tuple[Format, ...] = ("onnx",)
     per_channel: bool = False
+    op_types: tuple[str, ...] = ()  # operator types to quantize, e.g. ("MatMul",); empty: all supported
 
 
 class Int8StaticStep(_Step):
@@ -122,6 +123,7 @@ class Int8StaticStep(_Step):
     exclude_first_last: bool = False
     activation_matmuls: bool = True  # False keeps activation x activation MatMuls (attention) in float
     activation_type: Literal["int8", "uint8"] = "uint8"
+    op_types: tuple[str, ...] = ()  # operator types to quantize, e.g. ("MatMul",); empty: all supported
     max_calibration_samples: int = Field(128, ge=1)
 
 
@@ -138,16 +140,25 @@ class NNCFStep(_Step):
 
 
 class LiteRTInt8Step(_Step):
-    """Full-integer int8 LiteRT model; ``int8_io`` also makes inputs and outputs int8.
+    """int8 LiteRT model: ``static`` is full integer (``int8_io`` also makes inputs and outputs int8),
+    ``dynamic_range`` has per-channel int8 weights and activations quantized at run time (no
+    calibration; ``per_channel`` applies to ``static``).
 
     LiteRT quantizes during conversion, so this pass is applied by the ``litert_export`` step.
     """
 
     type: Literal["litert_int8"] = "litert_int8"
     accepts: tuple[Format, ...] = ("tflite",)
+    mode: Literal["static", "dynamic_range"] = "static"
     int8_io: bool = False
     per_channel: bool = True
     max_calibration_samples: int = Field(128, ge=1)
+
+    @model_validator(mode="after")
+    def _io_needs_static(self) -> LiteRTInt8Step:
+        if self.int8_io and self.mode == "dynamic_range":
+            raise ValueError("int8_io needs mode 'static' (dynamic range keeps float inputs and outputs)")
+        return self
 
 
 class CoreMLQuantizeStep(_Step):

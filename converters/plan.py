@@ -11,14 +11,21 @@ from converters.errors import PipelineConfigError
 from converters.pipeline import Pipeline, parse_pipeline
 from targets import Target, get_target
 
+ORT_INT8: dict[str, Any] = {"type": "int8_static", "calibration": "minmax"}
+# activations of a transformer's MatMuls quantized at run time: no QDQ pairs around softmax and
+# layer norm, which at batch 1 eat the int8 gain of static quantization
+ORT_TRANSFORMER_INT8: dict[str, Any] = {"type": "int8_dynamic", "op_types": ["MatMul"], "per_channel": True}
+
 
 @dataclass(frozen=True)
 class VariantPlan:
-    """A target, the precision to build for it and the pipeline that builds it."""
+    """A target, the precision to build for it and the pipeline that builds it; ``transformer`` (a
+    model over token ids) widens the quantization search to the transformer schemes."""
 
     target: Target
     precision: str
     pipeline: Pipeline
+    transformer: bool = False
 
     @property
     def name(self) -> str:
@@ -34,7 +41,9 @@ def plan_variants(
 ) -> list[VariantPlan]:
     """The variants to build: each target's precisions (filtered by ``precisions``), with the default
     pipeline unless ``pipelines`` gives one for ``"target"`` or ``"target/precision"``. Every step's
-    toolchain is checked before anything heavy is imported (`MissingExtraError`)."""
+    toolchain is checked before anything heavy is imported (`MissingExtraError`). ``integer_inputs``
+    (token ids) marks the model as a transformer: its plans get the transformer int8 defaults and
+    search space."""
     plans: list[VariantPlan] = []
     custom = dict(pipelines or {})
     for key in custom:
@@ -44,7 +53,7 @@ def plan_variants(
         target = get_target(name)
         if name in custom:  # one pipeline for the whole target builds one variant
             pipeline = parse_pipeline([dict(step) for step in custom[name]])
-            plans.append(VariantPlan(target, pipeline.precision, pipeline))
+            plans.append(VariantPlan(target, pipeline.precision, pipeline, integer_inputs))
             continue
         wanted = [p for p in target.precisions if precisions is None or p in precisions]
         if not wanted:
@@ -59,7 +68,7 @@ def plan_variants(
                     )
             else:
                 pipeline = default_pipeline(target, precision, integer_inputs=integer_inputs)
-            plans.append(VariantPlan(target, precision, pipeline))
+            plans.append(VariantPlan(target, precision, pipeline, integer_inputs))
     for plan in plans:
         for step in plan.pipeline.steps:
             registry.check_available(step.type)
@@ -72,7 +81,8 @@ def plan_variants(
 def default_pipeline(target: Target, precision: str, *, integer_inputs: bool = False) -> Pipeline:
     """The pipeline that builds ``target``'s ``precision`` variant.
 
-    ``integer_inputs`` (token ids) selects the transformer quantization scheme where one exists.
+    ``integer_inputs`` (token ids) selects the transformer quantization scheme where one exists:
+    ONNX Runtime dynamic int8 of the MatMuls only (per-channel weights), NNCF's transformer scheme.
     """
     steps: list[dict[str, Any]] | None = None
     table: dict[str, list[dict[str, Any]]]
@@ -81,7 +91,7 @@ def default_pipeline(target: Target, precision: str, *, integer_inputs: bool = F
         table = {
             "fp32": [{"type": "onnx_export"}] + ([] if gpu else [{"type": "graph_optimize"}]),
             "fp16": [{"type": "onnx_export"}, {"type": "fp16"}],
-            "int8": [{"type": "onnx_export"}, {"type": "int8_static", "calibration": "minmax"}],
+            "int8": [{"type": "onnx_export"}, ORT_TRANSFORMER_INT8 if integer_inputs else ORT_INT8],
         }
         steps = table.get(precision)
     elif target.runtime == "litert":

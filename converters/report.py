@@ -34,6 +34,7 @@ class Trial(BaseModel):
     top1_agreement: float | None = None
     accuracy: float | None = None
     max_abs_error: float | None = None
+    latency_ms_p50: float | None = None  # set when several settings fit the budget and were timed
     error: str | None = None
 
 

@@ -34,16 +34,21 @@ class LiteRTExporter:
             litert_torch.config.show_progress = False
             examples = tuple(t[:1] for t in model.torch_examples())
             with torch.no_grad():
-                if int8 is None:
+                if int8 is None or int8.mode == "dynamic_range":
                     edge = litert_torch.convert(module, examples)
                 else:
                     edge = _convert_int8(module, examples, model, int8, self.context)
             edge.export(str(path))
+            if int8 is not None and int8.mode == "dynamic_range":
+                _dynamic_range(path)
         meta = io_meta(model, static_shapes={k: [1, *v.shape[1:]] for k, v in model.examples.items()})
         meta.update(_io_quantization(path))
         if int8 is not None:
-            meta["calibration_samples"] = min(len(self.context.calibration), int8.max_calibration_samples)
-            meta["per_channel"] = int8.per_channel
+            static = int8.mode == "static"
+            calibrated = min(len(self.context.calibration), int8.max_calibration_samples)
+            meta["calibration_samples"] = calibrated if static else 0
+            meta["per_channel"] = int8.per_channel or not static  # dynamic range is always per-channel
+            meta["quantization"] = int8.mode
         return Artifact(out, path.name, "tflite", "int8" if int8 else "fp32", (path.name,), meta)
 
 
@@ -67,6 +72,16 @@ def _convert_int8(
         prepared(*(torch.from_numpy(np.ascontiguousarray(sample[n])) for n in model.input_names))
     converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
     return litert_torch.convert(converted, examples, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
+
+
+def _dynamic_range(path: Path) -> None:
+    """Rewrite the float ``.tflite`` at ``path`` with per-channel int8 weights and activations
+    quantized at run time (AI Edge Quantizer's recipe: PT2E's dynamic mode quantizes embedding
+    tables with a zero point LiteRT's lookup kernel refuses)."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    quantized = quantizer.Quantizer(str(path), recipe.dynamic_wi8_afp32()).quantize()
+    quantized.export_model(str(path), overwrite=True)
 
 
 def _io_quantization(path: Path) -> dict[str, Any]:

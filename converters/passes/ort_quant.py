@@ -55,6 +55,7 @@ class Int8DynamicPass:
                 quantize_dynamic(
                     str(artifact.path),
                     str(out / "model.onnx"),
+                    op_types_to_quantize=list(self.config.op_types) or None,
                     per_channel=self.config.per_channel,
                     weight_type=QuantType.QInt8,
                 )
@@ -64,7 +65,14 @@ class Int8DynamicPass:
                 target=self.context.target.name,
                 stage="int8_dynamic",
             ) from exc
-        return _onnx_artifact(artifact, out, "int8", quantization="dynamic", per_channel=self.config.per_channel)
+        return _onnx_artifact(
+            artifact,
+            out,
+            "int8",
+            quantization="dynamic",
+            per_channel=self.config.per_channel,
+            op_types=list(self.config.op_types) or "all",
+        )
 
 
 class Int8StaticPass:
@@ -106,6 +114,7 @@ class Int8StaticPass:
                         activation_type=activation,
                         weight_type=QuantType.QInt8,
                         calibrate_method=methods[config.calibration],
+                        op_types_to_quantize=list(config.op_types) or None,
                         nodes_to_exclude=excluded,
                         extra_options=extra,
                     )
@@ -124,6 +133,7 @@ class Int8StaticPass:
             per_channel=config.per_channel,
             nodes_kept_float=excluded,
             activation_type=config.activation_type,
+            op_types=list(config.op_types) or "all",
             calibration_samples=len(data),
         )
 

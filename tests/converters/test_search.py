@@ -1,0 +1,106 @@
+"""The quantization search: the transformer int8 schemes it tries and the variant it keeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from converters.convert import convert
+from converters.errors import PipelineConfigError
+from converters.pipeline import parse_pipeline
+from converters.plan import plan_variants
+from converters.search import search_space
+from tests.converters.conftest import Trained
+
+TARGETS = ["x86-onnx-cpu", "intel-openvino", "rpi4-arm64"]
+
+
+def _quant_steps(target: str, *, transformer: bool, max_trials: int = 8) -> list[dict[str, Any]]:
+    (plan,) = plan_variants([target], precisions=["int8"], integer_inputs=transformer)
+    assert plan.transformer is transformer
+    return [p.to_config()[-1] for p in search_space(plan.pipeline, max_trials, transformer=plan.transformer)]
+
+
+def test_transformer_search_space_holds_the_transformer_int8_schemes() -> None:
+    ort = _quant_steps("x86-onnx-cpu", transformer=True)
+    assert ort[0] == {**ort[0], "type": "int8_dynamic", "op_types": ("MatMul",), "per_channel": True}
+    assert {(s["type"], s["op_types"], s["per_channel"]) for s in ort[:4]} == {
+        ("int8_dynamic", ("MatMul",), True),
+        ("int8_dynamic", ("MatMul",), False),
+        ("int8_static", ("MatMul",), True),
+        ("int8_static", (), True),
+    }
+    openvino = _quant_steps("intel-openvino", transformer=True)
+    assert openvino[0] == {**openvino[0], "type": "nncf_ptq", "transformer": True}
+    assert openvino[1] == {**openvino[0], "transformer": False}
+    litert = _quant_steps("rpi4-arm64", transformer=True)
+    assert {s["mode"] for s in litert[:2]} == {"static", "dynamic_range"}
+
+
+def test_other_models_keep_their_scheme_and_tune_it() -> None:
+    ort = _quant_steps("x86-onnx-cpu", transformer=False, max_trials=6)
+    assert {s["type"] for s in ort} == {"int8_static"}
+    assert all(s["op_types"] == () for s in ort)
+    assert all(s["mode"] == "static" for s in _quant_steps("rpi4-arm64", transformer=False))
+    # a full-integer MCU model has no dynamic-range alternative
+    assert all(s["mode"] == "static" for s in _quant_steps("mcu-int8", transformer=True))
+
+
+def test_dynamic_range_cannot_have_int8_io() -> None:
+    with pytest.raises(PipelineConfigError, match="int8_io needs mode 'static'"):
+        parse_pipeline([{"type": "litert_export"}, {"type": "litert_int8", "mode": "dynamic_range", "int8_io": True}])
+
+
+def test_tiny_encoder_int8_search_keeps_the_fastest_within_budget(
+    encoder: Trained, tmp_path: Path, shared_cache: Path
+) -> None:
+    report = convert(
+        encoder.model,
+        ["x86-onnx-cpu"],
+        tmp_path / "out",
+        example_inputs=encoder.example,
+        input_names=("input_ids",),
+        calib=encoder.calib,
+        eval=encoder.eval,
+        precisions=["int8"],
+        max_accuracy_drop=0.02,
+        max_trials=6,
+        measure_budget_s=0.3,
+        cache_dir=shared_cache,
+    )
+    variant = report.variant("x86-onnx-cpu", "int8")
+    assert variant.status == "ok" and variant.within_budget is True
+    assert variant.accuracy_drop is not None and variant.accuracy_drop <= 0.02
+    search = variant.search
+    assert search is not None and search.chosen is not None
+    tried = [t.pipeline[-1] for t in search.trials]
+    assert tried[0]["type"] == "int8_dynamic" and list(tried[0]["op_types"]) == ["MatMul"]
+    assert len(tried) == 4  # every scheme; no tunings once one fits
+    fitting = [t for t in search.trials if t.within_budget]
+    timed = [t.latency_ms_p50 for t in fitting]
+    assert len(fitting) == 1 or all(latency is not None for latency in timed)
+    chosen = search.trials[search.chosen]
+    assert chosen.within_budget and chosen.pipeline == variant.pipeline
+    if len(fitting) > 1:
+        assert chosen.latency_ms_p50 == min(latency for latency in timed if latency is not None)
+
+
+def test_litert_dynamic_range_builds_a_checked_variant(encoder: Trained, tmp_path: Path, shared_cache: Path) -> None:
+    report = convert(
+        encoder.model,
+        ["rpi4-arm64"],
+        tmp_path / "out",
+        example_inputs=encoder.example,
+        input_names=("input_ids",),
+        calib=encoder.calib,
+        eval=encoder.eval,
+        pipelines={"rpi4-arm64": [{"type": "litert_export"}, {"type": "litert_int8", "mode": "dynamic_range"}]},
+        cache_dir=shared_cache,
+    )
+    variant = report.variant("rpi4-arm64", "int8")
+    assert variant.status == "ok" and variant.executed
+    assert variant.pipeline[-1]["mode"] == "dynamic_range"
+    assert variant.top1_agreement is not None and variant.top1_agreement >= 0.95
+    assert variant.size_bytes is not None
