@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import socket
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from tests.pg_schema import fresh_schema
+
 MOSQUITTO = ("127.0.0.1", 1883)
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -34,17 +34,5 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'registry.db'}"
         return
-    import sqlalchemy
-
-    if not _port_open("127.0.0.1", 5432):
-        pytest.fail("PostgreSQL is not running on 127.0.0.1:5432 (.ci/run starts it)")
-    schema = f"t_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with fresh_schema() as url:
+        yield url
