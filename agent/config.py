@@ -23,6 +23,11 @@ class AgentConfig(BaseModel):
     broker_ca_file: Path | None = Field(default=None, description="CA of the broker's certificate (mqtts://)")
     broker_cert_file: Path | None = Field(default=None, description="this device's client certificate (mutual TLS)")
     broker_key_file: Path | None = Field(default=None, description="the client certificate's private key")
+    cert_renew_before_days: float = Field(
+        default=90.0, gt=0, description="renew the client certificate when fewer days than this remain"
+    )
+    cert_check_interval_s: float = Field(default=6 * 3600.0, gt=0, description="how often to check its expiry")
+    cert_request_timeout_s: float = Field(default=60.0, gt=0, description="how long to wait for the hub's answer")
     password: str | None = Field(default=None, description="device credential; prefer password_file")
     password_file: Path | None = None
     data_dir: Path = Path("var/agent")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import queue
 import threading
@@ -12,8 +13,9 @@ from typing import Any
 
 from agent.backoff import Backoff
 from agent.capture import InputCapture
+from agent.certificates import CertificateRenewal
 from agent.config import AgentConfig
-from agent.errors import AgentError, ReplayedOrderError
+from agent.errors import AgentError, CertificateError, ReplayedOrderError
 from agent.http_api import ApiLimits, LocalApi
 from agent.inference import InferenceService
 from agent.link import BrokerLink
@@ -88,6 +90,7 @@ class Agent:
         self.update_finished = threading.Condition()
         self.finished_deployments: dict[str, UpdateState] = {}
         self.link: BrokerLink | None = None
+        self.certificates: CertificateRenewal | None = None  # with a client certificate: renews it in time
         self.api: LocalApi | None = None
         self.updater: Updater | None = None
 
@@ -112,6 +115,14 @@ class Agent:
             encode(DeviceState(device_id=cfg.device_id, online=False, target=cfg.target)),
         )
 
+        if cfg.broker_cert_file is not None and cfg.broker_key_file is not None:
+            self.certificates = CertificateRenewal(
+                cfg.device_id,
+                cfg.broker_cert_file,
+                cfg.broker_key_file,
+                renew_before=dt.timedelta(days=cfg.cert_renew_before_days),
+            )
+            self.certificates.recover()  # before the TLS files are read: a crash may have left a swap half done
         if address.tls is not None:
             address.tls.context()  # unreadable TLS files are a setup error that waiting will not fix: fail now
 
@@ -165,6 +176,9 @@ class Agent:
         link.subscribe(topics.device_topic(cfg.device_id, "deployment"), self._on_deployment, qos=1)
         self._spawn(self._update_loop, "updates")
         self._spawn(self._telemetry_loop, "telemetry")
+        if self.certificates is not None:
+            self.certificates.attach(link)
+            self._spawn(self._certificate_loop, "certificates")
         link.start()
         return online_timeout_s > 0 and link.wait_connected(online_timeout_s)
 
@@ -177,6 +191,8 @@ class Agent:
         """Flush telemetry, mark the device offline (clean disconnect) and join every thread."""
         self._stopping.set()
         self._orders.put(_STOP)
+        if self.certificates is not None:
+            self.certificates.cancel()
         if self.link is not None and self.link.broker is None:
             self.link.close()  # never connected: stop trying, and release an update waiting for the link
         for thread in self._threads:
@@ -306,6 +322,20 @@ class Agent:
                     next_heartbeat = time.monotonic() + self.config.heartbeat_interval_s
             except Exception:
                 log.exception("%s: telemetry cycle failed", self.config.device_id)
+
+    def _certificate_loop(self) -> None:
+        assert self.link is not None and self.certificates is not None  # set in start() before this thread runs
+        cfg = self.config
+        while self.link.wait_first_connection() and not self._stopping.is_set():
+            wait_s = cfg.cert_check_interval_s
+            try:
+                if self.certificates.due():
+                    self.certificates.renew(cfg.cert_request_timeout_s)
+            except CertificateError as exc:
+                log.warning("%s: certificate renewal: %s", cfg.device_id, exc)
+                wait_s = min(wait_s, 10 * cfg.cert_request_timeout_s)  # try again sooner than the next check
+            if self._stopping.wait(wait_s):
+                return
 
     def _report(
         self, order: DeploymentOrder, state: UpdateState, ok: bool, detail: str, progress: float | None

@@ -13,6 +13,7 @@ Exceptions::
      ├── BundleError            the archive or its manifest is malformed or unsafe
      ├── RuntimeUnavailableError   the bundle's runtime cannot run on this device
      ├── HealthCheckError       the candidate failed its self-test or its latency budget
+     ├── CertificateError       the device's TLS certificate could not be read or renewed
      └── InferenceError         a request that cannot be answered (bad input shape or type)
           ├── NonFiniteError     an input or an answer is NaN or infinite
           └── BatchTooLargeError more rows in one request than the configured cap
@@ -27,6 +28,10 @@ class AgentError(Exception):
 
 class AgentConfigError(AgentError, ValueError):
     """Invalid agent configuration."""
+
+
+class CertificateError(AgentError):
+    """The device's TLS certificate could not be read or renewed."""
 
 
 class ReplayedOrderError(AgentError):

@@ -31,11 +31,14 @@ from hub.bundles.transfer import BundleTransfer
 from hub.bundles.tuf_repository import TufRepository
 from hub.cluster import LeaderDuties, leadership_for
 from hub.config import HubSettings
+from hub.devices.certificates import CertificateSigner
 from hub.devices.connection import BrokerConnector
 from hub.devices.embedded_broker import EmbeddedBroker
 from hub.devices.orders import DeploymentOrders
+from hub.devices.pki import CertificateAuthority
 from hub.devices.records import DeviceRecords
 from hub.devices.traffic import DeviceTraffic
+from hub.monitoring.certificate_metrics import CertificateMetrics
 from hub.monitoring.ingest import RetentionPolicy, TelemetryIngestor, publish_acks
 from hub.monitoring.presence import DevicePresence
 from hub.monitoring.service import HubMonitoring
@@ -80,6 +83,7 @@ class Hub:
         self.rollouts: RolloutManager | None = None  # while this hub leads (always, unless it is a replica)
         self.monitoring = HubMonitoring(self.registry, self.store)  # /metrics and drift/canary reports
         self.monitoring.prometheus.register(SigningMetrics(lambda: self.tuf))
+        self.monitoring.prometheus.register(CertificateMetrics(settings.tls_certificates()))
         self.logins = LoginGuard(settings.login_backoff, prometheus=self.monitoring.prometheus)  # devices and API
         self.captures = CaptureStore(self.db)  # sampled inputs devices opted in to send
         self.policies = PolicyEvaluator(
@@ -158,6 +162,8 @@ class Hub:
         traffic.on_event(self.records.event)
         traffic.on_fetch(self.transfer.handle)
         traffic.on_capture(self._store_capture)
+        device_ca = CertificateAuthority(s.device_ca_dir) if s.device_ca_dir else None
+        traffic.on_certificate_request(CertificateSigner(broker, device_ca, days=s.device_cert_days).handle)
         # a replica's leader sees every state and event on a connection of its own; a lone hub on this one
         feed = DeviceTraffic(self.connector.connect("hub-leader"), self.registry) if s.replica else traffic
         self.duties = LeaderDuties(

@@ -49,6 +49,9 @@ class HubSettings(BaseModel):
     device_ca_dir: Path | None = Field(
         default=None, description="the fleet CA (`edgefleet pki init`): device kits get a client certificate"
     )
+    device_cert_days: int = Field(
+        default=825, ge=1, le=3650, description="validity of a device certificate the hub signs on renewal"
+    )
     broker_auth_dir: Path | None = Field(
         default=None, description="rewrite Mosquitto's password and ACL files here when devices come and go"
     )
@@ -185,6 +188,18 @@ class HubSettings(BaseModel):
             return None
         client_ca = str(self.embedded_client_ca) if self.embedded_client_ca else None
         return ServerTls(str(self.embedded_tls_cert), str(self.embedded_tls_key), client_ca, self.require_client_cert)
+
+    def tls_certificates(self) -> dict[str, Path]:
+        """Every certificate this hub serves or trusts, by role, for the expiry gauge and `pki status`."""
+        files = {
+            "embedded_broker": self.embedded_tls_cert,
+            "embedded_client_ca": self.embedded_client_ca,
+            "api": self.api_tls_cert,
+            "broker_ca": self.broker_ca_file,
+            "hub_client": self.broker_cert_file,
+            "device_ca": self.device_ca_dir / "ca.crt" if self.device_ca_dir else None,
+        }
+        return {role: path for role, path in files.items() if path is not None}
 
     def telemetry_filter(self) -> str:
         """The subscription the hub consumes telemetry with (shared when ``shared_telemetry`` or ``replica``)."""

@@ -29,12 +29,13 @@ def device_rules(device_id: str) -> tuple[Rule, ...]:
     return (
         *(
             Rule("write", f"{own}/{channel}")
-            for channel in ("state", "heartbeat", "events", "telemetry", "fetch", "capture")
+            for channel in ("state", "heartbeat", "events", "telemetry", "fetch", "capture", "certificate-request")
         ),
         Rule("read", f"{own}/deployment"),
         Rule("read", f"{own}/meta"),
         Rule("read", f"{own}/refused"),
         Rule("read", f"{own}/telemetry-ack"),
+        Rule("read", f"{own}/certificate"),
         Rule("read", f"{ROOT}/bundles/#"),
         Rule("read", f"{ROOT}/broadcast/#"),
     )

@@ -232,6 +232,23 @@ class TelemetryAck(WireModel):
     )
 
 
+class CertificateRequest(WireModel):
+    """A device asks for a new client certificate for a key it generated (PEM CSR naming itself)."""
+
+    device_id: DeviceId
+    request_id: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+    csr_pem: Annotated[str, Field(min_length=1, max_length=8192)]
+
+
+class CertificateReply(WireModel):
+    """The hub's answer to a `CertificateRequest`: the signed certificate, or why it was refused."""
+
+    device_id: DeviceId
+    request_id: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+    cert_pem: Annotated[str, Field(max_length=8192)] | None = None
+    error: Annotated[str, Field(max_length=500)] | None = None
+
+
 M = TypeVar("M", bound=WireModel)
 
 

@@ -9,15 +9,18 @@
     edgefleet/v1/devices/{id}/fetch        device -> hub   requests for bundle chunks or TUF metadata, QoS 1
     edgefleet/v1/devices/{id}/telemetry-ack hub -> device  batch ids stored (or rejected) by the hub, QoS 1
     edgefleet/v1/devices/{id}/capture      device -> hub   sampled inputs for retraining (opt-in), QoS 1
+    edgefleet/v1/devices/{id}/certificate-request device -> hub   a CSR to renew the device's TLS certificate, QoS 1
     edgefleet/v1/devices/{id}/deployment   hub -> device   retained desired deployment, QoS 1
     edgefleet/v1/devices/{id}/meta         hub -> device   TUF metadata replies, QoS 1
     edgefleet/v1/devices/{id}/refused      hub -> device   chunk requests the hub cannot serve, QoS 1
+    edgefleet/v1/devices/{id}/certificate  hub -> device   the renewed certificate (or why not), QoS 1
     edgefleet/v1/bundles/{sha256}          hub -> devices  broadcast bundle chunks, QoS 1
     edgefleet/v1/bundles/{sha256}/pieces   hub -> devices  broadcast content-defined pieces (delta updates), QoS 1
     edgefleet/v1/broadcast/{name}          hub -> devices  read-only fleet-wide notices (retained)
 
 A device's broker ACL grants write on its own ``devices/{id}/`` subtree (state, heartbeat, events,
-telemetry, fetch, capture), read on its own ``deployment``, ``meta``, ``refused`` and ``telemetry-ack`` topics,
+telemetry, fetch, capture, certificate-request), read on its own ``deployment``, ``meta``, ``refused``,
+``telemetry-ack`` and ``certificate`` topics,
 and read on ``bundles/#`` and ``broadcast/#``.
 """
 
@@ -35,6 +38,7 @@ QOS_HEARTBEAT: Final = 0
 DEVICE_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _DEVICE_CHANNELS: Final = (
     "state", "heartbeat", "events", "telemetry", "fetch", "capture", "deployment", "meta", "refused", "telemetry-ack",
+    "certificate-request", "certificate",
 )  # fmt: skip
 
 

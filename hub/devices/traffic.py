@@ -29,6 +29,7 @@ from fleet.errors import ProtocolError
 from fleet.wire import topics
 from fleet.wire.messages import (
     CaptureBatch,
+    CertificateRequest,
     DeviceState,
     FetchRequest,
     Heartbeat,
@@ -57,6 +58,7 @@ _CHANNELS: dict[str, tuple[type[WireModel], str | None]] = {
     "telemetry": (TelemetryBatch, "device_id"),
     "heartbeat": (Heartbeat, "device_id"),
     "capture": (CaptureBatch, "device_id"),
+    "certificate-request": (CertificateRequest, "device_id"),
 }
 
 
@@ -133,6 +135,10 @@ class DeviceTraffic:
         """Call ``listener`` with every capture message (sampled inputs) that decoded and names its sender."""
         return self._add("capture", listener)
 
+    def on_certificate_request(self, listener: Listener[CertificateRequest]) -> Unsubscribe:
+        """Call ``listener`` with each device's request to renew its TLS certificate."""
+        return self._add("certificate-request", listener)
+
     def on_rejected(self, listener: RejectListener) -> Unsubscribe:
         """Call ``listener(channel, error)`` for every message refused here or by a listener."""
         self._reject_listeners.append(listener)
@@ -143,7 +149,7 @@ class DeviceTraffic:
     def start(self, *, telemetry_only: bool = False, channels: tuple[str, ...] | None = None) -> None:
         """Subscribe to the device channels the hub consumes (all, telemetry alone, or ``channels``)."""
         if channels is None:
-            everything = ("telemetry", "state", "events", "fetch", "heartbeat", "capture")
+            everything = ("telemetry", "state", "events", "fetch", "heartbeat", "capture", "certificate-request")
             channels = ("telemetry",) if telemetry_only else everything
         filters = {c: self.telemetry_filter if c == "telemetry" else self._filter(c) for c in channels}
         for channel, topic_filter in filters.items():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
 
 from fleet.wire.messages import UpdateState
 from hub.api import create_app
@@ -18,6 +19,7 @@ from hub.demo.model import TrainedDigits
 from hub.devices.pki import CertificateAuthority
 from tests.http_server import running_server
 from tests.integration.fleet_harness import Harness
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -33,6 +35,7 @@ def tls_harness(tmp_path: Path, trained: TrainedDigits) -> Iterator[tuple[Harnes
             embedded_client_ca=ca.cert_file,
             require_client_cert=True,
             broker_ca_file=ca.cert_file,
+            device_ca_dir=ca.directory,
         )
     )
     hub.start()
@@ -56,6 +59,27 @@ def test_an_agent_with_its_certificate_installs_a_deployment_over_mqtts(
     assert set(harness.deploy("1.0.0", [agent]).values()) == {"done"}
     assert agent.updater is not None and agent.updater.state.update is not None
     assert agent.updater.state.update.state == UpdateState.DONE
+
+
+def test_a_certificate_close_to_expiry_is_renewed_over_mqtts_and_the_next_connection_uses_it(
+    tls_harness: tuple[Harness, CertificateAuthority], tmp_path: Path
+) -> None:
+    harness, ca = tls_harness
+    device_id = f"{harness.prefix}-renewing"
+    cert = ca.issue_client(tmp_path / "certs", device_id, days=30)  # inside the agent's 90-day renewal window
+    old = x509.load_pem_x509_certificate(cert.cert_file.read_bytes())
+    agent = harness.agent(
+        "renewing", broker_ca_file=ca.cert_file, broker_cert_file=cert.cert_file, broker_key_file=cert.key_file
+    )
+    renewal = agent.certificates
+    assert renewal is not None
+    assert wait_until(lambda: not renewal.due(), 30)
+    assert renewal.expires_at() > old.not_valid_after_utc
+    agent.stop()
+    restarted = harness.agent_from(agent.config)  # connects with the renewed certificate and key only
+    assert restarted.link is not None and restarted.link.wait_connected(30)
+    assert x509.load_pem_x509_certificate(cert.cert_file.read_bytes()).serial_number != old.serial_number
+    assert wait_until(lambda: harness.hub.registry.get_device(device_id).online, 30)
 
 
 def test_the_rest_api_serves_https_with_the_fleet_ca(tmp_path: Path) -> None:

@@ -13,7 +13,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.wire.messages import Histogram, ShadowStats, TelemetryBatch
+from hub.bundles.tuf_repository import TufRepository
+from hub.devices.pki import CertificateAuthority
+from hub.monitoring.certificate_metrics import CertificateMetrics
 from hub.monitoring.metrics import FleetMetrics
+from hub.monitoring.signing_metrics import SigningMetrics
 
 yaml = pytest.importorskip("yaml")  # PyYAML, installed with amqtt (hub extra)
 MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
@@ -30,7 +34,7 @@ def test_rules_pass_promtool_check() -> None:
         [str(PROMTOOL), "check", "rules", "alerts.yml"], cwd=MONITORING, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 5 rules found" in proc.stdout
+    assert "SUCCESS: 7 rules found" in proc.stdout
 
 
 @needs_promtool
@@ -54,14 +58,20 @@ def test_every_alert_has_a_unit_test() -> None:
         "EdgeFleetLowConfidence",
         "EdgeFleetFeatureDrift",
         "EdgeFleetDevicesOffline",
+        "EdgeFleetCertificateExpiring",
+        "EdgeFleetTufMetadataExpiring",
     }
     tests = yaml.safe_load((MONITORING / "alerts_test.yml").read_text())
     tested = {case["alertname"] for t in tests["tests"] for case in t.get("alert_rule_test", []) if case["exp_alerts"]}
     assert tested == alerts
 
 
-def test_rules_only_use_metrics_the_hub_exports() -> None:
+def test_rules_only_use_metrics_the_hub_exports(tmp_path: Path) -> None:
     registry = CollectorRegistry()
+    tuf = TufRepository(tmp_path / "tuf")
+    registry.register(SigningMetrics(lambda: tuf))
+    ca = CertificateAuthority.create(tmp_path / "pki")
+    registry.register(CertificateMetrics({"device_ca": ca.cert_file}))
     metrics = FleetMetrics(registry)
     hist = Histogram(edges=[1.0], counts=[1, 0], total=0.5)
     metrics.observe_batch(

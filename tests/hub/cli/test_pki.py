@@ -57,3 +57,40 @@ def test_init_refuses_to_replace_a_ca_and_issue_needs_one(tmp_path: Path) -> Non
     assert missing.exit_code == 1 and "no CA in" in missing.output
     bad_id = CliRunner().invoke(app, ["pki", "issue", "device", "../etc", "--ca", str(tmp_path / "ca")])
     assert bad_id.exit_code == 1 and "invalid device id" in bad_id.output
+
+
+def test_status_warns_ahead_of_expiry_and_renewal_clears_it_months_later(tmp_path: Path) -> None:
+    import datetime as dt
+
+    import time_machine
+
+    ca_dir = str(tmp_path / "ca")
+    _invoke("init", "--out", ca_dir)
+    broker = _invoke("issue", "broker", "--ca", ca_dir, "--out", str(tmp_path / "ca" / "broker"))
+    fine = CliRunner().invoke(app, ["pki", "status", "--ca", ca_dir, "--json"])
+    assert fine.exit_code == 0, fine.output
+    assert json.loads(fine.stdout)["attention"] == 0
+    with time_machine.travel(dt.datetime.now(dt.UTC) + dt.timedelta(days=810), tick=False):
+        late = CliRunner().invoke(app, ["pki", "status", "--ca", ca_dir])
+        assert late.exit_code == 1 and "Traceback" not in late.output
+        assert f"warning: {broker['cert']}" in late.stderr and "expires in 15.0 days" in late.stderr
+        renewed = _invoke("renew", "cert", broker["cert"], "--ca", ca_dir)
+        assert renewed["cert"] == broker["cert"]
+        again = CliRunner().invoke(app, ["pki", "status", "--ca", ca_dir, "--warn-days", "60"])
+        assert again.exit_code == 0, again.output
+    with time_machine.travel(dt.datetime.now(dt.UTC) + dt.timedelta(days=3640), tick=False):
+        ca_late = CliRunner().invoke(app, ["pki", "status", "--ca", ca_dir, "--json"])
+        assert ca_late.exit_code == 1
+        ca_row = next(row for row in json.loads(ca_late.stdout)["certificates"] if row["ca"])
+        assert ca_row["days_left"] == 10.0
+        _invoke("renew", "ca", "--ca", ca_dir)
+        ca_cert = x509.load_pem_x509_certificate((tmp_path / "ca" / "ca.crt").read_bytes())
+        assert ca_cert.not_valid_after_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=3600)
+
+
+def test_renew_refuses_a_certificate_of_another_ca_in_one_line(tmp_path: Path) -> None:
+    _invoke("init", "--out", str(tmp_path / "ca"))
+    _invoke("init", "--out", str(tmp_path / "other"))
+    foreign = _invoke("issue", "device", "cam-1", "--ca", str(tmp_path / "other"), "--out", str(tmp_path / "d"))
+    result = CliRunner().invoke(app, ["pki", "renew", "cert", foreign["cert"], "--ca", str(tmp_path / "ca")])
+    assert result.exit_code == 1 and "was not issued by the CA" in result.output and "Traceback" not in result.output

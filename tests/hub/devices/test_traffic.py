@@ -13,7 +13,7 @@ from fleet.wire.transport import Handler, InMemoryBroker, Unsubscribe
 from hub.devices.traffic import DeviceTraffic
 from hub.registry import Database, Registry
 
-CHANNELS = ("state", "events", "fetch", "telemetry", "heartbeat", "capture")
+CHANNELS = ("state", "events", "fetch", "telemetry", "heartbeat", "capture", "certificate-request")
 
 
 class RecordingBroker(InMemoryBroker):
