@@ -124,6 +124,7 @@ class PahoBroker:
         self.client_id = client_id or f"edgefleet-{uuid.uuid4().hex[:12]}"
         self._subscriptions: dict[str, tuple[int, list[Handler]]] = {}
         self._lock = threading.Lock()
+        self._acknowledged = threading.Condition(self._lock)  # a SUBACK arrived or the connection became ready
         self._connected = threading.Event()
         self._answered = threading.Event()  # the first attempt ended: connected, refused or failed
         self._closed = False
@@ -174,6 +175,17 @@ class PahoBroker:
     def wait_connected(self, timeout_s: float) -> bool:
         """Block until connected or ``timeout_s`` passes; return whether connected."""
         return self._connected.wait(timeout_s)
+
+    def wait_subscribed(self, timeout_s: float) -> bool:
+        """Block until connected and every subscription sent so far is acknowledged (a refused one: accepted on
+        a retry); return whether that happened within ``timeout_s``. Messages published after this reach them."""
+
+        def settled() -> bool:
+            pending = self._sent_subscribes or self._subscribe_retries or self._restoring_mid is not None
+            return self._connected.is_set() and not pending
+
+        with self._acknowledged:
+            return self._acknowledged.wait_for(settled, timeout_s)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Queue a publish; paho sends it now or after reconnecting."""
@@ -275,6 +287,7 @@ class PahoBroker:
             sent = self._sent_subscribes.pop(mid, None)
             if sent is None and not restoring:
                 self._early_subacks[mid] = list(reason_codes)
+            self._acknowledged.notify_all()
         if sent:
             self._retry_refused(sent, reason_codes)
         if restoring:
@@ -285,8 +298,9 @@ class PahoBroker:
             if _is_failure(code):
                 self._retry_subscribe(topic_filter, qos)
             else:
-                with self._lock:
+                with self._acknowledged:
                     self._subscribe_retries.pop(topic_filter, None)
+                    self._acknowledged.notify_all()
 
     def _retry_subscribe(self, topic_filter: str, qos: int) -> None:
         """A broker may refuse a subscription for a while (NATS while JetStream recovers): ask again with a
@@ -310,6 +324,8 @@ class PahoBroker:
     def _ready(self) -> None:
         self._connected.set()
         self._answered.set()
+        with self._acknowledged:
+            self._acknowledged.notify_all()
         if self._on_connect_hook is not None:
             self._inbox.put(self._on_connect_hook)
 

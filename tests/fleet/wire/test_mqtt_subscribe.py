@@ -67,3 +67,29 @@ def test_a_suback_that_arrives_before_the_request_is_recorded_still_counts() -> 
         assert recorder.wait_for(2)
     finally:
         broker.close()
+
+
+def test_wait_subscribed_holds_until_every_subscription_is_granted() -> None:
+    recorder = Recorder()
+    broker = _broker(recorder)
+    try:
+        assert broker.wait_subscribed(0)  # connected, nothing asked
+        broker.subscribe("edgefleet/v1/bundles/#", _noop)
+        assert not broker.wait_subscribed(0.05)  # no SUBACK yet
+        broker._handle_subscribe(None, None, 1, [REFUSED], None)
+        assert not broker.wait_subscribed(0.05)  # refused: retried, still not in place
+        assert recorder.wait_for(2)
+        done = threading.Thread(target=broker._handle_subscribe, args=(None, None, 2, [GRANTED], None))
+        done.start()
+        assert broker.wait_subscribed(10)
+        done.join()
+    finally:
+        broker.close()
+
+
+def test_wait_subscribed_is_false_before_the_connection_is_ready() -> None:
+    broker = PahoBroker(BrokerAddress("127.0.0.1", 9), wait_connected=False)
+    try:
+        assert not broker.wait_subscribed(0.05)
+    finally:
+        broker.close()

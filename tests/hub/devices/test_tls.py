@@ -106,6 +106,7 @@ def test_device_traffic_flows_over_tls_with_client_certificates(tls_broker: int,
         hub.subscribe(device_wildcard("state"), inbox)
         orders = Inbox()
         device.subscribe(device_topic("cam-a", "deployment"), orders)
+        assert hub.wait_subscribed(WAIT_S) and device.wait_subscribed(WAIT_S)  # else a publish can overtake them
         token = uuid.uuid4().hex.encode()
         device.publish(device_topic("cam-a", "state"), b"state-" + token)
         inbox.wait_for(b"state-" + token)
@@ -139,6 +140,7 @@ def test_a_certificate_for_another_device_gives_no_access_as_the_login(tls_broke
     try:
         inbox = Inbox()
         hub.subscribe(device_wildcard("state"), inbox)
+        assert hub.wait_subscribed(WAIT_S)
         try:
             impostor = _connect(tls_broker, "cam-a", pki.clients["cam-b"], ca=pki.ca)
         except BrokerConnectionError:
