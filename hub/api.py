@@ -96,7 +96,7 @@ def create_app(hub: Hub) -> FastAPI:
         redoc_url=None,  # ReDoc loads its script from a CDN
     )
     registry = hub.registry
-    access = AccessStore(hub.db)
+    access = AccessStore(hub.db, audit_max_age_s=hub.settings.audit_max_age_s)
     app.state.authenticator = Authenticator(access, hub.logins)
     app.add_middleware(AuditMiddleware, store=access)
     if hub.settings.trusted_proxies:  # around the audit and the routes: both see the forwarded client

@@ -74,6 +74,9 @@ class HubSettings(BaseModel):
     capture_max_age_s: float | None = Field(
         default=30 * 24 * 3600.0, gt=0, description="captured input samples older than this are deleted"
     )
+    audit_max_age_s: float | None = Field(
+        default=400 * 24 * 3600.0, gt=0, description="audit log entries older than this are deleted; None keeps all"
+    )
     policy_interval_s: float = Field(default=30.0, gt=0, description="how often drift policies are evaluated")
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8600, ge=0, le=65535)

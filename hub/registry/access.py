@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 
@@ -21,10 +22,17 @@ MAX_AUDIT_PAGE = 1000
 
 
 class AccessStore:
-    """API token rows and audit entries (each method one transaction; rows come back detached)."""
+    """API token rows and audit entries (each method one transaction; rows come back detached).
 
-    def __init__(self, db: Database) -> None:
+    With ``audit_max_age_s`` entries older than that are deleted as new ones are written, at most once per
+    ``prune_every_s`` (of the entries' own clock), so the log stays bounded over the years.
+    """
+
+    def __init__(self, db: Database, *, audit_max_age_s: float | None = None, prune_every_s: float = 3600.0) -> None:
         self.db = db
+        self.audit_max_age_s = audit_max_age_s
+        self._prune_every_s = prune_every_s
+        self._pruned_at = float("-inf")
 
     # -- tokens ---------------------------------------------------------------------------------------------
 
@@ -67,9 +75,18 @@ class AccessStore:
     # -- audit ----------------------------------------------------------------------------------------------
 
     def record_audit(self, entry: AuditEntry) -> None:
-        """Append one audit entry."""
+        """Append one audit entry (and prune entries past ``audit_max_age_s`` when a pass is due)."""
         with self.db.session() as session:
             session.add(entry)
+        if self.audit_max_age_s is not None and entry.at - self._pruned_at >= self._prune_every_s:
+            self._pruned_at = entry.at
+            self.prune_audit(before=entry.at - self.audit_max_age_s)
+
+    def prune_audit(self, *, before: float) -> int:
+        """Delete audit entries written before ``before``; return how many."""
+        with self.db.session() as session:
+            result = session.execute(delete(AuditEntry).where(col(AuditEntry.at) < before))
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def audit_entries(
         self, *, limit: int = 100, since: float | None = None, token_id: str | None = None

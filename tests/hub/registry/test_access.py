@@ -48,3 +48,24 @@ def test_audit_entries_newest_first_filtered_and_paged(store: AccessStore) -> No
     assert [e.at for e in store.audit_entries(token_id="a")] == [3.0, 1.0]
     assert [e.at for e in store.audit_entries(since=2.5)] == [4.0, 3.0]
     assert [e.at for e in store.audit_entries(limit=1)] == [4.0]
+
+
+def test_the_audit_log_keeps_its_retention_over_years_of_changes(database_url: str) -> None:
+    import datetime as dt
+
+    import time_machine
+
+    db = Database(database_url)
+    store = AccessStore(db, audit_max_age_s=400 * 86400)
+    start = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
+    try:
+        for day in range(0, 3 * 365, 5):  # three years, a change every five days
+            with time_machine.travel(start + dt.timedelta(days=day), tick=False):
+                store.record_audit(AuditEntry(token_id="a", token_name="n", role="admin", method="POST", route="/r",
+                                              path="/r", client="c", status=200))  # fmt: skip
+        kept = store.audit_entries(limit=1000)
+        newest = kept[0].at
+        assert len(kept) == 81  # 400 days at one per 5 days, both ends included; not the 219 written
+        assert min(e.at for e in kept) >= newest - 400 * 86400
+    finally:
+        db.close()
