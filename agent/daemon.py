@@ -11,7 +11,6 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from agent.backoff import Backoff
 from agent.capture import InputCapture
 from agent.certificates import CertificateRenewal
 from agent.config import AgentConfig
@@ -27,6 +26,7 @@ from agent.update import Updater
 from agent.verifier import BundleVerifier
 from fleet.errors import ProtocolError
 from fleet.wire import topics
+from fleet.wire.backoff import Backoff
 from fleet.wire.messages import DeploymentOrder, DeviceState, Heartbeat, UpdateEvent, UpdateState, decode, encode
 from fleet.wire.mqtt import BrokerAddress, PahoBroker, Will
 from fleet.wire.transport import Message

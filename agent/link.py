@@ -1,7 +1,7 @@
 """`BrokerLink`: the agent's broker connection, usable before the broker is reachable.
 
 A device serves its installed model whether or not its hub is up. The link connects in the background,
-waiting a jittered exponential backoff (`agent.backoff.Backoff`) between attempts, forever; subscriptions made
+waiting a jittered exponential backoff (`fleet.wire.backoff.Backoff`) between attempts, forever; subscriptions made
 before the first connection are kept and made on it once it is up. From then on paho reconnects by itself,
 restores the subscriptions and the link calls ``on_online`` again after each reconnect.
 """
@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.backoff import Backoff
 from fleet.errors import FleetError
+from fleet.wire.backoff import Backoff
 from fleet.wire.mqtt import BrokerConnectionError, PahoBroker
 from fleet.wire.transport import Handler, Unsubscribe
 

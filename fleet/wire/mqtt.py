@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from fleet.errors import FleetError
+from fleet.wire.backoff import Backoff
 from fleet.wire.transport import Handler, Message, Unsubscribe, topic_matches
 
 log = logging.getLogger(__name__)
@@ -145,12 +146,13 @@ class PahoBroker:
             self._client.username_pw_set(address.username, address.password)
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=reconnect_max_delay_s)
+        self._reconnects = Backoff(1.0, float(reconnect_max_delay_s))
+        self._next_reconnect_delay()
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
         self._client.on_subscribe = self._handle_subscribe
-        self._client.on_connect_fail = lambda client, userdata: self._answered.set()
+        self._client.on_connect_fail = self._handle_connect_fail
         self._restoring_mid: int | None = None
         self._sent_subscribes: dict[int, list[tuple[str, int]]] = {}
         self._subscribe_retries: dict[str, int] = {}
@@ -321,7 +323,18 @@ class PahoBroker:
         timer.daemon = True
         timer.start()
 
+    def _next_reconnect_delay(self) -> None:
+        """Draw the wait before paho's next reconnect with jitter (`Backoff`): a fleet whose broker restarts comes
+        back spread out, not in paho's lockstep doubling waves."""
+        delay = self._reconnects.next_delay()
+        self._client.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]  # floats work
+
+    def _handle_connect_fail(self, client: Any, userdata: Any) -> None:
+        self._answered.set()
+        self._next_reconnect_delay()
+
     def _ready(self) -> None:
+        self._reconnects.reset()
         self._connected.set()
         self._answered.set()
         with self._acknowledged:
@@ -332,6 +345,7 @@ class PahoBroker:
     def _handle_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._connected.clear()
         self._answered.set()
+        self._next_reconnect_delay()
         if not self._closed:
             log.info("%s lost its broker connection (%s); paho reconnects with backoff", self.client_id, reason_code)
 

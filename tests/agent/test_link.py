@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.backoff import Backoff
+from fleet.wire.backoff import Backoff
 from agent.link import BrokerLink
 from fleet.wire.mqtt import BrokerAddress, BrokerConnectionError, PahoBroker
 from fleet.wire.transport import Message

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from agent.backoff import Backoff
+from fleet.wire.backoff import Backoff
 
 
 def test_ceilings_double_up_to_the_cap_and_each_delay_lies_in_its_upper_half() -> None:
@@ -36,3 +36,11 @@ def test_devices_that_lost_the_broker_together_come_back_spread_out() -> None:
 def test_a_schedule_that_cannot_work_is_refused(initial: float, cap: float) -> None:
     with pytest.raises(ValueError, match="0 < initial_s <= cap_s"):
         Backoff(initial, cap)
+
+
+def test_reset_starts_again_from_the_initial_ceiling() -> None:
+    backoff = Backoff(1.0, 60.0, rng=random.Random(3))
+    for _ in range(10):
+        backoff.next_delay()
+    backoff.reset()
+    assert 0.5 <= backoff.next_delay() <= 1.0

@@ -21,6 +21,10 @@ class Backoff:
         self._rng = rng or random.Random()
         self._ceiling = initial_s
 
+    def reset(self) -> None:
+        """Start again from ``initial_s`` (after a success)."""
+        self._ceiling = self.initial_s
+
     def next_delay(self) -> float:
         """The delay before the next attempt; each call doubles the ceiling up to the cap."""
         ceiling = self._ceiling
