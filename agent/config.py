@@ -37,6 +37,7 @@ class AgentConfig(BaseModel):
     http_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="larger bodies get 413")
     http_max_batch_rows: int = Field(default=1024, ge=1, description="rows one request may carry (413 beyond)")
     http_read_timeout_s: float = Field(default=10.0, gt=0, description="a client silent this long gets 408")
+    http_max_connections: int = Field(default=64, ge=1, description="connections served at once; beyond: 503")
     connect_timeout_s: float = Field(default=10.0, gt=0, description="how long one broker connection attempt waits")
     reconnect_initial_s: float = Field(default=1.0, gt=0, description="first backoff ceiling between attempts")
     reconnect_max_s: float = Field(default=60.0, gt=0, description="backoff cap: attempts go on forever")

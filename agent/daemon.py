@@ -166,7 +166,9 @@ class Agent:
         self.service.activate(self.updater.load_active())
         self.service.set_shadow(self.updater.load_shadow())
         if cfg.http_port is not None:
-            limits = ApiLimits(cfg.http_max_body_bytes, cfg.http_max_batch_rows, cfg.http_read_timeout_s)
+            limits = ApiLimits(
+                cfg.http_max_body_bytes, cfg.http_max_batch_rows, cfg.http_read_timeout_s, cfg.http_max_connections
+            )
             self.api = LocalApi(self.service, cfg.http_host, cfg.http_port, limits=limits)
             self.api.start()
         link.subscribe(self.sender.ack_topic, self.sender.on_ack, qos=1)

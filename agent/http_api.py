@@ -13,6 +13,7 @@ accepted), a body that stops before its length (408 after ``read_timeout_s``), a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -40,6 +41,49 @@ class ApiLimits:
     max_body_bytes: int = 16 * 1024 * 1024
     max_batch_rows: int = 1024
     read_timeout_s: float = 10.0
+    max_connections: int = 64
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` at once: beyond, a connection is answered 503 with
+    ``Retry-After`` at once and closed, so a flood of clients cannot exhaust the device's threads and memory."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._active = 0
+        self._active_lock = threading.Lock()
+
+    @property
+    def active_connections(self) -> int:
+        """Connections being served now."""
+        with self._active_lock:
+            return self._active
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            body = json.dumps({"error": "too many connections to the local API; try again"}).encode()
+            head = (
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            with contextlib.suppress(OSError):  # the client is gone; nothing to tell it
+                request.sendall(head.encode() + body)
+            self.shutdown_request(request)
+            return
+        with self._active_lock:
+            self._active += 1
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._active_lock:
+                self._active -= 1
+            self._slots.release()
 
 
 class LocalApi:
@@ -48,13 +92,18 @@ class LocalApi:
     def __init__(
         self, service: InferenceService, host: str = "127.0.0.1", port: int = 0, *, limits: ApiLimits | None = None
     ) -> None:
-        handler = _handler_for(service, limits or ApiLimits())
+        limits = limits or ApiLimits()
+        handler = _handler_for(service, limits)
         try:
-            self._server = ThreadingHTTPServer((host, port), handler)
+            self._server = _BoundedServer((host, port), handler, limits.max_connections)
         except OSError as exc:
             raise AgentError(f"cannot serve the local API on {host}:{port}: {exc}") from exc
-        self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="agent-http", daemon=True)
+
+    @property
+    def active_connections(self) -> int:
+        """Connections being served now (at most ``ApiLimits.max_connections``)."""
+        return self._server.active_connections
 
     @property
     def url(self) -> str:

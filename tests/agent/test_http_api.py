@@ -19,6 +19,7 @@ from agent.inference import InferenceService
 from agent.model import ServableModel
 from agent.telemetry import TelemetryCollector
 from fleet.wire.bundle import BundleManifest, Postprocess, TensorSpec
+from tests.waiting import wait_until
 
 FEATURES = 4
 READ_TIMEOUT_S = 0.5
@@ -208,3 +209,27 @@ def test_fuzzed_bodies_never_get_a_server_error_or_a_drop(api: LocalApi, path: s
     assert status < 500, answer
     for line in answer.splitlines():
         json.loads(line, parse_constant=pytest.fail)  # strict JSON: no NaN or Infinity written
+
+
+def test_connections_beyond_the_cap_get_503_at_once_and_a_freed_slot_serves_again() -> None:
+    service = InferenceService(TelemetryCollector("dev-2", "x86-onnx-cpu"))
+    server = LocalApi(service, limits=ApiLimits(read_timeout_s=30.0, max_connections=3))
+    server.start()
+    port = int(server.url.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]  # connected, never sending
+    try:
+        assert wait_until(lambda: server.active_connections == 3, 10)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+            extra.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = extra.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in answer
+        assert b"too many connections" in answer
+        idle.pop().close()
+        assert wait_until(lambda: server.active_connections == 2, 10)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as served:
+            served.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert not served.recv(65536).startswith(b"HTTP/1.1 503")
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
