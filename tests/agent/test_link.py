@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.wire.backoff import Backoff
 from agent.link import BrokerLink
+from fleet.wire.backoff import Backoff
 from fleet.wire.mqtt import BrokerAddress, BrokerConnectionError, PahoBroker
 from fleet.wire.transport import Message
 from tests.integration.private_mosquitto import PrivateMosquitto
