@@ -1,4 +1,5 @@
-"""``edgefleet pki``: the fleet's certificate authority, the broker's certificate and per-device certificates."""
+"""``edgefleet pki``: the fleet's certificate authority, the broker's certificate and per-device certificates, as
+files (the CA's key stays where it is made; the hub uses the CA directory named by ``device_ca_dir``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, TypeVar
 
 import typer
 
+from hub.cli.output import JSON_ALWAYS_OPTION, fail
 from hub.errors import HubError
 
 T = TypeVar("T")
@@ -29,6 +31,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("var/pki"), help="directory for ca.crt and the owner-only ca.key"),
         name: str = typer.Option("EdgeFleet fleet CA", help="the CA's common name"),
         days: int = typer.Option(3650, min=1, help="validity in days"),
+        as_json: bool = JSON_ALWAYS_OPTION,
     ) -> None:
         """Create the fleet CA (refuses to overwrite one)."""
         from hub.devices.pki import CertificateAuthority
@@ -42,6 +45,7 @@ def register(app: typer.Typer) -> None:
         ca: Path = typer.Option(Path("var/pki"), help="the CA directory"),
         out: Path = typer.Option(Path("var/pki/broker"), help="where to write the certificate and key"),
         days: int = typer.Option(825, min=1),
+        as_json: bool = JSON_ALWAYS_OPTION,
     ) -> None:
         """A server certificate for the broker (or the REST API) valid for each --host."""
         from hub.devices.pki import CertificateAuthority
@@ -55,6 +59,7 @@ def register(app: typer.Typer) -> None:
         ca: Path = typer.Option(Path("var/pki"), help="the CA directory"),
         out: Path = typer.Option(Path("var/pki/devices"), help="where to write the certificate and key"),
         days: int = typer.Option(825, min=1),
+        as_json: bool = JSON_ALWAYS_OPTION,
     ) -> None:
         """A client certificate whose common name is DEVICE_ID."""
         from hub.devices.pki import CertificateAuthority
@@ -144,5 +149,4 @@ def _run(action: Callable[[], T]) -> T:
     try:
         return action()
     except (HubError, FleetError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(exc)
