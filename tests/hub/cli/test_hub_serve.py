@@ -4,6 +4,7 @@ process, the first start prints an admin token once, which opens the REST API, a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -21,6 +22,18 @@ from hub.cli import app
 from tests.waiting import port_accepts, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`hub serve` in this process points the root logger at CliRunner's stderr, closed after the run: put the
+    logging configuration back, so later tests' log records are not written to a closed stream."""
+    root, hub_log = logging.getLogger(), logging.getLogger("hub")
+    handlers, level, hub_level = root.handlers[:], root.level, hub_log.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    hub_log.setLevel(hub_level)
 
 
 @pytest.fixture
