@@ -22,7 +22,7 @@ from hub.errors import InvalidRequestError
 __all__ = ["METRICS_NAME", "UPLOAD_MEDIA_TYPE", "Upload", "pack_upload", "read_upload"]
 
 METRICS_NAME = "metrics.json"
-UPLOAD_MEDIA_TYPE = "application/zip"
+UPLOAD_MEDIA_TYPE = "application/octet-stream"  # a zip; the generic type every HTTP tool can send
 MAX_METRICS = 32
 
 

@@ -69,6 +69,14 @@ def test_a_taken_api_port_is_one_line(tmp_path: Path, taken_port: int) -> None:
     assert line == f"error: the REST API cannot listen on 127.0.0.1:{taken_port}: Address already in use"
 
 
+def test_with_json_a_taken_api_port_is_one_json_object(tmp_path: Path, taken_port: int) -> None:
+    code, output = _serve(tmp_path, "--api-port", str(taken_port), "--broker-port", "0", "--json")
+    assert code == 1 and output.count("\n") == 1
+    assert json.loads(output) == {
+        "error": f"the REST API cannot listen on 127.0.0.1:{taken_port}: Address already in use"
+    }
+
+
 def test_a_taken_broker_port_is_one_line(tmp_path: Path, taken_port: int) -> None:
     line = _one_line_error(*_serve(tmp_path, "--broker-port", str(taken_port), "--api-port", str(_free_port())))
     assert f"embedded broker failed to start on 127.0.0.1:{taken_port}" in line and "already in use" in line
