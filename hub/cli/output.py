@@ -70,9 +70,7 @@ class OneLineErrors(TyperGroup):
             status = super().main(argv, prog_name, complete_var, False, windows_expand_args, **extra)
         except _CLICK_ERROR as caught:
             exc: Any = caught
-            if type(exc).__name__ == "NoArgsIsHelpError":  # its message is the help text
-                typer.echo(exc.ctx.get_help(), err=True)
-            else:
+            if type(exc).__name__ != "NoArgsIsHelpError":  # that one's help text is printed already
                 typer.echo(_error_line(exc.format_message(), _state["json"]), err=True)
             sys.exit(exc.exit_code)
         except typer.Abort:
