@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from hub.cli.output import JSON_ALWAYS_OPTION, fail
+from hub.cli.output import JSON_ALWAYS_OPTION, JSON_OPTION, fail
 from hub.errors import HubError
 
 T = TypeVar("T")
@@ -77,15 +77,14 @@ def _status_command(pki_app: typer.Typer) -> None:
         ca: Path = typer.Option(Path("var/pki"), help="the CA directory; every certificate under it is listed"),
         file: list[Path] = typer.Option([], help="another certificate to check, repeatable"),
         warn_days: int = typer.Option(30, min=0, help="exit 1 when a certificate expires within this many days"),
-        as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+        as_json: bool = JSON_OPTION,
     ) -> None:
         """List certificates with their expiry; exit 1 if one has expired or expires within --warn-days."""
         from hub.devices.pki import certificate_info
 
         paths = sorted({*ca.rglob("*.crt"), *file}) if ca.is_dir() else sorted(set(file))
         if not paths:
-            typer.echo(f"error: no certificates under {ca}", err=True)
-            raise typer.Exit(1)
+            fail(f"no certificates under {ca}")
         infos = [_run(partial(certificate_info, path)) for path in paths]
         rows: list[dict[str, Any]] = [
             {
@@ -117,6 +116,7 @@ def _renew_commands(renew_app: typer.Typer) -> None:
     def renew_ca(
         ca: Path = typer.Option(Path("var/pki"), help="the CA directory"),
         days: int = typer.Option(3650, min=1, help="validity in days from now"),
+        as_json: bool = JSON_ALWAYS_OPTION,
     ) -> None:
         """Re-sign the CA with its own key: issued certificates stay valid; hand out the new ca.crt."""
         from hub.devices.pki import CertificateAuthority
@@ -129,6 +129,7 @@ def _renew_commands(renew_app: typer.Typer) -> None:
         cert: Path = typer.Argument(..., help="the certificate to renew; its key NAME.key is beside it"),
         ca: Path = typer.Option(Path("var/pki"), help="the CA directory that issued it"),
         days: int = typer.Option(825, min=1, help="validity in days from now"),
+        as_json: bool = JSON_ALWAYS_OPTION,
     ) -> None:
         """Re-issue a broker, API or device certificate with a fresh key and the same names."""
         from hub.devices.pki import CertificateAuthority, certificate_info
