@@ -20,8 +20,10 @@ from fleet.wire.messages import DeviceId, Name
 from hub.app import Hub
 from hub.auth import AuditMiddleware, Authenticator, Role, allow
 from hub.auth.api import create_access_router
+from hub.bundles.upload_api import create_upload_router
+from hub.captures.api import create_captures_router
 from hub.console import mount_console
-from hub.devices.api import create_devices_router
+from hub.devices.api import create_broker_router, create_devices_router
 from hub.errors import HubError, NotFoundError
 from hub.monitoring.api import create_monitoring_router
 from hub.policies.api import create_policies_router
@@ -189,7 +191,10 @@ def create_app(hub: Hub) -> FastAPI:
         return {**row.model_dump(), "devices": [d.model_dump() for d in registry.deployment_devices(deployment_id)]}
 
     app.include_router(create_access_router(access))
+    app.include_router(create_upload_router(hub))
     app.include_router(create_devices_router(hub))
+    app.include_router(create_broker_router(hub))
+    app.include_router(create_captures_router(hub))
     app.include_router(create_rollouts_router(hub))
     app.include_router(create_monitoring_router(hub))
     app.include_router(create_policies_router(hub))

@@ -1,8 +1,12 @@
 """Register a conversion's variants under one model version, each as a signed bundle for its target.
 
+`prepare_conversion` does the work that needs the converters and the variants' runtimes, where the conversion is
+(``edgefleet models register-conversion`` uploads each result to the hub, `hub.bundles.upload`);
+`register_conversion` publishes them on a hub in this process (the demo, tests).
+
 Every variant's bundle carries the drift reference profile of the vectors file (its first 1,000 rows and the
 first variant's answers on them), so `drift report` and the rollout gate work without a hand-made reference.
-Golden self-test vectors come from running each variant on this host on the given inputs, so a device's
+Golden self-test vectors come from running each variant on the preparing host on the given inputs, so a device's
 health check proves its runtime reproduces what the hub measured. A variant that could not run here (Core ML
 on Linux, TensorRT without a GPU) or that failed or missed its accuracy budget is skipped with the reason;
 it is never registered as if it had passed.
@@ -12,16 +16,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fleet.wire.bundle import CONTRACT_NAME, BundleManifest, Postprocess, SelfTest, TensorSpec
 from fleet.wire.contract import DataContract, load_contract
-from hub.app import Hub
 from hub.bundles.reference import reference_profile
 from hub.errors import InvalidRequestError
 from targets import get_target
+
+if TYPE_CHECKING:
+    from hub.app import Hub
 
 _FORMATS_WITH_WEIGHTS = {"openvino": ".bin"}
 #: Rows of the vectors file the drift reference is built from (each run through the model once).
@@ -38,6 +44,31 @@ class ConversionRegistration:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PreparedVariant:
+    """One variant ready to publish: its manifest, files, golden vectors, drift reference and measured metrics."""
+
+    name: str
+    manifest: BundleManifest
+    model_path: Path
+    weights_path: Path | None
+    inputs: np.ndarray
+    outputs: np.ndarray
+    reference: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+@dataclass
+class PreparedConversion:
+    """The usable variants of a conversion, the skipped ones with reasons, and the contract bundles carry."""
+
+    model: str
+    version: str
+    variants: list[PreparedVariant] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    contract: DataContract | None = None
+
+
 def register_conversion(
     hub: Hub,
     directory: Path,
@@ -49,7 +80,41 @@ def register_conversion(
     count: int = 16,
     contract: DataContract | None = None,
 ) -> ConversionRegistration:
-    """Publish every usable variant in ``directory`` (an ``edgefleet convert`` output) as ``model:version``.
+    """Publish every usable variant in ``directory`` (an ``edgefleet convert`` output) as ``model:version``
+    on ``hub``."""
+    prepared = prepare_conversion(
+        directory, version=version, vectors=vectors, model=model, labels=labels, count=count, contract=contract
+    )
+    result = ConversionRegistration(prepared.model, version, skipped=prepared.skipped)
+    for variant in prepared.variants:
+        published = hub.publish(
+            variant.manifest,
+            variant.model_path,
+            variant.inputs,
+            variant.outputs,
+            metrics=variant.metrics,
+            weights_path=variant.weights_path,
+            reference=variant.reference,
+            contract=prepared.contract,
+        )
+        result.registered.append(
+            {"variant": variant.name, "bundle_sha256": published.bundle_sha256, "tuf_target": published.tuf_target}
+        )
+    return result
+
+
+def prepare_conversion(
+    directory: Path,
+    *,
+    version: str,
+    vectors: Path,
+    model: str | None = None,
+    labels: list[str] | None = None,
+    count: int = 16,
+    contract: DataContract | None = None,
+) -> PreparedConversion:
+    """Run every usable variant in ``directory`` (an ``edgefleet convert`` output) on ``vectors`` and build its
+    manifest as ``model:version``.
 
     Bundles carry ``contract``, else the ``contract.json`` that ``convert --contract`` left in ``directory``.
     """
@@ -62,7 +127,7 @@ def register_conversion(
     if contract is None and (directory / CONTRACT_NAME).is_file():
         contract = load_contract(directory / CONTRACT_NAME)
     name = model or report.model
-    result = ConversionRegistration(name, version)
+    result = PreparedConversion(name, version, contract=contract)
     input_names = list(report.source.get("inputs", {})) or ["input"]
     if len(input_names) != 1:
         raise InvalidRequestError(f"bundles carry one input tensor; {report.model} takes {input_names}")
@@ -135,17 +200,7 @@ def register_conversion(
             )
         }
         reference = reference_profile(manifest, reference_inputs, reference_outputs)
-        published = hub.publish(
-            manifest,
-            model_path,
-            inputs,
-            outputs,
-            metrics=metrics,
-            weights_path=weights_path,
-            reference=reference,
-            contract=contract,
-        )
-        result.registered.append(
-            {"variant": variant.name, "bundle_sha256": published.bundle_sha256, "tuf_target": published.tuf_target}
+        result.variants.append(
+            PreparedVariant(variant.name, manifest, model_path, weights_path, inputs, outputs, reference, metrics)
         )
     return result

@@ -1,11 +1,33 @@
-"""The ``edgefleet`` command line: one module per command group, each adding its commands to `app`."""
+"""The ``edgefleet`` command line: one module per command group, each adding its commands to `app`.
+
+Every command that manages hub state talks to the hub's REST API (`hub.cli.remote`); only the bootstrap commands
+``hub serve`` and ``hub migrate`` (`hub.cli.hub`) open the hub's database. Local tools (convert, gate, contract,
+targets, serve, pki, keys, demo) work on files. Every command takes ``--json`` (`hub.cli.output`).
+"""
 
 from __future__ import annotations
 
 import typer
 
-from hub.cli import capture, contract, convert, devices, gate, keys, monitor, pki, policy, rollout, serve, tokens
+from hub.cli import (
+    broker,
+    capture,
+    contract,
+    convert,
+    demo,
+    devices,
+    gate,
+    keys,
+    models,
+    monitor,
+    pki,
+    policy,
+    rollout,
+    serve,
+    tokens,
+)
 from hub.cli import hub as hub_commands
+from hub.cli.output import OneLineErrors
 from hub.cli.remote import set_target
 
 __all__ = ["app", "main"]
@@ -15,6 +37,7 @@ app = typer.Typer(
     help="EdgeFleet: convert models per target, ship signed bundles to device fleets, watch them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,
 )
 
 
@@ -33,6 +56,9 @@ def _hub_options(
 
 for _group in (
     hub_commands,
+    models,
+    broker,
+    demo,
     devices,
     serve,
     convert,

@@ -1,29 +1,25 @@
-"""``edgefleet capture export|delete``: the input samples devices captured for retraining (opt-in on devices).
+"""``edgefleet capture export|delete``: the input samples devices captured for retraining (opt-in on devices), through
+the hub's REST API (operator token).
 
-Export writes one ``.npz`` (no pickle) with ``inputs`` (rows in the model's input shape), the answers given
-(``labels``, ``confidences``) and where each row came from (``device_ids``, ``targets``, ``timestamps``); or,
-for an ``--out`` ending in ``.parquet`` (needs ``edgefleet[parquet]``), one table with those columns, each
-input flattened into a list column and the shape kept in the table's metadata.
+Export writes the hub's ``.npz`` (no pickle) with ``inputs`` (rows in the model's input shape), the answers given
+(``labels``, ``confidences``) and where each row came from (``device_ids``, ``targets``, ``timestamps``); or, for an
+``--out`` ending in ``.parquet`` (needs ``edgefleet[parquet]``), one table with those columns, each input flattened
+into a list column and the shape kept in the table's metadata.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import typer
 
-from hub.config import HubSettings
+from hub.cli.output import JSON_OPTION, emit, fail
+from hub.cli.remote import hub_session
 from hub.errors import HubError
-
-if TYPE_CHECKING:
-    from hub.registry import Registry
-    from hub.registry.captures import CaptureStore
-
-DATA_DIR = typer.Option(Path("var/hub"), help="the hub's data directory")
-DATABASE_URL = typer.Option(None, help="SQLAlchemy URL; omitted: SQLite in the data dir")
+from hub.monitoring.queries import parse_model_version
 
 
 def register(app: typer.Typer) -> None:
@@ -34,80 +30,38 @@ def register(app: typer.Typer) -> None:
     app.add_typer(capture_app, name="capture")
 
 
-def _stores(data_dir: Path, database_url: str | None) -> tuple[Registry, CaptureStore]:
-    from hub.registry import Database, Registry
-    from hub.registry.captures import CaptureStore
-
-    registry = Registry(Database(HubSettings(data_dir=data_dir, database_url=database_url).resolved_database_url()))
-    return registry, CaptureStore(registry.db)
-
-
-def export_samples(
-    registry: Registry, store: CaptureStore, model: str, version: str, cohort: str | None = None
-) -> dict[str, np.ndarray]:
-    """The captured rows of ``model:version`` (of devices matching the ``cohort`` label selector, if given)."""
-    from fleet.selection import parse_selector, selector_labels
-
-    selector = parse_selector(cohort) if cohort else None
-    labels = {d.id: dict(d.labels) for d in registry.list_devices()} if selector else {}
-    inputs, answers, confidences, devices, targets, stamps = [], [], [], [], [], []
-    shape: list[int] | None = None
-    for row in store.rows(model, version):
-        if selector is not None and not selector.matches(selector_labels(labels.get(row.device_id, {}), row.target)):
-            continue
-        if shape is not None and row.shape != shape:
-            raise HubError(f"captures of {model}:{version} disagree on the input shape: {shape} and {row.shape}")
-        shape = row.shape
-        for sample in row.samples:
-            inputs.append(sample["input"])
-            answers.append(sample["label"])
-            confidences.append(sample["confidence"])
-            devices.append(row.device_id)
-            targets.append(row.target)
-            stamps.append(sample["ts"])
-    rows = len(inputs)
-    return {
-        "inputs": np.asarray(inputs, dtype=np.float32).reshape(rows, *(shape or [0])),
-        "labels": np.asarray(answers, dtype=str),
-        "confidences": np.asarray(confidences, dtype=np.float32),
-        "device_ids": np.asarray(devices, dtype=str),
-        "targets": np.asarray(targets, dtype=str),
-        "timestamps": np.asarray(stamps, dtype=np.float64),
-    }
-
-
 def export_command(
     model_version: str = typer.Argument(..., metavar="MODEL:VERSION"),
-    out: Path = typer.Option(..., "--out", "-o", help="the .npz file to write"),
+    out: Path = typer.Option(..., "--out", "-o", help="the .npz (or .parquet) file to write"),
     cohort: str | None = typer.Option(None, help="only devices matching this label selector, e.g. 'site=north'"),
-    data_dir: Path = DATA_DIR,
-    database_url: str | None = DATABASE_URL,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Export the captured inputs of MODEL:VERSION with the answers the devices gave."""
-    from hub.monitoring.queries import parse_model_version
-
     try:
         model, version = parse_model_version(model_version)
-        registry, store = _stores(data_dir, database_url)
-        registry.get_version(model, version)
-        arrays = export_samples(registry, store, model, version, cohort)
     except HubError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    if out.suffix.lower() == ".parquet":
-        _write_parquet(out, arrays)
-    else:
-        np.savez_compressed(out, **arrays)  # type: ignore[arg-type]
-    typer.echo(json.dumps({"out": str(out), "rows": len(arrays["labels"])}))
+        fail(exc)
+    with hub_session() as hub:
+        data = hub.get_bytes(f"/models/{model}/versions/{version}/captures", cohort=cohort)
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        if out.suffix.lower() == ".parquet":
+            _write_parquet(out, arrays)
+        else:
+            out.write_bytes(data)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot write {out}: {exc}")
+    rows = len(arrays["labels"])
+    emit({"out": str(out), "rows": rows}, as_json, lambda _: typer.echo(f"{rows} captured rows written to {out}"))
 
 
 def _write_parquet(out: Path, arrays: dict[str, np.ndarray]) -> None:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
-    except ImportError as exc:
-        typer.echo('error: Parquet export needs pyarrow: pip install "edgefleet[parquet]"', err=True)
-        raise typer.Exit(2) from exc
+    except ImportError:
+        fail('Parquet export needs pyarrow: pip install "edgefleet[parquet]"')
     inputs = arrays["inputs"]
     columns = {name: pa.array(values.tolist()) for name, values in arrays.items() if name != "inputs"}
     columns["inputs"] = pa.array(inputs.reshape(len(inputs), -1).tolist(), type=pa.list_(pa.float32()))
@@ -117,10 +71,10 @@ def _write_parquet(out: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def delete_command(
     model_version: str = typer.Argument(..., metavar="MODEL[:VERSION]"),
-    data_dir: Path = DATA_DIR,
-    database_url: str | None = DATABASE_URL,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Delete the captured inputs of a model (one version, or every version)."""
     model, _, version = model_version.partition(":")
-    deleted = _stores(data_dir, database_url)[1].delete(model, version or None)
-    typer.echo(json.dumps({"deleted_messages": deleted}))
+    with hub_session() as hub:
+        answer = hub.delete(f"/models/{model}/captures", version=version or None)
+    emit(answer, as_json, lambda a: typer.echo(f"{a['deleted_messages']} capture message(s) deleted"))

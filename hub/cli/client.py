@@ -91,17 +91,29 @@ class HubClient:
         """POST ``body`` as JSON; the decoded answer (None when empty)."""
         return _json(self._call("POST", path, json=body))
 
+    def put(self, path: str, body: Any) -> Any:
+        """PUT ``body`` as JSON; the decoded answer."""
+        return _json(self._call("PUT", path, json=body))
+
     def patch(self, path: str, body: Any) -> Any:
         """PATCH ``body`` as JSON; the decoded answer."""
         return _json(self._call("PATCH", path, json=body))
 
-    def delete(self, path: str) -> None:
-        """DELETE ``path``."""
-        self._call("DELETE", path)
+    def delete(self, path: str, **params: Any) -> Any:
+        """DELETE ``path``; the decoded answer (None when empty)."""
+        return _json(self._call("DELETE", path, params={k: v for k, v in params.items() if v is not None}))
+
+    def get_bytes(self, path: str, **params: Any) -> bytes:
+        """GET ``path``; the raw answer (a file)."""
+        return self._call("GET", path, params={k: v for k, v in params.items() if v is not None}).content
 
     def post_bytes(self, path: str, body: Any) -> bytes:
         """POST ``body`` as JSON; the raw answer (an archive)."""
         return self._call("POST", path, json=body).content
+
+    def upload(self, path: str, content: bytes, media_type: str) -> Any:
+        """POST ``content`` as a file of ``media_type``; the decoded answer."""
+        return _json(self._call("POST", path, content=content, headers={"Content-Type": media_type}))
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

@@ -11,6 +11,7 @@ import typer
 
 from fleet.errors import ProtocolError
 from fleet.wire.contract import DataContract, check, infer, load_contract
+from hub.cli.output import JSON_ALWAYS_OPTION, JSON_OPTION, emit, fail
 
 #: Arrays of a data file that are not model inputs.
 NOT_INPUTS = ("labels",)
@@ -32,16 +33,12 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
         raise ProtocolError(f"cannot read {path} as .npz: {exc}") from exc
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(2)
-
-
 def infer_command(
     data: Path = typer.Argument(..., help="calibration data: .npz of input arrays ('labels' is ignored)"),
     out: Path = typer.Option(..., "--out", "-o", help="where to write the contract (.json, or .toml)"),
     model: str | None = typer.Option(None, help="model name recorded in the contract"),
     per_feature: bool = typer.Option(False, "--per-feature", help="also infer a value range per flattened feature"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Infer a contract every row of DATA satisfies; edit it to loosen or tighten the rules."""
     try:
@@ -54,20 +51,23 @@ def infer_command(
         else:
             out.write_text(json.dumps(raw, indent=2) + "\n")
     except (ProtocolError, OSError) as exc:
-        raise _fail(exc) from exc
+        fail(exc, code=2)
+    inputs = [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in contract.inputs]
     names = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in contract.inputs)
-    typer.echo(f"contract for {names} written to {out}")
+    emit({"out": str(out), "inputs": inputs}, as_json, lambda _: typer.echo(f"contract for {names} written to {out}"))
 
 
 def check_command(
     contract_path: Path = typer.Argument(..., metavar="CONTRACT", help="contract file (.json or .toml)"),
     data: list[Path] = typer.Argument(..., help=".npz data files to check"),
+    as_json: bool = JSON_ALWAYS_OPTION,
 ) -> None:
-    """Check data files against a contract; exit 1 when any row breaks a rule."""
+    """Check data files against a contract and print the violations per file as JSON; exit 1 when any row
+    breaks a rule."""
     try:
         results = check_data_files(load_contract(contract_path), data)
     except ProtocolError as exc:
-        raise _fail(exc) from exc
+        fail(exc, code=2)
     typer.echo(json.dumps(results, indent=2))
     if any(r["violations"] for r in results.values()):
         raise typer.Exit(1)
@@ -85,4 +85,4 @@ def load_contract_option(path: Path | None) -> DataContract | None:
     try:
         return load_contract(path)
     except ProtocolError as exc:
-        raise _fail(exc) from exc
+        fail(exc, code=2)

@@ -9,6 +9,8 @@ from typing import Any
 
 import typer
 
+from hub.cli.output import fail
+
 DEFAULT_CACHE = Path(os.environ.get("EDGEFLEET_CACHE_DIR", Path.home() / ".cache" / "edgefleet" / "convert"))
 
 
@@ -106,14 +108,9 @@ def convert_command(
             strict=strict,
         )
     except UnsupportedOperatorError as exc:
-        typer.echo(
-            f"error: unsupported operator {exc.operator!r} (target {exc.target}, stage {exc.stage}): {exc}",
-            err=True,
-        )
-        raise typer.Exit(2) from exc
+        fail(f"unsupported operator {exc.operator!r} (target {exc.target}, stage {exc.stage}): {exc}", code=2)
     except (ConversionError, TargetError, json.JSONDecodeError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail(exc, code=2)
     if contract is not None:
         report = _record_contract(report, out, contract, [p for p in (calib, eval_data) if p is not None])
     if as_json:

@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hub.cli.remote import JSON_OPTION, emit, hub_session
+from hub.cli.output import JSON_OPTION, emit, fail
+from hub.cli.remote import hub_session
 
 
 def _labels(items: list[str]) -> dict[str, str]:
@@ -45,8 +46,7 @@ def register(app: typer.Typer) -> None:
 
         body = {"device_id": device_id, "target": target, "labels": _labels(label)}
         if out is not None and out.exists() and any(out.iterdir()):
-            typer.echo(f"error: {out} is not empty; give a new directory", err=True)
-            raise typer.Exit(1)
+            fail(f"{out} is not empty; give a new directory")
         with hub_session() as hub:
             if out is None:
                 answer = hub.post("/devices", body)
@@ -56,8 +56,7 @@ def register(app: typer.Typer) -> None:
         try:
             config = extract_device_kit(archive, out)
         except (tarfile.TarError, OSError) as exc:
-            typer.echo(f"error: the hub's kit could not be written to {out}: {exc}", err=True)
-            raise typer.Exit(1) from None
+            fail(f"the hub's kit could not be written to {out}: {exc}")
         files = sorted(p.name for p in out.iterdir())
         emit(
             {"device_id": device_id, "target": target, "directory": str(out), "files": files},

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from hub.cli.output import JSON_OPTION, fail
+
 if TYPE_CHECKING:
     from converters.gate import GateResult
 
@@ -26,7 +28,7 @@ def register(app: typer.Typer) -> None:
         max_size_mb: float | None = typer.Option(None, help="size budget of every variant"),
         require_target: list[str] = typer.Option([], help="a target that must have a usable variant, repeatable"),
         junit: Path | None = typer.Option(None, help="write JUnit XML here"),
-        as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+        as_json: bool = JSON_OPTION,
     ) -> None:
         """Check a conversion against thresholds; exit 1 when any check fails (2 on bad input)."""
         result = run_gate(
@@ -57,8 +59,7 @@ def run_gate(conversion: Path, config: Path | None, production: Path | None, **t
         report = load_report(_directory(conversion), verify=False)
         baseline = load_report(_directory(production), verify=False) if production else None
     except ConversionError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(exc, code=2)
     return evaluate_gate(report, limits, production=baseline)
 
 

@@ -18,16 +18,10 @@ from rich.table import Table
 
 from fleet.canary import CanaryReport
 from fleet.drift import DriftReport
+from hub.cli.output import JSON_OPTION, fail
 from hub.cli.remote import hub_session
 from hub.errors import HubError
 from hub.monitoring.queries import FileSource, canary_report_for, drift_report_for, parse_model_version
-
-console = Console(stderr=True)
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
-    return typer.Exit(code=1)
 
 
 def register(app: typer.Typer) -> None:
@@ -49,7 +43,7 @@ def register(app: typer.Typer) -> None:
         last: float | None = typer.Option(None, "--last", help="only telemetry of the last N hours"),
         reference: Path | None = typer.Option(None, help="ReferenceProfile JSON (e.g. a bundle's reference.json)"),
         telemetry: Path | None = typer.Option(None, help="telemetry dump (JSON or JSONL) instead of the hub"),
-        as_json: bool = typer.Option(False, "--json", help="print the JSON report"),
+        as_json: bool = JSON_OPTION,
     ) -> None:
         """Drift of a model version's live telemetry against its reference data, per cohort."""
         from fleet.telemetry import ReferenceProfile
@@ -74,7 +68,7 @@ def register(app: typer.Typer) -> None:
                     answer = hub.get(f"/models/{model}/versions/{version}/drift", cohort=cohort, by=by, last_hours=last)
                 report = DriftReport.model_validate(answer)
         except (HubError, ValueError, OSError) as exc:
-            raise _fail(exc) from exc
+            fail(exc)
         if as_json:
             typer.echo(report.model_dump_json(indent=2))
             return
@@ -104,7 +98,7 @@ def register(app: typer.Typer) -> None:
     def canary_report(
         rollout: str = typer.Argument(..., metavar="ROLLOUT"),
         telemetry: Path | None = typer.Option(None, help="telemetry dump (JSON) instead of the hub"),
-        as_json: bool = typer.Option(False, "--json", help="print the JSON report"),
+        as_json: bool = JSON_OPTION,
     ) -> None:
         """Canary verdict (pass, fail, inconclusive) of a rollout with its own gate settings, its reasons and
         metrics, and the verdicts the rollout's gate reached."""
@@ -119,7 +113,7 @@ def register(app: typer.Typer) -> None:
                 answer.pop("rollout_id", None)
                 report = CanaryReport.model_validate(answer)
         except (HubError, ValueError, OSError) as exc:
-            raise _fail(exc) from exc
+            fail(exc)
         if as_json:
             typer.echo(json.dumps({**report.model_dump(mode="json"), "gate_verdicts": gate_verdicts}, indent=2))
             return

@@ -1,4 +1,5 @@
-"""``edgefleet pki``: the fleet's certificate authority, the broker's certificate and per-device certificates."""
+"""``edgefleet pki``: the fleet's certificate authority, the broker's certificate and per-device certificates, as
+files (the CA's key stays where it is made; the hub uses the CA directory named by ``device_ca_dir``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, TypeVar
 
 import typer
 
+from hub.cli.output import JSON_ALWAYS_OPTION, JSON_OPTION, fail
 from hub.errors import HubError
 
 T = TypeVar("T")
@@ -29,6 +31,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("var/pki"), help="directory for ca.crt and the owner-only ca.key"),
         name: str = typer.Option("EdgeFleet fleet CA", help="the CA's common name"),
         days: int = typer.Option(3650, min=1, help="validity in days"),
+        as_json: bool = JSON_ALWAYS_OPTION,
     ) -> None:
         """Create the fleet CA (refuses to overwrite one)."""
         from hub.devices.pki import CertificateAuthority
@@ -42,6 +45,7 @@ def register(app: typer.Typer) -> None:
         ca: Path = typer.Option(Path("var/pki"), help="the CA directory"),
         out: Path = typer.Option(Path("var/pki/broker"), help="where to write the certificate and key"),
         days: int = typer.Option(825, min=1),
+        as_json: bool = JSON_ALWAYS_OPTION,
     ) -> None:
         """A server certificate for the broker (or the REST API) valid for each --host."""
         from hub.devices.pki import CertificateAuthority
@@ -55,6 +59,7 @@ def register(app: typer.Typer) -> None:
         ca: Path = typer.Option(Path("var/pki"), help="the CA directory"),
         out: Path = typer.Option(Path("var/pki/devices"), help="where to write the certificate and key"),
         days: int = typer.Option(825, min=1),
+        as_json: bool = JSON_ALWAYS_OPTION,
     ) -> None:
         """A client certificate whose common name is DEVICE_ID."""
         from hub.devices.pki import CertificateAuthority
@@ -72,15 +77,14 @@ def _status_command(pki_app: typer.Typer) -> None:
         ca: Path = typer.Option(Path("var/pki"), help="the CA directory; every certificate under it is listed"),
         file: list[Path] = typer.Option([], help="another certificate to check, repeatable"),
         warn_days: int = typer.Option(30, min=0, help="exit 1 when a certificate expires within this many days"),
-        as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+        as_json: bool = JSON_OPTION,
     ) -> None:
         """List certificates with their expiry; exit 1 if one has expired or expires within --warn-days."""
         from hub.devices.pki import certificate_info
 
         paths = sorted({*ca.rglob("*.crt"), *file}) if ca.is_dir() else sorted(set(file))
         if not paths:
-            typer.echo(f"error: no certificates under {ca}", err=True)
-            raise typer.Exit(1)
+            fail(f"no certificates under {ca}")
         infos = [_run(partial(certificate_info, path)) for path in paths]
         rows: list[dict[str, Any]] = [
             {
@@ -112,6 +116,7 @@ def _renew_commands(renew_app: typer.Typer) -> None:
     def renew_ca(
         ca: Path = typer.Option(Path("var/pki"), help="the CA directory"),
         days: int = typer.Option(3650, min=1, help="validity in days from now"),
+        as_json: bool = JSON_ALWAYS_OPTION,
     ) -> None:
         """Re-sign the CA with its own key: issued certificates stay valid; hand out the new ca.crt."""
         from hub.devices.pki import CertificateAuthority
@@ -124,6 +129,7 @@ def _renew_commands(renew_app: typer.Typer) -> None:
         cert: Path = typer.Argument(..., help="the certificate to renew; its key NAME.key is beside it"),
         ca: Path = typer.Option(Path("var/pki"), help="the CA directory that issued it"),
         days: int = typer.Option(825, min=1, help="validity in days from now"),
+        as_json: bool = JSON_ALWAYS_OPTION,
     ) -> None:
         """Re-issue a broker, API or device certificate with a fresh key and the same names."""
         from hub.devices.pki import CertificateAuthority, certificate_info
@@ -144,5 +150,4 @@ def _run(action: Callable[[], T]) -> T:
     try:
         return action()
     except (HubError, FleetError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(exc)

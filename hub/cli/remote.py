@@ -1,20 +1,16 @@
-"""What every hub-talking command shares: the global ``--hub``/``--token`` options, a `HubClient`, one-line
-errors (exit status 1) and printing either JSON (``--json``) or a table."""
+"""What every hub-talking command shares: the global ``--hub``/``--token`` options and a `HubClient` whose
+failures end the command with one line (`hub.cli.output.fail`)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
-
-import typer
 
 from hub.cli.client import HubCallError, HubClient, connection
+from hub.cli.output import fail
 
-__all__ = ["JSON_OPTION", "emit", "hub_session", "set_target"]
+__all__ = ["hub_session", "set_target"]
 
-JSON_OPTION = typer.Option(False, "--json", help="print JSON")
 _target: dict[str, str | None] = {"hub": None, "token": None}
 
 
@@ -25,25 +21,15 @@ def set_target(hub: str | None, token: str | None) -> None:
 
 @contextmanager
 def hub_session() -> Iterator[HubClient]:
-    """A client of the hub the options, environment or config file name; a `HubCallError` inside becomes
-    ``error: ...`` on stderr and exit status 1."""
+    """A client of the hub the options, environment or config file name; a `HubCallError` inside ends the
+    command with one line on stderr and exit status 1."""
     try:
         client = HubClient(connection(_target["hub"], _target["token"]))
     except HubCallError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(exc)
     try:
         yield client
     except HubCallError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(exc)
     finally:
         client.close()
-
-
-def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
-    """Print ``data`` as JSON with ``--json``, else through ``render``."""
-    if as_json:
-        typer.echo(json.dumps(data, indent=2))
-    else:
-        render(data)

@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hub.cli.remote import JSON_OPTION, emit, hub_session
+from hub.cli.output import JSON_OPTION, emit
+from hub.cli.remote import hub_session
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Literal, cast
 import typer
 from pydantic import ValidationError
 
+from hub.cli.output import fail
+
 if TYPE_CHECKING:
     from hub.serving import BatchingConfig, ModelSpec
 
@@ -29,6 +31,7 @@ PreferredOpt = Annotated[list[int] | None, typer.Option("--preferred-batch-size"
 QueueOpt = Annotated[int, typer.Option(help="queued requests per model before answering 503")]
 TimeoutOpt = Annotated[float, typer.Option(help="default per-request timeout (ms)")]
 InstancesOpt = Annotated[int, typer.Option(help="model instances (worker threads) per model")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON (errors too, as {'error': ...} on stderr)")]
 
 
 def _batching(
@@ -90,9 +93,11 @@ def serve(
         Path | None, typer.Option(help="file holding the API token clients must send (or EDGEFLEET_SERVING_TOKEN)")
     ] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="serve without a token (trusted networks only)")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Serve model files (no hub needed): V2 endpoints under /v2, Prometheus metrics at /metrics. Clients send
-    ``Authorization: Bearer TOKEN``; without --token-file or EDGEFLEET_SERVING_TOKEN a token is made and printed."""
+    ``Authorization: Bearer TOKEN``; without --token-file or EDGEFLEET_SERVING_TOKEN a token is made and printed.
+    With --json the start is one JSON object on stdout: url, models and the made token (else null)."""
     if ctx.invoked_subcommand is not None:
         return
     batching = _batching(
@@ -106,12 +111,22 @@ def serve(
 
     from hub.serving import create_app
 
-    app = create_app(specs, registry=CollectorRegistry(), token=None if no_auth else _serving_token(token_file))
+    token, made = (None, False) if no_auth else _serving_token(token_file)
+    if as_json:
+        shown = {
+            "url": f"http://{host}:{port}",
+            "models": [spec.name for spec in specs],
+            "token": token if made else None,
+        }
+        typer.echo(json.dumps(shown))
+    elif made:
+        typer.echo(f"serving API token (shown once; clients send 'Authorization: Bearer ...'): {token}", err=True)
+    app = create_app(specs, registry=CollectorRegistry(), token=token)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
-def _serving_token(token_file: Path | None) -> str:
-    """The token from ``token_file`` or the environment, else a new one printed once to stderr."""
+def _serving_token(token_file: Path | None) -> tuple[str, bool]:
+    """The token from ``token_file`` or the environment, else a new one; and whether it was made here."""
     import os
     import secrets
 
@@ -122,12 +137,11 @@ def _serving_token(token_file: Path | None) -> str:
             raise typer.BadParameter(f"cannot read --token-file {token_file}: {exc}") from exc
         if not token:
             raise typer.BadParameter(f"--token-file {token_file} is empty")
-        return token
+        return token, False
     token = os.environ.get("EDGEFLEET_SERVING_TOKEN", "").strip()
-    if not token:
-        token = f"ef_{secrets.token_urlsafe(32)}"
-        typer.echo(f"serving API token (shown once; clients send 'Authorization: Bearer ...'): {token}", err=True)
-    return token
+    if token:
+        return token, False
+    return f"ef_{secrets.token_urlsafe(32)}", True
 
 
 @serve_app.command("export-triton")
@@ -141,6 +155,7 @@ def export_triton_cmd(
     timeout_ms: TimeoutOpt = 30_000.0,
     instances: InstancesOpt = 1,
     instance_kind: Annotated[str, typer.Option(help="auto, gpu or cpu")] = "auto",
+    as_json: JsonOpt = False,
 ) -> None:
     """Write config.pbtxt and the model file into a Triton model repository."""
     from hub.serving import ServingError, export_triton
@@ -155,9 +170,8 @@ def export_triton_cmd(
         kind = cast(Literal["auto", "gpu", "cpu"], instance_kind)
         model_dir = export_triton(spec, out, instance_kind=kind)
     except ServingError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    typer.echo(str(model_dir))
+        fail(exc)
+    typer.echo(json.dumps({"model_dir": str(model_dir)}) if as_json else str(model_dir))
 
 
 def register(app: typer.Typer) -> None:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from fleet.wire import topics
 from fleet.wire.messages import DeviceId, Name
 from hub.auth import Role, allow
-from hub.devices.broker_acl import BrokerUser, hub_user, write_broker_auth
+from hub.devices.broker_acl import BrokerUser, hub_user, render_acl, render_password_file, write_broker_auth
 from hub.devices.pki import CertificateAuthority
 from hub.devices.provisioning import DeviceKit, kit_archive
 from hub.registry.tables import DEVICE_SECRET_FIELDS
@@ -44,17 +44,38 @@ class LabelsIn(BaseModel):
     remove: list[LabelKey] = Field(default_factory=list, max_length=64)
 
 
+def broker_users(hub: Hub) -> list[BrokerUser]:
+    """The broker logins of the hub and of every provisioned device that has a broker password."""
+    devices = hub.registry.list_devices()
+    return [hub_user(hub.hub_secret)] + [
+        BrokerUser(username=d.id, password_hash=d.broker_hash, role="device") for d in devices if d.broker_hash
+    ]
+
+
 def refresh_broker_auth(hub: Hub) -> None:
     """Rewrite Mosquitto's password and ACL files in ``broker_auth_dir`` from the inventory (reload Mosquitto
     with SIGHUP to apply them); nothing without that setting."""
     directory = hub.settings.broker_auth_dir
-    if directory is None:
-        return
-    devices = hub.registry.list_devices()
-    users = [hub_user(hub.hub_secret)] + [
-        BrokerUser(username=d.id, password_hash=d.broker_hash, role="device") for d in devices if d.broker_hash
-    ]
-    write_broker_auth(directory, users)
+    if directory is not None:
+        write_broker_auth(directory, broker_users(hub))
+
+
+def create_broker_router(hub: Hub) -> APIRouter:
+    """``GET /broker/auth-files``: Mosquitto's password and ACL files for a broker on another host."""
+    router = APIRouter(prefix="/broker", tags=["devices"])
+
+    @router.get("/auth-files", dependencies=allow(Role.ADMIN))
+    def auth_files() -> dict[str, Any]:
+        """The texts of Mosquitto's ``passwd`` (the hub's and each device's PBKDF2 hash) and ``acl`` files, from
+        the inventory now; admin only, since the hashes are the broker's credentials."""
+        users = broker_users(hub)
+        return {
+            "passwd": render_password_file(users),
+            "acl": render_acl(users),
+            "devices": sum(1 for u in users if u.role == "device"),
+        }
+
+    return router
 
 
 def create_devices_router(hub: Hub) -> APIRouter:

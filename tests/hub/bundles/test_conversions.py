@@ -67,64 +67,35 @@ def test_cli_registers_a_conversion(tmp_path: Path, converted: tuple[TrainedDigi
     from typer.testing import CliRunner
 
     from agent.bundle import read_bundle
-    from hub.bundles.store import ArtifactStore
+    from hub.app import Hub
+    from hub.auth import Role
     from hub.cli import app
+    from hub.config import HubSettings
+    from tests.hub.cli.live_hub import serving
 
     _, out, vectors = converted
     contract = tmp_path / "contract.json"
     inferred = CliRunner().invoke(app, ["contract", "infer", str(vectors), "--out", str(contract)])
     assert inferred.exit_code == 0, inferred.output
-    result = CliRunner().invoke(
-        app,
-        [
-            "models",
-            "register-conversion",
-            str(out),
-            "--version",
-            "3.1.0",
-            "--vectors",
-            str(vectors),
-            "--model",
-            "digits",
-            "--data-dir",
-            str(tmp_path / "hub"),
-            "--contract",
-            str(contract),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    body = json.loads(result.output)
-    assert body["version"] == "3.1.0" and len(body["registered"]) >= 3
-    store = ArtifactStore(tmp_path / "hub" / "artifacts")
-    for registered in body["registered"]:  # every bundle carries the contract its devices check inputs against
-        bundle = read_bundle(store.path(registered["bundle_sha256"]))
-        assert bundle.contract is not None and bundle.contract.input().name == "input"
-    bad = CliRunner().invoke(
-        app,
-        [
-            "models",
-            "register-conversion",
-            str(out),
-            "--version",
-            "three",
-            "--vectors",
-            str(vectors),
-            "--data-dir",
-            str(tmp_path / "hub"),
-        ],
-    )
-    assert bad.exit_code != 0
-    # the bundles carry a drift reference built from the vectors: `drift report` needs no --reference
-    from hub.app import Hub
-    from hub.config import HubSettings
-    from tests.hub.cli.live_hub import serving
-
-    hub = Hub(HubSettings(data_dir=tmp_path / "hub"))  # the CLI asks the hub that holds the bundles
+    register = ["models", "register-conversion", str(out), "--vectors", str(vectors), "--model", "digits"]
+    hub = Hub(HubSettings(data_dir=tmp_path / "hub"))  # the CLI uploads to it and asks it for drift
     try:
-        with serving(hub) as hub_args:
+        with serving(hub, Role.OPERATOR) as hub_args:
+            result = CliRunner().invoke(
+                app, [*hub_args, *register, "--version", "3.1.0", "--contract", str(contract), "--json"]
+            )
+            bad = CliRunner().invoke(app, [*hub_args, *register, "--version", "three"])
             drift = CliRunner().invoke(app, [*hub_args, "drift", "report", "digits:3.1.0", "--json"])
     finally:
         hub.db.close()
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["version"] == "3.1.0" and len(body["registered"]) >= 3
+    for registered in body["registered"]:  # every bundle carries the contract its devices check inputs against
+        bundle = read_bundle(hub.store.path(registered["bundle_sha256"]))
+        assert bundle.contract is not None and bundle.contract.input().name == "input"
+    assert bad.exit_code == 1 and "not semantic versioning" in bad.output
+    # the bundles carry a drift reference built from the vectors: `drift report` needs no --reference
     assert drift.exit_code == 0, drift.output
     assert "no drift reference" not in drift.output
     report = json.loads(drift.output)

@@ -55,6 +55,8 @@ def test_register_conversion_refuses_a_conversion_that_fails_its_gate(tmp_path: 
     result = CliRunner().invoke(
         app,
         [
+            "--hub",
+            "http://127.0.0.1:9",  # never asked: the gate refuses first
             "models",
             "register-conversion",
             str(_conversion(tmp_path, 0.5)),
@@ -64,8 +66,6 @@ def test_register_conversion_refuses_a_conversion_that_fails_its_gate(tmp_path: 
             str(vectors),
             "--gate",
             str(config),
-            "--data-dir",
-            str(tmp_path / "hub"),
         ],
     )
     assert result.exit_code == 1 and "failed the gate" in result.output and "nothing registered" in result.output

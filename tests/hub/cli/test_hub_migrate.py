@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import sqlalchemy
@@ -27,6 +28,8 @@ def test_migrate_a_fresh_data_dir_creates_the_schema(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert f"from none (empty database) to {head_revision()}" in result.output
     assert (tmp_path / "registry.db").exists()
+    again = CliRunner().invoke(app, ["hub", "migrate", "--data-dir", str(tmp_path), "--json"])
+    assert json.loads(again.stdout) == {"from": head_revision(), "to": head_revision(), "backup": None}
 
 
 def test_migrate_refuses_an_unknown_schema_with_one_line(database_url: str, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ process, the first start prints an admin token once, which opens the REST API, a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -21,6 +22,18 @@ from hub.cli import app
 from tests.waiting import port_accepts, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`hub serve` in this process points the root logger at CliRunner's stderr, closed after the run: put the
+    logging configuration back, so later tests' log records are not written to a closed stream."""
+    root, hub_log = logging.getLogger(), logging.getLogger("hub")
+    handlers, level, hub_level = root.handlers[:], root.level, hub_log.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    hub_log.setLevel(hub_level)
 
 
 @pytest.fixture
@@ -54,6 +67,14 @@ def _one_line_error(code: int, output: str) -> str:
 def test_a_taken_api_port_is_one_line(tmp_path: Path, taken_port: int) -> None:
     line = _one_line_error(*_serve(tmp_path, "--api-port", str(taken_port), "--broker-port", "0"))
     assert line == f"error: the REST API cannot listen on 127.0.0.1:{taken_port}: Address already in use"
+
+
+def test_with_json_a_taken_api_port_is_one_json_object(tmp_path: Path, taken_port: int) -> None:
+    code, output = _serve(tmp_path, "--api-port", str(taken_port), "--broker-port", "0", "--json")
+    assert code == 1 and output.count("\n") == 1
+    assert json.loads(output) == {
+        "error": f"the REST API cannot listen on 127.0.0.1:{taken_port}: Address already in use"
+    }
 
 
 def test_a_taken_broker_port_is_one_line(tmp_path: Path, taken_port: int) -> None:

@@ -1,0 +1,67 @@
+"""``edgefleet broker auth-files``: Mosquitto's password and ACL files, fetched from the hub's REST API (admin token).
+
+It runs on the broker's host, which need not be the hub's: the hub renders the files from its inventory
+(``GET /broker/auth-files``), the command writes them atomically and prints the listener configuration to include.
+A hub with ``broker_auth_dir`` keeps such files current by itself when Mosquitto shares its host.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from hub.cli.output import JSON_OPTION, emit, fail
+from hub.cli.remote import hub_session
+from hub.devices.mosquitto import mosquitto_config, write_auth_files
+from hub.devices.pki import ServerTls
+
+console = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``broker`` group to ``app``."""
+    broker_app = typer.Typer(help="The external broker's access control.", no_args_is_help=True)
+    broker_app.command("auth-files")(auth_files)
+    app.add_typer(broker_app, name="broker")
+
+
+def auth_files(
+    out: Path = typer.Option(..., help="directory for the password and ACL files"),
+    port: int = typer.Option(1883, help="the device listener's port (8883 is usual with TLS)"),
+    host: str = typer.Option("127.0.0.1", help="the device listener's address"),
+    tls_cert: Path | None = typer.Option(None, help="serve TLS with this certificate (`edgefleet pki issue`)"),
+    tls_key: Path | None = typer.Option(None, help="its private key"),
+    client_ca: Path | None = typer.Option(None, help="CA of device certificates (mutual TLS)"),
+    require_client_cert: bool = typer.Option(False, help="devices must present a certificate; its CN is the login"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Write Mosquitto's password and ACL files from the hub's inventory (reload Mosquitto with SIGHUP after),
+    and print the listener configuration to include."""
+    if (tls_cert is None) != (tls_key is None) or (require_client_cert and client_ca is None):
+        fail("--tls-cert and --tls-key go together; --require-client-cert needs --client-ca", code=2)
+    with hub_session() as hub:
+        answer = hub.get("/broker/auth-files")
+    try:
+        files = write_auth_files(out, answer["passwd"], answer["acl"])
+    except OSError as exc:
+        fail(f"cannot write the broker's files to {out}: {exc}")
+    tls = (
+        ServerTls(str(tls_cert), str(tls_key), str(client_ca) if client_ca else None, require_client_cert)
+        if tls_cert and tls_key
+        else None
+    )
+    config = mosquitto_config(files, port=port, host=host, tls=tls)
+    result = {
+        "password_file": str(files.password_file),
+        "acl_file": str(files.acl_file),
+        "devices": answer["devices"],
+        "listener_config": config,
+    }
+
+    def show(_: object) -> None:
+        typer.echo(config)
+        console.print(f"{answer['devices']} devices and the hub written to {files.password_file} and {files.acl_file}")
+
+    emit(result, as_json, show)
