@@ -32,6 +32,8 @@ def _fuzz(app: FastAPI, headers: dict[str, str], check: Callable[[Any, Any], Non
 
 def test_no_operation_works_anonymously(app: FastAPI) -> None:
     def refused(case: Any, response: Any) -> None:  # generated bearer values are bad tokens: 401, then 429
+        if response.status_code == 422 and "NUL byte" in response.text:
+            return  # refused before authentication by the request limits (hub/request_limits.py): nothing ran
         expected = {200} if (case.method, case.path) == ("GET", "/health") else {401, 429}
         assert response.status_code in expected, (case.method, case.formatted_path, response.text)
 
