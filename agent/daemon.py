@@ -16,9 +16,11 @@ from agent.certificates import CertificateRenewal
 from agent.config import AgentConfig
 from agent.errors import AgentError, CertificateError, ReplayedOrderError
 from agent.http_api import ApiLimits, LocalApi
+from agent.http_download import HttpDownloader
 from agent.inference import InferenceService
 from agent.link import BrokerLink
 from agent.offload import OffloadClient
+from agent.range_client import RangeClient
 from agent.state_store import StateStore
 from agent.telemetry import Outbox, TelemetryCollector, TelemetrySender
 from agent.transfer import ChunkDownloader, MetadataClient
@@ -143,6 +145,15 @@ class Agent:
             where=f"{address.host}:{address.port}",
         )
         metadata = MetadataClient(link, cfg.device_id, timeout_s=cfg.metadata_timeout_s)
+        secret = cfg.secret()
+        http = HttpDownloader(
+            self.data_dir / "downloads",
+            RangeClient(timeout_s=cfg.http_timeout_s, ca_file=cfg.http_ca_file),
+            credentials=(cfg.device_id, secret) if secret else None,
+            attempts=cfg.http_attempts,
+            retry_initial_s=cfg.http_retry_initial_s,
+            retry_max_s=cfg.http_retry_max_s,
+        )
         downloader = ChunkDownloader(
             link,
             cfg.device_id,
@@ -150,6 +161,7 @@ class Agent:
             chunk_timeout_s=cfg.chunk_timeout_s,
             ask_after_s=cfg.chunk_ask_after_s,
             index_source=metadata.get,
+            http=http,
         )
         verifier = BundleVerifier(self.data_dir / "tuf", trust_root, metadata.get)
         self.updater = Updater(

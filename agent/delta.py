@@ -105,22 +105,28 @@ class DeltaDownload:
             return
         if frame.sha256 != self.order.sha256 or frame.count != len(self.index.pieces):
             return
-        piece: Piece = self.index.pieces[frame.index]
-        if len(frame.data) != piece.length or hashlib.sha256(frame.data).digest() != piece.sha256:
+        if not self.write_piece(frame.index, frame.data):
             log.warning("piece %d does not match the chunk index; dropped", frame.index)
-            return
+
+    def write_piece(self, position: int, data: bytes) -> bool:
+        """Write the piece at ``position`` if ``data`` has its indexed length and digest; return whether it
+        matched (a disk error is kept in ``failure``)."""
+        piece: Piece = self.index.pieces[position]
+        if len(data) != piece.length or hashlib.sha256(data).digest() != piece.sha256:
+            return False
         with self._lock:
-            if frame.index not in self.missing or self.failure is not None:
-                return
+            if position not in self.missing or self.failure is not None:
+                return True
             try:
                 with self.part.open("r+b") as out:
                     out.seek(piece.offset)
-                    out.write(frame.data)
-                self.missing.discard(frame.index)
+                    out.write(data)
+                self.missing.discard(position)
                 self.fetched_bytes += piece.length
             except OSError as exc:
-                self.failure = storage_error(f"cannot write piece {frame.index} to {self.part}", exc)
+                self.failure = storage_error(f"cannot write piece {position} to {self.part}", exc)
         self.arrived.set()
+        return True
 
     def on_refused(self, message: Message) -> None:
         """The hub cannot serve these pieces: stop, so the caller falls back to a whole download."""

@@ -46,6 +46,7 @@ class UpdateRecord(BaseModel):
     order: DeploymentOrder
     state: UpdateState
     detail: str = ""
+    transfer_note: str = ""  # sources the download had to leave, and why: added to the final report's detail
     candidate: Slot | None = None
     restore_point: RestorePoint | None = None
 

@@ -1,4 +1,5 @@
-"""Bundle transfer over MQTT: resumable chunked download and TUF metadata requests.
+"""Bundle transfer over MQTT: resumable chunked download and TUF metadata requests; an order whose transport
+is ``http`` is handed to the `HttpDownloader` (`agent.http_download`) instead.
 
 Chunks arrive on the bundle's broadcast topic, so devices updating together share one stream; each
 device asks only for the chunks it still misses. Progress is kept on disk (``.part`` file plus a bitmap
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.delta import DeltaDownload, DeltaUnavailable, IndexSource, fetch_delta, load_indexes
+from agent.digests import sha256_file
 from agent.errors import AgentError, TransferError, storage_error
+from agent.http_download import HttpDownloader
 from fleet.errors import ProtocolError
 from fleet.wire import topics
 from fleet.wire.chunk_index import DELTA_MIN_SHARED
@@ -185,6 +187,8 @@ class ChunkDownloader:
     not sent requests it would answer with a second copy. ``index_source`` fetches a chunk index by its
     metadata name (`MetadataClient.get`); without it every download is whole. ``delta_reused_bytes`` and
     ``delta_fetched_bytes`` count what delta downloads took from the installed bundle and from the hub.
+    Orders with the ``http`` transport go to ``http``; ``note`` says which of their sources the last download
+    had to leave and why ("" for MQTT downloads and when the first source served the bundle).
     """
 
     def __init__(
@@ -196,8 +200,11 @@ class ChunkDownloader:
         chunk_timeout_s: float = 5.0,
         ask_after_s: float = 0.0,
         index_source: IndexSource | None = None,
+        http: HttpDownloader | None = None,
     ) -> None:
         self.broker = broker
+        self.http = http
+        self.note = ""
         self.device_id = device_id
         self.directory = directory
         self.chunk_timeout_s = chunk_timeout_s
@@ -225,9 +232,18 @@ class ChunkDownloader:
         """Fetch the order's bundle and return its path: as a delta against ``base`` (the installed bundle's
         digest and path) when the hub serves chunk indexes, else whole, resuming any earlier partial download."""
         final = self.final_path(order.sha256)
+        self.note = ""
         if final.exists() and sha256_file(final) == order.sha256:
             return final
         deadline = time.monotonic() + timeout_s
+        if order.transport == "http":
+            if self.http is None:
+                raise TransferError("the order asks for an HTTP download and this agent has no HTTP downloader")
+            path = self.http.download(
+                order, final, deadline=deadline, progress=progress, cancelled=cancelled, base=base
+            )
+            self.note = self.http.note
+            return path
         job = BundleDownload(order, self.directory)
         job.prepare()
         # Listen for chunks before trying a delta: a wave's bundle may be pushed while the delta is being tried.
@@ -308,7 +324,7 @@ class ChunkDownloader:
 
     def discard(self, sha256: str) -> None:
         """Remove any partial or complete download of ``sha256``."""
-        for suffix in (".part", ".have", ".bundle", ".delta"):
+        for suffix in (".part", ".have", ".bundle", ".delta", ".http"):
             (self.directory / f"{sha256}{suffix}").unlink(missing_ok=True)
 
     def _request(self, sha256: str, chunks: list[int]) -> None:
@@ -379,12 +395,3 @@ def _write_chunk(path: Path, offset: int, data: bytes) -> None:
     with path.open("r+b") as out:
         out.seek(offset)
         out.write(data)
-
-
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()

@@ -20,6 +20,7 @@ from fleet.wire.messages import DeviceId, Name
 from hub.app import Hub
 from hub.auth import AuditMiddleware, Authenticator, Role, allow
 from hub.auth.api import create_access_router
+from hub.bundles.api import create_bundles_router
 from hub.bundles.upload_api import create_upload_router
 from hub.captures.api import create_captures_router
 from hub.console import mount_console
@@ -195,6 +196,7 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(create_devices_router(hub))
     app.include_router(create_broker_router(hub))
     app.include_router(create_captures_router(hub))
+    app.include_router(create_bundles_router(hub))  # devices' HTTP downloads (device credentials, not tokens)
     app.include_router(create_rollouts_router(hub))
     app.include_router(create_monitoring_router(hub))
     app.include_router(create_policies_router(hub))

@@ -34,7 +34,7 @@ from hub.config import HubSettings
 from hub.devices.certificates import CertificateSigner
 from hub.devices.connection import BrokerConnector
 from hub.devices.embedded_broker import EmbeddedBroker
-from hub.devices.orders import DeploymentOrders
+from hub.devices.orders import BundleSources, DeploymentOrders
 from hub.devices.pki import CertificateAuthority
 from hub.devices.records import DeviceRecords
 from hub.devices.traffic import DeviceTraffic
@@ -152,7 +152,9 @@ class Hub:
             rebroadcast_window_s=s.rebroadcast_window_s,
             gather_s=s.chunk_gather_s,
         )
-        self.orders = DeploymentOrders(broker, self.store, self.registry, chunk_size=s.chunk_size)
+        sources = BundleSources(s.bundle_transport, tuple(s.bundle_mirrors), s.device_bundle_url())
+        self.orders = DeploymentOrders(broker, self.store, self.registry, chunk_size=s.chunk_size, sources=sources)
+        push = self.transfer.push if s.bundle_transport == "mqtt" else None  # http: devices pull, nothing pushed
         self.presence = DevicePresence(self.registry, offline_after_s=s.device_offline_after_s)
         self.presence.sweep()  # before subscribing: stored rows of devices that fell silent meanwhile are stale
         traffic.on_heartbeat(self.presence.heard)
@@ -174,7 +176,7 @@ class Hub:
             feed=feed,
             own_feed=s.replica,
             on_manager=self._set_rollouts,
-            push=self.transfer.push,
+            push=push,
         )
         self.leadership.start(on_elected=self._lead, on_deposed=self._step_down)
         traffic.start()
@@ -275,7 +277,7 @@ class Hub:
                 shadow=shadow,
             )
             self.orders.send(device_id, order)
-        if self.transfer is not None:  # broadcast each bundle once to all its devices (see BundleTransfer.push)
+        if self.transfer is not None and self.settings.bundle_transport == "mqtt":  # see BundleTransfer.push
             for sha in {variant.bundle_sha256 for variant in chosen.values()}:
                 devices = [self.registry.get_device(d) for d, v in chosen.items() if v.bundle_sha256 == sha]
                 self.transfer.push(sha, {d.active_sha256 for d in devices if d.active_sha256})

@@ -10,11 +10,12 @@ from __future__ import annotations
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from fleet.wire.messages import BaseUrl
 from fleet.wire.mqtt import TlsFiles
 from hub.auth.guard import LoginBackoffSettings
 from hub.devices.pki import ServerTls
@@ -67,6 +68,25 @@ class HubSettings(BaseModel):
         default=None,
         pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,62}|file:)",
         description="s3://bucket[/prefix]?endpoint=URL for an S3-compatible service; default data_dir/artifacts",
+    )
+    bundle_transport: Literal["mqtt", "http"] = Field(
+        default="mqtt",
+        description="how devices download bundles, written into every order: mqtt (chunk broadcast over the "
+        "broker, for LANs and small fleets) or http (range requests to bundle_mirrors, then the hub's /bundles)",
+    )
+    bundle_url: BaseUrl | None = Field(
+        default=None,
+        description="http transport: where devices reach this hub's /bundles route, e.g. "
+        "https://hub.example:8600/bundles; default http(s)://api_host:api_port/bundles",
+    )
+    bundle_mirrors: list[BaseUrl] = Field(
+        default_factory=list,
+        max_length=8,
+        description="http transport: mirror or CDN base URLs holding bundles as {base}/{sha256}, tried in order "
+        "before the hub; untrusted (TUF checks every byte) and sent no device credentials",
+    )
+    bundle_link_ttl_s: int = Field(
+        default=300, ge=30, le=7 * 24 * 3600, description="S3 store: lifetime of the pre-signed link /bundles answers"
     )
     metadata_refresh_interval_s: float = Field(
         default=600.0, gt=0, description="how often the hub re-signs TUF metadata that is half-way to expiry"
@@ -159,6 +179,23 @@ class HubSettings(BaseModel):
         if self.replica and (self.broker_url is None or not (self.database_url or "").startswith("postgres")):
             raise ValueError("replica needs an external broker (broker_url) and PostgreSQL (database_url)")
         return self
+
+    @model_validator(mode="after")
+    def _bundle_url_known(self) -> HubSettings:
+        if self.bundle_transport == "http" and self.bundle_url is None and self.api_host in ("0.0.0.0", "::", ""):
+            raise ValueError(
+                f"bundle_transport http: set bundle_url, the address devices reach this hub's API at "
+                f"(it listens on {self.api_host or 'every interface'})"
+            )
+        return self
+
+    def device_bundle_url(self) -> str:
+        """Where devices reach this hub's ``/bundles`` route: ``bundle_url``, else derived from the API address."""
+        if self.bundle_url is not None:
+            return self.bundle_url.rstrip("/")
+        scheme = "https" if self.api_tls_cert is not None else "http"
+        host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+        return f"{scheme}://{host}:{self.api_port}/bundles"
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> HubSettings:

@@ -8,6 +8,7 @@ Exceptions::
      ├── InvalidRequestError    422  well-formed but unacceptable input (bad semver, unknown target...)
      │    └── PayloadTooLargeError  413  a request body over the API's limit
      ├── AuthenticationError    401  no bearer token, or one that is unknown, revoked or expired
+     │    └── DeviceAuthenticationError  401  no or wrong device credentials (HTTP Basic, bundle downloads)
      ├── PermissionDeniedError  403  the token's role does not allow the route
      ├── TooManyAttemptsError   429  this address failed too often: refused until ``retry_after_s`` passed
      ├── ArtifactError          500  the artifact store cannot read or write (full disk, corrupt blob)
@@ -62,6 +63,14 @@ class AuthenticationError(HubError):
     def headers(self) -> dict[str, str]:
         """Tell the client which scheme to use (RFC 6750)."""
         return {"WWW-Authenticate": "Bearer"}
+
+
+class DeviceAuthenticationError(AuthenticationError):
+    """A device route without the device's id and secret, or with wrong ones."""
+
+    def headers(self) -> dict[str, str]:
+        """Devices log in with HTTP Basic: their id and the secret they log in to the broker with."""
+        return {"WWW-Authenticate": 'Basic realm="edgefleet devices"'}
 
 
 class PermissionDeniedError(HubError):

@@ -1,5 +1,5 @@
-"""DOWNLOAD: fetch the ordered bundle over the broker (as a delta against the active model's bundle when the
-hub serves chunk indexes), resuming a partial download."""
+"""DOWNLOAD: fetch the ordered bundle over the broker or HTTP, as the order says (as a delta against the active
+model's bundle when chunk indexes are served), resuming a partial download."""
 
 from __future__ import annotations
 
@@ -34,4 +34,5 @@ class Download:
             progress=lambda fraction: self.progress(record, fraction),
             base=(active.sha256, Path(active.path)) if active is not None else None,
         )
+        record.transfer_note = self.downloader.note  # e.g. a mirror refused: reported with the outcome
         return Outcome.ok()

@@ -132,7 +132,8 @@ class Updater:
                 log.warning("update %s failed in %s: %s", order.deployment_id, current, outcome.detail)
             self._enter(record, current, outcome.event, outcome.detail)
             self._persist(record, current)
-        self._report(order, record.state, record.state is UpdateState.DONE, record.detail, None)
+        detail = "; ".join(part for part in (record.detail, record.transfer_note) if part)
+        self._report(order, record.state, record.state is UpdateState.DONE, detail, None)
         return record.state
 
     def _check_sequence(self, order: DeploymentOrder) -> None:

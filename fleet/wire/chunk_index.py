@@ -28,6 +28,7 @@ _RECORD: Final = struct.Struct(">32sI")
 _NAME: Final = re.compile(r"^chunk-index\.([0-9a-f]{64})$")
 # Fits one metadata reply (512 KiB of JSON after base64): about 85 MiB of bundle at 8 KiB per piece.
 MAX_PIECES: Final = 10_000
+MAX_INDEX_BYTES: Final = _HEADER.size + MAX_PIECES * _RECORD.size
 # A delta is worth it when the installed bundle holds at least this share of the new one's bytes; below it the
 # hub pushes the whole bundle to the wave and devices download it whole (both sides use this one threshold).
 DELTA_MIN_SHARED: Final = 0.25

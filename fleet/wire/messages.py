@@ -11,7 +11,15 @@ import struct
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from fleet.errors import ProtocolError
 
@@ -32,6 +40,9 @@ MAX_HISTOGRAM_BUCKETS: Final = 64
 MAX_PREDICTION_LABELS: Final = 1000
 MAX_FEATURES: Final = 256
 MAX_ACK_BATCHES: Final = 1000
+MAX_MIRRORS: Final = 8
+#: Where a device downloads bundles over HTTP(S): ``{base}/{sha256}``, and ``{base}/chunk-index.{sha256}``.
+BaseUrl = Annotated[str, Field(max_length=512, pattern=r"^https?://[^\s/?#@]+(/[^\s?#]*)?$")]
 
 
 class WireModel(BaseModel):
@@ -105,6 +116,30 @@ class DeploymentOrder(WireModel):
     # Strictly increasing per device, kept by hub and agent: an agent refuses an order older than the last one
     # it accepted, so a captured order can never be replayed (0: a hub from before sequences).
     sequence: int = Field(default=0, ge=0, le=2**63 - 1)
+    # How the bundle travels. "mqtt": chunk broadcast over the broker. "http": range requests to each of
+    # ``mirrors`` in order (untrusted, sent no credentials), then to ``hub_url`` (the hub's /bundles route, sent
+    # the device's credentials). Either way the bytes are checked against the order's digest and TUF.
+    transport: Literal["mqtt", "http"] = "mqtt"
+    mirrors: list[BaseUrl] = Field(default_factory=list, max_length=MAX_MIRRORS)
+    hub_url: BaseUrl | None = None
+
+    @model_validator(mode="after")
+    def _sources_fit_transport(self) -> DeploymentOrder:
+        if self.transport == "http" and not (self.mirrors or self.hub_url):
+            raise ValueError("an http order names at least one mirror or the hub_url")
+        if self.transport == "mqtt" and (self.mirrors or self.hub_url):
+            raise ValueError("an mqtt order names no download URLs")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_default_transport(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave the transport fields out of MQTT orders, so an agent from before HTTP downloads (which refuses
+        unknown fields) still accepts them."""
+        data: dict[str, Any] = handler(self)
+        if self.transport == "mqtt":
+            for key in ("transport", "mirrors", "hub_url"):
+                data.pop(key, None)
+        return data
 
 
 class UpdateEvent(WireModel):

@@ -33,6 +33,15 @@ def register(app: typer.Typer) -> None:
         artifact_store: str | None = typer.Option(
             None, help="s3://bucket[/prefix]?endpoint=URL (S3-compatible); omitted: data dir/artifacts"
         ),
+        bundle_transport: str | None = typer.Option(
+            None, help="how devices download bundles: mqtt (broker chunk broadcast) or http (range requests) [mqtt]"
+        ),
+        bundle_url: str | None = typer.Option(
+            None, help="http: where devices reach this hub's /bundles route [http(s)://api-host:api-port/bundles]"
+        ),
+        bundle_mirror: list[str] = typer.Option(
+            [], help="http: a mirror or CDN base URL holding bundles as BASE/SHA256, tried before the hub; repeatable"
+        ),
         broker_host: str | None = typer.Option(None, help="embedded broker's listen address [127.0.0.1]"),
         broker_port: int | None = typer.Option(None, help="embedded broker port [1883]"),
         api_host: str | None = typer.Option(None, help="REST API's listen address [127.0.0.1]"),
@@ -79,6 +88,9 @@ def register(app: typer.Typer) -> None:
                 broker_url=broker_url,
                 database_url=database_url,
                 artifact_store=artifact_store,
+                bundle_transport=bundle_transport,
+                bundle_url=bundle_url,
+                bundle_mirrors=bundle_mirror or None,
                 broker_host=broker_host,
                 broker_port=broker_port,
                 api_host=api_host,

@@ -1,9 +1,16 @@
-"""`DeploymentOrders`: builds deployment orders for stored bundles and publishes them, retained, per device."""
+"""`DeploymentOrders`: builds deployment orders for stored bundles and publishes them, retained, per device.
+
+Every order carries the hub-wide `BundleSources` (``bundle_transport``, ``bundle_mirrors``, the hub's
+``/bundles`` URL): the transport suits the site's network and whether a CDN exists, not one rollout, and
+setting it where orders are built covers plain deployments, rollout waves and roll-backs alike.
+"""
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from fleet.wire import topics
 from fleet.wire.messages import DeploymentOrder, encode
@@ -11,7 +18,22 @@ from fleet.wire.transport import Broker
 from hub.bundles.store import ArtifactStore
 from hub.registry import Registry
 
-__all__ = ["DeploymentOrders"]
+__all__ = ["BundleSources", "DeploymentOrders"]
+
+
+@dataclass(frozen=True)
+class BundleSources:
+    """How devices download bundles: over the broker, or over HTTP from ``mirrors`` in order, then ``hub_url``."""
+
+    transport: Literal["mqtt", "http"] = "mqtt"
+    mirrors: tuple[str, ...] = ()
+    hub_url: str | None = None
+
+    def order_fields(self) -> dict[str, Any]:
+        """The order's transport fields (none for MQTT, whose orders stay as they were)."""
+        if self.transport == "mqtt":
+            return {}
+        return {"transport": "http", "mirrors": list(self.mirrors), "hub_url": self.hub_url}
 
 
 class DeploymentOrders:
@@ -19,12 +41,19 @@ class DeploymentOrders:
     stamped with the device's next sequence (`Registry.next_order_sequence`), so no order can be replayed."""
 
     def __init__(
-        self, broker: Broker, store: ArtifactStore, registry: Registry, *, chunk_size: int = 64 * 1024
+        self,
+        broker: Broker,
+        store: ArtifactStore,
+        registry: Registry,
+        *,
+        chunk_size: int = 64 * 1024,
+        sources: BundleSources | None = None,
     ) -> None:
         self.broker = broker
         self.store = store
         self.registry = registry
         self.chunk_size = chunk_size
+        self.sources = sources or BundleSources()
 
     def order_for(
         self,
@@ -53,6 +82,7 @@ class DeploymentOrders:
             allow_downgrade=allow_downgrade,
             shadow=shadow,
             issued_at=time.time(),
+            **self.sources.order_fields(),
         )
 
     def send(self, device_id: str, order: DeploymentOrder) -> None:
