@@ -69,8 +69,8 @@ class DeviceAuthenticationError(AuthenticationError):
     """A device route without the device's id and secret, or with wrong ones."""
 
     def headers(self) -> dict[str, str]:
-        """Devices log in with HTTP Basic: their id and the secret they log in to the broker with."""
-        return {"WWW-Authenticate": 'Basic realm="edgefleet devices"'}
+        """Devices log in with HTTP Basic (their id and broker secret); API tokens are Bearer, as elsewhere."""
+        return {"WWW-Authenticate": 'Basic realm="edgefleet devices", Bearer'}
 
 
 class PermissionDeniedError(HubError):

@@ -12,13 +12,14 @@ from tests.waiting import wait_until
 
 
 @contextmanager
-def running_server(app: object, **config: Any) -> Iterator[str]:
-    """Run ``app`` with uvicorn on an ephemeral port in a thread (``config``: more `uvicorn.Config` settings,
-    such as ``ssl_certfile``); yields ``host:port``. Start-up is polled: uvicorn announces it by a flag only."""
+def running_server(app: object, *, port: int = 0, **config: Any) -> Iterator[str]:
+    """Run ``app`` with uvicorn on ``port`` (0: an ephemeral one) in a thread (``config``: more `uvicorn.Config`
+    settings, such as ``ssl_certfile``); yields ``host:port``. Start-up is polled: uvicorn announces it by a flag
+    only."""
     import uvicorn
 
     sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **config))  # type: ignore[arg-type]
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -32,3 +33,10 @@ def running_server(app: object, **config: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a server whose address must be known before it starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -17,6 +17,7 @@ from hub.registry.tables import DEVICE_SECRET_FIELDS
 from tests.hub.auth.clients import api_client, bearer_client, token_for
 
 PUBLIC = {("GET", "/health")}
+DEVICE_ROUTES = ("/bundles/",)  # devices log in with HTTP Basic; API tokens are accepted too
 
 
 def _operations(app: FastAPI) -> list[tuple[str, str]]:
@@ -42,7 +43,10 @@ def test_every_route_but_health_refuses_anonymous_and_unknown_tokens(hub: Hub, a
     for method, path in operations:
         answer = _call(anonymous, method, path)
         assert answer.status_code == 401, (method, path, answer.text)
-        assert answer.headers["WWW-Authenticate"] == "Bearer"
+        device_route = path.startswith(DEVICE_ROUTES)
+        assert answer.headers["WWW-Authenticate"] == (
+            'Basic realm="edgefleet devices", Bearer' if device_route else "Bearer"
+        )
     for method, path in operations[:3]:
         assert _call(forged, method, path).status_code == 401
     health = anonymous.get("/health")
@@ -58,7 +62,9 @@ def test_openapi_document_declares_the_bearer_scheme_on_every_operation(hub: Hub
     }
     for path, item in document["paths"].items():
         for method, operation in item.items():
-            if (method.upper(), path) not in PUBLIC:
+            if path.startswith(DEVICE_ROUTES):
+                assert operation["security"] == [{"deviceLogin": []}, {"apiToken": []}], (method, path)
+            elif (method.upper(), path) not in PUBLIC:
                 assert operation["security"] == [{"apiToken": []}], (method, path)
 
 
