@@ -54,3 +54,17 @@ def test_a_bad_setting_is_one_line(
 def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"^cannot read the settings file .*nope.toml: No such file"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_http_bundle_transport_names_where_devices_reach_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEFLEET_BUNDLE_MIRRORS", '["https://cdn.example/fleet/sha256"]')
+    settings = load_settings(bundle_transport="http", api_port=9000)
+    assert settings.bundle_mirrors == ["https://cdn.example/fleet/sha256"]
+    assert settings.device_bundle_url() == "http://127.0.0.1:9000/bundles"  # derived from the API address
+    given = load_settings(bundle_transport="http", api_host="0.0.0.0", bundle_url="https://hub.example/bundles/")
+    assert given.device_bundle_url() == "https://hub.example/bundles"
+    with pytest.raises(SettingsError, match=r"set bundle_url, the address devices reach this hub's API at") as raised:
+        load_settings(bundle_transport="http", api_host="0.0.0.0")
+    assert "\n" not in str(raised.value)
+    with pytest.raises(SettingsError, match=r"^invalid settings: bundle_mirrors\.0: "):
+        load_settings(bundle_mirrors=["https://user:pw@cdn.example/x?sig=1"])  # no credentials or query in a base

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from fleet.errors import ProtocolError
@@ -76,3 +78,34 @@ def test_a_batch_without_contract_checks_encodes_as_before_contracts_existed() -
     checked = plain.model_copy(update={"contract_rows": 3, "contract_violations": {"input.range": 1}})
     body = json.loads(encode(checked))
     assert body["contract_rows"] == 3 and body["contract_violations"] == {"input.range": 1}
+
+
+def test_an_mqtt_order_encodes_as_before_http_transport_existed() -> None:
+    """Agents from before HTTP downloads refuse unknown fields: an MQTT order must not carry the new ones."""
+    import json
+
+    from fleet.wire.messages import DeploymentOrder
+
+    fields: dict[str, Any] = {
+        "deployment_id": "dep-1",
+        "model": "m",
+        "version": "1.0.0",
+        "target": "rpi4-arm64",
+        "tuf_target": "bundles/m.zip",
+        "sha256": SHA,
+        "size_bytes": 10,
+        "chunk_size": 1024,
+        "chunk_count": 1,
+    }
+    plain = json.loads(encode(DeploymentOrder(**fields)))
+    assert not {"transport", "mirrors", "hub_url"} & set(plain)
+    http = DeploymentOrder(**fields, transport="http", mirrors=["https://cdn.example/b"], hub_url="https://hub/bundles")
+    assert decode(DeploymentOrder, encode(http)) == http
+    for bad, message in (
+        ({"transport": "http"}, "names at least one mirror or the hub_url"),
+        ({"hub_url": "https://hub/bundles"}, "an mqtt order names no download URLs"),
+        ({"transport": "http", "mirrors": ["ftp://cdn/b"]}, "mirrors.0"),
+        ({"transport": "http", "hub_url": "https://hub/bundles?token=x"}, "hub_url"),
+    ):
+        with pytest.raises(ProtocolError, match=message):
+            decode(DeploymentOrder, json.dumps({**plain, **bad}).encode())
