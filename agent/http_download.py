@@ -139,7 +139,7 @@ class HttpDownloader:
         """Bring ``part`` to the order's size from ``source``, resuming and retrying; `SourceFailed` gives up."""
         backoff = Backoff(self.retry_initial_s, self.retry_max_s)
         failures = 0
-        while (have := part.stat().st_size if part.exists() else 0) < order.size_bytes:
+        while (have := _size(part)) < order.size_bytes:
             if cancelled():
                 raise TransferError(f"download of {order.sha256[:12]} cancelled")
             if time.monotonic() > deadline:
@@ -150,20 +150,22 @@ class HttpDownloader:
                 progress(have / order.size_bytes)
             try:
                 body, offset = self.client.open(source, order.sha256, start=have)
-                received = self._append(body, part, offset, order.size_bytes - offset)
+                if not self._append(body, part, offset, order.size_bytes - offset):
+                    raise SourceUnavailable(f"{source.label} sent no bytes from byte {offset}", retry=True)
             except SourceUnavailable as exc:
                 if not exc.retry:
                     raise SourceFailed(str(exc)) from exc
+                if _size(part) > have:  # cut after some bytes arrived: resume at once
+                    log.info("%s; resuming", exc)
+                    failures, backoff = 0, Backoff(self.retry_initial_s, self.retry_max_s)
+                    continue
                 failures += 1
                 if failures >= self.attempts:
                     raise SourceFailed(f"{exc} ({failures} tries)") from exc
                 log.info("%s; retrying", exc)
                 self.sleep(min(backoff.next_delay(), max(0.0, deadline - time.monotonic())))
                 continue
-            if received == 0:  # an empty answer before the end: the source's file is shorter than signed
-                raise SourceFailed(f"{source.label} ended {order.sha256[:12]} at byte {offset}")
-            failures = 0
-            backoff = Backoff(self.retry_initial_s, self.retry_max_s)
+            failures, backoff = 0, Backoff(self.retry_initial_s, self.retry_max_s)
 
     def _append(self, body: BinaryIO, part: Path, offset: int, limit: int) -> int:
         """Write ``body`` into ``part`` from ``offset`` (0: the source sent the whole file again)."""
@@ -261,3 +263,7 @@ def _runs(index: ChunkIndex, positions: list[int]) -> list[list[int]]:
             runs.append([position])
             size = length
     return runs
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
