@@ -52,13 +52,13 @@ class AgentConfig(BaseModel):
     chunk_ask_after_s: float = Field(default=3.0, ge=0)
     download_timeout_s: float = Field(default=600.0, gt=0)
     metadata_timeout_s: float = Field(default=10.0, gt=0)
-    http_ca_file: Path | None = Field(
+    bundle_ca_file: Path | None = Field(
         default=None, description="CA of HTTPS bundle sources (the hub's API certificate), besides the system's"
     )
-    http_timeout_s: float = Field(default=30.0, gt=0, description="an HTTP bundle source silent this long is cut")
-    http_attempts: int = Field(default=4, ge=1, description="tries of one HTTP source without progress")
-    http_retry_initial_s: float = Field(default=1.0, gt=0, description="first backoff between HTTP tries")
-    http_retry_max_s: float = Field(default=30.0, gt=0, description="backoff cap between HTTP tries")
+    bundle_timeout_s: float = Field(default=30.0, gt=0, description="an HTTP bundle source silent this long is cut")
+    bundle_attempts: int = Field(default=4, ge=1, description="tries of one HTTP source without progress")
+    bundle_retry_initial_s: float = Field(default=1.0, gt=0, description="first backoff between HTTP tries")
+    bundle_retry_max_s: float = Field(default=30.0, gt=0, description="backoff cap between HTTP tries")
     offload_url: str | None = Field(default=None, description="hub serving endpoint (Open Inference Protocol)")
     offload_token_file: Path | None = Field(
         default=None, description="file holding the hub API token the serving tier requires (a viewer token)"
@@ -110,8 +110,8 @@ class AgentConfig(BaseModel):
     def _backoff(self) -> AgentConfig:
         if self.reconnect_initial_s > self.reconnect_max_s:
             raise ValueError("reconnect_initial_s must not exceed reconnect_max_s")
-        if self.http_retry_initial_s > self.http_retry_max_s:
-            raise ValueError("http_retry_initial_s must not exceed http_retry_max_s")
+        if self.bundle_retry_initial_s > self.bundle_retry_max_s:
+            raise ValueError("bundle_retry_initial_s must not exceed bundle_retry_max_s")
         return self
 
     def offload_token(self) -> str | None:
@@ -147,7 +147,7 @@ class AgentConfig(BaseModel):
             "broker_ca_file",
             "broker_cert_file",
             "broker_key_file",
-            "http_ca_file",
+            "bundle_ca_file",
         ):
             if key in raw and not Path(raw[key]).is_absolute():
                 raw[key] = str(path.parent / raw[key])

@@ -148,11 +148,11 @@ class Agent:
         secret = cfg.secret()
         http = HttpDownloader(
             self.data_dir / "downloads",
-            RangeClient(timeout_s=cfg.http_timeout_s, ca_file=cfg.http_ca_file),
+            RangeClient(timeout_s=cfg.bundle_timeout_s, ca_file=cfg.bundle_ca_file),
             credentials=(cfg.device_id, secret) if secret else None,
-            attempts=cfg.http_attempts,
-            retry_initial_s=cfg.http_retry_initial_s,
-            retry_max_s=cfg.http_retry_max_s,
+            attempts=cfg.bundle_attempts,
+            retry_initial_s=cfg.bundle_retry_initial_s,
+            retry_max_s=cfg.bundle_retry_max_s,
         )
         downloader = ChunkDownloader(
             link,

@@ -3,7 +3,7 @@
 The order names its sources: mirrors first, in order, then the hub (`agent.range_client.BundleSource`). The
 bundle grows in ``{sha256}.http`` next to the final file; a download cut by a lost connection (or a restart)
 resumes from the partial file's size with ``Range: bytes=N-``, backing off between tries of the same source
-(exponential with jitter, `agent.backoff.Backoff`). A source that keeps failing, refuses (401, 403, 404, 416)
+(exponential with jitter, `fleet.wire.backoff.Backoff`). A source that keeps failing, refuses (401, 403, 404, 416)
 or serves a file that does not hash to the order's digest is left for the next one; one that served wrong
 bytes is named in the download's `note`, which ends up in the device's update history. VERIFY then checks the
 file against TUF exactly as after an MQTT download: sources are trusted for availability, never for content.
@@ -24,12 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from agent.backoff import Backoff
 from agent.delta import DeltaDownload, DeltaUnavailable, load_indexes
 from agent.digests import sha256_file
 from agent.errors import TransferError, storage_error
 from agent.range_client import BundleSource, RangeClient, SourceUnavailable, copy_body
 from fleet.errors import ProtocolError
+from fleet.wire.backoff import Backoff
 from fleet.wire.chunk_index import DELTA_MIN_SHARED, MAX_INDEX_BYTES, ChunkIndex
 from fleet.wire.messages import DeploymentOrder
 

@@ -40,7 +40,7 @@ def test_a_rollout_installs_from_a_mirror_past_a_tampered_one(tmp_path: Path, tr
         try:
             with running_server(create_app(hub), port=api_port):
                 published = harness.publish("1.0.0")
-                agents = [harness.agent(f"h{i}", http_retry_initial_s=0.05, http_retry_max_s=0.2) for i in range(3)]
+                agents = [harness.agent(f"h{i}", bundle_retry_initial_s=0.05, bundle_retry_max_s=0.2) for i in range(3)]
                 assert hub.rollouts is not None
                 plan = plan_from_cli("digits:1.0.0", canary="1", waves="100", gate=False, min_devices=1)
                 hub.rollouts.start_rollout(plan, rollout_id="ro-http")
