@@ -190,7 +190,6 @@ class HttpDownloader:
         index, base_index = load_indexes(lambda name: self._index(sources, name), order.sha256, base[0])
         job = DeltaDownload(order, index, self.directory / f"{order.sha256}.delta")
         job.reuse(base[1], base_index)
-        self.reused_bytes += job.reused_bytes
         try:
             if job.reused_bytes < DELTA_MIN_SHARED * order.size_bytes:
                 raise DeltaUnavailable(f"bundle {order.sha256[:12]} shares {job.reused_bytes} bytes, too few")
@@ -208,6 +207,7 @@ class HttpDownloader:
                 raise DeltaUnavailable(f"reassembled bundle digest {digest[:12]} != ordered {order.sha256[:12]}")
             os.replace(job.part, final)
             self.note = "; ".join(problems)
+            self.reused_bytes += job.reused_bytes
         finally:
             job.part.unlink(missing_ok=True)
         return final
@@ -245,7 +245,9 @@ class HttpDownloader:
             for position in positions:
                 piece = pieces[position]
                 if not job.write_piece(position, data[piece.offset - start : piece.offset - start + piece.length]):
-                    raise SourceUnavailable(f"{source.label} served piece {position} unlike its index", retry=False)
+                    raise SourceUnavailable(
+                        f"refused {source.label}: it served piece {position} unlike its chunk index", retry=False
+                    )
                 if job.failure is not None:
                     raise job.failure
 

@@ -196,7 +196,7 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(create_devices_router(hub))
     app.include_router(create_broker_router(hub))
     app.include_router(create_captures_router(hub))
-    app.include_router(create_bundles_router(hub))  # devices' HTTP downloads (device credentials, not tokens)
+    app.include_router(create_bundles_router(hub))  # HTTP downloads: device logins, or a viewer token (a CDN)
     app.include_router(create_rollouts_router(hub))
     app.include_router(create_monitoring_router(hub))
     app.include_router(create_policies_router(hub))

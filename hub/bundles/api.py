@@ -14,7 +14,7 @@ ranges, ``If-Range``) and a strong ``ETag``, the digest. On S3 the answer is a 3
 ``bundle_link_ttl_s``: the bytes then flow from the bucket, not through the hub (ranges, ETag and 416 are the
 object store's own), so replicas behind a load balancer stay small; a device resuming after the link expired
 asks the hub again and gets a fresh one. The device drops its credentials on that redirect. Chunk indexes are
-computed by the hub and answered whole, ``Cache-Control: private``.
+computed by the hub and answered whole. Answers to devices are ``Cache-Control: private``, to tokens ``public``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ device_login = HTTPBasic(
     auto_error=False, scheme_name="deviceLogin", description="A device's id and secret (its broker login)."
 )
 _NAME = re.compile(r"^(chunk-index\.)?([0-9a-f]{64})$")
-_PRIVATE = {"Cache-Control": "private, max-age=86400, immutable"}  # content-addressed: never changes
+_CACHE = "max-age=86400, immutable"  # content-addressed: a name's bytes never change
 
 
 def create_bundles_router(hub: Hub) -> APIRouter:
@@ -69,19 +69,19 @@ def create_bundles_router(hub: Hub) -> APIRouter:
         variant = hub.registry.variant_by_bundle(sha256) if match else None
         if variant is None or target not in (None, variant.target):
             raise NotFoundError(f"no bundle {name[:80]!r} is published for target {target or 'any'}")
-        etag = f'"{name}"'
+        # A device's copy is its own; a CDN pulling with a token may keep and serve it (its operator's choice).
+        headers = {"ETag": f'"{name}"', "Cache-Control": f"{'public' if target is None else 'private'}, {_CACHE}"}
         if match and match.group(1):
             transfer = hub.transfer  # None on a telemetry worker: compute the index here
             index = transfer.chunk_index(sha256) if transfer is not None else chunk_index(hub.store.read(sha256))
             if index is None:
                 raise NotFoundError(f"bundle {sha256[:12]} has too many pieces for a chunk index")
-            return Response(index.encode(), media_type="application/octet-stream", headers={"ETag": etag, **_PRIVATE})
+            return Response(index.encode(), media_type="application/octet-stream", headers=headers)
         store = hub.store
         store.size(sha256)  # NotFoundError (404) when the store lost it
         if isinstance(store, S3ArtifactStore):
             link = store.download_url(sha256, expires_s=hub.settings.bundle_link_ttl_s)
             return RedirectResponse(link, status_code=302, headers={"Cache-Control": "no-store"})
-        headers = {"ETag": etag, **_PRIVATE}
         return FileResponse(store.path(sha256), media_type="application/octet-stream", headers=headers)
 
     return router

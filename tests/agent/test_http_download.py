@@ -162,3 +162,25 @@ def test_with_the_previous_version_only_missing_pieces_travel_as_ranges(device: 
     assert changed <= ranged <= 2 * changed < 0.4 * len(data)
     assert downloader.fetched_bytes - fetched_before < 0.45 * len(data)  # pieces plus the two indexes
     assert device.updater.state.active is not None and device.updater.state.active.version == "2.0.0"
+
+
+def test_a_mirror_serving_a_bad_piece_is_refused_and_the_next_serves_the_delta(
+    device: Device, memory_hub: MemoryHub
+) -> None:
+    first, _ = publish(memory_hub, "1.0.0", head(1))
+    second, _ = publish(memory_hub, "2.0.0", head(2))
+    files = with_indexes(store_files(memory_hub.store.root))
+    tampered, good = BundleMirror(files, tamper=True), BundleMirror(files)
+    downloader = device.downloader.http = http_downloader(device.data_dir / "downloads")
+    with running_server(tampered) as bad, running_server(good) as mirror:
+        assert device.updater.apply(over_http(first, [f"http://{mirror}"])) is UpdateState.DONE
+        assert device.updater.apply(over_http(second, [f"http://{bad}", f"http://{mirror}"])) is UpdateState.DONE
+    assert downloader.reused_bytes > 0.5 * second.size_bytes  # a delta, not a whole download
+    assert any(r.range for r in tampered.requests) and all(r.range for r in good.requests[-1:])
+    _, state, ok, detail = device.reports[-1]
+    assert (
+        state is UpdateState.DONE
+        and ok
+        and f"refused mirror http://{bad}: it served piece" in detail
+        and "unlike its chunk index" in detail
+    )

@@ -75,6 +75,7 @@ def test_a_device_downloads_its_bundle_whole_and_in_ranges(served: Served) -> No
     whole = served.get(path, served.device)
     assert whole.status_code == 200 and whole.content == served.data
     assert whole.headers["etag"] == f'"{served.sha256}"' and whole.headers["accept-ranges"] == "bytes"
+    assert whole.headers["cache-control"].startswith("private")
     part = served.get(path, served.device, Range="bytes=100-")
     assert part.status_code == 206 and part.content == served.data[100:]
     assert part.headers["content-range"] == f"bytes 100-{size - 1}/{size}"
@@ -101,6 +102,7 @@ def test_credentials_are_required_and_checked(served: Served) -> None:
     assert served.get(path, provisioner).status_code == 403
     viewer = served.get(path, "Bearer " + token_for(served.hub, Role.VIEWER))  # a CDN pulling from its origin
     assert viewer.status_code == 200 and viewer.content == served.data
+    assert viewer.headers["cache-control"].startswith("public")  # the CDN may keep it
 
 
 def test_only_bundles_published_for_the_devices_target_are_served(served: Served) -> None:
