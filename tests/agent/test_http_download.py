@@ -184,3 +184,27 @@ def test_a_mirror_serving_a_bad_piece_is_refused_and_the_next_serves_the_delta(
         and f"refused mirror http://{bad}: it served piece" in detail
         and "unlike its chunk index" in detail
     )
+
+
+def test_https_sources_are_trusted_through_the_configured_ca_only(memory_hub: MemoryHub, tmp_path: Path) -> None:
+    from hub.devices.pki import CertificateAuthority
+
+    order = memory_hub.publish("1.0.0")
+    ca = CertificateAuthority.create(tmp_path / "pki")
+    cert = ca.issue_server(tmp_path / "pki" / "mirror", ["127.0.0.1"])
+    mirror = BundleMirror(store_files(memory_hub.store.root))
+    tls = {"ssl_certfile": str(cert.cert_file), "ssl_keyfile": str(cert.key_file)}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    trusting = HttpDownloader(
+        tmp_path / "a", RangeClient(timeout_s=5, ca_file=ca.cert_file), credentials=None, attempts=1
+    )
+    untrusting = HttpDownloader(tmp_path / "b", RangeClient(timeout_s=5), credentials=None, attempts=1)
+    with running_server(mirror, **tls) as address:
+        https = over_http(order, [f"https://{address}/cdn"])
+        path = trusting.download(https, tmp_path / "a.bundle", deadline=1e12)
+        assert path.read_bytes() == memory_hub.store.read(order.sha256)
+        with pytest.raises(TransferError) as caught:
+            untrusting.download(https, tmp_path / "b.bundle", deadline=1e12)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value) and "\n" not in str(caught.value)
+    assert len(mirror.requests) == 1  # the untrusted handshake never reached HTTP
