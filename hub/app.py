@@ -124,7 +124,7 @@ class Hub:
         retention = RetentionPolicy(
             max_age_s=s.telemetry_max_age_s,
             max_rows=s.telemetry_max_rows,
-            window_s=s.telemetry_rollup_window_s,
+            aggregate_max_age_s=s.telemetry_aggregate_max_age_s,
             interval_s=s.telemetry_prune_interval_s,
         )
         share = s.share_group if s.replica else None

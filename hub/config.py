@@ -130,14 +130,24 @@ class HubSettings(BaseModel):
         default=2.0, gt=0, description="replicas: how often a follower campaigns and the leader checks its lock"
     )
     telemetry_max_age_s: float | None = Field(
-        default=7 * 24 * 3600.0, gt=0, description="raw telemetry batches older than this are folded into rollups"
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="raw telemetry batches older than this are deleted (they are in the window aggregates)",
     )
     telemetry_max_rows: int | None = Field(
-        default=1_000_000, ge=1, description="raw telemetry batches kept at most (the oldest are folded first)"
+        default=1_000_000, ge=1, description="raw telemetry batches kept at most (the oldest are deleted first)"
     )
-    telemetry_rollup_window_s: float = Field(default=3600.0, gt=0, description="time window of a rollup row")
+    telemetry_rollup_window_s: float = Field(
+        default=3600.0, gt=0, description="time window of a telemetry aggregate row (per version, target, device)"
+    )
+    telemetry_aggregate_max_age_s: float | None = Field(
+        default=90 * 24 * 3600.0,
+        gt=0,
+        description="telemetry aggregate windows that started longer ago are deleted; at least telemetry_max_age_s "
+        "plus one telemetry_rollup_window_s, so they outlive the raw batches; null keeps them",
+    )
     telemetry_prune_interval_s: float = Field(
-        default=300.0, ge=0, description="how often the ingestor prunes raw telemetry; 0 never (another worker does)"
+        default=300.0, ge=0, description="how often the ingestor prunes telemetry; 0 never (another worker does)"
     )
 
     device_offline_after_s: float = Field(
@@ -171,6 +181,16 @@ class HubSettings(BaseModel):
         if self.shared_telemetry and self.broker_url is None:
             raise ValueError(
                 "shared_telemetry needs an external broker (broker_url): the embedded one has no shared subscriptions"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _aggregates_outlive_raw_telemetry(self) -> HubSettings:
+        aggregates, raw = self.telemetry_aggregate_max_age_s, self.telemetry_max_age_s
+        if aggregates is not None and (raw is None or aggregates < raw + self.telemetry_rollup_window_s):
+            raise ValueError(
+                "telemetry_aggregate_max_age_s must be at least telemetry_max_age_s plus telemetry_rollup_window_s "
+                "(reports read the aggregates once raw batches are gone); set both, or null it"
             )
         return self
 

@@ -2,10 +2,11 @@
 
 The rollout engine calls `analyse_canary` between waves with per-device aggregated metrics of the canary
 group (new version) and the baseline group (old version) over the same time window; `device_metrics` turns
-telemetry batches into that input. The device is the sampling unit: each device contributes one latency and
-one confidence value, so one busy device cannot outvote the fleet, and devices are compared within their
-device class (baseline devices of classes the canary lacks are dropped; canary devices of classes without a
-baseline are excluded and reported).
+telemetry batches into that input (the hub builds it from per-device window sums instead, and pools the
+groups' input sketches from per-cohort windows through a `SketchPool`). The device is the sampling unit:
+each device contributes one latency and one confidence value, so one busy device cannot outvote the fleet,
+and devices are compared within their device class (baseline devices of classes the canary lacks are
+dropped; canary devices of classes without a baseline are excluded and reported).
 
 Metrics, after Kayenta (Mann-Whitney U per metric with an effect size, critical metrics, a score) and Argo
 Rollouts (pass / fail / inconclusive):
@@ -34,7 +35,7 @@ from telemetry), `metrics` (one judge per metric), `report` (`MetricResult`, `Ca
 
 from fleet.canary.analysis import analyse_canary
 from fleet.canary.config import CanaryConfig, CanaryMetric, MetricSpec
-from fleet.canary.inputs import DeviceMetrics, device_metrics
+from fleet.canary.inputs import DeviceMetrics, SketchPool, device_metrics
 from fleet.canary.report import CanaryReport, MetricResult
 from fleet.verdict import Verdict
 
@@ -45,6 +46,7 @@ __all__ = [
     "DeviceMetrics",
     "MetricResult",
     "MetricSpec",
+    "SketchPool",
     "Verdict",
     "analyse_canary",
     "device_metrics",

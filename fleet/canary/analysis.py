@@ -4,10 +4,11 @@ turn the per-metric results into one verdict with its reasons and score."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
-from fleet.canary.config import CanaryConfig
-from fleet.canary.inputs import DeviceMetrics
-from fleet.canary.metrics import JUDGES
+from fleet.canary.config import CanaryConfig, CanaryMetric
+from fleet.canary.inputs import DeviceMetrics, SketchPool
+from fleet.canary.metrics import JUDGES, Judge, feature_drift
 from fleet.canary.report import CanaryReport, MetricResult
 from fleet.verdict import Verdict
 
@@ -36,11 +37,15 @@ def analyse_canary(
     canary: Sequence[DeviceMetrics],
     baseline: Sequence[DeviceMetrics],
     config: CanaryConfig = CanaryConfig(),
+    *,
+    sketch_pools: tuple[SketchPool, SketchPool] | None = None,
 ) -> CanaryReport:
     """Judge the canary group against the baseline group (same window, same device classes).
 
     Returns a `CanaryReport` whose ``verdict`` is pass, fail or inconclusive, with reasons and per-metric
-    results. Never raises for missing or thin data: that is an inconclusive verdict saying why.
+    results. Never raises for missing or thin data: that is an inconclusive verdict saying why. With
+    ``sketch_pools`` (canary, baseline), input drift pools each group's sketches through them (given the
+    devices compared) instead of from each device's ``feature_sketches``.
     """
     excluded: dict[str, str] = {}
     canary_classes = {d.device_class for d in canary}
@@ -82,7 +87,10 @@ def analyse_canary(
         reasons.append(window)
         return report(Verdict.INCONCLUSIVE, None, [])
 
-    results = [judge(can, base, config) for metric, judge in JUDGES.items() if config.spec(metric).enabled]
+    judges: dict[CanaryMetric, Judge] = dict(JUDGES)
+    if sketch_pools is not None:
+        judges[CanaryMetric.DRIFT] = partial(feature_drift, pools=sketch_pools)
+    results = [judge(can, base, config) for metric, judge in judges.items() if config.spec(metric).enabled]
 
     def label(result: MetricResult) -> str:
         return (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -58,6 +58,11 @@ class DeviceMetrics(BaseModel):
             window_start=aggregate.window_start if math.isfinite(aggregate.window_start) else None,
             window_end=aggregate.window_end if math.isfinite(aggregate.window_end) else None,
         )
+
+
+SketchPool = Callable[[Sequence["DeviceMetrics"]], TelemetryAggregate]
+"""One group's feature sketches pooled over the given devices, with the ids of the devices pooled: for
+telemetry kept as sketches merged per cohort and window rather than per device (the hub's window aggregates)."""
 
 
 def device_metrics(batches: Iterable[TelemetryBatch], *, shadow_candidate: str | None = None) -> list[DeviceMetrics]:

@@ -16,7 +16,7 @@ from scipy import stats
 
 from fleet._stats import cliffs_delta_from_u, two_proportion_z, wilson_interval
 from fleet.canary.config import CanaryConfig, CanaryMetric, MetricSpec
-from fleet.canary.inputs import DeviceMetrics
+from fleet.canary.inputs import DeviceMetrics, SketchPool
 from fleet.canary.report import MetricResult
 from fleet.drift.compare import analyse_drift, compare_counts
 from fleet.telemetry import TelemetryAggregate
@@ -343,11 +343,20 @@ def _aggregate_sketches(devices: Sequence[DeviceMetrics]) -> TelemetryAggregate:
 
 
 def feature_drift(
-    canary: Sequence[DeviceMetrics], baseline: Sequence[DeviceMetrics], config: CanaryConfig
+    canary: Sequence[DeviceMetrics],
+    baseline: Sequence[DeviceMetrics],
+    config: CanaryConfig,
+    *,
+    pools: tuple[SketchPool, SketchPool] | None = None,
 ) -> MetricResult:
-    """Input features of canary devices against baseline devices: fails when the canary's inputs drifted."""
+    """Input features of canary devices against baseline devices: fails when the canary's inputs drifted.
+
+    ``pools`` (canary, baseline) pool each group's sketches instead of the devices' own ``feature_sketches``."""
     metric, spec = CanaryMetric.DRIFT, config.spec(CanaryMetric.DRIFT)
-    base, can = _aggregate_sketches(baseline), _aggregate_sketches(canary)
+    if pools is None:
+        base, can = _aggregate_sketches(baseline), _aggregate_sketches(canary)
+    else:
+        base, can = pools[1](baseline), pools[0](canary)
     if not base.sketches:
         return _inconclusive(metric, spec, "baseline devices sent no feature sketches")
     if not can.sketches:

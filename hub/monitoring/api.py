@@ -1,5 +1,5 @@
 """REST routes for monitoring: Prometheus ``/metrics``, drift of a model version, canary analysis of a rollout
-(or a plain deployment), and rollups of pruned telemetry.
+(or a plain deployment), and the window aggregates of a version's telemetry.
 
 Reports are the JSON of `fleet.drift.DriftReport` and `fleet.canary.CanaryReport`; computing one also
 publishes its scores on ``/metrics``. Errors are `hub.errors` ones: unknown version, reference or rollout is
@@ -86,10 +86,11 @@ def create_monitoring_router(hub: Hub) -> APIRouter:
 
     @router.get("/models/{name}/versions/{version}/telemetry/rollups", dependencies=allow(Role.VIEWER))
     def rollups(name: str, version: str) -> list[dict[str, Any]]:
-        """Hourly (by default) rollups of pruned raw telemetry per device class, oldest first."""
+        """The version's telemetry per device class and (hourly, by default) window, oldest first: counts,
+        histograms and predictions of every batch stored, raw batches since pruned included."""
         return [
-            r.model_dump(exclude={"id", "feature_sketches", "devices"}) | {"devices": len(r.devices)}
-            for r in hub.registry.telemetry_rollups(name, version)
+            r.model_dump(exclude={"id", "sketches", "device_count"}) | {"devices": r.device_count}
+            for r in hub.registry.windows.rows(name, version)
         ]
 
     return router

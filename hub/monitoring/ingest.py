@@ -11,8 +11,9 @@ the batches whose id is new (`Registry.store_telemetry`); only those reach `Flee
 so one batch it cannot store is rejected alone (and counted) and the others are stored; a write that fails
 because the database is unreachable stores nothing and acknowledges nothing (devices send those batches
 again). After each write, every device gets one `TelemetryAck` naming its batches committed (new or
-duplicate) or refused: only then may it delete them. Every ``prune_interval_s`` the writer folds old raw
-batches into rollups (`Registry.prune_telemetry`), so raw telemetry stays bounded.
+duplicate) or refused: only then may it delete them. Every ``interval_s`` of the `RetentionPolicy` the
+writer deletes old raw batches (already in the window aggregates) and older window aggregates
+(`Registry.prune_telemetry`), so stored telemetry stays bounded.
 """
 
 from __future__ import annotations
@@ -64,11 +65,11 @@ class _WriteResult:
 
 @dataclass(frozen=True)
 class RetentionPolicy:
-    """How much raw telemetry to keep; older or excess batches are folded into rollups of ``window_s``."""
+    """How much telemetry to keep: raw batches by age and count, window aggregates by age (None: no limit)."""
 
     max_age_s: float | None = 7 * 24 * 3600.0
     max_rows: int | None = 1_000_000
-    window_s: float = 3600.0
+    aggregate_max_age_s: float | None = 90 * 24 * 3600.0
     interval_s: float = 300.0
     """How often the writer prunes; 0 never (another worker does)."""
 
@@ -198,14 +199,14 @@ class TelemetryIngestor:
             return self._idle.wait_for(lambda: self.stored >= at_least, timeout_s)
 
     def prune(self) -> int:
-        """Fold and delete raw batches beyond the retention policy now; return how many."""
+        """Delete raw batches and window aggregates beyond the retention policy now; return how many batches."""
         policy = self._retention
         if policy is None:
             return 0
         with self._prune_lock:
             self._last_prune = time.monotonic()
             pruned = self._registry.prune_telemetry(
-                max_age_s=policy.max_age_s, max_rows=policy.max_rows, window_s=policy.window_s
+                max_age_s=policy.max_age_s, max_rows=policy.max_rows, aggregate_max_age_s=policy.aggregate_max_age_s
             )
         with self._idle:
             self.pruned += pruned
@@ -246,7 +247,7 @@ class TelemetryIngestor:
         try:
             self.prune()
         except Exception:
-            log.exception("pruning raw telemetry failed; retried in %.0f s", policy.interval_s)
+            log.exception("pruning telemetry failed; retried in %.0f s", policy.interval_s)
 
     def _write(self, batches: list[TelemetryBatch]) -> None:
         if not batches:

@@ -8,12 +8,16 @@ testable without a database. Storage plugs in through the small `MonitoringSourc
 - `FileSource` reads a JSON dump (``{"batches": [...], "reference": {...}, "labels": {...},
   "rollouts": {...}}``) for offline analysis and tests.
 
-A drift report over all of a version's telemetry, by target (the default), reads the ingestion-time window
-aggregates (`Registry.window_aggregates`: tens of rows, not every device's batch) when the source has them
-(`AggregateSource`); any other grain (time bounds, labels, selectors) reads the batches.
+A source that keeps the ingestion-time window aggregates (`AggregateSource`: `RegistrySource`) answers from
+them: a drift report over all of a version's telemetry by target (the default) reads its aggregate rows
+(tens of rows, not every device's batch), and a canary report reads the model's aggregate and per-device
+window rows in the rollout's time range (`hub.monitoring.canary_windows`: one narrow row per device and window,
+whole windows, the groups' input sketches pooled per cohort window). Any other drift grain (time bounds,
+labels, selectors) reads the batches.
 
 A source hands over only batches analysis can use (`fleet.telemetry.validate_batch`); the others are skipped
-and counted in the report's ``skipped_batches``, so one device's bad data never fails a report.
+and counted in the report's ``skipped_batches``, so one device's bad data never fails a report (the
+aggregates only ever merged batches that passed it).
 
 Unknown rollouts or missing references raise `hub.errors.NotFoundError`.
 """
@@ -34,6 +38,7 @@ from fleet.errors import ProtocolError
 from fleet.telemetry import ReferenceProfile, TelemetryAggregate, validate_batch
 from fleet.wire.messages import TelemetryBatch
 from hub.errors import InvalidRequestError, NotFoundError
+from hub.monitoring.canary_windows import GroupFilter, canary_from_windows
 
 if TYPE_CHECKING:
     from hub.registry import Registry
@@ -50,6 +55,7 @@ __all__ = [
     "drift_report",
     "drift_report_for",
     "parse_model_version",
+    "rollout_groups",
     "split_rollout_batches",
 ]
 
@@ -102,11 +108,14 @@ class MonitoringSource(Protocol):
 
 @runtime_checkable
 class AggregateSource(Protocol):
-    """A source that also keeps per target aggregates of every batch it stored."""
+    """A source that also keeps window aggregates of every batch it stored."""
 
     def target_cohorts(self, model: str, version: str) -> dict[str, TelemetryAggregate] | None:
-        """Cohorts ``all`` and ``target=T`` of every stored batch of the version, or None when the
-        aggregates do not cover every stored batch (then the batches are read)."""
+        """Cohorts ``all`` and ``target=T`` of every stored batch of the version, or None when it has none."""
+        ...
+
+    def canary_report(self, rollout: RolloutView, config: CanaryConfig) -> CanaryReport:
+        """The rollout's canary report from the aggregates."""
         ...
 
 
@@ -143,23 +152,37 @@ def drift_report(
     return analyse_drift(reference, cohorts, config, model=model, version=version)
 
 
+def rollout_groups(rollout: RolloutView) -> tuple[GroupFilter, GroupFilter]:
+    """Who is canary (candidate version, canary devices: all when none are named) and who is baseline
+    (baseline version, or any other version, from devices outside the canary)."""
+    canary_ids = set(rollout.canary_device_ids)
+
+    def in_canary(device_id: str, version: str) -> bool:
+        return version == rollout.candidate_version and (not canary_ids or device_id in canary_ids)
+
+    def in_baseline(device_id: str, version: str) -> bool:
+        return (
+            version != rollout.candidate_version
+            and device_id not in canary_ids
+            and (rollout.baseline_version is None or version == rollout.baseline_version)
+        )
+
+    return in_canary, in_baseline
+
+
 def split_rollout_batches(
     rollout: RolloutView, batches: Iterable[TelemetryBatch]
 ) -> tuple[list[TelemetryBatch], list[TelemetryBatch]]:
-    """Canary batches (candidate version, canary devices) and baseline batches (baseline version, or any
-    other version, from devices outside the canary), both inside the rollout's window."""
-    canary_ids = set(rollout.canary_device_ids)
+    """Canary and baseline batches (`rollout_groups`), both inside the rollout's window."""
+    in_canary, in_baseline = rollout_groups(rollout)
     canary: list[TelemetryBatch] = []
     baseline: list[TelemetryBatch] = []
     for b in batches:
         if b.model != rollout.model or not _in_window(b, rollout.window_start, rollout.window_end):
             continue
-        if b.version == rollout.candidate_version:
-            if not canary_ids or b.device_id in canary_ids:
-                canary.append(b)
-        elif b.device_id not in canary_ids and (
-            rollout.baseline_version is None or b.version == rollout.baseline_version
-        ):
+        if in_canary(b.device_id, b.version):
+            canary.append(b)
+        elif in_baseline(b.device_id, b.version):
             baseline.append(b)
     return canary, baseline
 
@@ -217,9 +240,12 @@ def drift_report_for(
 
 
 def canary_report_for(source: MonitoringSource, rollout_id: str, *, config: CanaryConfig | None = None) -> CanaryReport:
-    """`canary_report` for a rollout known to ``source``, with ``config`` or else the rollout's own gate settings."""
+    """`canary_report` for a rollout known to ``source``, with ``config`` or else the rollout's own gate settings;
+    from the window aggregates when the source keeps them."""
     rollout = source.rollout(rollout_id)
     config = config or rollout.canary_config or CanaryConfig()
+    if isinstance(source, AggregateSource):
+        return source.canary_report(rollout, config)
     batches, skipped = source.telemetry(rollout.model, since=rollout.window_start, until=rollout.window_end)
     canary, baseline = split_rollout_batches(rollout, batches)
     report = canary_report(canary, baseline, candidate_version=rollout.candidate_version, config=config)
@@ -307,15 +333,26 @@ class RegistrySource:
         return TelemetryRead([b for b in batches if _in_window(b, since, until)], skipped)
 
     def target_cohorts(self, model: str, version: str) -> dict[str, TelemetryAggregate] | None:
-        windows = self._registry.window_aggregates(model, version)
-        aggregated = sum(agg.batches for _, agg in windows)
-        if aggregated < self._registry.telemetry_count(model, version):
-            return None  # batches stored before the aggregates existed (migration 0006)
+        windows = self._registry.windows.by_target(model, version)
+        if not windows:
+            return None
         cohorts: dict[str, TelemetryAggregate] = {}
         for target, agg in windows:
             for name in ("all", f"target={target}"):
                 cohorts.setdefault(name, TelemetryAggregate()).merge(agg)
         return cohorts
+
+    def canary_report(self, rollout: RolloutView, config: CanaryConfig) -> CanaryReport:
+        in_canary, in_baseline = rollout_groups(rollout)
+        return canary_from_windows(
+            self._registry.windows.in_range(rollout.model, rollout.window_start, rollout.window_end),
+            in_canary=in_canary,
+            in_baseline=in_baseline,
+            since=rollout.window_start,
+            until=rollout.window_end,
+            shadow_candidate=rollout.candidate_version,
+            config=config,
+        )
 
     def reference(self, model: str, version: str) -> ReferenceProfile:
         found = self._reference(model, version) if self._reference is not None else None

@@ -17,7 +17,7 @@ from hub.registry.tables import (
     TelemetryRecord,
     Variant,
 )
-from hub.registry.telemetry_tables import TelemetryRollup, TelemetryWindowAggregate
+from hub.registry.telemetry_tables import TelemetryDeviceWindow, TelemetryWindowAggregate
 
 __all__ = [
     "AccessStore",
@@ -38,8 +38,8 @@ __all__ = [
     "RolloutDeviceError",
     "RolloutOutbox",
     "RolloutRow",
+    "TelemetryDeviceWindow",
     "TelemetryRecord",
-    "TelemetryRollup",
     "TelemetryWindowAggregate",
     "Variant",
 ]

@@ -24,6 +24,7 @@ from fleet.wire.sketches import new_sketch
 from hub.errors import ConflictError, InvalidRequestError, NotFoundError
 from hub.registry.credentials import dummy_hash, hash_password, hash_secret, new_secret, verify_secret
 from hub.registry.db import Database
+from hub.registry.device_windows import device_window_partials, fold_device_windows
 from hub.registry.tables import (
     Deployment,
     DeploymentDevice,
@@ -34,15 +35,13 @@ from hub.registry.tables import (
     Variant,
 )
 from hub.registry.telemetry_tables import (
-    TelemetryRollup,
     TelemetryWindowAggregate,
     fold_aggregate,
-    fold_batches,
     pack_sketches,
     rollup_window_start,
     unpack_sketches,
-    window_aggregate,
 )
+from hub.registry.telemetry_windows import TelemetryWindows
 from targets import TargetError, get_target
 
 _WRITE_ATTEMPTS = 5
@@ -59,10 +58,6 @@ def usable_batch(payload: Mapping[str, Any]) -> TelemetryBatch | None:
         log.warning("skipped stored telemetry batch %s: %s", payload.get("batch_id"), str(exc).splitlines()[0])
         return None
     return batch
-
-
-class _PruneConflict(Exception):
-    """Another worker deleted raw telemetry this transaction was about to fold (it is rolled back)."""
 
 
 def parse_semver(version: str) -> semver.Version:
@@ -89,6 +84,8 @@ class Registry:
 
     def __init__(self, database: Database) -> None:
         self.db = database
+        self.windows = TelemetryWindows(database)
+        """The window aggregates of stored telemetry (what reports read)."""
 
     # -- models and versions ---------------------------------------------------------------------------
 
@@ -424,9 +421,10 @@ class Registry:
         return the newly stored ones.
 
         The new batches are written with one multi-row INSERT (sketches as raw bytes) and merged, in the same
-        transaction, into their `TelemetryWindowAggregate` rows (windows of ``aggregate_window_s``), so each
-        batch is counted in the aggregates exactly when it is stored. Several hub workers may write at once:
-        when another writer stored one of these ids or created one of these aggregate rows between our read
+        transaction, into their `TelemetryWindowAggregate` and `TelemetryDeviceWindow` rows (windows of
+        ``aggregate_window_s``), so each batch is counted in the aggregates exactly when it is stored. Several
+        hub workers may write at once: when another writer stored one of these ids or created one of these
+        aggregate rows between our read
         and our commit, the transaction is retried (it then sees that id as stored), so a batch is stored,
         aggregated and returned exactly once across workers.
         """
@@ -435,6 +433,7 @@ class Registry:
             return []
         raw = {batch_id: _raw_sketches(b) for batch_id, b in unique.items()}
         partials = _window_partials(list(unique.values()), raw, aggregate_window_s)  # outside the transaction
+        per_device = device_window_partials(unique.values(), aggregate_window_s)
         for attempt in range(_WRITE_ATTEMPTS):
             try:
                 with self.db.session() as session:
@@ -447,8 +446,10 @@ class Registry:
                     rows = [_record_row(b, raw[b.batch_id]) for b in fresh]
                     session.connection().execute(insert(TelemetryRecord), rows)
                     mine = partials if not seen else _window_partials(fresh, raw, aggregate_window_s)
+                    devices = per_device if not seen else device_window_partials(fresh, aggregate_window_s)
+                    new_devices = fold_device_windows(session, devices)  # locks device rows before window rows
                     for key in sorted(mine):  # one lock order across workers: no deadlocks
-                        self._fold_window(session, key, aggregate_window_s, mine[key])
+                        self._fold_window(session, key, aggregate_window_s, mine[key], new_devices[key])
                 return fresh
             except IntegrityError:
                 if attempt == _WRITE_ATTEMPTS - 1:
@@ -456,7 +457,9 @@ class Registry:
         return []  # pragma: no cover - the loop returns or raises
 
     @staticmethod
-    def _fold_window(session: Any, key: _WindowKey, window_s: float, partial: TelemetryAggregate) -> None:
+    def _fold_window(
+        session: Any, key: _WindowKey, window_s: float, partial: TelemetryAggregate, new_devices: int
+    ) -> None:
         model, version, target, start = key
         row = session.exec(
             select(TelemetryWindowAggregate)
@@ -472,97 +475,56 @@ class Registry:
             row = TelemetryWindowAggregate(
                 model=model, version=version, target=target, window_start=start, window_s=window_s
             )
-        session.add(fold_aggregate(row, partial))
+        session.add(fold_aggregate(row, partial, new_devices))
         session.flush()  # a row another worker created meanwhile fails here: the transaction is retried
-
-    def window_aggregates(self, model_name: str, version: str) -> list[tuple[str, TelemetryAggregate]]:
-        """The ingestion-time aggregates of one model version: (target, aggregate) per time window."""
-        query = select(TelemetryWindowAggregate).where(
-            TelemetryWindowAggregate.model == model_name, TelemetryWindowAggregate.version == version
-        )
-        with self.db.session() as session:
-            return [(row.target, window_aggregate(row)) for row in session.exec(query)]
 
     def prune_telemetry(
         self,
         *,
         max_age_s: float | None = None,
         max_rows: int | None = None,
-        window_s: float = 3600.0,
+        aggregate_max_age_s: float | None = None,
         now: float | None = None,
         chunk: int = 2000,
     ) -> int:
-        """Fold raw batches into `TelemetryRollup` rows and delete them: those whose window ended more than
-        ``max_age_s`` ago, then the oldest ones beyond ``max_rows``. Return how many raw batches were pruned.
+        """Delete raw batches whose window ended more than ``max_age_s`` ago, then the oldest beyond
+        ``max_rows``, and the window aggregates of windows that started more than ``aggregate_max_age_s`` ago.
+        Return how many raw batches were deleted.
 
-        Each chunk is one transaction that deletes its rows before folding them, and is rolled back and
-        read again when another worker deleted some of them first, so no batch is folded twice.
-        """
+        Nothing is folded: every stored batch is already in the window aggregates (since it was stored, or
+        since migration 0007). A chunk of raw batches per transaction; workers pruning at once delete each
+        batch once."""
         now = time.time() if now is None else now
-        pruned = conflicts = 0
-        while True:
-            try:
-                count = self._prune_chunk(max_age_s, max_rows, window_s, now, chunk)
-            except (_PruneConflict, IntegrityError):  # another worker pruned or created the rollup first
-                conflicts += 1
-                if conflicts >= _WRITE_ATTEMPTS:
-                    return pruned
-                continue
-            if not count:
-                return pruned
-            pruned += count
-
-    def _prune_chunk(
-        self, max_age_s: float | None, max_rows: int | None, window_s: float, now: float, chunk: int
-    ) -> int:
-        with self.db.session() as session:
-            query = select(TelemetryRecord).order_by(col(TelemetryRecord.window_end))
-            if max_age_s is not None:
-                old = list(session.exec(query.where(TelemetryRecord.window_end < now - max_age_s).limit(chunk)))
-            else:
-                old = []
-            if not old and max_rows is not None:
+        pruned = 0
+        if max_age_s is not None:
+            pruned += self._delete_oldest(chunk, before=now - max_age_s)
+        if max_rows is not None:
+            with self.db.session() as session:
                 excess = int(session.exec(select(func.count()).select_from(TelemetryRecord)).one()) - max_rows
-                old = list(session.exec(query.limit(min(excess, chunk)))) if excess > 0 else []
-            if not old:
-                return 0
-            ids = [r.batch_id for r in old]
-            statement = delete(TelemetryRecord).where(col(TelemetryRecord.batch_id).in_(ids))
-            deleted = session.connection().execute(statement)
-            if deleted.rowcount != len(ids):
-                raise _PruneConflict
-            groups: dict[tuple[str, str, str, float], list[TelemetryBatch]] = {}
-            for record in old:
-                batch = usable_batch(_stored_payload(record.payload, record.sketches))
-                if batch is None:
-                    continue  # deleted without folding: it would break the rollup and every report after it
-                key = (batch.model, batch.version, batch.target, rollup_window_start(batch.window_start, window_s))
-                groups.setdefault(key, []).append(batch)
-            for (model, version, target, start), members in groups.items():
-                row = session.exec(
-                    select(TelemetryRollup).where(
-                        TelemetryRollup.model == model,
-                        TelemetryRollup.version == version,
-                        TelemetryRollup.target == target,
-                        TelemetryRollup.window_start == start,
-                    )
-                ).first()
-                if row is None:
-                    row = TelemetryRollup(
-                        model=model, version=version, target=target, window_start=start, window_s=window_s
-                    )
-                session.add(fold_batches(row, members))
-        return len(old)
+            if excess > 0:
+                pruned += self._delete_oldest(chunk, limit=excess)
+        if aggregate_max_age_s is not None:
+            self.windows.prune(now - aggregate_max_age_s)
+        return pruned
 
-    def telemetry_rollups(self, model_name: str | None = None, version: str | None = None) -> list[TelemetryRollup]:
-        """Rollups of pruned telemetry, optionally for one model version, oldest window first."""
-        query = select(TelemetryRollup).order_by(col(TelemetryRollup.window_start))
-        if model_name is not None:
-            query = query.where(TelemetryRollup.model == model_name)
-        if version is not None:
-            query = query.where(TelemetryRollup.version == version)
-        with self.db.session() as session:
-            return list(session.exec(query))
+    def _delete_oldest(self, chunk: int, *, before: float | None = None, limit: int | None = None) -> int:
+        """Delete raw batches oldest first: those whose window ended before ``before``, at most ``limit``."""
+        deleted = 0
+        while limit is None or deleted < limit:
+            take = chunk if limit is None else min(chunk, limit - deleted)
+            query = select(TelemetryRecord.batch_id).order_by(col(TelemetryRecord.window_end)).limit(take)
+            if before is not None:
+                query = query.where(TelemetryRecord.window_end < before)
+            with self.db.session() as session:
+                ids = list(session.exec(query))
+                if not ids:
+                    return deleted
+                statement = delete(TelemetryRecord).where(col(TelemetryRecord.batch_id).in_(ids))
+                count = session.connection().execute(statement).rowcount
+            deleted += count
+            if count < len(ids):  # another worker is pruning the same batches: it carries on
+                return deleted
+        return deleted
 
     def telemetry_batches(self, model_name: str | None = None, version: str | None = None) -> list[TelemetryBatch]:
         """Stored batches analysis can use, optionally for one model version, oldest first."""

@@ -1,16 +1,18 @@
-"""Telemetry summary tables.
+"""Telemetry summary tables, both written at ingestion in the transaction that stores the batches.
 
-- `TelemetryWindowAggregate`: every stored batch merged, at ingestion, into one row per model, version,
-  device class (``target``) and time window; what drift reports read instead of every device's batch.
-- `TelemetryRollup`: raw batches folded, once they leave the retention window, into the same grain (the
-  audit trail of what pruning removed).
+- `TelemetryWindowAggregate`: every stored batch merged into one row per model, version, device class
+  (``target``) and time window; what drift reports and the canary's input drift read instead of every
+  device's batch. Histograms add, sketches merge, counts add, so a row answers the same questions as the
+  batches in it, at a bounded size: it counts its distinct devices, the ids are in `TelemetryDeviceWindow`.
+  Sketches are stored as raw bytes (`pack_sketches`), not base64 JSON.
+- `TelemetryDeviceWindow`: one narrow row per device in each of those windows (counts, latency and
+  confidence histograms, predictions, shadow counts per candidate; no sketches), what canary analysis needs
+  of each device (`hub.registry.device_windows`).
 
-Histograms add, sketches merge, counts add, so a row answers the same questions as the batches in it, at a
-bounded size. Sketches are stored as raw bytes (`pack_sketches`), not base64 JSON."""
+Both outlive the raw batches (`Registry.prune_telemetry`), so reports cover more than the raw retention."""
 
 from __future__ import annotations
 
-import contextlib
 import struct
 import time
 from collections import Counter
@@ -18,13 +20,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from datasketches import kll_floats_sketch
-from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from fleet.errors import ProtocolError
 from fleet.telemetry import TelemetryAggregate
-from fleet.wire.messages import Histogram, TelemetryBatch
-from fleet.wire.sketches import HistogramAccumulator, deserialize_sketch, serialize_sketch
+from fleet.wire.messages import Histogram
+from fleet.wire.sketches import HistogramAccumulator
 
 _ENTRY_HEADER = struct.Struct("<HI")
 
@@ -33,83 +35,9 @@ def _now() -> float:
     return time.time()
 
 
-class TelemetryRollup(SQLModel, table=True):
-    """Sum of the pruned telemetry batches of one model version and device class in one time window.
-
-    ``latency_ms`` and ``confidence`` are `fleet.wire.messages.Histogram` dicts (or empty), ``feature_sketches``
-    base64 KLL sketches as in a batch, ``devices`` the distinct device ids that contributed.
-    """
-
-    __tablename__ = "telemetry_rollup"
-    __table_args__ = (UniqueConstraint("model", "version", "target", "window_start"),)
-    id: int | None = Field(default=None, primary_key=True)
-    model: str = Field(max_length=128, index=True)
-    version: str = Field(max_length=64)
-    target: str = Field(max_length=64)
-    window_start: float = Field(index=True)
-    window_s: float
-    batches: int = 0
-    requests: int = 0
-    errors: int = 0
-    offloaded: int = 0
-    shadow_compared: int = 0
-    shadow_agreed: int = 0
-    latency_ms: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-    confidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-    predictions: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON))
-    feature_sketches: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
-    devices: list[str] = Field(default_factory=list, sa_column=Column(JSON))
-    updated_at: float = Field(default_factory=_now)
-
-
 def rollup_window_start(window_start: float, window_s: float) -> float:
-    """Start of the rollup window a batch falls in (windows are aligned to the epoch)."""
+    """Start of the aggregate window a batch falls in (windows are aligned to the epoch)."""
     return (window_start // window_s) * window_s
-
-
-def fold_batches(row: TelemetryRollup, batches: list[TelemetryBatch]) -> TelemetryRollup:
-    """Add ``batches`` (all of the row's model, version, target and window) to ``row`` in place.
-
-    A histogram whose edges differ from the row's is left out of the histogram (its counts still add):
-    batches were validated at ingestion, so this happens only when a device changed its bucket edges.
-    """
-    latency, confidence = HistogramAccumulator(), HistogramAccumulator()
-    for acc, stored in ((latency, row.latency_ms), (confidence, row.confidence)):
-        if stored:
-            acc.add(Histogram.model_validate(stored))
-    sketches = {name: deserialize_sketch(text) for name, text in row.feature_sketches.items()}
-    predictions = dict(row.predictions)
-    devices = set(row.devices)
-    for batch in batches:
-        for acc, hist in ((latency, batch.latency_ms), (confidence, batch.confidence)):
-            with contextlib.suppress(ProtocolError):
-                acc.add(hist)
-        for name, text in batch.feature_sketches.items():
-            try:
-                sketch = deserialize_sketch(text)
-            except ProtocolError:
-                continue
-            if name in sketches:
-                sketches[name].merge(sketch)
-            else:
-                sketches[name] = sketch
-        for label, count in batch.predictions.items():
-            predictions[label] = predictions.get(label, 0) + count
-        row.batches += 1
-        row.requests += batch.requests
-        row.errors += batch.errors
-        row.offloaded += batch.offloaded
-        if batch.shadow is not None:
-            row.shadow_compared += batch.shadow.compared
-            row.shadow_agreed += batch.shadow.agreed
-        devices.add(batch.device_id)
-    row.latency_ms = latency.to_histogram().model_dump(mode="json") if latency.edges else {}
-    row.confidence = confidence.to_histogram().model_dump(mode="json") if confidence.edges else {}
-    row.feature_sketches = {name: serialize_sketch(sk) for name, sk in sorted(sketches.items())}
-    row.predictions = predictions
-    row.devices = sorted(devices)
-    row.updated_at = time.time()
-    return row
 
 
 def pack_sketches(sketches: Mapping[str, bytes]) -> bytes:
@@ -145,9 +73,12 @@ class TelemetryWindowAggregate(SQLModel, table=True):
     """
 
     __tablename__ = "telemetry_window_aggregate"
-    __table_args__ = (UniqueConstraint("model", "version", "target", "window_start"),)
+    __table_args__ = (
+        UniqueConstraint("model", "version", "target", "window_start"),
+        Index("ix_telemetry_window_aggregate_model_window_end", "model", "window_end"),
+    )
     id: int | None = Field(default=None, primary_key=True)
-    model: str = Field(max_length=128, index=True)
+    model: str = Field(max_length=128)
     version: str = Field(max_length=64)
     target: str = Field(max_length=64)
     window_start: float
@@ -165,8 +96,42 @@ class TelemetryWindowAggregate(SQLModel, table=True):
     shadow_latency_ms: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     predictions: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON))
     sketches: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False))
-    devices: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    device_count: int = 0
+    """Distinct devices merged in (their ids: the window's `TelemetryDeviceWindow` rows)."""
     updated_at: float = Field(default_factory=_now)
+
+
+class TelemetryDeviceWindow(SQLModel, table=True):
+    """One device's batches of one model version in one aggregate window, summed (no sketches).
+
+    ``shadow`` maps each shadowed candidate version to ``[compared, agreed]``. A row with ``batches`` 0 only
+    records that the device contributed (rows rebuilt by migration 0007 from windows whose batches were pruned).
+    """
+
+    __tablename__ = "telemetry_device_window"
+    __table_args__ = (
+        UniqueConstraint("model", "version", "target", "window_start", "device_id"),
+        Index("ix_telemetry_device_window_model_window_start", "model", "window_start"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(max_length=128)
+    version: str = Field(max_length=64)
+    target: str = Field(max_length=64)
+    window_start: float
+    device_id: str = Field(max_length=63)
+    batches: int = 0
+    requests: int = 0
+    errors: int = 0
+    first_start: float = 0.0
+    """Earliest start of a batch window summed in."""
+    first_end: float = 0.0
+    """Earliest end of a batch window summed in."""
+    last_end: float = 0.0
+    """Latest end of a batch window summed in."""
+    latency_ms: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    confidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    predictions: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON))
+    shadow: dict[str, list[int]] = Field(default_factory=dict, sa_column=Column(JSON))
 
 
 def _histogram_dict(acc: HistogramAccumulator) -> dict[str, Any]:
@@ -174,7 +139,8 @@ def _histogram_dict(acc: HistogramAccumulator) -> dict[str, Any]:
 
 
 def window_aggregate(row: TelemetryWindowAggregate) -> TelemetryAggregate:
-    """The row as a `fleet.telemetry.TelemetryAggregate` (what drift analysis takes)."""
+    """The row as a `fleet.telemetry.TelemetryAggregate` (what drift analysis takes); ``devices`` is left
+    empty, the ids are in the window's `TelemetryDeviceWindow` rows."""
     agg = TelemetryAggregate(
         requests=row.requests,
         errors=row.errors,
@@ -183,7 +149,6 @@ def window_aggregate(row: TelemetryWindowAggregate) -> TelemetryAggregate:
         predictions=Counter(row.predictions),
         shadow_compared=row.shadow_compared,
         shadow_agreed=row.shadow_agreed,
-        devices=set(row.devices),
         targets={row.target},
         window_start=row.window_start,
         window_end=row.window_end,
@@ -199,8 +164,11 @@ def window_aggregate(row: TelemetryWindowAggregate) -> TelemetryAggregate:
     return agg
 
 
-def fold_aggregate(row: TelemetryWindowAggregate, partial: TelemetryAggregate) -> TelemetryWindowAggregate:
-    """Merge ``partial`` (batches of the row's model, version, target and window) into ``row`` in place."""
+def fold_aggregate(
+    row: TelemetryWindowAggregate, partial: TelemetryAggregate, new_devices: int
+) -> TelemetryWindowAggregate:
+    """Merge ``partial`` (batches of the row's model, version, target and window, from ``new_devices``
+    devices not in the row yet) into ``row`` in place."""
     merged = window_aggregate(row)
     merged.merge(partial)
     row.batches, row.requests, row.errors, row.offloaded = (
@@ -216,6 +184,6 @@ def fold_aggregate(row: TelemetryWindowAggregate, partial: TelemetryAggregate) -
     row.shadow_latency_ms = _histogram_dict(merged.shadow_latency_ms)
     row.predictions = dict(merged.predictions)
     row.sketches = pack_sketches({name: sk.serialize() for name, sk in sorted(merged.sketches.items())})
-    row.devices = sorted(merged.devices)
+    row.device_count += new_devices
     row.updated_at = time.time()
     return row

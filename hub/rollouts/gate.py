@@ -1,11 +1,12 @@
-"""The rollout gate's analysis: canary statistics on the stored telemetry of a rollout's devices."""
+"""The rollout gate's analysis: canary statistics on the window aggregates of a rollout's devices."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from fleet.canary import CanaryConfig, DeviceMetrics, analyse_canary, device_metrics
+from fleet.canary import CanaryConfig
 from fleet.rollout import GateInput, RequestGate, RolloutSnapshot
+from hub.monitoring.canary_windows import canary_from_windows
 from hub.registry import Registry
 
 __all__ = ["GateAnalysis", "canary_gate"]
@@ -14,24 +15,28 @@ GateAnalysis = Callable[[RequestGate, RolloutSnapshot], GateInput]
 
 
 def canary_gate(registry: Registry, config: CanaryConfig | None = None) -> GateAnalysis:
-    """A gate analysis: `analyse_canary` on telemetry since the request's ``since``, candidates on the new
-    version against the baseline devices still on another version, device classes as in the rollout.
+    """A gate analysis: `analyse_canary` on the device windows holding telemetry since the request's ``since``
+    (`hub.monitoring.canary_windows`), candidates on the new version against the baseline devices still on
+    another version, device classes as in the rollout.
 
     The analysis settings are ``config`` when given, else the rollout plan's ``gate.canary``."""
 
     def analyse(request: RequestGate, snapshot: RolloutSnapshot) -> GateInput:
-        batches = [b for b in registry.telemetry_batches(request.model) if b.window_end >= request.since]
         candidates, baseline = set(request.candidates), set(request.baseline)
 
-        def metrics(ids: set[str], on_version: bool) -> list[DeviceMetrics]:
-            chosen = [b for b in batches if b.device_id in ids and (b.version == request.version) == on_version]
-            out = []
-            for m in device_metrics(chosen, shadow_candidate=request.version):
-                record = snapshot.devices.get(m.device_id)
-                out.append(m.model_copy(update={"device_class": record.device_class}) if record else m)
-            return out
+        def device_class(device_id: str) -> str | None:
+            record = snapshot.devices.get(device_id)
+            return record.device_class if record is not None else None
 
         settings = config or (snapshot.plan.gate.canary if snapshot.plan.gate is not None else CanaryConfig())
-        return analyse_canary(metrics(candidates, True), metrics(baseline, False), settings)
+        return canary_from_windows(
+            registry.windows.in_range(request.model, since=request.since),
+            in_canary=lambda device_id, version: device_id in candidates and version == request.version,
+            in_baseline=lambda device_id, version: device_id in baseline and version != request.version,
+            since=request.since,
+            shadow_candidate=request.version,
+            device_class=device_class,
+            config=settings,
+        )
 
     return analyse

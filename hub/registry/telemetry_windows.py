@@ -1,0 +1,106 @@
+"""Reading and pruning the window aggregates (`TelemetryWindowAggregate`, `TelemetryDeviceWindow`).
+
+Drift by device class reads a version's aggregate rows with the ids of their devices (`by_target`); canary
+analysis reads a model's rows whose batches end in a time range, with every device row of those windows
+(`in_range`); retention deletes the windows that started before a cut-off (`prune`), both tables together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete
+from sqlmodel import col, select
+from sqlmodel.sql.expression import SelectOfScalar
+
+from fleet.telemetry import TelemetryAggregate
+from hub.registry.db import Database
+from hub.registry.telemetry_tables import TelemetryDeviceWindow, TelemetryWindowAggregate, window_aggregate
+
+__all__ = ["TelemetryWindows", "WindowsRead"]
+
+
+@dataclass(frozen=True)
+class WindowsRead:
+    """A model's aggregate rows that hold a batch ending in a time range, and every device row of those
+    windows (the ones outside the range too: together they name every device an aggregate row merged)."""
+
+    aggregates: list[TelemetryWindowAggregate]
+    devices: list[TelemetryDeviceWindow]
+
+
+def _version_rows(model: str, version: str) -> SelectOfScalar[TelemetryWindowAggregate]:
+    return (
+        select(TelemetryWindowAggregate)
+        .where(TelemetryWindowAggregate.model == model, TelemetryWindowAggregate.version == version)
+        .order_by(col(TelemetryWindowAggregate.window_start), col(TelemetryWindowAggregate.target))
+    )
+
+
+class TelemetryWindows:
+    """The window aggregates of stored telemetry: read for reports, pruned for retention."""
+
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    def rows(self, model: str, version: str) -> list[TelemetryWindowAggregate]:
+        """Aggregate rows of one model version, oldest window first."""
+        with self.db.session() as session:
+            return list(session.exec(_version_rows(model, version)))
+
+    def by_target(self, model: str, version: str) -> list[tuple[str, TelemetryAggregate]]:
+        """Every aggregate row of one model version as (target, aggregate), its ``devices`` filled in."""
+        members = select(
+            TelemetryDeviceWindow.target, TelemetryDeviceWindow.window_start, TelemetryDeviceWindow.device_id
+        ).where(TelemetryDeviceWindow.model == model, TelemetryDeviceWindow.version == version)
+        devices: dict[tuple[str, float], set[str]] = {}
+        with self.db.session() as session:
+            for target, start, device_id in session.exec(members):
+                devices.setdefault((target, start), set()).add(device_id)
+            rows = list(session.exec(_version_rows(model, version)))
+        out = []
+        for row in rows:
+            agg = window_aggregate(row)
+            agg.devices = devices.get((row.target, row.window_start), set())
+            out.append((row.target, agg))
+        return out
+
+    def in_range(self, model: str, since: float | None = None, until: float | None = None) -> WindowsRead:
+        """The model's aggregate rows holding a batch whose window ends in ``[since, until]`` (as far as their
+        earliest start and latest end tell), and every device row of the windows they span."""
+        query = select(TelemetryWindowAggregate).where(TelemetryWindowAggregate.model == model)
+        if since is not None:
+            query = query.where(TelemetryWindowAggregate.window_end >= since)
+        if until is not None:
+            query = query.where(TelemetryWindowAggregate.window_start <= until)
+        with self.db.session() as session:
+            aggregates = list(session.exec(query))
+            if not aggregates:
+                return WindowsRead([], [])
+            starts = [row.window_start for row in aggregates]
+            members = select(TelemetryDeviceWindow).where(
+                TelemetryDeviceWindow.model == model,
+                TelemetryDeviceWindow.window_start >= min(starts),
+                TelemetryDeviceWindow.window_start <= max(starts),
+            )
+            return WindowsRead(aggregates, list(session.exec(members)))
+
+    def prune(self, started_before: float, *, chunk: int = 5000) -> int:
+        """Delete the windows that started before ``started_before`` (aggregate and device rows, a chunk per
+        transaction); return how many aggregate rows went."""
+        for table in (TelemetryDeviceWindow, TelemetryWindowAggregate):
+            removed = self._delete_chunks(table, started_before, chunk)
+        return removed
+
+    def _delete_chunks(
+        self, table: type[TelemetryDeviceWindow] | type[TelemetryWindowAggregate], started_before: float, chunk: int
+    ) -> int:
+        removed = 0
+        while True:
+            with self.db.session() as session:
+                ids = select(table.id).where(col(table.window_start) < started_before).limit(chunk)
+                statement = delete(table).where(col(table.id).in_(ids.scalar_subquery()))
+                count = session.connection().execute(statement).rowcount
+            removed += count
+            if count < chunk:
+                return removed
