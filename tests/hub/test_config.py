@@ -32,6 +32,12 @@ def test_flags_beat_the_environment_which_beats_the_file_which_beats_defaults(
         ({}, {}, "bogus = 1\n", "invalid settings: bogus: Extra inputs are not permitted"),
         ({}, {}, "api_port = \n", "is not valid TOML"),
         ({"broker_url": "http://x"}, {}, "", "broker_url: broker_url must start with mqtt:// or mqtts://"),
+        (
+            {"telemetry_aggregate_max_age_s": 7 * 24 * 3600.0},  # the raw batches' 7 days, without the window
+            {},
+            "",
+            "telemetry_aggregate_max_age_s must be at least telemetry_max_age_s plus telemetry_rollup_window_s",
+        ),
     ],
 )
 def test_a_bad_setting_is_one_line(

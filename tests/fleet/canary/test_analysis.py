@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -9,10 +11,14 @@ from scipy import stats
 from fleet.canary import (
     CanaryConfig,
     CanaryMetric,
+    DeviceMetrics,
     MetricSpec,
+    SketchPool,
     Verdict,
     analyse_canary,
 )
+from fleet.telemetry import TelemetryAggregate
+from fleet.wire.sketches import deserialize_sketch
 from tests.fleet.canary.device_groups import device_group, metric_result, simulated_device
 
 
@@ -90,3 +96,34 @@ def test_disabled_metric_is_left_out() -> None:
     config = CanaryConfig(metrics={CanaryMetric.SHADOW_AGREEMENT: MetricSpec(enabled=False)})
     report = analyse_canary(device_group(rng, "c", 6), device_group(rng, "b", 6), config)
     assert CanaryMetric.SHADOW_AGREEMENT not in {m.metric for m in report.metrics}
+
+
+def _pool(group: Sequence[DeviceMetrics], asked: list[set[str]], extra: int = 0) -> SketchPool:
+    """A pool of ``group``'s sketches that records the devices it was asked for and adds ``extra`` others."""
+
+    def pool(devices: Sequence[DeviceMetrics]) -> TelemetryAggregate:
+        asked.append({d.device_id for d in devices})
+        agg = TelemetryAggregate()
+        for d in group:
+            for name, text in d.feature_sketches.items():
+                agg._merge_sketch(name, deserialize_sketch(text))
+        agg.devices = asked[-1] | {f"other-{i}" for i in range(extra)}
+        return agg
+
+    return pool
+
+
+def test_sketch_pools_replace_the_devices_own_sketches_for_input_drift() -> None:
+    """Devices without sketches of their own (the hub's per-device window sums): each group's pool supplies
+    its inputs, given the devices compared, and the devices it pooled are counted."""
+    rng = np.random.default_rng(34)
+    shifted = device_group(rng, "c", 10, shift=1.0)
+    bare = [d.model_copy(update={"feature_sketches": {}}) for d in device_group(rng, "c", 10)]
+    baseline = device_group(rng, "b", 20)
+    asked: list[set[str]] = []
+    pools = (_pool(shifted, asked, extra=2), _pool(baseline, asked))
+    drift = metric_result(analyse_canary(bare, baseline, sketch_pools=pools), CanaryMetric.DRIFT)
+    assert drift.verdict == Verdict.FAIL and (drift.n_canary, drift.n_baseline) == (12, 20)
+    assert {d.device_id for d in bare} in asked
+    without = metric_result(analyse_canary(bare, baseline), CanaryMetric.DRIFT)
+    assert without.verdict == Verdict.INCONCLUSIVE  # the bare devices carry no sketches

@@ -1,5 +1,6 @@
 """Telemetry ingestion (hub/ingest.py, Registry.store_telemetry/prune_telemetry) on SQLite and PostgreSQL:
-validation at the door, only fresh batches observed, concurrent writers, retention folded into rollups."""
+validation at the door, only fresh batches observed, concurrent writers (retention: tests/hub/registry/
+test_telemetry_retention.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from fleet.errors import ProtocolError
-from fleet.telemetry import TelemetryAggregate
 from fleet.wire.messages import Histogram, TelemetryAck, TelemetryBatch
-from fleet.wire.sketches import deserialize_sketch
-from hub.monitoring.ingest import RetentionPolicy, TelemetryIngestor
+from hub.monitoring.ingest import TelemetryIngestor
 from hub.monitoring.metrics import FleetMetrics
 from hub.registry import Database, Registry
 from tests.hub.monitoring.telemetry_scenario import scenario
@@ -115,53 +114,6 @@ def test_concurrent_writers_store_each_batch_exactly_once(database_url: str, bat
     finally:
         for r in registries:
             r.db.close()
-
-
-def test_retention_folds_old_and_excess_batches_into_rollups(registry: Registry, batches: list[TelemetryBatch]) -> None:
-    registry.record_telemetry(batches)
-    # scenario windows: 1000-1060, 1060-1120, 1120-1180 (epoch seconds), 30 devices, 2 versions, 2 targets
-    now = 1061.0 + 100.0  # max age 100 s: the first window (ending at 1060) is older
-    pruned = registry.prune_telemetry(max_age_s=100.0, window_s=120.0, now=now, chunk=7)
-    oldest = [b for b in batches if b.window_end <= 1060.0]
-    assert pruned == len(oldest) == 30
-    assert registry.telemetry_count() == len(batches) - 30
-    rollups = registry.telemetry_rollups()
-    assert {(r.version, r.target, r.window_start) for r in rollups} == {
-        (v, t, 960.0) for v in ("1.0", "1.1") for t in ("rpi4-arm64", "jetson-orin")
-    }
-    for row in rollups:
-        members = [b for b in oldest if (b.version, b.target) == (row.version, row.target)]
-        agg = TelemetryAggregate.from_batches(members)
-        assert row.batches == len(members) and row.requests == agg.requests and row.errors == agg.errors
-        assert row.devices == sorted(agg.devices)
-        assert row.predictions == dict(agg.predictions)
-        latency = agg.latency_histogram()
-        assert latency is not None and row.latency_ms["counts"] == latency.counts
-        assert deserialize_sketch(row.feature_sketches["x"]).n == agg.sketches["x"].n
-        assert row.shadow_compared == agg.shadow_compared and row.shadow_agreed == agg.shadow_agreed
-    assert registry.prune_telemetry(max_age_s=100.0, window_s=120.0, now=now) == 0  # idempotent
-    # the row cap folds the oldest of what is left into the same rollups (the window 1080-1200 is new)
-    assert registry.prune_telemetry(max_rows=20, window_s=120.0, now=now) == len(batches) - 30 - 20
-    assert registry.telemetry_count() == 20
-    assert sum(r.batches for r in registry.telemetry_rollups()) == len(batches) - 20
-    assert sum(r.requests for r in registry.telemetry_rollups("digits", "1.1")) + sum(
-        b.requests for b in registry.telemetry_batches("digits", "1.1")
-    ) == sum(b.requests for b in batches if b.version == "1.1")
-
-
-def test_ingestor_prunes_on_its_interval(registry: Registry, batches: list[TelemetryBatch]) -> None:
-    ingestor = TelemetryIngestor(
-        registry, linger_s=0.01, retention=RetentionPolicy(max_age_s=None, max_rows=10, interval_s=0.05)
-    )
-    try:
-        for batch in batches[:25]:
-            ingestor.submit(batch)
-        assert ingestor.wait_stored(25)
-        assert ingestor.prune() + ingestor.pruned >= 15  # the writer may have pruned already
-    finally:
-        ingestor.close()
-    assert registry.telemetry_count() == 10
-    assert sum(r.batches for r in registry.telemetry_rollups()) == 15
 
 
 def test_a_batch_the_database_refuses_is_rejected_alone_and_the_others_are_stored_and_acknowledged(

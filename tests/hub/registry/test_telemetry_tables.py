@@ -67,7 +67,7 @@ def test_each_stored_batch_is_merged_once_into_its_window_aggregate(
     half = len(mine) // 2
     registry.store_telemetry(mine[:half], aggregate_window_s=60.0)
     registry.store_telemetry(mine, aggregate_window_s=60.0)  # the first half again: duplicates add nothing
-    windows = registry.window_aggregates(MODEL, BASELINE)
+    windows = registry.windows.by_target(MODEL, BASELINE)
     assert len({(t, a.window_start) for t, a in windows}) == len(windows) > 1  # several targets and windows
     for target in {b.target for b in mine}:
         merged = TelemetryAggregate()
@@ -95,4 +95,4 @@ def test_concurrent_writers_aggregate_every_batch_exactly_once(
     for t in threads:
         t.join()
     assert not errors
-    assert sum(a.batches for _, a in registry.window_aggregates(MODEL, BASELINE)) == len(mine)
+    assert sum(a.batches for _, a in registry.windows.by_target(MODEL, BASELINE)) == len(mine)
