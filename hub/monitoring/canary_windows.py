@@ -1,7 +1,7 @@
 """Canary analysis from the window aggregates instead of every device's batch.
 
 Each device's metrics (requests, errors, latency and confidence histograms, predictions, shadow counts) are
-the sums of its `TelemetryDeviceWindow` rows, exactly what `fleet.canary.device_metrics` makes of its
+the sums of its `DeviceWindowRow` rows, exactly what `fleet.canary.device_metrics` makes of its
 batches. Input drift pools each group's sketches from the `TelemetryWindowAggregate` rows (model version x
 target x window) its devices contributed to: the same inputs as the batches when a group holds every device
 of those rows; otherwise the other devices' inputs are pooled too, and the drift metric counts them.
@@ -20,8 +20,8 @@ from fleet.canary import CanaryConfig, CanaryReport, DeviceMetrics, SketchPool, 
 from fleet.telemetry import TelemetryAggregate
 from fleet.wire.sketches import new_sketch
 from hub.registry.device_windows import DeviceWindowSums
-from hub.registry.telemetry_tables import TelemetryDeviceWindow, unpack_sketches
-from hub.registry.telemetry_windows import WindowsRead
+from hub.registry.telemetry_tables import unpack_sketches
+from hub.registry.telemetry_windows import DeviceWindowRow, WindowsRead
 
 __all__ = ["GroupFilter", "canary_from_windows"]
 
@@ -57,12 +57,12 @@ def canary_from_windows(
     )
 
 
-def _in_range(row: TelemetryDeviceWindow, since: float | None, until: float | None) -> bool:
+def _in_range(row: DeviceWindowRow, since: float | None, until: float | None) -> bool:
     return (since is None or row.last_end >= since) and (until is None or row.first_end <= until)
 
 
 def _device_metrics(
-    rows: Iterable[TelemetryDeviceWindow],
+    rows: Iterable[DeviceWindowRow],
     shadow_candidate: str | None,
     device_class: Callable[[str], str | None] | None,
 ) -> list[DeviceMetrics]:
@@ -73,7 +73,7 @@ def _device_metrics(
         mine = sums.get(row.device_id)
         if mine is None:
             mine = sums[row.device_id] = DeviceWindowSums()
-        mine.merge(DeviceWindowSums.from_row(row))
+        mine.add_row(row)
         targets.setdefault(row.device_id, set()).add(row.target)
     out = []
     for device_id in sorted(sums):
@@ -98,7 +98,7 @@ def _device_metrics(
     return out
 
 
-def _pool(windows: WindowsRead, group_rows: Sequence[TelemetryDeviceWindow]) -> SketchPool:
+def _pool(windows: WindowsRead, group_rows: Sequence[DeviceWindowRow]) -> SketchPool:
     """The group's sketch pool: the aggregate rows its chosen devices' windows fall in, merged, with every
     device those rows hold."""
     keys_of: dict[str, set[_CohortKey]] = {}

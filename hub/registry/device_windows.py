@@ -45,13 +45,6 @@ _SUM_COLUMNS = (
 _KEYS_PER_QUERY = 1000  # 5 parameters each: well inside SQLite's and PostgreSQL's limits
 
 
-def _histogram(stored: Mapping[str, Any]) -> HistogramAccumulator:
-    acc = HistogramAccumulator()
-    if stored:
-        acc.add(Histogram.model_validate(stored))
-    return acc
-
-
 def _histogram_dict(acc: HistogramAccumulator) -> dict[str, Any]:
     return acc.to_histogram().model_dump(mode="json") if acc.edges else {}
 
@@ -104,21 +97,22 @@ class DeviceWindowSums:
         self.first_end = min(self.first_end, other.first_end)
         self.last_end = max(self.last_end, other.last_end)
 
-    @classmethod
-    def from_row(cls, row: Any) -> DeviceWindowSums:
-        """The sums a `TelemetryDeviceWindow` row (or a result row with its columns) holds."""
-        return cls(
-            batches=row.batches,
-            requests=row.requests,
-            errors=row.errors,
-            latency_ms=_histogram(row.latency_ms or {}),
-            confidence=_histogram(row.confidence or {}),
-            predictions=Counter(row.predictions or {}),
-            shadow={k: list(v) for k, v in (row.shadow or {}).items()},
-            first_start=row.first_start,
-            first_end=row.first_end,
-            last_end=row.last_end,
-        )
+    def add_row(self, row: Any) -> None:
+        """Sum in a `TelemetryDeviceWindow` row (or a result row with its columns)."""
+        self.batches += row.batches
+        self.requests += row.requests
+        self.errors += row.errors
+        for acc, stored in ((self.latency_ms, row.latency_ms), (self.confidence, row.confidence)):
+            if stored:  # written by `columns`: a valid histogram, so not validated again
+                acc.add(Histogram.model_construct(**stored))
+        self.predictions.update(row.predictions or {})
+        for candidate, (compared, agreed) in (row.shadow or {}).items():
+            counts = self.shadow.setdefault(candidate, [0, 0])
+            counts[0] += compared
+            counts[1] += agreed
+        self.first_start = min(self.first_start, row.first_start)
+        self.first_end = min(self.first_end, row.first_end)
+        self.last_end = max(self.last_end, row.last_end)
 
     def columns(self) -> dict[str, Any]:
         """The sums as `TelemetryDeviceWindow` column values."""
@@ -179,7 +173,8 @@ def fold_device_windows(session: Session, partials: Mapping[DeviceWindowKey, Dev
             inserts.append(dict(zip(_KEY_COLUMNS, key, strict=True)) | partials[key].columns())
             new[key[:4]] += 1
             continue
-        sums = DeviceWindowSums.from_row(row)
+        sums = DeviceWindowSums()
+        sums.add_row(row)
         sums.merge(partials[key])
         updates.append({"row_id": row.id} | {f"new_{name}": value for name, value in sums.columns().items()})
     if updates:

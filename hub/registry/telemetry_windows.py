@@ -8,8 +8,10 @@ analysis reads a model's rows whose batches end in a time range, with every devi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import Row, delete
+from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -17,7 +19,11 @@ from fleet.telemetry import TelemetryAggregate
 from hub.registry.db import Database
 from hub.registry.telemetry_tables import TelemetryDeviceWindow, TelemetryWindowAggregate, window_aggregate
 
-__all__ = ["TelemetryWindows", "WindowsRead"]
+__all__ = ["DeviceWindowRow", "TelemetryWindows", "WindowsRead"]
+
+
+DeviceWindowRow = Row[Any]
+"""A `TelemetryDeviceWindow` row as read (its columns as attributes; no ORM object: thousands are read)."""
 
 
 @dataclass(frozen=True)
@@ -26,7 +32,7 @@ class WindowsRead:
     windows (the ones outside the range too: together they name every device an aggregate row merged)."""
 
     aggregates: list[TelemetryWindowAggregate]
-    devices: list[TelemetryDeviceWindow]
+    devices: list[DeviceWindowRow]
 
 
 def _version_rows(model: str, version: str) -> SelectOfScalar[TelemetryWindowAggregate]:
@@ -78,12 +84,11 @@ class TelemetryWindows:
             if not aggregates:
                 return WindowsRead([], [])
             starts = [row.window_start for row in aggregates]
-            members = select(TelemetryDeviceWindow).where(
-                TelemetryDeviceWindow.model == model,
-                TelemetryDeviceWindow.window_start >= min(starts),
-                TelemetryDeviceWindow.window_start <= max(starts),
+            table = TelemetryDeviceWindow.__table__  # type: ignore[attr-defined]
+            members = sa_select(table).where(
+                table.c.model == model, table.c.window_start.between(min(starts), max(starts))
             )
-            return WindowsRead(aggregates, list(session.exec(members)))
+            return WindowsRead(aggregates, list(session.connection().execute(members)))
 
     def prune(self, started_before: float, *, chunk: int = 5000) -> int:
         """Delete the windows that started before ``started_before`` (aggregate and device rows, a chunk per
