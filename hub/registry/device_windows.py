@@ -14,11 +14,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, tuple_, update
+from sqlalchemy import ColumnElement, Select, String, any_, bindparam, insert, select
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
+from fleet.errors import ProtocolError
 from fleet.wire.messages import Histogram, TelemetryBatch
-from fleet.wire.sketches import HistogramAccumulator
 from hub.registry.telemetry_tables import TelemetryDeviceWindow, rollup_window_start
 
 __all__ = ["DeviceWindowKey", "DeviceWindowSums", "WindowKey", "device_window_partials", "fold_device_windows"]
@@ -42,11 +45,39 @@ _SUM_COLUMNS = (
     "predictions",
     "shadow",
 )
-_KEYS_PER_QUERY = 1000  # 5 parameters each: well inside SQLite's and PostgreSQL's limits
+_KEYS_PER_QUERY = 1000  # SQLite: one parameter per device, well inside its limit
 
 
-def _histogram_dict(acc: HistogramAccumulator) -> dict[str, Any]:
-    return acc.to_histogram().model_dump(mode="json") if acc.edges else {}
+class _Counts:
+    """A histogram's counts and total on fixed edges, summed as plain lists: thousands are summed per write,
+    and every histogram here has the standard edges (batches passed `fleet.telemetry.validate_batch`)."""
+
+    __slots__ = ("counts", "edges", "total")
+
+    def __init__(self) -> None:
+        self.edges: list[float] = []
+        self.counts: list[int] = []
+        self.total = 0.0
+
+    def add(self, edges: list[float], counts: list[int], total: float) -> None:
+        """Sum in a histogram; `ProtocolError` when its edges differ from the ones summed so far."""
+        if not self.edges:
+            self.edges, self.counts = list(edges), list(counts)
+        elif edges == self.edges and len(counts) == len(self.counts):
+            self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
+        else:
+            raise ProtocolError("histogram edges differ from the ones summed so far; cannot merge")
+        self.total += total
+
+    def stored(self) -> dict[str, Any]:
+        """The `Histogram` as JSON (empty when nothing was summed)."""
+        if not self.edges:
+            return {}
+        return {"schema_version": 1, "edges": self.edges, "counts": self.counts, "total": self.total}
+
+    def histogram(self) -> Histogram | None:
+        """The `Histogram` (None when nothing was summed)."""
+        return Histogram(edges=self.edges, counts=self.counts, total=self.total) if self.edges else None
 
 
 @dataclass
@@ -56,8 +87,8 @@ class DeviceWindowSums:
     batches: int = 0
     requests: int = 0
     errors: int = 0
-    latency_ms: HistogramAccumulator = field(default_factory=HistogramAccumulator)
-    confidence: HistogramAccumulator = field(default_factory=HistogramAccumulator)
+    latency_ms: _Counts = field(default_factory=_Counts)
+    confidence: _Counts = field(default_factory=_Counts)
     predictions: Counter[str] = field(default_factory=Counter)
     shadow: dict[str, list[int]] = field(default_factory=dict)
     """``[compared, agreed]`` per shadowed candidate version."""
@@ -70,49 +101,37 @@ class DeviceWindowSums:
         self.batches += 1
         self.requests += batch.requests
         self.errors += batch.errors
-        self.latency_ms.add(batch.latency_ms)
-        self.confidence.add(batch.confidence)
+        for mine, hist in ((self.latency_ms, batch.latency_ms), (self.confidence, batch.confidence)):
+            mine.add(hist.edges, hist.counts, hist.total)
         self.predictions.update(batch.predictions)
         if batch.shadow is not None:
-            counts = self.shadow.setdefault(batch.shadow.candidate_version, [0, 0])
-            counts[0] += batch.shadow.compared
-            counts[1] += batch.shadow.agreed
+            self._add_shadow(batch.shadow.candidate_version, batch.shadow.compared, batch.shadow.agreed)
         self.first_start = min(self.first_start, batch.window_start)
         self.first_end = min(self.first_end, batch.window_end)
         self.last_end = max(self.last_end, batch.window_end)
 
-    def merge(self, other: DeviceWindowSums) -> None:
-        """Sum another device window in."""
-        self.batches += other.batches
-        self.requests += other.requests
-        self.errors += other.errors
-        self.latency_ms.merge(other.latency_ms)
-        self.confidence.merge(other.confidence)
-        self.predictions.update(other.predictions)
-        for candidate, (compared, agreed) in other.shadow.items():
-            counts = self.shadow.setdefault(candidate, [0, 0])
-            counts[0] += compared
-            counts[1] += agreed
-        self.first_start = min(self.first_start, other.first_start)
-        self.first_end = min(self.first_end, other.first_end)
-        self.last_end = max(self.last_end, other.last_end)
-
     def add_row(self, row: Any) -> None:
-        """Sum in a `TelemetryDeviceWindow` row (or a result row with its columns)."""
+        """Sum in a `TelemetryDeviceWindow` row (or a result row with its columns), or another sums."""
         self.batches += row.batches
         self.requests += row.requests
         self.errors += row.errors
-        for acc, stored in ((self.latency_ms, row.latency_ms), (self.confidence, row.confidence)):
-            if stored:  # written by `columns`: a valid histogram, so not validated again
-                acc.add(Histogram.model_construct(**stored))
+        for mine, stored in ((self.latency_ms, row.latency_ms), (self.confidence, row.confidence)):
+            if isinstance(stored, _Counts):
+                if stored.edges:
+                    mine.add(stored.edges, stored.counts, stored.total)
+            elif stored:
+                mine.add(stored["edges"], stored["counts"], stored["total"])
         self.predictions.update(row.predictions or {})
         for candidate, (compared, agreed) in (row.shadow or {}).items():
-            counts = self.shadow.setdefault(candidate, [0, 0])
-            counts[0] += compared
-            counts[1] += agreed
+            self._add_shadow(candidate, compared, agreed)
         self.first_start = min(self.first_start, row.first_start)
         self.first_end = min(self.first_end, row.first_end)
         self.last_end = max(self.last_end, row.last_end)
+
+    def _add_shadow(self, candidate: str, compared: int, agreed: int) -> None:
+        counts = self.shadow.setdefault(candidate, [0, 0])
+        counts[0] += compared
+        counts[1] += agreed
 
     def columns(self) -> dict[str, Any]:
         """The sums as `TelemetryDeviceWindow` column values."""
@@ -123,8 +142,8 @@ class DeviceWindowSums:
             "first_start": self.first_start,
             "first_end": self.first_end,
             "last_end": self.last_end,
-            "latency_ms": _histogram_dict(self.latency_ms),
-            "confidence": _histogram_dict(self.confidence),
+            "latency_ms": self.latency_ms.stored(),
+            "confidence": self.confidence.stored(),
             "predictions": dict(self.predictions),
             "shadow": self.shadow,
         }
@@ -145,6 +164,30 @@ def device_window_partials(
     return out
 
 
+def _locking_read(keys: list[DeviceWindowKey], *, postgresql: bool) -> Select[Any]:
+    """The rows of ``keys`` (and maybe a few more of the same devices), locked in id order. The device ids go as
+    one array on PostgreSQL: a statement with thousands of parameters costs more to prepare than to run."""
+    c = _TABLE.c
+    devices = sorted({key[4] for key in keys})
+    matches_device: ColumnElement[bool]
+    if postgresql:
+        matches_device = c.device_id == any_(bindparam("device_ids", devices, type_=ARRAY(String)))
+    else:
+        matches_device = c.device_id.in_(devices)
+    return (
+        select(_TABLE)
+        .where(
+            c.model.in_(sorted({key[0] for key in keys})),
+            c.version.in_(sorted({key[1] for key in keys})),
+            c.target.in_(sorted({key[2] for key in keys})),
+            c.window_start.in_(sorted({key[3] for key in keys})),
+            matches_device,
+        )
+        .order_by(c.id)
+        .with_for_update()
+    )
+
+
 def fold_device_windows(session: Session, partials: Mapping[DeviceWindowKey, DeviceWindowSums]) -> Counter[WindowKey]:
     """Add ``partials`` to their rows and insert the rows that are new; return how many new devices each
     window got. Existing rows are locked in id order, so concurrent writers never deadlock on them; a row
@@ -154,17 +197,13 @@ def fold_device_windows(session: Session, partials: Mapping[DeviceWindowKey, Dev
         return new
     connection = session.connection()
     keys = sorted(partials)
-    key_columns = tuple_(*(_TABLE.c[name] for name in _KEY_COLUMNS))
     found: dict[DeviceWindowKey, Any] = {}
     for first in range(0, len(keys), _KEYS_PER_QUERY):
-        query = (
-            select(_TABLE)
-            .where(key_columns.in_(keys[first : first + _KEYS_PER_QUERY]))
-            .order_by(_TABLE.c.id)
-            .with_for_update()
-        )
-        for stored in connection.execute(query):
-            found[(stored.model, stored.version, stored.target, stored.window_start, stored.device_id)] = stored
+        chunk = keys[first : first + _KEYS_PER_QUERY]
+        for stored in connection.execute(_locking_read(chunk, postgresql=connection.dialect.name == "postgresql")):
+            key = (stored.model, stored.version, stored.target, stored.window_start, stored.device_id)
+            if key in partials:  # the read may match a few more rows of these devices
+                found[key] = stored
     updates: list[dict[str, Any]] = []
     inserts: list[dict[str, Any]] = []
     for key in keys:
@@ -175,15 +214,17 @@ def fold_device_windows(session: Session, partials: Mapping[DeviceWindowKey, Dev
             continue
         sums = DeviceWindowSums()
         sums.add_row(row)
-        sums.merge(partials[key])
-        updates.append({"row_id": row.id} | {f"new_{name}": value for name, value in sums.columns().items()})
-    if updates:
-        statement = (
-            update(_TABLE)
-            .where(_TABLE.c.id == bindparam("row_id"))
-            .values({name: bindparam(f"new_{name}") for name in _SUM_COLUMNS})
+        sums.add_row(partials[key])
+        updates.append(dict(zip(_KEY_COLUMNS, key, strict=True)) | sums.columns())
+    if updates:  # the rows are locked and the values final: one statement writes them all
+        dialect_insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
+        upsert = dialect_insert(_TABLE)
+        connection.execute(
+            upsert.on_conflict_do_update(
+                index_elements=list(_KEY_COLUMNS), set_={name: upsert.excluded[name] for name in _SUM_COLUMNS}
+            ),
+            updates,
         )
-        connection.execute(statement, updates)
     if inserts:
         connection.execute(insert(_TABLE), inserts)
     return new
