@@ -88,8 +88,9 @@ def create_monitoring_router(hub: Hub) -> APIRouter:
     def rollups(name: str, version: str) -> list[dict[str, Any]]:
         """The version's telemetry per device class and (hourly, by default) window, oldest first: counts,
         histograms and predictions of every batch stored, raw batches since pruned included."""
+        devices = hub.registry.windows.device_counts(name, version)
         return [
-            r.model_dump(exclude={"id", "sketches", "device_count"}) | {"devices": r.device_count}
+            r.model_dump(exclude={"id", "sketches"}) | {"devices": devices.get((r.target, r.window_start), 0)}
             for r in hub.registry.windows.rows(name, version)
         ]
 

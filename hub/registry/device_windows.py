@@ -1,109 +1,117 @@
-"""Per device and aggregate window sums of telemetry (`TelemetryDeviceWindow`), folded at ingestion.
+"""Per device and aggregate window sums of telemetry (`TelemetryDeviceWindow`): written at ingestion, compacted later.
 
 `device_window_partials` sums a write's batches per model, version, target, window and device (outside the
-transaction); `fold_device_windows` adds them to their rows in the transaction that stores the batches: one
-locking read, one bulk update, one multi-row insert, whatever the number of devices. Canary analysis reads
-these rows (`hub.registry.telemetry_windows`), one per device and window instead of every batch.
+transaction); `insert_device_windows` adds them as new rows in the transaction that stores the batches, one
+multi-row insert: no read, no lock, so writers (hub workers too) never wait on each other. Readers sum every
+row of a device and window; `compact_device_windows` (with retention) merges the rows written since into one,
+so there is about one row per device and window. Canary analysis reads these rows
+(`hub.registry.telemetry_windows`) instead of every batch.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, String, any_, bindparam, insert, select
+from sqlalchemy import ColumnElement, String, any_, bindparam, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import Session
 
 from fleet.errors import ProtocolError
 from fleet.wire.messages import Histogram, TelemetryBatch
+from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS
+from hub.registry.db import Database
 from hub.registry.telemetry_tables import TelemetryDeviceWindow, rollup_window_start
 
-__all__ = ["DeviceWindowKey", "DeviceWindowSums", "WindowKey", "device_window_partials", "fold_device_windows"]
+__all__ = [
+    "DeviceWindowKey",
+    "DeviceWindowSums",
+    "compact_device_windows",
+    "device_window_partials",
+    "insert_device_windows",
+]
 
-WindowKey = tuple[str, str, str, float]
-"""Model, version, target and window start: the key of a `TelemetryWindowAggregate` row."""
 DeviceWindowKey = tuple[str, str, str, float, str]
-"""A `WindowKey` and a device id: the key of a `TelemetryDeviceWindow` row."""
+"""Model, version, target, window start and device id: what a `TelemetryDeviceWindow` row sums."""
 
 _TABLE = TelemetryDeviceWindow.__table__  # type: ignore[attr-defined]
 _KEY_COLUMNS = ("model", "version", "target", "window_start", "device_id")
-_SUM_COLUMNS = (
-    "batches",
-    "requests",
-    "errors",
-    "first_start",
-    "first_end",
-    "last_end",
-    "latency_ms",
-    "confidence",
-    "predictions",
-    "shadow",
-)
-_KEYS_PER_QUERY = 1000  # SQLite: one parameter per device, well inside its limit
+
+
+_LATENCY_EDGES = list(LATENCY_BUCKETS_MS)
+_CONFIDENCE_EDGES = list(CONFIDENCE_BUCKETS)
 
 
 class _Counts:
-    """A histogram's counts and total on fixed edges, summed as plain lists: thousands are summed per write,
-    and every histogram here has the standard edges (batches passed `fleet.telemetry.validate_batch`)."""
+    """A histogram on the standard edges, summed as plain lists (thousands are summed per write). Stored as
+    ``[counts, total]``: `fleet.telemetry.validate_batch` holds every batch to the standard edges, so they
+    need not be stored with each row (a change of standard edges is a schema change, with a migration)."""
 
     __slots__ = ("counts", "edges", "total")
 
-    def __init__(self) -> None:
-        self.edges: list[float] = []
+    def __init__(self, edges: list[float]) -> None:
+        self.edges = edges
         self.counts: list[int] = []
         self.total = 0.0
 
-    def add(self, edges: list[float], counts: list[int], total: float) -> None:
-        """Sum in a histogram; `ProtocolError` when its edges differ from the ones summed so far."""
-        if not self.edges:
-            self.edges, self.counts = list(edges), list(counts)
-        elif edges == self.edges and len(counts) == len(self.counts):
-            self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
+    def add(self, counts: list[int], total: float) -> None:
+        """Sum in the counts and total of a histogram on these edges."""
+        if not self.counts:
+            self.counts = list(counts)
         else:
-            raise ProtocolError("histogram edges differ from the ones summed so far; cannot merge")
+            self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
         self.total += total
 
-    def stored(self) -> dict[str, Any]:
-        """The `Histogram` as JSON (empty when nothing was summed)."""
-        if not self.edges:
-            return {}
-        return {"schema_version": 1, "edges": self.edges, "counts": self.counts, "total": self.total}
+    def add_histogram(self, hist: Histogram) -> None:
+        """Sum in a histogram; `ProtocolError` when it is not on these edges."""
+        if hist.edges != self.edges or len(hist.counts) != len(self.edges) + 1:
+            raise ProtocolError("histogram is not on the standard edges; cannot sum it")
+        self.add(hist.counts, hist.total)
+
+    def stored(self) -> list[Any]:
+        """``[counts, total]`` (empty when nothing was summed)."""
+        return [self.counts, self.total] if self.counts else []
 
     def histogram(self) -> Histogram | None:
         """The `Histogram` (None when nothing was summed)."""
-        return Histogram(edges=self.edges, counts=self.counts, total=self.total) if self.edges else None
+        return Histogram(edges=self.edges, counts=self.counts, total=self.total) if self.counts else None
 
 
-@dataclass
 class DeviceWindowSums:
     """One device's batches in one window, summed: what canary analysis needs of a device."""
 
-    batches: int = 0
-    requests: int = 0
-    errors: int = 0
-    latency_ms: _Counts = field(default_factory=_Counts)
-    confidence: _Counts = field(default_factory=_Counts)
-    predictions: Counter[str] = field(default_factory=Counter)
-    shadow: dict[str, list[int]] = field(default_factory=dict)
-    """``[compared, agreed]`` per shadowed candidate version."""
-    first_start: float = math.inf
-    first_end: float = math.inf
-    last_end: float = -math.inf
+    __slots__ = (
+        "batches",
+        "confidence",
+        "errors",
+        "first_end",
+        "first_start",
+        "last_end",
+        "latency_ms",
+        "predictions",
+        "requests",
+        "shadow",
+    )
+
+    def __init__(self) -> None:
+        self.batches = self.requests = self.errors = 0
+        self.latency_ms = _Counts(_LATENCY_EDGES)
+        self.confidence = _Counts(_CONFIDENCE_EDGES)
+        self.predictions: dict[str, int] = {}
+        self.shadow: dict[str, list[int]] = {}
+        """``[compared, agreed]`` per shadowed candidate version."""
+        self.first_start = self.first_end = math.inf
+        self.last_end = -math.inf
 
     def add(self, batch: TelemetryBatch) -> None:
-        """Sum one batch in (it passed `fleet.telemetry.validate_batch`: its histograms have the standard edges)."""
+        """Sum one batch in (one that passed `fleet.telemetry.validate_batch`)."""
         self.batches += 1
         self.requests += batch.requests
         self.errors += batch.errors
-        for mine, hist in ((self.latency_ms, batch.latency_ms), (self.confidence, batch.confidence)):
-            mine.add(hist.edges, hist.counts, hist.total)
-        self.predictions.update(batch.predictions)
+        self.latency_ms.add_histogram(batch.latency_ms)
+        self.confidence.add_histogram(batch.confidence)
+        self._add_predictions(batch.predictions)
         if batch.shadow is not None:
             self._add_shadow(batch.shadow.candidate_version, batch.shadow.compared, batch.shadow.agreed)
         self.first_start = min(self.first_start, batch.window_start)
@@ -111,22 +119,25 @@ class DeviceWindowSums:
         self.last_end = max(self.last_end, batch.window_end)
 
     def add_row(self, row: Any) -> None:
-        """Sum in a `TelemetryDeviceWindow` row (or a result row with its columns), or another sums."""
+        """Sum in a `TelemetryDeviceWindow` row (or a result row with its columns)."""
         self.batches += row.batches
         self.requests += row.requests
         self.errors += row.errors
-        for mine, stored in ((self.latency_ms, row.latency_ms), (self.confidence, row.confidence)):
-            if isinstance(stored, _Counts):
-                if stored.edges:
-                    mine.add(stored.edges, stored.counts, stored.total)
-            elif stored:
-                mine.add(stored["edges"], stored["counts"], stored["total"])
-        self.predictions.update(row.predictions or {})
-        for candidate, (compared, agreed) in (row.shadow or {}).items():
+        histograms = row.histograms
+        for mine, stored in ((self.latency_ms, histograms["latency_ms"]), (self.confidence, histograms["confidence"])):
+            if stored:
+                mine.add(*stored)
+        self._add_predictions(histograms["predictions"])
+        for candidate, (compared, agreed) in histograms["shadow"].items():
             self._add_shadow(candidate, compared, agreed)
         self.first_start = min(self.first_start, row.first_start)
         self.first_end = min(self.first_end, row.first_end)
         self.last_end = max(self.last_end, row.last_end)
+
+    def _add_predictions(self, predictions: Mapping[str, int]) -> None:
+        mine = self.predictions
+        for label, count in predictions.items():
+            mine[label] = mine.get(label, 0) + count
 
     def _add_shadow(self, candidate: str, compared: int, agreed: int) -> None:
         counts = self.shadow.setdefault(candidate, [0, 0])
@@ -142,10 +153,12 @@ class DeviceWindowSums:
             "first_start": self.first_start,
             "first_end": self.first_end,
             "last_end": self.last_end,
-            "latency_ms": self.latency_ms.stored(),
-            "confidence": self.confidence.stored(),
-            "predictions": dict(self.predictions),
-            "shadow": self.shadow,
+            "histograms": {
+                "latency_ms": self.latency_ms.stored(),
+                "confidence": self.confidence.stored(),
+                "predictions": self.predictions,
+                "shadow": self.shadow,
+            },
         }
 
 
@@ -164,67 +177,79 @@ def device_window_partials(
     return out
 
 
-def _locking_read(keys: list[DeviceWindowKey], *, postgresql: bool) -> Select[Any]:
-    """The rows of ``keys`` (and maybe a few more of the same devices), locked in id order. The device ids go as
-    one array on PostgreSQL: a statement with thousands of parameters costs more to prepare than to run."""
+def _row(key: DeviceWindowKey, sums: DeviceWindowSums, *, compacted: bool) -> dict[str, Any]:
+    return dict(zip(_KEY_COLUMNS, key, strict=True)) | sums.columns() | {"compacted": compacted}
+
+
+def insert_device_windows(session: Any, partials: Mapping[DeviceWindowKey, DeviceWindowSums]) -> None:
+    """Add ``partials`` as new rows in the session's transaction: one ``COPY`` on PostgreSQL (a row there costs
+    a fraction of an ``INSERT``'s), one multi-row insert elsewhere."""
+    if not partials:
+        return
+    rows = [_row(key, partials[key], compacted=False) for key in sorted(partials)]
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        connection.execute(insert(_TABLE), rows)
+        return
+    columns = list(rows[0])
+    cursor = connection.connection.driver_connection.cursor()
+    with cursor.copy(f"COPY {_TABLE.name} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([json.dumps(row[c]) if c == "histograms" else row[c] for c in columns])
+
+
+def _keys_match(keys: list[DeviceWindowKey], *, postgresql: bool) -> ColumnElement[bool]:
+    """Rows of ``keys``, and maybe a few more of the same devices (the caller keeps only its keys). The
+    device ids go as one array on PostgreSQL: thousands of parameters cost more to prepare than to run."""
     c = _TABLE.c
     devices = sorted({key[4] for key in keys})
-    matches_device: ColumnElement[bool]
+    device: ColumnElement[bool]
     if postgresql:
-        matches_device = c.device_id == any_(bindparam("device_ids", devices, type_=ARRAY(String)))
+        device = c.device_id == any_(bindparam("device_ids", devices, type_=ARRAY(String)))
     else:
-        matches_device = c.device_id.in_(devices)
+        device = c.device_id.in_(devices)
     return (
-        select(_TABLE)
-        .where(
-            c.model.in_(sorted({key[0] for key in keys})),
-            c.version.in_(sorted({key[1] for key in keys})),
-            c.target.in_(sorted({key[2] for key in keys})),
-            c.window_start.in_(sorted({key[3] for key in keys})),
-            matches_device,
-        )
-        .order_by(c.id)
-        .with_for_update()
+        c.model.in_(sorted({key[0] for key in keys}))
+        & c.version.in_(sorted({key[1] for key in keys}))
+        & c.target.in_(sorted({key[2] for key in keys}))
+        & c.window_start.in_(sorted({key[3] for key in keys}))
+        & device
     )
 
 
-def fold_device_windows(session: Session, partials: Mapping[DeviceWindowKey, DeviceWindowSums]) -> Counter[WindowKey]:
-    """Add ``partials`` to their rows and insert the rows that are new; return how many new devices each
-    window got. Existing rows are locked in id order, so concurrent writers never deadlock on them; a row
-    another writer inserted meanwhile fails the insert (`IntegrityError`: the caller retries)."""
-    new: Counter[WindowKey] = Counter()
-    if not partials:
-        return new
-    connection = session.connection()
-    keys = sorted(partials)
-    found: dict[DeviceWindowKey, Any] = {}
-    for first in range(0, len(keys), _KEYS_PER_QUERY):
-        chunk = keys[first : first + _KEYS_PER_QUERY]
-        for stored in connection.execute(_locking_read(chunk, postgresql=connection.dialect.name == "postgresql")):
-            key = (stored.model, stored.version, stored.target, stored.window_start, stored.device_id)
-            if key in partials:  # the read may match a few more rows of these devices
-                found[key] = stored
-    updates: list[dict[str, Any]] = []
-    inserts: list[dict[str, Any]] = []
-    for key in keys:
-        row = found.get(key)
-        if row is None:
-            inserts.append(dict(zip(_KEY_COLUMNS, key, strict=True)) | partials[key].columns())
-            new[key[:4]] += 1
-            continue
-        sums = DeviceWindowSums()
-        sums.add_row(row)
-        sums.add_row(partials[key])
-        updates.append(dict(zip(_KEY_COLUMNS, key, strict=True)) | sums.columns())
-    if updates:  # the rows are locked and the values final: one statement writes them all
-        dialect_insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
-        upsert = dialect_insert(_TABLE)
-        connection.execute(
-            upsert.on_conflict_do_update(
-                index_elements=list(_KEY_COLUMNS), set_={name: upsert.excluded[name] for name in _SUM_COLUMNS}
-            ),
-            updates,
-        )
-    if inserts:
-        connection.execute(insert(_TABLE), inserts)
-    return new
+def compact_device_windows(database: Database, *, chunk: int = 1000) -> int:
+    """Merge the rows of each device and window that has rows written since the last compaction into one;
+    return how many rows went. A chunk of devices and windows per transaction; rows another worker is
+    compacting are skipped (PostgreSQL) or waited for, so none is merged twice."""
+    c = _TABLE.c
+    removed = 0
+    with database.session() as session:  # rows written from now on wait for the next compaction
+        top = session.connection().execute(select(func.max(c.id))).scalar()
+    while top is not None:
+        with database.session() as session:
+            connection = session.connection()
+            postgresql = connection.dialect.name == "postgresql"
+            pending = select(*(c[name] for name in _KEY_COLUMNS)).where(c.compacted.is_(False), c.id <= top).distinct()
+            keys = sorted({tuple(row) for row in connection.execute(pending.limit(chunk))})
+            if not keys:
+                return removed
+            wanted = set(keys)
+            query = (
+                select(_TABLE)
+                .where(_keys_match(keys, postgresql=postgresql))
+                .order_by(c.id)
+                .with_for_update(skip_locked=True)
+            )
+            merged: dict[DeviceWindowKey, DeviceWindowSums] = {}
+            ids = []
+            for row in connection.execute(query):
+                key = (row.model, row.version, row.target, row.window_start, row.device_id)
+                if key in wanted:
+                    merged.setdefault(key, DeviceWindowSums()).add_row(row)
+                    ids.append(row.id)
+            if not ids:  # all held by another worker's compaction
+                return removed
+            connection.execute(delete(_TABLE).where(c.id.in_(ids)))
+            connection.execute(insert(_TABLE), [_row(key, merged[key], compacted=True) for key in sorted(merged)])
+        removed += len(ids) - len(merged)
+    return removed

@@ -24,7 +24,7 @@ from fleet.wire.sketches import new_sketch
 from hub.errors import ConflictError, InvalidRequestError, NotFoundError
 from hub.registry.credentials import dummy_hash, hash_password, hash_secret, new_secret, verify_secret
 from hub.registry.db import Database
-from hub.registry.device_windows import device_window_partials, fold_device_windows
+from hub.registry.device_windows import compact_device_windows, device_window_partials, insert_device_windows
 from hub.registry.tables import (
     Deployment,
     DeploymentDevice,
@@ -424,9 +424,8 @@ class Registry:
         transaction, into their `TelemetryWindowAggregate` and `TelemetryDeviceWindow` rows (windows of
         ``aggregate_window_s``), so each batch is counted in the aggregates exactly when it is stored. Several
         hub workers may write at once: when another writer stored one of these ids or created one of these
-        aggregate rows between our read
-        and our commit, the transaction is retried (it then sees that id as stored), so a batch is stored,
-        aggregated and returned exactly once across workers.
+        aggregate rows between our read and our commit, the transaction is retried (it then sees that id as
+        stored), so a batch is stored, aggregated and returned exactly once across workers.
         """
         unique = {b.batch_id: b for b in batches}
         if not unique:
@@ -446,10 +445,11 @@ class Registry:
                     rows = [_record_row(b, raw[b.batch_id]) for b in fresh]
                     session.connection().execute(insert(TelemetryRecord), rows)
                     mine = partials if not seen else _window_partials(fresh, raw, aggregate_window_s)
-                    devices = per_device if not seen else device_window_partials(fresh, aggregate_window_s)
-                    new_devices = fold_device_windows(session, devices)  # locks device rows before window rows
+                    insert_device_windows(
+                        session, per_device if not seen else device_window_partials(fresh, aggregate_window_s)
+                    )
                     for key in sorted(mine):  # one lock order across workers: no deadlocks
-                        self._fold_window(session, key, aggregate_window_s, mine[key], new_devices[key])
+                        self._fold_window(session, key, aggregate_window_s, mine[key])
                 return fresh
             except IntegrityError:
                 if attempt == _WRITE_ATTEMPTS - 1:
@@ -457,9 +457,7 @@ class Registry:
         return []  # pragma: no cover - the loop returns or raises
 
     @staticmethod
-    def _fold_window(
-        session: Any, key: _WindowKey, window_s: float, partial: TelemetryAggregate, new_devices: int
-    ) -> None:
+    def _fold_window(session: Any, key: _WindowKey, window_s: float, partial: TelemetryAggregate) -> None:
         model, version, target, start = key
         row = session.exec(
             select(TelemetryWindowAggregate)
@@ -475,7 +473,7 @@ class Registry:
             row = TelemetryWindowAggregate(
                 model=model, version=version, target=target, window_start=start, window_s=window_s
             )
-        session.add(fold_aggregate(row, partial, new_devices))
+        session.add(fold_aggregate(row, partial))
         session.flush()  # a row another worker created meanwhile fails here: the transaction is retried
 
     def prune_telemetry(
@@ -487,9 +485,10 @@ class Registry:
         now: float | None = None,
         chunk: int = 2000,
     ) -> int:
-        """Delete raw batches whose window ended more than ``max_age_s`` ago, then the oldest beyond
-        ``max_rows``, and the window aggregates of windows that started more than ``aggregate_max_age_s`` ago.
-        Return how many raw batches were deleted.
+        """Keep stored telemetry bounded: delete raw batches whose window ended more than ``max_age_s`` ago,
+        then the oldest beyond ``max_rows``, and the window aggregates of windows that started more than
+        ``aggregate_max_age_s`` ago, and merge the per-device window rows written since the last call
+        (`compact_device_windows`). Return how many raw batches were deleted.
 
         Nothing is folded: every stored batch is already in the window aggregates (since it was stored, or
         since migration 0007). A chunk of raw batches per transaction; workers pruning at once delete each
@@ -505,6 +504,7 @@ class Registry:
                 pruned += self._delete_oldest(chunk, limit=excess)
         if aggregate_max_age_s is not None:
             self.windows.prune(now - aggregate_max_age_s)
+        compact_device_windows(self.db)
         return pruned
 
     def _delete_oldest(self, chunk: int, *, before: float | None = None, limit: int | None = None) -> int:

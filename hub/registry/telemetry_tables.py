@@ -3,7 +3,7 @@
 - `TelemetryWindowAggregate`: every stored batch merged into one row per model, version, device class
   (``target``) and time window; what drift reports and the canary's input drift read instead of every
   device's batch. Histograms add, sketches merge, counts add, so a row answers the same questions as the
-  batches in it, at a bounded size: it counts its distinct devices, the ids are in `TelemetryDeviceWindow`.
+  batches in it, at a bounded size: which devices contributed is in `TelemetryDeviceWindow`, not in the row.
   Sketches are stored as raw bytes (`pack_sketches`), not base64 JSON.
 - `TelemetryDeviceWindow`: one narrow row per device in each of those windows (counts, latency and
   confidence histograms, predictions, shadow counts per candidate; no sketches), what canary analysis needs
@@ -96,22 +96,22 @@ class TelemetryWindowAggregate(SQLModel, table=True):
     shadow_latency_ms: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     predictions: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON))
     sketches: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False))
-    device_count: int = 0
-    """Distinct devices merged in (their ids: the window's `TelemetryDeviceWindow` rows)."""
     updated_at: float = Field(default_factory=_now)
 
 
 class TelemetryDeviceWindow(SQLModel, table=True):
-    """One device's batches of one model version in one aggregate window, summed (no sketches).
+    """Batches of one device, model version and aggregate window, summed (no sketches).
 
-    ``shadow`` maps each shadowed candidate version to ``[compared, agreed]``. A row with ``batches`` 0 only
-    records that the device contributed (rows rebuilt by migration 0007 from windows whose batches were pruned).
+    A device and window may have several rows (one per ingestion write, ``compacted`` False, until
+    `hub.registry.device_windows.compact_device_windows` merges them): readers sum them. ``shadow`` maps each
+    shadowed candidate version to ``[compared, agreed]``. A row with ``batches`` 0 only records that the
+    device contributed (rows rebuilt by migration 0007 from windows whose batches were pruned).
     """
 
     __tablename__ = "telemetry_device_window"
     __table_args__ = (
-        UniqueConstraint("model", "version", "target", "window_start", "device_id"),
         Index("ix_telemetry_device_window_model_window_start", "model", "window_start"),
+        Index("ix_telemetry_device_window_compacted", "compacted"),
     )
     id: int | None = Field(default=None, primary_key=True)
     model: str = Field(max_length=128)
@@ -128,10 +128,11 @@ class TelemetryDeviceWindow(SQLModel, table=True):
     """Earliest end of a batch window summed in."""
     last_end: float = 0.0
     """Latest end of a batch window summed in."""
-    latency_ms: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-    confidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-    predictions: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON))
-    shadow: dict[str, list[int]] = Field(default_factory=dict, sa_column=Column(JSON))
+    histograms: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    """``latency_ms`` and ``confidence`` (``[counts, total]`` on the standard edges, or empty), ``predictions``
+    and ``shadow``, in one JSON value: thousands of rows are written per second, and JSON is most of a row's
+    cost."""
+    compacted: bool = False
 
 
 def _histogram_dict(acc: HistogramAccumulator) -> dict[str, Any]:
@@ -164,11 +165,8 @@ def window_aggregate(row: TelemetryWindowAggregate) -> TelemetryAggregate:
     return agg
 
 
-def fold_aggregate(
-    row: TelemetryWindowAggregate, partial: TelemetryAggregate, new_devices: int
-) -> TelemetryWindowAggregate:
-    """Merge ``partial`` (batches of the row's model, version, target and window, from ``new_devices``
-    devices not in the row yet) into ``row`` in place."""
+def fold_aggregate(row: TelemetryWindowAggregate, partial: TelemetryAggregate) -> TelemetryWindowAggregate:
+    """Merge ``partial`` (batches of the row's model, version, target and window) into ``row`` in place."""
     merged = window_aggregate(row)
     merged.merge(partial)
     row.batches, row.requests, row.errors, row.offloaded = (
@@ -184,6 +182,5 @@ def fold_aggregate(
     row.shadow_latency_ms = _histogram_dict(merged.shadow_latency_ms)
     row.predictions = dict(merged.predictions)
     row.sketches = pack_sketches({name: sk.serialize() for name, sk in sorted(merged.sketches.items())})
-    row.device_count += new_devices
     row.updated_at = time.time()
     return row

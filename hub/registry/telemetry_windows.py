@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Row, delete
 from sqlalchemy import select as sa_select
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from fleet.telemetry import TelemetryAggregate
@@ -53,6 +53,17 @@ class TelemetryWindows:
         """Aggregate rows of one model version, oldest window first."""
         with self.db.session() as session:
             return list(session.exec(_version_rows(model, version)))
+
+    def device_counts(self, model: str, version: str) -> dict[tuple[str, float], int]:
+        """Distinct devices of each aggregate row of one model version, by (target, window start)."""
+        t = TelemetryDeviceWindow
+        query = (
+            select(t.target, t.window_start, func.count(func.distinct(t.device_id)))
+            .where(t.model == model, t.version == version)
+            .group_by(col(t.target), col(t.window_start))
+        )
+        with self.db.session() as session:
+            return {(target, start): int(n) for target, start, n in session.exec(query)}
 
     def by_target(self, model: str, version: str) -> list[tuple[str, TelemetryAggregate]]:
         """Every aggregate row of one model version as (target, aggregate), its ``devices`` filled in."""

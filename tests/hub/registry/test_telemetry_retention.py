@@ -69,6 +69,25 @@ def test_raw_batches_go_by_age_and_count_and_reports_still_read_them_in_the_aggr
     assert canary_report_for(source, "ro-1") == before
 
 
+def test_pruning_merges_the_device_rows_each_write_added(registry: Registry, dump: dict[str, object]) -> None:
+    """One write per batch window, all in one aggregate window: three rows per device until pruning merges
+    them into one; reports read the same before and after."""
+    batches = _batches(dump)
+    for start in (1000.0, 1060.0, 1120.0):
+        registry.store_telemetry([b for b in batches if b.window_start == start])
+    view = RolloutView.model_validate(dump["rollouts"]["ro-1"])  # type: ignore[index]
+    source = RegistrySource(registry, rollout=lambda _r: view)
+    before, devices = canary_report_for(source, "ro-1"), len({b.device_id for b in batches})
+    assert _rows(registry) == (len(batches), 4, 3 * devices)  # 2 versions x 2 targets, one window
+    assert registry.prune_telemetry() == 0
+    assert _rows(registry) == (len(batches), 4, devices)
+    assert canary_report_for(source, "ro-1") == before
+    assert registry.windows.device_counts(MODEL, BASELINE) == {
+        (t, 0.0): len({b.device_id for b in batches if (b.target, b.version) == (t, BASELINE)})
+        for t in ("rpi4-arm64", "jetson-orin")
+    }
+
+
 def test_the_ingestor_prunes_on_its_interval(registry: Registry, dump: dict[str, object]) -> None:
     policy = RetentionPolicy(max_age_s=None, max_rows=10, aggregate_max_age_s=None, interval_s=0.05)
     ingestor = TelemetryIngestor(registry, linger_s=0.01, retention=policy)

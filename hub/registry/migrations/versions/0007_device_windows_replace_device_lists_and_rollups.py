@@ -1,6 +1,6 @@
-"""telemetry_device_window (one row per device and aggregate window, what canary analysis reads) replaces the
-device id list in every telemetry_window_aggregate row (now a count), and telemetry_rollup is merged into the
-window aggregates and dropped.
+"""telemetry_device_window (per device and aggregate window sums, what canary analysis reads; the devices of a
+window) replaces the device id list in every telemetry_window_aggregate row, and telemetry_rollup is merged
+into the window aggregates and dropped.
 
 Existing data is carried over:
 - device rows are summed from the raw batches still stored; a device named in an aggregate's or a rollup's
@@ -68,7 +68,6 @@ aggregate_table = sa.table(
     sa.column("predictions", sa.JSON),
     sa.column("sketches", sa.LargeBinary),
     sa.column("devices", sa.JSON),
-    sa.column("device_count", sa.Integer),
     sa.column("updated_at", sa.Float),
 )
 rollup_table = sa.table(
@@ -102,7 +101,8 @@ device_table = sa.table(
     *(sa.column(name, sa.String) for name in ("model", "version", "target", "device_id")),
     *(sa.column(name, sa.Float) for name in ("window_start", "first_start", "first_end", "last_end")),
     *(sa.column(name, sa.Integer) for name in ("batches", "requests", "errors")),
-    *(sa.column(name, sa.JSON) for name in ("latency_ms", "confidence", "predictions", "shadow")),
+    sa.column("histograms", sa.JSON),
+    sa.column("compacted", sa.Boolean),
 )
 
 
@@ -132,6 +132,11 @@ def _pack(sketches: Mapping[str, bytes]) -> bytes:
 
 def _histogram_dict(acc: HistogramAccumulator) -> dict[str, Any]:
     return acc.to_histogram().model_dump(mode="json") if acc.edges else {}
+
+
+def _counts_and_total(acc: HistogramAccumulator) -> list[Any]:
+    hist = acc.to_histogram() if acc.edges else None
+    return [hist.counts, hist.total] if hist is not None else []
 
 
 def _add_histogram(acc: HistogramAccumulator, stored: Mapping[str, Any] | None) -> None:
@@ -178,10 +183,13 @@ class _DeviceSums:
             "first_start": self.first_start,
             "first_end": self.first_end,
             "last_end": self.last_end,
-            "latency_ms": _histogram_dict(self.latency),
-            "confidence": _histogram_dict(self.confidence),
-            "predictions": dict(self.predictions),
-            "shadow": self.shadow,
+            "histograms": {  # on the standard edges (the batches passed validate_batch): [counts, total]
+                "latency_ms": _counts_and_total(self.latency),
+                "confidence": _counts_and_total(self.confidence),
+                "predictions": dict(self.predictions),
+                "shadow": self.shadow,
+            },
+            "compacted": True,
         }
 
 
@@ -321,23 +329,18 @@ def upgrade() -> None:
         sa.Column("first_start", sa.Float(), nullable=False),
         sa.Column("first_end", sa.Float(), nullable=False),
         sa.Column("last_end", sa.Float(), nullable=False),
-        sa.Column("latency_ms", sa.JSON(), nullable=True),
-        sa.Column("confidence", sa.JSON(), nullable=True),
-        sa.Column("predictions", sa.JSON(), nullable=True),
-        sa.Column("shadow", sa.JSON(), nullable=True),
+        sa.Column("histograms", sa.JSON(), nullable=True),
+        sa.Column("compacted", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("model", "version", "target", "window_start", "device_id"),
     )
     op.create_index(
         "ix_telemetry_device_window_model_window_start", "telemetry_device_window", ["model", "window_start"]
     )
+    op.create_index("ix_telemetry_device_window_compacted", "telemetry_device_window", ["compacted"])
     with op.batch_alter_table("telemetry_window_aggregate") as batch_op:
-        batch_op.add_column(sa.Column("device_count", sa.Integer(), nullable=False, server_default="0"))
         batch_op.drop_column("devices")
         batch_op.drop_index("ix_telemetry_window_aggregate_model")
         batch_op.create_index("ix_telemetry_window_aggregate_model_window_end", ["model", "window_end"])
-    with op.batch_alter_table("telemetry_window_aggregate") as batch_op:
-        batch_op.alter_column("device_count", existing_type=sa.Integer(), server_default=None)
 
     rows = []
     for key, devices in members.items():
@@ -363,11 +366,8 @@ def upgrade() -> None:
         else:
             model, version, target, start = key
             values = {"model": model, "version": version, "target": target, "window_start": start}
-            values |= {"window_s": window_s, "updated_at": time.time(), "device_count": 0} | _columns(partial)
+            values |= {"window_s": window_s, "updated_at": time.time()} | _columns(partial)
             bind.execute(sa.insert(aggregate_table).values(values))
-    for (model, version, target, start), devices in members.items():
-        match = (a.model == model) & (a.version == version) & (a.target == target) & (a.window_start == start)
-        bind.execute(sa.update(aggregate_table).where(match).values(device_count=len(devices)))
 
     op.drop_index("ix_telemetry_rollup_window_start", table_name="telemetry_rollup")
     op.drop_index("ix_telemetry_rollup_model", table_name="telemetry_rollup")
@@ -377,9 +377,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     bind = op.get_bind()
     d = device_table.c
-    members: dict[Key, list[str]] = {}
+    members: dict[Key, set[str]] = {}
     for row in bind.execute(sa.select(d.model, d.version, d.target, d.window_start, d.device_id)):
-        members.setdefault(_key(row), []).append(row.device_id)
+        members.setdefault(_key(row), set()).add(row.device_id)
     op.create_table(
         "telemetry_rollup",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -409,10 +409,10 @@ def downgrade() -> None:
         batch_op.add_column(sa.Column("devices", sa.JSON(), nullable=True))
         batch_op.drop_index("ix_telemetry_window_aggregate_model_window_end")
         batch_op.create_index("ix_telemetry_window_aggregate_model", ["model"])
-        batch_op.drop_column("device_count")
     a = aggregate_table.c
     for (model, version, target, start), devices in members.items():
         match = (a.model == model) & (a.version == version) & (a.target == target) & (a.window_start == start)
         bind.execute(sa.update(aggregate_table).where(match).values(devices=sorted(devices)))
+    op.drop_index("ix_telemetry_device_window_compacted", table_name="telemetry_device_window")
     op.drop_index("ix_telemetry_device_window_model_window_start", table_name="telemetry_device_window")
     op.drop_table("telemetry_device_window")
