@@ -217,39 +217,60 @@ def _keys_match(keys: list[DeviceWindowKey], *, postgresql: bool) -> ColumnEleme
     )
 
 
-def compact_device_windows(database: Database, *, chunk: int = 1000) -> int:
+class _CompactionConflict(Exception):
+    """Another worker merged some of the rows this transaction read (it is rolled back and read again)."""
+
+
+def compact_device_windows(database: Database, *, chunk: int = 1000, attempts: int = 5) -> int:
     """Merge the rows of each device and window that has rows written since the last compaction into one;
-    return how many rows went. A chunk of devices and windows per transaction; rows another worker is
-    compacting are skipped (PostgreSQL) or waited for, so none is merged twice."""
+    return how many rows went. A chunk of devices and windows per transaction, which deletes the rows it
+    merges and is rolled back when another worker deleted some first (SQLite reads without locking; on
+    PostgreSQL rows another worker holds are skipped), so no row is merged twice; after ``attempts`` such
+    conflicts in a row the rest is left to the next compaction."""
     c = _TABLE.c
-    removed = 0
+    removed = conflicts = 0
     with database.session() as session:  # rows written from now on wait for the next compaction
         top = session.connection().execute(select(func.max(c.id))).scalar()
     while top is not None:
-        with database.session() as session:
-            connection = session.connection()
-            postgresql = connection.dialect.name == "postgresql"
-            pending = select(*(c[name] for name in _KEY_COLUMNS)).where(c.compacted.is_(False), c.id <= top).distinct()
-            keys = sorted({tuple(row) for row in connection.execute(pending.limit(chunk))})
-            if not keys:
+        try:
+            with database.session() as session:
+                count = _compact_chunk(session.connection(), top, chunk)
+        except _CompactionConflict:
+            conflicts += 1
+            if conflicts >= attempts:
                 return removed
-            wanted = set(keys)
-            query = (
-                select(_TABLE)
-                .where(_keys_match(keys, postgresql=postgresql))
-                .order_by(c.id)
-                .with_for_update(skip_locked=True)
-            )
-            merged: dict[DeviceWindowKey, DeviceWindowSums] = {}
-            ids = []
-            for row in connection.execute(query):
-                key = (row.model, row.version, row.target, row.window_start, row.device_id)
-                if key in wanted:
-                    merged.setdefault(key, DeviceWindowSums()).add_row(row)
-                    ids.append(row.id)
-            if not ids:  # all held by another worker's compaction
-                return removed
-            connection.execute(delete(_TABLE).where(c.id.in_(ids)))
-            connection.execute(insert(_TABLE), [_row(key, merged[key], compacted=True) for key in sorted(merged)])
-        removed += len(ids) - len(merged)
+            continue
+        if count is None:
+            return removed
+        removed, conflicts = removed + count, 0
     return removed
+
+
+def _compact_chunk(connection: Any, top: int, chunk: int) -> int | None:
+    """Merge the rows of up to ``chunk`` devices and windows with rows up to id ``top`` not yet merged; return
+    how many rows went, None when there is nothing (left) to merge."""
+    c = _TABLE.c
+    pending = select(*(c[name] for name in _KEY_COLUMNS)).where(c.compacted.is_(False), c.id <= top).distinct()
+    keys = sorted({tuple(row) for row in connection.execute(pending.limit(chunk))})
+    if not keys:
+        return None
+    wanted = set(keys)
+    query = (
+        select(_TABLE)
+        .where(_keys_match(keys, postgresql=connection.dialect.name == "postgresql"))
+        .order_by(c.id)
+        .with_for_update(skip_locked=True)
+    )
+    merged: dict[DeviceWindowKey, DeviceWindowSums] = {}
+    ids = []
+    for row in connection.execute(query):
+        key = (row.model, row.version, row.target, row.window_start, row.device_id)
+        if key in wanted:
+            merged.setdefault(key, DeviceWindowSums()).add_row(row)
+            ids.append(row.id)
+    if not ids:  # all held by another worker's compaction
+        return None
+    if connection.execute(delete(_TABLE).where(c.id.in_(ids))).rowcount != len(ids):
+        raise _CompactionConflict
+    connection.execute(insert(_TABLE), [_row(key, merged[key], compacted=True) for key in sorted(merged)])
+    return len(ids) - len(merged)

@@ -4,6 +4,7 @@ over months, every telemetry table stays bounded."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS, Histogra
 from hub.monitoring.ingest import RetentionPolicy, TelemetryIngestor
 from hub.monitoring.queries import RegistrySource, RolloutView, canary_report_for
 from hub.registry import Database, Registry, TelemetryDeviceWindow, TelemetryRecord, TelemetryWindowAggregate
+from hub.registry.device_windows import compact_device_windows
 from tests.hub.monitoring.telemetry_scenario import BASELINE, CANDIDATE, MODEL, scenario
 
 DAY = 24 * 3600.0
@@ -86,6 +88,34 @@ def test_pruning_merges_the_device_rows_each_write_added(registry: Registry, dum
         (t, 0.0): len({b.device_id for b in batches if (b.target, b.version) == (t, BASELINE)})
         for t in ("rpi4-arm64", "jetson-orin")
     }
+
+
+def test_workers_compacting_at_once_merge_each_row_once(database_url: str, dump: dict[str, object]) -> None:
+    batches = _batches(dump)
+    workers = [Registry(Database(database_url)) for _ in range(2)]
+    try:
+        for start in (1000.0, 1060.0, 1120.0):
+            workers[0].store_telemetry([b for b in batches if b.window_start == start])
+        barrier = threading.Barrier(2)
+
+        def compact(registry: Registry) -> None:
+            barrier.wait()
+            compact_device_windows(registry.db, chunk=7)
+
+        threads = [threading.Thread(target=compact, args=(w,)) for w in workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        with workers[0].db.session() as session:
+            rows = list(session.exec(select(TelemetryDeviceWindow)))
+    finally:
+        for w in workers:
+            w.db.close()
+    devices = {b.device_id for b in batches}
+    assert all(r.compacted for r in rows) and len(devices) <= len(rows) <= 2 * len(devices)
+    assert sum(r.requests for r in rows) == sum(b.requests for b in batches)
+    assert sum(r.batches for r in rows) == len(batches)
 
 
 def test_the_ingestor_prunes_on_its_interval(registry: Registry, dump: dict[str, object]) -> None:
