@@ -17,10 +17,11 @@ Accuracy: the KS distance of feature 0 over all devices from the stored aggregat
 
 Canary (``canary``): ``--canary-devices`` devices (1,000) in two cohorts, half on the candidate version (the
 rollout's canary), half on the baseline, two device classes, each sending ``--canary-batches`` ten-minute
-batches of ``--features`` sketched features. Timed (median of ``--repeats``): `canary_report_for` on a
-`RegistrySource`, the hub's canary query (the window aggregates: per-device window rows and the cohort
-sketches); the reference, in the same run, is the same report from every raw batch (`read_telemetry`,
-`split_rollout_batches`, `canary_report`: what the hub did before), and both verdicts must agree.
+batches of ``--features`` sketched features (device rows merged as the hub's retention does). Timed (median
+of ``--repeats``): `canary_report_for` on a `RegistrySource`, the hub's canary query (the window aggregates:
+per-device window rows and the cohort sketches); the reference, in the same run, is the same report from
+every raw batch (`read_telemetry`, `split_rollout_batches`, `canary_report`: what the hub did before), and
+both verdicts must agree.
 Writes bench/results/sketch_merge.json.
 
     .venv/bin/python bench/bench_sketch_merge.py [--devices 10000] [--features 30] [--values 300]
@@ -204,6 +205,7 @@ def canary_bench(url: str, args: argparse.Namespace) -> dict[str, Any]:
         for first in range(0, len(batches), args.chunk):
             registry.store_telemetry(batches[first : first + args.chunk])
         store_s = time.perf_counter() - t0
+        registry.prune_telemetry()  # merges the device rows of each write, as the hub's retention does
         source = RegistrySource(registry, rollout=lambda _r: view)
         times, raw_times = [], []
         for attempt in range(args.repeats):  # interleaved, so both see the same load
