@@ -7,20 +7,26 @@ MiniLM-sized encoder (6 layers, width 384, sequence 128) is a `transformers` BER
 with random weights; only its classification head is trained, on mean-pooled features of the synthetic
 task, so its accuracy is a real accuracy on held-out labels.
 
-    .venv/bin/python bench/bench_quantization.py [--threads 2] [--models minilm_encoder]
+    .venv/bin/python bench/bench_quantization.py [--threads 2] [--models minilm_encoder] [--readme]
 
-``--models`` runs a subset and keeps the other models' results already in the JSON.
+``--models`` runs a subset and keeps the other models' results already in the JSON; ``--readme``
+prints the README rows and the table of docs/converters.md from the JSON. For ONNX Runtime the JSON
+also holds the time per operator type from ONNX Runtime's profiler (fp32 and int8), and, where int8
+is below 1.5x, the reason read from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -196,11 +202,19 @@ def cpu_flags() -> dict[str, bool]:
     return {flag: flag in flags for flag in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")}
 
 
+def load_average() -> dict[str, object]:
+    """The host's load now: ``uptime`` and the 1/5/15-minute load averages."""
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    return {"uptime": uptime, "loadavg": [round(x, 2) for x in os.getloadavg()]}
+
+
 def paired_latency(
     target: str, fp32: object, int8: object, report: object, sample: dict, rounds: int = 7, runs: int = 40
 ) -> dict[str, float]:
     """Median over rounds of each variant's p50, alternating fp32 and int8 so both see the same load;
-    a slow model gets fewer runs per round (about 0.5 s of fp32, at least 5)."""
+    same thread count for both, each warmed up first; a slow model gets fewer runs per round (about
+    0.5 s of fp32, at least 5)."""
+    from converters.measure import WARMUP
     from converters.runners import load_runner
     from converters.types import Artifact
     from targets import get_target
@@ -217,7 +231,7 @@ def paired_latency(
             variant.meta,
         )  # type: ignore[attr-defined]
         runners[label] = load_runner(get_target(target), artifact, threads=torch.get_num_threads())
-        for _ in range(5):
+        for _ in range(WARMUP.get(artifact.format, 5)):
             runners[label](sample)
     tick = time.perf_counter()
     runners["fp32"](sample)
@@ -234,9 +248,57 @@ def paired_latency(
     return {label: round(float(np.median(values)), 4) for label, values in medians.items()}
 
 
+# operator types whose work int8 quantizes (in fp32 and int8 spelling, after ONNX Runtime's fusions)
+INT8_OPS = ("MatMul", "Gemm", "FusedMatMul", "Attention", "Gather", "Conv", "FusedConv")
+
+
+def ort_op_profile(path: Path, sample: dict, threads: int, runs: int = 20) -> dict[str, float]:
+    """Milliseconds per run spent in each operator type (ONNX Runtime's profiler, kernel events, after
+    warm-up), largest first: which kernels a variant uses and where its time goes."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    warmup = 5
+    with tempfile.TemporaryDirectory() as tmp:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {i.name: sample[i.name] for i in session.get_inputs()}
+        for _ in range(warmup + runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    timed_from = starts[warmup]  # kernel events of the warm-up runs are left out
+    totals: dict[str, float] = defaultdict(float)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= timed_from:
+            totals[event["args"]["op_name"]] += event["dur"] / 1000 / runs
+    return {op: round(ms, 3) for op, ms in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def ort_reason(profile: dict[str, dict[str, float]], speedup: float) -> str:
+    """Why ONNX Runtime int8 stays below 1.5x, read from the per-operator profile (Amdahl's law)."""
+    fp32, int8 = profile["fp32"], profile["int8"]
+    fp32_total, int8_total = sum(fp32.values()), sum(int8.values())
+    quantizable = sum(ms for op, ms in fp32.items() if op in INT8_OPS)
+    quantized = {op: ms for op, ms in int8.items() if "Integer" in op or op.startswith(("Q", "DynamicQuantize"))}
+    floating = {op: ms for op, ms in int8.items() if op not in quantized}
+    top_float = ", ".join(f"{op} {ms:.2f} ms" for op, ms in list(floating.items())[:4])
+    return (
+        f"{speedup}x: fp32 spends {quantizable:.1f} of {fp32_total:.1f} ms per run in the operators int8 "
+        f"replaces ({', '.join(INT8_OPS)}); int8 spends {sum(quantized.values()):.1f} ms in its int8 kernels "
+        f"({', '.join(quantized)}) and {sum(floating.values()):.1f} of {int8_total:.1f} ms in operators that "
+        f"stay float ({top_float})"
+    )
+
+
 def run_case(name: str, case: tuple, threads: int, workdir: Path) -> dict:
     model, example, calib, evaluation, inputs = case
     names = tuple(inputs)
+    load_before = load_average()
     started = time.perf_counter()
     cpu_started = time.process_time()
     report = convert(
@@ -252,10 +314,11 @@ def run_case(name: str, case: tuple, threads: int, workdir: Path) -> dict:
         measure_budget_s=2.0,
         keep_going=True,
         max_accuracy_drop=0.01,
-        max_trials=4,
-        cache_dir=workdir / "step-cache",  # search trials share one export instead of redoing it
+        max_trials=6,
     )
     result: dict = {
+        "measured_on": dt.date.today().isoformat(),
+        "load_before": load_before,
         "inputs": inputs,
         "parameters": sum(p.numel() for p in model.parameters()),
         "source_accuracy": report.source_accuracy,
@@ -277,7 +340,14 @@ def run_case(name: str, case: tuple, threads: int, workdir: Path) -> dict:
                 "error": v.error.message if v.error else None,
             }
         entry["int8"]["pipeline"] = int8.pipeline
+        entry["int8"]["scheme"] = scheme(int8.pipeline)
         entry["int8"]["search_trials"] = len(int8.search.trials) if int8.search else 0
+        entry["int8"]["search"] = [
+            {"scheme": scheme(t.pipeline), "quality_loss": t.quality_loss, "latency_ms_p50": t.latency_ms_p50}
+            for t in (int8.search.trials if int8.search else [])
+        ]
+        if "fusion" in fp32.meta:
+            entry["fusion"] = fp32.meta["fusion"]
         if fp32.size_bytes and int8.size_bytes and fp32.executed and int8.executed:
             paired = paired_latency(target, fp32, int8, report, evaluation.sample(0))
             entry["paired_latency_ms_p50"] = paired
@@ -294,8 +364,36 @@ def run_case(name: str, case: tuple, threads: int, workdir: Path) -> dict:
                     "within_1_point": drop <= 0.01 + 1e-9,
                 },
             )
+            if runtime == "onnxruntime":
+                sample = evaluation.sample(0)
+                profile = {
+                    label: ort_op_profile(report.artifact_path(v), sample, threads)
+                    for label, v in (("fp32", fp32), ("int8", int8))
+                }
+                entry["ort_op_profile_ms_per_run"] = profile
+                if speedup < 1.5:
+                    entry["below_goal_reason"] = ort_reason(profile, round(speedup, 2))
         result["runtimes"][runtime] = entry
+    result["load_after"] = load_average()
     return result
+
+
+def scheme(pipeline: list[dict]) -> str:
+    """A short name for the int8 scheme of a pipeline (its quantization step, and fusion if any)."""
+    types = [step["type"] for step in pipeline]
+    step = pipeline[-1]
+    fused = "fused, " if "transformer_optimize" in types else ""
+    matmul_only = ", MatMul only" if list(step.get("op_types", ())) == ["MatMul"] else ""
+    if step["type"] == "int8_dynamic":
+        channel = "per-channel" if step["per_channel"] else "per-tensor"
+        return f"{fused}dynamic{matmul_only or ', all operators'}, {channel}"
+    if step["type"] == "int8_static":
+        return f"{fused}static QDQ{matmul_only}, {step['activation_type']} activations"
+    if step["type"] == "nncf_ptq":
+        return "NNCF, transformer scheme" if step["transformer"] else "NNCF, default scheme"
+    if step["type"] == "litert_int8":
+        return "dynamic range" if step.get("mode") == "dynamic_range" else "full integer"
+    return step["type"]
 
 
 CASES = {"cnn": cnn_case, "transformer_encoder": encoder_case, "minilm_encoder": minilm_case}
@@ -324,6 +422,31 @@ def readme_rows(results: dict) -> list[str]:
     return rows
 
 
+SHORT = {"cnn": "CNN", "transformer_encoder": "encoder", "minilm_encoder": "MiniLM-sized"}
+TIMES, MINUS = "\u00d7", "\u2212"  # the docs table's typography
+
+
+def docs_rows(results: dict) -> list[str]:
+    """The rows of docs/converters.md's int8 table, from the results JSON."""
+    rows = []
+    for name, model in results["models"].items():
+        for runtime, entry in model["runtimes"].items():
+            if "speedup_p50" not in entry:
+                rows.append(f"| {SHORT[name]} | {RUNTIME_NAMES[runtime]} | not measured ({entry['int8']['status']}) |")
+                continue
+            fp32, int8, paired = entry["fp32"], entry["int8"], entry["paired_latency_ms_p50"]
+            drop = entry["accuracy_drop_points"]
+            drop_text = f"{drop:g} pt".replace("-", MINUS) if drop else "0"
+            sizes = f"{fp32['size_bytes'] / 1e6:.2f} MB → {int8['size_bytes'] / 1e6:.2f} MB"
+            label = int8.get("scheme") or scheme(int8["pipeline"])
+            rows.append(
+                f"| {SHORT[name]} | {RUNTIME_NAMES[runtime]} ({label}) | {sizes} | "
+                f"{entry['size_ratio']}{TIMES} | "
+                f"{paired['fp32']:.3g} → {paired['int8']:.3g} | {entry['speedup_p50']}{TIMES} | {drop_text} |"
+            )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
@@ -331,7 +454,8 @@ def main() -> None:
     parser.add_argument("--readme", action="store_true", help="print the README rows from the JSON and exit")
     args = parser.parse_args()
     if args.readme:
-        print("\n".join(readme_rows(json.loads(RESULTS.read_text()))))
+        results = json.loads(RESULTS.read_text())
+        print("\n".join(["README.md:", *readme_rows(results), "", "docs/converters.md:", *docs_rows(results)]))
         return
     names = [n for n in args.models.split(",") if n]
     unknown = sorted(set(names) - set(CASES))
@@ -347,6 +471,7 @@ def main() -> None:
             "threads": args.threads,
             "torch": torch.__version__,
             "cpu_flags": cpu_flags(),
+            "load_at_start": load_average(),
         },
         "latency": "batch 1; speedup_p50 uses paired_latency_ms_p50: fp32 and int8 timed in alternating rounds "
         "(7 rounds of 40 runs, fewer for slow models but at least 5; median of round medians) so both see the "

@@ -51,21 +51,21 @@ def digest(*parts: Any) -> str:
 
 
 class StepCache:
-    """Content-addressed step outputs under ``root`` (disabled when ``root`` is None)."""
+    """Content-addressed step outputs under ``root``. Without a root they are kept in memory for one
+    run (the artifacts stay where their step wrote them, in the run's scratch directory), so the
+    trials of a search share one export instead of redoing it."""
 
     def __init__(self, root: Path | None) -> None:
         self.root = Path(root) if root is not None else None
         if self.root is not None:
             self.root.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def enabled(self) -> bool:
-        return self.root is not None
+        self._artifacts: dict[str, Artifact] = {}
+        self._records: dict[str, dict[str, Any]] = {}
 
     def get(self, key: str) -> Artifact | None:
         """The artifact stored under ``key``, or None."""
         if self.root is None:
-            return None
+            return self._artifacts.get(key)
         entry = self.root / key
         try:
             meta = json.loads((entry / "artifact.json").read_text())
@@ -79,6 +79,7 @@ class StepCache:
     def put(self, key: str, artifact: Artifact) -> Artifact:
         """Store ``artifact``'s files under ``key`` atomically and return the stored copy."""
         if self.root is None:
+            self._artifacts[key] = artifact
             return artifact
         staging = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=self.root))
         try:
@@ -102,14 +103,16 @@ class StepCache:
     def get_json(self, key: str) -> dict[str, Any] | None:
         """A cached JSON record (evaluation and measurement results)."""
         if self.root is None:
-            return None
+            return dict(self._records[key]) if key in self._records else None
         try:
             return dict(json.loads((self.root / f"{key}.json").read_text()))
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
     def put_json(self, key: str, value: dict[str, Any]) -> None:
+        """Store a JSON record under ``key``."""
         if self.root is None:
+            self._records[key] = dict(value)
             return
         with tempfile.NamedTemporaryFile("w", dir=self.root, suffix=".tmp", delete=False) as handle:
             json.dump(value, handle, default=str)

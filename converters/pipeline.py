@@ -94,6 +94,18 @@ class GraphOptimizeStep(_Step):
     level: Literal["basic", "extended", "all"] = "extended"
 
 
+class TransformerOptimizeStep(_Step):
+    """ONNX Runtime's transformer fusions (attention, skip LayerNorm, GELU) before quantizing, so int8
+    reaches the fused kernels (QAttention). ``model_type`` ``auto`` and ``num_heads``/``hidden_size``
+    0 take the source's config (``transformers`` models, ``nn.MultiheadAttention``), else the graph."""
+
+    type: Literal["transformer_optimize"] = "transformer_optimize"
+    accepts: tuple[Format, ...] = ("onnx",)
+    model_type: Literal["auto", "bert", "bart", "gpt2", "t5", "vit", "clip", "swin", "conformer"] = "auto"
+    num_heads: int = Field(0, ge=0)
+    hidden_size: int = Field(0, ge=0)
+
+
 class Fp16Step(_Step):
     """Convert ONNX weights and compute to float16, keeping float32 inputs and outputs."""
 
@@ -190,6 +202,7 @@ Step = Annotated[
     | CoreMLExportStep
     | TorchScriptExportStep
     | GraphOptimizeStep
+    | TransformerOptimizeStep
     | Fp16Step
     | Int8DynamicStep
     | Int8StaticStep

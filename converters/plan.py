@@ -12,9 +12,12 @@ from converters.pipeline import Pipeline, parse_pipeline
 from targets import Target, get_target
 
 ORT_INT8: dict[str, Any] = {"type": "int8_static", "calibration": "minmax"}
-# activations of a transformer's MatMuls quantized at run time: no QDQ pairs around softmax and
-# layer norm, which at batch 1 eat the int8 gain of static quantization
-ORT_TRANSFORMER_INT8: dict[str, Any] = {"type": "int8_dynamic", "op_types": ["MatMul"], "per_channel": True}
+# a transformer is fused first (attention, skip LayerNorm, GELU), for fp32 and int8 alike, so the
+# int8/fp32 ratio measures quantization and not fusion
+ORT_FUSION: dict[str, Any] = {"type": "transformer_optimize"}
+# then quantized dynamically: QAttention, int8 MatMuls and embeddings, activations quantized at run
+# time (no QDQ pairs around softmax and layer norm, which at batch 1 eat the int8 gain)
+ORT_TRANSFORMER_INT8: dict[str, Any] = {"type": "int8_dynamic", "per_channel": False}
 
 
 @dataclass(frozen=True)
@@ -81,17 +84,18 @@ def plan_variants(
 def default_pipeline(target: Target, precision: str, *, integer_inputs: bool = False) -> Pipeline:
     """The pipeline that builds ``target``'s ``precision`` variant.
 
-    ``integer_inputs`` (token ids) selects the transformer quantization scheme where one exists:
-    ONNX Runtime dynamic int8 of the MatMuls only (per-channel weights), NNCF's transformer scheme.
+    ``integer_inputs`` (token ids) selects the transformer scheme where one exists: ONNX Runtime's
+    transformer fusions (fp32 and int8) then dynamic int8 (QAttention), NNCF's transformer scheme.
     """
     steps: list[dict[str, Any]] | None = None
     table: dict[str, list[dict[str, Any]]]
     gpu = target.accelerator == "gpu"
     if target.runtime == "onnxruntime":
+        fusion = [ORT_FUSION] if integer_inputs and not gpu else []
         table = {
-            "fp32": [{"type": "onnx_export"}] + ([] if gpu else [{"type": "graph_optimize"}]),
+            "fp32": [{"type": "onnx_export"}, *fusion] + ([] if gpu else [{"type": "graph_optimize"}]),
             "fp16": [{"type": "onnx_export"}, {"type": "fp16"}],
-            "int8": [{"type": "onnx_export"}, ORT_TRANSFORMER_INT8 if integer_inputs else ORT_INT8],
+            "int8": [{"type": "onnx_export"}, *fusion, ORT_TRANSFORMER_INT8 if integer_inputs else ORT_INT8],
         }
         steps = table.get(precision)
     elif target.runtime == "litert":

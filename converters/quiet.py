@@ -22,6 +22,7 @@ _NOISY_LOGGERS = (
     "litert_torch",
     "ai_edge_torch",
     "onnxruntime",
+    "onnxscript",
     "root",
 )
 

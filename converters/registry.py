@@ -32,6 +32,9 @@ STEPS: dict[str, StepEntry] = {
     "torchscript_export": StepEntry("converters.exporters.torchscript:TorchScriptExporter", ("torch",)),
     # artifact passes
     "graph_optimize": StepEntry("converters.passes.onnx_passes:GraphOptimizePass", ("onnx", "onnxruntime")),
+    "transformer_optimize": StepEntry(
+        "converters.passes.transformer_fusion:TransformerOptimizePass", ("onnx", "onnxruntime", "onnxscript")
+    ),
     "fp16": StepEntry("converters.passes.onnx_passes:Fp16Pass", ("onnx", "onnxscript")),
     "int8_dynamic": StepEntry("converters.passes.ort_quant:Int8DynamicPass", ("onnx", "onnxruntime")),
     "int8_static": StepEntry("converters.passes.ort_quant:Int8StaticPass", ("onnx", "onnxruntime")),

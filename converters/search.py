@@ -26,9 +26,9 @@ TIMING_ROUNDS = 5
 
 def search_space(pipeline: Pipeline, max_trials: int, *, transformer: bool = False) -> list[Pipeline]:
     """Variants of ``pipeline``'s quantization step to try under an accuracy budget, the given one
-    first: for a transformer the other int8 schemes (ONNX Runtime dynamic and static, MatMul-only;
-    NNCF's transformer scheme; LiteRT dynamic range), then calibration method, per-channel, and
-    nodes kept in float."""
+    first: for a transformer the other int8 schemes (ONNX Runtime dynamic with QAttention, dynamic
+    and static MatMul-only, after the pipeline's fusion step; NNCF's transformer scheme; LiteRT
+    dynamic range), then calibration method, per-channel, and nodes kept in float."""
     schemes, tunings = _space(pipeline, transformer)
     return (schemes + tunings)[:max_trials]
 
@@ -58,9 +58,10 @@ def _transformer_schemes(base: dict[str, Any]) -> list[dict[str, Any]]:
     """The int8 schemes worth timing on a transformer, for the runtime of ``base``'s step."""
     if base["type"] in ("int8_static", "int8_dynamic"):
         matmuls = {"op_types": ("MatMul",)}
-        return [
+        return [  # on a fused graph "all" operators means QAttention, MatMulInteger and int8 embeddings
+            {"type": "int8_dynamic", "per_channel": False},
+            {"type": "int8_dynamic", "per_channel": True},
             {"type": "int8_dynamic", "per_channel": True, **matmuls},
-            {"type": "int8_dynamic", "per_channel": False, **matmuls},
             {"type": "int8_static", "calibration": "minmax", "per_channel": True, **matmuls},
             {"type": "int8_static", "calibration": "minmax", "per_channel": True},
         ]
