@@ -311,7 +311,7 @@ def run_case(name: str, case: tuple, threads: int, workdir: Path) -> dict:
         eval=evaluation,
         precisions=["int8", "fp32"],
         threads=threads,
-        measure_budget_s=2.0,
+        measure_budget_s=4.0,
         keep_going=True,
         max_accuracy_drop=0.01,
         max_trials=6,

@@ -109,6 +109,7 @@ class TransformerOptimizePass:
             _, fuser, fused = best
             _fold_initializer_concats(fused)
             _drop_equal_qkv_sizes(fused)
+            _import_contrib_domain(fused)
             onnx.save_model(fused, str(target))
             info.update(fuser=fuser, fused_ops=fused_operators(fused), errors=errors or None)
         return _onnx_artifact(artifact, out, artifact.precision, fusion=info)
@@ -173,3 +174,13 @@ def _drop_equal_qkv_sizes(model: Any) -> None:
             kept = [a for a in node.attribute if a.name != "qkv_hidden_sizes"]
             del node.attribute[:]
             node.attribute.extend(kept)
+
+
+def _import_contrib_domain(model: Any) -> None:
+    """Declare the contrib operators' domain (ONNX Runtime's fuser leaves it out): the quantizer's
+    shape inference refuses a node of an undeclared domain."""
+    import onnx
+
+    used = any(node.domain == CONTRIB_DOMAIN for node in model.graph.node)
+    if used and not any(o.domain == CONTRIB_DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(CONTRIB_DOMAIN, 1))

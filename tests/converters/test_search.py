@@ -116,6 +116,7 @@ def test_tiny_encoder_int8_search_keeps_the_fastest_within_budget_and_exports_on
     tried = [t.pipeline[-1] for t in search.trials]
     assert tried[0]["type"] == "int8_dynamic" and list(tried[0]["op_types"]) == []
     assert len(tried) == 5  # every scheme; no tunings once one fits
+    assert [t.error for t in search.trials] == [None] * 5  # each scheme builds on the fused graph
     assert calls == {"onnx_export": 1, "transformer_optimize": 1}
     assert variant.meta["fusion"]["fused_ops"].get("SkipLayerNormalization", 0) >= 1
     fitting = [t for t in search.trials if t.within_budget]
