@@ -209,7 +209,14 @@ def load_average() -> dict[str, object]:
 
 
 def paired_latency(
-    target: str, fp32: object, int8: object, report: object, sample: dict, rounds: int = 7, runs: int = 40
+    target: str,
+    fp32: object,
+    int8: object,
+    report: object,
+    sample: dict,
+    rounds: int = 7,
+    runs: int = 40,
+    threads: int | None = None,
 ) -> dict[str, float]:
     """Median over rounds of each variant's p50, alternating fp32 and int8 so both see the same load;
     same thread count for both, each warmed up first; a slow model gets fewer runs per round (about
@@ -230,7 +237,7 @@ def paired_latency(
             (path.name,),  # type: ignore[attr-defined]
             variant.meta,
         )  # type: ignore[attr-defined]
-        runners[label] = load_runner(get_target(target), artifact, threads=torch.get_num_threads())
+        runners[label] = load_runner(get_target(target), artifact, threads=threads or torch.get_num_threads())
         for _ in range(WARMUP.get(artifact.format, 5)):
             runners[label](sample)
     tick = time.perf_counter()
@@ -351,6 +358,11 @@ def run_case(name: str, case: tuple, threads: int, workdir: Path) -> dict:
         if fp32.size_bytes and int8.size_bytes and fp32.executed and int8.executed:
             paired = paired_latency(target, fp32, int8, report, evaluation.sample(0))
             entry["paired_latency_ms_p50"] = paired
+            # one thread: no thread pool waiting on a descheduled worker, so a loaded host slows fp32
+            # and int8 alike and the ratio shows the kernels
+            single = paired_latency(target, fp32, int8, report, evaluation.sample(0), threads=1)
+            entry["paired_latency_ms_p50_1_thread"] = single
+            entry["speedup_p50_1_thread"] = round(single["fp32"] / single["int8"], 2)
             size_ratio = fp32.size_bytes / int8.size_bytes
             speedup = paired["fp32"] / paired["int8"]
             drop = (fp32.accuracy or 0) - (int8.accuracy or 0)
