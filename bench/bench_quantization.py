@@ -426,10 +426,14 @@ def readme_rows(results: dict) -> list[str]:
             if "speedup_p50" not in entry:
                 parts.append(f"{RUNTIME_NAMES[runtime]} not measured ({entry['int8']['status']})")
                 continue
+            one_thread = f" ({entry['speedup_p50_1_thread']}x at 1 thread)" if "speedup_p50_1_thread" in entry else ""
             parts.append(
-                f"{RUNTIME_NAMES[runtime]} {entry['size_ratio']}x smaller, {entry['speedup_p50']}x faster, "
+                f"{RUNTIME_NAMES[runtime]} {entry['size_ratio']}x smaller, {entry['speedup_p50']}x faster{one_thread}, "
                 f"{entry['accuracy_drop_points']:g} pt accuracy drop"
             )
+        if "load_before" in model:
+            before, after = model["load_before"]["loadavg"][0], model["load_after"]["loadavg"][0]
+            parts[-1] += f" (batch 1, 2 threads, load average {before} → {after})"
         rows.append(f"| int8 vs fp32, {LABELS[name]} | {'; '.join(parts)} | `bench_quantization.py` |")
     return rows
 
