@@ -48,8 +48,8 @@ class AgentConfig(BaseModel):
     heartbeat_interval_s: float = Field(default=30.0, gt=0)
     outbox_max_batches: int = Field(default=10_000, ge=10)
     chunk_timeout_s: float = Field(default=5.0, gt=0)
-    # The hub pushes a wave's bundle as it sends the orders: ask for chunks only if none came within this.
-    chunk_ask_after_s: float = Field(default=3.0, ge=0)
+    # 0: ask at once; the request tells the hub this device listens, and a wave is broadcast once all asked.
+    chunk_ask_after_s: float = Field(default=0.0, ge=0, description="wait this long for chunks before asking")
     download_timeout_s: float = Field(default=600.0, gt=0)
     metadata_timeout_s: float = Field(default=10.0, gt=0)
     bundle_ca_file: Path | None = Field(

@@ -182,9 +182,9 @@ class BundleDownload:
 class ChunkDownloader:
     """Downloads bundles into ``directory``; one download at a time per instance.
 
-    The hub pushes a wave's bundle right after its orders, so the first request waits ``ask_after_s`` for
-    chunks already on their way: a device that gets them all never asks, and a hub busy with a large wave is
-    not sent requests it would answer with a second copy. ``index_source`` fetches a chunk index by its
+    The first request goes out as soon as the device listens on the bundle's topic: it tells the hub the device
+    is ready, and the hub broadcasts a wave's bundle once all its devices asked. With ``ask_after_s`` the device
+    first waits that long for chunks other devices asked for. ``index_source`` fetches a chunk index by its
     metadata name (`MetadataClient.get`); without it every download is whole. ``delta_reused_bytes`` and
     ``delta_fetched_bytes`` count what delta downloads took from the installed bundle and from the hub.
     Orders with the ``http`` transport go to ``http``; ``note`` says which of their sources the last download

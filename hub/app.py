@@ -151,6 +151,7 @@ class Hub:
             chunk_size=s.chunk_size,
             rebroadcast_window_s=s.rebroadcast_window_s,
             gather_s=s.chunk_gather_s,
+            wave_wait_s=s.chunk_wave_wait_s,
         )
         sources = BundleSources(s.bundle_transport, tuple(s.bundle_mirrors), s.device_bundle_url())
         self.orders = DeploymentOrders(broker, self.store, self.registry, chunk_size=s.chunk_size, sources=sources)
@@ -162,7 +163,8 @@ class Hub:
         self.records.start()
         traffic.on_state(self._apply_state)
         traffic.on_event(self.records.event)
-        traffic.on_fetch(self.transfer.handle)
+        # replicas: each answers its share of metadata requests; the leader alone broadcasts chunks (duties)
+        traffic.on_fetch(self.transfer.handle_metadata if s.replica else self.transfer.handle)
         traffic.on_capture(self._store_capture)
         device_ca = CertificateAuthority(s.device_ca_dir) if s.device_ca_dir else None
         traffic.on_certificate_request(CertificateSigner(broker, device_ca, days=s.device_cert_days).handle)
@@ -177,6 +179,7 @@ class Hub:
             own_feed=s.replica,
             on_manager=self._set_rollouts,
             push=push,
+            fetch=self.transfer.handle_chunks,
         )
         self.leadership.start(on_elected=self._lead, on_deposed=self._step_down)
         traffic.start()
@@ -265,8 +268,11 @@ class Hub:
         deployment, chosen = self.registry.create_deployment(
             model, version, device_ids, allow_downgrade=allow_downgrade
         )
-        for device_id, variant in chosen.items():
-            order = self.orders.order_for(
+        if self.transfer is not None and self.settings.bundle_transport == "mqtt":  # see BundleTransfer.push
+            for sha in {variant.bundle_sha256 for variant in chosen.values()}:
+                self.transfer.push(sha, [d for d, v in chosen.items() if v.bundle_sha256 == sha])
+        orders = {
+            device_id: self.orders.order_for(
                 deployment.id,
                 variant.bundle_sha256,
                 model=model,
@@ -276,11 +282,9 @@ class Hub:
                 allow_downgrade=allow_downgrade,
                 shadow=shadow,
             )
-            self.orders.send(device_id, order)
-        if self.transfer is not None and self.settings.bundle_transport == "mqtt":  # see BundleTransfer.push
-            for sha in {variant.bundle_sha256 for variant in chosen.values()}:
-                devices = [self.registry.get_device(d) for d, v in chosen.items() if v.bundle_sha256 == sha]
-                self.transfer.push(sha, {d.active_sha256 for d in devices if d.active_sha256})
+            for device_id, variant in chosen.items()
+        }
+        self.orders.send_all(orders)
         return deployment
 
     def _lead(self, epoch: int) -> None:

@@ -60,9 +60,14 @@ class HubSettings(BaseModel):
     broker_port: int = Field(default=0, ge=0, le=65535, description="embedded broker port; 0 picks a free one")
     hub_secret: str | None = Field(default=None, description="hub's broker password; generated when omitted")
     chunk_size: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
-    rebroadcast_window_s: float = Field(default=2.0, ge=0)
+    rebroadcast_window_s: float = Field(
+        default=2.0, ge=0, description="repair window: each chunk is broadcast at most once per window"
+    )
     chunk_gather_s: float = Field(
-        default=0.3, ge=0, le=10, description="delay a chunk's first broadcast so a whole wave is listening"
+        default=0.3, ge=0, le=10, description="chunk requests gathered this long (quiet time) before a broadcast"
+    )
+    chunk_wave_wait_s: float = Field(
+        default=5.0, ge=0, le=60, description="a wave's broadcast waits at most this long for its devices to ask"
     )
     artifact_store: str | None = Field(
         default=None,

@@ -1,10 +1,27 @@
 """`BundleTransfer`: answers devices' fetch requests with TUF metadata and bundle chunks over the broker.
 
-Bundle chunks go to one broadcast topic per bundle. The first request for a chunk schedules its broadcast
-``gather_s`` later, so the devices of a wave, which subscribe as their orders arrive, are all listening when it
-goes out and the requests that arrive meanwhile ride along; a chunk sent within ``rebroadcast_window_s`` is not
-sent again. A wave of devices fetching together thus costs about one bundle of egress, and a device that
-missed chunks (it joined after the broadcast) asks again for just those once its stream goes quiet.
+Bundle chunks go to one broadcast topic per bundle, so devices fetching together share one stream. A device
+subscribes, then asks on its ``fetch`` topic for the chunks it lacks; requests are gathered, not answered one
+by one:
+
+- A wave (`push`: a rollout wave or `Hub.deploy` names the devices it is about to order) is broadcast once
+  every device of the wave has asked, or once its requests stopped coming for ``gather_s`` (offline devices),
+  and at the latest ``wave_wait_s`` after the push. Each device's request arrives after its subscription
+  (one connection keeps its order), so the whole wave is listening: it costs one bundle of egress. A wave of
+  which no device asks sends nothing.
+- Any other request is broadcast ``gather_s`` after it arrived, and the requests arriving meanwhile ride along.
+- Repair window: a chunk is broadcast at most once per ``rebroadcast_window_s``. A late joiner's request for
+  a chunk sent within the window is kept and served when the window ends, together with every other late
+  joiner's, so late joiners cost at most one more chunk per window, never a bundle per device.
+
+Broadcasts go out on one sender thread, paced by the broker's flow control: with a broker that acknowledges
+(`PahoBroker.publish_and_wait`), the sender waits for the broker to take every ``flow_window`` chunks before
+publishing more, so a large bundle never piles up in the client's queue. With ``gather_s`` 0, requests are
+answered on the calling thread (tests, `bench/bench_delta.py`).
+
+Hub replicas: every replica answers metadata requests (`handle_metadata`), but only the leader broadcasts
+chunks and pieces (`handle_chunks`, wired by `hub.cluster.duties.LeaderDuties` to the leader's own unshared
+subscription), so egress does not grow with the number of replicas.
 
 A chunk request the hub cannot serve (no such bundle in the store, a chunk index past its end) is answered at
 once with `FetchRefused` on the device's ``refused`` topic, so the device fails its update with the hub's
@@ -12,23 +29,26 @@ reason instead of waiting for its download timeout.
 
 Delta updates: the metadata name ``chunk-index.{sha256}`` returns the bundle's content-defined chunk index
 (`fleet.wire.chunk_index`, computed once per bundle and cached), and a ``pieces`` request broadcasts the named
-pieces on the bundle's ``pieces`` topic under the same gather delay and rebroadcast window, so a device that
-holds the previous version fetches only the pieces it lacks. An index too large for one reply is answered as
-not found, and the device downloads the whole bundle.
+pieces on the bundle's ``pieces`` topic, gathered the same way, so a device that holds the previous version
+fetches only the pieces it lacks. An index too large for one reply is answered as not found, and the device
+downloads the whole bundle.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from fleet.errors import ProtocolError
 from fleet.wire import topics
-from fleet.wire.chunk_index import DELTA_MIN_SHARED, MAX_PIECES, ChunkIndex, parse_index_name
+from fleet.wire.chunk_index import MAX_PIECES, ChunkIndex, parse_index_name
 from fleet.wire.messages import FetchRefused, FetchRequest, MetadataReply, encode, encode_chunk
 from fleet.wire.transport import Broker
 from hub.bundles.chunking import chunk_index
@@ -38,11 +58,33 @@ from hub.errors import HubError, NotFoundError
 
 __all__ = ["BundleTransfer"]
 
+log = logging.getLogger(__name__)
+
 _MAX_RECENT = 100_000
 _INDEXES_CACHED = 32
 
 _Key = tuple[str, str, int]  # bundle digest, "chunk" or "piece", position
 _Frame = Callable[[], tuple[str, bytes]]  # reads the data when sent: (topic, frame)
+
+
+@runtime_checkable
+class _Acknowledging(Protocol):
+    """A broker that can wait for its broker's acknowledgement (`fleet.wire.mqtt.PahoBroker`)."""
+
+    def publish_and_wait(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, timeout_s: float = 10.0
+    ) -> bool: ...
+
+
+@dataclass
+class _Wave:
+    """Devices just ordered to fetch one bundle: its broadcast waits for their requests."""
+
+    waiting: set[str]
+    latest: float  # broadcast by then at the latest (when anyone asked)
+    asked: set[str] = field(default_factory=set)
+    asked_at: float | None = None
+    keys: set[_Key] = field(default_factory=set)
 
 
 class BundleTransfer:
@@ -57,6 +99,9 @@ class BundleTransfer:
         chunk_size: int = 64 * 1024,
         rebroadcast_window_s: float = 2.0,
         gather_s: float = 0.0,
+        wave_wait_s: float = 5.0,
+        flow_window: int = 16,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -64,23 +109,61 @@ class BundleTransfer:
         self.chunk_size = chunk_size
         self.rebroadcast_window_s = rebroadcast_window_s
         self.gather_s = gather_s
+        self.wave_wait_s = wave_wait_s
+        self.flow_window = max(1, flow_window)
+        self.clock = clock
         self.egress_bytes = 0
         self.broadcasts = 0
         self._recent: dict[_Key, float] = {}
         self._pending: dict[_Key, _Frame] = {}
-        self._timer: threading.Timer | None = None
+        self._due: dict[_Key, float] = {}
+        self._waves: dict[str, _Wave] = {}
+        self._sender: threading.Thread | None = None
         self._closed = False
         self._indexes: OrderedDict[str, ChunkIndex | None] = OrderedDict()
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._send_lock = threading.Lock()  # one broadcast at a time, in key order
+
+    # -- requests ----------------------------------------------------------------------------------------------
 
     def handle(self, device_id: str, request: FetchRequest) -> None:
-        """Answer one fetch request (a `DeviceTraffic` fetch listener)."""
+        """Answer one fetch request of any kind (a `DeviceTraffic` fetch listener of a lone hub)."""
+        if request.kind == "metadata":
+            self.handle_metadata(device_id, request)
+        else:
+            self.handle_chunks(device_id, request)
+
+    def handle_metadata(self, device_id: str, request: FetchRequest) -> None:
+        """Answer a metadata request; ignore chunk and piece requests (what every hub replica does)."""
         if request.kind == "metadata":
             self._reply_metadata(device_id, request)
-        elif request.kind == "pieces":
+
+    def handle_chunks(self, device_id: str, request: FetchRequest) -> None:
+        """Gather a chunk or piece request for broadcast; ignore metadata requests (the leader's part)."""
+        if request.kind == "pieces":
             self._send_pieces(device_id, request)
-        else:
+        elif request.kind == "chunks":
             self._send_chunks(device_id, request)
+
+    def push(self, sha256: str, device_ids: Iterable[str]) -> None:
+        """``device_ids`` are about to be ordered to fetch ``sha256``: broadcast it once they have all asked
+        (`RolloutManager` calls this for each wave before sending its orders)."""
+        devices = set(device_ids)
+        if not devices:
+            return
+        now = self.clock()
+        with self._lock:
+            wave = self._waves.get(sha256)
+            if wave is None:
+                self._waves[sha256] = _Wave(waiting=devices, latest=now + self.wave_wait_s)
+            else:
+                wave.waiting |= devices
+                wave.latest = now + self.wave_wait_s
+                self._time_wave(wave, now)
+            self._forget_idle_waves(now)
+
+    # -- metadata ----------------------------------------------------------------------------------------------
 
     def chunk_index(self, sha256: str) -> ChunkIndex | None:
         """The chunk index of a stored bundle (cached), or None when it is too large to serve."""
@@ -116,8 +199,10 @@ class BundleTransfer:
         except HubError:
             reply = MetadataReply(request_id=request.request_id, name=name, found=False)
         payload = encode(reply)
-        self.egress_bytes += len(payload)
+        self._count(len(payload), broadcast=False)
         self.broker.publish(topics.device_topic(device_id, "meta"), payload, qos=1)
+
+    # -- chunks and pieces ---------------------------------------------------------------------------------
 
     def _send_chunks(self, device_id: str, request: FetchRequest) -> None:
         if request.sha256 is None:
@@ -134,32 +219,7 @@ class BundleTransfer:
                 device_id, request, request.sha256, f"chunk {wanted[-1]} out of range: bundle has {count} chunks"
             )
             return
-        self._schedule(self._chunk_frames(request.sha256, wanted, count))
-
-    def push(self, sha256: str, installed: set[str] | None = None) -> None:
-        """Broadcast every chunk of ``sha256`` after the gather delay, even chunks sent within the window: a
-        wave was just ordered to fetch it, and its devices were not listening before (`RolloutManager.push`).
-
-        Nothing is pushed when a bundle the wave's devices have ``installed`` shares a quarter or more of its
-        bytes with ``sha256``: those devices fetch only the pieces they lack, and a push would send it all.
-        """
-        try:
-            count = max(1, math.ceil(self.store.size(sha256) / self.chunk_size))
-            if any(self._shared_share(sha256, base) >= DELTA_MIN_SHARED for base in installed or set()):
-                return
-        except NotFoundError:
-            return  # the devices' requests are refused with the reason
-        self._schedule(self._chunk_frames(sha256, list(range(count)), count), resend=True)
-
-    def _shared_share(self, sha256: str, base: str) -> float:
-        """The share of ``sha256``'s bytes found in pieces of ``base`` (0 when either has no index)."""
-        if base == sha256:
-            return 0.0
-        new, old = self.chunk_index(sha256), self.chunk_index(base)
-        if new is None or old is None or new.size == 0:
-            return 0.0
-        have = old.by_digest()
-        return sum(p.length for p in new.pieces if p.sha256 in have) / new.size
+        self._schedule(device_id, request.sha256, self._chunk_frames(request.sha256, wanted, count))
 
     def _chunk_frames(self, sha256: str, indices: list[int], count: int) -> dict[_Key, _Frame]:
         topic = topics.bundle_topic(sha256)
@@ -194,49 +254,117 @@ class BundleTransfer:
                 encode_chunk(sha, position, len(pieces), self.store.read_range(sha, at.offset, at.length)),
             )
 
-        self._schedule({(sha, "piece", position): piece(position) for position in wanted})
-
-    def close(self) -> None:
-        """Send what is gathered now and schedule nothing more (the hub is stopping)."""
-        with self._lock:
-            self._closed = True
-            timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
-        self._flush()
-
-    def _schedule(self, frames: dict[_Key, _Frame], *, resend: bool = False) -> None:
-        """Queue the frames not already queued and (unless ``resend``) not sent within the rebroadcast window;
-        send them after ``gather_s`` (at once when it is 0)."""
-        now = time.monotonic()
-        with self._lock:
-            for key, frame in frames.items():
-                last = self._recent.get(key)
-                if key not in self._pending and (resend or last is None or now - last >= self.rebroadcast_window_s):
-                    self._pending[key] = frame
-            if len(self._recent) > _MAX_RECENT:  # forget old entries so the map stays bounded
-                cutoff = now - self.rebroadcast_window_s
-                self._recent = {k: t for k, t in self._recent.items() if t >= cutoff}
-            gather = self.gather_s > 0 and not self._closed
-            if gather and self._pending and self._timer is None:
-                self._timer = threading.Timer(self.gather_s, self._flush)
-                self._timer.daemon = True
-                self._timer.start()
-        if not gather:
-            self._flush()
-
-    def _flush(self) -> None:
-        with self._lock:
-            batch, self._pending, self._timer = self._pending, {}, None
-        for key in sorted(batch):
-            topic, frame = batch[key]()
-            with self._lock:
-                self._recent[key] = time.monotonic()
-            self.egress_bytes += len(frame)
-            self.broadcasts += 1
-            self.broker.publish(topic, frame, qos=1)
+        self._schedule(device_id, sha, {(sha, "piece", position): piece(position) for position in wanted})
 
     def _refuse(self, device_id: str, request: FetchRequest, sha256: str, reason: str) -> None:
         payload = encode(FetchRefused(request_id=request.request_id, sha256=sha256, reason=reason))
-        self.egress_bytes += len(payload)
+        self._count(len(payload), broadcast=False)
         self.broker.publish(topics.device_topic(device_id, "refused"), payload, qos=1)
+
+    # -- gathering -------------------------------------------------------------------------------------------
+
+    def _schedule(self, device_id: str, sha256: str, frames: dict[_Key, _Frame]) -> None:
+        """Queue the frames a device asked for: with its wave's broadcast when it belongs to one, else
+        ``gather_s`` from now, and never within the repair window of the frame's last broadcast."""
+        now = self.clock()
+        with self._lock:
+            wave = self._waves.get(sha256)
+            if wave is not None and device_id not in wave.waiting and device_id not in wave.asked:
+                wave = None  # not one of the wave's devices: it rides along only where the keys meet
+            for key, frame in frames.items():
+                if wave is not None:
+                    wave.keys.add(key)
+                if key in self._pending:
+                    continue
+                self._pending[key] = frame
+                last = self._recent.get(key)
+                repair = last + self.rebroadcast_window_s if last is not None and wave is None else now
+                self._due[key] = max(now + self.gather_s, repair)
+            if wave is not None:
+                wave.waiting.discard(device_id)
+                wave.asked.add(device_id)
+                wave.asked_at = now
+                self._time_wave(wave, now)
+            if len(self._recent) > _MAX_RECENT:  # forget old entries so the map stays bounded
+                cutoff = now - self.rebroadcast_window_s
+                self._recent = {k: t for k, t in self._recent.items() if t >= cutoff}
+            self._changed.notify_all()
+        if self.gather_s <= 0:
+            self._flush(due_by=now)
+        else:
+            self._ensure_sender()
+
+    def _time_wave(self, wave: _Wave, now: float) -> None:
+        """Set the due time of a wave's frames: now once everyone asked, else when requests went quiet."""
+        if wave.asked_at is None:
+            return
+        due = now if not wave.waiting else min(wave.asked_at + self.gather_s, wave.latest)
+        for key in wave.keys:
+            if key in self._pending:
+                self._due[key] = due
+
+    def _forget_idle_waves(self, now: float) -> None:
+        for sha, wave in list(self._waves.items()):
+            if not wave.asked and now >= wave.latest:
+                del self._waves[sha]  # none of its devices asked (offline, or fetching pieces elsewhere)
+
+    # -- sending ---------------------------------------------------------------------------------------------
+
+    def _ensure_sender(self) -> None:
+        with self._lock:
+            if self._sender is not None or self._closed:
+                return
+            self._sender = threading.Thread(target=self._run, name="edgefleet-chunk-sender", daemon=True)
+            self._sender.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                now = self.clock()
+                next_due = min(self._due.values(), default=None)
+                if next_due is None or next_due > now:
+                    self._changed.wait(None if next_due is None else next_due - now)
+                    continue
+            self._flush(due_by=now)
+
+    def _flush(self, *, due_by: float | None) -> None:
+        """Broadcast the frames due by ``due_by`` (all when None), in key order, paced by the broker."""
+        with self._send_lock:
+            with self._lock:
+                keys = sorted(k for k, t in self._due.items() if due_by is None or t <= due_by)
+                batch = [(key, self._pending.pop(key)) for key in keys]
+                for key in keys:
+                    del self._due[key]
+                for sha in {key[0] for key in keys}:
+                    wave = self._waves.get(sha)
+                    if wave is not None and wave.asked and not (wave.keys & self._pending.keys()):
+                        del self._waves[sha]  # sent: whoever asks now is a late joiner
+            acknowledging = isinstance(self.broker, _Acknowledging)
+            for position, (key, read) in enumerate(batch, start=1):
+                topic, frame = read()
+                with self._lock:
+                    self._recent[key] = self.clock()
+                self._count(len(frame), broadcast=True)
+                if acknowledging and (position % self.flow_window == 0 or position == len(batch)):
+                    assert isinstance(self.broker, _Acknowledging)
+                    if not self.broker.publish_and_wait(topic, frame, qos=1, timeout_s=30.0):
+                        log.warning("broker did not take chunk %d of %s in time", key[2], key[0][:12])
+                else:
+                    self.broker.publish(topic, frame, qos=1)
+
+    def _count(self, size: int, *, broadcast: bool) -> None:
+        with self._lock:
+            self.egress_bytes += size
+            self.broadcasts += broadcast
+
+    def close(self) -> None:
+        """Send what is gathered now (repairs included) and schedule nothing more (the hub is stopping)."""
+        with self._lock:
+            self._closed = True
+            sender, self._sender = self._sender, None
+            self._changed.notify_all()
+        if sender is not None:
+            sender.join(timeout=30)
+        self._flush(due_by=None)

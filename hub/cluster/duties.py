@@ -1,11 +1,13 @@
 """`LeaderDuties`: what only the leading replica runs, started on election and stopped on deposition.
 
 The leader runs the rollout engine (`RolloutManager`, its outbox writes fenced by the leadership epoch and its
-orders refused once it knows it was deposed) and signs TUF metadata (`MetadataRefresher`). The manager needs
-every device's state and update events, while each replica only receives its share of them: on a replica the
-leader opens a connection of its own with plain (unshared) subscriptions to ``state`` and ``events``, so it also
-receives the retained states of the whole fleet when elected. A single hub feeds the manager from its one
-`DeviceTraffic`, after the registry writer, exactly as before replicas existed.
+orders refused once it knows it was deposed), signs TUF metadata (`MetadataRefresher`) and broadcasts bundle
+chunks. The manager needs every device's state and update events, while each replica only receives its share of
+them: on a replica the leader opens a connection of its own with plain (unshared) subscriptions to ``state``,
+``events`` and ``fetch``, so it also receives the retained states of the whole fleet when elected, and every
+chunk request: chunks are broadcast by the leader alone (`BundleTransfer.handle_chunks`), so the hub's egress
+does not grow with its replicas, while every replica answers its share of metadata requests. A single hub feeds
+the manager from its one `DeviceTraffic`, after the registry writer, exactly as before replicas existed.
 
 A replica that dies takes the messages it had received but not yet applied with it (a shared subscription hands
 each message to one member). States are retained, so the leader also records a device's retained ``done`` state
@@ -16,9 +18,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 
-from fleet.wire.messages import DeploymentOrder, DeviceState, UpdateEvent, UpdateState
+from fleet.wire.messages import DeploymentOrder, DeviceState, FetchRequest, UpdateEvent, UpdateState
 from hub.bundles.refresh import MetadataRefresher
 from hub.cluster.leadership import FencedError, Leadership
 from hub.devices.traffic import DeviceTraffic
@@ -61,10 +63,11 @@ class FencedOrders:
             shadow=shadow,
         )
 
-    def send(self, device_id: str, order: DeploymentOrder) -> None:
-        """Send ``order`` unless deposed."""
-        self._check(device_id)
-        self.orders.send(device_id, order)
+    def send_all(self, orders: Mapping[str, DeploymentOrder]) -> None:
+        """Send the orders unless deposed."""
+        if orders:
+            self._check(next(iter(orders)))
+            self.orders.send_all(orders)
 
     def clear(self, device_id: str) -> None:
         """Withdraw the device's order unless deposed."""
@@ -92,7 +95,8 @@ class LeaderDuties:
         feed: DeviceTraffic,
         own_feed: bool,
         on_manager: Callable[[RolloutManager | None], None] = lambda _manager: None,
-        push: Callable[[str, set[str]], None] | None = None,
+        push: Callable[[str, Collection[str]], None] | None = None,
+        fetch: Callable[[str, FetchRequest], None] | None = None,
     ) -> None:
         self.registry = registry
         self.orders = FencedOrders(orders, leadership)
@@ -102,6 +106,7 @@ class LeaderDuties:
         self.own_feed = own_feed
         self.on_manager = on_manager
         self.push = push  # the rollout manager's wave push (`BundleTransfer.push`)
+        self.fetch = fetch  # chunk and piece requests on the leader's own feed (`BundleTransfer.handle_chunks`)
         self.manager: RolloutManager | None = None
         self._unsubscribes: list[Callable[[], None]] = []
         self._lock = threading.Lock()
@@ -113,9 +118,11 @@ class LeaderDuties:
             self._unsubscribes = [self.feed.on_state(manager.observe_state), self.feed.on_event(manager.observe_event)]
             if self.own_feed:
                 self._unsubscribes.append(self.feed.on_state(self._record_done))
+                if self.fetch is not None:
+                    self._unsubscribes.append(self.feed.on_fetch(self.fetch))
             self.refresher.start()  # before devices fetch: metadata gone stale while no one led
             if self.own_feed:
-                self.feed.start(channels=("state", "events"))
+                self.feed.start(channels=("state", "events", "fetch") if self.fetch else ("state", "events"))
             manager.start()
             self.manager = manager
             self.on_manager(manager)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from fleet.wire import topics
 from fleet.wire.messages import DeploymentOrder, encode
 from fleet.wire.transport import Broker
 from hub.bundles.store import ArtifactStore
+from hub.errors import NotFoundError
 from hub.registry import Registry
 
 __all__ = ["BundleSources", "DeploymentOrders"]
@@ -38,7 +40,7 @@ class BundleSources:
 
 class DeploymentOrders:
     """The hub's order sink: a device that is offline gets its retained order on reconnect. Each order sent is
-    stamped with the device's next sequence (`Registry.next_order_sequence`), so no order can be replayed."""
+    stamped with the device's next sequence (`Registry.next_order_sequences`), so no order can be replayed."""
 
     def __init__(
         self,
@@ -87,8 +89,19 @@ class DeploymentOrders:
 
     def send(self, device_id: str, order: DeploymentOrder) -> None:
         """Publish ``order`` as the device's desired deployment (retained), stamped with its next sequence."""
-        stamped = order.model_copy(update={"sequence": self.registry.next_order_sequence(device_id)})
-        self.broker.publish(topics.device_topic(device_id, "deployment"), encode(stamped), qos=1, retain=True)
+        self.send_all({device_id: order})
+
+    def send_all(self, orders: Mapping[str, DeploymentOrder]) -> None:
+        """Publish each device's order, their sequences reserved in one transaction (a whole wave at once);
+        `NotFoundError` names the devices that no longer exist, after the others were sent."""
+        sequences = self.registry.next_order_sequences(orders)
+        for device_id, order in orders.items():
+            if device_id in sequences:
+                stamped = order.model_copy(update={"sequence": sequences[device_id]})
+                self.broker.publish(topics.device_topic(device_id, "deployment"), encode(stamped), qos=1, retain=True)
+        missing = sorted(set(orders) - sequences.keys())
+        if missing:
+            raise NotFoundError(f"no order for devices that do not exist: {', '.join(missing)}")
 
     def clear(self, device_id: str) -> None:
         """Remove the device's retained order, so a reconnecting device is not sent it again."""

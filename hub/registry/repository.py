@@ -7,7 +7,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import semver
@@ -77,6 +77,14 @@ def _id(value: int | None) -> int:
     if value is None:  # rows read back from the database always have their key
         raise ConflictError("row has no primary key yet")
     return value
+
+
+_BLOCK = 500  # ids per IN (...) list: well below every database's limit on bound parameters
+
+
+def _blocks(ids: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(ids), _BLOCK):
+        yield ids[start : start + _BLOCK]
 
 
 class Registry:
@@ -257,15 +265,27 @@ class Registry:
         return verify_secret(secret, device.credential_hash)
 
     def next_order_sequence(self, device_id: str) -> int:
-        """Reserve the device's next deployment-order sequence: above every earlier one, and at least the
-        current time in milliseconds, so sequences keep rising even after a database is restored from backup."""
+        """Reserve the device's next deployment-order sequence (see `next_order_sequences`)."""
+        sequences = self.next_order_sequences([device_id])
+        if device_id not in sequences:
+            raise NotFoundError(f"device {device_id} does not exist")
+        return sequences[device_id]
+
+    def next_order_sequences(self, device_ids: Iterable[str]) -> dict[str, int]:
+        """Reserve each device's next deployment-order sequence in one transaction (a wave's orders): above
+        every earlier one, and at least the current time in milliseconds, so sequences keep rising even after a
+        database is restored from backup. Devices that do not exist are left out."""
+        wanted = sorted(set(device_ids))  # locked in one order, so two replicas never deadlock
+        floor = int(time.time() * 1000)
+        sequences: dict[str, int] = {}
         with self.db.session() as session:
-            device = session.exec(select(Device).where(Device.id == device_id).with_for_update()).first()
-            if device is None:
-                raise NotFoundError(f"device {device_id} does not exist")
-            device.order_sequence = max(device.order_sequence + 1, int(time.time() * 1000))
-            session.add(device)
-            return device.order_sequence
+            for block in _blocks(wanted):
+                query = select(Device).where(col(Device.id).in_(block)).order_by(col(Device.id)).with_for_update()
+                for device in session.exec(query):
+                    device.order_sequence = max(device.order_sequence + 1, floor)
+                    sequences[device.id] = device.order_sequence
+                    session.add(device)
+        return sequences
 
     def get_device(self, device_id: str) -> Device:
         """The device row, or `NotFoundError`."""
@@ -286,21 +306,22 @@ class Registry:
 
     def apply_device_states(self, states: list[DeviceState]) -> list[str]:
         """Record reported states in one transaction (later ones win); return the ids of provisioned devices."""
+        newest = {state.device_id: state for state in states}
         applied = []
+        now = time.time()
         with self.db.session() as session:
-            for state in states:
-                device = session.get(Device, state.device_id)
-                if device is None:
-                    continue
-                device.online = state.online
-                device.last_seen = time.time()
-                device.update_state = state.update_state.value
-                if state.active is not None:
-                    device.active_model = state.active.model
-                    device.active_version = state.active.version
-                    device.active_sha256 = state.active.sha256
-                session.add(device)
-                applied.append(state.device_id)
+            for block in _blocks(sorted(newest)):
+                for device in session.exec(select(Device).where(col(Device.id).in_(block))):
+                    state = newest[device.id]
+                    device.online = state.online
+                    device.last_seen = now
+                    device.update_state = state.update_state.value
+                    if state.active is not None:
+                        device.active_model = state.active.model
+                        device.active_version = state.active.version
+                        device.active_sha256 = state.active.sha256
+                    session.add(device)
+                    applied.append(device.id)
         return applied
 
     def record_heard(self, heard: dict[str, float]) -> None:
@@ -390,11 +411,25 @@ class Registry:
 
     def record_update_events(self, events: list[UpdateEvent]) -> int:
         """Apply update events, in order, in one transaction; return how many found their deployment row."""
+        by_deployment: dict[str, set[str]] = {}
+        for event in events:
+            by_deployment.setdefault(event.deployment_id, set()).add(event.device_id)
+        rows: dict[tuple[str, str], DeploymentDevice] = {}
         applied = 0
         with self.db.session() as session:
+            for deployment_id, device_ids in sorted(by_deployment.items()):
+                for block in _blocks(sorted(device_ids)):
+                    # locked: hub replicas may apply two events of one device at once (shared subscriptions)
+                    query = (
+                        select(DeploymentDevice)
+                        .where(DeploymentDevice.deployment_id == deployment_id)
+                        .where(col(DeploymentDevice.device_id).in_(block))
+                        .order_by(col(DeploymentDevice.device_id))
+                        .with_for_update()
+                    )
+                    rows.update(((row.deployment_id, row.device_id), row) for row in session.exec(query))
             for event in events:
-                # locked: hub replicas may apply two events of one device at once (shared subscriptions)
-                row = session.get(DeploymentDevice, (event.deployment_id, event.device_id), with_for_update=True)
+                row = rows.get((event.deployment_id, event.device_id))
                 if row is None:
                     continue
                 applied += 1

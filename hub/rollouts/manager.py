@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Protocol
 
 from sqlmodel import Session
@@ -79,8 +79,8 @@ class OrderSink(Protocol):
         """Build an order for a stored bundle."""
         ...
 
-    def send(self, device_id: str, order: DeploymentOrder) -> None:
-        """Deliver ``order`` as the device's desired deployment."""
+    def send_all(self, orders: Mapping[str, DeploymentOrder]) -> None:
+        """Deliver each device's order as its desired deployment (a wave at once)."""
         ...
 
     def clear(self, device_id: str) -> None:
@@ -100,13 +100,13 @@ class RolloutManager:
         analyse: GateAnalysis | None = None,
         clock: Callable[[], float] = time.time,
         fence: Callable[[Session], None] | None = None,
-        push: Callable[[str, set[str]], None] | None = None,
+        push: Callable[[str, Collection[str]], None] | None = None,
     ) -> None:
         self.registry = registry
         self.orders = orders
         self.store = RolloutStore(registry.db, fence=fence)  # fence: refuse a deposed replica's outbox writes
-        # Called with a bundle's digest and the bundles the wave runs once its orders are out, so the bundle is
-        # broadcast to the whole wave at once instead of in answer to its devices' requests (`BundleTransfer.push`).
+        # Told a bundle's digest and the wave's devices before their orders go out, so the bundle is broadcast
+        # once the whole wave is listening instead of in answer to each request (`BundleTransfer.push`).
         self.push = push
         self.tick_s = tick_s
         self.analyse = analyse or canary_gate(registry)
@@ -316,13 +316,9 @@ class RolloutManager:
             dict.fromkeys(action.device_ids, row.id),
             status=snapshot.state.value,
         )
-        for device_id in action.device_ids:
-            self.orders.send(device_id, order)
         if self.push is not None and action.device_ids:
-            with self._data_lock:
-                states = [self._states.get(d) for d in action.device_ids]
-            installed = {s.active.sha256 for s in states if s is not None and s.active is not None}
-            self.push(row.bundle_sha256, installed)
+            self.push(row.bundle_sha256, action.device_ids)
+        self.orders.send_all(dict.fromkeys(action.device_ids, order))
 
     def _roll_back(self, snapshot: RolloutSnapshot, action: RollBack) -> None:
         with self._data_lock:
@@ -350,11 +346,10 @@ class RolloutManager:
                 status=snapshot.state.value,
                 allow_downgrade=True,
             )
+        self.orders.send_all(sent)
         for device_id, order in orders.items():
             if order is None:
                 self.orders.clear(device_id)
-            else:
-                self.orders.send(device_id, order)
 
     def _state_from_registry(self, device_id: str) -> DeviceState | None:
         try:

@@ -140,7 +140,7 @@ def test_without_a_chunk_index_the_whole_bundle_is_downloaded(device: Device, me
     assert fetch_requests(memory_hub, "chunks")
 
 
-def test_a_bundle_pushed_while_a_delta_is_tried_is_kept_when_too_little_is_shared(
+def test_a_bundle_broadcast_while_a_delta_is_tried_is_kept_when_too_little_is_shared(
     memory_hub: MemoryHub, tmp_path: Path
 ) -> None:
     order, _ = publish(memory_hub, "2.0.0", head(2))
@@ -151,9 +151,12 @@ def test_a_bundle_pushed_while_a_delta_is_tried_is_kept_when_too_little_is_share
     metadata = MetadataClient(memory_hub.broker, DEVICE, timeout_s=5)
 
     def index_source(name: str) -> bytes | None:
-        if not pushed:  # the hub pushes the wave's bundle while the device asks for the indexes
+        if not pushed:  # another device asks for the whole bundle while this one asks for the indexes
             pushed.append(True)
-            memory_hub.transfer.push(order.sha256)
+            chunks = list(range(order.chunk_count))
+            memory_hub.transfer.handle(
+                "cam-2", FetchRequest(request_id="r", kind="chunks", sha256=order.sha256, chunks=chunks)
+            )
         return metadata.get(name)
 
     downloader = ChunkDownloader(

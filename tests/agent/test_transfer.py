@@ -125,7 +125,7 @@ def test_an_existing_complete_download_is_reused(memory_hub: MemoryHub, tmp_path
     assert downloader.requests_sent == 0
 
 
-def test_a_pushed_bundle_downloads_without_a_single_request(memory_hub: MemoryHub, tmp_path: Path) -> None:
+def test_chunks_another_device_asked_for_arrive_without_a_request(memory_hub: MemoryHub, tmp_path: Path) -> None:
     order = memory_hub.publish("1.0.0")
     downloader = ChunkDownloader(memory_hub.broker, DEVICE, tmp_path / "downloads", ask_after_s=30)
     done: list[Path] = []
@@ -133,7 +133,10 @@ def test_a_pushed_bundle_downloads_without_a_single_request(memory_hub: MemoryHu
     thread.start()
     bundle_topic = topics.bundle_topic(order.sha256)
     assert wait_until(lambda: any(f == bundle_topic for f, _ in memory_hub.broker._handlers), 10)
-    memory_hub.transfer.push(order.sha256)  # the hub broadcasts the wave's bundle once its orders are out
+    everything = list(range(order.chunk_count))
+    memory_hub.transfer.handle(
+        "cam-2", FetchRequest(request_id="r", kind="chunks", sha256=order.sha256, chunks=everything)
+    )
     thread.join(30)
     assert done and sha256_file(done[0]) == order.sha256 and downloader.requests_sent == 0
 

@@ -19,6 +19,7 @@ from hub.bundles.chunking import chunk_index
 from hub.bundles.store import ArtifactStore
 from hub.bundles.transfer import BundleTransfer
 from hub.bundles.tuf_repository import TufRepository
+from tests.waiting import wait_until
 
 DEVICE = "cam-1"
 
@@ -149,29 +150,68 @@ def test_gathered_chunks_go_out_when_the_delay_ends(tmp_path: Path) -> None:
     broker.subscribe(topics.bundle_topic(sha), lambda _m: sent.set())
     transfer.handle(DEVICE, _chunks(sha, [1]))
     assert sent.wait(10)
-    transfer.handle("cam-2", _chunks(sha, [1]))  # within the rebroadcast window: not sent again
     transfer.close()
     assert transfer.broadcasts == 1
 
 
-def test_a_push_resends_every_chunk_even_within_the_window(tmp_path: Path) -> None:
-    broker, store = InMemoryBroker(), ArtifactStore(tmp_path / "store")
-    transfer = BundleTransfer(broker, store, TufRepository(tmp_path / "tuf"), chunk_size=4, rebroadcast_window_s=60)
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_late_joiners_share_one_repair_when_the_window_ends(tmp_path: Path) -> None:
+    broker, store, clock = InMemoryBroker(), ArtifactStore(tmp_path / "store"), Clock()
+    transfer = BundleTransfer(
+        broker, store, TufRepository(tmp_path / "tuf"), chunk_size=4, rebroadcast_window_s=2, clock=clock
+    )
     sha = store.put_bytes(b"0123456789")
-    transfer.handle(DEVICE, _chunks(sha, [0]))
-    transfer.push(sha)  # a new wave was ordered: its devices were not listening a moment ago
-    transfer.handle("cam-2", _chunks(sha, [0, 1, 2]))  # the wave's own requests, once it has everything
-    transfer.push("ef" * 32)  # a bundle the store lacks: nothing to push (requests for it are refused)
-    assert [decode_chunk(m.payload).index for m in broker.published] == [0, 0, 1, 2]
+    transfer.handle(DEVICE, _chunks(sha, [0, 1, 2]))
+    assert transfer.broadcasts == 3
+    clock.now += 0.5
+    for late in ("cam-2", "cam-3", "cam-4"):  # subscribed after the broadcast: each lacks chunk 1 or all
+        transfer.handle(late, _chunks(sha, [1] if late == "cam-2" else [0, 1, 2]))
+    assert transfer.broadcasts == 3  # not resent within the repair window, nor dropped:
+    clock.now += 2
+    transfer.close()  # (what the sender thread does once the window ends)
+    assert [decode_chunk(m.payload).index for m in broker.published] == [0, 1, 2, 0, 1, 2]
 
 
-def test_no_push_when_the_wave_runs_a_bundle_sharing_most_pieces(tmp_path: Path) -> None:
+def test_a_wave_is_broadcast_once_all_its_devices_asked(tmp_path: Path) -> None:
     broker, store = InMemoryBroker(), ArtifactStore(tmp_path / "store")
-    transfer = BundleTransfer(broker, store, TufRepository(tmp_path / "tuf"), chunk_size=65536)
-    body = np.random.default_rng(0).bytes(200_000)
-    old, new = store.put_bytes(body + b"head v1" * 100), store.put_bytes(body + b"head v2" * 100)
-    unrelated = store.put_bytes(np.random.default_rng(1).bytes(200_000))
-    transfer.push(new, {old})  # its devices download the few pieces they lack instead
-    assert broker.published == []
-    transfer.push(new, {unrelated})
-    assert len(broker.published) == 4  # every chunk of the 200 KB bundle
+    transfer = BundleTransfer(
+        broker, store, TufRepository(tmp_path / "tuf"), chunk_size=4, gather_s=600, rebroadcast_window_s=600
+    )
+    sha = store.put_bytes(b"0123456789")
+    sent = threading.Event()
+    broker.subscribe(topics.bundle_topic(sha), lambda _m: sent.set())
+    transfer.push(sha, ["cam-1", "cam-2", "cam-3"])  # about to be ordered: not listening yet
+    transfer.handle("cam-1", _chunks(sha, [0, 1, 2]))
+    transfer.handle("cam-2", _chunks(sha, [0, 1, 2]))
+    assert not sent.is_set()  # cam-3 is still subscribing
+    transfer.handle("cam-3", _chunks(sha, [0, 1, 2]))  # the last one: out now, not after the gather delay
+    assert sent.wait(10)
+    assert wait_until(lambda: transfer.broadcasts == 3, 10)
+    transfer.handle("cam-4", _chunks(sha, [0, 1, 2]))  # after the wave: a late joiner, served by a repair
+    assert transfer.broadcasts == 3
+    transfer.close()
+
+
+def test_a_wave_with_a_silent_device_goes_out_once_requests_stop(tmp_path: Path) -> None:
+    broker, store = InMemoryBroker(), ArtifactStore(tmp_path / "store")
+    transfer = BundleTransfer(
+        broker, store, TufRepository(tmp_path / "tuf"), chunk_size=4, gather_s=0.05, wave_wait_s=600
+    )
+    sha = store.put_bytes(b"0123456789")
+    sent = threading.Event()
+    broker.subscribe(topics.bundle_topic(sha), lambda _m: sent.set())
+    transfer.push(sha, ["cam-1", "offline"])
+    transfer.handle("cam-1", _chunks(sha, [0, 1, 2]))
+    assert sent.wait(10)  # gather_s after the last request, not wave_wait_s
+    transfer.push("ef" * 32, ["cam-1"])  # a wave nobody asks for sends nothing
+    transfer.close()
+    assert transfer.broadcasts == 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pytest
@@ -553,24 +553,21 @@ def test_failure_reasons_survive_a_new_manager(fleet: Fleet) -> None:
     assert RolloutStore(fleet.hub.db).errors() == {}  # the rollout is final: nothing left to remember
 
 
-def test_each_wave_pushes_its_bundle_once_its_orders_are_out(fleet: Fleet) -> None:
+def test_each_wave_announces_its_devices_before_their_orders(fleet: Fleet) -> None:
     [fleet.device(f"d{i}") for i in range(6)]
     manager = fleet.manager()
-    pushed: list[tuple[str, int]] = []
-    installed: list[set[str]] = []
+    pushed: list[tuple[str, int, int]] = []
 
-    def push(sha: str, bases: set[str]) -> None:
-        pushed.append((sha, sum(o is not None for o in fleet.orders.values())))
-        installed.append(bases)
+    def push(sha: str, devices: Collection[str]) -> None:
+        pushed.append((sha, len(devices), sum(o is not None for o in fleet.orders.values())))
 
     manager.push = push
     manager.start_rollout(_plan(), rollout_id="ro-push")
     assert _drive(fleet, manager, "ro-push").state == RolloutState.COMPLETED
     bundle = fleet.hub.registry.list_variants("digits", "2.0.0")[0].bundle_sha256
-    # canary (1 device), 50% (3), 100% (6): each push after that wave's orders were sent
-    assert pushed == [(bundle, 1), (bundle, 3), (bundle, 6)]
-    running = fleet.hub.registry.list_variants("digits", "1.0.0")[0].bundle_sha256
-    assert installed == [{running}] * 3  # what the wave runs, so a bundle that a delta would serve is not pushed
+    # canary (1 device), 50% (2 more), 100% (3 more): each announced before any of its orders was sent, so the
+    # bundle's broadcast waits for the requests of exactly these devices
+    assert pushed == [(bundle, 1, 0), (bundle, 2, 1), (bundle, 3, 3)]
 
 
 def test_canary_report_of_a_rollout_uses_its_own_gate_settings(fleet: Fleet) -> None:
