@@ -16,7 +16,8 @@ States and the events that move between them are listed once, in `TRANSITIONS`. 
 table does not allow in the current state raise `RolloutError`.
 The package, one job per module: `states` (states, events, commands and the transition table), `inputs`
 (`DeviceStatus`, the gate's verdict), `snapshot` (`RolloutSnapshot` and its records), `actions` (what the hub
-is asked to do), `engine` (``step``), `status` (``summarize``).
+is asked to do), `engine` (``step``), `status` (``summarize``), `timers` (``next_due``: when a step is due
+without new input).
 
 Exceptions (see `fleet.errors`)::
 
@@ -53,6 +54,7 @@ from fleet.rollout.snapshot import (
 )
 from fleet.rollout.states import ADVANCING, FINAL_STATES, TRANSITIONS, Command, Event, RolloutState
 from fleet.rollout.status import PhaseCounts, RolloutStatus, WaveProgress, summarize
+from fleet.rollout.timers import next_due
 from fleet.verdict import Verdict
 
 __all__ = [
@@ -91,6 +93,7 @@ __all__ = [
     "dump_actions",
     "load_actions",
     "new_rollout",
+    "next_due",
     "step",
     "summarize",
 ]

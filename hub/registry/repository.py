@@ -8,9 +8,10 @@ import math
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import semver
+import sqlalchemy as sql
 from datasketches import kll_floats_sketch
 from pydantic import ValidationError
 from sqlalchemy import delete, insert, or_, update
@@ -85,6 +86,17 @@ _BLOCK = 500  # ids per IN (...) list: well below every database's limit on boun
 def _blocks(ids: list[str]) -> Iterator[list[str]]:
     for start in range(0, len(ids), _BLOCK):
         yield ids[start : start + _BLOCK]
+
+
+class DeviceView(NamedTuple):
+    """A device as the rollout engine sees it in the registry (`Registry.device_inventory`)."""
+
+    id: str
+    target: str
+    labels: dict[str, str]
+    online: bool
+    active_model: str | None
+    active_version: str | None
 
 
 class Registry:
@@ -299,6 +311,14 @@ class Registry:
         """All devices by id."""
         with self.db.session() as session:
             return list(session.exec(select(Device).order_by(Device.id)))
+
+    def device_inventory(self) -> list[DeviceView]:
+        """What the rollout engine needs of every device, by id: plain tuples, much cheaper than `list_devices`
+        on a fleet of thousands."""
+        columns = [Device.id, Device.target, Device.labels, Device.online, Device.active_model, Device.active_version]
+        with self.db.session() as session:
+            rows = session.connection().execute(sql.select(*map(col, columns)).order_by(col(Device.id)))
+            return [DeviceView._make(row) for row in rows]
 
     def apply_device_state(self, state: DeviceState) -> bool:
         """Record a device's reported state; return False for devices that are not provisioned."""

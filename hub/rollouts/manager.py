@@ -1,11 +1,18 @@
 """`RolloutManager`: steps the pure engine of `fleet.rollout` for every open rollout, persists, then acts.
 
-It runs inside a started `Hub`: it ticks every open rollout on a timer and whenever a device reports
-(coalesced on one worker thread), turns ``DeployTo`` into retained `DeploymentOrder`s (``deployment_id`` = the
-rollout id), ``RollBack`` into orders for each device's last known good model (``allow_downgrade``), and answers
-``RequestGate`` with the gate analysis (`hub.rollouts.gate.canary_gate` by default). Persist, then act: each
-step is stored with its actions (`hub.registry.rollouts.RolloutStore`) before they are carried out, so a
-restarted hub drains the outbox and keeps stepping from the stored snapshot.
+It runs inside a started `Hub`. Its worker thread ticks on events, not on a period: a device report that can
+move a rollout (a device finished, failed, appeared or went on- or offline; not mid-download progress), a
+rollout's own next due time (`fleet.rollout.next_due`: a device timeout, the gate's next request), and, polled
+every ``tick_s`` with two cheap queries, operator commands or rollouts that another hub replica queued. Reports
+arriving during a tick are handled together by the next one, which starts no sooner than the last one took
+(at most ``_MAX_SPACING_S`` later), so a wave of thousands costs a few ticks, not one per report.
+
+Each step turns ``DeployTo`` into retained `DeploymentOrder`s (``deployment_id`` = the rollout id; a wave's
+sequences reserved in one transaction, its devices announced to `BundleTransfer.push` first), ``RollBack`` into
+orders for each device's last known good model (``allow_downgrade``), and answers ``RequestGate`` with the gate
+analysis (`hub.rollouts.gate.canary_gate` by default). Persist, then act: each step is stored with its actions
+(`hub.registry.rollouts.RolloutStore`) before they are carried out, so a restarted hub drains the outbox and
+keeps stepping from the stored snapshot.
 
 It receives what it needs, never the whole hub: the registry, an order sink (`OrderSink`), and device states and
 events through `observe_state` / `observe_event` (the hub wires those to `hub.devices.traffic.DeviceTraffic`,
@@ -44,12 +51,15 @@ from fleet.rollout import (
     RolloutStatus,
     Skipped,
     StateChanged,
+    next_due,
     step,
 )
+from fleet.rollout.inputs import BUSY_UPDATE_STATES
 from fleet.rollout_plan import RolloutPlan
 from fleet.wire.messages import DeploymentOrder, DeviceState, InstalledModel, UpdateEvent, UpdateState
 from hub.errors import NotFoundError
 from hub.registry import Registry, Variant
+from hub.registry.repository import DeviceView
 from hub.registry.rollouts import RolloutStore
 from hub.rollouts.gate import GateAnalysis, canary_gate
 from hub.rollouts.operations import create_rollout, request_command, rollout_status
@@ -59,6 +69,7 @@ __all__ = ["OrderSink", "RolloutManager"]
 log = logging.getLogger(__name__)
 
 _MAX_GATE_ROUNDS = 8
+_MAX_SPACING_S = 0.25
 
 
 class OrderSink(Protocol):
@@ -112,6 +123,7 @@ class RolloutManager:
         self.analyse = analyse or canary_gate(registry)
         self.clock = clock
         self._states: dict[str, DeviceState] = {}
+        self._status_cache: dict[str, tuple[DeviceView, DeviceState | None, str | None, DeviceStatus]] = {}
         self._errors: dict[tuple[str, str], str] = {}
         self._data_lock = threading.Lock()
         self._tick_lock = threading.RLock()
@@ -119,19 +131,26 @@ class RolloutManager:
         self._ticked = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._next_due: float | None = None  # the earliest `next_due` of the open rollouts after the last tick
+        self._open: set[str] = set()
         self.ticks = 0
+        self.tick_seconds = 0.0  # spent stepping, storing and acting, all ticks together
 
     # -- inputs ---------------------------------------------------------------------------------------------
 
     def observe_state(self, state: DeviceState) -> None:
-        """Record a device's reported state and schedule a tick."""
+        """Record a device's reported state; schedule a tick unless it only says the device is still busy."""
         with self._data_lock:
+            previous = self._states.get(state.device_id)
             self._states[state.device_id] = state
-        self._wake.set()
+        if previous is None or state.update_state not in BUSY_UPDATE_STATES or state.online != previous.online:
+            self._wake.set()
 
     def observe_event(self, event: UpdateEvent) -> None:
-        """Record a device's update event (failures feed `DeviceStatus.error`) and schedule a tick."""
-        if not event.ok and event.detail:
+        """Record a device's update event (failures feed `DeviceStatus.error`); a failure schedules a tick."""
+        if event.ok:
+            return  # progress and success: the state that follows says the same
+        if event.detail:
             with self._data_lock:
                 known = self._errors.get((event.device_id, event.deployment_id))
                 self._errors[(event.device_id, event.deployment_id)] = event.detail
@@ -143,33 +162,26 @@ class RolloutManager:
         self._wake.set()
 
     def statuses(self) -> list[DeviceStatus]:
-        """The whole inventory as the engine sees it: registry rows, refined by retained states."""
+        """The whole inventory as the engine sees it: registry rows, refined by retained states.
+
+        Statuses are frozen, so one is rebuilt only when its device's row, state or failure detail changed:
+        a tick over a fleet of thousands costs one light query, not thousands of new objects."""
         with self._data_lock:
             states = dict(self._states)
             errors = dict(self._errors)
         out = []
-        for device in self.registry.list_devices():
-            state = states.get(device.id)
-            if state is not None:
-                error = errors.get((device.id, state.deployment_id)) if state.deployment_id else None
-                status = DeviceStatus.from_state(state, device.labels, error)
-                if status.target is None:
-                    status = status.model_copy(update={"target": device.target})
-                if status.update_state == UpdateState.ROLLBACK and error is None:
-                    # still reverting: its failed event, with the reason, follows
-                    status = status.model_copy(update={"update_state": None})
-                out.append(status)
+        cache: dict[str, tuple[DeviceView, DeviceState | None, str | None, DeviceStatus]] = {}
+        for row in self.registry.device_inventory():
+            state = states.get(row.id)
+            error = errors.get((row.id, state.deployment_id)) if state is not None and state.deployment_id else None
+            known = self._status_cache.get(row.id)
+            if known is not None and known[1] is state and known[2] == error and known[0] == row:
+                status = known[3]
             else:
-                out.append(
-                    DeviceStatus(
-                        device_id=device.id,
-                        target=device.target,
-                        labels=device.labels,
-                        online=device.online,
-                        active_model=device.active_model,
-                        active_version=device.active_version,
-                    )
-                )
+                status = _status(row, state, error)
+            cache[row.id] = (row, state, error, status)
+            out.append(status)
+        self._status_cache = cache
         return out
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -198,14 +210,27 @@ class RolloutManager:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.tick_s)
+            due_in = self._next_due - self.clock() if self._next_due is not None else self.tick_s
+            woken = self._wake.wait(max(0.0, min(self.tick_s, due_in)))
             self._wake.clear()
             if self._stop.is_set():
                 return
             try:
+                if not (woken or self._due() or self._queued_elsewhere()):
+                    continue
+                began = time.perf_counter()
                 self.tick()
+                # let the reports arriving meanwhile gather: the next tick takes them all at once
+                self._stop.wait(min(time.perf_counter() - began, _MAX_SPACING_S))
             except Exception:  # a bad tick must not stop the rollouts
                 log.exception("rollout tick failed")
+
+    def _due(self) -> bool:
+        return self._next_due is not None and self.clock() >= self._next_due
+
+    def _queued_elsewhere(self) -> bool:
+        """Whether a command or a rollout was queued since the last tick (by a REST route of any replica)."""
+        return bool(self.store.pending_commands()) or set(self.store.open_ids()) != self._open
 
     # -- operator API (REST) --------------------------------------------------------------------------------
 
@@ -234,6 +259,7 @@ class RolloutManager:
     def tick(self) -> None:
         """Apply queued commands, then step every open rollout once (answering gate requests at once)."""
         with self._tick_lock:
+            began = time.perf_counter()
             self.ticks += 1
             commands, open_ids = self.store.pending_commands(), self.store.open_ids()
             statuses = self.statuses() if commands or open_ids else []
@@ -246,9 +272,16 @@ class RolloutManager:
                     continue
                 self._commit(snapshot, actions, statuses)
                 self.store.finish_command(command.id)
+            due: list[float] = []
             for rollout_id in open_ids:
                 snapshot, actions = step(self.store.load(rollout_id), self.clock(), statuses)
-                self._commit(snapshot, actions, statuses)
+                snapshot = self._commit(snapshot, actions, statuses)
+                when = next_due(snapshot, self.clock())
+                if when is not None:
+                    due.append(when)
+            self._next_due = min(due, default=None)
+            self._open = set(open_ids)
+            self.tick_seconds += time.perf_counter() - began
         with self._ticked:
             self._ticked.notify_all()
 
@@ -269,15 +302,20 @@ class RolloutManager:
                     return False
                 self._ticked.wait(remaining)
 
-    def _commit(self, snapshot: RolloutSnapshot, actions: list[Action], statuses: list[DeviceStatus]) -> None:
+    def _commit(
+        self, snapshot: RolloutSnapshot, actions: list[Action], statuses: list[DeviceStatus]
+    ) -> RolloutSnapshot:
+        """Store the step with its actions, carry them out, and step again with a gate verdict; return the
+        snapshot last stored."""
         for _ in range(_MAX_GATE_ROUNDS):
             outbox_id = self.store.save(snapshot, actions)
             verdict = self._act(snapshot, actions, statuses)
             self.store.mark_done(outbox_id)
             if verdict is None:
-                return
+                return snapshot
             snapshot, actions = step(snapshot, self.clock(), statuses, gate_verdict=verdict)
         log.warning("rollout %s: gate kept asking within one tick", snapshot.rollout_id)
+        return snapshot
 
     def _act(
         self, snapshot: RolloutSnapshot, actions: Iterable[Action], statuses: list[DeviceStatus]
@@ -391,6 +429,26 @@ class RolloutManager:
             if str(row.id) == variant_id:
                 return row
         raise NotFoundError(f"variant {variant_id} of {model}:{version} no longer exists")
+
+
+def _status(row: DeviceView, state: DeviceState | None, error: str | None) -> DeviceStatus:
+    """A device's status: its retained state when one was seen, else the registry's copy."""
+    if state is None:
+        return DeviceStatus(
+            device_id=row.id,
+            target=row.target,
+            labels=row.labels,
+            online=row.online,
+            active_model=row.active_model,
+            active_version=row.active_version,
+        )
+    status = DeviceStatus.from_state(state, row.labels, error)
+    if status.target is None:
+        status = status.model_copy(update={"target": row.target})
+    if status.update_state == UpdateState.ROLLBACK and error is None:
+        # still reverting: its failed event, with the reason, follows
+        status = status.model_copy(update={"update_state": None})
+    return status
 
 
 def _describe(action: Any) -> str:
