@@ -2,7 +2,8 @@
 broker's own fan-out of the same chunks to the same waves, measured in the same run. Writes
 bench/results/rollout.json.
 
-The hub is the real one (`hub.app.Hub` with its `RolloutManager`), on a Mosquitto of the run's own. Devices
+The hub is the real one (`hub.app.Hub` with its `RolloutManager`), in a process of its own as on its own
+machine (it shares no interpreter lock with the devices), on a Mosquitto of the run's own. Devices
 are lightweight MQTT clients (one connection each, all driven by one thread), not full agents: each reports a
 retained state, takes its retained deployment order, subscribes to the bundle's broadcast topic and asks for
 the chunks at once (as the agent does: the request tells the hub it listens), asks again for missing ones
@@ -32,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import queue
@@ -46,6 +48,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +58,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fleet.rollout import FINAL_STATES  # noqa: E402
+from fleet.rollout import FINAL_STATES, RolloutSnapshot  # noqa: E402
 from fleet.rollout_plan import plan_from_cli  # noqa: E402
 from fleet.wire import topics  # noqa: E402
 from fleet.wire.messages import (  # noqa: E402
@@ -375,9 +378,7 @@ def measure_fanout(
     return seconds
 
 
-def wave_timeline(
-    fleet: SimFleet, snapshot: Any, waves: dict[str, int], wave_done: list[float], start: float
-) -> list[dict[str, Any]]:
+def wave_timeline(fleet: SimFleet, waves: dict[str, int], wave_done: list[float], start: float) -> list[dict[str, Any]]:
     """Per wave, from the devices' side, seconds since the rollout started: orders received, last request sent,
     bundles complete, the engine marking the wave complete."""
     by_id = {d.device_id: d for d in fleet.devices}
@@ -478,29 +479,126 @@ def mosquitto_version() -> str:
     return out.splitlines()[0].split()[-1] if out else "?"
 
 
-def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, Any]:
+def hub_process(conn: Connection, settings_json: str, bundle_bytes: int, ids: list[str]) -> None:
+    """The hub in a process of its own, as on its own machine (no interpreter lock shared with the simulated
+    devices): registers the versions, provisions the devices, then answers the driver's commands."""
     from hub.app import Hub
     from hub.config import HubSettings
 
-    address = BrokerAddress.from_url(broker_url)
-    hub = Hub(
-        HubSettings(
-            data_dir=tmp / "hub",
-            broker_url=broker_url,
-            chunk_size=args.chunk_kb * 1024,
-            rebroadcast_window_s=args.rebroadcast_window,
-            chunk_gather_s=args.gather,
-        )
-    )
+    hub = Hub(HubSettings.model_validate_json(settings_json))
     hub.start()
+    try:
+        installed, new_sha = register_versions(hub, bundle_bytes)
+        provision(hub, ids)
+        conn.send(("ok", (installed.model_dump_json(), new_sha)))
+        while True:
+            command, payload = conn.recv()
+            if command == "stop":
+                return
+            if command == "ready":
+                conn.send(("ok", sees_every_state(hub, payload)))
+            elif command == "rollout":
+                conn.send(("ok", roll_out(hub, new_sha, **payload)))
+    except Exception as exc:  # reported by the driver as one line
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        hub.stop()
+
+
+def sees_every_state(hub: Any, timeout_s: float) -> bool:
+    """Whether the hub's rollout view holds every device's retained state (before the rollout starts)."""
+    assert hub.rollouts is not None
+    manager = hub.rollouts
+    return bool(manager.wait_for(lambda: all(s.update_state is not None for s in manager.statuses()), timeout_s))
+
+
+def roll_out(hub: Any, new_sha: str, *, waves: str, rollout_id: str, timeout_s: float) -> dict[str, Any]:
+    """Run the rollout in the hub's process; return what the driver reports."""
+    assert hub.transfer is not None and hub.rollouts is not None
+    manager, transfer = hub.rollouts, hub.transfer
+    ticks: list[tuple[float, float]] = []
+    untimed = manager.tick
+
+    def tick() -> None:  # the worker calls self.tick: timed here, for the report
+        began = time.time()
+        untimed()
+        ticks.append((began, time.time() - began))
+
+    manager.tick = tick
+    plan = plan_from_cli("digits:2.0.0", canary="1%", waves=waves, gate=False, min_devices=10, device_timeout_s=600)
+    egress, broadcasts = transfer.egress_bytes, transfer.broadcasts
+    start_wall, start = time.time(), time.perf_counter()
+    snapshot = manager.start_rollout(plan, rollout_id=rollout_id)
+    snapshot = manager.wait(snapshot.rollout_id, lambda s: s.state in FINAL_STATES, timeout_s)
+    duration = time.perf_counter() - start
+    if snapshot.state not in FINAL_STATES:
+        raise BenchError(f"the rollout did not finish in {timeout_s:g} s: {snapshot.state.value}, {snapshot.reason}")
+    return {
+        "snapshot": snapshot.model_dump_json(),
+        "start_wall": start_wall,
+        "seconds": duration,
+        "egress_bytes": transfer.egress_bytes - egress,
+        "broadcasts": transfer.broadcasts - broadcasts,
+        "ticks": ticks,
+        "bundle_bytes": hub.store.size(new_sha),
+    }
+
+
+class HubProcess:
+    """The driver's end of `hub_process`."""
+
+    def __init__(self, settings_json: str, bundle_bytes: int, ids: list[str]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(
+            target=hub_process, args=(child, settings_json, bundle_bytes, ids), name="bench-hub", daemon=True
+        )
+        self.process.start()
+
+    def reply(self, timeout_s: float) -> Any:
+        """The hub's answer to the last command, or `BenchError`."""
+        if not self.conn.poll(timeout_s):
+            raise BenchError(f"the hub process did not answer within {timeout_s:g} s")
+        status, value = self.conn.recv()
+        if status == "error":
+            raise BenchError(f"the hub failed: {value}")
+        return value
+
+    def ask(self, command: str, payload: Any, timeout_s: float) -> Any:
+        """Send a command and wait for its answer."""
+        self.conn.send((command, payload))
+        return self.reply(timeout_s)
+
+    def stop(self) -> None:
+        """Stop the hub and its process."""
+        if self.process.is_alive():
+            with contextlib.suppress(OSError):
+                self.conn.send(("stop", None))
+            self.process.join(60)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, Any]:
+    from hub.config import HubSettings
+
+    address = BrokerAddress.from_url(broker_url)
+    settings = HubSettings(
+        data_dir=tmp / "hub",
+        broker_url=broker_url,
+        chunk_size=args.chunk_kb * 1024,
+        rebroadcast_window_s=args.rebroadcast_window,
+        chunk_gather_s=args.gather,
+    )
+    run_id = secrets.token_hex(3)
+    ids = [f"bench-{run_id}-{i:04d}" for i in range(args.devices)]
+    hub = HubProcess(settings.model_dump_json(), args.bundle_kb * 1024, ids)
     fleet = SimFleet(args.ask_after)
     publisher = fanout_publisher(address)
     driver: Driver | None = None
-    run_id = secrets.token_hex(3)
     try:
-        installed, new_sha = register_versions(hub, args.bundle_kb * 1024)
-        ids = [f"bench-{run_id}-{i:04d}" for i in range(args.devices)]
-        provision(hub, ids)
+        installed_json, new_sha = hub.reply(300)
+        installed = InstalledModel.model_validate_json(installed_json)
         t0 = time.perf_counter()
         fleet.devices = [SimDevice(d, address, installed, fleet) for d in ids]
         driver = Driver(fleet.devices, args.chunk_timeout)
@@ -508,36 +606,21 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
         if not fleet.wait_connected(args.devices, 120):
             raise BenchError(f"only {fleet.connected_count} of {args.devices} devices connected in 120 s")
         connect_s = time.perf_counter() - t0
-
-        assert hub.transfer is not None and hub.rollouts is not None
-        manager = hub.rollouts
-        # the hub's rollout view must hold every device's retained state before the rollout starts
-        if not manager.wait_for(lambda: all(s.update_state is not None for s in manager.statuses()), 300):
+        if not hub.ask("ready", 300, 330):
             raise BenchError("the hub did not see every device's retained state in 300 s")
-        plan = plan_from_cli(
-            "digits:2.0.0", canary="1%", waves=args.waves, gate=False, min_devices=10, device_timeout_s=600
+        rollout = hub.ask(
+            "rollout",
+            {"waves": args.waves, "rollout_id": f"bench-{run_id}", "timeout_s": args.timeout},
+            args.timeout + 60,
         )
-        egress_before = hub.transfer.egress_bytes
-        broadcasts_before = hub.transfer.broadcasts
-        ticks_before, tick_s_before = manager.ticks, manager.tick_seconds
-        start_wall = time.time()
-        start = time.perf_counter()
-        snapshot = manager.start_rollout(plan, rollout_id=f"bench-{run_id}")
-        snapshot = manager.wait(snapshot.rollout_id, lambda s: s.state in FINAL_STATES, args.timeout)
-        duration = time.perf_counter() - start
-        if snapshot.state not in FINAL_STATES:
-            raise BenchError(
-                f"the rollout did not finish in {args.timeout:g} s: {snapshot.state.value}, {snapshot.reason}"
-            )
-        egress = hub.transfer.egress_bytes - egress_before
-        broadcasts = hub.transfer.broadcasts - broadcasts_before
-        ticks, tick_seconds = manager.ticks - ticks_before, manager.tick_seconds - tick_s_before
-        bundle = hub.store.size(new_sha)
+        snapshot = RolloutSnapshot.model_validate_json(rollout["snapshot"])
+        duration, egress, bundle = rollout["seconds"], rollout["egress_bytes"], rollout["bundle_bytes"]
         done = [h for h in snapshot.history if h.event.value in ("wave_complete", "last_wave_complete")]
         on_version = sum(1 for d in fleet.devices if d.installed.sha256 == new_sha)
         chunks = math.ceil(bundle / (args.chunk_kb * 1024))
         waves = {r.device_id: r.wave for r in snapshot.devices.values() if r.wave is not None}
         sizes = [sum(1 for w in waves.values() if w == wave) for wave in range(max(waves.values(), default=-1) + 1)]
+        ticks = rollout["ticks"]
 
         # The broker alone delivering the same chunks to the same waves, wave after wave.
         subscribe_waves(driver, fleet, waves, 120)
@@ -555,17 +638,18 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
             "devices_on_version": on_version,
             "waves": args.waves,
             "wave_sizes": sizes,
-            "waves_timeline": wave_timeline(fleet, snapshot, waves, [h.at for h in done], start_wall),
+            "waves_timeline": wave_timeline(fleet, waves, [h.at for h in done], rollout["start_wall"]),
+            "engine_ticks": len(ticks),
+            "engine_tick_seconds": round(sum(t for _, t in ticks), 3),
+            "engine_ticks_at_s": [[round(at - rollout["start_wall"], 3), round(t, 3)] for at, t in ticks],
             "devices_per_s": round(on_version / duration, 1),
             "bundle_bytes": bundle,
             "chunk_bytes": args.chunk_kb * 1024,
             "chunks_per_bundle": chunks,
-            "chunk_broadcasts": broadcasts,
+            "chunk_broadcasts": rollout["broadcasts"],
             "hub_egress_bytes": egress,
             "hub_egress_bundles": round(egress / bundle, 2),
             "unicast_egress_bytes_would_be": bundle * on_version,
-            "engine_ticks": ticks,
-            "engine_tick_seconds": round(tick_seconds, 3),
             "chunk_gather_s": args.gather,
             "rebroadcast_window_s": args.rebroadcast_window,
             "chunk_timeout_s": args.chunk_timeout,

@@ -270,7 +270,8 @@ class Hub:
         )
         if self.transfer is not None and self.settings.bundle_transport == "mqtt":  # see BundleTransfer.push
             for sha in {variant.bundle_sha256 for variant in chosen.values()}:
-                self.transfer.push(sha, [d for d, v in chosen.items() if v.bundle_sha256 == sha])
+                devices = [self.registry.get_device(d) for d, v in chosen.items() if v.bundle_sha256 == sha]
+                self.transfer.push(sha, [d.id for d in devices if d.online])
         orders = {
             device_id: self.orders.order_for(
                 deployment.id,

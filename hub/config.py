@@ -67,7 +67,7 @@ class HubSettings(BaseModel):
         default=0.3, ge=0, le=10, description="chunk requests gathered this long (quiet time) before a broadcast"
     )
     chunk_wave_wait_s: float = Field(
-        default=5.0, ge=0, le=60, description="a wave's broadcast waits at most this long for its devices to ask"
+        default=3.0, ge=0, le=60, description="a wave's broadcast waits at most this long for its devices to ask"
     )
     artifact_store: str | None = Field(
         default=None,

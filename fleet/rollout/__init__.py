@@ -16,8 +16,8 @@ States and the events that move between them are listed once, in `TRANSITIONS`. 
 table does not allow in the current state raise `RolloutError`.
 The package, one job per module: `states` (states, events, commands and the transition table), `inputs`
 (`DeviceStatus`, the gate's verdict), `snapshot` (`RolloutSnapshot` and its records), `actions` (what the hub
-is asked to do), `engine` (``step``), `status` (``summarize``), `timers` (``next_due``: when a step is due
-without new input).
+is asked to do), `engine` (``step``), `status` (``summarize``), `timers` (``next_due``,
+``awaiting``: when a step is due, so the hub ticks on events).
 
 Exceptions (see `fleet.errors`)::
 
@@ -54,7 +54,7 @@ from fleet.rollout.snapshot import (
 )
 from fleet.rollout.states import ADVANCING, FINAL_STATES, TRANSITIONS, Command, Event, RolloutState
 from fleet.rollout.status import PhaseCounts, RolloutStatus, WaveProgress, summarize
-from fleet.rollout.timers import next_due
+from fleet.rollout.timers import Awaiting, awaiting, next_due
 from fleet.verdict import Verdict
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "FINAL_STATES",
     "TRANSITIONS",
     "Action",
+    "Awaiting",
     "Command",
     "Deferred",
     "DeployTo",
@@ -90,6 +91,7 @@ __all__ = [
     "Verdict",
     "WaveProgress",
     "allowed_commands",
+    "awaiting",
     "dump_actions",
     "load_actions",
     "new_rollout",

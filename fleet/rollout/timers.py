@@ -1,11 +1,48 @@
-"""``next_due``: when a rollout next needs a step although no device reported (a timeout, the gate's next
-request or deadline, a maintenance window opening), so the hub can tick on events and on these times only."""
+"""When a rollout next needs a step, so the hub ticks on events and these times only (no fixed period):
+
+- ``next_due``: a time after which ``step`` may move the rollout with no new report (a device timeout, the
+  gate's next request or deadline, a maintenance window opening);
+- ``awaiting``: while a wave runs, the devices whose outcome can complete it and how many of them may still be
+  missing when it completes, so a report of success wakes the engine only once the wave can be complete.
+"""
 
 from __future__ import annotations
 
-from fleet.rollout.snapshot import Phase, RolloutSnapshot
+import math
+from typing import NamedTuple
+
+from fleet.rollout.snapshot import ENGAGED, Phase, RolloutSnapshot, population, schedule
 from fleet.rollout.states import DEPLOYING_STATES, RolloutState
 from fleet.windows import next_opening
+
+
+class Awaiting(NamedTuple):
+    """The running wave's devices with no outcome yet; ``step`` can complete the wave once at most ``slack``
+    of them still have none (a failure can end it sooner: the hub steps on every failure)."""
+
+    devices: frozenset[str]
+    slack: int
+
+
+def awaiting(snapshot: RolloutSnapshot) -> Awaiting | None:
+    """What the running wave waits for, or None when the rollout is not simply waiting on its wave's outcomes
+    (then any report may move it)."""
+    if snapshot.state != RolloutState.WAVE_RUNNING:
+        return None
+    targets = schedule(snapshot)
+    wave = snapshot.wave
+    target = targets[wave] if wave < len(targets) else targets[-1]
+    engaged = [r for r in snapshot.devices.values() if r.phase in ENGAGED]
+    if len(engaged) < target:
+        return None  # devices still to dispatch (a maintenance window, say): keep stepping on reports
+    if target >= population(snapshot):  # the last wave ends when every device sent has an outcome
+        return Awaiting(frozenset(r.device_id for r in engaged if r.phase == Phase.DISPATCHED), 0)
+    members = [r for r in engaged if r.wave == wave]
+    in_flight = frozenset(r.device_id for r in members if r.phase == Phase.DISPATCHED)
+    succeeded = sum(1 for r in members if r.phase == Phase.SUCCEEDED)
+    needed = math.ceil(snapshot.plan.success_threshold * len(members) - 1e-9)
+    # the wave completes once succeeded >= needed; every device still in flight may yet succeed
+    return Awaiting(in_flight, max(0, succeeded + len(in_flight) - needed))
 
 
 def next_due(snapshot: RolloutSnapshot, now: float) -> float | None:

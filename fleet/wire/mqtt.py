@@ -118,6 +118,7 @@ class PahoBroker:
         reconnect_max_delay_s: int = 30,
         on_connect: Any = None,
         wait_connected: bool = True,
+        max_inflight: int = 20,
     ) -> None:
         import paho.mqtt.client as mqtt
 
@@ -140,6 +141,7 @@ class PahoBroker:
             clean_session=True,
         )
         self._client.max_queued_messages_set(10_000)
+        self._client.max_inflight_messages_set(max_inflight)  # QoS 1 publishes awaiting the broker's ack
         if address.tls is not None:
             self._client.tls_set_context(address.tls.context())
         if address.username is not None:

@@ -4,11 +4,10 @@ Bundle chunks go to one broadcast topic per bundle, so devices fetching together
 subscribes, then asks on its ``fetch`` topic for the chunks it lacks; requests are gathered, not answered one
 by one:
 
-- A wave (`push`: a rollout wave or `Hub.deploy` names the devices it is about to order) is broadcast once
-  every device of the wave has asked, or once its requests stopped coming for ``gather_s`` (offline devices),
-  and at the latest ``wave_wait_s`` after the push. Each device's request arrives after its subscription
-  (one connection keeps its order), so the whole wave is listening: it costs one bundle of egress. A wave of
-  which no device asks sends nothing.
+- A wave (`push`: a rollout wave or `Hub.deploy` names the online devices it is about to order) is broadcast
+  once every device of the wave has asked, and at the latest ``wave_wait_s`` after the push (a device that
+  never asks). Each device's request arrives after its subscription (one connection keeps its order), so the
+  whole wave is listening: it costs one bundle of egress. A wave of which no device asks sends nothing.
 - Any other request is broadcast ``gather_s`` after it arrived, and the requests arriving meanwhile ride along.
 - Repair window: a chunk is broadcast at most once per ``rebroadcast_window_s``. A late joiner's request for
   a chunk sent within the window is kept and served when the window ends, together with every other late
@@ -83,7 +82,6 @@ class _Wave:
     waiting: set[str]
     latest: float  # broadcast by then at the latest (when anyone asked)
     asked: set[str] = field(default_factory=set)
-    asked_at: float | None = None
     keys: set[_Key] = field(default_factory=set)
 
 
@@ -99,7 +97,7 @@ class BundleTransfer:
         chunk_size: int = 64 * 1024,
         rebroadcast_window_s: float = 2.0,
         gather_s: float = 0.0,
-        wave_wait_s: float = 5.0,
+        wave_wait_s: float = 3.0,
         flow_window: int = 16,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -121,6 +119,7 @@ class BundleTransfer:
         self._sender: threading.Thread | None = None
         self._closed = False
         self._indexes: OrderedDict[str, ChunkIndex | None] = OrderedDict()
+        self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._send_lock = threading.Lock()  # one broadcast at a time, in key order
@@ -208,7 +207,7 @@ class BundleTransfer:
         if request.sha256 is None:
             raise ProtocolError("chunk request without sha256")
         try:
-            size = self.store.size(request.sha256)
+            size = self._size(request.sha256)
         except NotFoundError:
             self._refuse(device_id, request, request.sha256, f"the hub has no bundle {request.sha256}")
             return
@@ -220,6 +219,18 @@ class BundleTransfer:
             )
             return
         self._schedule(device_id, request.sha256, self._chunk_frames(request.sha256, wanted, count))
+
+    def _size(self, sha256: str) -> int:
+        """A stored bundle's size, remembered: content-addressed, it never changes (a wave asks a thousand times)."""
+        with self._lock:
+            size = self._sizes.get(sha256)
+        if size is None:
+            size = self.store.size(sha256)
+            with self._lock:
+                if len(self._sizes) >= _INDEXES_CACHED * 32:
+                    self._sizes.clear()
+                self._sizes[sha256] = size
+        return size
 
     def _chunk_frames(self, sha256: str, indices: list[int], count: int) -> dict[_Key, _Frame]:
         topic = topics.bundle_topic(sha256)
@@ -283,7 +294,6 @@ class BundleTransfer:
             if wave is not None:
                 wave.waiting.discard(device_id)
                 wave.asked.add(device_id)
-                wave.asked_at = now
                 self._time_wave(wave, now)
             if len(self._recent) > _MAX_RECENT:  # forget old entries so the map stays bounded
                 cutoff = now - self.rebroadcast_window_s
@@ -295,10 +305,11 @@ class BundleTransfer:
             self._ensure_sender()
 
     def _time_wave(self, wave: _Wave, now: float) -> None:
-        """Set the due time of a wave's frames: now once everyone asked, else when requests went quiet."""
-        if wave.asked_at is None:
+        """Set the due time of a wave's frames: now once every device asked, else the wave's latest time (no
+        quiet-time guess: on a loaded hub the requests of a wave can pause longer than any gather delay)."""
+        if not wave.asked:
             return
-        due = now if not wave.waiting else min(wave.asked_at + self.gather_s, wave.latest)
+        due = now if not wave.waiting else wave.latest
         for key in wave.keys:
             if key in self._pending:
                 self._due[key] = due

@@ -13,6 +13,10 @@ from fleet.wire.mqtt import BrokerAddress, PahoBroker, TlsFiles
 
 __all__ = ["BrokerConnector"]
 
+#: QoS 1 publishes in flight per hub connection: a wave's thousand retained orders stream out instead of waiting
+#: for an acknowledgement every 20 (paho's default); chunk broadcasts pace themselves (`BundleTransfer`).
+_HUB_INFLIGHT = 1000
+
 
 class BrokerConnector:
     """Opens authenticated hub connections to one broker address."""
@@ -34,4 +38,6 @@ class BrokerConnector:
 
     def connect(self, role: str) -> PahoBroker:
         """A new connection with a unique client id naming its ``role`` (e.g. ``hub``, ``ingest``)."""
-        return PahoBroker(self.address, client_id=f"edgefleet-{role}-{secrets.token_hex(4)}")
+        return PahoBroker(
+            self.address, client_id=f"edgefleet-{role}-{secrets.token_hex(4)}", max_inflight=_HUB_INFLIGHT
+        )

@@ -83,6 +83,27 @@ def _id(value: int | None) -> int:
 _BLOCK = 500  # ids per IN (...) list: well below every database's limit on bound parameters
 
 
+def _state_row(state: DeviceState, now: float) -> dict[str, Any]:
+    """The device columns a reported state sets (the active model's only when it names one)."""
+    row: dict[str, Any] = {
+        "device": state.device_id,
+        "online": state.online,
+        "last_seen": now,
+        "update_state": state.update_state.value,
+    }
+    if state.active is not None:
+        row |= {
+            "active_model": state.active.model,
+            "active_version": state.active.version,
+            "active_sha256": state.active.sha256,
+        }
+    return row
+
+
+def _bound(key: str) -> str:
+    return key if key == "device" else f"b_{key}"
+
+
 def _blocks(ids: list[str]) -> Iterator[list[str]]:
     for start in range(0, len(ids), _BLOCK):
         yield ids[start : start + _BLOCK]
@@ -291,12 +312,23 @@ class Registry:
         floor = int(time.time() * 1000)
         sequences: dict[str, int] = {}
         with self.db.session() as session:
+            connection = session.connection()
             for block in _blocks(wanted):
-                query = select(Device).where(col(Device.id).in_(block)).order_by(col(Device.id)).with_for_update()
-                for device in session.exec(query):
-                    device.order_sequence = max(device.order_sequence + 1, floor)
-                    sequences[device.id] = device.order_sequence
-                    session.add(device)
+                query = (
+                    sql.select(col(Device.id), col(Device.order_sequence))
+                    .where(col(Device.id).in_(block))
+                    .order_by(col(Device.id))
+                    .with_for_update()
+                )
+                for device_id, sequence in connection.execute(query):
+                    sequences[device_id] = max(sequence + 1, floor)
+            if sequences:
+                connection.execute(
+                    update(Device)
+                    .where(col(Device.id) == sql.bindparam("device"))
+                    .values(order_sequence=sql.bindparam("sequence")),
+                    [{"device": d, "sequence": n} for d, n in sequences.items()],
+                )
         return sequences
 
     def get_device(self, device_id: str) -> Device:
@@ -327,22 +359,24 @@ class Registry:
     def apply_device_states(self, states: list[DeviceState]) -> list[str]:
         """Record reported states in one transaction (later ones win); return the ids of provisioned devices."""
         newest = {state.device_id: state for state in states}
-        applied = []
         now = time.time()
         with self.db.session() as session:
-            for block in _blocks(sorted(newest)):
-                for device in session.exec(select(Device).where(col(Device.id).in_(block))):
-                    state = newest[device.id]
-                    device.online = state.online
-                    device.last_seen = now
-                    device.update_state = state.update_state.value
-                    if state.active is not None:
-                        device.active_model = state.active.model
-                        device.active_version = state.active.version
-                        device.active_sha256 = state.active.sha256
-                    session.add(device)
-                    applied.append(device.id)
-        return applied
+            connection = session.connection()
+            known = [
+                device_id
+                for block in _blocks(sorted(newest))
+                for device_id in connection.execute(
+                    sql.select(col(Device.id)).where(col(Device.id).in_(block))
+                ).scalars()
+            ]
+            rows = [_state_row(newest[device_id], now) for device_id in known]
+            for with_active in (True, False):  # one executemany per column set
+                batch = [row for row in rows if ("active_model" in row) == with_active]
+                if batch:  # bound as b_<column>: a bind parameter may not carry its column's own name
+                    values: dict[str, Any] = {key: sql.bindparam(f"b_{key}") for key in batch[0] if key != "device"}
+                    statement = update(Device).where(col(Device.id) == sql.bindparam("device")).values(values)
+                    connection.execute(statement, [{_bound(k): v for k, v in row.items()} for row in batch])
+        return known
 
     def record_heard(self, heard: dict[str, float]) -> None:
         """Devices heard from (heartbeats) at the given times: online, last seen then. A time older than the
@@ -434,33 +468,50 @@ class Registry:
         by_deployment: dict[str, set[str]] = {}
         for event in events:
             by_deployment.setdefault(event.deployment_id, set()).add(event.device_id)
-        rows: dict[tuple[str, str], DeploymentDevice] = {}
-        applied = 0
+        current: dict[tuple[str, str], str] = {}
         with self.db.session() as session:
+            connection = session.connection()
             for deployment_id, device_ids in sorted(by_deployment.items()):
                 for block in _blocks(sorted(device_ids)):
                     # locked: hub replicas may apply two events of one device at once (shared subscriptions)
                     query = (
-                        select(DeploymentDevice)
-                        .where(DeploymentDevice.deployment_id == deployment_id)
+                        sql.select(col(DeploymentDevice.device_id), col(DeploymentDevice.state))
+                        .where(col(DeploymentDevice.deployment_id) == deployment_id)
                         .where(col(DeploymentDevice.device_id).in_(block))
                         .order_by(col(DeploymentDevice.device_id))
                         .with_for_update()
                     )
-                    rows.update(((row.deployment_id, row.device_id), row) for row in session.exec(query))
+                    current.update(
+                        ((deployment_id, device_id), state) for device_id, state in connection.execute(query)
+                    )
+            applied = 0
+            final: dict[tuple[str, str], dict[str, Any]] = {}
+            now = time.time()
             for event in events:
-                row = rows.get((event.deployment_id, event.device_id))
-                if row is None:
+                key = (event.deployment_id, event.device_id)
+                if key not in current:
                     continue
                 applied += 1
-                finished = row.state in ("done", "failed", "rollback")
+                finished = current[key] in ("done", "failed", "rollback")
                 if finished and event.state.value not in ("done", "failed", "rollback"):
                     continue  # a late progress message after the outcome changes nothing (QoS 1 redelivery)
-                row.state = event.state.value
-                row.ok = event.ok
-                row.detail = event.detail
-                row.updated_at = time.time()
-                session.add(row)
+                current[key] = event.state.value
+                final[key] = {
+                    "deployment": event.deployment_id,
+                    "device": event.device_id,
+                    "b_state": event.state.value,
+                    "b_ok": event.ok,
+                    "b_detail": event.detail,
+                    "b_updated_at": now,
+                }
+            if final:
+                statement = (
+                    update(DeploymentDevice)
+                    .where(col(DeploymentDevice.deployment_id) == sql.bindparam("deployment"))
+                    .where(col(DeploymentDevice.device_id) == sql.bindparam("device"))
+                    .values({key: sql.bindparam(f"b_{key}") for key in ("state", "ok", "detail", "updated_at")})
+                )
+                connection.execute(statement, list(final.values()))
         return applied
 
     # -- telemetry -----------------------------------------------------------------------------------------

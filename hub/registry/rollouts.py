@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from fleet.rollout import Action, Command, RolloutSnapshot, dump_actions, load_actions
@@ -187,11 +188,14 @@ class RolloutStore:
             have = set(
                 session.exec(select(DeploymentDevice.device_id).where(DeploymentDevice.deployment_id == deployment_id))
             )
-            session.add_all(
-                DeploymentDevice(deployment_id=deployment_id, device_id=d, variant_id=variant_id)
+            now = time.time()
+            rows = [
+                {"deployment_id": deployment_id, "device_id": d, "variant_id": variant_id, "updated_at": now}
                 for d, variant_id in devices.items()
                 if d not in have
-            )
+            ]
+            if rows:  # one multi-row statement: a wave of thousands is one round trip, not thousands of objects
+                session.connection().execute(insert(DeploymentDevice), rows)
         return True
 
     def record_error(self, deployment_id: str, device_id: str, detail: str) -> bool:

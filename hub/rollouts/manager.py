@@ -51,6 +51,7 @@ from fleet.rollout import (
     RolloutStatus,
     Skipped,
     StateChanged,
+    awaiting,
     next_due,
     step,
 )
@@ -70,6 +71,7 @@ log = logging.getLogger(__name__)
 
 _MAX_GATE_ROUNDS = 8
 _MAX_SPACING_S = 0.25
+_FAILED = frozenset({UpdateState.FAILED, UpdateState.ROLLBACK})
 
 
 class OrderSink(Protocol):
@@ -132,6 +134,9 @@ class RolloutManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_due: float | None = None  # the earliest `next_due` of the open rollouts after the last tick
+        # per open rollout, what its running wave waits for (None: any outcome may move some rollout)
+        self._awaiting: dict[str, tuple[set[str], int]] | None = None
+        self._reported: set[str] | None = None  # devices that reported an outcome since the running tick began
         self._open: set[str] = set()
         self.ticks = 0
         self.tick_seconds = 0.0  # spent stepping, storing and acting, all ticks together
@@ -139,12 +144,33 @@ class RolloutManager:
     # -- inputs ---------------------------------------------------------------------------------------------
 
     def observe_state(self, state: DeviceState) -> None:
-        """Record a device's reported state; schedule a tick unless it only says the device is still busy."""
+        """Record a device's reported state; schedule a tick when it can move a rollout: a failure, a device
+        seen for the first time or going on- or offline, and a success once the running wave can be complete
+        (`fleet.rollout.awaiting`), not every progress report of a wave of thousands."""
         with self._data_lock:
             previous = self._states.get(state.device_id)
             self._states[state.device_id] = state
-        if previous is None or state.update_state not in BUSY_UPDATE_STATES or state.online != previous.online:
+            if previous is None or state.online != previous.online or state.update_state in _FAILED:
+                wake = True
+            elif state.update_state in BUSY_UPDATE_STATES:
+                wake = False
+            else:
+                wake = self._outcome(state.device_id)
+        if wake:
             self._wake.set()
+
+    def _outcome(self, device_id: str) -> bool:
+        """A device reported an outcome: whether a rollout may now move (called holding the data lock)."""
+        if self._reported is not None:
+            self._reported.add(device_id)  # a tick is running: it rechecks against what it computes
+        if self._awaiting is None:
+            return True
+        can_move = False
+        for devices, slack in self._awaiting.values():
+            if device_id in devices:
+                devices.discard(device_id)
+                can_move = can_move or len(devices) <= slack
+        return can_move
 
     def observe_event(self, event: UpdateEvent) -> None:
         """Record a device's update event (failures feed `DeviceStatus.error`); a failure schedules a tick."""
@@ -225,6 +251,15 @@ class RolloutManager:
             except Exception:  # a bad tick must not stop the rollouts
                 log.exception("rollout tick failed")
 
+    def _await(self, waits: dict[str, tuple[set[str], int]] | None) -> None:
+        """Install what the running waves wait for, minus the outcomes reported while the tick ran."""
+        with self._data_lock:
+            reported, self._reported = self._reported or set(), None
+            self._awaiting = waits
+            can_move = [self._outcome(device_id) for device_id in sorted(reported)].count(True) > 0
+        if can_move:
+            self._wake.set()
+
     def _due(self) -> bool:
         return self._next_due is not None and self.clock() >= self._next_due
 
@@ -261,6 +296,8 @@ class RolloutManager:
         with self._tick_lock:
             began = time.perf_counter()
             self.ticks += 1
+            with self._data_lock:
+                self._reported = set()
             commands, open_ids = self.store.pending_commands(), self.store.open_ids()
             statuses = self.statuses() if commands or open_ids else []
             for command in commands:
@@ -273,14 +310,21 @@ class RolloutManager:
                 self._commit(snapshot, actions, statuses)
                 self.store.finish_command(command.id)
             due: list[float] = []
+            waits: dict[str, tuple[set[str], int]] | None = {}
             for rollout_id in open_ids:
                 snapshot, actions = step(self.store.load(rollout_id), self.clock(), statuses)
                 snapshot = self._commit(snapshot, actions, statuses)
                 when = next_due(snapshot, self.clock())
                 if when is not None:
                     due.append(when)
+                wait = awaiting(snapshot)
+                if wait is None or waits is None:
+                    waits = None
+                elif not snapshot.final:
+                    waits[rollout_id] = (set(wait.devices), wait.slack)
             self._next_due = min(due, default=None)
             self._open = set(open_ids)
+            self._await(waits)
             self.tick_seconds += time.perf_counter() - began
         with self._ticked:
             self._ticked.notify_all()
@@ -354,8 +398,10 @@ class RolloutManager:
             dict.fromkeys(action.device_ids, row.id),
             status=snapshot.state.value,
         )
-        if self.push is not None and action.device_ids:
-            self.push(row.bundle_sha256, action.device_ids)
+        if self.push is not None:
+            with self._data_lock:  # online ones only: the broadcast waits for their requests, not for the offline
+                online = [d for d in action.device_ids if (state := self._states.get(d)) is not None and state.online]
+            self.push(row.bundle_sha256, online)
         self.orders.send_all(dict.fromkeys(action.device_ids, order))
 
     def _roll_back(self, snapshot: RolloutSnapshot, action: RollBack) -> None:

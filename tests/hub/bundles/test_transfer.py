@@ -201,17 +201,17 @@ def test_a_wave_is_broadcast_once_all_its_devices_asked(tmp_path: Path) -> None:
     transfer.close()
 
 
-def test_a_wave_with_a_silent_device_goes_out_once_requests_stop(tmp_path: Path) -> None:
+def test_a_wave_with_a_silent_device_goes_out_when_its_wait_ends(tmp_path: Path) -> None:
     broker, store = InMemoryBroker(), ArtifactStore(tmp_path / "store")
     transfer = BundleTransfer(
-        broker, store, TufRepository(tmp_path / "tuf"), chunk_size=4, gather_s=0.05, wave_wait_s=600
+        broker, store, TufRepository(tmp_path / "tuf"), chunk_size=4, gather_s=600, wave_wait_s=0.05
     )
     sha = store.put_bytes(b"0123456789")
     sent = threading.Event()
     broker.subscribe(topics.bundle_topic(sha), lambda _m: sent.set())
-    transfer.push(sha, ["cam-1", "offline"])
+    transfer.push(sha, ["cam-1", "silent"])
     transfer.handle("cam-1", _chunks(sha, [0, 1, 2]))
-    assert sent.wait(10)  # gather_s after the last request, not wave_wait_s
+    assert sent.wait(10)  # wave_wait_s after the push, not gather_s after the request
     transfer.push("ef" * 32, ["cam-1"])  # a wave nobody asks for sends nothing
     transfer.close()
     assert transfer.broadcasts == 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pytest
 import time_machine
 
 from fleet.wire import topics
@@ -13,6 +14,7 @@ from fleet.wire.messages import DeploymentOrder, decode
 from fleet.wire.transport import InMemoryBroker, Message
 from hub.bundles.store import ArtifactStore
 from hub.devices.orders import DeploymentOrders
+from hub.errors import NotFoundError
 from hub.registry import Database, Registry
 
 
@@ -39,6 +41,26 @@ def test_each_order_sent_carries_a_higher_sequence(database_url: str, tmp_path: 
         a == sorted(a) and len(set(a)) == 3 and a[0] >= int(dt.datetime(2027, 6, 1, tzinfo=dt.UTC).timestamp() * 1000)
     )
     assert received[2].sequence >= a[0]  # cam-b's own series
+    registry.db.close()
+
+
+def test_a_wave_is_sent_at_once_and_a_removed_device_is_named(database_url: str, tmp_path: Path) -> None:
+    registry = Registry(Database(database_url))
+    for name in ("cam-a", "cam-b"):
+        registry.provision_device(name, "rpi4-arm64")
+    store = ArtifactStore(tmp_path / "artifacts")
+    sha = store.put_bytes(b"bundle" * 100)
+    broker = InMemoryBroker()
+    received: dict[str, DeploymentOrder] = {}
+    broker.subscribe(
+        topics.device_wildcard("deployment"),
+        lambda m: received.__setitem__(topics.parse_device_topic(m.topic)[0], _order(m)),
+    )
+    orders = DeploymentOrders(broker, store, registry, chunk_size=1024)
+    template = orders.order_for("dep-1", sha, model="m", version="1.0.0", target="rpi4-arm64", tuf_target="t")
+    with pytest.raises(NotFoundError, match="cam-gone"):
+        orders.send_all(dict.fromkeys(["cam-a", "cam-gone", "cam-b"], template))
+    assert sorted(received) == ["cam-a", "cam-b"] and all(o.sequence > 0 for o in received.values())
     registry.db.close()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.wire.messages import DeviceState, InstalledModel, TelemetryBatch
+from fleet.wire.messages import DeviceState, InstalledModel, TelemetryBatch, UpdateEvent, UpdateState
 from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS, HistogramAccumulator
 from hub.errors import ConflictError, InvalidRequestError, NotFoundError
 from hub.registry import Database, Registry
@@ -90,6 +90,54 @@ def test_device_state_updates_inventory(registry: Registry) -> None:
     device = registry.get_device("pc-1")
     assert (device.online, device.active_version) == (True, "1.0.0")
     assert not registry.apply_device_state(DeviceState(device_id="ghost", online=True))
+
+
+def test_a_batch_of_states_and_events_is_applied_as_if_one_by_one(registry: Registry) -> None:
+    registry.add_version("m", "1.0.0")
+    _variant(registry, "1.0.0")
+    for name in ("pc-1", "pc-2", "pc-3"):
+        registry.provision_device(name, "x86-onnx-cpu")
+    installed = InstalledModel(model="m", version="1.0.0", sha256=SHA, target="x86-onnx-cpu")
+    applied = registry.apply_device_states(
+        [
+            DeviceState(device_id="pc-1", online=True, active=installed, update_state=UpdateState.DOWNLOAD),
+            DeviceState(device_id="ghost", online=True),
+            DeviceState(device_id="pc-1", online=True, active=installed, update_state=UpdateState.DONE),
+            DeviceState(device_id="pc-2", online=False),  # names no model: keeps the one it had
+        ]
+    )
+    assert sorted(applied) == ["pc-1", "pc-2"]
+    one, two = registry.get_device("pc-1"), registry.get_device("pc-2")
+    assert (one.update_state, one.active_version, one.online) == ("done", "1.0.0", True)
+    assert (two.active_version, two.online) == (None, False)
+
+    deployment, _ = registry.create_deployment("m", "1.0.0", ["pc-1", "pc-2", "pc-3"])
+
+    def event(device: str, state: UpdateState, *, ok: bool = True, detail: str = "") -> UpdateEvent:
+        return UpdateEvent(device_id=device, deployment_id=deployment.id, state=state, ok=ok, detail=detail)
+
+    events = [
+        event("pc-1", UpdateState.DOWNLOAD),
+        event("pc-1", UpdateState.DONE),
+        event("pc-2", UpdateState.FAILED, ok=False, detail="disk full"),
+        event("pc-2", UpdateState.DOWNLOAD),  # a late redelivery after the outcome changes nothing
+        event("pc-3", UpdateState.VERIFY),
+        UpdateEvent(device_id="pc-3", deployment_id="no-such-deployment", state=UpdateState.DONE),
+    ]
+    assert registry.record_update_events(events) == 5
+    rows = {r.device_id: (r.state, r.ok, r.detail) for r in registry.deployment_devices(deployment.id)}
+    assert rows == {"pc-1": ("done", True, ""), "pc-2": ("failed", False, "disk full"), "pc-3": ("verify", True, "")}
+
+
+def test_a_waves_order_sequences_are_reserved_together(registry: Registry) -> None:
+    for name in ("pc-1", "pc-2"):
+        registry.provision_device(name, "x86-onnx-cpu")
+    first = registry.next_order_sequences(["pc-2", "pc-1", "ghost", "pc-1"])
+    assert sorted(first) == ["pc-1", "pc-2"]  # a device that does not exist is left out
+    second = registry.next_order_sequences(["pc-1"])
+    assert second["pc-1"] > first["pc-1"] and registry.next_order_sequence("pc-2") > first["pc-2"]
+    with pytest.raises(NotFoundError, match="ghost"):
+        registry.next_order_sequence("ghost")
 
 
 def test_telemetry_duplicates_are_dropped_by_batch_id(registry: Registry) -> None:
