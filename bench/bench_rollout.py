@@ -107,6 +107,8 @@ class SimDevice:
         self.finished_at: float | None = None
         self.bytes_in = 0
         self.asked = False
+        self.requests = 0  # chunk requests sent for the current order: more than one means it was a late joiner
+        self.frames = 0  # chunk frames received for the current order, duplicates included
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
         self.client.username_pw_set(device_id, "bench")
         self.client.on_connect = self._on_connect
@@ -157,7 +159,7 @@ class SimDevice:
             return
         with self.lock:
             self.order, self.chunks, self.last_progress, self.asked = order, {}, time.monotonic(), False
-            self.order_at, self.done_at = time.time(), None
+            self.order_at, self.done_at, self.requests, self.frames = time.time(), None, 0, 0
         self.client.subscribe(topics.bundle_topic(order.sha256), qos=1)
         self._event(order, UpdateState.DOWNLOAD)
         self._announce(UpdateState.DOWNLOAD, order.deployment_id)
@@ -170,6 +172,7 @@ class SimDevice:
             if order is None or self.done_at is not None:
                 return
             self.asked = True
+            self.requests += 1
             missing = [i for i in range(order.chunk_count) if i not in self.chunks]
             self.last_progress = time.monotonic()
             if self.asked_at is None or self.order_at is None or self.asked_at < self.order_at:
@@ -183,6 +186,7 @@ class SimDevice:
             order = self.order
             if order is None or frame.sha256 != order.sha256 or self.done_at is not None:
                 return
+            self.frames += 1
             self.chunks[frame.index] = frame.data
             self.last_progress = time.monotonic()
             if len(self.chunks) < order.chunk_count:
@@ -236,6 +240,7 @@ class Driver(threading.Thread):
     def _loop(self) -> None:
         pending = list(self.devices)
         active: list[SimDevice] = []
+        writing: set[SimDevice] = set()  # clients with packets still to send: only these are written to
         last_misc = time.monotonic()
         while not self.stop.is_set():
             # a few connections per round: a thousand simultaneous SYNs overflow the broker's listen backlog
@@ -245,14 +250,20 @@ class Driver(threading.Thread):
                 assert sock is not None
                 self.selector.register(sock, selectors.EVENT_READ, device)
                 active.append(device)
+                writing.add(device)
             del pending[:25]
-            while not self.calls.empty():
-                self.calls.get()()
-            for key, _ in self.selector.select(0.005 if pending else 0.05):
+            if not self.calls.empty():
+                while not self.calls.empty():
+                    self.calls.get()()
+                writing.update(active)
+            for key, _ in self.selector.select(0.005 if pending or writing else 0.05):
                 key.data.client.loop_read(10)
-            for device in active:
+                writing.add(key.data)  # what it read may have made it publish (acks, requests, reports)
+            for device in list(writing):
                 if device.client.want_write():
                     device.client.loop_write()
+                if not device.client.want_write():
+                    writing.discard(device)
             now = time.monotonic()
             if now - last_misc > 0.5:  # keepalives, and re-asking for chunks missed (the agent's chunk timeout)
                 last_misc = now
@@ -260,6 +271,7 @@ class Driver(threading.Thread):
                     device.client.loop_misc()
                     if device.stalled(self.chunk_timeout_s):
                         device.request_missing()
+                writing.update(active)
         for device in active:
             device.client.disconnect()
             device.client.loop_write()
@@ -378,7 +390,9 @@ def measure_fanout(
     return seconds
 
 
-def wave_timeline(fleet: SimFleet, waves: dict[str, int], wave_done: list[float], start: float) -> list[dict[str, Any]]:
+def wave_timeline(
+    fleet: SimFleet, waves: dict[str, int], wave_done: list[float], start: float, chunks: int
+) -> list[dict[str, Any]]:
     """Per wave, from the devices' side, seconds since the rollout started: orders received, last request sent,
     bundles complete, the engine marking the wave complete."""
     by_id = {d.device_id: d for d in fleet.devices}
@@ -397,6 +411,8 @@ def wave_timeline(fleet: SimFleet, waves: dict[str, int], wave_done: list[float]
                 "orders_received_s": span([d.order_at for d in members]),
                 "requests_sent_s": span([d.asked_at for d in members]),
                 "bundles_complete_s": span([d.finished_at for d in members]),
+                "devices_that_asked_again": sum(1 for d in members if d.requests > 1),
+                "duplicate_chunk_frames": sum(d.frames for d in members) - len(members) * chunks,
                 "wave_complete_s": round(wave_done[wave] - start, 3) if wave < len(wave_done) else None,
             }
         )
@@ -525,6 +541,7 @@ def roll_out(hub: Any, new_sha: str, *, waves: str, rollout_id: str, timeout_s: 
         ticks.append((began, time.time() - began))
 
     manager.tick = tick
+    phases = time_phases(manager)
     plan = plan_from_cli("digits:2.0.0", canary="1%", waves=waves, gate=False, min_devices=10, device_timeout_s=600)
     egress, broadcasts = transfer.egress_bytes, transfer.broadcasts
     start_wall, start = time.time(), time.perf_counter()
@@ -540,8 +557,35 @@ def roll_out(hub: Any, new_sha: str, *, waves: str, rollout_id: str, timeout_s: 
         "egress_bytes": transfer.egress_bytes - egress,
         "broadcasts": transfer.broadcasts - broadcasts,
         "ticks": ticks,
+        "tick_phases": {name: round(seconds, 3) for name, seconds in phases.items()},
         "bundle_bytes": hub.store.size(new_sha),
     }
+
+
+def time_phases(manager: Any) -> dict[str, float]:
+    """Seconds the engine's ticks spend in each part, summed (bench instrumentation of one manager)."""
+    import hub.rollouts.manager as module
+
+    phases: dict[str, float] = {}
+
+    def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                phases[name] = phases.get(name, 0.0) + time.perf_counter() - began
+
+        return call
+
+    manager.statuses = timed("statuses", manager.statuses)
+    module.step = timed("step (fleet.rollout engine)", module.step)
+    for name in ("load", "save", "mark_done", "mirror_deployment", "pending_commands", "open_ids"):
+        setattr(manager.store, name, timed(f"store.{name}", getattr(manager.store, name)))
+    manager.orders.send_all = timed("orders.send_all (sequences, publish)", manager.orders.send_all)
+    if manager.push is not None:
+        manager.push = timed("transfer.push", manager.push)
+    return phases
 
 
 class HubProcess:
@@ -638,10 +682,11 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
             "devices_on_version": on_version,
             "waves": args.waves,
             "wave_sizes": sizes,
-            "waves_timeline": wave_timeline(fleet, waves, [h.at for h in done], rollout["start_wall"]),
+            "waves_timeline": wave_timeline(fleet, waves, [h.at for h in done], rollout["start_wall"], chunks),
             "engine_ticks": len(ticks),
             "engine_tick_seconds": round(sum(t for _, t in ticks), 3),
             "engine_ticks_at_s": [[round(at - rollout["start_wall"], 3), round(t, 3)] for at, t in ticks],
+            "engine_tick_phases_s": rollout["tick_phases"],
             "devices_per_s": round(on_version / duration, 1),
             "bundle_bytes": bundle,
             "chunk_bytes": args.chunk_kb * 1024,

@@ -162,7 +162,8 @@ class RolloutManager:
     def _outcome(self, device_id: str) -> bool:
         """A device reported an outcome: whether a rollout may now move (called holding the data lock)."""
         if self._reported is not None:
-            self._reported.add(device_id)  # a tick is running: it rechecks against what it computes
+            self._reported.add(device_id)  # a tick is running: it checks against the waves it leaves running
+            return False
         if self._awaiting is None:
             return True
         can_move = False
@@ -296,8 +297,9 @@ class RolloutManager:
         with self._tick_lock:
             began = time.perf_counter()
             self.ticks += 1
-            with self._data_lock:
+            with self._data_lock:  # this tick sees every report so far; later outcomes are checked after it
                 self._reported = set()
+                self._wake.clear()
             commands, open_ids = self.store.pending_commands(), self.store.open_ids()
             statuses = self.statuses() if commands or open_ids else []
             for command in commands:
