@@ -15,6 +15,7 @@ import sqlalchemy as sql
 from datasketches import kll_floats_sketch
 from pydantic import ValidationError
 from sqlalchemy import delete, insert, or_, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 
@@ -81,6 +82,71 @@ def _id(value: int | None) -> int:
 
 
 _BLOCK = 500  # ids per IN (...) list: well below every database's limit on bound parameters
+
+
+def _apply_states(connection: Connection, states: list[DeviceState]) -> list[str]:
+    newest = {state.device_id: state for state in states}
+    now = time.time()
+    known = [
+        device_id
+        for block in _blocks(sorted(newest))
+        for device_id in connection.execute(sql.select(col(Device.id)).where(col(Device.id).in_(block))).scalars()
+    ]
+    rows = [_state_row(newest[device_id], now) for device_id in known]
+    for with_active in (True, False):  # one executemany per column set
+        batch = [row for row in rows if ("active_model" in row) == with_active]
+        if batch:  # bound as b_<column>: a bind parameter may not carry its column's own name
+            values: dict[str, Any] = {key: sql.bindparam(f"b_{key}") for key in batch[0] if key != "device"}
+            statement = update(Device).where(col(Device.id) == sql.bindparam("device")).values(values)
+            connection.execute(statement, [{_bound(k): v for k, v in row.items()} for row in batch])
+    return known
+
+
+def _apply_events(connection: Connection, events: list[UpdateEvent]) -> int:
+    by_deployment: dict[str, set[str]] = {}
+    for event in events:
+        by_deployment.setdefault(event.deployment_id, set()).add(event.device_id)
+    current: dict[tuple[str, str], str] = {}
+    for deployment_id, device_ids in sorted(by_deployment.items()):
+        for block in _blocks(sorted(device_ids)):
+            # locked: hub replicas may apply two events of one device at once (shared subscriptions)
+            query = (
+                sql.select(col(DeploymentDevice.device_id), col(DeploymentDevice.state))
+                .where(col(DeploymentDevice.deployment_id) == deployment_id)
+                .where(col(DeploymentDevice.device_id).in_(block))
+                .order_by(col(DeploymentDevice.device_id))
+                .with_for_update()
+            )
+            current.update(((deployment_id, device_id), state) for device_id, state in connection.execute(query))
+    applied = 0
+    final: dict[tuple[str, str], dict[str, Any]] = {}
+    now = time.time()
+    for event in events:
+        key = (event.deployment_id, event.device_id)
+        if key not in current:
+            continue
+        applied += 1
+        finished = current[key] in ("done", "failed", "rollback")
+        if finished and event.state.value not in ("done", "failed", "rollback"):
+            continue  # a late progress message after the outcome changes nothing (QoS 1 redelivery)
+        current[key] = event.state.value
+        final[key] = {
+            "deployment": event.deployment_id,
+            "device": event.device_id,
+            "b_state": event.state.value,
+            "b_ok": event.ok,
+            "b_detail": event.detail,
+            "b_updated_at": now,
+        }
+    if final:
+        statement = (
+            update(DeploymentDevice)
+            .where(col(DeploymentDevice.deployment_id) == sql.bindparam("deployment"))
+            .where(col(DeploymentDevice.device_id) == sql.bindparam("device"))
+            .values({key: sql.bindparam(f"b_{key}") for key in ("state", "ok", "detail", "updated_at")})
+        )
+        connection.execute(statement, list(final.values()))
+    return applied
 
 
 def _state_row(state: DeviceState, now: float) -> dict[str, Any]:
@@ -358,25 +424,14 @@ class Registry:
 
     def apply_device_states(self, states: list[DeviceState]) -> list[str]:
         """Record reported states in one transaction (later ones win); return the ids of provisioned devices."""
-        newest = {state.device_id: state for state in states}
-        now = time.time()
+        return self.record_device_reports(states, [])[0]
+
+    def record_device_reports(self, states: list[DeviceState], events: list[UpdateEvent]) -> tuple[list[str], int]:
+        """Record reported states (later ones win) and apply update events (in order) in one transaction;
+        return the ids of the provisioned devices among the states and how many events found their row."""
         with self.db.session() as session:
             connection = session.connection()
-            known = [
-                device_id
-                for block in _blocks(sorted(newest))
-                for device_id in connection.execute(
-                    sql.select(col(Device.id)).where(col(Device.id).in_(block))
-                ).scalars()
-            ]
-            rows = [_state_row(newest[device_id], now) for device_id in known]
-            for with_active in (True, False):  # one executemany per column set
-                batch = [row for row in rows if ("active_model" in row) == with_active]
-                if batch:  # bound as b_<column>: a bind parameter may not carry its column's own name
-                    values: dict[str, Any] = {key: sql.bindparam(f"b_{key}") for key in batch[0] if key != "device"}
-                    statement = update(Device).where(col(Device.id) == sql.bindparam("device")).values(values)
-                    connection.execute(statement, [{_bound(k): v for k, v in row.items()} for row in batch])
-        return known
+            return _apply_states(connection, states), _apply_events(connection, events)
 
     def record_heard(self, heard: dict[str, float]) -> None:
         """Devices heard from (heartbeats) at the given times: online, last seen then. A time older than the
@@ -465,54 +520,7 @@ class Registry:
 
     def record_update_events(self, events: list[UpdateEvent]) -> int:
         """Apply update events, in order, in one transaction; return how many found their deployment row."""
-        by_deployment: dict[str, set[str]] = {}
-        for event in events:
-            by_deployment.setdefault(event.deployment_id, set()).add(event.device_id)
-        current: dict[tuple[str, str], str] = {}
-        with self.db.session() as session:
-            connection = session.connection()
-            for deployment_id, device_ids in sorted(by_deployment.items()):
-                for block in _blocks(sorted(device_ids)):
-                    # locked: hub replicas may apply two events of one device at once (shared subscriptions)
-                    query = (
-                        sql.select(col(DeploymentDevice.device_id), col(DeploymentDevice.state))
-                        .where(col(DeploymentDevice.deployment_id) == deployment_id)
-                        .where(col(DeploymentDevice.device_id).in_(block))
-                        .order_by(col(DeploymentDevice.device_id))
-                        .with_for_update()
-                    )
-                    current.update(
-                        ((deployment_id, device_id), state) for device_id, state in connection.execute(query)
-                    )
-            applied = 0
-            final: dict[tuple[str, str], dict[str, Any]] = {}
-            now = time.time()
-            for event in events:
-                key = (event.deployment_id, event.device_id)
-                if key not in current:
-                    continue
-                applied += 1
-                finished = current[key] in ("done", "failed", "rollback")
-                if finished and event.state.value not in ("done", "failed", "rollback"):
-                    continue  # a late progress message after the outcome changes nothing (QoS 1 redelivery)
-                current[key] = event.state.value
-                final[key] = {
-                    "deployment": event.deployment_id,
-                    "device": event.device_id,
-                    "b_state": event.state.value,
-                    "b_ok": event.ok,
-                    "b_detail": event.detail,
-                    "b_updated_at": now,
-                }
-            if final:
-                statement = (
-                    update(DeploymentDevice)
-                    .where(col(DeploymentDevice.deployment_id) == sql.bindparam("deployment"))
-                    .where(col(DeploymentDevice.device_id) == sql.bindparam("device"))
-                    .values({key: sql.bindparam(f"b_{key}") for key in ("state", "ok", "detail", "updated_at")})
-                )
-                connection.execute(statement, list(final.values()))
-        return applied
+        return self.record_device_reports([], events)[1]
 
     # -- telemetry -----------------------------------------------------------------------------------------
 

@@ -139,6 +139,7 @@ class RolloutManager:
         self._reported: set[str] | None = None  # devices that reported an outcome since the running tick began
         self._open: set[str] = set()
         self.ticks = 0
+        self._ticks_done = 0  # guarded by _ticked: waiters compare it to know a tick ended
         self.tick_seconds = 0.0  # spent stepping, storing and acting, all ticks together
 
     # -- inputs ---------------------------------------------------------------------------------------------
@@ -329,6 +330,7 @@ class RolloutManager:
             self._await(waits)
             self.tick_seconds += time.perf_counter() - began
         with self._ticked:
+            self._ticks_done += 1
             self._ticked.notify_all()
 
     def wait(self, rollout_id: str, until: Callable[[RolloutSnapshot], bool], timeout_s: float) -> RolloutSnapshot:
@@ -337,16 +339,22 @@ class RolloutManager:
         return self.store.load(rollout_id)
 
     def wait_for(self, condition: Callable[[], bool], timeout_s: float) -> bool:
-        """Block until ``condition()`` holds, checked now and after every tick; return whether it does."""
+        """Block until ``condition()`` holds, checked now and after every tick; return whether it does.
+
+        The condition runs outside the tick lock, so a slow condition (a database read) never holds up the
+        worker's next tick."""
         deadline = time.monotonic() + timeout_s
-        with self._ticked:
-            while True:
-                if condition():
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._ticked.wait(remaining)
+        while True:
+            with self._ticked:
+                seen = self._ticks_done
+            if condition():
+                return True
+            with self._ticked:
+                while self._ticks_done == seen:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._ticked.wait(remaining)
 
     def _commit(
         self, snapshot: RolloutSnapshot, actions: list[Action], statuses: list[DeviceStatus]
