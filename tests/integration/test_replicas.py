@@ -1,6 +1,7 @@
-"""Three hub replicas (separate processes) on one PostgreSQL schema and a Mosquitto of the test's own (no retained
-states of other tests), sharing device traffic: the leader is SIGKILLed mid-rollout, another replica takes over,
-and every device installs the version exactly once."""
+"""Hub replicas on one PostgreSQL schema and a Mosquitto of the test's own (no retained states of other tests),
+sharing device traffic: three processes, whose leader is SIGKILLed mid-rollout, another replica taking over and
+every device installing the version exactly once; and two in-process replicas, of which only the leader
+broadcasts bundle chunks."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from agent.daemon import Agent
 from fleet.rollout import RolloutState
 from fleet.rollout_plan import plan_from_cli
 from fleet.wire import topics
-from fleet.wire.messages import DeploymentOrder, UpdateEvent, UpdateState, decode
+from fleet.wire.messages import DeploymentOrder, FetchRequest, UpdateEvent, UpdateState, decode, decode_chunk, encode
 from fleet.wire.mqtt import BrokerAddress, PahoBroker
 from fleet.wire.transport import Message
 from hub.app import Hub
@@ -211,3 +212,45 @@ def test_the_leader_dies_mid_rollout_and_every_device_updates_once(
         replicas.close()
         wire.broker.close()
         publisher.db.close()
+
+
+def test_only_the_leader_broadcasts_chunks_and_every_replica_answers_metadata(
+    tmp_path: Path, postgres_url: str, mosquitto: PrivateMosquitto
+) -> None:
+    settings = HubSettings(
+        data_dir=tmp_path / "hub",
+        database_url=postgres_url,
+        broker_url=mosquitto.url,
+        replica=True,
+        chunk_size=4096,
+        chunk_gather_s=0.05,
+        rebroadcast_window_s=600,
+    )
+    leader, follower = Hub(settings), Hub(settings)
+    wire = PahoBroker(BrokerAddress("127.0.0.1", mosquitto.port), client_id=f"test-wire-{uuid.uuid4().hex[:6]}")
+    try:
+        leader.start()  # takes the lead: the follower's campaign finds the lock held
+        follower.start()
+        assert leader.leadership.is_leader and not follower.leadership.is_leader
+        sha = leader.store.put_bytes(os.urandom(3 * 4096))
+        devices = [f"rep-{uuid.uuid4().hex[:6]}-{i}" for i in range(8)]
+        for device in devices:
+            leader.registry.provision_device(device, TARGET)
+        frames: Counter[int] = Counter()
+        wire.subscribe(topics.bundle_topic(sha), lambda m: frames.update([decode_chunk(m.payload).index]))
+        for device in devices:  # a shared subscription hands each request to one replica
+            request = FetchRequest(request_id=device, kind="chunks", sha256=sha, chunks=[0, 1, 2])
+            wire.publish(topics.device_topic(device, "fetch"), encode(request))
+        for device in devices:  # sent after the chunk requests: once both replicas answered, both saw theirs
+            request = FetchRequest(request_id=device, kind="metadata", name="1.root.json")
+            wire.publish(topics.device_topic(device, "fetch"), encode(request))
+        assert leader.transfer is not None and follower.transfer is not None
+        assert wait_until(lambda: leader.transfer.egress_bytes > 0 and follower.transfer.egress_bytes > 0, TIMEOUT_S)
+        assert wait_until(lambda: len(frames) == 3, TIMEOUT_S)
+        leader.transfer.close()  # sends anything still gathered
+        assert frames == Counter({0: 1, 1: 1, 2: 1})  # one broadcast per chunk, whatever the number of replicas
+        assert follower.transfer.broadcasts == 0 and leader.transfer.broadcasts == 3
+    finally:
+        wire.close()
+        follower.stop()
+        leader.stop()
