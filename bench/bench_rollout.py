@@ -419,6 +419,29 @@ def wave_timeline(
     return out
 
 
+def where_time_goes(timeline: list[dict[str, Any]]) -> dict[str, float]:
+    """The rollout's seconds split by phase, summed over the waves (from `wave_timeline`)."""
+    phases = {
+        "engine: wave complete to first order received (tick, stores, sequences, publish)": 0.0,
+        "orders reaching the wave's devices and their requests (broker, devices)": 0.0,
+        "hub: last request to first bundle complete (reading the wave's messages, broadcast)": 0.0,
+        "chunk fan-out: first to last bundle complete (broker, devices)": 0.0,
+        "hub: last bundle complete to wave complete (reading outcomes, tick)": 0.0,
+    }
+    names = list(phases)
+    previous = 0.0
+    for wave in timeline:
+        orders, requests, bundles = wave["orders_received_s"], wave["requests_sent_s"], wave["bundles_complete_s"]
+        complete = wave["wave_complete_s"]
+        if not (orders and requests and bundles and complete is not None):
+            continue
+        marks = [previous, orders[0], max(orders[1], requests[1]), bundles[0], bundles[1], complete]
+        for name, start, end in zip(names, marks, marks[1:], strict=True):
+            phases[name] += max(0.0, end - start)
+        previous = complete
+    return {name: round(seconds, 3) for name, seconds in phases.items()}
+
+
 def register_versions(hub: Any, bundle_bytes: int) -> tuple[InstalledModel, str]:
     """Register digits 1.0.0 (what devices run) and 2.0.0 (what is rolled out): stored random bundles."""
     installed = None
@@ -666,6 +689,7 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
         sizes = [sum(1 for w in waves.values() if w == wave) for wave in range(max(waves.values(), default=-1) + 1)]
         ticks = rollout["ticks"]
 
+        timeline = wave_timeline(fleet, waves, [h.at for h in done], rollout["start_wall"], chunks)
         # The broker alone delivering the same chunks to the same waves, wave after wave.
         subscribe_waves(driver, fleet, waves, 120)
         rounds = [
@@ -682,7 +706,8 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
             "devices_on_version": on_version,
             "waves": args.waves,
             "wave_sizes": sizes,
-            "waves_timeline": wave_timeline(fleet, waves, [h.at for h in done], rollout["start_wall"], chunks),
+            "where_the_time_goes_s": where_time_goes(timeline),
+            "waves_timeline": timeline,
             "engine_ticks": len(ticks),
             "engine_tick_seconds": round(sum(t for _, t in ticks), 3),
             "engine_ticks_at_s": [[round(at - rollout["start_wall"], 3), round(t, 3)] for at, t in ticks],
