@@ -656,6 +656,7 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
         chunk_size=args.chunk_kb * 1024,
         rebroadcast_window_s=args.rebroadcast_window,
         chunk_gather_s=args.gather,
+        chunk_wave_wait_s=args.wave_wait,
     )
     run_id = secrets.token_hex(3)
     ids = [f"bench-{run_id}-{i:04d}" for i in range(args.devices)]
@@ -721,6 +722,7 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
             "hub_egress_bundles": round(egress / bundle, 2),
             "unicast_egress_bytes_would_be": bundle * on_version,
             "chunk_gather_s": args.gather,
+            "chunk_wave_wait_s": args.wave_wait,
             "rebroadcast_window_s": args.rebroadcast_window,
             "chunk_timeout_s": args.chunk_timeout,
             "ask_after_s": args.ask_after,
@@ -751,7 +753,8 @@ def main() -> None:
     parser.add_argument("--waves", default="10,50,100")
     parser.add_argument("--rebroadcast-window", type=float, default=2.0)
     parser.add_argument("--chunk-timeout", type=float, default=2.0)
-    parser.add_argument("--gather", type=float, default=0.3, help="hub chunk gather (quiet time)")
+    parser.add_argument("--gather", type=float, default=0.3, help="hub: a request outside a wave waits this long")
+    parser.add_argument("--wave-wait", type=float, default=3.0, help="hub: a wave's broadcast waits at most this long")
     parser.add_argument("--ask-after", type=float, default=0.0, help="device's first ask waits this long")
     parser.add_argument("--fanout-rounds", type=int, default=3, help="reference fan-out runs (median kept)")
     parser.add_argument("--timeout", type=float, default=600.0)

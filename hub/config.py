@@ -64,7 +64,7 @@ class HubSettings(BaseModel):
         default=2.0, ge=0, description="repair window: each chunk is broadcast at most once per window"
     )
     chunk_gather_s: float = Field(
-        default=0.3, ge=0, le=10, description="chunk requests gathered this long (quiet time) before a broadcast"
+        default=0.3, ge=0, le=10, description="a chunk request outside a wave waits this long for others to join it"
     )
     chunk_wave_wait_s: float = Field(
         default=3.0, ge=0, le=60, description="a wave's broadcast waits at most this long for its devices to ask"
