@@ -436,7 +436,7 @@ def where_time_goes(timeline: list[dict[str, Any]]) -> dict[str, float]:
         if not (orders and requests and bundles and complete is not None):
             continue
         marks = [previous, orders[0], max(orders[1], requests[1]), bundles[0], bundles[1], complete]
-        for name, start, end in zip(names, marks, marks[1:], strict=True):
+        for name, start, end in zip(names, marks[:-1], marks[1:], strict=True):
             phases[name] += max(0.0, end - start)
         previous = complete
     return {name: round(seconds, 3) for name, seconds in phases.items()}
