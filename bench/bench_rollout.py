@@ -480,7 +480,7 @@ def provision(hub: Any, device_ids: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def private_mosquitto(tmp: Path) -> Iterator[str]:
+def private_mosquitto(tmp: Path) -> Iterator[tuple[str, int]]:
     """A Mosquitto of our own on a free port (anonymous, no persistence): no other clients, no old retained
     messages, and the file limit of this process."""
     with socket.socket() as s:
@@ -499,7 +499,7 @@ def private_mosquitto(tmp: Path) -> Iterator[str]:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError("private mosquitto did not start") from None
                 time.sleep(0.05)  # polling a subprocess's port: there is no event to wait on
-        yield f"mqtt://127.0.0.1:{port}"
+        yield f"mqtt://127.0.0.1:{port}", process.pid
     finally:
         process.terminate()
         process.wait(10)
@@ -508,9 +508,17 @@ def private_mosquitto(tmp: Path) -> Iterator[str]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         if args.broker_url:
-            return run_on(args, args.broker_url, Path(tmp))
-        with private_mosquitto(Path(tmp)) as url:
-            return {**run_on(args, url, Path(tmp)), "broker": "private mosquitto " + mosquitto_version()}
+            return run_on(args, args.broker_url, Path(tmp), None)
+        with private_mosquitto(Path(tmp)) as (url, pid):
+            return {**run_on(args, url, Path(tmp), pid), "broker": "private mosquitto " + mosquitto_version()}
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU seconds a process has used so far (0 for an unknown broker)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def mosquitto_version() -> str:
@@ -567,6 +575,7 @@ def roll_out(hub: Any, new_sha: str, *, waves: str, rollout_id: str, timeout_s: 
     phases = time_phases(manager)
     plan = plan_from_cli("digits:2.0.0", canary="1%", waves=waves, gate=False, min_devices=10, device_timeout_s=600)
     egress, broadcasts = transfer.egress_bytes, transfer.broadcasts
+    cpu = time.process_time()
     start_wall, start = time.time(), time.perf_counter()
     snapshot = manager.start_rollout(plan, rollout_id=rollout_id)
     snapshot = manager.wait(snapshot.rollout_id, lambda s: s.state in FINAL_STATES, timeout_s)
@@ -580,6 +589,7 @@ def roll_out(hub: Any, new_sha: str, *, waves: str, rollout_id: str, timeout_s: 
         "egress_bytes": transfer.egress_bytes - egress,
         "broadcasts": transfer.broadcasts - broadcasts,
         "ticks": ticks,
+        "cpu_seconds": time.process_time() - cpu,
         "tick_phases": {name: round(seconds, 3) for name, seconds in phases.items()},
         "bundle_bytes": hub.store.size(new_sha),
     }
@@ -646,7 +656,7 @@ class HubProcess:
             self.process.kill()
 
 
-def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, Any]:
+def run_on(args: argparse.Namespace, broker_url: str, tmp: Path, broker_pid: int | None) -> dict[str, Any]:
     from hub.config import HubSettings
 
     address = BrokerAddress.from_url(broker_url)
@@ -676,11 +686,13 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
         connect_s = time.perf_counter() - t0
         if not hub.ask("ready", 300, 330):
             raise BenchError("the hub did not see every device's retained state in 300 s")
+        cpu = {"devices": time.process_time(), "broker": cpu_seconds(broker_pid)}
         rollout = hub.ask(
             "rollout",
             {"waves": args.waves, "rollout_id": f"bench-{run_id}", "timeout_s": args.timeout},
             args.timeout + 60,
         )
+        cpu = {"devices": time.process_time() - cpu["devices"], "broker": cpu_seconds(broker_pid) - cpu["broker"]}
         snapshot = RolloutSnapshot.model_validate_json(rollout["snapshot"])
         duration, egress, bundle = rollout["seconds"], rollout["egress_bytes"], rollout["bundle_bytes"]
         done = [h for h in snapshot.history if h.event.value in ("wave_complete", "last_wave_complete")]
@@ -693,9 +705,14 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
         timeline = wave_timeline(fleet, waves, [h.at for h in done], rollout["start_wall"], chunks)
         # The broker alone delivering the same chunks to the same waves, wave after wave.
         subscribe_waves(driver, fleet, waves, 120)
+        fanout_cpu = {"devices": time.process_time(), "broker": cpu_seconds(broker_pid)}
         rounds = [
             measure_fanout(publisher, fleet, sizes, args.chunk_kb * 1024, chunks) for _ in range(args.fanout_rounds)
         ]
+        fanout_cpu = {
+            "devices": (time.process_time() - fanout_cpu["devices"]) / len(rounds),
+            "broker": (cpu_seconds(broker_pid) - fanout_cpu["broker"]) / len(rounds),
+        }
         fanout_seconds = statistics.median(sum(r) for r in rounds)
         return {
             "wall_over_fanout": round(duration / fanout_seconds, 2),
@@ -708,6 +725,12 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path) -> dict[str, An
             "waves": args.waves,
             "wave_sizes": sizes,
             "where_the_time_goes_s": where_time_goes(timeline),
+            "cpu_seconds_during_rollout": {
+                "hub": round(rollout["cpu_seconds"], 2),
+                "devices": round(cpu["devices"], 2),
+                "broker": round(cpu["broker"], 2),
+            },
+            "cpu_seconds_during_one_fanout": {k: round(v, 2) for k, v in fanout_cpu.items()},
             "waves_timeline": timeline,
             "engine_ticks": len(ticks),
             "engine_tick_seconds": round(sum(t for _, t in ticks), 3),

@@ -45,11 +45,15 @@ class RolloutStore:
 
     def load(self, rollout_id: str) -> RolloutSnapshot:
         """The stored snapshot, or `NotFoundError`."""
+        return RolloutSnapshot.model_validate_json(self.load_json(rollout_id))
+
+    def load_json(self, rollout_id: str) -> str:
+        """The stored snapshot as its JSON text (what `save` wrote), or `NotFoundError`."""
         with self.db.session() as session:
-            row = session.get(RolloutRow, rollout_id)
-        if row is None:
+            text = session.exec(select(RolloutRow.snapshot).where(RolloutRow.id == rollout_id)).first()
+        if text is None:
             raise NotFoundError(f"rollout {rollout_id} does not exist")
-        return RolloutSnapshot.model_validate_json(row.snapshot)
+        return text
 
     def all(self) -> list[RolloutRow]:
         """All rollouts, newest first."""
@@ -62,15 +66,16 @@ class RolloutStore:
             query = select(RolloutRow.id).where(col(RolloutRow.final).is_(False)).order_by(col(RolloutRow.created_at))
             return list(session.exec(query))
 
-    def save(self, snapshot: RolloutSnapshot, actions: list[Action]) -> int | None:
-        """Store the snapshot and, in the same transaction, its actions as an outbox row; return its id."""
+    def save(self, snapshot: RolloutSnapshot, actions: list[Action], *, dumped: str | None = None) -> int | None:
+        """Store the snapshot (``dumped``: its JSON, when the caller has it) and, in the same transaction, its
+        actions as an outbox row; return its id."""
         with self.db.session() as session:
             if self.fence is not None:
                 self.fence(session)
             row = session.get(RolloutRow, snapshot.rollout_id)
             if row is None:
                 raise NotFoundError(f"rollout {snapshot.rollout_id} does not exist")
-            row.snapshot = snapshot.model_dump_json()
+            row.snapshot = dumped if dumped is not None else snapshot.model_dump_json()
             row.state, row.final, row.updated_at = snapshot.state.value, snapshot.final, time.time()
             session.add(row)
             for deployment_id in (snapshot.rollout_id, snapshot.rollout_id + ROLLBACK_SUFFIX):

@@ -126,6 +126,7 @@ class RolloutManager:
         self.clock = clock
         self._states: dict[str, DeviceState] = {}
         self._status_cache: dict[str, tuple[DeviceView, DeviceState | None, str | None, DeviceStatus]] = {}
+        self._saved: dict[str, tuple[str, RolloutSnapshot]] = {}  # per rollout: the JSON this manager stored last
         self._errors: dict[tuple[str, str], str] = {}
         self._data_lock = threading.Lock()
         self._tick_lock = threading.RLock()
@@ -262,6 +263,15 @@ class RolloutManager:
         if can_move:
             self._wake.set()
 
+    def _load(self, rollout_id: str) -> RolloutSnapshot:
+        """The stored snapshot; the one this manager saved last when the row still holds it (no JSON parse of
+        thousands of records per tick; ``step`` never changes the snapshot it is given)."""
+        text = self.store.load_json(rollout_id)
+        saved = self._saved.get(rollout_id)
+        if saved is not None and saved[0] == text:
+            return saved[1]
+        return RolloutSnapshot.model_validate_json(text)
+
     def _due(self) -> bool:
         return self._next_due is not None and self.clock() >= self._next_due
 
@@ -315,7 +325,7 @@ class RolloutManager:
             due: list[float] = []
             waits: dict[str, tuple[set[str], int]] | None = {}
             for rollout_id in open_ids:
-                snapshot, actions = step(self.store.load(rollout_id), self.clock(), statuses)
+                snapshot, actions = step(self._load(rollout_id), self.clock(), statuses)
                 snapshot = self._commit(snapshot, actions, statuses)
                 when = next_due(snapshot, self.clock())
                 if when is not None:
@@ -327,6 +337,7 @@ class RolloutManager:
                     waits[rollout_id] = (set(wait.devices), wait.slack)
             self._next_due = min(due, default=None)
             self._open = set(open_ids)
+            self._saved = {r: saved for r, saved in self._saved.items() if r in self._open}
             self._await(waits)
             self.tick_seconds += time.perf_counter() - began
         with self._ticked:
@@ -362,7 +373,9 @@ class RolloutManager:
         """Store the step with its actions, carry them out, and step again with a gate verdict; return the
         snapshot last stored."""
         for _ in range(_MAX_GATE_ROUNDS):
-            outbox_id = self.store.save(snapshot, actions)
+            dumped = snapshot.model_dump_json()
+            outbox_id = self.store.save(snapshot, actions, dumped=dumped)
+            self._saved[snapshot.rollout_id] = (dumped, snapshot)
             verdict = self._act(snapshot, actions, statuses)
             self.store.mark_done(outbox_id)
             if verdict is None:
