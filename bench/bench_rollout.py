@@ -75,6 +75,7 @@ from fleet.wire.messages import (  # noqa: E402
 from fleet.wire.mqtt import BrokerAddress  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "rollout.json"
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET = "x86-onnx-cpu"
 
 
@@ -506,11 +507,32 @@ def private_mosquitto(tmp: Path) -> Iterator[tuple[str, int]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, database(args.database, Path(tmp)) as url:
+        args.database_url = url
         if args.broker_url:
             return run_on(args, args.broker_url, Path(tmp), None)
-        with private_mosquitto(Path(tmp)) as (url, pid):
-            return {**run_on(args, url, Path(tmp), pid), "broker": "private mosquitto " + mosquitto_version()}
+        with private_mosquitto(Path(tmp)) as (broker_url, pid):
+            return {**run_on(args, broker_url, Path(tmp), pid), "broker": "private mosquitto " + mosquitto_version()}
+
+
+@contextlib.contextmanager
+def database(kind: str, tmp: Path) -> Iterator[str]:
+    """The hub's registry: a fresh SQLite file, or a fresh schema of the machine's PostgreSQL (dropped after)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp / 'registry.db'}"
+        return
+    import sqlalchemy
+
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -615,7 +637,10 @@ def time_phases(manager: Any) -> dict[str, float]:
     module.step = timed("step (fleet.rollout engine)", module.step)
     for name in ("load", "save", "mark_done", "mirror_deployment", "pending_commands", "open_ids"):
         setattr(manager.store, name, timed(f"store.{name}", getattr(manager.store, name)))
-    manager.orders.send_all = timed("orders.send_all (sequences, publish)", manager.orders.send_all)
+    for name in ("send_all", "send"):  # (a hub from before wave orders went out at once had only send)
+        if hasattr(manager.orders, name):
+            setattr(manager.orders, name, timed("orders (sequences, publish)", getattr(manager.orders, name)))
+            break
     if manager.push is not None:
         manager.push = timed("transfer.push", manager.push)
     return phases
@@ -662,6 +687,7 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path, broker_pid: int
     address = BrokerAddress.from_url(broker_url)
     settings = HubSettings(
         data_dir=tmp / "hub",
+        database_url=args.database_url,
         broker_url=broker_url,
         chunk_size=args.chunk_kb * 1024,
         rebroadcast_window_s=args.rebroadcast_window,
@@ -720,6 +746,7 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path, broker_pid: int
             "rollout_seconds": round(duration, 3),
             "fanout_seconds_same_bytes": round(fanout_seconds, 3),
             "state": snapshot.state.value,
+            "database": args.database,
             "devices": args.devices,
             "devices_on_version": on_version,
             "waves": args.waves,
@@ -782,6 +809,7 @@ def main() -> None:
     parser.add_argument("--fanout-rounds", type=int, default=3, help="reference fan-out runs (median kept)")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--broker-url", default=None, help="default: a private mosquitto started for the run")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite", help="the hub's registry")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     load_before = os.getloadavg()
