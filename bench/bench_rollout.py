@@ -685,6 +685,7 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path, broker_pid: int
     from hub.config import HubSettings
 
     address = BrokerAddress.from_url(broker_url)
+    waits = {"chunk_wave_wait_s": args.wave_wait} if "chunk_wave_wait_s" in HubSettings.model_fields else {}
     settings = HubSettings(
         data_dir=tmp / "hub",
         database_url=args.database_url,
@@ -692,7 +693,7 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path, broker_pid: int
         chunk_size=args.chunk_kb * 1024,
         rebroadcast_window_s=args.rebroadcast_window,
         chunk_gather_s=args.gather,
-        chunk_wave_wait_s=args.wave_wait,
+        **waits,  # (a hub from before waves waited for their devices has no such setting)
     )
     run_id = secrets.token_hex(3)
     ids = [f"bench-{run_id}-{i:04d}" for i in range(args.devices)]

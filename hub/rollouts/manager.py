@@ -141,7 +141,6 @@ class RolloutManager:
         self._open: set[str] = set()
         self.ticks = 0
         self._ticks_done = 0  # guarded by _ticked: waiters compare it to know a tick ended
-        self.tick_seconds = 0.0  # spent stepping, storing and acting, all ticks together
 
     # -- inputs ---------------------------------------------------------------------------------------------
 
@@ -306,7 +305,6 @@ class RolloutManager:
     def tick(self) -> None:
         """Apply queued commands, then step every open rollout once (answering gate requests at once)."""
         with self._tick_lock:
-            began = time.perf_counter()
             self.ticks += 1
             with self._data_lock:  # this tick sees every report so far; later outcomes are checked after it
                 self._reported = set()
@@ -339,7 +337,6 @@ class RolloutManager:
             self._open = set(open_ids)
             self._saved = {r: saved for r, saved in self._saved.items() if r in self._open}
             self._await(waits)
-            self.tick_seconds += time.perf_counter() - began
         with self._ticked:
             self._ticks_done += 1
             self._ticked.notify_all()
