@@ -37,7 +37,7 @@ from hub.devices.embedded_broker import EmbeddedBroker
 from hub.devices.orders import BundleSources, DeploymentOrders
 from hub.devices.pki import CertificateAuthority
 from hub.devices.records import DeviceRecords
-from hub.devices.traffic import DeviceTraffic
+from hub.devices.traffic import EVERY_CHANNEL, DeviceTraffic
 from hub.monitoring.certificate_metrics import CertificateMetrics
 from hub.monitoring.ingest import RetentionPolicy, TelemetryIngestor, publish_acks
 from hub.monitoring.presence import DevicePresence
@@ -73,6 +73,7 @@ class Hub:
         self.connector: BrokerConnector | None = None
         self.broker: PahoBroker | None = None
         self.traffic: DeviceTraffic | None = None
+        self.fetches: DeviceTraffic | None = None  # fetch requests, on their own connection
         self.ingestor: TelemetryIngestor | None = None
         self.transfer: BundleTransfer | None = None
         self.orders: DeploymentOrders | None = None
@@ -128,8 +129,9 @@ class Hub:
             interval_s=s.telemetry_prune_interval_s,
         )
         share = s.share_group if s.replica else None
+        known: set[str] = set()  # provisioned devices, checked once for every decoder of this hub
         self.traffic = traffic = DeviceTraffic(
-            broker, self.registry, telemetry_filter=s.telemetry_filter(), shared_group=share
+            broker, self.registry, telemetry_filter=s.telemetry_filter(), shared_group=share, known=known
         )
         self.ingestor = TelemetryIngestor(
             self.registry,
@@ -163,8 +165,13 @@ class Hub:
         self.records.start()
         traffic.on_state(self._apply_state)
         traffic.on_event(self.records.event)
-        # replicas: each answers its share of metadata requests; the leader alone broadcasts chunks (duties)
-        traffic.on_fetch(self.transfer.handle_metadata if s.replica else self.transfer.handle)
+        # Fetch requests on a connection of their own: a wave's requests, which start its broadcast, are read while
+        # its states and events still queue on the main one. Replicas: each answers its share of metadata
+        # requests; the leader alone broadcasts chunks (on its own feed, see LeaderDuties).
+        self.fetches = DeviceTraffic(
+            self.connector.connect("hub-fetch"), self.registry, shared_group=share, known=known
+        )
+        self.fetches.on_fetch(self.transfer.handle_metadata if s.replica else self.transfer.handle)
         traffic.on_capture(self._store_capture)
         device_ca = CertificateAuthority(s.device_ca_dir) if s.device_ca_dir else None
         traffic.on_certificate_request(CertificateSigner(broker, device_ca, days=s.device_cert_days).handle)
@@ -182,7 +189,8 @@ class Hub:
             fetch=self.transfer.handle_chunks,
         )
         self.leadership.start(on_elected=self._lead, on_deposed=self._step_down)
-        traffic.start()
+        self.fetches.start(channels=("fetch",))
+        traffic.start(channels=tuple(c for c in EVERY_CHANNEL if c != "fetch"))
         self.presence.start()
 
     def stop(self) -> None:
@@ -197,6 +205,9 @@ class Hub:
             self.presence.stop()
         if self.traffic is not None:
             self.traffic.stop()
+        if self.fetches is not None:
+            self.fetches.stop()
+            self.fetches.broker.close()
         if self.records is not None:
             self.records.close()
         if self.transfer is not None:
@@ -208,7 +219,7 @@ class Hub:
         if self.embedded is not None:
             self.embedded.stop()
         self.db.close()
-        self.traffic = self.ingestor = self.broker = self.embedded = None
+        self.traffic = self.fetches = self.ingestor = self.broker = self.embedded = None
         self.transfer = self.orders = None
         self.presence = None
         self.records = None

@@ -42,7 +42,7 @@ from fleet.wire.transport import Broker, Message, Unsubscribe
 from hub.errors import HubError
 from hub.registry import Registry
 
-__all__ = ["DeviceTraffic", "Listener", "RejectListener"]
+__all__ = ["EVERY_CHANNEL", "DeviceTraffic", "Listener", "RejectListener"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ _CHANNELS: dict[str, tuple[type[WireModel], str | None]] = {
 }
 
 
+#: Every channel the hub consumes, as `DeviceTraffic.start` subscribes them by default.
+EVERY_CHANNEL = ("telemetry", "state", "events", "fetch", "heartbeat", "capture", "certificate-request")
+
+
 class DeviceTraffic:
     """Decodes device state, update events, fetch requests and telemetry; dispatches them typed.
 
@@ -69,7 +73,8 @@ class DeviceTraffic:
     workers; ``start(telemetry_only=True)`` subscribes to telemetry alone (a telemetry worker). With
     ``shared_group`` every channel is consumed through ``$share/GROUP/...``, so each message reaches one hub
     replica of the group (retained states are then not delivered at subscription: the broker keeps them for
-    plain subscribers only).
+    plain subscribers only). Decoders of one hub on several connections share ``known``, the provisioned
+    device ids already checked.
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class DeviceTraffic:
         *,
         telemetry_filter: str | None = None,
         shared_group: str | None = None,
+        known: set[str] | None = None,
     ) -> None:
         self.broker = broker
         self.registry = registry
@@ -89,7 +95,7 @@ class DeviceTraffic:
         self._reject_listeners: list[RejectListener] = []
         self._raw_telemetry: list[Callable[[Message], None]] = []
         self._rejected_lock = threading.Lock()
-        self._known: set[str] = set()
+        self._known: set[str] = known if known is not None else set()  # provisioned ids seen; may be shared
         self._known_lock = threading.Lock()
         self._unsubscribes: list[Unsubscribe] = []
 
@@ -149,8 +155,7 @@ class DeviceTraffic:
     def start(self, *, telemetry_only: bool = False, channels: tuple[str, ...] | None = None) -> None:
         """Subscribe to the device channels the hub consumes (all, telemetry alone, or ``channels``)."""
         if channels is None:
-            everything = ("telemetry", "state", "events", "fetch", "heartbeat", "capture", "certificate-request")
-            channels = ("telemetry",) if telemetry_only else everything
+            channels = ("telemetry",) if telemetry_only else EVERY_CHANNEL
         filters = {c: self.telemetry_filter if c == "telemetry" else self._filter(c) for c in channels}
         for channel, topic_filter in filters.items():
             self._unsubscribes.append(self.broker.subscribe(topic_filter, self._handler(channel)))
