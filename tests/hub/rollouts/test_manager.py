@@ -588,3 +588,26 @@ def test_canary_report_of_a_rollout_uses_its_own_gate_settings(fleet: Fleet) -> 
     source = hub_source(fleet.hub.registry, fleet.hub.store)
     assert canary_report_for(source, "ro-own").verdict == "fail"  # 4 devices pass the plan's min_devices=2
     assert canary_report_for(source, "ro-own", config=CanaryConfig()).verdict == "inconclusive"  # defaults: 5
+
+
+def test_reports_wake_the_engine_only_when_they_can_move_a_rollout(fleet: Fleet) -> None:
+    [fleet.device(f"d{i}") for i in range(4)]
+    manager = fleet.manager()
+    manager.start_rollout(_plan(canary="2"), rollout_id="ro-wake")
+    canary = sorted(d for d, order in fleet.orders.items() if order is not None)
+    assert len(canary) == 2
+    manager._wake.clear()  # (the worker's flag: set means a tick is due)
+    fleet.report(canary[0], UpdateState.DOWNLOAD, "ro-wake")  # progress moves nothing
+    assert not manager._wake.is_set()
+    fleet.installed[canary[0]] = fleet._installed("2.0.0")
+    fleet.report(canary[0], UpdateState.DONE, "ro-wake")  # one of two: the canary needs both
+    assert not manager._wake.is_set()
+    fleet.installed[canary[1]] = fleet._installed("2.0.0")
+    fleet.report(canary[1], UpdateState.DONE, "ro-wake")  # now the canary can be complete
+    assert manager._wake.is_set()
+    manager.tick()
+    assert sum(o is not None for o in fleet.orders.values()) == 4  # the next wave went out
+    manager._wake.clear()
+    late = sorted(set(fleet.orders) - set(canary))[0]
+    fleet.report(late, UpdateState.FAILED, "ro-wake")  # a failure may trip the threshold: at once
+    assert manager._wake.is_set()
