@@ -340,7 +340,7 @@ class BundleTransfer:
                     continue
             self._flush(due_by=now)
 
-    def _flush(self, *, due_by: float | None) -> None:
+    def _flush(self, *, due_by: float | None, paced: bool = True) -> None:
         """Broadcast the frames due by ``due_by`` (all when None), in key order, paced by the broker."""
         with self._send_lock:
             with self._lock:
@@ -352,7 +352,7 @@ class BundleTransfer:
                     wave = self._waves.get(sha)
                     if wave is not None and wave.asked and not (wave.keys & self._pending.keys()):
                         del self._waves[sha]  # sent: whoever asks now is a late joiner
-            acknowledging = isinstance(self.broker, _Acknowledging)
+            acknowledging = paced and isinstance(self.broker, _Acknowledging)
             for position, (key, read) in enumerate(batch, start=1):
                 topic, frame = read()
                 with self._lock:
@@ -378,4 +378,4 @@ class BundleTransfer:
             self._changed.notify_all()
         if sender is not None:
             sender.join(timeout=30)
-        self._flush(due_by=None)
+        self._flush(due_by=None, paced=False)  # stopping: hand it all to the client at once
