@@ -2,11 +2,12 @@
 
 Used when ``edgefleet hub serve`` gets no broker URL: one process, nothing else to install.
 It speaks MQTT 3.1.1 and checks every connection against the registry's credentials and every publish
-and subscription against `fleet.wire.acl`, like the generated Mosquitto configuration does. Two holes of
+and subscription against `fleet.wire.acl`, like the generated Mosquitto configuration does. Three holes of
 amqtt 0.12 are closed here:
 
 - identity: a device must use its login as its client id (Mosquitto's ``use_username_as_clientid``), so no
   device can take over another's session with its own password; hub connections use ``edgefleet-`` ids;
+- removal: a device is cut off by closing its socket, not only by cancelling amqtt's reader (see `_disconnect`);
 - retained messages: amqtt replays, to every client that connects, the retained messages matching *any*
   client's subscriptions, without an ACL check; `_AclBroker` replays only for the client's own
   subscriptions and only topics its rules let it read.
@@ -269,6 +270,12 @@ class EmbeddedBroker:
         if session is None:
             return False
         if handler is not None:
+            # Cut the socket before stopping the handler: stop() only cancels the reader, and on Python 3.11
+            # asyncio.wait_for drops a cancellation that arrives with a packet (the device's PUBACK of its cleared
+            # order), so the reader would go on serving a removed device while stop() waited for it forever.
+            writer = getattr(handler.writer, "_writer", None)  # amqtt's StreamWriterAdapter keeps the stream
+            if isinstance(writer, asyncio.StreamWriter):
+                writer.transport.abort()
             await handler.stop()
         await self._broker._delete_session(client_id)
         return True

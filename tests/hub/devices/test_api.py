@@ -3,6 +3,7 @@ device off at once."""
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +85,26 @@ def test_a_removed_device_is_disconnected_and_cannot_log_in_again(
     assert client.get("/devices/cam-3").status_code == 404
     assert client.delete("/devices/cam-3").status_code == 404
     assert "cam-3" not in (tmp_path / "mosquitto" / "passwd").read_text()
+
+
+def test_a_device_sending_a_packet_as_it_is_removed_is_still_cut_off(started: tuple[Hub, TestClient]) -> None:
+    """On Python 3.11 ``asyncio.wait_for`` drops a cancellation that arrives with the data it waited for: a device's
+    packet (its PUBACK of the cleared order) read as it is removed must not keep the broker serving it."""
+    hub, _ = started
+    embedded = hub.embedded
+    assert embedded is not None and embedded._broker is not None
+    broker = embedded._broker
+    _, secret = hub.registry.provision_device("cam-4", "x86-onnx-cpu")
+    device = Client("cam-4", secret, embedded.port).connect()
+
+    async def packet_then_removal() -> bool:
+        _, handler = broker._sessions["cam-4"]
+        handler.reader._reader.feed_data(b"\xc0\x00")  # a PINGREQ, read in the same turn as the cancellation
+        return await embedded._disconnect("cam-4")
+
+    assert asyncio.run_coroutine_threadsafe(packet_then_removal(), embedded._loop).result(WAIT_S)
+    assert device.disconnected.wait(WAIT_S), "the removed device kept its connection"
+    device.close()
 
 
 def test_with_a_fleet_ca_the_kit_connects_over_mutual_tls(tmp_path: Path) -> None:
