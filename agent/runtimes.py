@@ -88,6 +88,18 @@ class LiteRtRuntime:
         return np.stack(rows)
 
 
+class RowByRow:
+    """A model exported with a fixed batch of 1 (a ``torch.export`` without dynamic shapes, a traced module):
+    each row of a batch runs alone and the outputs are stacked."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run each row of ``batch`` as a batch of one."""
+        return np.concatenate([self._runtime.run(batch[i : i + 1]) for i in range(len(batch))])
+
+
 def openvino_precision(precision: str) -> str:
     """OpenVINO's ``INFERENCE_PRECISION_HINT`` for a variant's precision (as the converters measured it).
 
@@ -128,9 +140,9 @@ class OpenVinoRuntime:
 
 class TorchScriptRuntime:
     """A TorchScript module through libtorch (install the ``agent-torch`` extra: torch is not in the
-    default agent install). Models traced with a fixed batch of 1 run row by row."""
+    default agent install)."""
 
-    def __init__(self, model_bytes: bytes, row_by_row: bool = False, threads: int = 1) -> None:
+    def __init__(self, model_bytes: bytes, threads: int = 1) -> None:
         try:
             import torch
         except ImportError as exc:
@@ -141,17 +153,14 @@ class TorchScriptRuntime:
         except Exception as exc:  # torch raises RuntimeError and friends for corrupt archives
             raise RuntimeUnavailableError(f"TorchScript cannot load the model: {exc}") from exc
         self._torch = torch
-        self._row_by_row = row_by_row
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch (or each row, for a model with a fixed batch of 1)."""
-        rows = [batch[i : i + 1] for i in range(len(batch))] if self._row_by_row else [batch]
+        """Run one batch."""
         try:
             with self._torch.no_grad():
-                outputs = [self._first(self._module(self._torch.from_numpy(np.ascontiguousarray(r)))) for r in rows]
+                return self._first(self._module(self._torch.from_numpy(np.ascontiguousarray(batch))))
         except Exception as exc:
             raise InferenceError(f"TorchScript rejected input of shape {batch.shape}: {exc}") from exc
-        return np.concatenate(outputs)
 
     @staticmethod
     def _first(output: Any) -> np.ndarray:
@@ -219,7 +228,9 @@ def load_runtime(manifest: BundleManifest, model_bytes: bytes, extra: dict[str, 
     elif manifest.runtime == "coreml":
         runtime = CoreMLRuntime(model_bytes)
     elif manifest.runtime == "torchscript":
-        runtime = TorchScriptRuntime(model_bytes, row_by_row=manifest.input.shape[:1] == [1])
+        runtime = TorchScriptRuntime(model_bytes)
     else:
         raise RuntimeUnavailableError(f"runtime {manifest.runtime!r} is not supported by this agent")
+    if manifest.input.shape[:1] == [1] and manifest.runtime in ("onnxruntime", "openvino", "torchscript"):
+        return RowByRow(runtime)  # LiteRT and Core ML already run row by row
     return runtime

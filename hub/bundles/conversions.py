@@ -178,7 +178,8 @@ def prepare_conversion(
             input=TensorSpec(
                 name=input_names[0],
                 dtype=dtype,  # type: ignore[arg-type]
-                shape=[-1, *inputs.shape[1:]],
+                # a variant exported with a fixed batch of 1 makes the agent run requests row by row
+                shape=[-1 if variant.meta.get("batch_dynamic", True) else 1, *inputs.shape[1:]],
             ),
             postprocess=Postprocess(labels=labels or []),
             selftest=SelfTest(

@@ -93,6 +93,32 @@ def test_torchscript_with_a_fixed_batch_of_one_runs_row_by_row() -> None:
     np.testing.assert_allclose(got, module(torch.from_numpy(x)).detach().numpy(), atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def fixed_batch_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, bytes]:
+    """A module exported to ONNX with a batch of exactly 1 (as ``torch.export`` without dynamic shapes gives)."""
+    import torch
+
+    from converters import export_onnx
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval()
+    path = export_onnx(module, (torch.zeros(1, 8),), tmp_path_factory.mktemp("m") / "m.onnx", dynamic_batch=False)
+    return module, Path(path).read_bytes()
+
+
+@pytest.mark.parametrize(("runtime", "target"), [("onnxruntime", "x86-onnx-cpu"), ("openvino", "intel-openvino")])
+def test_a_model_with_a_fixed_batch_of_one_runs_a_batch_row_by_row(
+    runtime: str, target: str, fixed_batch_model: tuple[object, bytes]
+) -> None:
+    import torch
+
+    module, model_bytes = fixed_batch_model
+    manifest = _manifest(runtime, target).model_copy(update={"input": TensorSpec(name="input", shape=[1, 8])})
+    x = np.random.default_rng(2).normal(size=(3, 8)).astype(np.float32)
+    got = load_runtime(manifest, model_bytes).run(x)
+    np.testing.assert_allclose(got, module(torch.from_numpy(x)).detach().numpy(), atol=1e-4)  # type: ignore[operator]
+
+
 @pytest.mark.skipif(platform.system() != "Darwin", reason="Core ML predictions run only on macOS")
 def test_core_ml_runs_on_macos(tmp_path: Path) -> None:  # pragma: no cover - macOS only
     import io

@@ -100,3 +100,28 @@ def test_cli_registers_a_conversion(tmp_path: Path, converted: tuple[TrainedDigi
     assert "no drift reference" not in drift.output
     report = json.loads(drift.output)
     assert report["model"] == "digits" and report["version"] == "3.1.0"
+
+
+def test_a_variant_exported_with_a_fixed_batch_of_one_says_so_in_its_manifest(
+    tmp_path: Path, converted: tuple[TrainedDigits, Path, Path]
+) -> None:
+    """A ``torch.export`` without dynamic shapes converts to a model that takes one row: the manifest's batch of 1
+    makes the agent run requests (and its self-test) row by row instead of failing the install."""
+    import json
+    import shutil
+
+    from agent.runtimes import load_runtime
+    from hub.bundles.conversions import prepare_conversion
+
+    _, out, vectors = converted
+    static = shutil.copytree(out, tmp_path / "out")
+    report = json.loads((static / "report.json").read_text())
+    for variant in report["variants"]:
+        variant["meta"]["batch_dynamic"] = variant["target"] != "x86-onnx-cpu"
+    (static / "report.json").write_text(json.dumps(report))
+    prepared = prepare_conversion(static, version="1.0.0", vectors=vectors, model="digits")
+    shapes = {v.name: v.manifest.input.shape for v in prepared.variants}
+    assert shapes["x86-onnx-cpu/fp32"] == [1, 64] and shapes["intel-openvino/int8"] == [-1, 64], shapes
+    fixed = next(v for v in prepared.variants if v.name == "x86-onnx-cpu/fp32")
+    runtime = load_runtime(fixed.manifest, fixed.model_path.read_bytes())
+    np.testing.assert_allclose(runtime.run(fixed.inputs), fixed.outputs, atol=1e-5)
