@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         broker_url: str | None = typer.Option(None, help="mqtt://host:port; omitted: embedded broker"),
         database_url: str | None = typer.Option(None, help="SQLAlchemy URL; omitted: SQLite in data dir"),
         artifact_store: str | None = typer.Option(
-            None, help="s3://bucket[/prefix]?endpoint=URL (S3-compatible); omitted: data dir/artifacts"
+            None, help="s3://bucket/prefix?endpoint=URL (S3-compatible, prefix optional); omitted: data dir/artifacts"
         ),
         bundle_transport: str | None = typer.Option(
             None, help="how devices download bundles: mqtt (broker chunk broadcast) or http (range requests) [mqtt]"
@@ -120,8 +120,11 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Bring the registry's schema to this release's revision (``hub serve`` also does it at start)."""
+        from hub.private_files import private_dir
         from hub.registry import Database
 
+        if database_url is None:
+            private_dir(data_dir)  # as `hub serve` makes it: a first migrate may come before the first start
         try:
             db = Database(HubSettings(data_dir=data_dir, database_url=database_url).resolved_database_url())
         except HubError as exc:

@@ -23,12 +23,13 @@ def test_migrate_reports_revisions_and_is_idempotent(database_url: str, tmp_path
     assert again.exit_code == 0 and f"from {head_revision()} to {head_revision()}" in again.output
 
 
-def test_migrate_a_fresh_data_dir_creates_the_schema(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["hub", "migrate", "--data-dir", str(tmp_path)])
+def test_migrate_a_fresh_data_dir_creates_it_and_the_schema(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var" / "hub"  # not there yet: a first migrate may come before the first `hub serve`
+    result = CliRunner().invoke(app, ["hub", "migrate", "--data-dir", str(data_dir)])
     assert result.exit_code == 0, result.output
     assert f"from none (empty database) to {head_revision()}" in result.output
-    assert (tmp_path / "registry.db").exists()
-    again = CliRunner().invoke(app, ["hub", "migrate", "--data-dir", str(tmp_path), "--json"])
+    assert (data_dir / "registry.db").exists() and data_dir.stat().st_mode & 0o777 == 0o700
+    again = CliRunner().invoke(app, ["hub", "migrate", "--data-dir", str(data_dir), "--json"])
     assert json.loads(again.stdout) == {"from": head_revision(), "to": head_revision(), "backup": None}
 
 
