@@ -15,8 +15,8 @@ from agent.errors import AgentError
 from fleet.errors import FleetError
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``edgefleet-agent`` console script."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``edgefleet-agent`` command line (tests check the documents' commands against it)."""
     parser = argparse.ArgumentParser(prog="edgefleet-agent", description="EdgeFleet device agent")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="serve the installed model and connect to the hub (retrying until it answers)")
@@ -24,7 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--log-level", default="INFO")
     check = sub.add_parser("check-config", help="validate agent.toml and exit")
     check.add_argument("--config", type=Path, required=True)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``edgefleet-agent`` console script."""
+    args = build_parser().parse_args(argv)
     try:
         config = AgentConfig.load(args.config)
     except AgentError as exc:

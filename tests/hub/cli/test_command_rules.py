@@ -1,7 +1,7 @@
-"""Rules every ``edgefleet`` command keeps: it takes ``--json``, and only the bootstrap commands reach the hub's
-database. The second is checked on the source, like tests/test_architecture.py: a command module and everything it
-imports, at any depth and inside functions too (but not under ``if TYPE_CHECKING``), stays clear of the registry,
-the `Hub`, the hub's settings and SQL."""
+"""Rules every ``edgefleet`` command keeps: it takes ``--json``, its ``--help`` renders, and only the bootstrap
+commands reach the hub's database. The last is checked on the source, like tests/test_architecture.py: a command
+module and everything it imports, at any depth and inside functions too (but not under ``if TYPE_CHECKING``), stays
+clear of the registry, the `Hub`, the hub's settings and SQL."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import typer.main
+from typer.testing import CliRunner
 
 from hub.cli import app
 
@@ -48,6 +49,13 @@ def test_the_walk_finds_every_group() -> None:
 def test_every_command_takes_json(name: str) -> None:
     options = {opt for param in COMMANDS[name].params for opt in getattr(param, "opts", [])}
     assert "--json" in options, f"`edgefleet {name}` has no --json"
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_renders_its_help(name: str) -> None:
+    """Help texts go through rich markup: a bracketed part (``s3://bucket[/prefix]``) made ``--help`` crash."""
+    result = CliRunner().invoke(app, [*name.split(), "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output, result.output
 
 
 def _module_path(name: str) -> Path | None:
