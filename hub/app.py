@@ -117,7 +117,8 @@ class Hub:
             )
             self.embedded.start()
             self.connector = BrokerConnector(
-                BrokerAddress(self.embedded.host, self.embedded.port, tls=s.broker_tls()), hub_secret=self.hub_secret
+                BrokerAddress(self.embedded.local_host, self.embedded.port, tls=s.broker_tls()),
+                hub_secret=self.hub_secret,
             )
         else:
             self.connector = BrokerConnector.from_url(s.broker_url, hub_secret=self.hub_secret, tls=s.broker_tls())

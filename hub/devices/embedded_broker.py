@@ -222,6 +222,12 @@ class EmbeddedBroker:
         self._broker: Any = None
 
     @property
+    def local_host(self) -> str:
+        """The address this host reaches the listener at: loopback when it listens on every interface (a
+        certificate names loopback, never the wildcard)."""
+        return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+
+    @property
     def url(self) -> str:
         """``mqtt://host:port`` (``mqtts://`` with TLS) of the listener."""
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"

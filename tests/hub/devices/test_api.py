@@ -107,13 +107,15 @@ def test_a_device_sending_a_packet_as_it_is_removed_is_still_cut_off(started: tu
     device.close()
 
 
-def test_with_a_fleet_ca_the_kit_connects_over_mutual_tls(tmp_path: Path) -> None:
+@pytest.mark.parametrize("listen", ["127.0.0.1", "0.0.0.0"])  # every interface: the hub still connects by loopback
+def test_with_a_fleet_ca_the_kit_connects_over_mutual_tls(tmp_path: Path, listen: str) -> None:
     from hub.devices.pki import CertificateAuthority
 
     ca = CertificateAuthority.create(tmp_path / "pki")
     server = ca.issue_server(tmp_path / "pki" / "broker", ["127.0.0.1", "localhost"])
     settings = HubSettings(
         data_dir=tmp_path / "hub",
+        broker_host=listen,
         embedded_tls_cert=server.cert_file,
         embedded_tls_key=server.key_file,
         embedded_client_ca=ca.cert_file,
