@@ -9,11 +9,17 @@ testable without a database. Storage plugs in through the small `MonitoringSourc
   "rollouts": {...}}``) for offline analysis and tests.
 
 A source that keeps the ingestion-time window aggregates (`AggregateSource`: `RegistrySource`) answers from
-them: a drift report over all of a version's telemetry by target (the default) reads its aggregate rows
-(tens of rows, not every device's batch), and a canary report reads the model's aggregate and per-device
-window rows in the rollout's time range (`hub.monitoring.canary_windows`: one narrow row per device and window,
-whole windows, the groups' input sketches pooled per cohort window). Any other drift grain (time bounds,
-labels, selectors) reads the batches.
+them, taking whole windows for a time range (a window counts when one of its batches ended in the range):
+
+- a drift report whose cohorts depend only on target, version and model (``all``, ``target=...``; no label
+  dimension, no selector) reads the version's aggregate rows (tens of rows, not every device's batch);
+- contract violation reports and policies count each device's requests and contract checks from its
+  per-device window rows (`device_counts_for`), for any cohorts;
+- a canary report reads the model's aggregate and per-device window rows in the rollout's time range
+  (`hub.monitoring.canary_windows`: one narrow row per device and window, the groups' input sketches pooled
+  per cohort window).
+
+Drift by label or selector reads the batches: the aggregates keep input sketches per target, not per device.
 
 A source hands over only batches analysis can use (`fleet.telemetry.validate_batch`); the others are skipped
 and counted in the report's ``skipped_batches``, so one device's bad data never fails a report (the
@@ -34,11 +40,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleet.canary import CanaryConfig, CanaryReport, analyse_canary, device_metrics
 from fleet.drift import DriftConfig, DriftReport, analyse_drift, group_cohorts
+from fleet.drift.cohorts import CohortNamer
 from fleet.errors import ProtocolError
 from fleet.telemetry import ReferenceProfile, TelemetryAggregate, validate_batch
 from fleet.wire.messages import TelemetryBatch
 from hub.errors import InvalidRequestError, NotFoundError
 from hub.monitoring.canary_windows import GroupFilter, canary_from_windows
+from hub.monitoring.device_counts import DeviceCounts, counts_from_batches, counts_from_rows
+from hub.monitoring.violations import ViolationReport, violation_report
 
 if TYPE_CHECKING:
     from hub.registry import Registry
@@ -52,11 +61,13 @@ __all__ = [
     "TelemetryRead",
     "canary_report",
     "canary_report_for",
+    "device_counts_for",
     "drift_report",
     "drift_report_for",
     "parse_model_version",
     "rollout_groups",
     "split_rollout_batches",
+    "violation_report_for",
 ]
 
 
@@ -110,13 +121,31 @@ class MonitoringSource(Protocol):
 class AggregateSource(Protocol):
     """A source that also keeps window aggregates of every batch it stored."""
 
-    def target_cohorts(self, model: str, version: str) -> dict[str, TelemetryAggregate] | None:
-        """Cohorts ``all`` and ``target=T`` of every stored batch of the version, or None when it has none."""
+    def target_aggregates(
+        self, model: str, version: str, *, since: float | None = None, until: float | None = None
+    ) -> list[tuple[str, TelemetryAggregate]]:
+        """The version's aggregate rows as (target, aggregate with its devices), whole windows holding a batch
+        that ended in ``[since, until]``; empty when there are none."""
+        ...
+
+    def device_counts(
+        self, model: str, version: str, *, since: float | None = None, until: float | None = None
+    ) -> list[DeviceCounts]:
+        """Each device's requests and contract checks of the version in the same windows."""
         ...
 
     def canary_report(self, rollout: RolloutView, config: CanaryConfig) -> CanaryReport:
         """The rollout's canary report from the aggregates."""
         ...
+
+
+class _TargetCohort(NamedTuple):
+    """What names the cohorts of an aggregate row: its model, version and target (no device)."""
+
+    device_id: str
+    model: str
+    version: str
+    target: str
 
 
 def parse_model_version(text: str) -> tuple[str, str]:
@@ -220,10 +249,14 @@ def drift_report_for(
 ) -> DriftReport:
     """`drift_report` on what ``source`` holds (``reference`` overrides the source's)."""
     ref = reference if reference is not None else source.reference(model, version)
-    at_aggregate_grain = tuple(by) == ("target",) and not selectors and since is None and until is None
-    if at_aggregate_grain and isinstance(source, AggregateSource):
-        cohorts = source.target_cohorts(model, version)
-        if cohorts is not None:
+    namer = CohortNamer(by=by, selectors=selectors)
+    if not namer.needs_devices and isinstance(source, AggregateSource):
+        windows = source.target_aggregates(model, version, since=since, until=until)
+        if windows:
+            cohorts: dict[str, TelemetryAggregate] = {}
+            for target, agg in windows:
+                for name in namer.names(_TargetCohort("", model, version, target)):
+                    cohorts.setdefault(name, TelemetryAggregate()).merge(agg)
             return analyse_drift(ref, cohorts, config, model=model, version=version)
     batches, skipped = source.telemetry(model, version, since=since, until=until)
     report = drift_report(
@@ -237,6 +270,37 @@ def drift_report_for(
         config=config,
     )
     return report.model_copy(update={"skipped_batches": skipped})
+
+
+def device_counts_for(
+    source: MonitoringSource, model: str, version: str, *, since: float | None = None, until: float | None = None
+) -> list[DeviceCounts]:
+    """Each device's requests and contract checks of ``model:version`` in ``[since, until]`` (whole windows
+    when the source keeps the window aggregates)."""
+    if isinstance(source, AggregateSource):
+        return source.device_counts(model, version, since=since, until=until)
+    return counts_from_batches(source.telemetry(model, version, since=since, until=until).batches)
+
+
+def violation_report_for(
+    source: MonitoringSource,
+    model: str,
+    version: str,
+    *,
+    by: Sequence[str] = ("target",),
+    selectors: Mapping[str, str] | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> ViolationReport:
+    """`violation_report` on what ``source`` holds (`device_counts_for`)."""
+    return violation_report(
+        device_counts_for(source, model, version, since=since, until=until),
+        model=model,
+        version=version,
+        by=by,
+        selectors=selectors,
+        device_labels=source.device_labels(),
+    )
 
 
 def canary_report_for(source: MonitoringSource, rollout_id: str, *, config: CanaryConfig | None = None) -> CanaryReport:
@@ -332,15 +396,15 @@ class RegistrySource:
         batches, skipped = self._registry.read_telemetry(model, version)
         return TelemetryRead([b for b in batches if _in_window(b, since, until)], skipped)
 
-    def target_cohorts(self, model: str, version: str) -> dict[str, TelemetryAggregate] | None:
-        windows = self._registry.windows.by_target(model, version)
-        if not windows:
-            return None
-        cohorts: dict[str, TelemetryAggregate] = {}
-        for target, agg in windows:
-            for name in ("all", f"target={target}"):
-                cohorts.setdefault(name, TelemetryAggregate()).merge(agg)
-        return cohorts
+    def target_aggregates(
+        self, model: str, version: str, *, since: float | None = None, until: float | None = None
+    ) -> list[tuple[str, TelemetryAggregate]]:
+        return self._registry.windows.by_target(model, version, since, until)
+
+    def device_counts(
+        self, model: str, version: str, *, since: float | None = None, until: float | None = None
+    ) -> list[DeviceCounts]:
+        return counts_from_rows(self._registry.windows.device_rows(model, version, since, until))
 
     def canary_report(self, rollout: RolloutView, config: CanaryConfig) -> CanaryReport:
         in_canary, in_baseline = rollout_groups(rollout)

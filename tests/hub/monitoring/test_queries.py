@@ -206,7 +206,7 @@ def test_drift_by_target_reads_the_window_aggregates_and_matches_the_batches(dat
             version=BASELINE,
             device_labels=source.device_labels(),
         )
-        assert source.target_cohorts(MODEL, BASELINE) is not None
+        assert source.target_aggregates(MODEL, BASELINE)
         assert from_aggregates.drifted_cohorts == from_batches.drifted_cohorts
         assert "target=jetson-orin" in from_batches.drifted_cohorts
         mine = {c.cohort: c for c in from_aggregates.cohorts}

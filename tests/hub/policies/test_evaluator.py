@@ -31,6 +31,7 @@ from tests.hub.monitoring.telemetry_scenario import _batch
 from tests.hub.rollouts.test_manager import TARGET, Fleet, _drive, _plan
 
 START = 1_900_000_000.0
+WINDOW_S = 60.0  # aggregate windows finer than the policies' lookback, as a hub with short lookbacks sets them
 
 
 @pytest.fixture
@@ -62,7 +63,7 @@ def _telemetry(fleet: Fleet, devices: list[str], *, shift: float, seq: int) -> N
                 update={"batch_id": f"{device}-{seq:04d}-batch", "window_start": now - 60, "window_end": now}
             )
         )
-    fleet.hub.registry.store_telemetry(batches)
+    fleet.hub.registry.store_telemetry(batches, aggregate_window_s=WINDOW_S)
 
 
 def _evaluator(fleet: Fleet, prometheus: CollectorRegistry) -> PolicyEvaluator:
