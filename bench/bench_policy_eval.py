@@ -46,7 +46,8 @@ from fleet.wire.sketches import (  # noqa: E402
     serialize_sketch,
     sketch_from_values,
 )
-from hub.monitoring.queries import MonitoringSource, RegistrySource, RolloutView, TelemetryRead  # noqa: E402
+from hub.monitoring.queries import MonitoringSource, RolloutView, TelemetryRead  # noqa: E402
+from hub.monitoring.registry_source import RegistrySource  # noqa: E402
 from hub.policies.evaluator import PolicyEvaluator  # noqa: E402
 from hub.registry import Database, Registry  # noqa: E402
 from hub.registry.policies import PolicyStore  # noqa: E402

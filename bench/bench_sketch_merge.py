@@ -63,13 +63,13 @@ from fleet.wire.sketches import (  # noqa: E402
     sketch_from_values,
 )
 from hub.monitoring.queries import (  # noqa: E402
-    RegistrySource,
     RolloutView,
     canary_report,
     canary_report_for,
     drift_report_for,
     split_rollout_batches,
 )
+from hub.monitoring.registry_source import RegistrySource  # noqa: E402
 from hub.registry import Database, Registry  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "sketch_merge.json"

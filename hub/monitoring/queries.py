@@ -3,8 +3,9 @@
 The analysis functions take plain lists of `TelemetryBatch` (and a `ReferenceProfile`), so they are
 testable without a database. Storage plugs in through the small `MonitoringSource` protocol:
 
-- `RegistrySource` reads telemetry and device labels from the hub registry; reference profiles and
-  rollouts come from callables the hub passes in (the bundle store and the rollout engine own them);
+- `hub.monitoring.registry_source.RegistrySource` reads telemetry and device labels from the hub registry;
+  reference profiles and rollouts come from callables the hub passes in (the bundle store and the rollout
+  engine own them);
 - `FileSource` reads a JSON dump (``{"batches": [...], "reference": {...}, "labels": {...},
   "rollouts": {...}}``) for offline analysis and tests.
 
@@ -31,8 +32,7 @@ Unknown rollouts or missing references raise `hub.errors.NotFoundError`.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
@@ -45,20 +45,19 @@ from fleet.errors import ProtocolError
 from fleet.telemetry import ReferenceProfile, TelemetryAggregate, validate_batch
 from fleet.wire.messages import TelemetryBatch
 from hub.errors import InvalidRequestError, NotFoundError
-from hub.monitoring.canary_windows import GroupFilter, canary_from_windows
-from hub.monitoring.device_counts import DeviceCounts, counts_from_batches, counts_from_rows
+from hub.monitoring.device_counts import DeviceCounts, counts_from_batches
 from hub.monitoring.violations import ViolationReport, violation_report
 
 if TYPE_CHECKING:
-    from hub.registry import Registry
+    from hub.monitoring.canary_windows import GroupFilter
 
 __all__ = [
     "AggregateSource",
     "FileSource",
     "MonitoringSource",
-    "RegistrySource",
     "RolloutView",
     "TelemetryRead",
+    "batch_in_range",
     "canary_report",
     "canary_report_for",
     "device_counts_for",
@@ -156,7 +155,8 @@ def parse_model_version(text: str) -> tuple[str, str]:
     return model, version
 
 
-def _in_window(batch: TelemetryBatch, since: float | None, until: float | None) -> bool:
+def batch_in_range(batch: TelemetryBatch, since: float | None, until: float | None) -> bool:
+    """Whether ``batch``'s window ends in ``[since, until]`` (a None bound is open)."""
     return (since is None or batch.window_end >= since) and (until is None or batch.window_end <= until)
 
 
@@ -207,7 +207,7 @@ def split_rollout_batches(
     canary: list[TelemetryBatch] = []
     baseline: list[TelemetryBatch] = []
     for b in batches:
-        if b.model != rollout.model or not _in_window(b, rollout.window_start, rollout.window_end):
+        if b.model != rollout.model or not batch_in_range(b, rollout.window_start, rollout.window_end):
             continue
         if in_canary(b.device_id, b.version):
             canary.append(b)
@@ -354,7 +354,7 @@ class FileSource:
         batches = [
             b
             for b in self._batches
-            if b.model == model and (version is None or b.version == version) and _in_window(b, since, until)
+            if b.model == model and (version is None or b.version == version) and batch_in_range(b, since, until)
         ]
         return TelemetryRead(batches, self._skipped)
 
@@ -372,72 +372,3 @@ class FileSource:
             return self._rollouts[rollout_id]
         except KeyError:
             raise NotFoundError(f"rollout {rollout_id} is not in the telemetry file") from None
-
-
-class RegistrySource:
-    """Telemetry and labels from the hub registry. References and rollouts come from the callables given
-    (the bundle store and the rollout engine own them); without them, a deployment id is read as a rollout
-    whose canary is the deployment's devices, over the time since it was created."""
-
-    def __init__(
-        self,
-        registry: Registry,
-        *,
-        reference: Callable[[str, str], ReferenceProfile | None] | None = None,
-        rollout: Callable[[str], RolloutView | None] | None = None,
-    ) -> None:
-        self._registry = registry
-        self._reference = reference
-        self._rollout = rollout
-
-    def telemetry(
-        self, model: str, version: str | None = None, *, since: float | None = None, until: float | None = None
-    ) -> TelemetryRead:
-        batches, skipped = self._registry.read_telemetry(model, version)
-        return TelemetryRead([b for b in batches if _in_window(b, since, until)], skipped)
-
-    def target_aggregates(
-        self, model: str, version: str, *, since: float | None = None, until: float | None = None
-    ) -> list[tuple[str, TelemetryAggregate]]:
-        return self._registry.windows.by_target(model, version, since, until)
-
-    def device_counts(
-        self, model: str, version: str, *, since: float | None = None, until: float | None = None
-    ) -> list[DeviceCounts]:
-        return counts_from_rows(self._registry.windows.device_rows(model, version, since, until))
-
-    def canary_report(self, rollout: RolloutView, config: CanaryConfig) -> CanaryReport:
-        in_canary, in_baseline = rollout_groups(rollout)
-        return canary_from_windows(
-            self._registry.windows.in_range(rollout.model, rollout.window_start, rollout.window_end),
-            in_canary=in_canary,
-            in_baseline=in_baseline,
-            since=rollout.window_start,
-            until=rollout.window_end,
-            shadow_candidate=rollout.candidate_version,
-            config=config,
-        )
-
-    def reference(self, model: str, version: str) -> ReferenceProfile:
-        found = self._reference(model, version) if self._reference is not None else None
-        if found is None:
-            raise NotFoundError(f"no drift reference stored for {model}:{version} (pass one with --reference)")
-        return found
-
-    def device_labels(self) -> dict[str, dict[str, str]]:
-        return {d.id: dict(d.labels) for d in self._registry.list_devices()}
-
-    def rollout(self, rollout_id: str) -> RolloutView:
-        if self._rollout is not None:
-            found = self._rollout(rollout_id)
-            if found is not None:
-                return found
-        deployment = self._registry.get_deployment(rollout_id)  # NotFoundError when unknown
-        return RolloutView(
-            rollout_id=deployment.id,
-            model=deployment.model,
-            candidate_version=deployment.version,
-            canary_device_ids=list(deployment.device_ids),
-            window_start=deployment.created_at,
-            window_end=time.time(),
-        )

@@ -13,7 +13,6 @@ from fleet.wire.messages import TelemetryBatch
 from hub.errors import InvalidRequestError, NotFoundError
 from hub.monitoring.queries import (
     FileSource,
-    RegistrySource,
     RolloutView,
     canary_report_for,
     drift_report,
@@ -21,6 +20,7 @@ from hub.monitoring.queries import (
     parse_model_version,
     split_rollout_batches,
 )
+from hub.monitoring.registry_source import RegistrySource
 from tests.hub.monitoring.telemetry_scenario import BASELINE, CANARY, CANDIDATE, MODEL, scenario
 
 

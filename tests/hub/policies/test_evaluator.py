@@ -22,7 +22,7 @@ from hub.app import Hub
 from hub.auth import Role
 from hub.cluster.leadership import AlwaysLeader
 from hub.config import HubSettings
-from hub.monitoring.queries import RegistrySource
+from hub.monitoring.registry_source import RegistrySource
 from hub.policies.evaluator import PolicyEvaluator
 from hub.registry.policies import PolicyStore
 from hub.registry.rollouts import RolloutStore

@@ -15,7 +15,8 @@ import time_machine
 from prometheus_client import CollectorRegistry
 
 from fleet.wire.messages import TelemetryBatch
-from hub.monitoring.queries import FileSource, MonitoringSource, RegistrySource
+from hub.monitoring.queries import FileSource, MonitoringSource
+from hub.monitoring.registry_source import RegistrySource
 from hub.policies.evaluator import PolicyEvaluator
 from hub.registry import Database, Registry
 from hub.registry.policies import PolicyStore
