@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 from scipy import stats  # noqa: E402
 
 from fleet.drift import ks_sketches  # noqa: E402
-from fleet.telemetry import ReferenceProfile  # noqa: E402
+from fleet.telemetry import ReferenceProfile, TelemetryAggregate  # noqa: E402
 from fleet.wire.messages import TelemetryBatch  # noqa: E402
 from fleet.wire.sketches import (  # noqa: E402
     CONFIDENCE_BUCKETS,
@@ -63,13 +63,13 @@ from fleet.wire.sketches import (  # noqa: E402
     sketch_from_values,
 )
 from hub.monitoring.queries import (  # noqa: E402
-    RegistrySource,
     RolloutView,
     canary_report,
     canary_report_for,
     drift_report_for,
     split_rollout_batches,
 )
+from hub.monitoring.registry_source import RegistrySource  # noqa: E402
 from hub.registry import Database, Registry  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "sketch_merge.json"
@@ -284,13 +284,14 @@ def main() -> None:
                 times.append(time.perf_counter() - start)
             rows_read = len(registry.windows.rows("bench", "1.0"))
             device_rows_read = sum(len(agg.devices) for _, agg in registry.windows.by_target("bench", "1.0"))
-            cohorts = source.target_cohorts("bench", "1.0")
+            pooled = TelemetryAggregate()  # cohort "all": every device class's rows merged
+            for _, agg in source.target_aggregates("bench", "1.0"):
+                pooled.merge(agg)
         finally:
             db.close()
     with database(args.database) as url:
         canary = canary_bench(url, args)
-    assert cohorts is not None
-    ks = ks_sketches(reference.to_aggregate().sketches["f0"], cohorts["all"].sketches["f0"])
+    ks = ks_sketches(reference.to_aggregate().sketches["f0"], pooled.sketches["f0"])
     raw_ks = float(stats.ks_2samp(raw_feature0_ref, data["raw_feature0"]).statistic)
     drifted = sorted(f"{c.cohort}/{f.feature}" for c in report.cohorts for f in c.features if f.drifted)
     result = {

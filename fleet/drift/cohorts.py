@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 from fleet.errors import FleetConfigError
 from fleet.selection import LabelSelector, parse_selector, selector_labels
@@ -10,15 +11,28 @@ from fleet.telemetry import TelemetryAggregate
 from fleet.wire.messages import TelemetryBatch
 
 
-def _dimension_value(batch: TelemetryBatch, dim: str, labels: Mapping[str, Mapping[str, str]]) -> str:
+class CohortMember(Protocol):
+    """What names a cohort: a batch, or a device's telemetry summed over a time range."""
+
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+
+
+def _dimension_value(member: CohortMember, dim: str, labels: Mapping[str, Mapping[str, str]]) -> str:
     if dim == "target":
-        return batch.target
+        return member.target
     if dim == "version":
-        return batch.version
+        return member.version
     if dim == "model":
-        return batch.model
+        return member.model
     if dim.startswith("label:") and len(dim) > 6:
-        return labels.get(batch.device_id, {}).get(dim[6:], "(none)")
+        return labels.get(member.device_id, {}).get(dim[6:], "(none)")
     raise FleetConfigError(f"unknown cohort dimension {dim!r}: use target, version, model or label:<key>")
 
 
@@ -46,8 +60,8 @@ def group_cohorts(
 
 
 class CohortNamer:
-    """The cohorts one batch belongs to, by the rules of `group_cohorts` (for analyses that aggregate
-    something other than `TelemetryAggregate`, such as data contract violations)."""
+    """The cohorts one batch (or any `CohortMember`) belongs to, by the rules of `group_cohorts` (for analyses
+    that aggregate something other than `TelemetryAggregate`, such as data contract violations)."""
 
     def __init__(
         self,
@@ -65,11 +79,17 @@ class CohortNamer:
         self.include_all = include_all
         self.selectors = {name: parse_selector(s) if isinstance(s, str) else s for name, s in (selectors or {}).items()}
 
-    def names(self, batch: TelemetryBatch) -> list[str]:
-        """Cohort names of ``batch``: ``all``, its ``by`` combination, then the selectors it matches."""
+    @property
+    def needs_devices(self) -> bool:
+        """Whether names depend on the device (a label dimension or a selector), not only on model, version
+        and target."""
+        return bool(self.selectors) or any(dim.startswith("label:") for dim in self.by)
+
+    def names(self, member: CohortMember) -> list[str]:
+        """Cohort names of ``member``: ``all``, its ``by`` combination, then the selectors it matches."""
         names = ["all"] if self.include_all else []
         if self.by:
-            names.append(",".join(f"{d}={_dimension_value(batch, d, self.labels)}" for d in self.by))
-        device_view = selector_labels(self.labels.get(batch.device_id, {}), batch.target)
+            names.append(",".join(f"{d}={_dimension_value(member, d, self.labels)}" for d in self.by))
+        device_view = selector_labels(self.labels.get(member.device_id, {}), member.target)
         names.extend(name for name, sel in self.selectors.items() if sel.matches(device_view))
         return names

@@ -8,15 +8,15 @@ publishes its scores on ``/metrics``. Errors are `hub.errors` ones: unknown vers
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from fleet.errors import FleetError
 from hub.auth import Role, allow
 from hub.errors import InvalidRequestError, NotFoundError
+from hub.monitoring.cohort_query import CohortQuery, cohort_query
 from hub.monitoring.queries import canary_report_for, drift_report_for
 from hub.registry.rollouts import RolloutStore
 
@@ -35,23 +35,12 @@ def create_monitoring_router(hub: Hub) -> APIRouter:
         return Response(content=monitoring.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/models/{name}/versions/{version}/drift", dependencies=allow(Role.VIEWER))
-    def drift(
-        name: str,
-        version: str,
-        cohort: list[str] = Query(default=[], description="label selector naming one cohort; repeatable"),
-        by: list[str] = Query(default=["target"], description="target, version or label:KEY; repeatable"),
-        last_hours: float | None = Query(default=None, gt=0, description="only telemetry of the last N hours"),
-    ) -> dict[str, Any]:
+    def drift(name: str, version: str, query: CohortQuery = Depends(cohort_query)) -> dict[str, Any]:
         """Drift of the version's telemetry against the reference shipped in its bundle, per cohort."""
         hub.registry.get_version(name, version)  # 404 for an unknown version
         try:
             report = drift_report_for(
-                monitoring.source(),
-                name,
-                version,
-                by=by,
-                selectors={c: c for c in cohort},
-                since=time.time() - last_hours * 3600 if last_hours else None,
+                monitoring.source(), name, version, by=query.by, selectors=query.selectors, since=query.since
             )
         except FleetError as exc:
             raise InvalidRequestError(str(exc)) from exc

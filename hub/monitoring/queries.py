@@ -3,17 +3,24 @@
 The analysis functions take plain lists of `TelemetryBatch` (and a `ReferenceProfile`), so they are
 testable without a database. Storage plugs in through the small `MonitoringSource` protocol:
 
-- `RegistrySource` reads telemetry and device labels from the hub registry; reference profiles and
-  rollouts come from callables the hub passes in (the bundle store and the rollout engine own them);
+- `hub.monitoring.registry_source.RegistrySource` reads telemetry and device labels from the hub registry;
+  reference profiles and rollouts come from callables the hub passes in (the bundle store and the rollout
+  engine own them);
 - `FileSource` reads a JSON dump (``{"batches": [...], "reference": {...}, "labels": {...},
   "rollouts": {...}}``) for offline analysis and tests.
 
 A source that keeps the ingestion-time window aggregates (`AggregateSource`: `RegistrySource`) answers from
-them: a drift report over all of a version's telemetry by target (the default) reads its aggregate rows
-(tens of rows, not every device's batch), and a canary report reads the model's aggregate and per-device
-window rows in the rollout's time range (`hub.monitoring.canary_windows`: one narrow row per device and window,
-whole windows, the groups' input sketches pooled per cohort window). Any other drift grain (time bounds,
-labels, selectors) reads the batches.
+them, taking whole windows for a time range (a window counts when one of its batches ended in the range):
+
+- a drift report whose cohorts depend only on target, version and model (``all``, ``target=...``; no label
+  dimension, no selector) reads the version's aggregate rows (tens of rows, not every device's batch);
+- contract violation reports and policies count each device's requests and contract checks from its
+  per-device window rows (`device_counts_for`), for any cohorts;
+- a canary report reads the model's aggregate and per-device window rows in the rollout's time range
+  (`hub.monitoring.canary_windows`: one narrow row per device and window, the groups' input sketches pooled
+  per cohort window).
+
+Drift by label or selector reads the batches: the aggregates keep input sketches per target, not per device.
 
 A source hands over only batches analysis can use (`fleet.telemetry.validate_batch`); the others are skipped
 and counted in the report's ``skipped_batches``, so one device's bad data never fails a report (the
@@ -25,8 +32,7 @@ Unknown rollouts or missing references raise `hub.errors.NotFoundError`.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
@@ -34,29 +40,33 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleet.canary import CanaryConfig, CanaryReport, analyse_canary, device_metrics
 from fleet.drift import DriftConfig, DriftReport, analyse_drift, group_cohorts
+from fleet.drift.cohorts import CohortNamer
 from fleet.errors import ProtocolError
 from fleet.telemetry import ReferenceProfile, TelemetryAggregate, validate_batch
 from fleet.wire.messages import TelemetryBatch
 from hub.errors import InvalidRequestError, NotFoundError
-from hub.monitoring.canary_windows import GroupFilter, canary_from_windows
+from hub.monitoring.device_counts import DeviceCounts, counts_from_batches
+from hub.monitoring.violations import ViolationReport, violation_report
 
 if TYPE_CHECKING:
-    from hub.registry import Registry
+    from hub.monitoring.canary_windows import GroupFilter
 
 __all__ = [
     "AggregateSource",
     "FileSource",
     "MonitoringSource",
-    "RegistrySource",
     "RolloutView",
     "TelemetryRead",
+    "batch_in_range",
     "canary_report",
     "canary_report_for",
+    "device_counts_for",
     "drift_report",
     "drift_report_for",
     "parse_model_version",
     "rollout_groups",
     "split_rollout_batches",
+    "violation_report_for",
 ]
 
 
@@ -110,13 +120,31 @@ class MonitoringSource(Protocol):
 class AggregateSource(Protocol):
     """A source that also keeps window aggregates of every batch it stored."""
 
-    def target_cohorts(self, model: str, version: str) -> dict[str, TelemetryAggregate] | None:
-        """Cohorts ``all`` and ``target=T`` of every stored batch of the version, or None when it has none."""
+    def target_aggregates(
+        self, model: str, version: str, *, since: float | None = None, until: float | None = None
+    ) -> list[tuple[str, TelemetryAggregate]]:
+        """The version's aggregate rows as (target, aggregate with its devices), whole windows holding a batch
+        that ended in ``[since, until]``; empty when there are none."""
+        ...
+
+    def device_counts(
+        self, model: str, version: str, *, since: float | None = None, until: float | None = None
+    ) -> list[DeviceCounts]:
+        """Each device's requests and contract checks of the version in the same windows."""
         ...
 
     def canary_report(self, rollout: RolloutView, config: CanaryConfig) -> CanaryReport:
         """The rollout's canary report from the aggregates."""
         ...
+
+
+class _TargetCohort(NamedTuple):
+    """What names the cohorts of an aggregate row: its model, version and target (no device)."""
+
+    device_id: str
+    model: str
+    version: str
+    target: str
 
 
 def parse_model_version(text: str) -> tuple[str, str]:
@@ -127,7 +155,8 @@ def parse_model_version(text: str) -> tuple[str, str]:
     return model, version
 
 
-def _in_window(batch: TelemetryBatch, since: float | None, until: float | None) -> bool:
+def batch_in_range(batch: TelemetryBatch, since: float | None, until: float | None) -> bool:
+    """Whether ``batch``'s window ends in ``[since, until]`` (a None bound is open)."""
     return (since is None or batch.window_end >= since) and (until is None or batch.window_end <= until)
 
 
@@ -178,7 +207,7 @@ def split_rollout_batches(
     canary: list[TelemetryBatch] = []
     baseline: list[TelemetryBatch] = []
     for b in batches:
-        if b.model != rollout.model or not _in_window(b, rollout.window_start, rollout.window_end):
+        if b.model != rollout.model or not batch_in_range(b, rollout.window_start, rollout.window_end):
             continue
         if in_canary(b.device_id, b.version):
             canary.append(b)
@@ -220,10 +249,14 @@ def drift_report_for(
 ) -> DriftReport:
     """`drift_report` on what ``source`` holds (``reference`` overrides the source's)."""
     ref = reference if reference is not None else source.reference(model, version)
-    at_aggregate_grain = tuple(by) == ("target",) and not selectors and since is None and until is None
-    if at_aggregate_grain and isinstance(source, AggregateSource):
-        cohorts = source.target_cohorts(model, version)
-        if cohorts is not None:
+    namer = CohortNamer(by=by, selectors=selectors)
+    if not namer.needs_devices and isinstance(source, AggregateSource):
+        windows = source.target_aggregates(model, version, since=since, until=until)
+        if windows:
+            cohorts: dict[str, TelemetryAggregate] = {}
+            for target, agg in windows:
+                for name in namer.names(_TargetCohort("", model, version, target)):
+                    cohorts.setdefault(name, TelemetryAggregate()).merge(agg)
             return analyse_drift(ref, cohorts, config, model=model, version=version)
     batches, skipped = source.telemetry(model, version, since=since, until=until)
     report = drift_report(
@@ -237,6 +270,37 @@ def drift_report_for(
         config=config,
     )
     return report.model_copy(update={"skipped_batches": skipped})
+
+
+def device_counts_for(
+    source: MonitoringSource, model: str, version: str, *, since: float | None = None, until: float | None = None
+) -> list[DeviceCounts]:
+    """Each device's requests and contract checks of ``model:version`` in ``[since, until]`` (whole windows
+    when the source keeps the window aggregates)."""
+    if isinstance(source, AggregateSource):
+        return source.device_counts(model, version, since=since, until=until)
+    return counts_from_batches(source.telemetry(model, version, since=since, until=until).batches)
+
+
+def violation_report_for(
+    source: MonitoringSource,
+    model: str,
+    version: str,
+    *,
+    by: Sequence[str] = ("target",),
+    selectors: Mapping[str, str] | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> ViolationReport:
+    """`violation_report` on what ``source`` holds (`device_counts_for`)."""
+    return violation_report(
+        device_counts_for(source, model, version, since=since, until=until),
+        model=model,
+        version=version,
+        by=by,
+        selectors=selectors,
+        device_labels=source.device_labels(),
+    )
 
 
 def canary_report_for(source: MonitoringSource, rollout_id: str, *, config: CanaryConfig | None = None) -> CanaryReport:
@@ -290,7 +354,7 @@ class FileSource:
         batches = [
             b
             for b in self._batches
-            if b.model == model and (version is None or b.version == version) and _in_window(b, since, until)
+            if b.model == model and (version is None or b.version == version) and batch_in_range(b, since, until)
         ]
         return TelemetryRead(batches, self._skipped)
 
@@ -308,72 +372,3 @@ class FileSource:
             return self._rollouts[rollout_id]
         except KeyError:
             raise NotFoundError(f"rollout {rollout_id} is not in the telemetry file") from None
-
-
-class RegistrySource:
-    """Telemetry and labels from the hub registry. References and rollouts come from the callables given
-    (the bundle store and the rollout engine own them); without them, a deployment id is read as a rollout
-    whose canary is the deployment's devices, over the time since it was created."""
-
-    def __init__(
-        self,
-        registry: Registry,
-        *,
-        reference: Callable[[str, str], ReferenceProfile | None] | None = None,
-        rollout: Callable[[str], RolloutView | None] | None = None,
-    ) -> None:
-        self._registry = registry
-        self._reference = reference
-        self._rollout = rollout
-
-    def telemetry(
-        self, model: str, version: str | None = None, *, since: float | None = None, until: float | None = None
-    ) -> TelemetryRead:
-        batches, skipped = self._registry.read_telemetry(model, version)
-        return TelemetryRead([b for b in batches if _in_window(b, since, until)], skipped)
-
-    def target_cohorts(self, model: str, version: str) -> dict[str, TelemetryAggregate] | None:
-        windows = self._registry.windows.by_target(model, version)
-        if not windows:
-            return None
-        cohorts: dict[str, TelemetryAggregate] = {}
-        for target, agg in windows:
-            for name in ("all", f"target={target}"):
-                cohorts.setdefault(name, TelemetryAggregate()).merge(agg)
-        return cohorts
-
-    def canary_report(self, rollout: RolloutView, config: CanaryConfig) -> CanaryReport:
-        in_canary, in_baseline = rollout_groups(rollout)
-        return canary_from_windows(
-            self._registry.windows.in_range(rollout.model, rollout.window_start, rollout.window_end),
-            in_canary=in_canary,
-            in_baseline=in_baseline,
-            since=rollout.window_start,
-            until=rollout.window_end,
-            shadow_candidate=rollout.candidate_version,
-            config=config,
-        )
-
-    def reference(self, model: str, version: str) -> ReferenceProfile:
-        found = self._reference(model, version) if self._reference is not None else None
-        if found is None:
-            raise NotFoundError(f"no drift reference stored for {model}:{version} (pass one with --reference)")
-        return found
-
-    def device_labels(self) -> dict[str, dict[str, str]]:
-        return {d.id: dict(d.labels) for d in self._registry.list_devices()}
-
-    def rollout(self, rollout_id: str) -> RolloutView:
-        if self._rollout is not None:
-            found = self._rollout(rollout_id)
-            if found is not None:
-                return found
-        deployment = self._registry.get_deployment(rollout_id)  # NotFoundError when unknown
-        return RolloutView(
-            rollout_id=deployment.id,
-            model=deployment.model,
-            candidate_version=deployment.version,
-            canary_device_ids=list(deployment.device_ids),
-            window_start=deployment.created_at,
-            window_end=time.time(),
-        )

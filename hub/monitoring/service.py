@@ -3,7 +3,7 @@ refreshed from the database, and the `MonitoringSource` the REST API and CLI bui
 
 - drift references come from the model version's bundles (``reference.json``, a `ReferenceProfile`);
 - rollouts come from the rollout table (`hub.rollouts.RolloutStore`); a deployment id also works
-  (`hub.monitoring.queries.RegistrySource` falls back to deployments).
+  (`hub.monitoring.registry_source.RegistrySource` falls back to deployments).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from fleet.wire.messages import DeviceState
 from hub.bundles.store import ArtifactStore
 from hub.errors import NotFoundError
 from hub.monitoring.metrics import FleetMetrics
-from hub.monitoring.queries import RegistrySource, RolloutView
+from hub.monitoring.queries import RolloutView
+from hub.monitoring.registry_source import RegistrySource
 from hub.registry import Device, Registry, RolloutRow
 
 if TYPE_CHECKING:

@@ -1,7 +1,9 @@
 """Data contract violation rates per cohort, from the counts agents report in telemetry.
 
 A rule's rate is the share of checked input rows that broke it; ``rate`` is the highest rule rate of the
-cohort (rows breaking several rules count once per rule, so rates are not summed).
+cohort (rows breaking several rules count once per rule, so rates are not summed). The counts come per device
+(`hub.monitoring.device_counts`: from the window aggregates or from batches; `violation_report_for` in
+`hub.monitoring.queries` picks).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.drift.cohorts import CohortNamer
-from fleet.wire.messages import TelemetryBatch
+from hub.monitoring.device_counts import DeviceCounts
 
 __all__ = ["CohortViolations", "ViolationReport", "violation_report"]
 
@@ -42,7 +44,7 @@ class ViolationReport(BaseModel):
 
 
 def violation_report(
-    batches: Iterable[TelemetryBatch],
+    counts: Iterable[DeviceCounts],
     *,
     model: str,
     version: str,
@@ -50,18 +52,18 @@ def violation_report(
     selectors: Mapping[str, str] | None = None,
     device_labels: Mapping[str, Mapping[str, str]] | None = None,
 ) -> ViolationReport:
-    """Sum the contract counts of ``model:version``'s batches per cohort (cohorts as in drift reports)."""
+    """Sum the contract counts of ``model:version``'s devices per cohort (cohorts as in drift reports)."""
     namer = CohortNamer(by=by, selectors=selectors, device_labels=device_labels)
     cohorts: dict[str, CohortViolations] = {}
     devices: dict[str, set[str]] = {}
-    for batch in batches:
-        if batch.model != model or batch.version != version or not batch.contract_rows:
+    for device in counts:
+        if device.model != model or device.version != version or not device.contract_rows:
             continue
-        for name in namer.names(batch):
+        for name in namer.names(device):
             cohort = cohorts.setdefault(name, CohortViolations(cohort=name))
-            devices.setdefault(name, set()).add(batch.device_id)
-            cohort.rows += batch.contract_rows
-            for rule, count in batch.contract_violations.items():
+            devices.setdefault(name, set()).add(device.device_id)
+            cohort.rows += device.contract_rows
+            for rule, count in device.contract_violations.items():
                 cohort.violations[rule] = cohort.violations.get(rule, 0) + count
     for name, cohort in cohorts.items():
         cohort.devices = sorted(devices[name])

@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import ValidationError
 
 from fleet.errors import FleetError
 from hub.auth import Role, allow
 from hub.errors import InvalidRequestError
-from hub.monitoring.violations import violation_report
+from hub.monitoring.cohort_query import CohortQuery, cohort_query
+from hub.monitoring.queries import violation_report_for
 from hub.policies.config import Policy
 from hub.registry.policies import PolicyStore
 
@@ -57,25 +58,12 @@ def create_policies_router(hub: Hub) -> APIRouter:
         return [row.model_dump() for row in store.events(model, limit=limit)]
 
     @router.get("/models/{name}/versions/{version}/contract-violations", dependencies=allow(Role.VIEWER))
-    def contract_violations(
-        name: str,
-        version: str,
-        cohort: list[str] = Query(default=[], description="label selector naming one cohort; repeatable"),
-        by: list[str] = Query(default=["target"], description="target, version or label:KEY; repeatable"),
-        last_hours: float | None = Query(default=None, gt=0, description="only telemetry of the last N hours"),
-    ) -> dict[str, Any]:
+    def contract_violations(name: str, version: str, query: CohortQuery = Depends(cohort_query)) -> dict[str, Any]:
         """Share of input rows breaking each data contract rule, per cohort (cohorts as in drift reports)."""
         hub.registry.get_version(name, version)
-        source = hub.monitoring.source()
-        since = time.time() - last_hours * 3600 if last_hours else None
         try:
-            report = violation_report(
-                source.telemetry(name, version, since=since).batches,
-                model=name,
-                version=version,
-                by=by,
-                selectors={c: c for c in cohort},
-                device_labels=source.device_labels(),
+            report = violation_report_for(
+                hub.monitoring.source(), name, version, by=query.by, selectors=query.selectors, since=query.since
             )
         except FleetError as exc:
             raise InvalidRequestError(str(exc)) from exc

@@ -1,5 +1,10 @@
 """The policy evaluator: every interval, judge each stored policy's cohorts and act on sustained breaches.
 
+Each evaluation reads the telemetry of the policy's last ``lookback_s`` through the monitoring queries the drift
+and contract violation reports use (`hub.monitoring.queries`): from the window aggregates, so it costs about
+(devices + targets) x windows in the lookback, not every batch, and keeps working once raw batches are pruned.
+The lookback takes whole aggregate windows (`telemetry_rollup_window_s`): those with a batch that ended in it.
+
 A cohort's breach starts a timer; when the breach has held at every evaluation for the policy's ``window_s``
 the hub acts once: an ``alert`` event (and the ``edgefleet_policy_actions_total`` metric), ``pause`` of the
 model's open rollouts through the rollout command queue, and with ``rollback`` a downgrade deployment of the
@@ -21,9 +26,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fleet.drift.cohorts import CohortNamer
 from fleet.drift.report import CohortDrift, DriftReport
-from fleet.wire.messages import TelemetryBatch
 from hub.errors import ConflictError, HubError, NotFoundError
-from hub.monitoring.queries import MonitoringSource, drift_report
+from hub.monitoring.device_counts import DeviceCounts
+from hub.monitoring.queries import MonitoringSource, device_counts_for, drift_report_for
 from hub.monitoring.violations import ViolationReport, violation_report
 from hub.policies.config import Policy
 from hub.registry import Registry
@@ -127,13 +132,14 @@ class PolicyEvaluator:
 
     def _evaluate_one(self, model: str, version: str, policy: Policy) -> int:
         now = self.clock()
+        since = now - policy.lookback_s
         source = self._source()
-        batches = source.telemetry(model, version, since=now - policy.lookback_s, until=now).batches
+        counts = device_counts_for(source, model, version, since=since, until=now)
         labels = source.device_labels()
-        cohorts = _cohorts(batches, policy, labels)
-        drift = self._drift(source, batches, model, version, policy, labels)
+        cohorts = _cohorts(counts, policy, labels)
+        drift = self._drift(source, model, version, policy, since, now)
         violations = violation_report(
-            batches, model=model, version=version, by=policy.by, selectors=policy.cohorts, device_labels=labels
+            counts, model=model, version=version, by=policy.by, selectors=policy.cohorts, device_labels=labels
         )
         acted = breaching = 0
         done = _Pass()
@@ -163,29 +169,16 @@ class PolicyEvaluator:
         return acted
 
     def _drift(
-        self,
-        source: MonitoringSource,
-        batches: list[TelemetryBatch],
-        model: str,
-        version: str,
-        policy: Policy,
-        labels: dict[str, dict[str, str]],
+        self, source: MonitoringSource, model: str, version: str, policy: Policy, since: float, until: float
     ) -> DriftReport | None:
         if policy.max_drift_share is None and policy.feature is None:
             return None
         try:
-            reference = source.reference(model, version)
-        except NotFoundError:
+            return drift_report_for(
+                source, model, version, by=policy.by, selectors=policy.cohorts, since=since, until=until
+            )
+        except NotFoundError:  # no reference: nothing to judge drift against
             return None
-        return drift_report(
-            reference,
-            batches,
-            model=model,
-            version=version,
-            by=policy.by,
-            selectors=policy.cohorts,
-            device_labels=labels,
-        )
 
     def _act(
         self, model: str, version: str, cohort: str, policy: Policy, evidence: dict[str, Any], now: float, done: _Pass
@@ -271,14 +264,14 @@ class PolicyEvaluator:
         self.store.record(model, version, cohort, action, detail, evidence, now=now)
 
 
-def _cohorts(batches: list[TelemetryBatch], policy: Policy, labels: dict[str, dict[str, str]]) -> dict[str, _Cohort]:
+def _cohorts(counts: list[DeviceCounts], policy: Policy, labels: dict[str, dict[str, str]]) -> dict[str, _Cohort]:
     namer = CohortNamer(by=policy.by, selectors=policy.cohorts, device_labels=labels)
     out: dict[str, _Cohort] = {}
-    for batch in batches:
-        for name in namer.names(batch):
+    for device in counts:
+        for name in namer.names(device):
             cohort = out.setdefault(name, _Cohort())
-            cohort.devices.add(batch.device_id)
-            cohort.requests += batch.requests
+            cohort.devices.add(device.device_id)
+            cohort.requests += device.requests
     return out
 
 

@@ -4,8 +4,8 @@
 transaction); `insert_device_windows` adds them as new rows in the transaction that stores the batches, one
 multi-row insert: no read, no lock, so writers (hub workers too) never wait on each other. Readers sum every
 row of a device and window; `compact_device_windows` (with retention) merges the rows written since into one,
-so there is about one row per device and window. Canary analysis reads these rows
-(`hub.registry.telemetry_windows`) instead of every batch.
+so there is about one row per device and window. Canary analysis, contract violation reports and policies read
+these rows (`hub.registry.telemetry_windows`) instead of every batch.
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ class DeviceWindowSums:
     __slots__ = (
         "batches",
         "confidence",
+        "contract_rows",
+        "contract_violations",
         "errors",
         "first_end",
         "first_start",
@@ -101,6 +103,9 @@ class DeviceWindowSums:
         self.predictions: dict[str, int] = {}
         self.shadow: dict[str, list[int]] = {}
         """``[compared, agreed]`` per shadowed candidate version."""
+        self.contract_rows = 0
+        self.contract_violations: dict[str, int] = {}
+        """Input rows checked against the data contract, and rows breaking each rule."""
         self.first_start = self.first_end = math.inf
         self.last_end = -math.inf
 
@@ -114,6 +119,8 @@ class DeviceWindowSums:
         self._add_predictions(batch.predictions)
         if batch.shadow is not None:
             self._add_shadow(batch.shadow.candidate_version, batch.shadow.compared, batch.shadow.agreed)
+        if batch.contract_rows:  # violations without checked rows count nowhere (as in violation reports)
+            self._add_contract(batch.contract_rows, batch.contract_violations)
         self.first_start = min(self.first_start, batch.window_start)
         self.first_end = min(self.first_end, batch.window_end)
         self.last_end = max(self.last_end, batch.window_end)
@@ -130,6 +137,9 @@ class DeviceWindowSums:
         self._add_predictions(histograms["predictions"])
         for candidate, (compared, agreed) in histograms["shadow"].items():
             self._add_shadow(candidate, compared, agreed)
+        contract = histograms.get("contract")  # absent: nothing checked, or a row from before contract counts
+        if contract:
+            self._add_contract(*contract)
         self.first_start = min(self.first_start, row.first_start)
         self.first_end = min(self.first_end, row.first_end)
         self.last_end = max(self.last_end, row.last_end)
@@ -144,8 +154,22 @@ class DeviceWindowSums:
         counts[0] += compared
         counts[1] += agreed
 
+    def _add_contract(self, rows: int, violations: Mapping[str, int]) -> None:
+        self.contract_rows += rows
+        mine = self.contract_violations
+        for rule, count in violations.items():
+            mine[rule] = mine.get(rule, 0) + count
+
     def columns(self) -> dict[str, Any]:
         """The sums as `TelemetryDeviceWindow` column values."""
+        histograms: dict[str, Any] = {
+            "latency_ms": self.latency_ms.stored(),
+            "confidence": self.confidence.stored(),
+            "predictions": self.predictions,
+            "shadow": self.shadow,
+        }
+        if self.contract_rows:  # most models have no contract: no bytes for it in their rows
+            histograms["contract"] = [self.contract_rows, self.contract_violations]
         return {
             "batches": self.batches,
             "requests": self.requests,
@@ -153,12 +177,7 @@ class DeviceWindowSums:
             "first_start": self.first_start,
             "first_end": self.first_end,
             "last_end": self.last_end,
-            "histograms": {
-                "latency_ms": self.latency_ms.stored(),
-                "confidence": self.confidence.stored(),
-                "predictions": self.predictions,
-                "shadow": self.shadow,
-            },
+            "histograms": histograms,
         }
 
 

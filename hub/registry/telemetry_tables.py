@@ -129,9 +129,9 @@ class TelemetryDeviceWindow(SQLModel, table=True):
     last_end: float = 0.0
     """Latest end of a batch window summed in."""
     histograms: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-    """``latency_ms`` and ``confidence`` (``[counts, total]`` on the standard edges, or empty), ``predictions``
-    and ``shadow``, in one JSON value: thousands of rows are written per second, and JSON is most of a row's
-    cost."""
+    """``latency_ms`` and ``confidence`` (``[counts, total]`` on the standard edges, or empty), ``predictions``,
+    ``shadow`` and, when inputs were checked against a data contract, ``contract`` (``[rows, {rule: count}]``),
+    in one JSON value: thousands of rows are written per second, and JSON is most of a row's cost."""
     compacted: bool = False
 
 

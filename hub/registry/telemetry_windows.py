@@ -1,8 +1,12 @@
 """Reading and pruning the window aggregates (`TelemetryWindowAggregate`, `TelemetryDeviceWindow`).
 
-Drift by device class reads a version's aggregate rows with the ids of their devices (`by_target`); canary
-analysis reads a model's rows whose batches end in a time range, with every device row of those windows
-(`in_range`); retention deletes the windows that started before a cut-off (`prune`), both tables together.
+Drift by device class reads a version's aggregate rows with the ids of their devices (`by_target`); contract
+violations and policies read the device rows of those windows (`device_rows`); canary analysis reads a model's
+rows whose batches end in a time range, with every device row of those windows (`in_range`); retention deletes
+the windows that started before a cut-off (`prune`), both tables together.
+
+A time range ``[since, until]`` selects whole windows: those holding a batch whose window ends in it, as far as
+the aggregate row's start and latest batch end tell.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, delete
+from sqlalchemy import ColumnElement, Row, delete
 from sqlalchemy import select as sa_select
 from sqlmodel import col, func, select
 from sqlmodel.sql.expression import SelectOfScalar
@@ -35,12 +39,29 @@ class WindowsRead:
     devices: list[DeviceWindowRow]
 
 
-def _version_rows(model: str, version: str) -> SelectOfScalar[TelemetryWindowAggregate]:
+def _version_rows(
+    model: str, version: str, since: float | None = None, until: float | None = None
+) -> SelectOfScalar[TelemetryWindowAggregate]:
     return (
         select(TelemetryWindowAggregate)
-        .where(TelemetryWindowAggregate.model == model, TelemetryWindowAggregate.version == version)
+        .where(
+            TelemetryWindowAggregate.model == model,
+            TelemetryWindowAggregate.version == version,
+            *_in_time_range(since, until),
+        )
         .order_by(col(TelemetryWindowAggregate.window_start), col(TelemetryWindowAggregate.target))
     )
+
+
+def _in_time_range(since: float | None, until: float | None) -> list[ColumnElement[bool]]:
+    """Conditions on aggregate rows holding a batch whose window ends in ``[since, until]`` (as far as the
+    row's start and latest batch end tell)."""
+    conditions = []
+    if since is not None:
+        conditions.append(col(TelemetryWindowAggregate.window_end) >= since)
+    if until is not None:
+        conditions.append(col(TelemetryWindowAggregate.window_start) <= until)
+    return conditions
 
 
 class TelemetryWindows:
@@ -65,16 +86,22 @@ class TelemetryWindows:
         with self.db.session() as session:
             return {(target, start): int(n) for target, start, n in session.exec(query)}
 
-    def by_target(self, model: str, version: str) -> list[tuple[str, TelemetryAggregate]]:
-        """Every aggregate row of one model version as (target, aggregate), its ``devices`` filled in."""
-        members = select(
-            TelemetryDeviceWindow.target, TelemetryDeviceWindow.window_start, TelemetryDeviceWindow.device_id
-        ).where(TelemetryDeviceWindow.model == model, TelemetryDeviceWindow.version == version)
+    def by_target(
+        self, model: str, version: str, since: float | None = None, until: float | None = None
+    ) -> list[tuple[str, TelemetryAggregate]]:
+        """The aggregate rows of one model version (whole windows in ``[since, until]`` when given) as
+        (target, aggregate), its ``devices`` filled in."""
+        t = TelemetryDeviceWindow
+        members = select(t.target, t.window_start, t.device_id).where(t.model == model, t.version == version)
         devices: dict[tuple[str, float], set[str]] = {}
         with self.db.session() as session:
+            rows = list(session.exec(_version_rows(model, version, since, until)))
+            if not rows:
+                return []
+            if since is not None or until is not None:
+                members = members.where(col(t.window_start).between(rows[0].window_start, rows[-1].window_start))
             for target, start, device_id in session.exec(members):
                 devices.setdefault((target, start), set()).add(device_id)
-            rows = list(session.exec(_version_rows(model, version)))
         out = []
         for row in rows:
             agg = window_aggregate(row)
@@ -82,14 +109,35 @@ class TelemetryWindows:
             out.append((row.target, agg))
         return out
 
+    def device_rows(
+        self, model: str, version: str, since: float | None = None, until: float | None = None
+    ) -> list[DeviceWindowRow]:
+        """The device rows of one model version's aggregate windows (whole windows in ``[since, until]`` when
+        given), several per device and window until compaction merges them."""
+        a = TelemetryWindowAggregate
+        windows = select(a.target, a.window_start).where(
+            a.model == model, a.version == version, *_in_time_range(since, until)
+        )
+        table = TelemetryDeviceWindow.__table__  # type: ignore[attr-defined]
+        with self.db.session() as session:
+            keys = {(target, start) for target, start in session.exec(windows)}
+            if not keys:
+                return []
+            starts = [start for _, start in keys]
+            members = sa_select(table).where(
+                table.c.model == model,
+                table.c.version == version,
+                table.c.window_start.between(min(starts), max(starts)),
+            )
+            rows = session.connection().execute(members)
+            return [row for row in rows if (row.target, row.window_start) in keys]
+
     def in_range(self, model: str, since: float | None = None, until: float | None = None) -> WindowsRead:
         """The model's aggregate rows holding a batch whose window ends in ``[since, until]`` (as far as their
         earliest start and latest end tell), and every device row of the windows they span."""
-        query = select(TelemetryWindowAggregate).where(TelemetryWindowAggregate.model == model)
-        if since is not None:
-            query = query.where(TelemetryWindowAggregate.window_end >= since)
-        if until is not None:
-            query = query.where(TelemetryWindowAggregate.window_start <= until)
+        query = select(TelemetryWindowAggregate).where(
+            TelemetryWindowAggregate.model == model, *_in_time_range(since, until)
+        )
         with self.db.session() as session:
             aggregates = list(session.exec(query))
             if not aggregates:

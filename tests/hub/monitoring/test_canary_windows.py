@@ -14,7 +14,8 @@ from fleet.canary import CanaryMetric, CanaryReport, MetricResult, Verdict
 from fleet.rollout import RequestGate, new_rollout
 from fleet.rollout_plan import plan_from_cli
 from fleet.wire.messages import TelemetryBatch
-from hub.monitoring.queries import RegistrySource, RolloutView, canary_report, canary_report_for, split_rollout_batches
+from hub.monitoring.queries import RolloutView, canary_report, canary_report_for, split_rollout_batches
+from hub.monitoring.registry_source import RegistrySource
 from hub.registry import Database, Registry
 from hub.rollouts.gate import canary_gate
 from tests.hub.monitoring.telemetry_scenario import BASELINE, CANARY, CANDIDATE, MODEL, scenario

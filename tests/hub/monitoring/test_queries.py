@@ -13,7 +13,6 @@ from fleet.wire.messages import TelemetryBatch
 from hub.errors import InvalidRequestError, NotFoundError
 from hub.monitoring.queries import (
     FileSource,
-    RegistrySource,
     RolloutView,
     canary_report_for,
     drift_report,
@@ -21,6 +20,7 @@ from hub.monitoring.queries import (
     parse_model_version,
     split_rollout_batches,
 )
+from hub.monitoring.registry_source import RegistrySource
 from tests.hub.monitoring.telemetry_scenario import BASELINE, CANARY, CANDIDATE, MODEL, scenario
 
 
@@ -206,7 +206,7 @@ def test_drift_by_target_reads_the_window_aggregates_and_matches_the_batches(dat
             version=BASELINE,
             device_labels=source.device_labels(),
         )
-        assert source.target_cohorts(MODEL, BASELINE) is not None
+        assert source.target_aggregates(MODEL, BASELINE)
         assert from_aggregates.drifted_cohorts == from_batches.drifted_cohorts
         assert "target=jetson-orin" in from_batches.drifted_cohorts
         mine = {c.cohort: c for c in from_aggregates.cohorts}

@@ -22,7 +22,7 @@ from hub.app import Hub
 from hub.auth import Role
 from hub.cluster.leadership import AlwaysLeader
 from hub.config import HubSettings
-from hub.monitoring.queries import RegistrySource
+from hub.monitoring.registry_source import RegistrySource
 from hub.policies.evaluator import PolicyEvaluator
 from hub.registry.policies import PolicyStore
 from hub.registry.rollouts import RolloutStore
@@ -31,6 +31,7 @@ from tests.hub.monitoring.telemetry_scenario import _batch
 from tests.hub.rollouts.test_manager import TARGET, Fleet, _drive, _plan
 
 START = 1_900_000_000.0
+WINDOW_S = 60.0  # aggregate windows finer than the policies' lookback, as a hub with short lookbacks sets them
 
 
 @pytest.fixture
@@ -50,19 +51,25 @@ def _reference() -> ReferenceProfile:
     )
 
 
-def _telemetry(fleet: Fleet, devices: list[str], *, shift: float, seq: int) -> None:
-    """One minute of telemetry of 2.0.0 from ``devices``, ending now; ``shift`` moves feature x."""
+def _telemetry(
+    fleet: Fleet, devices: list[str], *, shift: float, seq: int, broken: dict[str, int] | None = None
+) -> None:
+    """One minute of telemetry of 2.0.0 from ``devices``, ending now; ``shift`` moves feature x; ``broken``
+    gives each device's rows (of 100 checked) breaking the contract."""
     rng = np.random.default_rng(seq)
     now = time.time()
     batches: list[TelemetryBatch] = []
     for device in devices:
         batch = _batch(rng, device, TARGET, "2.0.0", seq, latency_ms=10.0, x_shift=shift, n=3000)
-        batches.append(
-            batch.model_copy(
-                update={"batch_id": f"{device}-{seq:04d}-batch", "window_start": now - 60, "window_end": now}
-            )
-        )
-    fleet.hub.registry.store_telemetry(batches)
+        update: dict[str, object] = {
+            "batch_id": f"{device}-{seq:04d}-batch",
+            "window_start": now - 60,
+            "window_end": now,
+        }
+        if broken is not None:
+            update |= {"contract_rows": 100, "contract_violations": {"input.range": broken.get(device, 0)}}
+        batches.append(batch.model_copy(update=update))
+    fleet.hub.registry.store_telemetry(batches, aggregate_window_s=WINDOW_S)
 
 
 def _evaluator(fleet: Fleet, prometheus: CollectorRegistry) -> PolicyEvaluator:
@@ -168,6 +175,29 @@ def test_policy_rest_validates_reads_back_and_needs_an_operator_to_set(fleet: Fl
     _policy(client, max_violation_rate=0.1, rollback=True, rollback_to="1.0.0")
     policy = client.get("/models/digits/versions/2.0.0/policy").json()["policy"]
     assert policy["max_violation_rate"] == 0.1 and policy["rollback_to"] == "1.0.0" and policy["window_s"] == 600
+
+
+def test_contract_violations_by_label_are_read_from_the_aggregates_and_outlive_the_raw_batches(fleet: Fleet) -> None:
+    devices = [fleet.device(f"d{i}", version="2.0.0") for i in range(4)]  # sites south, north, south, north
+    client = _client(fleet, Role.VIEWER)
+    url = "/models/digits/versions/2.0.0/contract-violations"
+    query = {"by": "label:site", "cohort": "site=south", "last_hours": 1}
+    with time_machine.travel(START, tick=False) as clock:
+        # two writes in one aggregate window: each device's rows are summed when read, then merged by retention
+        _telemetry(fleet, devices, shift=0.0, seq=1, broken={"d0": 10, "d2": 20})
+        _telemetry(fleet, devices, shift=0.0, seq=2, broken={"d0": 30})
+        from_rows = client.get(url, params=query).json()
+        fleet.hub.registry.prune_telemetry(max_rows=0)
+        assert fleet.hub.registry.telemetry_count() == 0
+        assert client.get(url, params=query).json() == from_rows
+        clock.shift(2 * 3600)
+        assert client.get(url, params=query).json()["cohorts"] == []  # the window ended before the last hour
+    cohorts = {c["cohort"]: c for c in from_rows["cohorts"]}
+    assert sorted(cohorts) == ["all", "label:site=north", "label:site=south", "site=south"]
+    south = cohorts["site=south"]
+    assert south == cohorts["label:site=south"] | {"cohort": "site=south"}
+    assert south["devices"] == ["d0", "d2"] and south["rows"] == 400 and south["violations"] == {"input.range": 60}
+    assert south["rate"] == 0.15 and cohorts["label:site=north"]["rate"] == 0.0 and cohorts["all"]["rows"] == 800
 
 
 class _OneElection(AlwaysLeader):

@@ -16,7 +16,8 @@ from sqlmodel import func, select
 from fleet.wire.messages import TelemetryBatch
 from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS, HistogramAccumulator
 from hub.monitoring.ingest import RetentionPolicy, TelemetryIngestor
-from hub.monitoring.queries import RegistrySource, RolloutView, canary_report_for
+from hub.monitoring.queries import RolloutView, canary_report_for
+from hub.monitoring.registry_source import RegistrySource
 from hub.registry import Database, Registry, TelemetryDeviceWindow, TelemetryRecord, TelemetryWindowAggregate
 from hub.registry.device_windows import compact_device_windows
 from tests.hub.monitoring.telemetry_scenario import BASELINE, CANDIDATE, MODEL, scenario

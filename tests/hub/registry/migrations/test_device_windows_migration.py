@@ -15,7 +15,6 @@ from alembic import command
 from fleet.telemetry import ReferenceProfile, TelemetryAggregate
 from fleet.wire.messages import TelemetryBatch
 from hub.monitoring.queries import (
-    RegistrySource,
     RolloutView,
     canary_report,
     canary_report_for,
@@ -23,6 +22,7 @@ from hub.monitoring.queries import (
     drift_report_for,
     split_rollout_batches,
 )
+from hub.monitoring.registry_source import RegistrySource
 from hub.registry import Database, Registry
 from hub.registry.migrations import alembic_config
 from hub.registry.telemetry_tables import pack_sketches
