@@ -3,8 +3,9 @@ beside the broker's own throughput for payloads of the same size, measured in th
 Writes bench/results/ingest.json.
 
 Hub: the real `hub.app.Hub`, one process per worker, on the machine's Mosquitto, ingesting through
-`DeviceTraffic` (raw hand-off) and the `TelemetryIngestor` (decode, device check, `validate_batch` including
-every feature sketch, multi-row writes, duplicate check, window aggregates, acknowledgements, `FleetMetrics`).
+`DeviceTraffic` (raw hand-off on the receiving thread) and the `TelemetryIngestor` (block decode, device check,
+the checks of `validate_batch` including every feature sketch, COPY / multi-row writes, duplicate check, window
+aggregates, acknowledgements, `FleetMetrics`).
 Each configuration ``DATABASE:WORKERS`` (``--configs``) runs on SQLite (WAL) in a temporary directory or on a
 fresh schema of the machine's PostgreSQL; with two workers, two hub processes share the telemetry through an
 MQTT shared subscription and one database. Time runs from the first publish until the last batch is in the

@@ -139,8 +139,10 @@ class Hub:
             metrics=self.monitoring.metrics,
             retention=retention,
             acknowledge=publish_acks(broker),
-            decode=traffic.decode_telemetry,  # in the ingestor's decoder thread, off the MQTT dispatcher
+            decode=traffic.decode_telemetry_block,  # in the ingestor's decoder thread, off the MQTT dispatcher
             aggregate_window_s=s.telemetry_rollup_window_s,
+            # workers sharing telemetry each merge into rows of their own: no waiting on each other's row locks
+            aggregate_shard=secrets.token_hex(6) if s.shared_telemetry or s.replica else "",
         )
         traffic.on_telemetry_payload(self.ingestor.submit_payload)
         traffic.on_rejected(self._on_rejected)

@@ -99,7 +99,9 @@ def test_no_import_cycles() -> None:
     assert not cycles, f"import cycles: {cycles}"
 
 
-HUB_ONLY = ("hub", "converters", "fastapi", "sqlalchemy", "sqlmodel", "scipy", "torch", "openvino", "uvicorn")
+HUB_ONLY = (
+    "hub", "converters", "fastapi", "sqlalchemy", "sqlmodel", "scipy", "torch", "openvino", "uvicorn", "msgspec",
+)  # fmt: skip
 
 
 def test_the_agent_loads_without_any_hub_only_module() -> None:

@@ -4,7 +4,9 @@ This is the one module in ``fleet`` that does I/O: hub and agent both speak MQTT
 other, so the adapter lives beside the protocol it carries. paho is imported inside the class.
 
 Handlers run on one dispatcher thread, in arrival order, never on paho's network thread: a handler may
-publish and wait without stalling acknowledgements. Subscriptions are restored after every reconnect.
+publish and wait without stalling acknowledgements. The exception is a raw sink (`PahoBroker.subscribe_raw`):
+it runs on the network thread the moment a message arrives and may only hand it off, which spares the busiest
+channel a thread hop per message. Subscriptions are restored after every reconnect.
 """
 
 from __future__ import annotations
@@ -102,6 +104,19 @@ class Will:
 
 
 _STOP = object()
+_MAX_ROUTES = 100_000  # topics whose matching handlers are remembered (a fleet's devices x channels)
+
+
+class _Raw:
+    """A handler that runs on the network thread (`PahoBroker.subscribe_raw`)."""
+
+    __slots__ = ("sink",)
+
+    def __init__(self, sink: Handler) -> None:
+        self.sink = sink
+
+    def __call__(self, message: Message) -> None:
+        self.sink(message)
 
 
 class PahoBroker:
@@ -125,6 +140,7 @@ class PahoBroker:
         self.address = address
         self.client_id = client_id or f"edgefleet-{uuid.uuid4().hex[:12]}"
         self._subscriptions: dict[str, tuple[int, list[Handler]]] = {}
+        self._routes: dict[str, tuple[list[Handler], list[Handler]]] = {}  # topic -> (raw sinks, handlers)
         self._lock = threading.Lock()
         self._acknowledged = threading.Condition(self._lock)  # a SUBACK arrived or the connection became ready
         self._connected = threading.Event()
@@ -208,9 +224,15 @@ class PahoBroker:
             return False
         return info.is_published()
 
+    def subscribe_raw(self, topic_filter: str, sink: Handler, *, qos: int = 1) -> Unsubscribe:
+        """`subscribe`, but ``sink`` runs on paho's network thread as each message arrives, ahead of the
+        dispatcher: for a hand-off that only queues the message (never blocks, never publishes)."""
+        return self.subscribe(topic_filter, _Raw(sink), qos=qos)
+
     def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1) -> Unsubscribe:
         """Subscribe ``handler`` to ``topic_filter``; return the function that removes it."""
         with self._lock:
+            self._routes.clear()
             existing = self._subscriptions.get(topic_filter)
             handlers = existing[1] if existing else []
             handlers.append(handler)
@@ -225,6 +247,7 @@ class PahoBroker:
                 if entry is None or handler not in entry[1]:
                     return
                 entry[1].remove(handler)
+                self._routes.clear()
                 last = not entry[1]
                 if last:
                     del self._subscriptions[topic_filter]
@@ -351,8 +374,25 @@ class PahoBroker:
         if not self._closed:
             log.info("%s lost its broker connection (%s); paho reconnects with backoff", self.client_id, reason_code)
 
+    def _route(self, topic: str) -> tuple[list[Handler], list[Handler]]:
+        """The raw sinks and the dispatcher's handlers subscribed to ``topic`` (remembered per topic)."""
+        with self._lock:
+            route = self._routes.get(topic)
+            if route is None:
+                matching = [h for f, (_, hs) in self._subscriptions.items() if topic_matches(f, topic) for h in hs]
+                route = ([h for h in matching if isinstance(h, _Raw)], [h for h in matching if not isinstance(h, _Raw)])
+                if len(self._routes) >= _MAX_ROUTES:
+                    self._routes.clear()
+                self._routes[topic] = route
+        return route
+
     def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
-        self._inbox.put(Message(message.topic, bytes(message.payload), message.qos, bool(message.retain)))
+        item = Message(message.topic, bytes(message.payload), message.qos, bool(message.retain))
+        sinks, handlers = self._route(item.topic)
+        for sink in sinks:
+            self._run_safely(sink, item)
+        if handlers:
+            self._inbox.put(item)
 
     def _dispatch(self) -> None:
         while True:
@@ -362,9 +402,7 @@ class PahoBroker:
             if callable(item):
                 self._run_safely(item)
                 continue
-            with self._lock:
-                handlers = [h for f, (_, hs) in self._subscriptions.items() if topic_matches(f, item.topic) for h in hs]
-            for handler in handlers:
+            for handler in self._route(item.topic)[1]:
                 self._run_safely(handler, item)
 
     @staticmethod

@@ -31,6 +31,11 @@ from fleet.wire.messages import Histogram
 __all__ = [
     "CONFIDENCE_BUCKETS",
     "DEFAULT_SKETCH_K",
+    "KLL_FAMILY",
+    "KLL_FLAG_EMPTY",
+    "KLL_FLAG_LEVEL_ZERO_SORTED",
+    "KLL_FLAG_SINGLE_ITEM",
+    "KLL_M",
     "LATENCY_BUCKETS_MS",
     "MAX_SKETCH_BYTES",
     "FeatureSketcher",
@@ -41,6 +46,7 @@ __all__ = [
     "histogram_count",
     "histogram_mean",
     "histogram_quantile",
+    "kll_total_capacity",
     "merge_histograms",
     "merge_sketches",
     "new_sketch",
@@ -241,11 +247,11 @@ def serialize_sketch(sketch: kll_floats_sketch) -> str:
     return base64.b64encode(sketch.serialize()).decode("ascii")
 
 
-_KLL_FAMILY: Final = 15
-_KLL_M: Final = 8
-_FLAG_EMPTY: Final = 1
-_FLAG_LEVEL_ZERO_SORTED: Final = 2
-_FLAG_SINGLE_ITEM: Final = 4
+KLL_FAMILY: Final = 15
+KLL_M: Final = 8
+KLL_FLAG_EMPTY: Final = 1
+KLL_FLAG_LEVEL_ZERO_SORTED: Final = 2
+KLL_FLAG_SINGLE_ITEM: Final = 4
 
 
 def _level_capacity_aux(k: int, depth: int) -> int:
@@ -257,7 +263,8 @@ def _level_capacity_aux(k: int, depth: int) -> int:
 
 
 @functools.lru_cache(maxsize=1024)
-def _kll_total_capacity(k: int, m: int, num_levels: int) -> int:
+def kll_total_capacity(k: int, m: int, num_levels: int) -> int:
+    """Items a serialised KLL sketch of ``k`` (and ``m``) with ``num_levels`` levels has room for."""
     return sum(max(m, _level_capacity_aux(k, num_levels - h - 1)) for h in range(num_levels))
 
 
@@ -273,15 +280,15 @@ def _check_kll_bytes(raw: bytes) -> None:
     preamble_ints, _serial, family, flags = raw[0], raw[1], raw[2], raw[3]
     k = struct.unpack_from("<H", raw, 4)[0]
     m = raw[6]
-    if family != _KLL_FAMILY:
-        raise ProtocolError(f"sketch family {family} is not KLL ({_KLL_FAMILY})")
-    if m != _KLL_M or not m <= k:
+    if family != KLL_FAMILY:
+        raise ProtocolError(f"sketch family {family} is not KLL ({KLL_FAMILY})")
+    if m != KLL_M or not m <= k:
         raise ProtocolError(f"KLL sketch has invalid k={k} / m={m}")
-    if flags & _FLAG_EMPTY:
+    if flags & KLL_FLAG_EMPTY:
         if preamble_ints != 2 or len(raw) != 8:
             raise ProtocolError("malformed empty KLL sketch")
         return
-    if flags & _FLAG_SINGLE_ITEM:
+    if flags & KLL_FLAG_SINGLE_ITEM:
         if preamble_ints != 2 or len(raw) != 12 or not math.isfinite(struct.unpack_from("<f", raw, 8)[0]):
             raise ProtocolError("malformed single-item KLL sketch")
         return
@@ -291,7 +298,7 @@ def _check_kll_bytes(raw: bytes) -> None:
     num_levels = raw[18]
     if not 1 <= num_levels <= 61 or len(raw) < 28 + 4 * num_levels:
         raise ProtocolError(f"KLL sketch has an invalid level count {num_levels}")
-    capacity = _kll_total_capacity(k, m, num_levels)
+    capacity = kll_total_capacity(k, m, num_levels)
     levels = [*struct.unpack_from(f"<{num_levels}I", raw, 20), capacity]
     items_at = 20 + 4 * num_levels + 8
     if any(b < a for a, b in itertools.pairwise(levels)) or len(raw) != items_at + 4 * (capacity - levels[0]):
@@ -304,7 +311,7 @@ def _check_kll_bytes(raw: bytes) -> None:
     items = values[2:]
     descending = items[1:] < items[:-1]  # allowed only across level boundaries and in an unsorted level 0
     descending[[e for e in (b - levels[0] - 1 for b in levels[1:num_levels]) if 0 <= e < descending.size]] = False
-    if not flags & _FLAG_LEVEL_ZERO_SORTED:
+    if not flags & KLL_FLAG_LEVEL_ZERO_SORTED:
         descending[: max(0, levels[1] - levels[0] - 1)] = False
     if descending.any():
         raise ProtocolError("KLL sketch has an unsorted level")
@@ -342,13 +349,13 @@ def sketch_items(sketch: kll_floats_sketch) -> tuple[np.ndarray, np.ndarray]:
     """
     raw = sketch.serialize()
     flags = raw[3]
-    if flags & _FLAG_EMPTY:
+    if flags & KLL_FLAG_EMPTY:
         return np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
-    if flags & _FLAG_SINGLE_ITEM:
+    if flags & KLL_FLAG_SINGLE_ITEM:
         return np.frombuffer(raw, dtype="<f4", count=1, offset=8).astype(np.float64), np.ones(1, dtype=np.int64)
     num_levels = raw[18]
     k, m = struct.unpack_from("<H", raw, 4)[0], raw[6]
-    levels = np.array([*struct.unpack_from(f"<{num_levels}I", raw, 20), _kll_total_capacity(k, m, num_levels)])
+    levels = np.array([*struct.unpack_from(f"<{num_levels}I", raw, 20), kll_total_capacity(k, m, num_levels)])
     items = np.frombuffer(raw, dtype="<f4", offset=20 + 4 * num_levels + 8).astype(np.float64)
     weights = np.repeat(np.left_shift(1, np.arange(num_levels, dtype=np.int64)), np.diff(levels))
     order = np.argsort(items, kind="stable")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,14 @@ class Broker(Protocol):
 
     def close(self) -> None:
         """Disconnect and release the connection."""
+
+
+@runtime_checkable
+class RawSubscriber(Protocol):
+    """A broker that can hand messages over on its receiving thread (`fleet.wire.mqtt.PahoBroker`)."""
+
+    def subscribe_raw(self, topic_filter: str, sink: Handler, *, qos: int = 1) -> Unsubscribe:
+        """Call ``sink`` on the receiving thread as each matching message arrives; it must only hand it off."""
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:

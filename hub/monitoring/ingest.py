@@ -1,16 +1,20 @@
-"""Telemetry ingestion: batches from many devices queued, decoded and validated by the writer, written in bulk.
+"""Telemetry ingestion: batches from many devices decoded and validated in blocks, then written in bulk.
 
-Raw messages (`submit_payload`, what the MQTT dispatcher hands over) are queued undecoded: a decoder thread
-decodes them (the ``decode`` callable, `DeviceTraffic.decode_telemetry`, which counts what it refuses) and
-validates them into the write queue, so the dispatcher only moves bytes and decoding overlaps the writer's
-database round trips. `submit` takes an already decoded batch and validates it
-at the call. A batch that fails `fleet.telemetry.validate_batch` is rejected, counted and refused to its
-device. Each write stores
-the batches whose id is new (`Registry.store_telemetry`); only those reach `FleetMetrics` and the
-``on_stored`` callback, duplicates are counted. A write the database refuses is split in halves and retried,
-so one batch it cannot store is rejected alone (and counted) and the others are stored; a write that fails
-because the database is unreachable stores nothing and acknowledges nothing (devices send those batches
-again). After each write, every device gets one `TelemetryAck` naming its batches committed (new or
+Raw messages (`submit_payload`, what the MQTT dispatcher hands over, untouched) are queued. A decoder thread
+takes whatever has arrived as one block: ``decode`` (`DeviceTraffic.decode_telemetry_block`, which checks the
+senders and counts what it refuses) decodes it, `fleet.telemetry_blocks.check_batches` validates it, every
+feature sketch of the block in one numpy pass, and the block joins the write queue. The writer thread writes
+what arrived within ``linger_s`` of the oldest waiting batch (about ``max_batch`` at most) in one transaction,
+so decoding overlaps the database round trips. `submit` takes an already decoded batch and validates it at
+the call. A batch that fails validation is rejected, counted and refused to its device with the one-line
+reason of `fleet.telemetry.validate_batch`.
+
+Each write stores the batches whose id is new (`Registry.store_checked`), merging them per model version,
+device class and window into the aggregates in the same transaction; only those reach `FleetMetrics` and
+the ``on_stored`` callback, duplicates are counted. A write the database refuses is split in halves and
+retried, so one batch it cannot store is rejected alone (and counted) and the others are stored; a write
+that fails because the database is unreachable stores nothing and acknowledges nothing (devices send those
+batches again). After each write, every device gets one `TelemetryAck` naming its batches committed (new or
 duplicate) or refused: only then may it delete them. Every ``interval_s`` of the `RetentionPolicy` the
 writer deletes old raw batches (already in the window aggregates) and older window aggregates
 (`Registry.prune_telemetry`), so stored telemetry stays bounded.
@@ -22,28 +26,45 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
 
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from fleet.errors import ProtocolError
 from fleet.telemetry import validate_batch
+from fleet.telemetry_blocks import CheckedBatch, check_batches, explain
 from fleet.wire import topics
+from fleet.wire.fast_telemetry import FastTelemetryBatch, from_message, to_message
 from fleet.wire.messages import MAX_ACK_BATCHES, TelemetryAck, TelemetryBatch, encode
 from fleet.wire.transport import Broker, Message
-from hub.errors import HubError
 from hub.monitoring.metrics import FleetMetrics
 from hub.registry import Registry
 
-__all__ = ["Acknowledge", "RetentionPolicy", "TelemetryIngestor", "publish_acks"]
+__all__ = ["Acknowledge", "BlockDecoder", "RetentionPolicy", "TelemetryIngestor", "publish_acks"]
 
 log = logging.getLogger(__name__)
 _FLUSH = object()
 #: The database could not be reached: nothing was stored, and nothing about the batches is known to be wrong.
 _UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
+#: Raw messages the decoder takes at once at most (whatever has arrived, up to this).
+_DECODE_BLOCK: Final = 256
+#: After the first message of a block the decoder sleeps this long, so that a burst reaches it as one block
+#: rather than one wake-up (and one GIL hand-over) per message.
+_DECODE_GATHER_S: Final = 0.005
 Acknowledge = Callable[[TelemetryAck], None]
+#: Decodes a block of raw messages: a batch per message (a pydantic one still to validate where the fast decoder
+#: stood aside), or None where it refused (and counted) the message.
+BlockDecoder = Callable[[Sequence[Message]], list[FastTelemetryBatch | TelemetryBatch | None]]
+
+
+def _check_message(batch: TelemetryBatch) -> CheckedBatch:
+    """A pydantic batch validated (`ProtocolError` with the reason) and ready to write."""
+    validate_batch(batch)
+    fast = from_message(batch)
+    return check_batches([fast])[0] or explain(fast)
 
 
 def publish_acks(broker: Broker) -> Acknowledge:
@@ -57,9 +78,10 @@ def publish_acks(broker: Broker) -> Acknowledge:
 
 @dataclass
 class _WriteResult:
-    fresh: list[TelemetryBatch]
-    committed: list[TelemetryBatch]
-    refused: dict[str, tuple[TelemetryBatch, str]]
+    fresh: list[CheckedBatch] = field(default_factory=list)
+    committed: list[CheckedBatch] = field(default_factory=list)
+    refused: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """batch id -> (device id, reason)"""
     unstored: int = 0
 
 
@@ -75,27 +97,31 @@ class RetentionPolicy:
 
 
 class TelemetryIngestor:
-    """One writer thread; a write covers up to ``max_batch`` messages or whatever arrived in ``linger_s``."""
+    """One decoder and one writer thread; a write covers what arrived within ``linger_s`` of its oldest batch.
+
+    ``aggregate_shard`` names this writer's own window-aggregate rows (`Registry.store_checked`): give each
+    worker that shares telemetry a distinct one, so their writes never wait on each other.
+    """
 
     def __init__(
         self,
         registry: Registry,
         *,
         max_batch: int = 500,
-        linger_s: float = 0.2,
+        linger_s: float = 0.05,
         on_stored: Callable[[list[TelemetryBatch]], None] | None = None,
         metrics: FleetMetrics | None = None,
         retention: RetentionPolicy | None = None,
         acknowledge: Acknowledge | None = None,
-        validate: Callable[[TelemetryBatch], None] = validate_batch,
-        decode: Callable[[Message], TelemetryBatch] | None = None,
+        decode: BlockDecoder | None = None,
         aggregate_window_s: float = 3600.0,
+        aggregate_shard: str = "",
     ) -> None:
         self._registry = registry
         self._decode = decode
         self._aggregate_window_s = aggregate_window_s
+        self._aggregate_shard = aggregate_shard
         self._acknowledge = acknowledge
-        self._validate = validate
         self._max_batch = max_batch
         self._linger_s = linger_s
         self._on_stored = on_stored
@@ -103,7 +129,7 @@ class TelemetryIngestor:
         self._retention = retention
         self._last_prune = time.monotonic()
         self._prune_lock = threading.Lock()
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=100_000)
+        self._queue: queue.Queue[list[CheckedBatch] | None] = queue.Queue(maxsize=1_000)  # None: flush
         self._stop = threading.Event()
         self._idle = threading.Condition()
         self._pending = 0
@@ -128,18 +154,19 @@ class TelemetryIngestor:
         A malformed batch raises `ProtocolError` after being counted as rejected and refused to its device.
         """
         try:
-            self._validate(batch)
+            checked = _check_message(batch)
         except ProtocolError as exc:
             self.reject()
-            self._send_acks([], {batch.batch_id: (batch, str(exc))})
+            self._send_acks([], {batch.batch_id: (batch.device_id, str(exc))})
             raise
         with self._idle:
             self._pending += 1
             self.received += 1
-        self._queue.put(batch)
+        self._queue.put([checked])
 
     def submit_payload(self, message: Message) -> None:
-        """Queue a raw telemetry message; the decoder thread decodes and validates it (needs ``decode``)."""
+        """Queue a raw telemetry message; the decoder thread decodes and validates it (needs ``decode``).
+        Called on the MQTT dispatcher thread: it only counts and queues."""
         if self._decoder is None:
             raise TypeError("submit_payload needs the ingestor to be built with decode=")
         with self._idle:
@@ -148,33 +175,65 @@ class TelemetryIngestor:
         self._raw.put(message)
 
     def _run_decoder(self) -> None:
-        """Decode and validate raw messages into the write queue, while the writer waits on the database."""
-        assert self._decode is not None
+        """Decode and validate raw messages block by block into the write queue, while the writer waits on the
+        database."""
         while not (self._closing.is_set() and self._raw.empty()):
             try:
-                message = self._raw.get(timeout=0.5)
+                first = self._raw.get(timeout=0.5)
             except queue.Empty:
                 continue
-            if message is _FLUSH:
-                continue
-            assert isinstance(message, Message)
+            if self._raw.qsize() < _DECODE_BLOCK and not self._closing.is_set():
+                time.sleep(_DECODE_GATHER_S)
+            block = [first]
             try:
-                batch = self._decode(message)
-            except (ProtocolError, HubError):  # counted by the decoder's rejection listeners
-                self._done(1)
+                while len(block) < _DECODE_BLOCK:
+                    block.append(self._raw.get_nowait())
+            except queue.Empty:
+                pass
+            messages = [m for m in block if isinstance(m, Message)]
+            if not messages:
                 continue
             try:
-                self._validate(batch)
+                self._decode_block(messages)
+            except _UNAVAILABLE as exc:  # checking the senders needs the database; devices resend
+                log.warning("database unavailable, %d telemetry batches not decoded: %s", len(messages), exc)
+                with self._idle:
+                    self.unstored += len(messages)
+                self._done(len(messages))
+            except Exception:  # never lose the thread; the batches stay unacknowledged, devices resend them
+                log.exception("decoding %d telemetry messages failed", len(messages))
+                self._done(len(messages))
+
+    def _decode_block(self, messages: list[Message]) -> None:
+        assert self._decode is not None
+        decoded = self._decode(messages)
+        good: list[CheckedBatch] = []
+        refused: list[tuple[str, str, str]] = []  # (batch id, device id, reason)
+        fast = [b for b in decoded if isinstance(b, FastTelemetryBatch)]
+        for batch, checked in zip(fast, check_batches(fast), strict=True):
+            try:
+                good.append(checked or explain(batch))
             except ProtocolError as exc:
-                log.warning("rejected telemetry: %s", exc)
-                self.reject()
-                self._done(1)
-                try:
-                    self._send_acks([], {batch.batch_id: (batch, str(exc))})
-                except Exception:
-                    log.exception("refusing telemetry batch %s failed", batch.batch_id)
-                continue
-            self._queue.put(batch)
+                refused.append((batch.batch_id, batch.device_id, str(exc)))
+        for slow in (b for b in decoded if isinstance(b, TelemetryBatch)):
+            try:
+                good.append(_check_message(slow))
+            except ProtocolError as exc:
+                refused.append((slow.batch_id, slow.device_id, str(exc)))
+        undecoded = len(messages) - len(good) - len(refused)
+        if undecoded:  # refused and counted by the decoder's rejection listeners
+            self._done(undecoded)
+        if refused:
+            for _, _, reason in refused:
+                log.warning("rejected telemetry: %s", reason)
+            self.reject(len(refused))
+            self._done(len(refused))
+            try:
+                self._send_acks([], {batch_id: (device_id, reason) for batch_id, device_id, reason in refused})
+            except Exception:
+                log.exception("refusing %d telemetry batches failed", len(refused))
+        if good:
+            self._queue.put(good)
 
     def _done(self, n: int) -> None:
         with self._idle:
@@ -219,7 +278,7 @@ class TelemetryIngestor:
             self._raw.put(_FLUSH)
             self._decoder.join(timeout=30)
         self._stop.set()  # only now: the writer stops once the queue is empty, the decoder fills it
-        self._queue.put(_FLUSH)
+        self._queue.put(None)
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
@@ -229,15 +288,17 @@ class TelemetryIngestor:
             except queue.Empty:
                 self._maybe_prune()
                 continue
-            items = [] if first is _FLUSH else [first]
-            try:
-                while len(items) < self._max_batch:
-                    item = self._queue.get(timeout=self._linger_s)
-                    if item is not _FLUSH:
-                        items.append(item)
-            except queue.Empty:
-                pass
-            self._write([i for i in items if isinstance(i, TelemetryBatch)])
+            items = list(first or [])
+            deadline = time.monotonic() + self._linger_s
+            while first is not None and len(items) < self._max_batch:
+                try:
+                    block = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if block is None:  # closing: write what is here now
+                    break
+                items.extend(block)
+            self._write(items)
             self._maybe_prune()
 
     def _maybe_prune(self) -> None:
@@ -249,7 +310,7 @@ class TelemetryIngestor:
         except Exception:
             log.exception("pruning telemetry failed; retried in %.0f s", policy.interval_s)
 
-    def _write(self, batches: list[TelemetryBatch]) -> None:
+    def _write(self, batches: list[CheckedBatch]) -> None:
         if not batches:
             return
         result = self._store_isolating(batches)
@@ -266,32 +327,33 @@ class TelemetryIngestor:
             log.exception("acknowledging %d telemetry batches failed", len(result.committed) + len(result.refused))
         try:
             if self._metrics is not None:
-                self._metrics.observe_batches(result.fresh)
+                self._metrics.observe_block([c.batch for c in result.fresh])
                 if duplicates:
                     self._metrics.count_batches("duplicate", duplicates)
                 if result.unstored:
                     self._metrics.count_batches("unstored", result.unstored)
             if self._on_stored is not None and result.fresh:
-                self._on_stored(result.fresh)
+                self._on_stored([to_message(c.batch) for c in result.fresh])
         except Exception:
             log.exception("observing %d stored telemetry batches failed", len(result.fresh))
-        with self._idle:
-            self._pending -= len(batches)
-            self._idle.notify_all()
+        self._done(len(batches))
 
-    def _store_isolating(self, batches: list[TelemetryBatch]) -> _WriteResult:
+    def _store_isolating(self, batches: list[CheckedBatch]) -> _WriteResult:
         """Store ``batches`` in one write; when the database refuses it, store each half on its own, down to
         the single batch it cannot store, which is refused with the database's reason."""
         try:
-            fresh = self._registry.store_telemetry(batches, aggregate_window_s=self._aggregate_window_s)
+            fresh = self._registry.store_checked(
+                batches, aggregate_window_s=self._aggregate_window_s, shard=self._aggregate_shard
+            )
         except _UNAVAILABLE as exc:
             log.warning("database unavailable, %d telemetry batches not stored (devices resend): %s", len(batches), exc)
-            return _WriteResult([], [], {}, unstored=len(batches))
+            return _WriteResult(unstored=len(batches))
         except Exception as exc:
             if len(batches) == 1:
+                batch = batches[0].batch
                 reason = f"the database refused the batch: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-                log.warning("telemetry batch %s of %s rejected: %s", batches[0].batch_id, batches[0].device_id, reason)
-                return _WriteResult([], [], {batches[0].batch_id: (batches[0], reason)})
+                log.warning("telemetry batch %s of %s rejected: %s", batch.batch_id, batch.device_id, reason)
+                return _WriteResult(refused={batch.batch_id: (batch.device_id, reason)})
             half = len(batches) // 2
             first, second = self._store_isolating(batches[:half]), self._store_isolating(batches[half:])
             return _WriteResult(
@@ -300,18 +362,18 @@ class TelemetryIngestor:
                 first.refused | second.refused,
                 first.unstored + second.unstored,
             )
-        return _WriteResult(fresh, batches, {})
+        return _WriteResult(fresh, batches)
 
-    def _send_acks(self, committed: list[TelemetryBatch], refused: dict[str, tuple[TelemetryBatch, str]]) -> None:
+    def _send_acks(self, committed: list[CheckedBatch], refused: dict[str, tuple[str, str]]) -> None:
         """One `TelemetryAck` per device (and per `MAX_ACK_BATCHES` ids) for what was committed or refused."""
         if self._acknowledge is None:
             return
         stored: dict[str, list[str]] = {}
-        for batch in committed:
-            stored.setdefault(batch.device_id, []).append(batch.batch_id)
+        for checked in committed:
+            stored.setdefault(checked.batch.device_id, []).append(checked.batch.batch_id)
         rejected: dict[str, dict[str, str]] = {}
-        for batch_id, (batch, reason) in refused.items():
-            rejected.setdefault(batch.device_id, {})[batch_id] = reason[:500]
+        for batch_id, (device_id, reason) in refused.items():
+            rejected.setdefault(device_id, {})[batch_id] = reason[:500]
         for device_id in stored.keys() | rejected.keys():
             ids = list(dict.fromkeys(stored.get(device_id, [])))
             for start in range(0, max(len(ids), 1), MAX_ACK_BATCHES):

@@ -30,6 +30,7 @@ Metrics::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -42,6 +43,7 @@ from prometheus_client.utils import floatToGoString
 
 from fleet.canary import CanaryReport
 from fleet.drift import DriftReport
+from fleet.wire.fast_telemetry import FastTelemetryBatch
 from fleet.wire.messages import Histogram, TelemetryBatch
 from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS
 
@@ -67,10 +69,22 @@ class PresummedHistogram(Collector):
 
     def add(self, labels: Sequence[str], hist: Histogram, *, scale: float = 1.0) -> None:
         """Add a histogram (its edges and total multiplied by ``scale``, e.g. 0.001 for ms -> s)."""
+        self.add_counts(labels, hist.edges, hist.counts, hist.total, scale=scale)
+
+    def add_counts(
+        self,
+        labels: Sequence[str],
+        edges: Sequence[float],
+        counts: Sequence[float] | np.ndarray,
+        total: float,
+        *,
+        scale: float = 1.0,
+    ) -> None:
+        """`add` for bucket counts over ``edges`` (e.g. many histograms with the same edges, summed)."""
         if len(labels) != len(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}")
-        src_edges = np.asarray(hist.edges, dtype=np.float64) * scale
-        counts = np.asarray(hist.counts, dtype=np.float64)
+        src_edges = np.asarray(edges, dtype=np.float64) * scale
+        counts = np.asarray(counts, dtype=np.float64)
         if src_edges.shape == self.edges.shape and np.allclose(src_edges, self.edges, rtol=1e-9, atol=0):
             mapped = counts
         else:
@@ -83,7 +97,7 @@ class PresummedHistogram(Collector):
             if series is None:
                 series = self._series[key] = (np.zeros(self.edges.size + 1), [0.0])
             series[0][:] += mapped
-            series[1][0] += hist.total * scale
+            series[1][0] += total * scale
 
     def describe(self) -> Iterator[HistogramMetricFamily]:
         yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -228,6 +242,37 @@ class FleetMetrics:
         """`observe_batch` for each batch (pass only newly stored ones, not duplicates)."""
         for batch in batches:
             self.observe_batch(batch)
+
+    def observe_block(self, batches: Sequence[FastTelemetryBatch]) -> None:
+        """`observe_batches` for validated batches (standard histogram edges), summed per series first so a
+        block of hundreds costs a few metric updates per model version and device class."""
+        groups: dict[tuple[str, str, str], list[FastTelemetryBatch]] = {}
+        for batch in batches:
+            groups.setdefault((batch.model, batch.version, batch.target), []).append(batch)
+        for labels, members in groups.items():
+            self._observe_series(labels, members)
+        self.telemetry_batches.labels("accepted").inc(len(batches))
+
+    def _observe_series(self, labels: tuple[str, str, str], members: list[FastTelemetryBatch]) -> None:
+        model, version, _ = labels
+        for histogram, field, scale in ((self.latency, "latency_ms", 0.001), (self.confidence, "confidence", 1.0)):
+            hists = [getattr(b, field) for b in members]
+            summed = np.asarray([h.counts for h in hists], dtype=np.float64).sum(axis=0)
+            histogram.add_counts(labels, hists[0].edges, summed, sum(h.total for h in hists), scale=scale)
+        self.requests.labels(*labels).inc(sum(b.requests for b in members))
+        self.errors.labels(*labels).inc(sum(b.errors for b in members))
+        self.offloaded.labels(*labels).inc(sum(b.offloaded for b in members))
+        predictions: collections.Counter[str] = collections.Counter()
+        for batch in members:
+            predictions.update(batch.predictions)
+        for label, count in predictions.items():
+            if count:
+                self.predictions.labels(*labels, self._prediction_label(model, version, label)).inc(count)
+        for batch in members:
+            if batch.shadow is not None:
+                shadow = (model, version, batch.shadow.candidate_version)
+                self.shadow_comparisons.labels(*shadow).inc(batch.shadow.compared)
+                self.shadow_agreements.labels(*shadow).inc(batch.shadow.agreed)
 
     def count_batches(self, result: str, n: int = 1) -> None:
         """Count batches that were not observed: ``duplicate``, ``rejected`` (malformed, refused for good) or

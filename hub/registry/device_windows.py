@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, String, any_, bindparam, delete, func, ins
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from fleet.errors import ProtocolError
+from fleet.wire.fast_telemetry import FastHistogram, FastTelemetryBatch
 from fleet.wire.messages import Histogram, TelemetryBatch
 from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS
 from hub.registry.db import Database
@@ -63,7 +64,7 @@ class _Counts:
             self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
         self.total += total
 
-    def add_histogram(self, hist: Histogram) -> None:
+    def add_histogram(self, hist: Histogram | FastHistogram) -> None:
         """Sum in a histogram; `ProtocolError` when it is not on these edges."""
         if hist.edges != self.edges or len(hist.counts) != len(self.edges) + 1:
             raise ProtocolError("histogram is not on the standard edges; cannot sum it")
@@ -109,7 +110,7 @@ class DeviceWindowSums:
         self.first_start = self.first_end = math.inf
         self.last_end = -math.inf
 
-    def add(self, batch: TelemetryBatch) -> None:
+    def add(self, batch: TelemetryBatch | FastTelemetryBatch) -> None:
         """Sum one batch in (one that passed `fleet.telemetry.validate_batch`)."""
         self.batches += 1
         self.requests += batch.requests
@@ -182,7 +183,7 @@ class DeviceWindowSums:
 
 
 def device_window_partials(
-    batches: Iterable[TelemetryBatch], window_s: float
+    batches: Iterable[TelemetryBatch | FastTelemetryBatch], window_s: float
 ) -> dict[DeviceWindowKey, DeviceWindowSums]:
     """``batches`` summed per model, version, target, aggregate window of ``window_s`` and device."""
     out: dict[DeviceWindowKey, DeviceWindowSums] = {}

@@ -7,23 +7,24 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import semver
 import sqlalchemy as sql
-from datasketches import kll_floats_sketch
 from pydantic import ValidationError
-from sqlalchemy import delete, insert, or_, update
+from sqlalchemy import delete, or_, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 
 from fleet.errors import ProtocolError
 from fleet.telemetry import TelemetryAggregate, validate_batch
+from fleet.telemetry_blocks import CheckedBatch, aggregate_checked, check_batches, explain
+from fleet.wire.fast_telemetry import FastTelemetryBatch, from_message, stored_json
 from fleet.wire.messages import DeviceState, TelemetryBatch, UpdateEvent
-from fleet.wire.sketches import new_sketch
 from hub.errors import ConflictError, InvalidRequestError, NotFoundError
+from hub.registry.bulk import RecordRow, insert_records, stored_batch_ids
 from hub.registry.credentials import dummy_hash, hash_password, hash_secret, new_secret, verify_secret
 from hub.registry.db import Database
 from hub.registry.device_windows import compact_device_windows, device_window_partials, insert_device_windows
@@ -529,49 +530,67 @@ class Registry:
         return len(self.store_telemetry(batches))
 
     def store_telemetry(
-        self, batches: list[TelemetryBatch], *, aggregate_window_s: float = 3600.0
+        self, batches: Sequence[TelemetryBatch], *, aggregate_window_s: float = 3600.0, shard: str = ""
     ) -> list[TelemetryBatch]:
+        """`store_checked` for pydantic batches: each must pass `validate_batch` (`ProtocolError` otherwise)."""
+        fast = [from_message(b) for b in batches]
+        checked = [c if c is not None else explain(f) for c, f in zip(check_batches(fast), fast, strict=True)]
+        stored = {
+            c.batch.batch_id for c in self.store_checked(checked, aggregate_window_s=aggregate_window_s, shard=shard)
+        }
+        return [b for b in {b.batch_id: b for b in batches}.values() if b.batch_id in stored]
+
+    def store_checked(
+        self, batches: Sequence[CheckedBatch], *, aggregate_window_s: float = 3600.0, shard: str = ""
+    ) -> list[CheckedBatch]:
         """Store batches that passed `validate_batch` in one transaction, skipping batch ids already stored;
         return the newly stored ones.
 
-        The new batches are written with one multi-row INSERT (sketches as raw bytes) and merged, in the same
-        transaction, into their `TelemetryWindowAggregate` and `TelemetryDeviceWindow` rows (windows of
-        ``aggregate_window_s``), so each batch is counted in the aggregates exactly when it is stored. Several
-        hub workers may write at once: when another writer stored one of these ids or created one of these
-        aggregate rows between our read and our commit, the transaction is retried (it then sees that id as
-        stored), so a batch is stored, aggregated and returned exactly once across workers.
+        The new batches are written in bulk (COPY on PostgreSQL, one multi-row statement on SQLite; sketches
+        as raw bytes) and merged, in the same transaction, into their `TelemetryWindowAggregate` rows
+        (windows of ``aggregate_window_s``; this writer's ``shard`` of them) and added as
+        `TelemetryDeviceWindow` rows, so each batch is counted in the aggregates exactly when it is stored.
+        Several hub workers may write at once: when another writer stored one of these ids (or created one of
+        these aggregate rows, for writers sharing a shard) between our read and our commit, the transaction is
+        retried (it then sees that id as stored), so a batch is stored, aggregated and returned exactly once
+        across workers. Workers with shards of their own never wait on each other's rows.
         """
-        unique = {b.batch_id: b for b in batches}
+        unique = {c.batch.batch_id: c for c in batches}
         if not unique:
             return []
-        raw = {batch_id: _raw_sketches(b) for batch_id, b in unique.items()}
-        partials = _window_partials(list(unique.values()), raw, aggregate_window_s)  # outside the transaction
-        per_device = device_window_partials(unique.values(), aggregate_window_s)
+        rows = {batch_id: _record_row(c.batch) for batch_id, c in unique.items()}  # outside the transaction
+        partials = _window_partials(list(unique.values()), aggregate_window_s)
+        per_device = device_window_partials((c.batch for c in unique.values()), aggregate_window_s)
         for attempt in range(_WRITE_ATTEMPTS):
             try:
                 with self.db.session() as session:
-                    seen = set(
-                        session.exec(select(TelemetryRecord.batch_id).where(col(TelemetryRecord.batch_id).in_(unique)))
-                    )
-                    fresh = [b for batch_id, b in unique.items() if batch_id not in seen]
+                    seen = stored_batch_ids(session.connection(), list(unique))
+                    fresh = [c for batch_id, c in unique.items() if batch_id not in seen]
                     if not fresh:
                         return []
-                    rows = [_record_row(b, raw[b.batch_id]) for b in fresh]
-                    session.connection().execute(insert(TelemetryRecord), rows)
-                    mine = partials if not seen else _window_partials(fresh, raw, aggregate_window_s)
-                    insert_device_windows(
-                        session, per_device if not seen else device_window_partials(fresh, aggregate_window_s)
-                    )
+                    insert_records(session.connection(), [rows[c.batch.batch_id] for c in fresh])
+                    mine = partials if not seen else _window_partials(fresh, aggregate_window_s)
+                    if seen:
+                        per_device = device_window_partials((c.batch for c in fresh), aggregate_window_s)
+                    insert_device_windows(session, per_device)
                     for key in sorted(mine):  # one lock order across workers: no deadlocks
-                        self._fold_window(session, key, aggregate_window_s, mine[key])
+                        self._fold_window(session, key, shard, aggregate_window_s, mine[key])
                 return fresh
             except IntegrityError:
                 if attempt == _WRITE_ATTEMPTS - 1:
                     raise
         return []  # pragma: no cover - the loop returns or raises
 
+    def existing_devices(self, device_ids: Iterable[str]) -> set[str]:
+        """Which of ``device_ids`` are provisioned (one query)."""
+        wanted = list(set(device_ids))
+        if not wanted:
+            return set()
+        with self.db.session() as session:
+            return set(session.exec(select(Device.id).where(col(Device.id).in_(wanted))))
+
     @staticmethod
-    def _fold_window(session: Any, key: _WindowKey, window_s: float, partial: TelemetryAggregate) -> None:
+    def _fold_window(session: Any, key: _WindowKey, shard: str, window_s: float, partial: TelemetryAggregate) -> None:
         model, version, target, start = key
         row = session.exec(
             select(TelemetryWindowAggregate)
@@ -580,12 +599,13 @@ class Registry:
                 TelemetryWindowAggregate.version == version,
                 TelemetryWindowAggregate.target == target,
                 TelemetryWindowAggregate.window_start == start,
+                TelemetryWindowAggregate.shard == shard,
             )
             .with_for_update()
         ).first()
         if row is None:
             row = TelemetryWindowAggregate(
-                model=model, version=version, target=target, window_start=start, window_s=window_s
+                model=model, version=version, target=target, window_start=start, window_s=window_s, shard=shard
             )
         session.add(fold_aggregate(row, partial))
         session.flush()  # a row another worker created meanwhile fails here: the transaction is retried
@@ -686,50 +706,38 @@ class Registry:
 _WindowKey = tuple[str, str, str, float]
 
 
-def _raw_sketches(batch: TelemetryBatch) -> dict[str, bytes]:
-    return {name: base64.b64decode(text) for name, text in batch.feature_sketches.items()}
+def _window_partials(batches: Sequence[CheckedBatch], window_s: float) -> dict[_WindowKey, TelemetryAggregate]:
+    """``batches`` merged per model, version, target and aggregate window, sketches in bulk."""
+    groups: dict[_WindowKey, list[CheckedBatch]] = {}
+    for checked in batches:
+        b = checked.batch
+        groups.setdefault((b.model, b.version, b.target, rollup_window_start(b.window_start, window_s)), []).append(
+            checked
+        )
+    return {key: aggregate_checked(members) for key, members in groups.items()}
 
 
-def _window_partials(
-    batches: list[TelemetryBatch], raw: Mapping[str, dict[str, bytes]], window_s: float
-) -> dict[_WindowKey, TelemetryAggregate]:
-    """``batches`` merged per model, version, target and aggregate window. Their sketches (``raw``, by batch
-    id) are deserialised without `deserialize_sketch`'s structure check: they passed it in `validate_batch`."""
-    out: dict[_WindowKey, TelemetryAggregate] = {}
-    for batch in batches:
-        key = (batch.model, batch.version, batch.target, rollup_window_start(batch.window_start, window_s))
-        agg = out.get(key)
-        if agg is None:
-            agg = out[key] = TelemetryAggregate()
-        agg.add(batch.model_copy(update={"feature_sketches": {}}))
-        for name, sketch_bytes in raw[batch.batch_id].items():
-            mine = agg.sketches.get(name)
-            if mine is None:
-                mine = agg.sketches[name] = new_sketch(agg.k)
-            mine.merge(kll_floats_sketch.deserialize(sketch_bytes))
-    return out
+def _record_row(batch: FastTelemetryBatch) -> RecordRow:
+    """The `TelemetryRecord` columns of a batch (`RECORD_COLUMNS`), its sketches as raw bytes beside the JSON of
+    the rest.
 
-
-def _record_row(batch: TelemetryBatch, sketches: Mapping[str, bytes]) -> dict[str, Any]:
-    """The `TelemetryRecord` columns of a batch, its sketches as raw bytes beside the JSON of the rest.
-
-    A non-finite time window raises `ValueError` (the message schema refuses them; PostgreSQL would store it)."""
+    A non-finite time window raises `ValueError` (the decoder refuses them; PostgreSQL would store it)."""
     if not (math.isfinite(batch.window_start) and math.isfinite(batch.window_end)):
         raise ValueError(f"batch {batch.batch_id} has a non-finite time window")
-    return {
-        "batch_id": batch.batch_id,
-        "device_id": batch.device_id,
-        "target": batch.target,
-        "model": batch.model,
-        "version": batch.version,
-        "window_start": batch.window_start,
-        "window_end": batch.window_end,
-        "requests": batch.requests,
-        "errors": batch.errors,
-        "payload": batch.model_dump(mode="json", exclude={"feature_sketches"}),
-        "sketches": pack_sketches(sketches),
-        "received_at": time.time(),
-    }
+    return (
+        batch.batch_id,
+        batch.device_id,
+        batch.target,
+        batch.model,
+        batch.version,
+        batch.window_start,
+        batch.window_end,
+        batch.requests,
+        batch.errors,
+        stored_json(batch),
+        pack_sketches(batch.feature_sketches),
+        time.time(),
+    )
 
 
 def _stored_payload(payload: Mapping[str, Any], sketches: bytes | None) -> Mapping[str, Any]:

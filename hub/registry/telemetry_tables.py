@@ -67,14 +67,19 @@ def unpack_sketches(packed: bytes) -> dict[str, bytes]:
 
 
 class TelemetryWindowAggregate(SQLModel, table=True):
-    """Every stored batch of one model version and device class in one time window, merged at ingestion.
+    """Stored batches of one model version and device class in one time window, merged at ingestion by one
+    writer (``shard``: "" for a lone hub; each worker sharing telemetry has its own, so workers never wait
+    on each other's rows). A window's rows add up to all its batches: readers (`TelemetryWindows`) merge every
+    row they read.
 
     ``sketches`` holds the merged KLL sketches (`pack_sketches`); histograms are `Histogram` dicts (or empty).
     """
 
     __tablename__ = "telemetry_window_aggregate"
     __table_args__ = (
-        UniqueConstraint("model", "version", "target", "window_start"),
+        UniqueConstraint(
+            "model", "version", "target", "window_start", "shard", name="uq_telemetry_window_aggregate_shard"
+        ),
         Index("ix_telemetry_window_aggregate_model_window_end", "model", "window_end"),
     )
     id: int | None = Field(default=None, primary_key=True)
@@ -83,6 +88,7 @@ class TelemetryWindowAggregate(SQLModel, table=True):
     target: str = Field(max_length=64)
     window_start: float
     window_s: float
+    shard: str = Field(default="", max_length=64)
     window_end: float = 0.0
     """Latest end of a batch window merged in."""
     batches: int = 0

@@ -87,9 +87,64 @@ def test_wait_subscribed_holds_until_every_subscription_is_granted() -> None:
         broker.close()
 
 
+class _PahoMessage:
+    """What paho hands ``on_message``."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic, self.payload, self.qos, self.retain = topic, b"x", 1, False
+
+
+def test_a_raw_sink_runs_on_the_receiving_thread_and_other_handlers_on_the_dispatcher() -> None:
+    broker = _broker(Recorder())
+    seen: dict[str, list[str]] = {"raw": [], "handler": []}
+    dispatched = threading.Event()
+
+    def handler(message: Message) -> None:
+        seen["handler"].append(f"{message.topic}@{threading.current_thread().name}")
+        dispatched.set()
+
+    try:
+        broker.subscribe_raw(
+            "a/+/telemetry", lambda m: seen["raw"].append(f"{m.topic}@{threading.current_thread().name}")
+        )
+        broker.subscribe("a/#", handler)
+
+        def receive() -> None:
+            for topic in ("a/1/telemetry", "a/1/state"):
+                broker._handle_message(None, None, _PahoMessage(topic))
+
+        receiving = threading.Thread(target=receive, name="receiving")
+        receiving.start()
+        receiving.join()
+        assert seen["raw"] == ["a/1/telemetry@receiving"]  # already there when the receiving thread returns
+        assert dispatched.wait(10)
+        broker.close()  # the dispatcher finishes what it was given
+        assert sorted(t.split("@")[0] for t in seen["handler"]) == ["a/1/state", "a/1/telemetry"]
+        assert all(not t.endswith("@receiving") for t in seen["handler"])
+    finally:
+        broker.close()
+
+
 def test_wait_subscribed_is_false_before_the_connection_is_ready() -> None:
     broker = PahoBroker(BrokerAddress("127.0.0.1", 9), wait_connected=False)
     try:
         assert not broker.wait_subscribed(0.05)
     finally:
+        broker.close()
+
+
+def test_a_topic_only_raw_sinks_want_is_not_queued_for_the_dispatcher() -> None:
+    broker = _broker(Recorder())
+    queued: list[str] = []
+    put = broker._inbox.put
+    broker._inbox.put = lambda item, *a, **k: queued.append(item.topic)  # type: ignore[method-assign]
+    try:
+        broker.subscribe_raw("a/+/telemetry", _noop)
+        broker._handle_message(None, None, _PahoMessage("a/1/telemetry"))
+        assert queued == []
+        broker.subscribe("a/#", _noop)  # a new subscription: the remembered routes are recomputed
+        broker._handle_message(None, None, _PahoMessage("a/1/telemetry"))
+        assert queued == ["a/1/telemetry"]
+    finally:
+        broker._inbox.put = put  # type: ignore[method-assign]
         broker.close()

@@ -9,7 +9,7 @@ import pytest
 
 from fleet.wire import topics
 from fleet.wire.messages import DeviceState, encode
-from fleet.wire.transport import Handler, InMemoryBroker, Unsubscribe
+from fleet.wire.transport import Handler, InMemoryBroker, Message, Unsubscribe
 from hub.devices.traffic import DeviceTraffic
 from hub.registry import Database, Registry
 
@@ -58,3 +58,29 @@ def test_a_chosen_set_of_channels(registry: Registry) -> None:
     broker = RecordingBroker()
     DeviceTraffic(broker, registry).start(channels=("state", "events"))
     assert broker.filters == [topics.device_wildcard("state"), topics.device_wildcard("events")]
+
+
+class RawBroker(RecordingBroker):
+    """The recording broker, also offering raw sinks (as `PahoBroker` does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw_filters: list[str] = []
+
+    def subscribe_raw(self, topic_filter: str, sink: Handler, *, qos: int = 1) -> Unsubscribe:
+        self.raw_filters.append(topic_filter)
+        return super().subscribe(topic_filter, sink, qos=qos)
+
+
+def test_raw_telemetry_goes_to_a_raw_sink_where_the_broker_has_one(registry: Registry) -> None:
+    broker = RawBroker()
+    traffic = DeviceTraffic(broker, registry)
+    received: list[Message] = []
+    traffic.on_telemetry_payload(received.append)
+    traffic.start()
+    assert broker.raw_filters == [topics.device_wildcard("telemetry")]
+    broker.publish(topics.device_topic("cam-1", "telemetry"), b"{undecoded")
+    assert [m.payload for m in received] == [b"{undecoded"]
+    plain = RawBroker()
+    DeviceTraffic(plain, registry).start()  # no raw listener: typed telemetry stays on the dispatcher
+    assert plain.raw_filters == []

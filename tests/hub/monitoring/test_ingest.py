@@ -4,6 +4,7 @@ test_telemetry_retention.py)."""
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Iterator
 
@@ -119,14 +120,12 @@ def test_concurrent_writers_store_each_batch_exactly_once(database_url: str, bat
 def test_a_batch_the_database_refuses_is_rejected_alone_and_the_others_are_stored_and_acknowledged(
     registry: Registry, batches: list[TelemetryBatch]
 ) -> None:
-    """Validation skipped, as if it missed something: a NaN window end fails the bulk write on both
-    databases; the write is split until the bad batch stands alone, and every device hears what became
-    of its batches."""
+    """A NaN window end (the schema refuses it, validation does not look: a batch built in process) fails the
+    bulk write on both databases; the write is split until the bad batch stands alone, and every device
+    hears what became of its batches."""
     metrics = FleetMetrics(CollectorRegistry())
     acks: list[TelemetryAck] = []
-    ingestor = TelemetryIngestor(
-        registry, metrics=metrics, acknowledge=acks.append, validate=lambda _batch: None, linger_s=0.5
-    )
+    ingestor = TelemetryIngestor(registry, metrics=metrics, acknowledge=acks.append, linger_s=0.5)
     good = batches[:9]
     bad = good[4].model_copy(update={"batch_id": "bad-window-end", "window_end": float("nan")})
     try:
@@ -198,7 +197,9 @@ def test_raw_payloads_are_decoded_and_validated_by_the_writer(
         registry.provision_device(device, good.target)
     traffic = DeviceTraffic(broker=None, registry=registry)  # type: ignore[arg-type]  # decoding only
     acks: list[TelemetryAck] = []
-    ingestor = TelemetryIngestor(registry, linger_s=0.01, decode=traffic.decode_telemetry, acknowledge=acks.append)
+    ingestor = TelemetryIngestor(
+        registry, linger_s=0.01, decode=traffic.decode_telemetry_block, acknowledge=acks.append
+    )
     traffic.on_rejected(lambda _channel, _exc: ingestor.reject())
     try:
         for batch in (good, malformed):
@@ -224,8 +225,64 @@ def test_close_decodes_and_writes_every_raw_payload_already_queued(
     for device in sorted({b.device_id for b in mine}):
         registry.provision_device(device, mine[0].target)
     traffic = DeviceTraffic(broker=None, registry=registry)  # type: ignore[arg-type]  # decoding only
-    ingestor = TelemetryIngestor(registry, linger_s=0.01, decode=traffic.decode_telemetry)
+    ingestor = TelemetryIngestor(registry, linger_s=0.01, decode=traffic.decode_telemetry_block)
     for batch in mine:
         ingestor.submit_payload(Message(topics.device_topic(batch.device_id, "telemetry"), encode(batch)))
     ingestor.close()
     assert registry.telemetry_count() == len(mine) == ingestor.stored
+
+
+def test_raw_batches_are_refused_with_the_reasons_validate_batch_gives(
+    registry: Registry, batches: list[TelemetryBatch]
+) -> None:
+    """Raw payloads through the block decoder and checks: each malformed batch is refused to its device with
+    the one-line reason `validate_batch` gives it, nothing of it is stored, and the valid ones (one written
+    in a way only the reference decoder reads) are stored."""
+    import json
+
+    from fleet.telemetry import validate_batch
+    from fleet.wire import topics
+    from fleet.wire.messages import encode
+    from fleet.wire.transport import Message
+    from hub.devices.traffic import DeviceTraffic
+
+    good = batches[0]
+    sketch = good.feature_sketches[next(iter(good.feature_sketches))]
+    raw = bytearray(base64.b64decode(sketch))
+    raw[-4:] = b"\x00\x00\xc0\x7f"  # a NaN item
+    nan_sketch = {"x": base64.b64encode(raw).decode()}
+    malformed = [
+        good.model_copy(update={"batch_id": "bad-errors", "errors": good.requests + 1}),
+        good.model_copy(update={"batch_id": "bad-window", "window_end": good.window_start - 1}),
+        good.model_copy(update={"batch_id": "bad-edges", "latency_ms": Histogram(edges=[1.0], counts=[1, 0])}),
+        good.model_copy(update={"batch_id": "bad-nan-sketch", "feature_sketches": nan_sketch}),
+        good.model_copy(update={"batch_id": "bad-base64", "feature_sketches": {"x": "not base64!"}}),
+    ]
+    expected = {}
+    for bad in malformed:
+        with pytest.raises(ProtocolError) as refusal:
+            validate_batch(bad)
+        expected[bad.batch_id] = str(refusal.value)
+    lax = json.loads(encode(batches[1]))
+    lax["requests"] = float(lax["requests"])  # valid, read by the reference decoder only
+    for device in {(good.device_id, good.target), (batches[1].device_id, batches[1].target)}:
+        registry.provision_device(*device)
+    traffic = DeviceTraffic(broker=None, registry=registry)  # type: ignore[arg-type]  # decoding only
+    acks: list[TelemetryAck] = []
+    ingestor = TelemetryIngestor(
+        registry, linger_s=0.01, decode=traffic.decode_telemetry_block, acknowledge=acks.append
+    )
+    try:
+        for bad in malformed:
+            ingestor.submit_payload(Message(topics.device_topic(bad.device_id, "telemetry"), encode(bad)))
+        ingestor.submit_payload(Message(topics.device_topic(good.device_id, "telemetry"), encode(good)))
+        ingestor.submit_payload(
+            Message(topics.device_topic(batches[1].device_id, "telemetry"), json.dumps(lax).encode())
+        )
+        assert ingestor.wait_idle()
+    finally:
+        ingestor.close()
+    refused = {batch_id: reason for ack in acks for batch_id, reason in ack.rejected.items()}
+    assert refused == expected
+    assert sorted(b.batch_id for b in registry.telemetry_batches()) == sorted([good.batch_id, batches[1].batch_id])
+    assert ingestor.rejected == len(malformed) and ingestor.stored == 2

@@ -1,5 +1,6 @@
 """Telemetry summary tables (hub/registry/telemetry_tables.py): sketches packed as bytes, and batches merged
-at ingestion into per model version x target x window aggregates, exactly once, on SQLite and PostgreSQL."""
+at ingestion into per model version x target x window aggregates, exactly once, one row per writer (shard)
+merged at read time, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+import sqlalchemy
+from alembic import command
+from sqlmodel import select
 
 from fleet.errors import ProtocolError
 from fleet.telemetry import TelemetryAggregate
 from fleet.wire.messages import TelemetryBatch
-from hub.registry import Database, Registry, TelemetryRecord
+from hub.registry import Database, Registry, TelemetryRecord, TelemetryWindowAggregate
+from hub.registry.migrations import alembic_config
 from hub.registry.telemetry_tables import pack_sketches, unpack_sketches
 from tests.hub.monitoring.telemetry_scenario import BASELINE, MODEL, scenario
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -96,3 +102,64 @@ def test_concurrent_writers_aggregate_every_batch_exactly_once(
         t.join()
     assert not errors
     assert sum(a.batches for _, a in registry.windows.by_target(MODEL, BASELINE)) == len(mine)
+
+
+def test_workers_fold_into_their_own_rows_without_waiting_and_reads_merge_them(
+    registry: Registry, batches: list[TelemetryBatch]
+) -> None:
+    """Worker "a" holds its aggregate rows locked in an open transaction; worker "b" (its own shard) still
+    stores and commits. Sharing one shard, "b" would wait on the row lock until "a" commits (PostgreSQL; SQLite
+    has one writer at a time whatever the rows)."""
+    mine = [b for b in batches if b.version == BASELINE]
+    first, second = mine[::2], mine[1::2]
+    registry.store_telemetry(first[:3], shard="a")  # "a" creates its rows
+    done = threading.Event()
+    if registry.db.engine.dialect.name == "postgresql":
+        with registry.db.session() as session:
+            rows = session.exec(
+                select(TelemetryWindowAggregate).where(TelemetryWindowAggregate.shard == "a").with_for_update()
+            ).all()
+            assert rows
+            writer = threading.Thread(target=lambda: (registry.store_telemetry(second, shard="b"), done.set()))
+            writer.start()
+            assert wait_until(done.is_set, 20), "worker b waited on worker a's rows"
+        writer.join()
+    else:
+        registry.store_telemetry(second, shard="b")
+    registry.store_telemetry(first, shard="a")
+    with registry.db.session() as session:
+        shards = {row.shard for row in session.exec(select(TelemetryWindowAggregate))}
+    assert shards == {"a", "b"}
+    windows = registry.windows.by_target(MODEL, BASELINE)
+    assert len({(t, a.window_start) for t, a in windows}) < len(windows)  # windows both workers wrote to
+    for target in {b.target for b in mine}:  # readers merge every row: together they hold each batch once
+        merged = TelemetryAggregate()
+        for _, agg in (w for w in windows if w[0] == target):
+            merged.merge(agg)
+        _same(merged, TelemetryAggregate.from_batches(b for b in mine if b.target == target))
+
+
+def test_aggregates_written_before_shards_are_kept_as_the_lone_hubs_rows(database_url: str) -> None:
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0006")
+            connection.execute(
+                sqlalchemy.text(
+                    "INSERT INTO telemetry_window_aggregate (model, version, target, window_start, window_s, "
+                    "window_end, batches, requests, errors, offloaded, shadow_compared, shadow_agreed, latency_ms, "
+                    "confidence, shadow_latency_ms, predictions, sketches, devices, updated_at) VALUES "
+                    "('m', '1', 't', 0, 3600, 10, 2, 20, 0, 0, 0, 0, '{}', '{}', '{}', '{}', :empty, '[\"d\"]', 0)"
+                ),
+                {"empty": b""},
+            )
+    finally:
+        engine.dispose()
+    db = Database(database_url)  # upgrades to head
+    try:
+        with db.session() as session:
+            (row,) = session.exec(select(TelemetryWindowAggregate)).all()
+        assert (row.shard, row.batches, row.requests) == ("", 2, 20)
+        assert [(a.batches, a.devices) for _, a in Registry(db).windows.by_target("m", "1")] == [(2, {"d"})]
+    finally:
+        db.close()
