@@ -47,36 +47,16 @@ import sqlalchemy
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.registry_db import database  # noqa: E402
 from fleet.wire import topics  # noqa: E402
 from fleet.wire.messages import TelemetryBatch, encode  # noqa: E402
 from fleet.wire.mqtt import BrokerAddress, PahoBroker  # noqa: E402
 from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS, FeatureSketcher, HistogramAccumulator  # noqa: E402
 
 TARGETS = ("rpi4-arm64", "jetson-orin", "x86-onnx-cpu")
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 #: A run ends when no batch was stored for this long: a batch the broker dropped is then counted as lost
 #: (``stored`` < ``batches``) and the rate is what was stored until the last progress.
 STALL_S = 20.0
-
-
-@contextlib.contextmanager
-def database(kind: str, tmp: Path) -> Iterator[str]:
-    """A fresh SQLite file or a fresh PostgreSQL schema (dropped afterwards); yields its URL."""
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp / 'registry.db'}"
-        return
-    import sqlalchemy
-
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 def make_payloads(n: int, devices: int, features: int, values: int, seed: int = 0) -> list[tuple[str, bytes]]:

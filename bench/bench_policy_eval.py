@@ -34,9 +34,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_sketch_merge import database  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
+from bench.registry_db import database  # noqa: E402
 from fleet.telemetry import ReferenceProfile  # noqa: E402
 from fleet.wire.messages import TelemetryBatch  # noqa: E402
 from fleet.wire.sketches import (  # noqa: E402

@@ -58,6 +58,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.registry_db import database  # noqa: E402
 from fleet.rollout import FINAL_STATES, RolloutSnapshot  # noqa: E402
 from fleet.rollout_plan import plan_from_cli  # noqa: E402
 from fleet.wire import topics  # noqa: E402
@@ -75,7 +76,6 @@ from fleet.wire.messages import (  # noqa: E402
 from fleet.wire.mqtt import BrokerAddress  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "rollout.json"
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET = "x86-onnx-cpu"
 
 
@@ -513,26 +513,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return run_on(args, args.broker_url, Path(tmp), None)
         with private_mosquitto(Path(tmp)) as (broker_url, pid):
             return {**run_on(args, broker_url, Path(tmp), pid), "broker": "private mosquitto " + mosquitto_version()}
-
-
-@contextlib.contextmanager
-def database(kind: str, tmp: Path) -> Iterator[str]:
-    """The hub's registry: a fresh SQLite file, or a fresh schema of the machine's PostgreSQL (dropped after)."""
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp / 'registry.db'}"
-        return
-    import sqlalchemy
-
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 def cpu_seconds(pid: int | None) -> float:

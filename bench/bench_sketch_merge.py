@@ -31,16 +31,13 @@ Writes bench/results/sketch_merge.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from scipy import stats  # noqa: E402
 
+from bench.registry_db import database  # noqa: E402
 from fleet.drift import ks_sketches  # noqa: E402
 from fleet.telemetry import ReferenceProfile, TelemetryAggregate  # noqa: E402
 from fleet.wire.messages import TelemetryBatch  # noqa: E402
@@ -74,28 +72,6 @@ from hub.registry import Database, Registry  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "sketch_merge.json"
 CLASSES = ("rpi4-arm64", "jetson-orin", "intel-openvino", "x86-onnx-cpu")
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-@contextlib.contextmanager
-def database(kind: str) -> Iterator[str]:
-    """A fresh SQLite file or a fresh PostgreSQL schema (dropped afterwards); yields its URL."""
-    if kind == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="bench-sketch-") as tmp:
-            yield f"sqlite:///{Path(tmp) / 'registry.db'}"
-        return
-    import sqlalchemy
-
-    schema = f"bench_{os.getpid()}_{int(time.time())}"
-    admin = sqlalchemy.create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 def ingest(registry: Registry, devices: int, features: int, values: int, seed: int, chunk: int) -> dict[str, Any]:
