@@ -34,6 +34,7 @@ from hub.config import HubSettings
 from hub.devices.certificates import CertificateSigner
 from hub.devices.connection import BrokerConnector
 from hub.devices.embedded_broker import EmbeddedBroker
+from hub.devices.nats_queue import NatsQueueGroups
 from hub.devices.orders import BundleSources, DeploymentOrders
 from hub.devices.pki import CertificateAuthority
 from hub.devices.records import DeviceRecords
@@ -132,7 +133,11 @@ class Hub:
         share = s.share_group if s.replica else None
         known: set[str] = set()  # provisioned devices, checked once for every decoder of this hub
         self.traffic = traffic = DeviceTraffic(
-            broker, self.registry, telemetry_filter=s.telemetry_filter(), shared_group=share, known=known
+            self._shared(broker, "hub"),
+            self.registry,
+            telemetry_filter=s.telemetry_filter(),
+            shared_group=share,
+            known=known,
         )
         self.ingestor = TelemetryIngestor(
             self.registry,
@@ -172,7 +177,10 @@ class Hub:
         # its states and events still queue on the main one. Replicas: each answers its share of metadata
         # requests; the leader alone broadcasts chunks (on its own feed, see LeaderDuties).
         self.fetches = DeviceTraffic(
-            self.connector.connect("hub-fetch"), self.registry, shared_group=share, known=known
+            self._shared(self.connector.connect("hub-fetch"), "hub-fetch"),
+            self.registry,
+            shared_group=share,
+            known=known,
         )
         self.fetches.on_fetch(self.transfer.handle_metadata if s.replica else self.transfer.handle)
         traffic.on_capture(self._store_capture)
@@ -196,6 +204,15 @@ class Hub:
         traffic.start(channels=tuple(c for c in EVERY_CHANNEL if c != "fetch"))
         self.presence.start()
 
+    def _shared(self, connection: PahoBroker, role: str) -> PahoBroker | NatsQueueGroups:
+        """``connection``, or with ``share_nats_url`` the same wrapped so that shared subscriptions are NATS
+        queue groups (a NATS broker's MQTT has no ``$share``)."""
+        servers = self.settings.nats_servers()
+        if not servers:
+            return connection
+        name = f"edgefleet-{role}-{secrets.token_hex(4)}"
+        return NatsQueueGroups(connection, servers, name=name, tls=self.settings.nats_tls())
+
     def stop(self) -> None:
         """Stop in reverse order; safe to call twice."""
         self.leadership.stop()  # stops the duties when leading
@@ -208,9 +225,13 @@ class Hub:
             self.presence.stop()
         if self.traffic is not None:
             self.traffic.stop()
+            if isinstance(self.traffic.broker, NatsQueueGroups):
+                self.traffic.broker.close()  # its MQTT connection is self.broker, closed below
         if self.fetches is not None:
             self.fetches.stop()
             self.fetches.broker.close()
+            if isinstance(self.fetches.broker, NatsQueueGroups):
+                self.fetches.broker.mqtt.close()
         if self.records is not None:
             self.records.close()
         if self.transfer is not None:

@@ -120,6 +120,12 @@ class HubSettings(BaseModel):
         "workers split the load; needs a broker that supports them (Mosquitto 2 does, the embedded one does not)",
     )
     share_group: str = Field(default="edgefleet-hub", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    share_nats_url: str | None = Field(
+        default=None,
+        description="where the broker is a NATS cluster (whose MQTT has no shared subscriptions): its NATS "
+        "client URLs, comma-separated (nats:// or tls://, credentials in the URL), over which replicas and "
+        "telemetry workers share device traffic as NATS queue group share_group (see docs/scale-out.md)",
+    )
     ingest_only: bool = Field(
         default=False,
         description="a telemetry worker: consumes only (shared) telemetry; no device state, bundle "
@@ -188,6 +194,34 @@ class HubSettings(BaseModel):
                 "shared_telemetry needs an external broker (broker_url): the embedded one has no shared subscriptions"
             )
         return self
+
+    @field_validator("share_nats_url")
+    @classmethod
+    def _nats_urls(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        urls = [url.strip() for url in value.split(",")]
+        bad = [url for url in urls if not url.startswith(("nats://", "tls://"))]
+        if not urls or bad:
+            raise ValueError(f"share_nats_url: each URL must start with nats:// or tls://, not {bad or value!r}")
+        return ",".join(urls)
+
+    @model_validator(mode="after")
+    def _nats_sharing_needs_sharing(self) -> HubSettings:
+        if self.share_nats_url is not None and not (self.replica or self.shared_telemetry):
+            raise ValueError("share_nats_url shares device traffic: set replica or shared_telemetry with it")
+        return self
+
+    def nats_servers(self) -> list[str]:
+        """The NATS client URLs of ``share_nats_url`` (empty when traffic is shared the MQTT way)."""
+        return self.share_nats_url.split(",") if self.share_nats_url else []
+
+    def nats_tls(self) -> TlsFiles | None:
+        """TLS for the NATS connection (tls:// URLs), with the broker's CA and client files."""
+        if not any(url.startswith("tls://") for url in self.nats_servers()):
+            return None
+        files = (self.broker_ca_file, self.broker_cert_file, self.broker_key_file)
+        return TlsFiles(*(str(path) if path else None for path in files))
 
     @model_validator(mode="after")
     def _aggregates_outlive_raw_telemetry(self) -> HubSettings:

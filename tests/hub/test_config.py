@@ -74,3 +74,16 @@ def test_http_bundle_transport_names_where_devices_reach_the_hub(monkeypatch: py
     assert "\n" not in str(raised.value)
     with pytest.raises(SettingsError, match=r"^invalid settings: bundle_mirrors\.0: "):
         load_settings(bundle_mirrors=["https://user:pw@cdn.example/x?sig=1"])  # no credentials or query in a base
+
+
+def test_nats_queue_groups_need_sharing_and_nats_urls() -> None:
+    shared = {"broker_url": "mqtt://n1:1883", "shared_telemetry": True}
+    settings = load_settings(share_nats_url="nats://n1:4222, tls://n2:4222", **shared)
+    assert settings.nats_servers() == ["nats://n1:4222", "tls://n2:4222"]
+    assert settings.nats_tls() is not None  # a tls:// URL uses the broker's CA and client files
+    assert load_settings(share_nats_url="nats://n1:4222", **shared).nats_tls() is None
+    assert load_settings(**shared).nats_servers() == []
+    with pytest.raises(SettingsError, match=r"set replica or shared_telemetry with it"):
+        load_settings(share_nats_url="nats://n1:4222", broker_url="mqtt://n1:1883")
+    with pytest.raises(SettingsError, match=r"must start with nats:// or tls://"):
+        load_settings(share_nats_url="mqtt://n1:1883", **shared)

@@ -59,6 +59,10 @@ class NatsCluster:
         """mqtt:// URL of a node's MQTT listener."""
         return f"mqtt://127.0.0.1:{self.mqtt_ports[node]}"
 
+    def nats_url(self, node: int) -> str:
+        """nats:// URL of a node's NATS client listener."""
+        return f"nats://127.0.0.1:{self.client_ports[node]}"
+
     def start(self, timeout_s: float = 30.0) -> None:
         """Start every node and wait until each accepts an MQTT session (JetStream has a leader)."""
         for index, config in enumerate(self.configs):

@@ -1,7 +1,7 @@
-"""Hub replicas on one PostgreSQL schema and a Mosquitto of the test's own (no retained states of other tests),
-sharing device traffic: three processes, whose leader is SIGKILLed mid-rollout, another replica taking over and
-every device installing the version exactly once; and two in-process replicas, of which only the leader
-broadcasts bundle chunks."""
+"""Hub replicas on one PostgreSQL schema sharing device traffic, on a Mosquitto of the test's own (no retained
+states of other tests; MQTT shared subscriptions) and on a 3-node NATS cluster (NATS queue groups): three
+processes, whose leader is SIGKILLed mid-rollout, another replica taking over and every device installing the
+version exactly once; and two in-process replicas, of which only the leader broadcasts bundle chunks."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from hub.registry import LeaderRow
 from hub.registry.rollouts import RolloutStore
 from hub.rollouts.operations import create_rollout, request_command
 from tests.integration.fleet_harness import TARGET, manifest_for
+from tests.integration.nats_cluster import NATS_SERVER, NatsCluster
 from tests.integration.private_mosquitto import PrivateMosquitto
 from tests.pg_schema import fresh_schema
 from tests.waiting import wait_until
@@ -134,13 +136,43 @@ def mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
     broker.stop()
 
 
+@dataclass(frozen=True)
+class SharedBroker:
+    """Where replicas, devices and the test's wire connect, and how replicas share traffic."""
+
+    hub_url: str  # the replicas' MQTT connection
+    device_url: str  # the devices' (another node of a cluster)
+    wire_port: int
+    share_nats_url: str | None  # NATS queue groups instead of $share subscriptions
+
+
+@pytest.fixture(params=["mosquitto", "nats"])
+def shared_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SharedBroker]:
+    """Mosquitto with MQTT shared subscriptions, or a 3-node NATS cluster with queue groups, hub and devices
+    on different nodes."""
+    if request.param == "mosquitto":
+        mosquitto = request.getfixturevalue("mosquitto")
+        yield SharedBroker(mosquitto.url, mosquitto.url, mosquitto.port, None)
+        return
+    if not os.access(NATS_SERVER, os.X_OK):
+        pytest.skip("nats-server is not installed (.ci/run installs the Debian package nats-server)")
+    cluster = NatsCluster(tmp_path)
+    try:
+        cluster.start()
+        nats_urls = ",".join(cluster.nats_url(node) for node in (0, 2))
+        yield SharedBroker(cluster.url(0), cluster.url(1), cluster.mqtt_ports[2], nats_urls)
+    finally:
+        cluster.stop()
+
+
 def test_the_leader_dies_mid_rollout_and_every_device_updates_once(
-    tmp_path: Path, postgres_url: str, mosquitto: PrivateMosquitto, trained: TrainedDigits
+    tmp_path: Path, postgres_url: str, shared_broker: SharedBroker, trained: TrainedDigits
 ) -> None:
     settings = HubSettings(
         data_dir=tmp_path / "hub",  # shared by the replicas: TUF repository (file-locked) and artifacts
         database_url=postgres_url,
-        broker_url=mosquitto.url,
+        broker_url=shared_broker.hub_url,
+        share_nats_url=shared_broker.share_nats_url,
         replica=True,
         leader_check_s=0.2,
         chunk_size=4096,
@@ -149,7 +181,7 @@ def test_the_leader_dies_mid_rollout_and_every_device_updates_once(
     publisher = Hub(settings)  # not started: publishes and provisions through the shared database and files
     publisher.publish(manifest_for(trained, "1.0.0"), trained.onnx_path, trained.golden_x, trained.golden_logits)
     prefix = f"rep-{uuid.uuid4().hex[:6]}"
-    wire = Wire(prefix, mosquitto.port)
+    wire = Wire(prefix, shared_broker.wire_port)
     replicas = Replicas(settings, tmp_path)
     agents: list[Agent] = []
     try:
@@ -163,7 +195,7 @@ def test_the_leader_dies_mid_rollout_and_every_device_updates_once(
             config = {
                 "device_id": device_id,
                 "target": TARGET,
-                "broker_url": settings.broker_url,
+                "broker_url": shared_broker.device_url,
                 "password": secret,
                 "data_dir": directory / "data",
                 "trust_root": directory / "root.json",
