@@ -160,6 +160,7 @@ def create_app(hub: Hub) -> FastAPI:
     def provision(body: DeviceIn) -> dict[str, Any]:
         """Provision a device; the secret appears only in this answer, with the TUF trust root."""
         device, secret = registry.provision_device(body.device_id, body.target, body.labels)
+        hub.known.forget(device.id)  # it may have been heard of while unprovisioned
         return {
             "device_id": device.id,
             "target": device.target,

@@ -34,6 +34,7 @@ from hub.config import HubSettings
 from hub.devices.certificates import CertificateSigner
 from hub.devices.connection import BrokerConnector
 from hub.devices.embedded_broker import EmbeddedBroker
+from hub.devices.known_devices import KnownDevices
 from hub.devices.nats_queue import NatsQueueGroups
 from hub.devices.orders import BundleSources, DeploymentOrders
 from hub.devices.pki import CertificateAuthority
@@ -87,6 +88,7 @@ class Hub:
         self.monitoring.prometheus.register(SigningMetrics(lambda: self.tuf))
         self.monitoring.prometheus.register(CertificateMetrics(settings.tls_certificates()))
         self.logins = LoginGuard(settings.login_backoff, prometheus=self.monitoring.prometheus)  # devices and API
+        self.known = KnownDevices(self.registry)  # which senders are provisioned, for every decoder of this hub
         self.captures = CaptureStore(self.db)  # sampled inputs devices opted in to send
         self.policies = PolicyEvaluator(
             PolicyStore(self.db),
@@ -131,13 +133,12 @@ class Hub:
             interval_s=s.telemetry_prune_interval_s,
         )
         share = s.share_group if s.replica else None
-        known: set[str] = set()  # provisioned devices, checked once for every decoder of this hub
         self.traffic = traffic = DeviceTraffic(
             self._shared(broker, "hub"),
             self.registry,
             telemetry_filter=s.telemetry_filter(),
             shared_group=share,
-            known=known,
+            known=self.known,
         )
         self.ingestor = TelemetryIngestor(
             self.registry,
@@ -180,7 +181,7 @@ class Hub:
             self._shared(self.connector.connect("hub-fetch"), "hub-fetch"),
             self.registry,
             shared_group=share,
-            known=known,
+            known=self.known,
         )
         self.fetches.on_fetch(self.transfer.handle_metadata if s.replica else self.transfer.handle)
         traffic.on_capture(self._store_capture)

@@ -93,6 +93,7 @@ def create_devices_router(hub: Hub) -> APIRouter:
     def provision_with_kit(body: KitIn) -> Response:
         """Provision a device and answer everything it needs as a tar.gz (its secret appears only here)."""
         device, secret = registry.provision_device(body.device_id, body.target, body.labels)
+        hub.known.forget(device.id)  # it may have been heard of while unprovisioned
         settings = hub.settings
         overrides = {"broker_url": settings.device_broker_url} if settings.device_broker_url else {}
         kit = DeviceKit(
@@ -124,6 +125,7 @@ def create_devices_router(hub: Hub) -> APIRouter:
     def remove(device_id: str) -> Response:
         """Decommission a device: its credential stops working at once and its retained messages are cleared."""
         registry.remove_device(device_id)
+        hub.known.forget(device_id)  # its messages are refused here at once (other replicas: within a minute)
         if hub.broker is not None:
             for channel in ("deployment", "state"):
                 hub.broker.publish(topics.device_topic(device_id, channel), b"", qos=1, retain=True)

@@ -43,6 +43,7 @@ from fleet.wire.messages import (
     decode,
 )
 from fleet.wire.transport import Broker, Message, RawSubscriber, Unsubscribe
+from hub.devices.known_devices import KnownDevices
 from hub.errors import HubError
 from hub.registry import Registry
 
@@ -78,8 +79,8 @@ class DeviceTraffic:
     workers; ``start(telemetry_only=True)`` subscribes to telemetry alone (a telemetry worker). With
     ``shared_group`` every channel is consumed through ``$share/GROUP/...``, so each message reaches one hub
     replica of the group (retained states are then not delivered at subscription: the broker keeps them for
-    plain subscribers only). Decoders of one hub on several connections share ``known``, the provisioned
-    device ids already checked.
+    plain subscribers only). Decoders of one hub on several connections share ``known`` (`KnownDevices`), the
+    registry's remembered answers on which senders are provisioned.
     """
 
     def __init__(
@@ -89,7 +90,7 @@ class DeviceTraffic:
         *,
         telemetry_filter: str | None = None,
         shared_group: str | None = None,
-        known: set[str] | None = None,
+        known: KnownDevices | None = None,
     ) -> None:
         self.broker = broker
         self.registry = registry
@@ -100,8 +101,7 @@ class DeviceTraffic:
         self._reject_listeners: list[RejectListener] = []
         self._raw_telemetry: list[Callable[[Message], None]] = []
         self._rejected_lock = threading.Lock()
-        self._known: set[str] = known if known is not None else set()  # provisioned ids seen; may be shared
-        self._known_lock = threading.Lock()
+        self.known = known if known is not None else KnownDevices(registry)
         self._unsubscribes: list[Unsubscribe] = []
 
     # -- listeners ------------------------------------------------------------------------------------------
@@ -153,13 +153,7 @@ class DeviceTraffic:
             for b, m in zip(fast, messages, strict=True)
         ]
         senders = {b.device_id for b, ok in zip(fast, clean, strict=True) if ok and b is not None}
-        with self._known_lock:
-            unknown = senders - self._known
-        if unknown:
-            found = self.registry.existing_devices(unknown)
-            with self._known_lock:
-                self._known |= found
-            unknown -= found
+        unknown = senders - self.known.provisioned(senders)
         out: list[FastTelemetryBatch | TelemetryBatch | None] = []
         for batch, ok, message in zip(fast, clean, messages, strict=True):
             if ok and batch is not None and batch.device_id not in unknown:
@@ -258,13 +252,6 @@ class DeviceTraffic:
         return device_id, decoded
 
     def _require_known(self, device_id: str, topic: str) -> None:
-        """Accept data only from provisioned devices (another hub may share the broker)."""
-        with self._known_lock:
-            if device_id in self._known:
-                return
-        try:
-            self.registry.get_device(device_id)
-        except HubError as exc:
-            raise ProtocolError(f"message from unprovisioned device {device_id}", topic=topic) from exc
-        with self._known_lock:
-            self._known.add(device_id)
+        """Accept data only from provisioned devices (another hub may share the broker; a removed device)."""
+        if not self.known.is_provisioned(device_id):
+            raise ProtocolError(f"message from unprovisioned device {device_id}", topic=topic)
