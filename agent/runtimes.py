@@ -45,7 +45,7 @@ class OnnxRuntime:
         try:
             return np.asarray(self._session.run(None, {self._input: batch})[0])
         except Exception as exc:
-            raise InferenceError(f"onnxruntime rejected input of shape {batch.shape}: {exc}") from exc
+            raise InferenceError(f"onnxruntime rejected input of shape {batch.shape}: {_first_line(exc)}") from exc
 
 
 class LiteRtRuntime:
@@ -78,8 +78,11 @@ class LiteRtRuntime:
                 x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(self._input["dtype"])
             else:
                 x = x.astype(self._input["dtype"])
-            self._interpreter.set_tensor(self._input["index"], x)
-            self._interpreter.invoke()
+            try:
+                self._interpreter.set_tensor(self._input["index"], x)
+                self._interpreter.invoke()
+            except (ValueError, RuntimeError) as exc:
+                raise InferenceError(f"LiteRT rejected input of shape {batch.shape}: {_first_line(exc)}") from exc
             y = self._interpreter.get_tensor(self._output["index"])
             out_scale, out_zero = self._output.get("quantization", (0.0, 0))
             if self._output["dtype"] in (np.int8, np.uint8) and out_scale:
@@ -135,7 +138,10 @@ class OpenVinoRuntime:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch."""
-        return np.asarray(self._compiled(batch)[0])
+        try:
+            return np.asarray(self._compiled(batch)[0])
+        except RuntimeError as exc:  # OpenVINO's shape and type errors
+            raise InferenceError(f"OpenVINO rejected input of shape {batch.shape}: {_first_line(exc)}") from exc
 
 
 class TorchScriptRuntime:
@@ -160,7 +166,7 @@ class TorchScriptRuntime:
             with self._torch.no_grad():
                 return self._first(self._module(self._torch.from_numpy(np.ascontiguousarray(batch))))
         except Exception as exc:
-            raise InferenceError(f"TorchScript rejected input of shape {batch.shape}: {exc}") from exc
+            raise InferenceError(f"TorchScript rejected input of shape {batch.shape}: {_first_line(exc)}") from exc
 
     @staticmethod
     def _first(output: Any) -> np.ndarray:
@@ -234,3 +240,9 @@ def load_runtime(manifest: BundleManifest, model_bytes: bytes, extra: dict[str, 
     if manifest.input.shape[:1] == [1] and manifest.runtime in ("onnxruntime", "openvino", "torchscript"):
         return RowByRow(runtime)  # LiteRT and Core ML already run row by row
     return runtime
+
+
+def _first_line(exc: Exception) -> str:
+    """A runtime's error in one line (OpenVINO's carry a multi-line C++ trace)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from agent.bundle import LoadedBundle
-from agent.errors import RuntimeUnavailableError
+from agent.errors import InferenceError, RuntimeUnavailableError
 from agent.model import ServableModel
 from agent.runtimes import load_runtime
 from fleet.wire.bundle import BundleManifest, TensorSpec
@@ -46,6 +46,14 @@ def test_openvino_and_onnxruntime_agree(onnx_model: bytes) -> None:
     openvino = load_runtime(_manifest("openvino", "intel-openvino"), onnx_model)
     assert openvino.inference_precision == "f32"  # type: ignore[attr-defined]
     np.testing.assert_allclose(openvino.run(x), ort_out, atol=1e-4)
+
+
+@pytest.mark.parametrize(("runtime", "target"), [("onnxruntime", "x86-onnx-cpu"), ("openvino", "intel-openvino")])
+def test_a_wrong_input_shape_is_one_line_inference_error(onnx_model: bytes, runtime: str, target: str) -> None:
+    loaded = load_runtime(_manifest(runtime, target), onnx_model)
+    with pytest.raises(InferenceError, match=r"rejected input of shape \(2, 5\)") as raised:
+        loaded.run(np.zeros((2, 5), dtype=np.float32))  # 5 features where the model takes 8
+    assert "\n" not in str(raised.value)
 
 
 def test_openvino_runs_bf16_only_for_a_bf16_variant(onnx_model: bytes) -> None:
