@@ -366,9 +366,10 @@ class TelemetrySender:
             self._settled.notify_all()
 
     def resend_all(self) -> None:
-        """Forget what awaits an acknowledgement (after a reconnect), so the next flush sends it again."""
+        """Stop waiting for what awaits an acknowledgement (after a reconnect), so the next flush sends it again
+        (counted in ``resent``); it still awaits one until then."""
         with self._lock:
-            self._sent_at.clear()
+            self._sent_at = dict.fromkeys(self._sent_at, float("-inf"))  # due: never awaited, but sent before
 
     def wait_settled(self, timeout_s: float) -> bool:
         """Block until nothing sent awaits an acknowledgement; return whether that happened in time."""

@@ -168,7 +168,9 @@ def test_a_reconnect_resends_at_once_and_in_flight_batches_are_capped(tmp_path: 
     ids = _queued(outbox, 5)
     assert sender.flush() == 3 and published == ids[:3]  # a returning hub is not flooded
     sender.resend_all()  # the link came back: acknowledgements sent meanwhile are lost
+    assert not sender.wait_settled(0)  # what was sent still awaits its acknowledgement
     assert sender.flush() == 3 and published[3:] == ids[:3]
+    assert sender.resent == 3  # counted as resends, not as first sends
 
 
 def test_batches_the_hub_refuses_are_set_aside_and_foreign_acks_ignored(tmp_path: Path) -> None:
