@@ -14,8 +14,6 @@ from rich.console import Console
 
 from hub.cli.output import JSON_OPTION, emit, fail
 from hub.cli.remote import hub_session
-from hub.devices.mosquitto import mosquitto_config, write_auth_files
-from hub.devices.pki import ServerTls
 
 console = Console(stderr=True)
 
@@ -39,6 +37,9 @@ def auth_files(
 ) -> None:
     """Write Mosquitto's password and ACL files from the hub's inventory (reload Mosquitto with SIGHUP after),
     and print the listener configuration to include."""
+    from hub.devices.mosquitto import mosquitto_config, write_auth_files
+    from hub.devices.pki import ServerTls
+
     if (tls_cert is None) != (tls_key is None) or (require_client_cert and client_ca is None):
         fail("--tls-cert and --tls-key go together; --require-client-cert needs --client-ca", code=2)
     with hub_session() as hub:

@@ -12,14 +12,17 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import typer
 
+from hub.cli.model_ref import parse_model_version
 from hub.cli.output import JSON_OPTION, emit, fail
 from hub.cli.remote import hub_session
 from hub.errors import HubError
-from hub.monitoring.queries import parse_model_version
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def register(app: typer.Typer) -> None:
@@ -44,6 +47,8 @@ def export_command(
     with hub_session() as hub:
         data = hub.get_bytes(f"/models/{model}/versions/{version}/captures", cohort=cohort)
     try:
+        import numpy as np
+
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
         if out.suffix.lower() == ".parquet":

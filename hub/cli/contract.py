@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import typer
 
 from fleet.errors import ProtocolError
-from fleet.wire.contract import DataContract, check, infer, load_contract
 from hub.cli.output import JSON_ALWAYS_OPTION, JSON_OPTION, emit, fail
+
+if TYPE_CHECKING:  # numpy and the contract checks load with the commands that use them, not with the CLI
+    import numpy as np
+
+    from fleet.wire.contract import DataContract
 
 #: Arrays of a data file that are not model inputs.
 NOT_INPUTS = ("labels",)
@@ -26,6 +29,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:
+    import numpy as np
+
     try:
         with np.load(path, allow_pickle=False) as data:
             return {name: data[name] for name in data.files if name not in NOT_INPUTS}
@@ -41,6 +46,8 @@ def infer_command(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Infer a contract every row of DATA satisfies; edit it to loosen or tighten the rules."""
+    from fleet.wire.contract import infer
+
     try:
         contract = infer(_arrays(data), model=model, per_feature=per_feature)
         raw = contract.model_dump(mode="json", exclude_none=True)
@@ -64,6 +71,8 @@ def check_command(
 ) -> None:
     """Check data files against a contract and print the violations per file as JSON; exit 1 when any row
     breaks a rule."""
+    from fleet.wire.contract import load_contract
+
     try:
         results = check_data_files(load_contract(contract_path), data)
     except ProtocolError as exc:
@@ -75,11 +84,15 @@ def check_command(
 
 def check_data_files(contract: DataContract, paths: list[Path]) -> dict[str, Any]:
     """Rows and per-rule violations of each data file, keyed by its path."""
+    from fleet.wire.contract import check
+
     return {str(path): check(contract, _arrays(path)).model_dump() for path in paths}
 
 
 def load_contract_option(path: Path | None) -> DataContract | None:
     """The contract a ``--contract`` option names (None when not given); bad files exit with one line."""
+    from fleet.wire.contract import load_contract
+
     if path is None:
         return None
     try:

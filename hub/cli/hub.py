@@ -7,13 +7,16 @@ import json
 import logging
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from hub.cli.output import JSON_OPTION, fail
-from hub.config import HubSettings
 from hub.errors import HubError
+
+if TYPE_CHECKING:
+    from hub.config import HubSettings
 
 console = Console(stderr=True)
 log = logging.getLogger("hub")
@@ -126,6 +129,8 @@ def register(app: typer.Typer) -> None:
         if database_url is None:
             private_dir(data_dir)  # as `hub serve` makes it: a first migrate may come before the first start
         try:
+            from hub.config import HubSettings
+
             db = Database(HubSettings(data_dir=data_dir, database_url=database_url).resolved_database_url())
         except HubError as exc:
             fail(exc)

@@ -16,12 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fleet.canary import CanaryReport
-from fleet.drift import DriftReport
+from hub.cli.model_ref import parse_model_version
 from hub.cli.output import JSON_OPTION, fail
 from hub.cli.remote import hub_session
 from hub.errors import HubError
-from hub.monitoring.queries import FileSource, canary_report_for, drift_report_for, parse_model_version
 
 
 def register(app: typer.Typer) -> None:
@@ -46,7 +44,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Drift of a model version's live telemetry against its reference data, per cohort."""
+        from fleet.drift import DriftReport  # scipy: imported by the command that needs it, not by the CLI
         from fleet.telemetry import ReferenceProfile
+        from hub.monitoring.queries import FileSource, drift_report_for
 
         try:
             model, version = parse_model_version(model_version)
@@ -102,6 +102,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Canary verdict (pass, fail, inconclusive) of a rollout with its own gate settings, its reasons and
         metrics, and the verdicts the rollout's gate reached."""
+        from fleet.canary import CanaryReport
+        from hub.monitoring.queries import FileSource, canary_report_for
+
         gate_verdicts: list[dict[str, Any]] = []
         try:
             if telemetry is not None:

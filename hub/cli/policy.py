@@ -11,10 +11,10 @@ from typing import Any
 
 import typer
 
+from hub.cli.model_ref import parse_model_version
 from hub.cli.output import JSON_OPTION, emit, fail
 from hub.cli.remote import hub_session
 from hub.errors import HubError
-from hub.monitoring.queries import parse_model_version
 
 
 def register(app: typer.Typer) -> None:

@@ -44,7 +44,7 @@ from fleet.drift.cohorts import CohortNamer
 from fleet.errors import ProtocolError
 from fleet.telemetry import ReferenceProfile, TelemetryAggregate, validate_batch
 from fleet.wire.messages import TelemetryBatch
-from hub.errors import InvalidRequestError, NotFoundError
+from hub.errors import NotFoundError
 from hub.monitoring.device_counts import DeviceCounts, counts_from_batches
 from hub.monitoring.violations import ViolationReport, violation_report
 
@@ -63,7 +63,6 @@ __all__ = [
     "device_counts_for",
     "drift_report",
     "drift_report_for",
-    "parse_model_version",
     "rollout_groups",
     "split_rollout_batches",
     "violation_report_for",
@@ -145,14 +144,6 @@ class _TargetCohort(NamedTuple):
     model: str
     version: str
     target: str
-
-
-def parse_model_version(text: str) -> tuple[str, str]:
-    """Split ``MODEL:VERSION``; `InvalidRequestError` otherwise."""
-    model, sep, version = text.partition(":")
-    if not sep or not model or not version:
-        raise InvalidRequestError(f"expected MODEL:VERSION, got {text!r}")
-    return model, version
 
 
 def batch_in_range(batch: TelemetryBatch, since: float | None, until: float | None) -> bool:

@@ -128,3 +128,14 @@ def test_only_bootstrap_commands_reach_the_database(module: str) -> None:
 def test_the_check_sees_a_bootstrap_module_reach_the_database() -> None:
     chain = _reaches_database("hub.cli.hub")
     assert chain is not None and chain[0] == "hub.cli.hub"
+
+
+def test_the_cli_starts_without_the_heavy_libraries() -> None:
+    """`edgefleet devices list` should not pay for scipy, SQL or numpy: commands import them when they run."""
+    import subprocess
+    import sys
+
+    heavy = ("scipy", "sqlalchemy", "sqlmodel", "numpy", "torch", "fastapi", "cryptography", "onnxruntime")
+    probe = f"import sys, hub.cli; print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == ""

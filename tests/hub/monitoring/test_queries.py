@@ -10,14 +10,13 @@ import pytest
 from fleet.canary import CanaryMetric, Verdict
 from fleet.telemetry import ReferenceProfile
 from fleet.wire.messages import TelemetryBatch
-from hub.errors import InvalidRequestError, NotFoundError
+from hub.errors import NotFoundError
 from hub.monitoring.queries import (
     FileSource,
     RolloutView,
     canary_report_for,
     drift_report,
     drift_report_for,
-    parse_model_version,
     split_rollout_batches,
 )
 from hub.monitoring.registry_source import RegistrySource
@@ -89,9 +88,6 @@ def test_unknown_things_are_not_found(tmp_path: Path) -> None:
     source = _source(tmp_path)
     with pytest.raises(NotFoundError):
         canary_report_for(source, "nope")
-    with pytest.raises(InvalidRequestError):
-        parse_model_version("digits")
-    assert parse_model_version("digits:1.2.0") == ("digits", "1.2.0")
 
 
 def test_registry_source_reads_telemetry_and_labels(tmp_path: Path) -> None:
