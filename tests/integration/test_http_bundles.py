@@ -21,7 +21,9 @@ from tests.integration.fleet_harness import Harness
 DONE = (RolloutState.COMPLETED, RolloutState.ABORTED, RolloutState.PAUSED)
 
 
-def test_a_rollout_installs_from_a_mirror_past_a_tampered_one(tmp_path: Path, trained: TrainedDigits) -> None:
+def test_a_rollout_installs_from_a_mirror_past_a_tampered_one(
+    tmp_path: Path, broker_url: str | None, trained: TrainedDigits
+) -> None:
     files = store_files(tmp_path / "hub" / "artifacts")
     tampered, good = BundleMirror(files, tamper=True), BundleMirror(files)
     api_port = free_port()
@@ -29,6 +31,7 @@ def test_a_rollout_installs_from_a_mirror_past_a_tampered_one(tmp_path: Path, tr
         mirrors = [f"http://{bad}/cdn", f"http://{mirror}/cdn"]
         settings = HubSettings(
             data_dir=tmp_path / "hub",
+            broker_url=broker_url,  # the embedded broker and Mosquitto
             chunk_size=4096,
             bundle_transport="http",
             bundle_mirrors=mirrors,
