@@ -12,6 +12,8 @@ from fleet.wire.mqtt import TlsFiles
 from fleet.wire.topics import DEVICE_ID_PATTERN
 from targets import TARGETS
 
+_BROKER_SCHEMES = ("mqtt://", "tcp://", "mqtts://", "ssl://")
+
 
 class AgentConfig(BaseModel):
     """Everything one device needs; paths are relative to the config file's directory when loaded."""
@@ -20,6 +22,11 @@ class AgentConfig(BaseModel):
     device_id: str
     target: str
     broker_url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt://host:port, or mqtts:// for TLS")
+    broker_failover_urls: list[str] = Field(
+        default_factory=list,
+        description="other nodes of a clustered broker (same scheme, TLS files and login): when the current node "
+        "is lost or cannot be reached, the agent tries the next one in turn",
+    )
     broker_ca_file: Path | None = Field(default=None, description="CA of the broker's certificate (mqtts://)")
     broker_cert_file: Path | None = Field(default=None, description="this device's client certificate (mutual TLS)")
     broker_key_file: Path | None = Field(default=None, description="the client certificate's private key")
@@ -97,6 +104,18 @@ class AgentConfig(BaseModel):
         if value not in ("127.0.0.1", "::1", "localhost"):
             raise ValueError("the local inference API listens on loopback only")
         return value
+
+    @model_validator(mode="after")
+    def _failover_like_the_broker(self) -> AgentConfig:
+        secure = self.broker_url.startswith(("mqtts://", "ssl://"))
+        for url in self.broker_failover_urls:
+            if url.startswith(("mqtts://", "ssl://")) != secure or not url.startswith(_BROKER_SCHEMES):
+                raise ValueError(f"broker_failover_urls: {url!r} must use the same scheme as broker_url")
+        return self
+
+    def broker_nodes(self) -> list[str]:
+        """``broker_url`` then the failover nodes, without repeats."""
+        return list(dict.fromkeys([self.broker_url, *self.broker_failover_urls]))
 
     def broker_tls(self) -> TlsFiles | None:
         """The TLS files for an ``mqtts://`` broker URL (None for plain ``mqtt://``)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import queue
 import threading
@@ -109,9 +110,10 @@ class Agent:
             trust_root = cfg.trust_root.read_bytes()
         except OSError as exc:
             raise AgentError(f"cannot read trust root {cfg.trust_root}: {exc}") from exc
-        address = BrokerAddress.from_url(cfg.broker_url, tls=cfg.broker_tls()).with_credentials(
-            cfg.device_id, cfg.secret()
-        )
+        nodes = [BrokerAddress.from_url(url, tls=cfg.broker_tls()) for url in cfg.broker_nodes()]
+        address = nodes[0].with_credentials(cfg.device_id, cfg.secret())
+        failover = [(node.host, node.port) for node in nodes]
+        attempts = itertools.count()
         will = Will(
             topics.device_topic(cfg.device_id, "state"),
             encode(DeviceState(device_id=cfg.device_id, online=False, target=cfg.target)),
@@ -129,8 +131,10 @@ class Agent:
             address.tls.context()  # unreadable TLS files are a setup error that waiting will not fix: fail now
 
         def connect(on_ready: Callable[[], None]) -> PahoBroker:
+            host, port = failover[next(attempts) % len(failover)]  # a node that cannot be reached: the next one
             return PahoBroker(
-                address,
+                BrokerAddress(host, port, address.username, address.password, address.tls),
+                failover=failover,
                 client_id=cfg.device_id,
                 will=will,
                 on_connect=on_ready,
@@ -142,7 +146,7 @@ class Agent:
             on_online=self._announce,
             backoff=Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s),
             attempt_timeout_s=cfg.connect_timeout_s,
-            where=f"{address.host}:{address.port}",
+            where=", ".join(f"{host}:{port}" for host, port in failover),
         )
         metadata = MetadataClient(link, cfg.device_id, timeout_s=cfg.metadata_timeout_s)
         secret = cfg.secret()

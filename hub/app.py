@@ -124,7 +124,9 @@ class Hub:
                 hub_secret=self.hub_secret,
             )
         else:
-            self.connector = BrokerConnector.from_url(s.broker_url, hub_secret=self.hub_secret, tls=s.broker_tls())
+            self.connector = BrokerConnector.from_url(
+                s.broker_url, hub_secret=self.hub_secret, tls=s.broker_tls(), failover_urls=s.broker_failover_urls
+            )
         self.broker = broker = self.connector.connect("hub")
         retention = RetentionPolicy(
             max_age_s=s.telemetry_max_age_s,

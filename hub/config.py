@@ -120,6 +120,11 @@ class HubSettings(BaseModel):
         "workers split the load; needs a broker that supports them (Mosquitto 2 does, the embedded one does not)",
     )
     share_group: str = Field(default="edgefleet-hub", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    broker_failover_urls: list[str] = Field(
+        default_factory=list,
+        description="other nodes of a clustered broker (same scheme and TLS files as broker_url): the hub's "
+        "connections move to the next one in turn when their node is lost",
+    )
     share_nats_url: str | None = Field(
         default=None,
         description="where the broker is a NATS cluster (whose MQTT has no shared subscriptions): its NATS "
@@ -193,6 +198,18 @@ class HubSettings(BaseModel):
             raise ValueError(
                 "shared_telemetry needs an external broker (broker_url): the embedded one has no shared subscriptions"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _failover_like_the_broker(self) -> HubSettings:
+        if self.broker_failover_urls and self.broker_url is None:
+            raise ValueError("broker_failover_urls are other nodes of broker_url's cluster: set broker_url")
+        secure = (self.broker_url or "").startswith(("mqtts://", "ssl://"))
+        for url in self.broker_failover_urls:
+            if url.startswith(("mqtts://", "ssl://")) != secure or not url.startswith(
+                ("mqtt://", "tcp://", "mqtts://", "ssl://")
+            ):
+                raise ValueError(f"broker_failover_urls: {url!r} must use the same scheme as broker_url")
         return self
 
     @field_validator("share_nats_url")

@@ -3,6 +3,9 @@
 This is the one module in ``fleet`` that does I/O: hub and agent both speak MQTT and may not import each
 other, so the adapter lives beside the protocol it carries. paho is imported inside the class.
 
+A connection given failover nodes (other nodes of a broker cluster) moves to the next one whenever it loses
+its node or fails to reach it.
+
 Handlers run on one dispatcher thread, in arrival order, never on paho's network thread: a handler may
 publish and wait without stalling acknowledgements. The exception is a raw sink (`PahoBroker.subscribe_raw`):
 it runs on the network thread the moment a message arrives and may only hand it off, which spares the busiest
@@ -17,6 +20,7 @@ import socket
 import ssl
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -134,10 +138,17 @@ class PahoBroker:
         on_connect: Any = None,
         wait_connected: bool = True,
         max_inflight: int = 20,
+        failover: Sequence[tuple[str, int]] = (),
     ) -> None:
         import paho.mqtt.client as mqtt
 
         self.address = address
+        # other nodes of a broker cluster (same TLS and login): a lost or failed connection tries the next one
+        self._nodes = [
+            (address.host, address.port),
+            *(node for node in failover if node != (address.host, address.port)),
+        ]
+        self._node = 0
         self.client_id = client_id or f"edgefleet-{uuid.uuid4().hex[:12]}"
         self._subscriptions: dict[str, tuple[int, list[Handler]]] = {}
         self._routes: dict[str, tuple[list[Handler], list[Handler]]] = {}  # topic -> (raw sinks, handlers)
@@ -357,6 +368,23 @@ class PahoBroker:
     def _handle_connect_fail(self, client: Any, userdata: Any) -> None:
         self._answered.set()
         self._next_reconnect_delay()
+        self._next_node()
+
+    @property
+    def node(self) -> tuple[str, int]:
+        """The broker node this connection is on, or tries next."""
+        return self._nodes[self._node]
+
+    def _next_node(self) -> None:
+        """With failover nodes, aim paho's next reconnect at the next node in turn (the lost one may be down)."""
+        if len(self._nodes) < 2 or self._closed:
+            return
+        self._node = (self._node + 1) % len(self._nodes)
+        host, port = self._nodes[self._node]
+        # paho's host/port setters refuse while its state still says "connected", which it does when a lost
+        # connection is reported; the socket is closed by then and the next reconnect reads these two fields
+        self._client._host, self._client._port = host, port
+        log.info("%s: next connection attempt goes to the broker node %s:%d", self.client_id, host, port)
 
     def _ready(self) -> None:
         self._reconnects.reset()
@@ -369,8 +397,13 @@ class PahoBroker:
 
     def _handle_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._connected.clear()
+        with self._lock:  # SUBACKs still awaited never come: the reconnect restores every subscription anew
+            self._sent_subscribes.clear()
+            self._early_subacks.clear()
+            self._restoring_mid = None
         self._answered.set()
         self._next_reconnect_delay()
+        self._next_node()
         if not self._closed:
             log.info("%s lost its broker connection (%s); paho reconnects with backoff", self.client_id, reason_code)
 

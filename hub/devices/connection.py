@@ -7,6 +7,7 @@ credentials, else the hub user with the hub's secret), so every connection the h
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 
 from fleet.wire.acl import HUB_USERNAME
 from fleet.wire.mqtt import BrokerAddress, PahoBroker, TlsFiles
@@ -21,15 +22,22 @@ _HUB_INFLIGHT = 1000
 class BrokerConnector:
     """Opens authenticated hub connections to one broker address."""
 
-    def __init__(self, address: BrokerAddress, *, hub_secret: str) -> None:
+    def __init__(self, address: BrokerAddress, *, hub_secret: str, failover: Sequence[tuple[str, int]] = ()) -> None:
         if address.username is None:
             address = address.with_credentials(HUB_USERNAME, hub_secret)
         self.address = address
+        self.failover = list(failover)
 
     @classmethod
-    def from_url(cls, url: str, *, hub_secret: str, tls: TlsFiles | None = None) -> BrokerConnector:
-        """A connector for ``mqtt(s)://[user:password@]host:port`` (the hub user when no user is given)."""
-        return cls(BrokerAddress.from_url(url, tls=tls), hub_secret=hub_secret)
+    def from_url(
+        cls, url: str, *, hub_secret: str, tls: TlsFiles | None = None, failover_urls: Sequence[str] = ()
+    ) -> BrokerConnector:
+        """A connector for ``mqtt(s)://[user:password@]host:port`` (the hub user when no user is given), moving
+        to the nodes of ``failover_urls`` in turn when its node is lost."""
+        failover = [BrokerAddress.from_url(u, tls=tls) for u in failover_urls]
+        return cls(
+            BrokerAddress.from_url(url, tls=tls), hub_secret=hub_secret, failover=[(a.host, a.port) for a in failover]
+        )
 
     @property
     def device_address(self) -> BrokerAddress:
@@ -39,5 +47,8 @@ class BrokerConnector:
     def connect(self, role: str) -> PahoBroker:
         """A new connection with a unique client id naming its ``role`` (e.g. ``hub``, ``ingest``)."""
         return PahoBroker(
-            self.address, client_id=f"edgefleet-{role}-{secrets.token_hex(4)}", max_inflight=_HUB_INFLIGHT
+            self.address,
+            client_id=f"edgefleet-{role}-{secrets.token_hex(4)}",
+            max_inflight=_HUB_INFLIGHT,
+            failover=self.failover,
         )

@@ -267,8 +267,8 @@ class TelemetryIngestor:
             pruned = self._registry.prune_telemetry(
                 max_age_s=policy.max_age_s, max_rows=policy.max_rows, aggregate_max_age_s=policy.aggregate_max_age_s
             )
-        with self._idle:
-            self.pruned += pruned
+            with self._idle:  # counted before the lock is let go: a prune that follows sees this one's count
+                self.pruned += pruned
         return pruned
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from agent.config import AgentConfig
 from agent.errors import AgentConfigError
@@ -37,3 +38,13 @@ def test_bad_settings_are_refused_with_the_key_named(tmp_path: Path, extra: str,
     with pytest.raises(AgentConfigError, match=message) as refused:
         _load(tmp_path, extra)
     assert "\n" not in str(refused.value)
+
+
+def test_failover_nodes_share_the_broker_urls_scheme(tmp_path: Path) -> None:
+    base = {"device_id": "cam-1", "target": "x86-onnx-cpu", "trust_root": tmp_path / "root.json"}
+    config = AgentConfig.model_validate(
+        {**base, "broker_url": "mqtt://n1:1883", "broker_failover_urls": ["mqtt://n2:1883", "mqtt://n1:1883"]}
+    )
+    assert config.broker_nodes() == ["mqtt://n1:1883", "mqtt://n2:1883"]
+    with pytest.raises(ValidationError, match="must use the same scheme as broker_url"):
+        AgentConfig.model_validate({**base, "broker_url": "mqtts://n1:8883", "broker_failover_urls": ["mqtt://n2"]})
