@@ -47,6 +47,10 @@ class HubSettings(BaseModel):
     device_broker_url: str | None = Field(
         default=None, description="the broker URL written into device kits, when devices reach it differently"
     )
+    device_broker_failover_urls: list[str] = Field(
+        default_factory=list,
+        description="other nodes of a clustered broker written into device kits (the agent's broker_failover_urls)",
+    )
     device_ca_dir: Path | None = Field(
         default=None, description="the fleet CA (`edgefleet pki init`): device kits get a client certificate"
     )

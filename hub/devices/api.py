@@ -95,7 +95,9 @@ def create_devices_router(hub: Hub) -> APIRouter:
         device, secret = registry.provision_device(body.device_id, body.target, body.labels)
         hub.known.forget(device.id)  # it may have been heard of while unprovisioned
         settings = hub.settings
-        overrides = {"broker_url": settings.device_broker_url} if settings.device_broker_url else {}
+        overrides: dict[str, Any] = {"broker_url": settings.device_broker_url} if settings.device_broker_url else {}
+        if settings.device_broker_failover_urls:
+            overrides["broker_failover_urls"] = list(settings.device_broker_failover_urls)
         kit = DeviceKit(
             device_id=device.id,
             target=device.target,

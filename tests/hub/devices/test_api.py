@@ -47,6 +47,22 @@ def test_a_kit_holds_a_ready_agent_config_with_a_working_secret(
     assert client.post("/devices/kit", json={"device_id": "cam-1", "target": "x86-onnx-cpu"}).status_code == 409
 
 
+def test_a_kit_names_the_failover_nodes_of_a_clustered_broker(tmp_path: Path) -> None:
+    nodes = ["mqtt://n2.example:1883", "mqtt://n3.example:1883"]
+    settings = HubSettings(
+        data_dir=tmp_path / "hub", device_broker_url="mqtt://n1.example:1883", device_broker_failover_urls=nodes
+    )
+    hub = Hub(settings)
+    hub.start()
+    try:
+        client = bearer_client(create_app(hub), token_for(hub, Role.PROVISIONER))
+        answer = client.post("/devices/kit", json={"device_id": "cam-9", "target": "x86-onnx-cpu"})
+        config = AgentConfig.load(extract_device_kit(answer.content, tmp_path / "cam-9"))
+        assert config.broker_nodes() == ["mqtt://n1.example:1883", *nodes]
+    finally:
+        hub.stop()
+
+
 def test_a_provisioner_adds_devices_but_only_an_operator_relabels_or_removes(started: tuple[Hub, TestClient]) -> None:
     hub, operator = started
     provisioner = bearer_client(operator.app, token_for(hub, Role.PROVISIONER), raise_server_exceptions=False)
