@@ -135,12 +135,15 @@ class Hub:
             interval_s=s.telemetry_prune_interval_s,
         )
         share = s.share_group if s.replica else None
+        # telemetry parsed in bulk on a connection of its own, except where NATS queue groups share it
+        telemetry = None if s.nats_servers() else self.connector.subscriber("hub-telemetry")
         self.traffic = traffic = DeviceTraffic(
             self._shared(broker, "hub"),
             self.registry,
             telemetry_filter=s.telemetry_filter(),
             shared_group=share,
             known=self.known,
+            telemetry_source=telemetry,
         )
         self.ingestor = TelemetryIngestor(
             self.registry,
