@@ -18,6 +18,7 @@ filters work as they do on the broker. It publishes nothing: the hub's other tra
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import socket
@@ -229,10 +230,8 @@ class BulkSubscriber:
         if self._closed.is_set():
             return
         self._closed.set()
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-        except OSError:
-            pass
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
         self._wake_r.close()
@@ -257,7 +256,7 @@ class BulkSubscriber:
             finally:
                 self._connected.clear()
                 if sock is not None:
-                    self._shut(sock)
+                    sock.close()
             if self._closed.wait(self._backoff.next_delay()):
                 return
             self.reconnects += 1
@@ -283,7 +282,7 @@ class BulkSubscriber:
             if suback[2] >= 0x80:
                 raise _Refused(f"broker refused the subscription {self._filter}")
         except BaseException:
-            self._shut(sock)
+            sock.close()
             raise
         sock.settimeout(max(1.0, float(self.keepalive_s)))
         self._backoff.reset()
@@ -346,10 +345,8 @@ class BulkSubscriber:
             tail, answered = self._handle(sock, data)
             if answered:
                 ping_sent = None
-        try:
+        with contextlib.suppress(OSError):
             sock.sendall(_DISCONNECT)
-        except OSError:
-            pass
 
     def _handle(self, sock: socket.socket, data: bytes | bytearray) -> tuple[bytearray, bool]:
         """Deliver and acknowledge the whole frames in ``data``; return the incomplete rest and whether a
@@ -379,9 +376,3 @@ class BulkSubscriber:
         if found.acks:
             sock.sendall(found.acks)
             self._last_sent = time.monotonic()
-
-    def _shut(self, sock: socket.socket) -> None:
-        try:
-            sock.close()
-        except OSError:
-            pass
