@@ -68,10 +68,12 @@ def _check_message(batch: TelemetryBatch) -> CheckedBatch:
 
 
 def publish_acks(broker: Broker) -> Acknowledge:
-    """Send each acknowledgement to its device's ``telemetry-ack`` topic (QoS 1, queued while offline)."""
+    """Send each acknowledgement to its device's ``telemetry-ack`` topic at QoS 0: a device sends a batch whose
+    acknowledgement it missed again and is acknowledged again (docs/protocol.md), so a broker round trip per
+    acknowledgement (QoS 1) would buy nothing but a PUBACK to handle for every device of every write."""
 
     def acknowledge(ack: TelemetryAck) -> None:
-        broker.publish(topics.device_topic(ack.device_id, "telemetry-ack"), encode(ack), qos=1)
+        broker.publish(topics.device_topic(ack.device_id, "telemetry-ack"), encode(ack), qos=0)
 
     return acknowledge
 
