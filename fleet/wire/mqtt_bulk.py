@@ -1,4 +1,4 @@
-"""`BulkSubscriber`: one receive-only MQTT 3.1.1 connection for one busy subscription (the hub's telemetry).
+"""`BulkSubscriber`: one MQTT 3.1.1 connection for one busy subscription (the hub's telemetry) and its replies.
 
 paho handles each received message in several Python calls and answers each QoS 1 message with a write of its
 own, which costs about 100 us a message. Here each socket read is parsed at once: every whole PUBLISH frame
@@ -10,10 +10,15 @@ The connection logs in like `fleet.wire.mqtt.PahoBroker` (username and password,
 `TlsFiles`), subscribes once and checks the SUBACK (a refused subscription is an error), keeps itself alive
 with PINGREQ, and after a lost connection, a broker that stopped answering or a malformed frame (one line in
 the log) reconnects with jittered backoff (`fleet.wire.backoff.Backoff`) and subscribes again. ``$share/...``
-filters work as they do on the broker. It publishes nothing: the hub's other traffic stays on `PahoBroker`.
+filters work as they do on the broker.
+
+Its `publish` sends QoS 0 replies (the hub's telemetry acknowledgements): they queue, and the connection's
+thread writes all that queued in one write, instead of paho's wake-up and write per message. The hub's other
+traffic stays on `PahoBroker`.
 
     subscriber = BulkSubscriber(address, client_id="edgefleet-ingest-1")
     unsubscribe = subscriber.subscribe_raw("$share/hub/edgefleet/v1/devices/+/telemetry", ingestor.submit_payload)
+    subscriber.publish("edgefleet/v1/devices/cam-1/telemetry-ack", ack)  # QoS 0, dropped while disconnected
 """
 
 from __future__ import annotations
@@ -85,6 +90,11 @@ def connect_packet(client_id: str, username: str | None, password: str | None, k
         if password:
             body += _string(password)
     return _packet(0x10, body)
+
+
+def publish_packet(topic: str, payload: bytes, *, retain: bool = False) -> bytes:
+    """A QoS 0 PUBLISH."""
+    return _packet(0x31 if retain else 0x30, _string(topic) + payload)
 
 
 def subscribe_packet(topic_filter: str, qos: int) -> bytes:
@@ -165,7 +175,8 @@ class BulkSubscriber:
     """One MQTT connection that reads one subscription in bulk; implements `fleet.wire.transport.RawSubscriber`.
 
     `subscribe_raw` connects, subscribes and waits for the SUBACK (`BrokerConnectionError` when that fails the
-    first time); its unsubscribe function, like `close`, disconnects. One subscription per connection.
+    first time); its unsubscribe function, like `close`, disconnects. One subscription per connection;
+    `publish` sends at QoS 0 only.
     """
 
     def __init__(
@@ -184,7 +195,10 @@ class BulkSubscriber:
         self.received = 0
         self.reconnects = 0
         self._backoff = Backoff(1.0, reconnect_max_delay_s)
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r, self._wake_w = socket.socketpair()  # wakes the connection's thread: close, or frames to send
+        self._wake_r.setblocking(False)
+        self._outbox: list[bytes] = []  # QoS 0 frames for the connection's thread to write
+        self._outbox_lock = threading.Lock()
         self._closed = threading.Event()
         self._connected = threading.Event()
         self._answered = threading.Event()  # the first attempt ended: subscribed, refused or failed
@@ -225,6 +239,21 @@ class BulkSubscriber:
             )
         return self.close
 
+    def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> None:
+        """Queue a QoS 0 message for the connection's thread to write with whatever else is queued; dropped while
+        disconnected, as QoS 0 allows."""
+        if qos != 0:
+            raise ValueError(f"BulkSubscriber publishes at QoS 0 only, not {qos}")
+        frame = publish_packet(topic, payload, retain=retain)
+        with self._outbox_lock:
+            if not self._connected.is_set():
+                return
+            wake = not self._outbox
+            self._outbox.append(frame)
+        if wake:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"w")
+
     def close(self) -> None:
         """Disconnect cleanly and stop the connection's thread; safe to call twice."""
         if self._closed.is_set():
@@ -254,7 +283,9 @@ class BulkSubscriber:
                 if not self._closed.is_set():
                     log.warning("%s: %s; reconnecting", self.client_id, reason)
             finally:
-                self._connected.clear()
+                with self._outbox_lock:
+                    self._connected.clear()
+                    self._outbox.clear()
                 if sock is not None:
                     sock.close()
             if self._closed.wait(self._backoff.next_delay()):
@@ -334,7 +365,11 @@ class BulkSubscriber:
             wait = keepalive / 2 - (now - self._last_sent) if ping_sent is None else keepalive - (now - ping_sent)
             if tls_pending is None or not tls_pending():
                 ready, _, _ = select.select([sock, self._wake_r], [], [], max(0.01, wait))
-                if not ready or self._wake_r in ready:
+                if self._wake_r in ready:
+                    with contextlib.suppress(OSError):
+                        self._wake_r.recv(4096)
+                    self._flush(sock)
+                if sock not in ready:
                     continue
             data: bytes | bytearray = sock.recv(_READ_BYTES)
             if not data:
@@ -362,6 +397,14 @@ class BulkSubscriber:
                 raise MalformedFrame(f"unexpected MQTT packet type {kind} on a subscribed connection")
             answered = True
         return bytearray(data[found.consumed :]), answered
+
+    def _flush(self, sock: socket.socket) -> None:
+        """Write every queued frame at once."""
+        with self._outbox_lock:
+            frames, self._outbox = self._outbox, []
+        if frames:
+            sock.sendall(b"".join(frames))
+            self._last_sent = time.monotonic()
 
     def _deliver(self, sock: socket.socket, found: _Frames) -> None:
         """Hand each message to the sink, then acknowledge them all in one write."""

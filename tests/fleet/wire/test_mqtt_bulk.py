@@ -1,7 +1,7 @@
-"""`BulkSubscriber`: frames parsed in bulk (split anywhere, malformed ones refused), messages delivered and
-acknowledged on Mosquitto and on the embedded broker (a ``$share`` filter on Mosquitto), a reconnect with
-resubscription after the broker drops the connection, and a refused login or subscription, or a malformed
-frame from a broker, handled with one clear line."""
+"""`BulkSubscriber`: frames parsed in bulk (split anywhere, malformed ones refused); messages delivered and
+acknowledged, and QoS 0 replies sent, on Mosquitto and on the embedded broker (a ``$share`` filter on
+Mosquitto); a reconnect with resubscription after the broker drops the connection; a refused login or
+subscription, or a malformed frame from a broker, handled with one clear line."""
 
 from __future__ import annotations
 
@@ -124,6 +124,13 @@ def test_messages_are_delivered_and_acknowledged(broker: BrokerAddress) -> None:
         assert inbox.wait_for(201)
         assert [int.from_bytes(m.payload[:2], "big") for m in inbox.messages[:200]] == list(range(200))
         assert {(m.topic, m.qos) for m in inbox.messages} == {(topic, 1)}
+        acks = Inbox()
+        device.subscribe(topic + "-ack", acks)
+        assert device.wait_subscribed(WAIT_S)
+        for i in range(100):  # replies queue and go out together
+            subscriber.publish(topic + "-ack", b"ack-%d" % i)
+        assert acks.wait_for(100)
+        assert [m.payload for m in acks.messages] == [b"ack-%d" % i for i in range(100)]
     finally:
         device.close()
         unsubscribe()
