@@ -282,6 +282,9 @@ class BulkSubscriber:
                     return  # the caller of subscribe_raw raises
                 if not self._closed.is_set():
                     log.warning("%s: %s; reconnecting", self.client_id, reason)
+            except Exception:  # a bug here must not end telemetry for good: log it and connect again
+                log.exception("%s: the connection failed; reconnecting", self.client_id)
+                self._answered.set()
             finally:
                 with self._outbox_lock:
                     self._connected.clear()
@@ -380,6 +383,8 @@ class BulkSubscriber:
             tail, answered = self._handle(sock, data)
             if answered:
                 ping_sent = None
+            if self._outbox:  # replies queued while reading (a TLS read may skip the select above)
+                self._flush(sock)
         with contextlib.suppress(OSError):
             sock.sendall(_DISCONNECT)
 
