@@ -248,3 +248,17 @@ def test_a_refused_login_or_subscription_is_a_clear_error(connack: bytes, suback
             subscriber.subscribe_raw("edgefleet/v1/#", Inbox())
     finally:
         scripted.close()
+
+
+def test_it_pings_an_idle_broker_and_reconnects_when_no_answer_comes(caplog: pytest.LogCaptureFixture) -> None:
+    scripted = ScriptedBroker([(b"\x20\x02\x00\x00", GRANTED), (b"\x20\x02\x00\x00", GRANTED)])  # never a PINGRESP
+    subscriber = BulkSubscriber(BrokerAddress("127.0.0.1", scripted.port), keepalive_s=1, reconnect_max_delay_s=1.0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="fleet.wire.mqtt_bulk"):
+            subscriber.subscribe_raw("edgefleet/v1/#", Inbox())
+            assert wait_until(lambda: subscriber.reconnects >= 1 and subscriber.connected, WAIT_S)
+        assert scripted.received[0] == b"\xc0\x00"  # PINGREQ after half the keepalive without traffic
+        assert any("did not answer a ping" in r.getMessage() for r in caplog.records)
+    finally:
+        subscriber.close()
+        scripted.close()
