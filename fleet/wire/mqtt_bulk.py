@@ -9,8 +9,9 @@ broker only once it was handed over, as QoS 1 asks.
 The connection logs in like `fleet.wire.mqtt.PahoBroker` (username and password, TLS with the same
 `TlsFiles`), subscribes once and checks the SUBACK (a refused subscription is an error), keeps itself alive
 with PINGREQ, and after a lost connection, a broker that stopped answering or a malformed frame (one line in
-the log) reconnects with jittered backoff (`fleet.wire.backoff.Backoff`) and subscribes again. ``$share/...``
-filters work as they do on the broker.
+the log) reconnects with jittered backoff (`fleet.wire.backoff.Backoff`) and subscribes again, to the next
+node in turn where it was given failover nodes (other nodes of a broker cluster, as `PahoBroker`).
+``$share/...`` filters work as they do on the broker.
 
 Its `publish` sends QoS 0 replies (the hub's telemetry acknowledgements): they queue, and the connection's
 thread writes all that queued in one write, instead of paho's wake-up and write per message. The hub's other
@@ -31,6 +32,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Final
 
 from fleet.wire.backoff import Backoff
@@ -187,8 +189,11 @@ class BulkSubscriber:
         keepalive_s: int = 30,
         connect_timeout_s: float = 10.0,
         reconnect_max_delay_s: float = 30.0,
+        failover: Sequence[tuple[str, int]] = (),
     ) -> None:
         self.address = address
+        self._nodes = [(address.host, address.port), *(n for n in failover if n != (address.host, address.port))]
+        self._node = 0
         self.client_id = client_id or f"edgefleet-{uuid.uuid4().hex[:12]}"
         self.keepalive_s = keepalive_s
         self.connect_timeout_s = connect_timeout_s
@@ -211,6 +216,11 @@ class BulkSubscriber:
         self._last_sent = 0.0  # when a packet last went to the broker (the keepalive counts from it)
 
     @property
+    def node(self) -> tuple[str, int]:
+        """The broker node this connection is on, or tries next."""
+        return self._nodes[self._node]
+
+    @property
     def connected(self) -> bool:
         """Whether the connection is up and subscribed."""
         return self._connected.is_set()
@@ -231,7 +241,8 @@ class BulkSubscriber:
         self._filter, self._qos, self._sink = topic_filter, qos, sink
         self._thread = threading.Thread(target=self._run, name=f"mqtt-bulk-{self.client_id}", daemon=True)
         self._thread.start()
-        if not (self._answered.wait(self.connect_timeout_s) and self._connected.is_set()):
+        # answered without an error: subscribed once (the link may be down again already: it reconnects by itself)
+        if not self._answered.wait(self.connect_timeout_s) or self._first_error is not None:
             reason = self._first_error or _probe(self.address) or "timed out"
             self.close()
             raise BrokerConnectionError(
@@ -282,9 +293,14 @@ class BulkSubscriber:
                     return  # the caller of subscribe_raw raises
                 if not self._closed.is_set():
                     log.warning("%s: %s; reconnecting", self.client_id, reason)
-            except Exception:  # a bug here must not end telemetry for good: log it and connect again
+                self._node = (self._node + 1) % len(self._nodes)  # the lost node may be down: the next one
+            except Exception as exc:  # a bug here must not end telemetry for good: log it and connect again
+                if not self._answered.is_set():
+                    self._first_error = f"{type(exc).__name__}: {exc}"
+                    self._answered.set()
+                    return
                 log.exception("%s: the connection failed; reconnecting", self.client_id)
-                self._answered.set()
+                self._node = (self._node + 1) % len(self._nodes)
             finally:
                 with self._outbox_lock:
                     self._connected.clear()
@@ -297,10 +313,11 @@ class BulkSubscriber:
 
     def _connect(self) -> socket.socket:
         address = self.address
-        sock: socket.socket = socket.create_connection((address.host, address.port), timeout=self.connect_timeout_s)
+        host, port = self._nodes[self._node]
+        sock: socket.socket = socket.create_connection((host, port), timeout=self.connect_timeout_s)
         try:
             if address.tls is not None:
-                sock = address.tls.context().wrap_socket(sock, server_hostname=address.host)
+                sock = address.tls.context().wrap_socket(sock, server_hostname=host)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._pending = bytearray()
             sock.sendall(connect_packet(self.client_id, address.username, address.password, self.keepalive_s))

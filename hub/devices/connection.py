@@ -56,4 +56,6 @@ class BrokerConnector:
 
     def subscriber(self, role: str) -> BulkSubscriber:
         """A receive-only connection for one busy subscription (telemetry), made when it subscribes."""
-        return BulkSubscriber(self.address, client_id=f"edgefleet-{role}-{secrets.token_hex(4)}")
+        return BulkSubscriber(
+            self.address, client_id=f"edgefleet-{role}-{secrets.token_hex(4)}", failover=self.failover
+        )

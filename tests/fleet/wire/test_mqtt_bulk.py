@@ -262,3 +262,19 @@ def test_it_pings_an_idle_broker_and_reconnects_when_no_answer_comes(caplog: pyt
     finally:
         subscriber.close()
         scripted.close()
+
+
+def test_a_lost_node_is_left_for_the_next_failover_node() -> None:
+    first = ScriptedBroker([(b"\x20\x02\x00\x00", GRANTED + b"\xf0\x00")])  # drops it at once
+    second = ScriptedBroker([(b"\x20\x02\x00\x00", GRANTED)])
+    subscriber = BulkSubscriber(
+        BrokerAddress("127.0.0.1", first.port), failover=[("127.0.0.1", second.port)], reconnect_max_delay_s=1.0
+    )
+    try:
+        subscriber.subscribe_raw("edgefleet/v1/#", Inbox())
+        assert wait_until(lambda: subscriber.reconnects >= 1 and subscriber.connected, WAIT_S)
+        assert subscriber.node == ("127.0.0.1", second.port)
+    finally:
+        subscriber.close()
+        first.close()
+        second.close()
