@@ -65,6 +65,10 @@ class _Refused(BrokerConnectionError):
     """The broker refused the login or the subscription."""
 
 
+class _SubscriptionRefused(_Refused):
+    """The broker refused the subscription (NATS does for a while as JetStream recovers): asked again."""
+
+
 def _string(value: str) -> bytes:
     data = value.encode()
     return len(data).to_bytes(2, "big") + data
@@ -176,9 +180,9 @@ def parse_frames(buf: bytes | bytearray, *, first_only: bool = False) -> _Frames
 class BulkSubscriber:
     """One MQTT connection that reads one subscription in bulk; implements `fleet.wire.transport.RawSubscriber`.
 
-    `subscribe_raw` connects, subscribes and waits for the SUBACK (`BrokerConnectionError` when that fails the
-    first time); its unsubscribe function, like `close`, disconnects. One subscription per connection;
-    `publish` sends at QoS 0 only.
+    `subscribe_raw` connects, subscribes and waits for the SUBACK (`BrokerConnectionError` when the first attempt
+    fails, or the broker still refuses the subscription after ``connect_timeout_s``); its unsubscribe function,
+    like `close`, disconnects. One subscription per connection; `publish` sends at QoS 0 only.
     """
 
     def __init__(
@@ -208,6 +212,7 @@ class BulkSubscriber:
         self._connected = threading.Event()
         self._answered = threading.Event()  # the first attempt ended: subscribed, refused or failed
         self._first_error: str | None = None
+        self._last_error: str | None = None
         self._thread: threading.Thread | None = None
         self._filter = ""
         self._qos = 1
@@ -243,7 +248,7 @@ class BulkSubscriber:
         self._thread.start()
         # answered without an error: subscribed once (the link may be down again already: it reconnects by itself)
         if not self._answered.wait(self.connect_timeout_s) or self._first_error is not None:
-            reason = self._first_error or _probe(self.address) or "timed out"
+            reason = self._first_error or self._last_error or _probe(self.address) or "timed out"
             self.close()
             raise BrokerConnectionError(
                 f"cannot subscribe to {topic_filter} at {self.address.host}:{self.address.port}: {reason}"
@@ -286,9 +291,9 @@ class BulkSubscriber:
                 sock = self._connect()
                 self._read(sock)
             except (OSError, BrokerConnectionError) as exc:
-                reason = str(exc) or type(exc).__name__
-                if not self._answered.is_set():
-                    self._first_error = reason
+                reason = self._last_error = str(exc) or type(exc).__name__
+                if not self._answered.is_set() and not isinstance(exc, _SubscriptionRefused):
+                    self._first_error = reason  # a refused subscription is asked for again until subscribe_raw gives up
                     self._answered.set()
                     return  # the caller of subscribe_raw raises
                 if not self._closed.is_set():
@@ -331,7 +336,7 @@ class BulkSubscriber:
             if len(suback) != 3 or int.from_bytes(suback[:2], "big") != _SUBSCRIBE_ID:
                 raise MalformedFrame("malformed MQTT SUBACK")
             if suback[2] >= 0x80:
-                raise _Refused(f"broker refused the subscription {self._filter}")
+                raise _SubscriptionRefused(f"broker refused the subscription {self._filter}")
         except BaseException:
             sock.close()
             raise

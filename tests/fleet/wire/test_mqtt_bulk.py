@@ -242,7 +242,7 @@ def test_a_malformed_frame_is_logged_in_one_line_and_the_connection_made_again(
 )
 def test_a_refused_login_or_subscription_is_a_clear_error(connack: bytes, suback: bytes, reason: str) -> None:
     scripted = ScriptedBroker([(connack, suback)])
-    subscriber = BulkSubscriber(BrokerAddress("127.0.0.1", scripted.port))
+    subscriber = BulkSubscriber(BrokerAddress("127.0.0.1", scripted.port), connect_timeout_s=0.5)
     try:
         with pytest.raises(BrokerConnectionError, match=reason):
             subscriber.subscribe_raw("edgefleet/v1/#", Inbox())
