@@ -16,6 +16,10 @@ same run and interleaved, so before/after compare under the same machine load.
 
 Both are closed-loop: the publisher keeps at most 500 messages in flight (see `publish_all`).
 
+Each hub run also reports ``hub_cpu_us_per_batch``: the CPU the hub processes used (every thread, not the
+database server's) from ready to the end of the run, per stored batch. On a machine shared with other work the
+rates swing with the load; this stays put, so it is the figure to compare trees by.
+
 Broker: the same publisher sends the same payloads (QoS 1) to a topic one plain subscriber reads; time runs
 from the first publish until the last message is received.
 
@@ -165,7 +169,7 @@ db.close()
 """
 
 WORKER = """
-import logging, sys
+import logging, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 logging.disable(logging.WARNING)  # other tests' retained states on the shared broker are refused noisily
@@ -176,10 +180,12 @@ hub = Hub(HubSettings(data_dir=Path(sys.argv[2]), database_url=sys.argv[3], brok
                       telemetry_prune_interval_s=0))
 hub.start()
 print("ready", flush=True)
+cpu_at_ready = time.process_time()
 sys.stdin.read()
+cpu_s = time.process_time() - cpu_at_ready
 ingestor = hub.ingestor
 hub.stop()
-print(ingestor.received if ingestor else 0, ingestor.stored if ingestor else 0, flush=True)
+print(ingestor.received if ingestor else 0, ingestor.stored if ingestor else 0, cpu_s, flush=True)
 """
 
 
@@ -251,7 +257,10 @@ def hub_throughput(
         "seconds": end - start,
         "batches_per_s": count / (end - start),
         "publish_s": published - start,
-        "received_per_worker": [int(o[-2]) for o in outputs if len(o) >= 2],
+        "received_per_worker": [int(o[-3]) for o in outputs if len(o) >= 3],
+        # CPU of the hub processes from ready to the end of the run (all threads; not the database server's):
+        # far steadier than the rates on a shared machine
+        "hub_cpu_us_per_batch": 1e6 * sum(float(o[-1]) for o in outputs if len(o) >= 3) / max(count, 1),
     }
 
 
@@ -273,6 +282,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], broker_rate: float) -> dict
         config: {
             "batches_per_s_median": statistics.median(r["batches_per_s"] for r in config_runs),
             "share_of_broker_rate": statistics.median(r["batches_per_s"] for r in config_runs) / broker_rate,
+            "hub_cpu_us_per_batch_median": statistics.median(r["hub_cpu_us_per_batch"] for r in config_runs),
             "runs": config_runs,
         }
         for config, config_runs in runs.items()
@@ -313,7 +323,11 @@ def main() -> None:
                     run = hub_throughput(address, args.broker_url, payloads, args.devices, workers, kind, root)
                     runs.setdefault(f"{kind}:{workers}", []).append(run)
                     label = "baseline " if runs is baseline_runs else ""
-                    print(f"{label}hub {kind} x{workers}: {run['batches_per_s']:.0f} batches/s", flush=True)
+                    print(
+                        f"{label}hub {kind} x{workers}: {run['batches_per_s']:.0f} batches/s, "
+                        f"{run['hub_cpu_us_per_batch']:.0f} us hub CPU per batch",
+                        flush=True,
+                    )
     broker_rate = statistics.median(r["messages_per_s"] for r in broker_runs)
     hub_results = summarise(hub_runs, broker_rate)
     scaling = {
@@ -351,9 +365,20 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     summary = {c: round(v["share_of_broker_rate"], 3) for c, v in hub_results.items()}
+    cpu = {c: round(v["hub_cpu_us_per_batch_median"]) for c, v in hub_results.items()}
     if baseline:
         summary |= {f"baseline {c}": round(v["share_of_broker_rate"], 3) for c, v in baseline.items()}
-    print(json.dumps({"broker_msg_per_s": round(broker_rate), "share_of_broker_rate": summary, "x2": scaling}))
+        cpu |= {f"baseline {c}": round(v["hub_cpu_us_per_batch_median"]) for c, v in baseline.items()}
+    print(
+        json.dumps(
+            {
+                "broker_msg_per_s": round(broker_rate),
+                "share_of_broker_rate": summary,
+                "hub_cpu_us_per_batch": cpu,
+                "x2": scaling,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -135,18 +135,22 @@ class Hub:
             interval_s=s.telemetry_prune_interval_s,
         )
         share = s.share_group if s.replica else None
+        # telemetry (and its acknowledgements) in bulk on a connection of its own, except where NATS queue
+        # groups share it
+        telemetry = None if s.nats_servers() else self.connector.subscriber("hub-telemetry")
         self.traffic = traffic = DeviceTraffic(
             self._shared(broker, "hub"),
             self.registry,
             telemetry_filter=s.telemetry_filter(),
             shared_group=share,
             known=self.known,
+            telemetry_source=telemetry,
         )
         self.ingestor = TelemetryIngestor(
             self.registry,
             metrics=self.monitoring.metrics,
             retention=retention,
-            acknowledge=publish_acks(broker),
+            acknowledge=publish_acks(telemetry or broker),
             decode=traffic.decode_telemetry_block,  # in the ingestor's decoder thread, off the MQTT dispatcher
             aggregate_window_s=s.telemetry_rollup_window_s,
             # workers sharing telemetry each merge into rows of their own: no waiting on each other's row locks

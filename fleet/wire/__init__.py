@@ -6,5 +6,6 @@
 - `acl`: which topics each broker user may read and write (one source for both brokers).
 - `transport`: the small `Broker` protocol and an in-memory broker for unit tests.
 - `mqtt`: the paho-mqtt adapter implementing `Broker` for real brokers.
+- `mqtt_bulk`: one connection that reads one busy subscription (the hub's telemetry) in bulk.
 - `sketches`: fixed histogram buckets and KLL feature sketches the agent fills.
 """

@@ -39,6 +39,13 @@ class Broker(Protocol):
         """Disconnect and release the connection."""
 
 
+class Publisher(Protocol):
+    """The publishing half of a `Broker` (what a component that only sends needs)."""
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Publish ``payload``; returns once handed to the connection."""
+
+
 @runtime_checkable
 class RawSubscriber(Protocol):
     """A broker that can hand messages over on its receiving thread (`fleet.wire.mqtt.PahoBroker`)."""

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from fleet.wire.acl import HUB_USERNAME
 from fleet.wire.mqtt import BrokerAddress, PahoBroker, TlsFiles
+from fleet.wire.mqtt_bulk import BulkSubscriber
 
 __all__ = ["BrokerConnector"]
 
@@ -51,4 +52,10 @@ class BrokerConnector:
             client_id=f"edgefleet-{role}-{secrets.token_hex(4)}",
             max_inflight=_HUB_INFLIGHT,
             failover=self.failover,
+        )
+
+    def subscriber(self, role: str) -> BulkSubscriber:
+        """A receive-only connection for one busy subscription (telemetry), made when it subscribes."""
+        return BulkSubscriber(
+            self.address, client_id=f"edgefleet-{role}-{secrets.token_hex(4)}", failover=self.failover
         )

@@ -9,7 +9,8 @@ handed to the ``on_rejected`` listeners; no listener sees it.
 
 Telemetry is the exception when an ``on_telemetry_payload`` listener is added (before `start`): the raw
 message is handed to it untouched, on the connection's receiving thread where the broker offers that
-(`fleet.wire.transport.RawSubscriber`), and the listener's own thread decodes whole blocks with
+(`fleet.wire.transport.RawSubscriber`; a ``telemetry_source`` such as `fleet.wire.mqtt_bulk.BulkSubscriber`
+then carries telemetry on a connection of its own), and the listener's own thread decodes whole blocks with
 `decode_telemetry_block` (same checks, same rejection counting, one database query for the senders it has not
 seen yet), so decoding thousands of batches a second never holds up the dispatcher.
 
@@ -80,7 +81,8 @@ class DeviceTraffic:
     ``shared_group`` every channel is consumed through ``$share/GROUP/...``, so each message reaches one hub
     replica of the group (retained states are then not delivered at subscription: the broker keeps them for
     plain subscribers only). Decoders of one hub on several connections share ``known`` (`KnownDevices`), the
-    registry's remembered answers on which senders are provisioned.
+    registry's remembered answers on which senders are provisioned. ``telemetry_source``, when given,
+    receives the raw telemetry instead of ``broker`` (its unsubscribe function closes it).
     """
 
     def __init__(
@@ -91,8 +93,10 @@ class DeviceTraffic:
         telemetry_filter: str | None = None,
         shared_group: str | None = None,
         known: KnownDevices | None = None,
+        telemetry_source: RawSubscriber | None = None,
     ) -> None:
         self.broker = broker
+        self.telemetry_source = telemetry_source
         self.registry = registry
         self.shared_group = shared_group
         self.telemetry_filter = telemetry_filter or self._filter("telemetry")
@@ -190,9 +194,10 @@ class DeviceTraffic:
             channels = ("telemetry",) if telemetry_only else EVERY_CHANNEL
         filters = {c: self.telemetry_filter if c == "telemetry" else self._filter(c) for c in channels}
         for channel, topic_filter in filters.items():
-            if channel == "telemetry" and self._raw_telemetry and isinstance(self.broker, RawSubscriber):
+            raw = self.telemetry_source or (self.broker if isinstance(self.broker, RawSubscriber) else None)
+            if channel == "telemetry" and self._raw_telemetry and raw is not None:
                 # raw hand-offs only queue: on the receiving thread, one thread hop fewer per batch
-                self._unsubscribes.append(self.broker.subscribe_raw(topic_filter, self._handler(channel)))
+                self._unsubscribes.append(raw.subscribe_raw(topic_filter, self._handler(channel)))
             else:
                 self._unsubscribes.append(self.broker.subscribe(topic_filter, self._handler(channel)))
 

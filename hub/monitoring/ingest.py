@@ -39,7 +39,7 @@ from fleet.telemetry_blocks import CheckedBatch, check_batches, explain
 from fleet.wire import topics
 from fleet.wire.fast_telemetry import FastTelemetryBatch, from_message, to_message
 from fleet.wire.messages import MAX_ACK_BATCHES, TelemetryAck, TelemetryBatch, encode
-from fleet.wire.transport import Broker, Message
+from fleet.wire.transport import Message, Publisher
 from hub.monitoring.metrics import FleetMetrics
 from hub.registry import Registry
 
@@ -67,11 +67,13 @@ def _check_message(batch: TelemetryBatch) -> CheckedBatch:
     return check_batches([fast])[0] or explain(fast)
 
 
-def publish_acks(broker: Broker) -> Acknowledge:
-    """Send each acknowledgement to its device's ``telemetry-ack`` topic (QoS 1, queued while offline)."""
+def publish_acks(broker: Publisher) -> Acknowledge:
+    """Send each acknowledgement to its device's ``telemetry-ack`` topic at QoS 0: a device sends a batch whose
+    acknowledgement it missed again and is acknowledged again (docs/protocol.md), so a broker round trip per
+    acknowledgement (QoS 1) would buy nothing but a PUBACK to handle for every device of every write."""
 
     def acknowledge(ack: TelemetryAck) -> None:
-        broker.publish(topics.device_topic(ack.device_id, "telemetry-ack"), encode(ack), qos=1)
+        broker.publish(topics.device_topic(ack.device_id, "telemetry-ack"), encode(ack), qos=0)
 
     return acknowledge
 

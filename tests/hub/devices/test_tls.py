@@ -15,6 +15,7 @@ import pytest
 
 from fleet.wire.acl import HUB_USERNAME
 from fleet.wire.mqtt import BrokerAddress, BrokerConnectionError, PahoBroker, TlsFiles
+from fleet.wire.mqtt_bulk import BulkSubscriber
 from fleet.wire.topics import device_topic, device_wildcard
 from fleet.wire.transport import Message
 from hub.devices.broker_acl import device_user, hub_user, mosquitto_config, write_broker_auth
@@ -115,6 +116,24 @@ def test_device_traffic_flows_over_tls_with_client_certificates(tls_broker: int,
     finally:
         device.close()
         hub.close()
+
+
+def test_the_hub_telemetry_subscriber_reads_over_tls(tls_broker: int, pki: Pki) -> None:
+    hub_cert = pki.clients[HUB_USERNAME]
+    tls = TlsFiles(str(pki.ca.cert_file), str(hub_cert.cert_file), str(hub_cert.key_file))
+    address = BrokerAddress("127.0.0.1", tls_broker, HUB_USERNAME, PASSWORDS[HUB_USERNAME], tls)
+    subscriber = BulkSubscriber(address, client_id=f"edgefleet-test-{uuid.uuid4().hex[:6]}")
+    inbox = Inbox()
+    subscriber.subscribe_raw(device_wildcard("telemetry"), inbox)
+    device = _connect(tls_broker, "cam-a", pki.clients["cam-a"], ca=pki.ca)
+    try:
+        token = uuid.uuid4().hex.encode()
+        for i in range(50):
+            device.publish(device_topic("cam-a", "telemetry"), b"%d-" % i + token)
+        assert [m.payload for m in inbox.wait_for(b"49-" + token)] == [b"%d-" % i + token for i in range(50)]
+    finally:
+        device.close()
+        subscriber.close()
 
 
 def test_a_device_refuses_a_broker_signed_by_another_ca(tls_broker: int, pki: Pki) -> None:
