@@ -1,0 +1,503 @@
+"""Scale benchmark: simulated devices (`bench/devsim`, one event loop, the real wire protocol) against hub
+replicas on one PostgreSQL schema and a 3-node NATS cluster speaking MQTT. Writes bench/results/scale.json.
+
+For each fleet size (``--sizes``, default 1,000 then 10,000), with a fresh schema, cluster and hubs:
+
+1. connect: the devices connect in paced steps, spread over the nodes, subscribe as the agent does and publish
+   their retained state; the phase ends when the hubs marked every device online in the registry;
+2. telemetry: every device sends one batch, spread over the agent's reporting interval (`AgentConfig.
+   telemetry_interval_s`), so the offered rate is the fleet's real one; the ingest rate is batches acknowledged
+   (the hub acknowledges after the commit) per second; the schema's size before and after gives the bytes per
+   batch, scaled to a device-day at that interval;
+3. rollout: one bundle to every device, canary 1% then waves of 10, 50 and 100%, no gate, created through the
+   database as a follower's REST route does; wall time until the rollout is complete.
+
+CPU seconds and peak RSS of every hub and broker process per phase come from /proc. The cost model fits
+``cost = a + b * devices`` through the two sizes; the 1,000,000-device estimate is arithmetic on the measured
+rates, in the JSON.
+
+    .venv/bin/python bench/bench_scale.py [--sizes 1000,10000] [--replicas 3] [--broker nats|mosquitto]
+
+Every phase has a timeout that stops the run with a one-line reason; every process started is killed on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.devsim import BatchTemplate, SimDevice, SimFleet  # noqa: E402
+from bench.registry_db import database  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "scale.json"
+TARGET = "x86-onnx-cpu"
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+#: a hub process: starts from the JSON settings in argv[1], says so, runs until SIGTERM
+HUB = """
+import signal, sys, threading
+from hub.app import Hub
+from hub.config import HubSettings
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+hub = Hub(HubSettings.model_validate_json(sys.argv[1]))
+hub.start()
+print("started", flush=True)
+stop.wait()
+hub.stop()
+"""
+
+
+class BenchError(RuntimeError):
+    """The run cannot go on (a timeout, a process that died): reported as one line."""
+
+
+def proc_usage(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system) and peak RSS in bytes of a live process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        peak = next(
+            int(line.split()[1]) * 1024
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if line.startswith("VmHWM:")
+        )
+    except (OSError, StopIteration):
+        return 0.0, 0
+    return (int(fields[11]) + int(fields[12])) / TICKS, peak
+
+
+@dataclass
+class Processes:
+    """Named processes whose CPU and peak memory are sampled at phase boundaries."""
+
+    pids: dict[str, int] = field(default_factory=dict)
+    marks: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
+
+    def mark(self, phase: str) -> None:
+        self.marks[phase] = {name: proc_usage(pid) for name, pid in self.pids.items()}
+
+    def between(self, start: str, end: str) -> dict[str, dict[str, float]]:
+        """CPU seconds used between two marks, and peak RSS (MiB) at the second, per process."""
+        return {
+            name: {
+                "cpu_s": round(self.marks[end][name][0] - self.marks[start][name][0], 2),
+                "peak_rss_mib": round(self.marks[end][name][1] / 2**20, 1),
+            }
+            for name in self.pids
+        }
+
+
+class HubProcesses:
+    """Hub processes on shared settings (one per broker URL given), each logging to a file."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def start(self, settings: list[Any], timeout_s: float) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        for index, hub_settings in enumerate(settings):
+            log = (self.logs / f"hub-{index}.log").open("w")
+            self.processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", HUB, hub_settings.model_dump_json()],
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    text=True,
+                    env=env,
+                )
+            )
+        deadline = time.monotonic() + timeout_s
+        for index, process in enumerate(self.processes):
+            assert process.stdout is not None
+            os.set_blocking(process.stdout.fileno(), True)
+            line = _readline(process, deadline - time.monotonic())
+            if line.strip() != "started":
+                raise BenchError(f"hub {index} did not start in {timeout_s:g} s: {self.tail(index)}")
+
+    def tail(self, index: int) -> str:
+        lines = (self.logs / f"hub-{index}.log").read_text().strip().splitlines()
+        return lines[-1] if lines else "no output"
+
+    def check_alive(self) -> None:
+        for index, process in enumerate(self.processes):
+            if process.poll() is not None:
+                raise BenchError(f"hub {index} exited ({process.returncode}): {self.tail(index)}")
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _readline(process: subprocess.Popen[str], timeout_s: float) -> str:
+    import selectors
+
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(max(0.0, timeout_s)):
+            return ""
+    return process.stdout.readline()
+
+
+@contextlib.contextmanager
+def brokers(kind: str, workdir: Path, args: argparse.Namespace) -> Iterator[tuple[list[str], dict[str, int], str]]:
+    """Broker URLs for devices and hubs, the broker processes' pids, and a description."""
+    if kind == "mosquitto":
+        from tests.integration.private_mosquitto import PrivateMosquitto
+
+        mosquitto = PrivateMosquitto(workdir)
+        mosquitto.config.write_text(
+            mosquitto.config.read_text().replace("max_inflight_messages 100\n", "")
+            + "max_inflight_messages 100\nmax_queued_messages 100000\n"
+        )
+        try:
+            mosquitto.start()
+            assert mosquitto.process is not None
+            yield [mosquitto.url], {"mosquitto": mosquitto.process.pid}, "private Mosquitto, one node, anonymous"
+        finally:
+            mosquitto.stop()
+        return
+    from tests.integration.nats_cluster import NatsCluster
+
+    cluster = NatsCluster(
+        workdir,
+        consumer_replicas=args.consumer_replicas,
+        server=f"max_connections: {args.max_connections}",
+        mqtt=f", max_ack_pending: {args.max_ack_pending}",
+    )
+    try:
+        cluster.start(60)
+        pids = {f"nats-n{i}": p.pid for i, p in enumerate(cluster.processes) if p is not None}
+        yield [cluster.url(i) for i in range(len(pids))], pids, "NATS 3-node cluster with MQTT, no authorization block"
+    finally:
+        cluster.stop()
+
+
+def schema_bytes(db: Any) -> int:
+    """Bytes of every table (with indexes and TOAST) in the current schema of the hub's PostgreSQL."""
+    import sqlalchemy
+
+    with db.engine.connect() as conn:
+        value = conn.execute(
+            sqlalchemy.text(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')"
+            )
+        ).scalar()
+    return int(value or 0)
+
+
+def online_count(db: Any, prefix: str) -> int:
+    import sqlalchemy
+
+    with db.engine.connect() as conn:
+        return int(
+            conn.execute(
+                sqlalchemy.text("SELECT count(*) FROM device WHERE online AND id LIKE :p"), {"p": f"{prefix}%"}
+            ).scalar()
+            or 0
+        )
+
+
+def register_versions(hub: Any, bundle_bytes: int) -> tuple[Any, str]:
+    """Register digits 1.0.0 (installed) and 2.0.0 (rolled out) with random bundles; their TUF targets signed."""
+    from fleet.wire.messages import InstalledModel
+
+    installed, new_sha = None, ""
+    for version in ("1.0.0", "2.0.0"):
+        hub.registry.add_version("digits", version)
+        bundle = os.urandom(bundle_bytes)
+        sha = hub.store.put_bytes(bundle)
+        hub.registry.add_variant(
+            "digits",
+            version,
+            target=TARGET,
+            runtime="onnxruntime",
+            precision="fp32",
+            artifact_sha256=sha,
+            size_bytes=len(bundle),
+            bundle_sha256=sha,
+            bundle_size=len(bundle),
+            tuf_target=f"digits/{version}/{TARGET}.bundle",
+        )
+        if version == "1.0.0":
+            installed = InstalledModel(model="digits", version=version, sha256=sha, target=TARGET)
+        else:
+            new_sha = sha
+    assert installed is not None
+    return installed, new_sha
+
+
+def provision(hub: Any, device_ids: list[str]) -> None:
+    """Device rows in bulk: the registry knows every device (the hubs drop traffic from unknown ones); the
+    brokers here authenticate nobody, so no per-device credential hash is computed."""
+    from hub.registry import Device
+
+    with hub.db.session() as session:
+        for i, device_id in enumerate(device_ids):
+            session.add(Device(id=device_id, target=TARGET, labels={"site": f"s{i % 4}"}, credential_hash="bench"))
+
+
+def waited(fleet: SimFleet, hubs: HubProcesses, what: str, condition: Any, timeout_s: float) -> float:
+    """Seconds until ``condition()`` held (checked every 0.2 s against hubs, database and devices), or BenchError."""
+    start = time.perf_counter()
+    deadline = start + timeout_s
+    while not condition():
+        hubs.check_alive()
+        if fleet.error is not None:
+            raise BenchError(f"the device simulator failed: {fleet.error!r}")
+        if time.perf_counter() > deadline:
+            lost = f"; {fleet.lost_count} sessions lost, e.g. {fleet.lost[0]}" if fleet.lost else ""
+            raise BenchError(f"{what} did not happen in {timeout_s:g} s{lost}")
+        time.sleep(0.2)  # polling the database and another process: no event to wait on
+    return time.perf_counter() - start
+
+
+def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One run at ``size`` devices: connect, telemetry, rollout; everything it started stopped on return."""
+    from agent.config import AgentConfig
+    from fleet.rollout import RolloutState
+    from fleet.rollout_plan import plan_from_cli
+    from hub.app import Hub
+    from hub.config import HubSettings
+    from hub.registry.rollouts import RolloutStore
+    from hub.rollouts.operations import create_rollout
+
+    interval_s = float(AgentConfig.model_fields["telemetry_interval_s"].default)
+    heartbeat_s = float(AgentConfig.model_fields["heartbeat_interval_s"].default)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp,
+        database("postgresql") as url,
+        brokers(args.broker, Path(tmp), args) as (urls, broker_pids, broker_kind),
+    ):
+        base = HubSettings(
+            data_dir=Path(tmp) / "hub",
+            database_url=url,
+            broker_url=urls[0],
+            replica=args.replicas > 1,
+            chunk_size=args.chunk_kb * 1024,
+            telemetry_prune_interval_s=0,
+            device_offline_after_s=3600,
+        )
+        extra: dict[str, Any] = {}
+        settings = [
+            base.model_copy(update={"broker_url": urls[i % len(urls)], **extra}) for i in range(args.replicas)
+        ]
+        publisher = Hub(base)  # not started: registers versions and devices through the shared database
+        installed, new_sha = register_versions(publisher, args.bundle_kb * 1024)
+        prefix = f"s{secrets.token_hex(2)}-"
+        ids = [f"{prefix}{i:06d}" for i in range(size)]
+        provision(publisher, ids)
+        hubs = HubProcesses(Path(tmp))
+        fleet = SimFleet([_host_port(u) for u in urls], max_pending=args.max_pending, heartbeat_s=heartbeat_s)
+        processes = Processes()
+        try:
+            hubs.start(settings, 120)
+            processes.pids = {f"hub-{i}": p.pid for i, p in enumerate(hubs.processes)} | broker_pids
+            processes.mark("start")
+            template = BatchTemplate(TARGET, "digits", "1.0.0", features=args.features)
+            devices = [
+                SimDevice(
+                    d,
+                    TARGET,
+                    installed,
+                    fleet,
+                    subscribe_qos=args.subscribe_qos,
+                    chunk_timeout_s=args.chunk_timeout,
+                    telemetry=template,
+                    telemetry_interval_s=interval_s,
+                )
+                for d in ids
+            ]
+            # 1. connect
+            began = time.perf_counter()
+            fleet.start(devices)
+            subscribed_s = waited(
+                fleet, hubs, f"{size} devices connecting and subscribing", lambda: fleet.ready >= size, args.phase_timeout
+            )
+            waited(
+                fleet,
+                hubs,
+                f"the hubs marking {size} devices online",
+                lambda: online_count(publisher.db, prefix) >= size,
+                args.phase_timeout,
+            )
+            connect_s = time.perf_counter() - began
+            processes.mark("connected")
+            # 2. telemetry, at the agent's rate: each device once per interval, in slices
+            size_before = schema_bytes(publisher.db)
+            slices = 20
+            began = time.perf_counter()
+            for k in range(slices):
+                fleet.send_telemetry(devices[k::slices])
+                time.sleep(interval_s / slices)  # pacing the offered load at the agent's rate
+            offered_s = time.perf_counter() - began
+            ingest_s = waited(
+                fleet,
+                hubs,
+                f"the hubs acknowledging {size} telemetry batches",
+                lambda: fleet.acked_batches + fleet.rejected_batches >= size,
+                args.phase_timeout,
+            )
+            ingest_wall = offered_s + ingest_s
+            size_after = schema_bytes(publisher.db)
+            processes.mark("telemetry")
+            # 3. rollout
+            store = RolloutStore(publisher.registry.db)
+            plan = plan_from_cli(
+                "digits:2.0.0", canary="1%", waves="10,50,100", gate=False, min_devices=10, device_timeout_s=600
+            )
+            began = time.perf_counter()
+            rollout_id = create_rollout(store, publisher.registry, plan).rollout_id
+            rollout_s = waited(
+                fleet,
+                hubs,
+                f"the rollout to {size} devices",
+                lambda: store.load(rollout_id).state in (RolloutState.COMPLETED, RolloutState.FAILED),
+                args.rollout_timeout,
+            )
+            snapshot = store.load(rollout_id)
+            processes.mark("rollout")
+            done_at = [d.done_at for d in devices if d.done_at is not None]
+            start_wall = time.time() - (time.perf_counter() - began)
+            stored = fleet.acked_batches
+            per_batch = (size_after - size_before) / max(1, stored)
+            waves = sorted({r.wave for r in snapshot.devices.values() if r.wave is not None})
+            return {
+                "devices": size,
+                "hub_replicas": args.replicas,
+                "broker": broker_kind,
+                "broker_nodes": len(urls),
+                "connect": {
+                    "seconds_to_subscribed": round(subscribed_s, 2),
+                    "seconds_to_online_in_registry": round(connect_s, 2),
+                    "devices_per_s": round(size / connect_s, 1),
+                    "refused_subscriptions": sum(
+                        d.session.refused_subscriptions for d in devices if d.session is not None
+                    ),
+                    "connect_errors": fleet.connect_errors,
+                    "lost_sessions": fleet.lost_count,
+                },
+                "telemetry": {
+                    "batches_sent": size,
+                    "batches_stored": stored,
+                    "batches_rejected": fleet.rejected_batches,
+                    "offered_per_s": round(size / offered_s, 1),
+                    "ingest_batches_per_s": round(stored / ingest_wall, 1),
+                    "seconds_from_first_send_to_last_ack": round(ingest_wall, 2),
+                    "batch_payload_bytes": len(template.render("x", interval_s)[1]),
+                    "feature_sketches_per_batch": args.features,
+                    "schema_bytes_before_after": [size_before, size_after],
+                    "db_bytes_per_batch": round(per_batch),
+                    "agent_telemetry_interval_s": interval_s,
+                    "db_bytes_per_device_per_day": round(per_batch * 86400 / interval_s),
+                },
+                "rollout": {
+                    "state": snapshot.state.value,
+                    "wall_s": round(rollout_s, 2),
+                    "waves": len(waves),
+                    "devices_done": sum(1 for d in devices if d.done_at is not None and d.installed == d.installed),
+                    "devices_on_new_version": sum(
+                        1 for d in devices if d.installed is not None and d.installed.sha256 == new_sha
+                    ),
+                    "first_and_last_device_done_s": [
+                        round(min(done_at) - start_wall, 2),
+                        round(max(done_at) - start_wall, 2),
+                    ]
+                    if done_at
+                    else None,
+                    "devices_that_asked_again": sum(1 for d in devices if d.requests > 1),
+                    "bundle_bytes": args.bundle_kb * 1024,
+                    "chunk_bytes": args.chunk_kb * 1024,
+                },
+                "processes": {
+                    "connect": processes.between("start", "connected"),
+                    "telemetry": processes.between("connected", "telemetry"),
+                    "rollout": processes.between("telemetry", "rollout"),
+                    "whole_run": processes.between("start", "rollout"),
+                },
+                "simulator_cpu_s": round(time.process_time(), 2),
+            }
+        finally:
+            fleet.stop()
+            hubs.stop()
+            publisher.db.close()
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    from fleet.wire.mqtt import BrokerAddress
+
+    address = BrokerAddress.from_url(url)
+    return address.host, address.port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,10000", help="fleet sizes, smallest first")
+    parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--broker", choices=("nats", "mosquitto"), default="nats")
+    parser.add_argument("--bundle-kb", type=int, default=96)
+    parser.add_argument("--chunk-kb", type=int, default=64)
+    parser.add_argument("--features", type=int, default=8, help="KLL feature sketches per telemetry batch")
+    parser.add_argument("--subscribe-qos", type=int, choices=(0, 1), default=1, help="the agent subscribes at 1")
+    parser.add_argument("--chunk-timeout", type=float, default=5.0, help="the agent's chunk_timeout_s")
+    parser.add_argument("--max-pending", type=int, default=200, help="sessions connecting at once")
+    parser.add_argument("--consumer-replicas", type=int, default=None, help="NATS MQTT consumer replicas")
+    parser.add_argument("--max-connections", type=int, default=65536, help="NATS max_connections per node")
+    parser.add_argument("--max-ack-pending", type=int, default=10000, help="NATS MQTT max_ack_pending")
+    parser.add_argument("--phase-timeout", type=float, default=180.0)
+    parser.add_argument("--rollout-timeout", type=float, default=240.0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    runs = []
+    try:
+        for size in (int(s) for s in args.sizes.split(",")):
+            runs.append(measure(size, args))
+            print(json.dumps(runs[-1]), flush=True)
+    except BenchError as exc:
+        raise SystemExit(f"bench_scale: {exc}") from None
+    result = {
+        "bench": "scale",
+        "devices": runs[-1]["devices"],
+        "hub_replicas": args.replicas,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "bench_seconds": round(time.perf_counter() - started, 1),
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
