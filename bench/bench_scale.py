@@ -273,8 +273,11 @@ def waited(fleet: SimFleet, hubs: HubProcesses, what: str, condition: Any, timeo
         if fleet.error is not None:
             raise BenchError(f"the device simulator failed: {fleet.error!r}")
         if time.perf_counter() > deadline:
-            lost = f"; {fleet.lost_count} sessions lost, e.g. {fleet.lost[0]}" if fleet.lost else ""
-            raise BenchError(f"{what} did not happen in {timeout_s:g} s{lost}")
+            lost = f", {fleet.lost_count} sessions lost, e.g. {fleet.lost[0]}" if fleet.lost else ""
+            raise BenchError(
+                f"{what} did not happen in {timeout_s:g} s (devices: {fleet.ready} subscribed, "
+                f"{fleet.acked_batches} batches acknowledged, {fleet.finished} updated{lost})"
+            )
         time.sleep(0.2)  # polling the database and another process: no event to wait on
     return time.perf_counter() - start
 
@@ -282,7 +285,7 @@ def waited(fleet: SimFleet, hubs: HubProcesses, what: str, condition: Any, timeo
 def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
     """One run at ``size`` devices: connect, telemetry, rollout; everything it started stopped on return."""
     from agent.config import AgentConfig
-    from fleet.rollout import RolloutState
+    from fleet.rollout import FINAL_STATES
     from fleet.rollout_plan import plan_from_cli
     from hub.app import Hub
     from hub.config import HubSettings
@@ -314,7 +317,9 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
         prefix = f"s{secrets.token_hex(2)}-"
         ids = [f"{prefix}{i:06d}" for i in range(size)]
         provision(publisher, ids)
-        hubs = HubProcesses(Path(tmp))
+        logs = args.logs or Path(tmp)
+        logs.mkdir(parents=True, exist_ok=True)
+        hubs = HubProcesses(logs)
         fleet = SimFleet([_host_port(u) for u in urls], max_pending=args.max_pending, heartbeat_s=heartbeat_s)
         processes = Processes()
         try:
@@ -379,7 +384,7 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
                 fleet,
                 hubs,
                 f"the rollout to {size} devices",
-                lambda: store.load(rollout_id).state in (RolloutState.COMPLETED, RolloutState.FAILED),
+                lambda: store.load(rollout_id).state in FINAL_STATES,
                 args.rollout_timeout,
             )
             snapshot = store.load(rollout_id)
@@ -388,7 +393,7 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
             start_wall = time.time() - (time.perf_counter() - began)
             stored = fleet.acked_batches
             per_batch = (size_after - size_before) / max(1, stored)
-            waves = sorted({r.wave for r in snapshot.devices.values() if r.wave is not None})
+            waves = {r.device_id: r.wave for r in snapshot.devices.values() if r.wave is not None}
             return {
                 "devices": size,
                 "hub_replicas": args.replicas,
@@ -421,8 +426,9 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
                 "rollout": {
                     "state": snapshot.state.value,
                     "wall_s": round(rollout_s, 2),
-                    "waves": len(waves),
-                    "devices_done": sum(1 for d in devices if d.done_at is not None and d.installed == d.installed),
+                    "waves": len(set(waves.values())),
+                    "waves_timeline": wave_timeline(devices, waves, start_wall),
+                    "metadata_requests_per_device": round(sum(d.metadata_requests for d in devices) / size, 2),
                     "devices_on_new_version": sum(
                         1 for d in devices if d.installed is not None and d.installed.sha256 == new_sha
                     ),
@@ -450,6 +456,31 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
             publisher.db.close()
 
 
+def wave_timeline(devices: list[SimDevice], waves: dict[str, int], start: float) -> list[dict[str, Any]]:
+    """Per wave, seconds since the rollout was created: [first, last] order received, bundle complete, metadata
+    asked for, done reported."""
+    by_id = {d.device_id: d for d in devices}
+    out = []
+    for wave in sorted(set(waves.values())):
+        members = [by_id[d] for d, w in waves.items() if w == wave and d in by_id]
+
+        def span(values: list[float | None]) -> list[float] | None:
+            seen = [v - start for v in values if v is not None]
+            return [round(min(seen), 2), round(max(seen), 2)] if seen else None
+
+        out.append(
+            {
+                "wave": wave,
+                "devices": len(members),
+                "orders_received_s": span([d.order_at for d in members]),
+                "bundles_complete_s": span([d.finished_at for d in members]),
+                "done_s": span([d.done_at for d in members]),
+                "devices_that_asked_again": sum(1 for d in members if d.requests > 1),
+            }
+        )
+    return out
+
+
 def _host_port(url: str) -> tuple[str, int]:
     from fleet.wire.mqtt import BrokerAddress
 
@@ -471,8 +502,9 @@ def main() -> None:
     parser.add_argument("--consumer-replicas", type=int, default=None, help="NATS MQTT consumer replicas")
     parser.add_argument("--max-connections", type=int, default=65536, help="NATS max_connections per node")
     parser.add_argument("--max-ack-pending", type=int, default=10000, help="NATS MQTT max_ack_pending")
-    parser.add_argument("--phase-timeout", type=float, default=180.0)
+    parser.add_argument("--phase-timeout", type=float, default=180.0, help="seconds each phase may take")
     parser.add_argument("--rollout-timeout", type=float, default=240.0)
+    parser.add_argument("--logs", type=Path, default=None, help="keep the hubs' logs here")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     load_before = os.getloadavg()

@@ -99,6 +99,7 @@ class SimDevice:
         self.metadata_wanted: tuple[str, str] | None = None  # (request id, file name) awaiting a reply
         self.metadata_asked_at = 0.0
         self.metadata_missing = 0  # metadata files the hub answered ``found=False`` (other than the next root)
+        self.metadata_requests = 0  # metadata requests sent, repeats included
         self.outstanding: dict[str, float] = {}  # telemetry batch id -> sent at (monotonic), until acknowledged
         self.started = time.monotonic()
         # for the reports (wall-clock times, time.time()):
@@ -106,6 +107,7 @@ class SimDevice:
         self.order_at: float | None = None
         self.asked_at: float | None = None
         self.finished_at: float | None = None  # bundle complete
+        self.verify_at: float | None = None  # metadata first asked for
         self.done_at: float | None = None  # done reported
         self.requests = 0  # chunk requests for the current order: more than one means it asked again
         self.frames = 0  # chunk frames received for the current order, duplicates included
@@ -262,6 +264,7 @@ class SimDevice:
             self._fail("bundle digest mismatch")
             return
         self._report(UpdateState.VERIFY)
+        self.verify_at = time.time()
         self._ask_metadata(f"{self.root_version + 1}.root.json")
 
     def _ask_metadata(self, name: str) -> None:
@@ -272,6 +275,7 @@ class SimDevice:
         assert self.metadata_wanted is not None
         request_id, name = self.metadata_wanted
         self.metadata_asked_at = time.monotonic()
+        self.metadata_requests += 1
         self._publish("fetch", encode(FetchRequest(request_id=request_id, kind="metadata", name=name)))
 
     def _on_metadata(self, reply: MetadataReply) -> None:

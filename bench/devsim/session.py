@@ -12,6 +12,8 @@ from typing import Protocol
 
 from bench.devsim import mqtt_codec as codec
 
+RESUBSCRIBE_S = 0.5  # a refused subscription is asked again, after a delay growing from this (as PahoBroker)
+
 
 class SessionOwner(Protocol):
     """What a session reports to: the simulated device."""
@@ -37,7 +39,8 @@ class MqttSession(asyncio.Protocol):
         self.closing = False
         self._next_id = 0
         self.unacked = 0  # QoS 1 publishes the broker has not acknowledged yet
-        self.refused_subscriptions = 0  # SUBACK return codes 0x80
+        self.refused_subscriptions = 0  # SUBACK return codes 0x80, each asked again (as `PahoBroker` does)
+        self._subscribing: dict[int, list[tuple[str, int]]] = {}
         self.bytes_in = 0
         self.messages_in = 0
         self.messages_out = 0
@@ -82,7 +85,9 @@ class MqttSession(asyncio.Protocol):
     def subscribe(self, filters: list[tuple[str, int]]) -> None:
         """Subscribe to (filter, qos) pairs in one packet."""
         if self.transport is not None:
-            self.transport.write(codec.encode_subscribe(self._packet_id(), filters))
+            packet_id = self._packet_id()
+            self._subscribing[packet_id] = filters
+            self.transport.write(codec.encode_subscribe(packet_id, filters))
 
     def unsubscribe(self, filters: list[str]) -> None:
         """Unsubscribe from filters in one packet."""
@@ -120,7 +125,13 @@ class MqttSession(asyncio.Protocol):
         elif kind == codec.PUBACK:
             self.unacked -= 1
         elif kind == codec.SUBACK:
-            self.refused_subscriptions += sum(1 for code in packet.body[2:] if code == 0x80)
+            filters = self._subscribing.pop(codec.packet_id_of(packet), [])
+            refused = [f for f, code in zip(filters, packet.body[2:], strict=False) if code == 0x80]
+            if refused:  # NATS refuses a QoS 1 subscription whose JetStream consumer it could not create in time
+                self.refused_subscriptions += len(refused)
+                delay = min(30.0, RESUBSCRIBE_S * 2 ** min(self.refused_subscriptions, 6))
+                asyncio.get_running_loop().call_later(delay, self.subscribe, refused)
+                return
             self.owner.on_subscribed()
         elif kind == codec.CONNACK:
             if len(packet.body) < 2 or packet.body[1] != 0:
