@@ -186,6 +186,7 @@ def brokers(kind: str, workdir: Path, args: argparse.Namespace) -> Iterator[tupl
 
     cluster = NatsCluster(
         workdir,
+        stream_replicas=args.stream_replicas,
         consumer_replicas=args.consumer_replicas,
         server=f"max_connections: {args.max_connections}",
         mqtt=f", max_ack_pending: {args.max_ack_pending}",
@@ -499,6 +500,7 @@ def main() -> None:
     parser.add_argument("--subscribe-qos", type=int, choices=(0, 1), default=1, help="the agent subscribes at 1")
     parser.add_argument("--chunk-timeout", type=float, default=5.0, help="the agent's chunk_timeout_s")
     parser.add_argument("--max-pending", type=int, default=200, help="sessions connecting at once")
+    parser.add_argument("--stream-replicas", type=int, default=None, help="NATS MQTT stream replicas")
     parser.add_argument("--consumer-replicas", type=int, default=None, help="NATS MQTT consumer replicas")
     parser.add_argument("--max-connections", type=int, default=65536, help="NATS max_connections per node")
     parser.add_argument("--max-ack-pending", type=int, default=10000, help="NATS MQTT max_ack_pending")

@@ -45,6 +45,8 @@ from fleet.wire.messages import (
     decode_chunk,
     encode,
 )
+METADATA_ATTEMPTS = 4  # `agent.transfer.MetadataClient`: asks this many times within its timeout, then fails
+
 
 class FleetHooks(Protocol):
     """What a device tells the fleet driving it."""
@@ -86,7 +88,7 @@ class SimDevice:
         self.qos = subscribe_qos
         self.keepalive_s = keepalive_s
         self.chunk_timeout_s = chunk_timeout_s
-        self.metadata_retry_s = metadata_timeout_s / 4  # the agent's MetadataClient asks 4 times per timeout
+        self.metadata_retry_s = metadata_timeout_s / METADATA_ATTEMPTS  # the agent's MetadataClient
         self.telemetry = telemetry
         self.telemetry_interval_s = telemetry_interval_s
         self.session: MqttSession | None = None
@@ -100,6 +102,7 @@ class SimDevice:
         self.metadata_asked_at = 0.0
         self.metadata_missing = 0  # metadata files the hub answered ``found=False`` (other than the next root)
         self.metadata_requests = 0  # metadata requests sent, repeats included
+        self.metadata_attempts = 0  # for the file asked for now
         self.outstanding: dict[str, float] = {}  # telemetry batch id -> sent at (monotonic), until acknowledged
         self.started = time.monotonic()
         # for the reports (wall-clock times, time.time()):
@@ -269,6 +272,7 @@ class SimDevice:
 
     def _ask_metadata(self, name: str) -> None:
         self.metadata_wanted = (uuid.uuid4().hex, name)
+        self.metadata_attempts = 0
         self._send_metadata_request()
 
     def _send_metadata_request(self) -> None:
@@ -276,6 +280,7 @@ class SimDevice:
         request_id, name = self.metadata_wanted
         self.metadata_asked_at = time.monotonic()
         self.metadata_requests += 1
+        self.metadata_attempts += 1
         self._publish("fetch", encode(FetchRequest(request_id=request_id, kind="metadata", name=name)))
 
     def _on_metadata(self, reply: MetadataReply) -> None:
@@ -323,4 +328,9 @@ class SimDevice:
         if self.downloading() and now - self.last_progress > self.chunk_timeout_s:
             self.request_missing()
         if self.metadata_wanted is not None and now - self.metadata_asked_at > self.metadata_retry_s:
-            self._send_metadata_request()
+            if self.metadata_attempts < METADATA_ATTEMPTS:
+                self._send_metadata_request()
+            else:  # the agent's verify fails: "hub did not answer the request for TUF metadata ..."
+                name = self.metadata_wanted[1]
+                self.metadata_wanted = None
+                self._fail(f"hub did not answer the request for TUF metadata {name}")

@@ -34,10 +34,17 @@ class NatsCluster:
     streams, replicated on every node so a node's loss loses none), MQTT 3.1.1 on ``mqtt_ports``."""
 
     def __init__(
-        self, workdir: Path, size: int = 3, *, consumer_replicas: int | None = None, server: str = "", mqtt: str = ""
+        self,
+        workdir: Path,
+        size: int = 3,
+        *,
+        stream_replicas: int | None = None,
+        consumer_replicas: int | None = None,
+        server: str = "",
+        mqtt: str = "",
     ) -> None:
-        """``consumer_replicas`` defaults to ``size``; ``server`` and ``mqtt`` are extra lines for the top level
-        and the ``mqtt`` block of every node's configuration (limits a benchmark raises)."""
+        """Replicas of MQTT's streams and consumers default to ``size``; ``server`` and ``mqtt`` are extra lines
+        for the top level and the ``mqtt`` block of every node's configuration (limits a benchmark raises)."""
         ports = _free_ports(4 * size)
         self.client_ports, self.route_ports = ports[:size], ports[size : 2 * size]
         self.mqtt_ports, self.monitor_ports = ports[2 * size : 3 * size], ports[3 * size :]
@@ -53,7 +60,7 @@ class NatsCluster:
                 f'jetstream {{ store_dir: "{workdir / f"js-n{index}"}" }}\n'
                 f"cluster {{ name: edgefleet, listen: 127.0.0.1:{self.route_ports[index]}, routes: [{routes}] }}\n"
                 f"mqtt {{ listen: 127.0.0.1:{self.mqtt_ports[index]}, "
-                f"stream_replicas: {size}, consumer_replicas: {consumer_replicas or size} {mqtt}}}\n{server}\n"
+                f"stream_replicas: {stream_replicas or size}, consumer_replicas: {consumer_replicas or size} {mqtt}}}\n{server}\n"
             )
             self.configs.append(config)
             self.logs.append(workdir / f"nats-n{index}.log")
