@@ -42,6 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import scale_model  # noqa: E402
 from bench.devsim import BatchTemplate, SimDevice, SimFleet  # noqa: E402
 from bench.registry_db import database  # noqa: E402
 
@@ -165,8 +166,11 @@ def _readline(process: subprocess.Popen[str], timeout_s: float) -> str:
 
 
 @contextlib.contextmanager
-def brokers(kind: str, workdir: Path, args: argparse.Namespace) -> Iterator[tuple[list[str], dict[str, int], str]]:
-    """Broker URLs for devices and hubs, the broker processes' pids, and a description."""
+def brokers(
+    kind: str, workdir: Path, args: argparse.Namespace
+) -> Iterator[tuple[list[str], str | None, dict[str, int], str]]:
+    """MQTT URLs (one per node), the NATS client URLs replicas share traffic over (None on Mosquitto, whose
+    shared subscriptions do that), the broker processes' pids, and a description."""
     if kind == "mosquitto":
         from tests.integration.private_mosquitto import PrivateMosquitto
 
@@ -178,7 +182,8 @@ def brokers(kind: str, workdir: Path, args: argparse.Namespace) -> Iterator[tupl
         try:
             mosquitto.start()
             assert mosquitto.process is not None
-            yield [mosquitto.url], {"mosquitto": mosquitto.process.pid}, "private Mosquitto, one node, anonymous"
+            pids = {"mosquitto": mosquitto.process.pid}
+            yield [mosquitto.url], None, pids, "private Mosquitto, one node, anonymous"
         finally:
             mosquitto.stop()
         return
@@ -194,7 +199,8 @@ def brokers(kind: str, workdir: Path, args: argparse.Namespace) -> Iterator[tupl
     try:
         cluster.start(60)
         pids = {f"nats-n{i}": p.pid for i, p in enumerate(cluster.processes) if p is not None}
-        yield [cluster.url(i) for i in range(len(pids))], pids, "NATS 3-node cluster with MQTT, no authorization block"
+        nats = ",".join(cluster.nats_url(i) for i in range(len(pids)))
+        yield [cluster.url(i) for i in range(len(pids))], nats, pids, "NATS 3-node cluster with MQTT, no authorization"
     finally:
         cluster.stop()
 
@@ -224,6 +230,15 @@ def online_count(db: Any, prefix: str) -> int:
             ).scalar()
             or 0
         )
+
+
+def rollout_final(db: Any, rollout_id: str) -> bool:
+    """Whether the rollout reached a final state (one column read: the snapshot is O(devices) to parse)."""
+    import sqlalchemy
+
+    with db.engine.connect() as conn:
+        final = conn.execute(sqlalchemy.text("SELECT final FROM rollout WHERE id = :i"), {"i": rollout_id}).scalar()
+    return bool(final)
 
 
 def register_versions(hub: Any, bundle_bytes: int) -> tuple[Any, str]:
@@ -266,7 +281,7 @@ def provision(hub: Any, device_ids: list[str]) -> None:
 
 
 def waited(fleet: SimFleet, hubs: HubProcesses, what: str, condition: Any, timeout_s: float) -> float:
-    """Seconds until ``condition()`` held (checked every 0.2 s against hubs, database and devices), or BenchError."""
+    """Seconds until ``condition()`` held (checked every 0.25 s against hubs, database and devices), or BenchError."""
     start = time.perf_counter()
     deadline = start + timeout_s
     while not condition():
@@ -279,14 +294,13 @@ def waited(fleet: SimFleet, hubs: HubProcesses, what: str, condition: Any, timeo
                 f"{what} did not happen in {timeout_s:g} s (devices: {fleet.ready} subscribed, "
                 f"{fleet.acked_batches} batches acknowledged, {fleet.finished} updated{lost})"
             )
-        time.sleep(0.2)  # polling the database and another process: no event to wait on
+        time.sleep(0.25)  # polling the database and another process: no event to wait on
     return time.perf_counter() - start
 
 
 def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
     """One run at ``size`` devices: connect, telemetry, rollout; everything it started stopped on return."""
     from agent.config import AgentConfig
-    from fleet.rollout import FINAL_STATES
     from fleet.rollout_plan import plan_from_cli
     from hub.app import Hub
     from hub.config import HubSettings
@@ -298,7 +312,7 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
     with (
         tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp,
         database("postgresql") as url,
-        brokers(args.broker, Path(tmp), args) as (urls, broker_pids, broker_kind),
+        brokers(args.broker, Path(tmp), args) as (urls, nats_urls, broker_pids, broker_kind),
     ):
         base = HubSettings(
             data_dir=Path(tmp) / "hub",
@@ -309,10 +323,8 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
             telemetry_prune_interval_s=0,
             device_offline_after_s=3600,
         )
-        extra: dict[str, Any] = {}
-        settings = [
-            base.model_copy(update={"broker_url": urls[i % len(urls)], **extra}) for i in range(args.replicas)
-        ]
+        extra = {"share_nats_url": nats_urls} if args.replicas > 1 and nats_urls else {}
+        settings = [base.model_copy(update={"broker_url": urls[i % len(urls)], **extra}) for i in range(args.replicas)]
         publisher = Hub(base)  # not started: registers versions and devices through the shared database
         installed, new_sha = register_versions(publisher, args.bundle_kb * 1024)
         prefix = f"s{secrets.token_hex(2)}-"
@@ -345,7 +357,7 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
             began = time.perf_counter()
             fleet.start(devices)
             subscribed_s = waited(
-                fleet, hubs, f"{size} devices connecting and subscribing", lambda: fleet.ready >= size, args.phase_timeout
+                fleet, hubs, f"{size} devices subscribing", lambda: fleet.ready >= size, args.phase_timeout
             )
             waited(
                 fleet,
@@ -385,11 +397,12 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
                 fleet,
                 hubs,
                 f"the rollout to {size} devices",
-                lambda: store.load(rollout_id).state in FINAL_STATES,
+                lambda: rollout_final(publisher.db, rollout_id),
                 args.rollout_timeout,
             )
             snapshot = store.load(rollout_id)
             processes.mark("rollout")
+            qos1 = qos1_probe(fleet, hubs, processes, installed, args) if args.qos1_probe else None
             done_at = [d.done_at for d in devices if d.done_at is not None]
             start_wall = time.time() - (time.perf_counter() - began)
             stored = fleet.acked_batches
@@ -449,12 +462,40 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
                     "rollout": processes.between("telemetry", "rollout"),
                     "whole_run": processes.between("start", "rollout"),
                 },
+                "qos1_subscriptions_probe": qos1,
                 "simulator_cpu_s": round(time.process_time(), 2),
             }
         finally:
             fleet.stop()
             hubs.stop()
             publisher.db.close()
+
+
+def qos1_probe(
+    fleet: SimFleet, hubs: HubProcesses, processes: Processes, installed: Any, args: argparse.Namespace
+) -> dict[str, Any]:
+    """More devices connecting as the agent does, subscribing at QoS 1 (on NATS each such subscription is a
+    JetStream consumer): devices per second and broker CPU per device, for the estimate."""
+    count = args.qos1_probe
+    ids = [f"q1-{secrets.token_hex(2)}-{i:05d}" for i in range(count)]  # not provisioned: the hubs drop their states
+    devices = [SimDevice(d, TARGET, installed, fleet, subscribe_qos=1) for d in ids]
+    before = fleet.ready
+    fleet.add(devices)
+    seconds = waited(
+        fleet, hubs, f"{count} devices subscribing at QoS 1", lambda: fleet.ready >= before + count, args.phase_timeout
+    )
+    processes.mark("qos1")
+    broker_cpu = sum(v["cpu_s"] for k, v in processes.between("rollout", "qos1").items() if not k.startswith("hub"))
+    return {
+        "devices": count,
+        "subscriptions_per_device": 3,
+        "seconds": round(seconds, 2),
+        "devices_per_s": round(count / seconds, 1),
+        "broker_cpu_s_per_device": round(broker_cpu / count, 4),
+        "refused_subscriptions": sum(d.session.refused_subscriptions for d in devices if d.session is not None),
+        "note": "measured after the rollout, on the same cluster and fleet; fleet-wide QoS 1 would add this to every "
+        "connect",
+    }
 
 
 def wave_timeline(devices: list[SimDevice], waves: dict[str, int], start: float) -> list[dict[str, Any]]:
@@ -482,6 +523,40 @@ def wave_timeline(devices: list[SimDevice], waves: dict[str, int], start: float)
     return out
 
 
+def setup(args: argparse.Namespace) -> dict[str, Any]:
+    """How this run differs from a production fleet, and the limits it raised."""
+    nats = args.broker == "nats"
+    return {
+        "devices": "bench/devsim: one asyncio process, one MQTT session per device, the agent's messages (state, "
+        "events, fetch for chunks and TUF metadata, telemetry batches, heartbeats); no TUF signature checks, no "
+        "files, no model",
+        "subscriptions": f"devices subscribe at QoS {args.subscribe_qos}"
+        + (
+            " (the agent subscribes at QoS 1: on NATS each QoS 1 subscription is a JetStream consumer, measured "
+            "separately in qos1_subscriptions_probe); devices still publish at QoS 1"
+            if args.subscribe_qos == 0
+            else ""
+        ),
+        "authentication": "none: the broker has no authorization block (NATS) or allows anonymous clients "
+        "(Mosquitto); devices are provisioned in the registry (the hubs drop traffic from unknown ids) and send "
+        "their id and a password as the agent does",
+        "broker_limits": (
+            {
+                "max_connections": args.max_connections,
+                "mqtt.max_ack_pending": args.max_ack_pending,
+                "mqtt.stream_replicas": args.stream_replicas or 3,
+                "mqtt.consumer_replicas": args.consumer_replicas or 3,
+            }
+            if nats
+            else {"max_queued_messages": 100000}
+        ),
+        "hub": "each replica a process of its own (hub.app.Hub), replica=True with share_nats_url on NATS; "
+        "PostgreSQL schema shared; telemetry pruning off; device_offline_after_s 3600",
+        "bundle": f"{args.bundle_kb} KiB in {args.chunk_kb} KiB chunks over MQTT broadcast",
+        "telemetry": f"{args.features} KLL feature sketches and 200 requests per batch",
+    }
+
+
 def _host_port(url: str) -> tuple[str, int]:
     from fleet.wire.mqtt import BrokerAddress
 
@@ -504,6 +579,7 @@ def main() -> None:
     parser.add_argument("--consumer-replicas", type=int, default=None, help="NATS MQTT consumer replicas")
     parser.add_argument("--max-connections", type=int, default=65536, help="NATS max_connections per node")
     parser.add_argument("--max-ack-pending", type=int, default=10000, help="NATS MQTT max_ack_pending")
+    parser.add_argument("--qos1-probe", type=int, default=300, help="devices connecting at QoS 1 after the rollout")
     parser.add_argument("--phase-timeout", type=float, default=180.0, help="seconds each phase may take")
     parser.add_argument("--rollout-timeout", type=float, default=240.0)
     parser.add_argument("--logs", type=Path, default=None, help="keep the hubs' logs here")
@@ -518,16 +594,28 @@ def main() -> None:
             print(json.dumps(runs[-1]), flush=True)
     except BenchError as exc:
         raise SystemExit(f"bench_scale: {exc}") from None
-    result = {
+    large = runs[-1]
+    result: dict[str, Any] = {
         "bench": "scale",
-        "devices": runs[-1]["devices"],
+        "devices": large["devices"],
         "hub_replicas": args.replicas,
+        "broker": large["broker"],
+        "rollout_wall_s": large["rollout"]["wall_s"],
+        "rollout_state": large["rollout"]["state"],
+        "ingest_batches_per_s": large["telemetry"]["ingest_batches_per_s"],
+        "db_bytes_per_device_per_day": large["telemetry"]["db_bytes_per_device_per_day"],
+        "hubs": {k: v for k, v in large["processes"]["whole_run"].items() if k.startswith("hub")},
+        "setup": setup(args),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "bench_seconds": round(time.perf_counter() - started, 1),
-        "runs": runs,
     }
+    if len(runs) >= 2:
+        model = scale_model.fit(runs[0], large)
+        result["cost_model"] = model
+        result["estimate_1m"] = scale_model.estimate_million(large, model, large.get("qos1_subscriptions_probe"))
+    result["runs"] = runs
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -28,7 +28,8 @@ def costs(run: dict[str, Any]) -> dict[str, float]:
         "hub_cpu_s_telemetry": _sum(phases["telemetry"], "hub", "cpu_s"),
         "hub_cpu_s_rollout": _sum(phases["rollout"], "hub", "cpu_s"),
         "leader_cpu_s_rollout": _max(phases["rollout"], "hub", "cpu_s"),
-        "broker_cpu_s_whole_run": _sum(phases["whole_run"], "nats", "cpu_s") + _sum(phases["whole_run"], "mosq", "cpu_s"),
+        "broker_cpu_s_whole_run": _sum(phases["whole_run"], "nats", "cpu_s")
+        + _sum(phases["whole_run"], "mosq", "cpu_s"),
         "hub_peak_rss_mib_max_replica": _max(phases["whole_run"], "hub", "peak_rss_mib"),
         "broker_peak_rss_mib_all_nodes": _sum(phases["whole_run"], "nats", "peak_rss_mib")
         + _sum(phases["whole_run"], "mosq", "peak_rss_mib"),

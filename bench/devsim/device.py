@@ -45,6 +45,7 @@ from fleet.wire.messages import (
     decode_chunk,
     encode,
 )
+
 METADATA_ATTEMPTS = 4  # `agent.transfer.MetadataClient`: asks this many times within its timeout, then fails
 
 

@@ -60,7 +60,8 @@ class NatsCluster:
                 f'jetstream {{ store_dir: "{workdir / f"js-n{index}"}" }}\n'
                 f"cluster {{ name: edgefleet, listen: 127.0.0.1:{self.route_ports[index]}, routes: [{routes}] }}\n"
                 f"mqtt {{ listen: 127.0.0.1:{self.mqtt_ports[index]}, "
-                f"stream_replicas: {stream_replicas or size}, consumer_replicas: {consumer_replicas or size} {mqtt}}}\n{server}\n"
+                f"stream_replicas: {stream_replicas or size}, "
+                f"consumer_replicas: {consumer_replicas or size} {mqtt}}}\n{server}\n"
             )
             self.configs.append(config)
             self.logs.append(workdir / f"nats-n{index}.log")
