@@ -280,6 +280,11 @@ def provision(hub: Any, device_ids: list[str]) -> None:
             session.add(Device(id=device_id, target=TARGET, labels={"site": f"s{i % 4}"}, credential_hash="bench"))
 
 
+def progress(message: str) -> None:
+    """One line on stderr per phase, so a slow run shows where it is."""
+    print(f"bench_scale: {message}", file=sys.stderr, flush=True)
+
+
 def waited(fleet: SimFleet, hubs: HubProcesses, what: str, condition: Any, timeout_s: float) -> float:
     """Seconds until ``condition()`` held (checked every 0.25 s against hubs, database and devices), or BenchError."""
     start = time.perf_counter()
@@ -295,7 +300,9 @@ def waited(fleet: SimFleet, hubs: HubProcesses, what: str, condition: Any, timeo
                 f"{fleet.acked_batches} batches acknowledged, {fleet.finished} updated{lost})"
             )
         time.sleep(0.25)  # polling the database and another process: no event to wait on
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    progress(f"{what}: {seconds:.1f} s")
+    return seconds
 
 
 def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -427,6 +434,7 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
                     "batches_sent": size,
                     "batches_stored": stored,
                     "batches_rejected": fleet.rejected_batches,
+                    "batches_sent_again_after_ack_timeout": sum(d.telemetry_resent for d in devices),
                     "offered_per_s": round(size / offered_s, 1),
                     "ingest_batches_per_s": round(stored / ingest_wall, 1),
                     "seconds_from_first_send_to_last_ack": round(ingest_wall, 2),
@@ -466,9 +474,13 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
                 "simulator_cpu_s": round(time.process_time(), 2),
             }
         finally:
-            fleet.stop()
-            hubs.stop()
-            publisher.db.close()
+            try:
+                fleet.stop()
+            finally:
+                try:
+                    hubs.stop()
+                finally:
+                    publisher.db.close()
 
 
 def qos1_probe(
@@ -585,6 +597,7 @@ def main() -> None:
     parser.add_argument("--logs", type=Path, default=None, help="keep the hubs' logs here")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench_scale: terminated"))  # so the finally blocks run
     load_before = os.getloadavg()
     started = time.perf_counter()
     runs = []

@@ -11,7 +11,7 @@ What it sends and subscribes to follows `agent/daemon.py`, `agent/transfer.py` a
   snapshot and targets versions they name), then ``install``, ``health_check``, ``commit`` and ``done``, each an
   event plus a retained state, as `agent.daemon.Agent._report` does;
 - telemetry: `send_telemetry` publishes one batch (QoS 1), which stays outstanding until the hub's
-  `TelemetryAck` names it; heartbeats at QoS 0.
+  `TelemetryAck` names it and is sent again (same id) after ``ack_timeout_s``; heartbeats at QoS 0.
 
 What it does not do: verify TUF signatures, write files, run a model. Every callback runs on the fleet's event
 loop thread; the fleet reads the counters from other threads only through its own condition.
@@ -52,7 +52,7 @@ METADATA_ATTEMPTS = 4  # `agent.transfer.MetadataClient`: asks this many times w
 class FleetHooks(Protocol):
     """What a device tells the fleet driving it."""
 
-    def device_ready(self, device: SimDevice) -> None: ...
+    def device_ready(self, device: SimDevice, first: bool) -> None: ...
 
     def device_lost(self, device: SimDevice, reason: str) -> None: ...
 
@@ -80,6 +80,7 @@ class SimDevice:
         metadata_timeout_s: float = 10.0,
         telemetry: BatchTemplate | None = None,
         telemetry_interval_s: float = 10.0,
+        ack_timeout_s: float = 30.0,
     ) -> None:
         self.device_id = device_id
         self.target = target
@@ -104,7 +105,11 @@ class SimDevice:
         self.metadata_missing = 0  # metadata files the hub answered ``found=False`` (other than the next root)
         self.metadata_requests = 0  # metadata requests sent, repeats included
         self.metadata_attempts = 0  # for the file asked for now
-        self.outstanding: dict[str, float] = {}  # telemetry batch id -> sent at (monotonic), until acknowledged
+        # telemetry batch id -> (sent at, monotonic; payload), until acknowledged: sent again, same id, after
+        # the agent's telemetry_ack_timeout_s
+        self.outstanding: dict[str, tuple[float, bytes]] = {}
+        self.ack_timeout_s = ack_timeout_s
+        self.telemetry_resent = 0
         self.started = time.monotonic()
         # for the reports (wall-clock times, time.time()):
         self.ready_at: float | None = None
@@ -117,6 +122,7 @@ class SimDevice:
         self.frames = 0  # chunk frames received for the current order, duplicates included
         self.refused = 0
         self.ready = False
+        self.reconnects = 0
 
     # -- session ------------------------------------------------------------------------------------------------
 
@@ -136,11 +142,16 @@ class SimDevice:
         channels = ("telemetry-ack", "deployment", "meta")
         session.subscribe([(topics.device_topic(self.device_id, c), self.qos) for c in channels])
         self._announce()
+        if self.downloading() and self.order is not None:  # a new session after a lost one: resume the download
+            bundle, refused = topics.bundle_topic(self.order.sha256), topics.device_topic(self.device_id, "refused")
+            session.subscribe([(bundle, self.qos), (refused, self.qos)])
+            self.request_missing()
 
     def on_subscribed(self) -> None:
-        if not self.ready:
+        first = not self.ready
+        if first:
             self.ready, self.ready_at = True, time.time()
-            self.hooks.device_ready(self)
+        self.hooks.device_ready(self, first)
 
     def on_lost(self, reason: str) -> None:
         self.hooks.device_lost(self, reason)
@@ -214,7 +225,7 @@ class SimDevice:
         if self.telemetry is None or self.session is None:
             return
         batch_id, payload = self.telemetry.render(self.device_id, self.telemetry_interval_s)
-        self.outstanding[batch_id] = time.monotonic()
+        self.outstanding[batch_id] = (time.monotonic(), payload)
         self._publish("telemetry", payload)
 
     # -- the update ---------------------------------------------------------------------------------------------
@@ -328,6 +339,11 @@ class SimDevice:
         """Timers (called every fraction of a second): ask again for chunks or metadata the hub did not send."""
         if self.downloading() and now - self.last_progress > self.chunk_timeout_s:
             self.request_missing()
+        for batch_id, (sent_at, payload) in list(self.outstanding.items()):
+            if now - sent_at > self.ack_timeout_s:  # the hub never stored it, or its acknowledgement was lost
+                self.outstanding[batch_id] = (now, payload)
+                self.telemetry_resent += 1
+                self._publish("telemetry", payload)
         if self.metadata_wanted is not None and now - self.metadata_asked_at > self.metadata_retry_s:
             if self.metadata_attempts < METADATA_ATTEMPTS:
                 self._send_metadata_request()

@@ -19,6 +19,8 @@ from bench.devsim.device import SimDevice
 from bench.devsim.session import MqttSession
 
 TICK_S = 0.5
+RECONNECT_S = 1.0  # a device whose session was lost connects again after this many seconds times its losses
+MAX_RECONNECTS = 5
 
 
 class SimFleet:
@@ -49,20 +51,27 @@ class SimFleet:
         self._thread = threading.Thread(target=self._run, name="devsim", daemon=True)
         self._pending: asyncio.Semaphore | None = None
         self._waiting_ready: dict[SimDevice, asyncio.Event] = {}
+        self._addresses: dict[SimDevice, tuple[str, int]] = {}
+        self._stopping = False
         self.error: BaseException | None = None
 
     # -- FleetHooks ---------------------------------------------------------------------------------------------
 
-    def device_ready(self, device: SimDevice) -> None:
+    def device_ready(self, device: SimDevice, first: bool) -> None:
         event = self._waiting_ready.pop(device, None)
         if event is not None:
             event.set()
-        self._count("ready")
+        if first:
+            self._count("ready")
 
     def device_lost(self, device: SimDevice, reason: str) -> None:
         event = self._waiting_ready.pop(device, None)
         if event is not None:
             event.set()
+        device.session = None
+        if not self._stopping and device.reconnects < MAX_RECONNECTS:  # the agent reconnects, with backoff
+            device.reconnects += 1
+            self._loop.call_later(RECONNECT_S * device.reconnects, self._reconnect, device)
         with self._cond:
             self.lost_count += 1
             if len(self.lost) < 20:
@@ -116,6 +125,7 @@ class SimFleet:
             return
 
         def close_all() -> None:
+            self._stopping = True
             for device in self.devices:
                 if device.session is not None:
                     device.session.close()
@@ -144,11 +154,21 @@ class SimFleet:
         offset = len(self.devices) - len(devices)
         for index, device in enumerate(devices):
             await self._pending.acquire()
-            host, port = self.addresses[(offset + index) % len(self.addresses)]
-            self._loop.create_task(self._connect(device, host, port))
+            self._addresses[device] = self.addresses[(offset + index) % len(self.addresses)]
+            self._loop.create_task(self._connect(device))
 
-    async def _connect(self, device: SimDevice, host: str, port: int) -> None:
+    def _reconnect(self, device: SimDevice) -> None:
+        async def again() -> None:
+            assert self._pending is not None
+            await self._pending.acquire()
+            await self._connect(device)
+
+        if not self._stopping:
+            self._loop.create_task(again())
+
+    async def _connect(self, device: SimDevice) -> None:
         assert self._pending is not None
+        host, port = self._addresses[device]
         ready = asyncio.Event()
         self._waiting_ready[device] = ready
         try:
