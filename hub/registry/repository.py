@@ -88,10 +88,15 @@ _BLOCK = 500  # ids per IN (...) list: well below every database's limit on boun
 def _apply_states(connection: Connection, states: list[DeviceState]) -> list[str]:
     newest = {state.device_id: state for state in states}
     now = time.time()
+    # The rows are locked here, by id, before the updates below (two statements, each in id order): every writer
+    # of device rows (replicas' state writers, heartbeats, the leader's order sequences) locks in id order, so
+    # two of them never deadlock.
     known = [
         device_id
         for block in _blocks(sorted(newest))
-        for device_id in connection.execute(sql.select(col(Device.id)).where(col(Device.id).in_(block))).scalars()
+        for device_id in connection.execute(
+            sql.select(col(Device.id)).where(col(Device.id).in_(block)).order_by(col(Device.id)).with_for_update()
+        ).scalars()
     ]
     rows = [_state_row(newest[device_id], now) for device_id in known]
     for with_active in (True, False):  # one executemany per column set
@@ -440,7 +445,7 @@ class Registry:
         if not heard:
             return
         with self.db.session() as session:
-            for device_id, at in heard.items():
+            for device_id, at in sorted(heard.items()):  # in id order, as every writer of device rows locks
                 session.connection().execute(
                     update(Device)
                     .where(col(Device.id) == device_id)
@@ -452,7 +457,8 @@ class Registry:
         """Mark offline every online device not heard from since ``silent_since``; return their ids."""
         silent = or_(col(Device.last_seen).is_(None), col(Device.last_seen) < silent_since)
         with self.db.session() as session:
-            ids = list(session.exec(select(Device.id).where(col(Device.online).is_(True)).where(silent)))
+            online = select(Device.id).where(col(Device.online).is_(True)).where(silent)
+            ids = list(session.exec(online.order_by(col(Device.id)).with_for_update()))  # locked in id order
             if ids:
                 session.connection().execute(
                     update(Device).where(col(Device.id).in_(ids)).where(silent).values(online=False)
