@@ -3,11 +3,12 @@ broker's own fan-out of the same chunks to the same waves, measured in the same 
 bench/results/rollout.json.
 
 The hub is the real one (`hub.app.Hub` with its `RolloutManager`), in a process of its own as on its own
-machine (it shares no interpreter lock with the devices), on a Mosquitto of the run's own. Devices
-are lightweight MQTT clients (one connection each, all driven by one thread), not full agents: each reports a
-retained state, takes its retained deployment order, subscribes to the bundle's broadcast topic and asks for
-the chunks at once (as the agent does: the request tells the hub it listens), asks again for missing ones
-after ``--chunk-timeout`` of silence, checks the sha256 and reports done. The rollout is a canary of 1% and
+machine (it shares no interpreter lock with the devices), on a Mosquitto of the run's own. Devices are
+`bench.devsim` simulated devices (one MQTT session each, all on one event loop), not full agents, with
+``verify=False``: each reports a retained state, takes its retained deployment order, subscribes to the bundle's
+broadcast topic and asks for the chunks at once (as the agent does: the request tells the hub it listens), asks
+again for missing ones after ``--chunk-timeout`` of silence, checks the sha256 and reports done (no TUF
+metadata, no install steps; `bench_scale.py` runs the full update). The rollout is a canary of 1% and
 waves of 10, 50 and 100% with no gate, so all of the time is distribution and the engine's own bookkeeping.
 
 Fan-out reference (after the rollout, ``--fanout-rounds`` times, the median kept): the same clients subscribe to
@@ -30,15 +31,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
 import multiprocessing
 import os
 import platform
-import queue
 import secrets
-import selectors
 import socket
 import statistics
 import subprocess
@@ -46,7 +44,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -58,20 +55,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.devsim import SimDevice, SimFleet  # noqa: E402
 from bench.registry_db import database  # noqa: E402
 from fleet.rollout import FINAL_STATES, RolloutSnapshot  # noqa: E402
 from fleet.rollout_plan import plan_from_cli  # noqa: E402
 from fleet.wire import topics  # noqa: E402
 from fleet.wire.messages import (  # noqa: E402
-    DeploymentOrder,
-    DeviceState,
-    FetchRequest,
     InstalledModel,
-    UpdateEvent,
-    UpdateState,
-    decode,
-    decode_chunk,
-    encode,
 )
 from fleet.wire.mqtt import BrokerAddress  # noqa: E402
 
@@ -91,248 +81,38 @@ def fanout_topic(wave: int) -> str:
 FANOUT_PREFIX = fanout_topic(0)[: -len("0")]
 
 
-class SimDevice:
-    """One device: a paho client that follows orders the way the agent's transfer does, minus TUF/runtime."""
+class Fanout:
+    """Counts the reference fan-out's deliveries per message key (its first 16 bytes), for the waiting thread."""
 
-    def __init__(self, device_id: str, address: BrokerAddress, installed: InstalledModel, fleet: SimFleet) -> None:
-        self.device_id = device_id
-        self.installed = installed
-        self.fleet = fleet
-        self.lock = threading.Lock()
-        self.order: DeploymentOrder | None = None
-        self.chunks: dict[int, bytes] = {}
-        self.last_progress = 0.0
-        self.done_at: float | None = None
-        self.order_at: float | None = None  # wall-clock times (time.time), for the waves' timeline
-        self.asked_at: float | None = None
-        self.finished_at: float | None = None
-        self.bytes_in = 0
-        self.asked = False
-        self.requests = 0  # chunk requests sent for the current order: more than one means it was a late joiner
-        self.frames = 0  # chunk frames received for the current order, duplicates included
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
-        self.client.username_pw_set(device_id, "bench")
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.address = address
-
-    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        client.subscribe(topics.device_topic(self.device_id, "deployment"), 1)
-        self._announce(UpdateState.IDLE, None)
-        self.fleet.connected(self)
-
-    def _announce(self, update_state: UpdateState, deployment_id: str | None) -> None:
-        state = DeviceState(
-            device_id=self.device_id,
-            online=True,
-            target=TARGET,
-            active=self.installed,
-            update_state=update_state,
-            deployment_id=deployment_id,
-            ts=time.time(),
-        )
-        self.client.publish(topics.device_topic(self.device_id, "state"), encode(state), qos=1, retain=True)
-
-    def _event(self, order: DeploymentOrder, state: UpdateState, ok: bool = True, detail: str = "") -> None:
-        event = UpdateEvent(
-            device_id=self.device_id,
-            deployment_id=order.deployment_id,
-            state=state,
-            ok=ok,
-            detail=detail,
-            ts=time.time(),
-        )
-        self.client.publish(topics.device_topic(self.device_id, "events"), encode(event), qos=1)
-
-    def _on_message(self, client: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
-        payload = bytes(message.payload)
-        self.bytes_in += len(payload)
-        if message.topic.startswith(FANOUT_PREFIX):
-            self.fleet.fanout_received(payload)
-        elif message.topic.endswith("/deployment"):
-            if payload:
-                self._start(decode(DeploymentOrder, payload))
-        else:
-            self._on_chunk(payload)
-
-    def _start(self, order: DeploymentOrder) -> None:
-        if order.sha256 == self.installed.sha256:
-            return
-        with self.lock:
-            self.order, self.chunks, self.last_progress, self.asked = order, {}, time.monotonic(), False
-            self.order_at, self.done_at, self.requests, self.frames = time.time(), None, 0, 0
-        self.client.subscribe(topics.bundle_topic(order.sha256), qos=1)
-        self._event(order, UpdateState.DOWNLOAD)
-        self._announce(UpdateState.DOWNLOAD, order.deployment_id)
-        if self.fleet.ask_after_s == 0:  # else the driver asks once ask_after_s passed without chunks
-            self.request_missing()
-
-    def request_missing(self) -> None:
-        with self.lock:
-            order = self.order
-            if order is None or self.done_at is not None:
-                return
-            self.asked = True
-            self.requests += 1
-            missing = [i for i in range(order.chunk_count) if i not in self.chunks]
-            self.last_progress = time.monotonic()
-            if self.asked_at is None or self.order_at is None or self.asked_at < self.order_at:
-                self.asked_at = time.time()
-        request = FetchRequest(request_id=uuid.uuid4().hex[:12], kind="chunks", sha256=order.sha256, chunks=missing)
-        self.client.publish(topics.device_topic(self.device_id, "fetch"), encode(request), qos=1)
-
-    def _on_chunk(self, payload: bytes) -> None:
-        frame = decode_chunk(payload)
-        with self.lock:
-            order = self.order
-            if order is None or frame.sha256 != order.sha256 or self.done_at is not None:
-                return
-            self.frames += 1
-            self.chunks[frame.index] = frame.data
-            self.last_progress = time.monotonic()
-            if len(self.chunks) < order.chunk_count:
-                return
-            data = b"".join(self.chunks[i] for i in range(order.chunk_count))
-            self.done_at = time.monotonic()
-            self.finished_at = time.time()
-        if hashlib.sha256(data).hexdigest() != order.sha256:
-            self._event(order, UpdateState.FAILED, ok=False, detail="bundle digest mismatch")
-            self._announce(UpdateState.FAILED, order.deployment_id)
-        else:
-            self.installed = InstalledModel(
-                model=order.model, version=order.version, sha256=order.sha256, target=order.target
-            )
-            self._event(order, UpdateState.DONE)
-            self._announce(UpdateState.DONE, order.deployment_id)
-        self.client.unsubscribe(topics.bundle_topic(order.sha256))
-
-    def stalled(self, timeout_s: float) -> bool:
-        with self.lock:
-            if self.order is None or self.done_at is not None:
-                return False
-            quiet = time.monotonic() - self.last_progress
-            # the agent's chunk_ask_after_s: the first ask waits for the pushed wave, later ones the chunk timeout
-            return quiet > (self.fleet.ask_after_s if not self.asked else timeout_s)
-
-
-class Driver(threading.Thread):
-    """Runs every device's MQTT client on one thread with epoll. (paho's own loop thread uses select(),
-    which cannot watch descriptors above 1024, and a thousand threads would only fight over the GIL.)"""
-
-    def __init__(self, devices: list[SimDevice], chunk_timeout_s: float) -> None:
-        super().__init__(name="bench-devices", daemon=True)
-        self.devices = devices
-        self.chunk_timeout_s = chunk_timeout_s
-        self.stop = threading.Event()
-        self.selector = selectors.DefaultSelector()
-        self.error: BaseException | None = None
-        self.calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-
-    def call(self, function: Callable[[], None]) -> None:
-        """Run ``function`` on the driver's thread (paho clients are driven from that thread only)."""
-        self.calls.put(function)
-
-    def run(self) -> None:
-        try:
-            self._loop()
-        except BaseException as exc:  # reported by the main thread
-            self.error = exc
-
-    def _loop(self) -> None:
-        pending = list(self.devices)
-        active: list[SimDevice] = []
-        writing: set[SimDevice] = set()  # clients with packets still to send: only these are written to
-        last_misc = time.monotonic()
-        while not self.stop.is_set():
-            # a few connections per round: a thousand simultaneous SYNs overflow the broker's listen backlog
-            for device in pending[:25]:
-                device.client.connect(device.address.host, device.address.port, keepalive=300)
-                sock = device.client.socket()
-                assert sock is not None
-                self.selector.register(sock, selectors.EVENT_READ, device)
-                active.append(device)
-                writing.add(device)
-            del pending[:25]
-            if not self.calls.empty():
-                while not self.calls.empty():
-                    self.calls.get()()
-                writing.update(active)
-            for key, _ in self.selector.select(0.005 if pending or writing else 0.05):
-                key.data.client.loop_read(10)
-                writing.add(key.data)  # what it read may have made it publish (acks, requests, reports)
-            for device in list(writing):
-                if device.client.want_write():
-                    device.client.loop_write()
-                if not device.client.want_write():
-                    writing.discard(device)
-            now = time.monotonic()
-            if now - last_misc > 0.5:  # keepalives, and re-asking for chunks missed (the agent's chunk timeout)
-                last_misc = now
-                for device in active:
-                    device.client.loop_misc()
-                    if device.stalled(self.chunk_timeout_s):
-                        device.request_missing()
-                writing.update(active)
-        for device in active:
-            device.client.disconnect()
-            device.client.loop_write()
-
-
-class SimFleet:
-    """The simulated devices, plus the counters the fan-out measurement needs."""
-
-    def __init__(self, ask_after_s: float = 0.0) -> None:
-        self.ask_after_s = ask_after_s
-        self.devices: list[SimDevice] = []
-        self._connected = 0
-        self._fanout: dict[bytes, int] = {}
+    def __init__(self) -> None:
+        self._counts: dict[bytes, int] = {}
         self._waiting_for: dict[bytes, int] = {}
-        self.subscriptions = 0
         self._cond = threading.Condition()
 
-    def connected(self, _device: SimDevice) -> None:
-        with self._cond:
-            self._connected += 1
-            self._cond.notify_all()
-
-    @property
-    def connected_count(self) -> int:
-        return self._connected
-
-    def wait_connected(self, count: int, timeout_s: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._connected >= count, timeout_s)
-
-    def fanout_received(self, payload: bytes) -> None:
+    def received(self, _device: SimDevice, topic: str, payload: bytes) -> None:
+        """`SimFleet.on_other`: a message on a topic the device protocol does not use."""
+        if not topic.startswith(FANOUT_PREFIX):
+            return
         key = payload[:16]
         with self._cond:
-            self._fanout[key] = self._fanout.get(key, 0) + 1
-            if self._fanout[key] >= self._waiting_for.get(key, 1 << 62):
+            self._counts[key] = self._counts.get(key, 0) + 1
+            if self._counts[key] >= self._waiting_for.get(key, 1 << 62):
                 self._cond.notify_all()
 
-    def wait_fanout(self, key: bytes, count: int, timeout_s: float) -> bool:
+    def wait(self, key: bytes, count: int, timeout_s: float) -> bool:
         with self._cond:
             self._waiting_for[key] = count
-            return self._cond.wait_for(lambda: self._fanout.get(key, 0) >= count, timeout_s)
+            return self._cond.wait_for(lambda: self._counts.get(key, 0) >= count, timeout_s)
 
-    def fanout_count(self, key: bytes) -> int:
+    def count(self, key: bytes) -> int:
         with self._cond:
-            return self._fanout.get(key, 0)
+            return self._counts.get(key, 0)
 
-    def forget_fanout(self, keys: list[bytes]) -> None:
+    def forget(self, keys: list[bytes]) -> None:
         with self._cond:
             for key in keys:
-                self._fanout.pop(key, None)
+                self._counts.pop(key, None)
                 self._waiting_for.pop(key, None)
-
-    def subscribed(self) -> None:
-        with self._cond:
-            self.subscriptions += 1
-            self._cond.notify_all()
-
-    def wait_subscribed(self, count: int, timeout_s: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.subscriptions >= count, timeout_s)
 
 
 def fanout_publisher(address: BrokerAddress) -> paho.Client:
@@ -344,25 +124,26 @@ def fanout_publisher(address: BrokerAddress) -> paho.Client:
     return publisher
 
 
-def subscribe_waves(driver: Driver, fleet: SimFleet, waves: dict[str, int], timeout_s: float) -> None:
+def subscribe_waves(fleet: SimFleet, waves: dict[str, int], timeout_s: float) -> None:
     """Subscribe each device that a wave reached to that wave's fan-out topic (QoS 1, as bundle topics are)."""
     by_id = {d.device_id: d for d in fleet.devices}
+    before = fleet.subacks
 
     def subscribe() -> None:
         for device_id, wave in waves.items():
-            device = by_id[device_id]
-            device.client.on_subscribe = lambda *_args: fleet.subscribed()
-            device.client.subscribe(fanout_topic(wave), qos=1)
+            session = by_id[device_id].session
+            if session is not None:
+                session.subscribe([(fanout_topic(wave), 1)])
 
-    driver.call(subscribe)
-    if not fleet.wait_subscribed(len(waves), timeout_s):
+    fleet.call(subscribe)
+    if not fleet.wait_for(lambda f: f.subacks - before >= len(waves), timeout_s):
         raise BenchError(
-            f"only {fleet.subscriptions} of {len(waves)} fan-out subscriptions acknowledged in {timeout_s:g} s"
+            f"only {fleet.subacks - before} of {len(waves)} fan-out subscriptions acknowledged in {timeout_s:g} s"
         )
 
 
 def measure_fanout(
-    publisher: paho.Client, fleet: SimFleet, sizes: list[int], chunk_bytes: int, chunks: int
+    publisher: paho.Client, fanout: Fanout, sizes: list[int], chunk_bytes: int, chunks: int
 ) -> list[float]:
     """The broker alone delivering ``chunks`` messages of ``chunk_bytes`` to each wave in turn; seconds per wave.
 
@@ -380,14 +161,14 @@ def measure_fanout(
             publisher.publish(fanout_topic(wave), key + bytes(chunk_bytes - 16), qos=1)
         for key in keys:
             remaining = timeout_s - (time.perf_counter() - start)
-            if not fleet.wait_fanout(key, size, max(0.0, remaining)):
-                got = sum(fleet.fanout_count(k) for k in keys)
+            if not fanout.wait(key, size, max(0.0, remaining)):
+                got = sum(fanout.count(k) for k in keys)
                 raise BenchError(
                     f"broker fan-out: wave {wave} got {got} of {size * chunks} deliveries in {timeout_s:g} s "
                     "(machine too loaded, or the broker dropped messages)"
                 )
         seconds.append(time.perf_counter() - start)
-        fleet.forget_fanout(keys)
+        fanout.forget(keys)
     return seconds
 
 
@@ -678,18 +459,30 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path, broker_pid: int
     run_id = secrets.token_hex(3)
     ids = [f"bench-{run_id}-{i:04d}" for i in range(args.devices)]
     hub = HubProcess(settings.model_dump_json(), args.bundle_kb * 1024, ids)
-    fleet = SimFleet(args.ask_after)
+    fleet = SimFleet([(address.host, address.port)], max_pending=25, heartbeat_s=0)
+    fanout = Fanout()
+    fleet.on_other = fanout.received
     publisher = fanout_publisher(address)
-    driver: Driver | None = None
     try:
         installed_json, new_sha = hub.reply(300)
         installed = InstalledModel.model_validate_json(installed_json)
         t0 = time.perf_counter()
-        fleet.devices = [SimDevice(d, address, installed, fleet) for d in ids]
-        driver = Driver(fleet.devices, args.chunk_timeout)
-        driver.start()
-        if not fleet.wait_connected(args.devices, 120):
-            raise BenchError(f"only {fleet.connected_count} of {args.devices} devices connected in 120 s")
+        devices = [
+            SimDevice(
+                d,
+                TARGET,
+                installed,
+                fleet,
+                chunk_timeout_s=args.chunk_timeout,
+                ask_after_s=args.ask_after,
+                verify=False,
+                keepalive_s=300,
+            )
+            for d in ids
+        ]
+        fleet.start(devices)
+        if not fleet.wait_for(lambda f: f.ready >= args.devices, 120):
+            raise BenchError(f"only {fleet.ready} of {args.devices} devices connected in 120 s")
         connect_s = time.perf_counter() - t0
         if not hub.ask("ready", 300, 330):
             raise BenchError("the hub did not see every device's retained state in 300 s")
@@ -703,7 +496,7 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path, broker_pid: int
         snapshot = RolloutSnapshot.model_validate_json(rollout["snapshot"])
         duration, egress, bundle = rollout["seconds"], rollout["egress_bytes"], rollout["bundle_bytes"]
         done = [h for h in snapshot.history if h.event.value in ("wave_complete", "last_wave_complete")]
-        on_version = sum(1 for d in fleet.devices if d.installed.sha256 == new_sha)
+        on_version = sum(1 for d in fleet.devices if d.installed is not None and d.installed.sha256 == new_sha)
         chunks = math.ceil(bundle / (args.chunk_kb * 1024))
         waves = {r.device_id: r.wave for r in snapshot.devices.values() if r.wave is not None}
         sizes = [sum(1 for w in waves.values() if w == wave) for wave in range(max(waves.values(), default=-1) + 1)]
@@ -711,10 +504,10 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path, broker_pid: int
 
         timeline = wave_timeline(fleet, waves, [h.at for h in done], rollout["start_wall"], chunks)
         # The broker alone delivering the same chunks to the same waves, wave after wave.
-        subscribe_waves(driver, fleet, waves, 120)
+        subscribe_waves(fleet, waves, 120)
         fanout_cpu = {"devices": time.process_time(), "broker": cpu_seconds(broker_pid)}
         rounds = [
-            measure_fanout(publisher, fleet, sizes, args.chunk_kb * 1024, chunks) for _ in range(args.fanout_rounds)
+            measure_fanout(publisher, fanout, sizes, args.chunk_kb * 1024, chunks) for _ in range(args.fanout_rounds)
         ]
         fanout_cpu = {
             "devices": (time.process_time() - fanout_cpu["devices"]) / len(rounds),
@@ -768,12 +561,10 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path, broker_pid: int
     finally:
         publisher.disconnect()
         publisher.loop_stop()
-        if driver is not None:
-            driver.stop.set()
-            driver.join(30)
+        fleet.stop()
         hub.stop()
-        if driver is not None and driver.error is not None:
-            raise BenchError(f"the device driver failed: {driver.error!r}")
+        if fleet.error is not None:
+            raise BenchError(f"the device simulator failed: {fleet.error!r}")
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,8 +286,11 @@ def progress(message: str) -> None:
     print(f"bench_scale: {message}", file=sys.stderr, flush=True)
 
 
-def waited(fleet: SimFleet, hubs: HubProcesses, what: str, condition: Any, timeout_s: float) -> float:
-    """Seconds until ``condition()`` held (checked every 0.25 s against hubs, database and devices), or BenchError."""
+def waited(
+    fleet: SimFleet, hubs: HubProcesses, what: str, condition: Any, timeout_s: float, *, fatal: bool = True
+) -> float:
+    """Seconds until ``condition()`` held (checked every 0.25 s against hubs, database and devices); past
+    ``timeout_s``, BenchError, or with ``fatal=False`` the seconds waited (the caller reports what it got)."""
     start = time.perf_counter()
     deadline = start + timeout_s
     while not condition():
@@ -294,6 +298,9 @@ def waited(fleet: SimFleet, hubs: HubProcesses, what: str, condition: Any, timeo
         if fleet.error is not None:
             raise BenchError(f"the device simulator failed: {fleet.error!r}")
         if time.perf_counter() > deadline:
+            if not fatal:
+                progress(f"{what}: not finished in {timeout_s:g} s, reported as it stands")
+                return time.perf_counter() - start
             lost = f", {fleet.lost_count} sessions lost, e.g. {fleet.lost[0]}" if fleet.lost else ""
             raise BenchError(
                 f"{what} did not happen in {timeout_s:g} s (devices: {fleet.ready} subscribed, "
@@ -308,6 +315,7 @@ def waited(fleet: SimFleet, hubs: HubProcesses, what: str, condition: Any, timeo
 def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
     """One run at ``size`` devices: connect, telemetry, rollout; everything it started stopped on return."""
     from agent.config import AgentConfig
+    from fleet.rollout import FINAL_STATES
     from fleet.rollout_plan import plan_from_cli
     from hub.app import Hub
     from hub.config import HubSettings
@@ -396,7 +404,13 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
             # 3. rollout
             store = RolloutStore(publisher.registry.db)
             plan = plan_from_cli(
-                "digits:2.0.0", canary="1%", waves="10,50,100", gate=False, min_devices=10, device_timeout_s=600
+                "digits:2.0.0",
+                canary="1%",
+                waves="10,50,100",
+                gate=False,
+                min_devices=10,
+                device_timeout_s=600,
+                max_failure_rate=args.max_failure_rate,
             )
             began = time.perf_counter()
             rollout_id = create_rollout(store, publisher.registry, plan).rollout_id
@@ -406,6 +420,7 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
                 f"the rollout to {size} devices",
                 lambda: rollout_final(publisher.db, rollout_id),
                 args.rollout_timeout,
+                fatal=False,
             )
             snapshot = store.load(rollout_id)
             processes.mark("rollout")
@@ -443,11 +458,16 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
                     "schema_bytes_before_after": [size_before, size_after],
                     "db_bytes_per_batch": round(per_batch),
                     "agent_telemetry_interval_s": interval_s,
+                    "agent_heartbeat_interval_s": heartbeat_s,
                     "db_bytes_per_device_per_day": round(per_batch * 86400 / interval_s),
                 },
                 "rollout": {
                     "state": snapshot.state.value,
+                    "finished": snapshot.state in FINAL_STATES,
                     "wall_s": round(rollout_s, 2),
+                    "max_failure_rate": args.max_failure_rate,
+                    "devices_failed": sum(1 for d in devices if d.failure is not None),
+                    "failures": dict(Counter(d.failure for d in devices if d.failure is not None)),
                     "waves": len(set(waves.values())),
                     "waves_timeline": wave_timeline(devices, waves, start_wall),
                     "metadata_requests_per_device": round(sum(d.metadata_requests for d in devices) / size, 2),
@@ -593,6 +613,12 @@ def main() -> None:
     parser.add_argument("--consumer-replicas", type=int, default=1, help="NATS MQTT consumer replicas (docs: 3)")
     parser.add_argument("--max-connections", type=int, default=65536, help="NATS max_connections per node")
     parser.add_argument("--max-ack-pending", type=int, default=10000, help="NATS MQTT max_ack_pending")
+    parser.add_argument(
+        "--max-failure-rate",
+        type=float,
+        default=None,
+        help="the plan's failure threshold; default none: the rollout goes on and failed devices are counted",
+    )
     parser.add_argument("--qos1-probe", type=int, default=300, help="devices connecting at QoS 1 after the rollout")
     parser.add_argument("--phase-timeout", type=float, default=240.0, help="seconds each phase may take")
     parser.add_argument("--rollout-timeout", type=float, default=420.0)

@@ -13,6 +13,7 @@ What it sends and subscribes to follows `agent/daemon.py`, `agent/transfer.py` a
 - telemetry: `send_telemetry` publishes one batch (QoS 1), which stays outstanding until the hub's
   `TelemetryAck` names it and is sent again (same id) after ``ack_timeout_s``; heartbeats at QoS 0.
 
+With ``verify=False`` it reports ``done`` right after the download (the rollout benchmark's lighter device).
 What it does not do: verify TUF signatures, write files, run a model. Every callback runs on the fleet's event
 loop thread; the fleet reads the counters from other threads only through its own condition.
 """
@@ -81,6 +82,8 @@ class SimDevice:
         telemetry: BatchTemplate | None = None,
         telemetry_interval_s: float = 10.0,
         ack_timeout_s: float = 30.0,
+        ask_after_s: float = 0.0,
+        verify: bool = True,
     ) -> None:
         self.device_id = device_id
         self.target = target
@@ -90,6 +93,8 @@ class SimDevice:
         self.qos = subscribe_qos
         self.keepalive_s = keepalive_s
         self.chunk_timeout_s = chunk_timeout_s
+        self.ask_after_s = ask_after_s  # the agent's chunk_ask_after_s: 0 asks at once
+        self.verify = verify  # False: done right after the download (no metadata, no install steps)
         self.metadata_retry_s = metadata_timeout_s / METADATA_ATTEMPTS  # the agent's MetadataClient
         self.telemetry = telemetry
         self.telemetry_interval_s = telemetry_interval_s
@@ -123,6 +128,7 @@ class SimDevice:
         self.refused = 0
         self.ready = False
         self.reconnects = 0
+        self.failure: str | None = None  # why the last update failed
 
     # -- session ------------------------------------------------------------------------------------------------
 
@@ -236,14 +242,15 @@ class SimDevice:
         if self.order is not None and self.order.deployment_id == order.deployment_id:
             return  # the same order again
         assert self.session is not None
-        self.order, self.chunks, self.last_progress = order, {}, time.monotonic()
+        self.order, self.chunks, self.last_progress, self.failure = order, {}, time.monotonic(), None
         self.order_at, self.asked_at, self.finished_at, self.done_at = time.time(), None, None, None
         self.requests, self.frames = 0, 0
         self.session.subscribe(
             [(topics.bundle_topic(order.sha256), self.qos), (topics.device_topic(self.device_id, "refused"), self.qos)]
         )
         self._report(UpdateState.DOWNLOAD)
-        self.request_missing()
+        if self.ask_after_s == 0:  # else `tick` asks once ask_after_s passed without chunks
+            self.request_missing()
 
     def downloading(self) -> bool:
         return self.order is not None and self.finished_at is None
@@ -277,6 +284,9 @@ class SimDevice:
         self.chunks = {}
         if hashlib.sha256(data).hexdigest() != order.sha256:
             self._fail("bundle digest mismatch")
+            return
+        if not self.verify:
+            self._install(before=(), after=())
             return
         self._report(UpdateState.VERIFY)
         self.verify_at = time.time()
@@ -318,26 +328,34 @@ class SimDevice:
             self._installed()
 
     def _installed(self) -> None:
+        self._install(before=(UpdateState.INSTALL, UpdateState.HEALTH_CHECK), after=(UpdateState.COMMIT,))
+
+    def _install(self, *, before: tuple[UpdateState, ...], after: tuple[UpdateState, ...]) -> None:
+        """Report ``before``, switch to the order's version, report ``after`` and done (the retained states from
+        the switch on name the new version as active)."""
         order = self.order
         assert order is not None
-        self._report(UpdateState.INSTALL)
-        self._report(UpdateState.HEALTH_CHECK)
+        for state in before:
+            self._report(state)
         self.installed = InstalledModel(
             model=order.model, version=order.version, sha256=order.sha256, target=order.target
         )
-        self._report(UpdateState.COMMIT)  # the retained states from here name the new version as active
-        self._report(UpdateState.DONE)
+        for state in (*after, UpdateState.DONE):
+            self._report(state)
         self.done_at = time.time()
         self.hooks.device_finished(self, True)
 
     def _fail(self, detail: str) -> None:
+        self.failure = detail
         self._report(UpdateState.FAILED, ok=False, detail=detail)
         self.done_at = time.time()
         self.hooks.device_finished(self, False)
 
     def tick(self, now: float) -> None:
         """Timers (called every fraction of a second): ask again for chunks or metadata the hub did not send."""
-        if self.downloading() and now - self.last_progress > self.chunk_timeout_s:
+        if self.downloading() and now - self.last_progress > (
+            self.chunk_timeout_s if self.requests else self.ask_after_s
+        ):
             self.request_missing()
         for batch_id, (sent_at, payload) in list(self.outstanding.items()):
             if now - sent_at > self.ack_timeout_s:  # the hub never stored it, or its acknowledgement was lost

@@ -38,6 +38,7 @@ class SimFleet:
         self.heartbeat_s = heartbeat_s
         self.devices: list[SimDevice] = []
         self.ready = 0
+        self.subacks = 0  # subscriptions acknowledged with every filter granted
         self.finished = 0
         self.failed = 0
         self.acked_batches = 0
@@ -61,6 +62,7 @@ class SimFleet:
         event = self._waiting_ready.pop(device, None)
         if event is not None:
             event.set()
+        self._count("subacks")
         if first:
             self._count("ready")
 
