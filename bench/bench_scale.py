@@ -616,8 +616,8 @@ def main() -> None:
     parser.add_argument(
         "--max-failure-rate",
         type=float,
-        default=None,
-        help="the plan's failure threshold; default none: the rollout goes on and failed devices are counted",
+        default=0.99,
+        help="the plan's failure threshold (below 1); default 0.99: the rollout goes on, failed devices counted",
     )
     parser.add_argument("--qos1-probe", type=int, default=300, help="devices connecting at QoS 1 after the rollout")
     parser.add_argument("--phase-timeout", type=float, default=240.0, help="seconds each phase may take")
@@ -643,6 +643,9 @@ def main() -> None:
         "broker": large["broker"],
         "rollout_wall_s": large["rollout"]["wall_s"],
         "rollout_state": large["rollout"]["state"],
+        "rollout_finished": large["rollout"]["finished"],  # False: wall_s is the timeout, a lower bound
+        "rollout_devices_on_new_version": large["rollout"]["devices_on_new_version"],
+        "rollout_devices_failed": large["rollout"]["devices_failed"],
         "ingest_batches_per_s": large["telemetry"]["ingest_batches_per_s"],
         "db_bytes_per_device_per_day": large["telemetry"]["db_bytes_per_device_per_day"],
         "hubs": {k: v for k, v in large["processes"]["whole_run"].items() if k.startswith("hub")},

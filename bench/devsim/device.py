@@ -173,10 +173,10 @@ class SimDevice:
             elif channel == "meta":
                 self._on_metadata(decode(MetadataReply, payload, topic=topic))
             elif channel == "telemetry-ack":
-                ack = decode(TelemetryAck, payload, topic=topic)
-                for batch_id in (*ack.stored, *ack.rejected):
-                    self.outstanding.pop(batch_id, None)
-                self.hooks.telemetry_acked(self, len(ack.stored), len(ack.rejected))
+                ack = decode(TelemetryAck, payload, topic=topic)  # a batch sent twice may be acknowledged twice
+                stored = sum(1 for b in ack.stored if self.outstanding.pop(b, None) is not None)
+                rejected = sum(1 for b in ack.rejected if self.outstanding.pop(b, None) is not None)
+                self.hooks.telemetry_acked(self, stored, rejected)
             elif channel == "refused":
                 self.refused += 1
             else:
