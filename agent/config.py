@@ -58,7 +58,9 @@ class AgentConfig(BaseModel):
     # 0: ask at once; the request tells the hub this device listens, and a wave is broadcast once all asked.
     chunk_ask_after_s: float = Field(default=0.0, ge=0, description="wait this long for chunks before asking")
     download_timeout_s: float = Field(default=600.0, gt=0)
-    metadata_timeout_s: float = Field(default=10.0, gt=0)
+    metadata_timeout_s: float = Field(
+        default=60.0, gt=0, description="how long one TUF metadata file is asked for (4 requests, each wait doubling)"
+    )
     bundle_ca_file: Path | None = Field(
         default=None, description="CA of HTTPS bundle sources (the hub's API certificate), besides the system's"
     )

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -333,10 +334,18 @@ class ChunkDownloader:
         self.broker.publish(topics.device_topic(self.device_id, "fetch"), encode(request), qos=1)
 
 
+def metadata_waits(timeout_s: float, attempts: int) -> list[float]:
+    """How long each of ``attempts`` requests for one metadata file waits for its answer: doubling, summing to
+    ``timeout_s``. A request lost while the hub reconnected is asked again soon; a hub swamped by a wave's
+    thousands of requests is not swamped further by every device asking again at a fixed pace."""
+    first = timeout_s / (2**attempts - 1)
+    return [first * 2**attempt for attempt in range(attempts)]
+
+
 class MetadataClient:
     """Asks the hub for TUF metadata files over MQTT (request on ``fetch``, answer on ``meta``)."""
 
-    def __init__(self, broker: Broker, device_id: str, *, timeout_s: float = 10.0, attempts: int = 4) -> None:
+    def __init__(self, broker: Broker, device_id: str, *, timeout_s: float = 60.0, attempts: int = 4) -> None:
         self.broker = broker
         self.device_id = device_id
         self.timeout_s = timeout_s
@@ -354,10 +363,11 @@ class MetadataClient:
             self._waiting[request_id] = (event, box)
         try:
             request = encode(FetchRequest(request_id=request_id, kind="metadata", name=name))
-            # Ask again a few times within the timeout: a request sent while the hub was reconnecting is lost.
-            for _ in range(self.attempts):
+            # Ask again a few times within the timeout (a request sent while the hub was reconnecting is lost),
+            # each wait twice the last and jittered, so a fleet that asked together does not ask again together
+            for wait_s in metadata_waits(self.timeout_s, self.attempts):
                 self.broker.publish(topics.device_topic(self.device_id, "fetch"), request, qos=1)
-                if event.wait(self.timeout_s / self.attempts):
+                if event.wait(wait_s * random.uniform(0.8, 1.0)):
                     break
             else:
                 raise TransferError(

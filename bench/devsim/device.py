@@ -27,6 +27,7 @@ import time
 import uuid
 from typing import Protocol
 
+from agent.transfer import metadata_waits
 from bench.devsim import mqtt_codec as codec
 from bench.devsim.session import MqttSession
 from bench.devsim.telemetry import BatchTemplate
@@ -78,7 +79,7 @@ class SimDevice:
         subscribe_qos: int = 1,
         keepalive_s: int = 60,
         chunk_timeout_s: float = 5.0,
-        metadata_timeout_s: float = 10.0,
+        metadata_timeout_s: float = 60.0,
         telemetry: BatchTemplate | None = None,
         telemetry_interval_s: float = 10.0,
         ack_timeout_s: float = 30.0,
@@ -95,7 +96,7 @@ class SimDevice:
         self.chunk_timeout_s = chunk_timeout_s
         self.ask_after_s = ask_after_s  # the agent's chunk_ask_after_s: 0 asks at once
         self.verify = verify  # False: done right after the download (no metadata, no install steps)
-        self.metadata_retry_s = metadata_timeout_s / METADATA_ATTEMPTS  # the agent's MetadataClient
+        self.metadata_waits = metadata_waits(metadata_timeout_s, METADATA_ATTEMPTS)  # the agent's MetadataClient
         self.telemetry = telemetry
         self.telemetry_interval_s = telemetry_interval_s
         self.session: MqttSession | None = None
@@ -362,7 +363,8 @@ class SimDevice:
                 self.outstanding[batch_id] = (now, payload)
                 self.telemetry_resent += 1
                 self._publish("telemetry", payload)
-        if self.metadata_wanted is not None and now - self.metadata_asked_at > self.metadata_retry_s:
+        waited = self.metadata_waits[max(0, self.metadata_attempts - 1)]
+        if self.metadata_wanted is not None and now - self.metadata_asked_at > waited:
             if self.metadata_attempts < METADATA_ATTEMPTS:
                 self._send_metadata_request()
             else:  # the agent's verify fails: "hub did not answer the request for TUF metadata ..."

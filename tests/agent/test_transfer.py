@@ -13,7 +13,7 @@ import pytest
 import agent.transfer as transfer
 import hub.bundles.transfer as hub_transfer
 from agent.errors import StorageError, TransferError
-from agent.transfer import BundleDownload, ChunkDownloader, sha256_file
+from agent.transfer import BundleDownload, ChunkDownloader, metadata_waits, sha256_file
 from fleet.wire import topics
 from fleet.wire.messages import FetchRequest, decode, encode_chunk
 from fleet.wire.transport import InMemoryBroker
@@ -146,3 +146,9 @@ def test_without_a_push_the_device_asks_once_ask_after_passes(memory_hub: Memory
     downloader = ChunkDownloader(memory_hub.broker, DEVICE, tmp_path / "downloads", ask_after_s=0.05)
     assert sha256_file(downloader.download(order, timeout_s=30)) == order.sha256
     assert downloader.requests_sent == 1
+
+
+def test_metadata_requests_wait_longer_each_time_within_the_timeout() -> None:
+    waits = metadata_waits(60.0, 4)
+    assert waits == pytest.approx([4.0, 8.0, 16.0, 32.0])  # a swamped hub is asked again less and less often
+    assert sum(waits) == pytest.approx(60.0)
