@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.devsim import SimDevice, SimFleet  # noqa: E402
+from bench.hub_setup import TARGET, provision, register_versions  # noqa: E402
 from bench.registry_db import database  # noqa: E402
 from fleet.rollout import FINAL_STATES, RolloutSnapshot  # noqa: E402
 from fleet.rollout_plan import plan_from_cli  # noqa: E402
@@ -66,7 +67,6 @@ from fleet.wire.messages import (  # noqa: E402
 from fleet.wire.mqtt import BrokerAddress  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "rollout.json"
-TARGET = "x86-onnx-cpu"
 
 
 class BenchError(RuntimeError):
@@ -222,43 +222,6 @@ def where_time_goes(timeline: list[dict[str, Any]]) -> dict[str, float]:
             phases[name] += max(0.0, end - start)
         previous = complete
     return {name: round(seconds, 3) for name, seconds in phases.items()}
-
-
-def register_versions(hub: Any, bundle_bytes: int) -> tuple[InstalledModel, str]:
-    """Register digits 1.0.0 (what devices run) and 2.0.0 (what is rolled out): stored random bundles."""
-    installed = None
-    new_sha = ""
-    for version in ("1.0.0", "2.0.0"):
-        hub.registry.add_version("digits", version)
-        bundle = os.urandom(bundle_bytes)
-        sha = hub.store.put_bytes(bundle)
-        hub.registry.add_variant(
-            "digits",
-            version,
-            target=TARGET,
-            runtime="onnxruntime",
-            precision="fp32",
-            artifact_sha256=sha,
-            size_bytes=len(bundle),
-            bundle_sha256=sha,
-            bundle_size=len(bundle),
-            tuf_target=f"digits/{version}/{TARGET}.bundle",
-        )
-        if version == "1.0.0":
-            installed = InstalledModel(model="digits", version=version, sha256=sha, target=TARGET)
-        else:
-            new_sha = sha
-    assert installed is not None
-    return installed, new_sha
-
-
-def provision(hub: Any, device_ids: list[str]) -> None:
-    """Insert device rows in bulk (Mosquitto here allows anonymous clients, so no per-device scrypt hash)."""
-    from hub.registry import Device
-
-    with hub.db.session() as session:
-        for i, device_id in enumerate(device_ids):
-            session.add(Device(id=device_id, target=TARGET, labels={"site": f"s{i % 4}"}, credential_hash="bench"))
 
 
 @contextlib.contextmanager

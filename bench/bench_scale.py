@@ -45,10 +45,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench import scale_model  # noqa: E402
 from bench.devsim import BatchTemplate, SimDevice, SimFleet  # noqa: E402
+from bench.hub_setup import TARGET, provision, register_versions  # noqa: E402
 from bench.registry_db import database  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "scale.json"
-TARGET = "x86-onnx-cpu"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -240,45 +240,6 @@ def rollout_final(db: Any, rollout_id: str) -> bool:
     with db.engine.connect() as conn:
         final = conn.execute(sqlalchemy.text("SELECT final FROM rollout WHERE id = :i"), {"i": rollout_id}).scalar()
     return bool(final)
-
-
-def register_versions(hub: Any, bundle_bytes: int) -> tuple[Any, str]:
-    """Register digits 1.0.0 (installed) and 2.0.0 (rolled out) with random bundles; their TUF targets signed."""
-    from fleet.wire.messages import InstalledModel
-
-    installed, new_sha = None, ""
-    for version in ("1.0.0", "2.0.0"):
-        hub.registry.add_version("digits", version)
-        bundle = os.urandom(bundle_bytes)
-        sha = hub.store.put_bytes(bundle)
-        hub.registry.add_variant(
-            "digits",
-            version,
-            target=TARGET,
-            runtime="onnxruntime",
-            precision="fp32",
-            artifact_sha256=sha,
-            size_bytes=len(bundle),
-            bundle_sha256=sha,
-            bundle_size=len(bundle),
-            tuf_target=f"digits/{version}/{TARGET}.bundle",
-        )
-        if version == "1.0.0":
-            installed = InstalledModel(model="digits", version=version, sha256=sha, target=TARGET)
-        else:
-            new_sha = sha
-    assert installed is not None
-    return installed, new_sha
-
-
-def provision(hub: Any, device_ids: list[str]) -> None:
-    """Device rows in bulk: the registry knows every device (the hubs drop traffic from unknown ones); the
-    brokers here authenticate nobody, so no per-device credential hash is computed."""
-    from hub.registry import Device
-
-    with hub.db.session() as session:
-        for i, device_id in enumerate(device_ids):
-            session.add(Device(id=device_id, target=TARGET, labels={"site": f"s{i % 4}"}, credential_hash="bench"))
 
 
 def progress(message: str) -> None:

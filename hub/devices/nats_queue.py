@@ -29,7 +29,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any, Final
 
 from fleet.wire.mqtt import BrokerConnectionError, TlsFiles
-from fleet.wire.transport import Broker, Handler, Message, Unsubscribe
+from fleet.wire.transport import Broker, Handler, Message, RawSubscriber, Unsubscribe
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -120,8 +120,9 @@ class NatsQueueGroups:
         the message off); a plain filter goes to the MQTT connection's raw subscription where it has one."""
         group, plain = split_shared(topic_filter)
         if group is None:
-            raw = getattr(self.mqtt, "subscribe_raw", None)
-            return raw(topic_filter, sink, qos=qos) if raw is not None else self.mqtt.subscribe(topic_filter, sink)
+            if isinstance(self.mqtt, RawSubscriber):
+                return self.mqtt.subscribe_raw(topic_filter, sink, qos=qos)
+            return self.mqtt.subscribe(topic_filter, sink, qos=qos)
         return self._queue_subscribe(group, plain, sink)
 
     def close(self) -> None:
