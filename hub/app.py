@@ -194,7 +194,9 @@ class Hub:
         device_ca = CertificateAuthority(s.device_ca_dir) if s.device_ca_dir else None
         traffic.on_certificate_request(CertificateSigner(broker, device_ca, days=s.device_cert_days).handle)
         # a replica's leader sees every state and event on a connection of its own; a lone hub on this one
-        feed = DeviceTraffic(self.connector.connect("hub-leader"), self.registry) if s.replica else traffic
+        feed = traffic
+        if s.replica:
+            feed = DeviceTraffic(self.connector.connect("hub-leader"), self.registry, known=self.known)
         self.duties = LeaderDuties(
             self.registry,
             self.orders,

@@ -23,6 +23,7 @@ from collections.abc import Callable, Collection, Mapping
 from fleet.wire.messages import DeploymentOrder, DeviceState, FetchRequest, UpdateEvent, UpdateState
 from hub.bundles.refresh import MetadataRefresher
 from hub.cluster.leadership import FencedError, Leadership
+from hub.devices.records import DeviceRecords
 from hub.devices.traffic import DeviceTraffic
 from hub.registry import Registry
 from hub.rollouts.manager import OrderSink, RolloutManager
@@ -30,6 +31,8 @@ from hub.rollouts.manager import OrderSink, RolloutManager
 __all__ = ["FencedOrders", "LeaderDuties"]
 
 log = logging.getLogger(__name__)
+
+_RECORDED_MAX = 200_000
 
 
 class FencedOrders:
@@ -108,6 +111,8 @@ class LeaderDuties:
         self.push = push  # the rollout manager's wave push (`BundleTransfer.push`)
         self.fetch = fetch  # chunk and piece requests on the leader's own feed (`BundleTransfer.handle_chunks`)
         self.manager: RolloutManager | None = None
+        self._done_records: DeviceRecords | None = None  # retained done states, written in batches
+        self._recorded: set[tuple[str, str]] = set()  # (device, deployment) done states already queued
         self._unsubscribes: list[Callable[[], None]] = []
         self._lock = threading.Lock()
 
@@ -117,6 +122,8 @@ class LeaderDuties:
             manager = RolloutManager(self.registry, self.orders, fence=self.leadership.fence, push=self.push)
             self._unsubscribes = [self.feed.on_state(manager.observe_state), self.feed.on_event(manager.observe_event)]
             if self.own_feed:
+                self._done_records = DeviceRecords(self.registry, on_events=lambda _events: None)
+                self._done_records.start()
                 self._unsubscribes.append(self.feed.on_state(self._record_done))
                 if self.fetch is not None:
                     self._unsubscribes.append(self.feed.on_fetch(self.fetch))
@@ -129,9 +136,18 @@ class LeaderDuties:
         log.info("leading with epoch %d: rollouts and metadata signing", epoch)
 
     def _record_done(self, state: DeviceState) -> None:
-        if state.update_state == UpdateState.DONE and state.deployment_id:
-            done = UpdateEvent(device_id=state.device_id, deployment_id=state.deployment_id, state=UpdateState.DONE)
-            self.registry.record_update_event(done)
+        """Queue a device's retained ``done`` as an event on its deployment row, once per device and deployment
+        (a writer thread stores them in batches: one transaction per state held this feed back at thousands)."""
+        records = self._done_records
+        if records is None or state.update_state != UpdateState.DONE or not state.deployment_id:
+            return
+        key = (state.device_id, state.deployment_id)
+        if key in self._recorded:
+            return
+        if len(self._recorded) >= _RECORDED_MAX:
+            self._recorded.clear()  # bounded; forgetting only costs a repeated, idempotent write
+        self._recorded.add(key)
+        records.event(UpdateEvent(device_id=state.device_id, deployment_id=state.deployment_id, state=UpdateState.DONE))
 
     def step_down(self) -> None:
         """Stop the duties; safe to call when not leading."""
@@ -145,4 +161,7 @@ class LeaderDuties:
             self._unsubscribes.clear()
             if self.own_feed:
                 self.feed.stop()
+            if self._done_records is not None:
+                self._done_records.close()
+                self._done_records = None
             self.refresher.stop()

@@ -1,25 +1,43 @@
-"""`KnownDevices`: which senders are provisioned, asked of the registry at most once per device per period.
+"""`KnownDevices`: which senders are provisioned, asked of the registry in bulk, at most once per period.
 
 Every device message is checked against the registry (another hub may share the broker; a removed device must
 stop counting). Asking the database per message would cost more than the message, so answers are remembered:
 a provisioned id for ``ttl_s``, an unknown one for ``unknown_ttl_s`` (so a flood from an unprovisioned id costs
 one query per period, not one per message). A device removed through this hub is forgotten at once; other
 replicas stop accepting it within ``ttl_s``.
+
+Refresh ahead: a fleet connects within a minute, so its answers expire within a minute, and asking again one
+device at a time would cost one query per device per period (at 3,000 devices on three replicas, most of the
+message threads' time went there). When an answer has expired, the same query also asks for every answer that
+expires within the next ``ttl_s / 2`` and was used since it was given, so the whole fleet is asked again in a
+few queries of ``_QUERY_IDS`` ids. Answers nobody used since they were given are dropped when they expire.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Final
 
 from hub.registry import Registry
 
 __all__ = ["KnownDevices"]
 
-#: remembered answers beyond which expired ones are swept (a sweep is O(entries), so it runs rarely)
-_SWEEP_ABOVE: Final = 100_000
+#: ids per registry query (SQLite's bound-parameter limit, and a statement PostgreSQL plans quickly)
+_QUERY_IDS: Final = 500
+#: buckets per ``ttl_s``: answers are grouped by expiry so a refresh finds the ones due without a full scan
+_BUCKETS_PER_TTL: Final = 16
+
+
+@dataclass(slots=True)
+class _Answer:
+    provisioned: bool
+    until: float
+    bucket: int
+    used: bool = False  # asked again since the registry gave this answer
 
 
 class KnownDevices:
@@ -37,33 +55,38 @@ class KnownDevices:
         self.ttl_s = ttl_s
         self.unknown_ttl_s = unknown_ttl_s
         self._clock = clock
-        self._answers: dict[str, tuple[bool, float]] = {}  # device id -> (provisioned, valid until)
+        self._bucket_s = max(ttl_s / _BUCKETS_PER_TTL, 1e-3)
+        self._answers: dict[str, _Answer] = {}
+        self._buckets: dict[int, set[str]] = {}  # expiry bucket -> ids whose answer expires in it
         self._lock = threading.Lock()
-        self._sweep_at = _SWEEP_ABOVE
+        self._scanned_at = -math.inf
 
     def provisioned(self, device_ids: Iterable[str]) -> set[str]:
-        """Which of ``device_ids`` are provisioned; the ones without a fresh answer cost one query together."""
-        wanted = set(device_ids)
+        """Which of ``device_ids`` are provisioned; the ones without a fresh answer cost one query together,
+        which also refreshes the answers in use that are about to expire."""
         now = self._clock()
         known: set[str] = set()
         stale: set[str] = set()
         with self._lock:
-            for device_id in wanted:
+            for device_id in set(device_ids):
                 answer = self._answers.get(device_id)
-                if answer is None or answer[1] <= now:
+                if answer is None or answer.until <= now:
                     stale.add(device_id)
-                elif answer[0]:
-                    known.add(device_id)
-        if not stale:
-            return known
-        found = self.registry.existing_devices(stale)
+                else:
+                    answer.used = True
+                    if answer.provisioned:
+                        known.add(device_id)
+            if not stale:
+                return known
+            asked = stale | self._due_soon(now)
+        found: set[str] = set()
+        ordered = sorted(asked)
+        for start in range(0, len(ordered), _QUERY_IDS):
+            found |= self.registry.existing_devices(ordered[start : start + _QUERY_IDS])
         with self._lock:
-            for device_id in stale:
-                is_known = device_id in found
-                self._answers[device_id] = (is_known, now + (self.ttl_s if is_known else self.unknown_ttl_s))
-            if len(self._answers) > self._sweep_at:
-                self._sweep(now)
-        return known | found
+            for device_id in asked:
+                self._remember(device_id, device_id in found, now)
+        return known | (found & stale)
 
     def is_provisioned(self, device_id: str) -> bool:
         """`provisioned` for one device."""
@@ -72,8 +95,44 @@ class KnownDevices:
     def forget(self, device_id: str) -> None:
         """Drop what is remembered of ``device_id`` (it was removed or provisioned): the next message asks."""
         with self._lock:
-            self._answers.pop(device_id, None)
+            self._drop(device_id)
 
-    def _sweep(self, now: float) -> None:
-        self._answers = {key: answer for key, answer in self._answers.items() if answer[1] > now}
-        self._sweep_at = max(_SWEEP_ABOVE, 2 * len(self._answers))
+    def remembered(self) -> int:
+        """How many answers are remembered (for tests and metrics)."""
+        with self._lock:
+            return len(self._answers)
+
+    def _due_soon(self, now: float) -> set[str]:
+        """Ids in use whose answers expire within half a period; expired unused answers are dropped. At most one
+        scan per bucket span, so a flood of unknown ids costs one id per query, not a scan per message."""
+        if now - self._scanned_at < self._bucket_s:
+            return set()
+        self._scanned_at = now
+        horizon = self._bucket_of(now + self.ttl_s / 2)
+        due: set[str] = set()
+        for bucket in [b for b in self._buckets if b <= horizon]:
+            for device_id in list(self._buckets[bucket]):
+                answer = self._answers[device_id]
+                if answer.used:
+                    due.add(device_id)
+                elif answer.until <= now:
+                    self._drop(device_id)
+        return due
+
+    def _remember(self, device_id: str, provisioned: bool, now: float) -> None:
+        self._drop(device_id)
+        until = now + (self.ttl_s if provisioned else self.unknown_ttl_s)
+        bucket = self._bucket_of(until)
+        self._answers[device_id] = _Answer(provisioned, until, bucket)
+        self._buckets.setdefault(bucket, set()).add(device_id)
+
+    def _drop(self, device_id: str) -> None:
+        answer = self._answers.pop(device_id, None)
+        if answer is not None:
+            ids = self._buckets[answer.bucket]
+            ids.discard(device_id)
+            if not ids:
+                del self._buckets[answer.bucket]
+
+    def _bucket_of(self, at: float) -> int:
+        return math.floor(at / self._bucket_s)

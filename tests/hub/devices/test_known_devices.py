@@ -11,9 +11,10 @@ import pytest
 from fleet.wire import topics
 from fleet.wire.messages import DeviceState, encode
 from fleet.wire.transport import InMemoryBroker
+from hub.devices import known_devices
 from hub.devices.known_devices import KnownDevices
 from hub.devices.traffic import DeviceTraffic
-from hub.registry import Database, Registry
+from hub.registry import Database, Device, Registry
 
 
 class CountingRegistry(Registry):
@@ -79,3 +80,55 @@ def test_a_device_removed_here_is_refused_at_once(registry: CountingRegistry) ->
     send()
     assert states == ["cam-1"]
     assert traffic.rejected["state"] == 1
+
+
+def test_a_fleet_whose_answers_expire_together_is_asked_again_in_a_few_queries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(known_devices, "_QUERY_IDS", 50)
+    db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
+    registry = CountingRegistry(db)
+    fleet = [f"cam-{n:03d}" for n in range(120)]
+    with db.session() as session:  # rows only: credentials do not matter here, and hashing 120 costs seconds
+        session.add_all(Device(id=d, target="x86-onnx-cpu", credential_hash="-", broker_hash="-") for d in fleet)
+    clock = Clock()
+    known = KnownDevices(registry, ttl_s=60.0, clock=clock)
+    for device_id in fleet:  # the fleet connects: one query per device, as nothing is remembered yet
+        assert known.is_provisioned(device_id)
+    connected = registry.queries
+    clock.now += 40.0
+    for device_id in fleet[:100]:  # 100 keep sending; 20 fell silent
+        assert known.is_provisioned(device_id)
+    assert registry.queries == connected
+    registry.remove_device("cam-099")
+
+    clock.now += 21.0  # every answer has expired
+    assert known.is_provisioned("cam-000")
+    assert registry.queries == connected + 2  # the 100 in use, in queries of 50
+    for device_id in fleet[1:99]:
+        assert known.is_provisioned(device_id)
+    assert registry.queries == connected + 2
+    assert not known.is_provisioned("cam-099")  # the removal was seen by the bulk query
+    assert registry.queries == connected + 2
+    assert known.remembered() == 100  # the silent 20 were dropped, not asked for
+    db.close()
+
+
+def test_a_flood_of_unknown_ids_costs_one_small_query_each(registry: CountingRegistry) -> None:
+    clock = Clock()
+    known = KnownDevices(registry, ttl_s=60.0, clock=clock)
+    assert known.provisioned(["cam-1", "cam-2"]) == {"cam-1", "cam-2"}
+    clock.now += 59.0  # both answers are about to expire, and a flood of new ids arrives
+    asked: list[int] = []
+    original = registry.existing_devices
+
+    def record(device_ids: Iterable[str]) -> set[str]:
+        ids = list(device_ids)
+        asked.append(len(ids))
+        return original(ids)
+
+    registry.existing_devices = record  # type: ignore[method-assign]
+    known.is_provisioned("cam-1")  # in use: both answers are now due for the next bulk refresh
+    for n in range(50):
+        assert not known.is_provisioned(f"ghost-{n}")
+    assert max(asked) <= 2 and len(asked) == 50  # no query carries more than one id and the two due soon

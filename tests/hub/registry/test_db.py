@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from fleet.wire.mqtt import PahoBroker
 from hub.app import Hub
@@ -17,6 +18,7 @@ from hub.registry import Database, Registry
 from hub.registry.migrations import head_revision
 from tests.hub.auth.clients import api_client
 from tests.hub.registry.conftest import FIRST_RELEASE_SECRETS
+from tests.pg_schema import fresh_schema
 
 
 def test_sqlite_file_is_created_owner_only(tmp_path: Path) -> None:
@@ -56,3 +58,36 @@ def test_hub_on_a_first_release_database_serves_its_devices(first_release_url: s
         assert not hub.registry.check_device_secret("dev-1", FIRST_RELEASE_SECRETS["pi-1"])
     finally:
         hub.stop()
+
+
+def _backend_pid(db: Database) -> int:
+    with db.engine.connect() as connection:
+        return int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def test_a_pooled_postgresql_connection_killed_while_idle_is_replaced_unnoticed() -> None:
+    with fresh_schema() as url:
+        db = Database(url, ping_after_idle_s=0.0)  # every checkout of a used connection counts as idle
+        other = Database(url)
+        try:
+            pid = _backend_pid(db)  # back in the pool
+            pings = db.pings
+            with other.engine.begin() as connection:  # the database drops it (a restart, an idle timeout)
+                connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            assert Registry(db).existing_devices(["cam-1"]) == set()  # no error: the pool replaced it
+            assert db.pings == pings + 1
+            assert _backend_pid(db) != pid
+        finally:
+            db.close()
+            other.close()
+
+
+def test_a_connection_in_steady_use_is_not_pinged_at_every_checkout() -> None:
+    with fresh_schema() as url:
+        db = Database(url, ping_after_idle_s=3600.0)
+        try:
+            for _ in range(20):
+                Registry(db).existing_devices(["cam-1"])
+            assert db.pings == 0  # pool_pre_ping cost a round trip each time
+        finally:
+            db.close()
