@@ -54,8 +54,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 #: a hub process: starts from the JSON settings in argv[1], says so, runs until SIGTERM
 HUB = """
-import signal, sys, threading
+import logging, signal, sys, threading
 from hub.app import Hub
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 from hub.config import HubSettings
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())

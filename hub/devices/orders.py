@@ -7,6 +7,7 @@ setting it where orders are built covers plain deployments, rollout waves and ro
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -21,6 +22,8 @@ from hub.errors import NotFoundError
 from hub.registry import Registry
 
 __all__ = ["BundleSources", "DeploymentOrders"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,19 @@ class DeploymentOrders:
     def send_all(self, orders: Mapping[str, DeploymentOrder]) -> None:
         """Publish each device's order, their sequences reserved in one transaction (a whole wave at once);
         `NotFoundError` names the devices that no longer exist, after the others were sent."""
+        began = time.perf_counter()
         sequences = self.registry.next_order_sequences(orders)
+        reserved = time.perf_counter()
         for device_id, order in orders.items():
             if device_id in sequences:
                 stamped = order.model_copy(update={"sequence": sequences[device_id]})
                 self.broker.publish(topics.device_topic(device_id, "deployment"), encode(stamped), qos=1, retain=True)
+        log.info(
+            "published %d orders in %.2f s (sequences reserved in %.2f s)",
+            len(sequences),
+            time.perf_counter() - began,
+            reserved - began,
+        )
         missing = sorted(set(orders) - sequences.keys())
         if missing:
             raise NotFoundError(f"no order for devices that do not exist: {', '.join(missing)}")
