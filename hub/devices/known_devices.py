@@ -9,8 +9,9 @@ replicas stop accepting it within ``ttl_s``.
 Refresh ahead: a fleet connects within a minute, so its answers expire within a minute, and asking again one
 device at a time would cost one query per device per period (at 3,000 devices on three replicas, most of the
 message threads' time went there). When an answer has expired, the same query also asks for every answer that
-expires within the next ``ttl_s / 2`` and was used since it was given, so the whole fleet is asked again in a
-few queries of ``_QUERY_IDS`` ids. Answers nobody used since they were given are dropped when they expire.
+expires within the next ``ttl_s / 2`` for a device heard from within the last two periods (a replica may hear a
+device only every heartbeat or two), so the whole fleet is asked again in a few queries of ``_QUERY_IDS`` ids.
+The answers of devices not heard from for longer are dropped when they expire.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class _Answer:
     provisioned: bool
     until: float
     bucket: int
-    used: bool = False  # asked again since the registry gave this answer
+    asked_at: float  # when a message of this device was last checked
 
 
 class KnownDevices:
@@ -73,7 +74,7 @@ class KnownDevices:
                 if answer is None or answer.until <= now:
                     stale.add(device_id)
                 else:
-                    answer.used = True
+                    answer.asked_at = now
                     if answer.provisioned:
                         known.add(device_id)
             if not stale:
@@ -85,7 +86,7 @@ class KnownDevices:
             found |= self.registry.existing_devices(ordered[start : start + _QUERY_IDS])
         with self._lock:
             for device_id in asked:
-                self._remember(device_id, device_id in found, now)
+                self._remember(device_id, device_id in found, now, asked_at=now if device_id in stale else None)
         return known | (found & stale)
 
     def is_provisioned(self, device_id: str) -> bool:
@@ -103,7 +104,8 @@ class KnownDevices:
             return len(self._answers)
 
     def _due_soon(self, now: float) -> set[str]:
-        """Ids in use whose answers expire within half a period; expired unused answers are dropped. At most one
+        """Ids heard from lately whose answers expire within half a period; the expired answers of the others
+        are dropped. At most one
         scan per bucket span, so a flood of unknown ids costs one id per query, not a scan per message."""
         if now - self._scanned_at < self._bucket_s:
             return set()
@@ -113,17 +115,20 @@ class KnownDevices:
         for bucket in [b for b in self._buckets if b <= horizon]:
             for device_id in list(self._buckets[bucket]):
                 answer = self._answers[device_id]
-                if answer.used:
+                if now - answer.asked_at <= 2 * self.ttl_s:
                     due.add(device_id)
                 elif answer.until <= now:
                     self._drop(device_id)
         return due
 
-    def _remember(self, device_id: str, provisioned: bool, now: float) -> None:
+    def _remember(self, device_id: str, provisioned: bool, now: float, *, asked_at: float | None) -> None:
+        previous = self._answers.get(device_id)
+        if asked_at is None:  # refreshed ahead: keep when it was last heard from
+            asked_at = previous.asked_at if previous is not None else now
         self._drop(device_id)
         until = now + (self.ttl_s if provisioned else self.unknown_ttl_s)
         bucket = self._bucket_of(until)
-        self._answers[device_id] = _Answer(provisioned, until, bucket)
+        self._answers[device_id] = _Answer(provisioned, until, bucket, asked_at)
         self._buckets.setdefault(bucket, set()).add(device_id)
 
     def _drop(self, device_id: str) -> None:
