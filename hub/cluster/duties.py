@@ -129,7 +129,12 @@ class LeaderDuties:
                     self._unsubscribes.append(self.feed.on_fetch(self.fetch))
             self.refresher.start()  # before devices fetch: metadata gone stale while no one led
             if self.own_feed:
-                self.feed.start(channels=("state", "events", "fetch") if self.fetch else ("state", "events"))
+                # chunk requests at QoS 0: a device asks again after its chunk timeout, and on a broker that
+                # keeps QoS 1 deliveries in a stream (NATS) the fleet's metadata requests, which this feed
+                # only skips, would cost a stored and acknowledged message each
+                self.feed.start(
+                    channels=("state", "events", "fetch") if self.fetch else ("state", "events"), qos={"fetch": 0}
+                )
             manager.start()
             self.manager = manager
             self.on_manager(manager)

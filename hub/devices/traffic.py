@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 from fleet.errors import ProtocolError
@@ -188,8 +188,15 @@ class DeviceTraffic:
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
-    def start(self, *, telemetry_only: bool = False, channels: tuple[str, ...] | None = None) -> None:
-        """Subscribe to the device channels the hub consumes (all, telemetry alone, or ``channels``)."""
+    def start(
+        self,
+        *,
+        telemetry_only: bool = False,
+        channels: tuple[str, ...] | None = None,
+        qos: Mapping[str, int] | None = None,
+    ) -> None:
+        """Subscribe to the device channels the hub consumes (all, telemetry alone, or ``channels``), at QoS 1
+        unless ``qos`` names another for a channel."""
         if channels is None:
             channels = ("telemetry",) if telemetry_only else EVERY_CHANNEL
         filters = {c: self.telemetry_filter if c == "telemetry" else self._filter(c) for c in channels}
@@ -199,7 +206,8 @@ class DeviceTraffic:
                 # raw hand-offs only queue: on the receiving thread, one thread hop fewer per batch
                 self._unsubscribes.append(raw.subscribe_raw(topic_filter, self._handler(channel)))
             else:
-                self._unsubscribes.append(self.broker.subscribe(topic_filter, self._handler(channel)))
+                level = (qos or {}).get(channel, 1)
+                self._unsubscribes.append(self.broker.subscribe(topic_filter, self._handler(channel), qos=level))
 
     def stop(self) -> None:
         """Unsubscribe everything; safe to call twice."""

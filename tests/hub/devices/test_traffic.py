@@ -22,9 +22,11 @@ class RecordingBroker(InMemoryBroker):
     def __init__(self) -> None:
         super().__init__()
         self.filters: list[str] = []
+        self.levels: dict[str, int] = {}
 
     def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1) -> Unsubscribe:
         self.filters.append(topic_filter)
+        self.levels[topic_filter] = qos
         return super().subscribe(topic_filter, handler, qos=qos)
 
 
@@ -58,6 +60,12 @@ def test_a_chosen_set_of_channels(registry: Registry) -> None:
     broker = RecordingBroker()
     DeviceTraffic(broker, registry).start(channels=("state", "events"))
     assert broker.filters == [topics.device_wildcard("state"), topics.device_wildcard("events")]
+
+
+def test_a_channel_can_be_read_at_qos_0(registry: Registry) -> None:
+    broker = RecordingBroker()
+    DeviceTraffic(broker, registry).start(channels=("state", "fetch"), qos={"fetch": 0})  # the leader's feed
+    assert broker.levels == {topics.device_wildcard("state"): 1, topics.device_wildcard("fetch"): 0}
 
 
 class RawBroker(RecordingBroker):

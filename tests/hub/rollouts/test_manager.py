@@ -611,3 +611,24 @@ def test_reports_wake_the_engine_only_when_they_can_move_a_rollout(fleet: Fleet)
     late = sorted(set(fleet.orders) - set(canary))[0]
     fleet.report(late, UpdateState.FAILED, "ro-wake")  # a failure may trip the threshold: at once
     assert manager._wake.is_set()
+
+
+def test_a_report_delivered_again_after_a_newer_one_does_not_move_the_device_back(fleet: Fleet) -> None:
+    fleet.device("cam-1")
+    manager = fleet.manager()
+
+    def update_state() -> UpdateState | None:
+        return next(s.update_state for s in manager.statuses() if s.device_id == "cam-1")
+
+    done = DeviceState(device_id="cam-1", online=True, update_state=UpdateState.DONE, deployment_id="r1", ts=20.0)
+    manager.observe_state(done)
+    # a hub that fell behind gets an unacknowledged QoS 1 report again, after the newer one
+    manager.observe_state(done.model_copy(update={"update_state": UpdateState.INSTALL, "ts": 10.0}))
+    assert update_state() == UpdateState.DONE
+    # the last will carries the connect time, and a new deployment may come from a clock that stepped back
+    manager.observe_state(done.model_copy(update={"online": False, "update_state": UpdateState.IDLE, "ts": 1.0}))
+    assert next(s.online for s in manager.statuses() if s.device_id == "cam-1") is False
+    manager.observe_state(
+        done.model_copy(update={"deployment_id": "r2", "update_state": UpdateState.DOWNLOAD, "ts": 2.0})
+    )
+    assert update_state() == UpdateState.DOWNLOAD
