@@ -83,6 +83,8 @@ def _id(value: int | None) -> int:
 
 
 _BLOCK = 500  # ids per IN (...) list: well below every database's limit on bound parameters
+#: a state at most this much older than the stored one (by the device's clock) is a late copy, not stored
+_LATE_WINDOW_S = 300.0
 
 
 def _apply_states(connection: Connection, states: list[DeviceState]) -> list[str]:
@@ -91,14 +93,22 @@ def _apply_states(connection: Connection, states: list[DeviceState]) -> list[str
     # The rows are locked here, by id, before the updates below (two statements, each in id order): every writer
     # of device rows (replicas' state writers, heartbeats, the leader's order sequences) locks in id order, so
     # two of them never deadlock.
-    known = [
-        device_id
+    locked = [
+        row
         for block in _blocks(sorted(newest))
-        for device_id in connection.execute(
-            sql.select(col(Device.id)).where(col(Device.id).in_(block)).order_by(col(Device.id)).with_for_update()
-        ).scalars()
+        for row in connection.execute(
+            sql.select(col(Device.id), col(Device.online), col(Device.state_ts))
+            .where(col(Device.id).in_(block))
+            .order_by(col(Device.id))
+            .with_for_update()
+        )
     ]
-    rows = [_state_row(newest[device_id], now) for device_id in known]
+    known = [device_id for device_id, _, _ in locked]
+    rows = [
+        _state_row(newest[device_id], now)
+        for device_id, online, stored_ts in locked
+        if not _late_copy(newest[device_id], online, stored_ts)
+    ]
     for with_active in (True, False):  # one executemany per column set
         batch = [row for row in rows if ("active_model" in row) == with_active]
         if batch:  # bound as b_<column>: a bind parameter may not carry its column's own name
@@ -155,6 +165,16 @@ def _apply_events(connection: Connection, events: list[UpdateEvent]) -> int:
     return applied
 
 
+def _late_copy(state: DeviceState, online: bool, stored_ts: float | None) -> bool:
+    """Whether ``state`` is a late copy of an older report than the stored one: sent before it by the device's
+    clock, by at most `_LATE_WINDOW_S`, with the same online status. A change of online status (the last will
+    carries the connect time) always counts, and so does a state much older than the stored one: the device's
+    clock stepped back, and its reports must not stay ignored until the clock catches up."""
+    if stored_ts is None or state.ts <= 0 or state.online != online:
+        return False
+    return stored_ts - _LATE_WINDOW_S <= state.ts < stored_ts
+
+
 def _state_row(state: DeviceState, now: float) -> dict[str, Any]:
     """The device columns a reported state sets (the active model's only when it names one)."""
     row: dict[str, Any] = {
@@ -162,6 +182,7 @@ def _state_row(state: DeviceState, now: float) -> dict[str, Any]:
         "online": state.online,
         "last_seen": now,
         "update_state": state.update_state.value,
+        "state_ts": state.ts if state.ts > 0 else None,
     }
     if state.active is not None:
         row |= {

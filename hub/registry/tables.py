@@ -69,6 +69,7 @@ class Device(SQLModel, table=True):
     active_version: str | None = None
     active_sha256: str | None = None
     update_state: str = "idle"
+    state_ts: float | None = None  # the device's clock when it sent the stored state (a late copy is not stored)
     created_at: float = Field(default_factory=_now)
     order_sequence: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
 

@@ -158,3 +158,22 @@ def test_telemetry_duplicates_are_dropped_by_batch_id(registry: Registry) -> Non
     assert registry.record_telemetry([batch]) == 0
     assert registry.telemetry_count() == 1
     assert registry.telemetry_batches("m", "1.0.0") == [batch]
+
+
+def test_a_state_delivered_late_does_not_overwrite_a_newer_one(registry: Registry) -> None:
+    registry.provision_device("pc-1", "x86-onnx-cpu")
+
+    def store(update_state: UpdateState, ts: float, *, online: bool = True) -> str:
+        state = DeviceState(device_id="pc-1", online=online, update_state=update_state, deployment_id="r1", ts=ts)
+        assert registry.apply_device_states([state]) == ["pc-1"]  # still a provisioned device either way
+        return registry.get_device("pc-1").update_state
+
+    assert store(UpdateState.DONE, 1000.0) == "done"
+    # another replica, behind, stores the install report the device sent 2 s earlier
+    assert store(UpdateState.INSTALL, 998.0) == "done"
+    # the last will carries the connect time: going offline always counts
+    assert store(UpdateState.IDLE, 900.0, online=False) == "idle"
+    assert registry.get_device("pc-1").online is False
+    assert store(UpdateState.DOWNLOAD, 1001.0) == "download"
+    # the device's clock stepped back an hour: its reports count at once, not an hour later
+    assert store(UpdateState.VERIFY, 1001.0 - 3600) == "verify"
