@@ -232,6 +232,11 @@ class Hub:
         self.metadata_refresher.stop()
         if self.presence is not None:
             self.presence.stop()
+        if self.ingestor is not None:
+            # before the traffic stops: the last writes' acknowledgements go out on the telemetry connection,
+            # which stopping the traffic closes (a batch arriving meanwhile stays unacknowledged: its device
+            # sends it again)
+            self.ingestor.close()
         if self.traffic is not None:
             self.traffic.stop()
             if isinstance(self.traffic.broker, NatsQueueGroups):
@@ -245,8 +250,6 @@ class Hub:
             self.records.close()
         if self.transfer is not None:
             self.transfer.close()
-        if self.ingestor is not None:
-            self.ingestor.close()
         if self.broker is not None:
             self.broker.close()
         if self.embedded is not None:

@@ -177,6 +177,15 @@ def parse_frames(buf: bytes | bytearray, *, first_only: bool = False) -> _Frames
     return found
 
 
+def _drain(sock: socket.socket, timeout_s: float = 2.0) -> None:
+    """Half-close and read until the broker closes its side: closing a socket with unread bytes sends a reset,
+    and a broker that gets one may drop what it had not yet processed (the last replies)."""
+    sock.shutdown(socket.SHUT_WR)
+    sock.settimeout(timeout_s)
+    while sock.recv(_READ_BYTES):
+        pass
+
+
 class BulkSubscriber:
     """One MQTT connection that reads one subscription in bulk; implements `fleet.wire.transport.RawSubscriber`.
 
@@ -271,7 +280,8 @@ class BulkSubscriber:
                 self._wake_w.send(b"w")
 
     def close(self) -> None:
-        """Disconnect cleanly and stop the connection's thread; safe to call twice."""
+        """Send the replies queued so far, disconnect cleanly and stop the connection's thread; safe to call
+        twice."""
         if self._closed.is_set():
             return
         self._closed.set()
@@ -407,8 +417,10 @@ class BulkSubscriber:
                 ping_sent = None
             if self._outbox:  # replies queued while reading (a TLS read may skip the select above)
                 self._flush(sock)
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # closing: the replies queued until now go out first
+            self._flush(sock)
             sock.sendall(_DISCONNECT)
+            _drain(sock)
 
     def _handle(self, sock: socket.socket, data: bytes | bytearray) -> tuple[bytearray, bool]:
         """Deliver and acknowledge the whole frames in ``data``; return the incomplete rest and whether a

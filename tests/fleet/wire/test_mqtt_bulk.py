@@ -137,6 +137,25 @@ def test_messages_are_delivered_and_acknowledged(broker: BrokerAddress) -> None:
     assert not subscriber.connected
 
 
+def test_replies_queued_before_close_are_sent() -> None:
+    """On Mosquitto only: amqtt (the embedded broker) drops a closing client's last messages whatever it does,
+    and a hub on the embedded broker stops that broker with itself anyway."""
+    broker = BrokerAddress("127.0.0.1", 1883)
+    device, topic = _device(broker)
+    subscriber = BulkSubscriber(broker, client_id=_hub_id())
+    subscriber.subscribe_raw(topic.replace("/telemetry", "/+"), Inbox())
+    acks = Inbox()
+    try:
+        device.subscribe(topic + "-ack", acks)
+        assert device.wait_subscribed(WAIT_S)
+        for i in range(50):  # a stopping hub's last acknowledgements, then at once its disconnect
+            subscriber.publish(topic + "-ack", b"ack-%d" % i)
+        subscriber.close()
+        assert acks.wait_for(50), len(acks.messages)
+    finally:
+        device.close()
+
+
 def test_a_shared_subscription_on_mosquitto() -> None:
     address = BrokerAddress("127.0.0.1", 1883)
     inbox = Inbox()
