@@ -465,14 +465,15 @@ class Registry:
         device's last state changes nothing, so a late heartbeat never undoes a newer offline state."""
         if not heard:
             return
-        with self.db.session() as session:
-            for device_id, at in sorted(heard.items()):  # in id order, as every writer of device rows locks
-                session.connection().execute(
-                    update(Device)
-                    .where(col(Device.id) == device_id)
-                    .where(or_(col(Device.last_seen).is_(None), col(Device.last_seen) < at))
-                    .values(online=True, last_seen=at)
-                )
+        statement = (
+            update(Device)
+            .where(col(Device.id) == sql.bindparam("device"))
+            .where(or_(col(Device.last_seen).is_(None), col(Device.last_seen) < sql.bindparam("at")))
+            .values(online=True, last_seen=sql.bindparam("at"))
+        )
+        with self.db.session() as session:  # one statement for all (psycopg pipelines it: one round trip)
+            rows = [{"device": device_id, "at": at} for device_id, at in sorted(heard.items())]  # locks in id order
+            session.connection().execute(statement, rows)
 
     def mark_silent_offline(self, silent_since: float) -> list[str]:
         """Mark offline every online device not heard from since ``silent_since``; return their ids."""

@@ -69,3 +69,11 @@ def test_a_late_heartbeat_never_undoes_a_newer_offline_state(registry: Registry)
         presence.heard(_beat("gone"))  # it is back and beating: online again
         presence.sweep()
         assert registry.get_device("gone").online
+
+
+def test_a_sweep_writes_each_devices_own_time_in_one_statement(registry: Registry) -> None:
+    with time_machine.travel(T0, tick=False):
+        registry.apply_device_state(DeviceState(device_id="gone", online=False))  # last seen now: T0
+    registry.record_heard({"alive": T0 + 10, "dead": T0 + 20, "gone": T0 - 5})  # gone's beat is older than its will
+    seen = {d.id: (d.online, d.last_seen) for d in registry.list_devices()}
+    assert seen == {"alive": (True, T0 + 10), "dead": (True, T0 + 20), "gone": (False, T0)}
