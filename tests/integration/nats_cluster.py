@@ -53,13 +53,17 @@ class NatsCluster:
         self.logs: list[Path] = []
         for index in range(size):
             config = workdir / f"nats-n{index}.conf"
+            # a single node runs without a cluster block: its JetStream would wait for peers that never come
+            cluster = (
+                f"cluster {{ name: edgefleet, listen: 127.0.0.1:{self.route_ports[index]}, routes: [{routes}] }}\n"
+            )
             config.write_text(
                 f"server_name: n{index}\n"
                 f"listen: 127.0.0.1:{self.client_ports[index]}\n"
                 f"http: 127.0.0.1:{self.monitor_ports[index]}\n"
                 f'jetstream {{ store_dir: "{workdir / f"js-n{index}"}" }}\n'
-                f"cluster {{ name: edgefleet, listen: 127.0.0.1:{self.route_ports[index]}, routes: [{routes}] }}\n"
-                f"mqtt {{ listen: 127.0.0.1:{self.mqtt_ports[index]}, "
+                + (cluster if size > 1 else "")
+                + f"mqtt {{ listen: 127.0.0.1:{self.mqtt_ports[index]}, "
                 f"stream_replicas: {stream_replicas or size}, "
                 f"consumer_replicas: {consumer_replicas or size} {mqtt}}}\n{server}\n"
             )
