@@ -65,27 +65,36 @@ def check_batches(batches: Sequence[FastTelemetryBatch]) -> list[CheckedBatch | 
     raws = [raw for batch in batches for raw in batch.feature_sketches.values()]
     block = check_kll_block(raws)
     ok, exact = block.ok.tolist(), block.exact.tolist()
+    starts, ends, items = block.starts.tolist(), block.ends.tolist(), block.values
     out: list[CheckedBatch | None] = []
     at = 0
     for batch in batches:
-        names = list(batch.feature_sketches)
-        span = range(at, at + len(names))
-        at += len(names)
-        if not (all(ok[i] for i in span) and _plain_checks(batch)):
+        sketches = batch.feature_sketches
+        end = at + len(sketches)
+        if not (all(ok[at:end]) and _plain_checks(batch)):
             out.append(None)
-            continue
-        values = {name: block.items(i) for name, i in zip(names, span, strict=True) if exact[i]}
-        try:
-            sketches = {
-                name: kll_floats_sketch.deserialize(batch.feature_sketches[name])
-                for name, i in zip(names, span, strict=True)
-                if not exact[i]
-            }
-        except (RuntimeError, ValueError, TypeError, IndexError):  # what datasketches raises on bad bytes
-            out.append(None)
-            continue
-        out.append(CheckedBatch(batch, values, sketches))
+        elif all(exact[at:end]):  # the common case: every sketch holds its values
+            views = [items[s:e] for s, e in zip(starts[at:end], ends[at:end], strict=True)]
+            out.append(CheckedBatch(batch, dict(zip(sketches, views, strict=True))))
+        else:
+            out.append(_mixed(batch, exact[at:end], [block.items(i) for i in range(at, end)]))
+        at = end
     return out
+
+
+def _mixed(batch: FastTelemetryBatch, exact: list[bool], views: list[np.ndarray]) -> CheckedBatch | None:
+    """A checked batch some of whose sketches are compacted (deserialised here); None where datasketches
+    refuses one after all."""
+    values = {name: view for name, view, whole in zip(batch.feature_sketches, views, exact, strict=True) if whole}
+    try:
+        sketches = {
+            name: kll_floats_sketch.deserialize(raw)
+            for (name, raw), whole in zip(batch.feature_sketches.items(), exact, strict=True)
+            if not whole
+        }
+    except (RuntimeError, ValueError, TypeError, IndexError):  # what datasketches raises on bad bytes
+        return None
+    return CheckedBatch(batch, values, sketches)
 
 
 def explain(batch: FastTelemetryBatch) -> CheckedBatch:
