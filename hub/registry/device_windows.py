@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
+import msgspec
 from sqlalchemy import ColumnElement, String, any_, bindparam, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -205,13 +206,17 @@ def _row(key: DeviceWindowKey, sums: DeviceWindowSums, *, compacted: bool) -> di
     return dict(zip(_KEY_COLUMNS, key, strict=True)) | sums.columns() | {"compacted": compacted}
 
 
+_JSON: Final = msgspec.json.Encoder()
 _INSERT_COLUMNS = (*_KEY_COLUMNS, "batches", "requests", "errors", "first_start", "first_end", "last_end")
 _INSERT_COLUMNS += ("histograms", "compacted")
 
 
 def _values(key: DeviceWindowKey, sums: DeviceWindowSums) -> tuple[Any, ...]:
-    """A new (not compacted) row in `_INSERT_COLUMNS` order, its histograms already JSON (as the column's type
-    would write them)."""
+    """A new (not compacted) row in `_INSERT_COLUMNS` order, its histograms already JSON: msgspec's, several
+    times faster than the column type's ``json.dumps``, which only the two totals could tell apart (msgspec
+    writes infinity as null, so a non-finite total takes ``json.dumps``)."""
+    histograms = sums.histograms()
+    finite = math.isfinite(sums.latency_ms.total) and math.isfinite(sums.confidence.total)
     return (
         *key,
         sums.batches,
@@ -220,7 +225,7 @@ def _values(key: DeviceWindowKey, sums: DeviceWindowSums) -> tuple[Any, ...]:
         sums.first_start,
         sums.first_end,
         sums.last_end,
-        json.dumps(sums.histograms()),
+        _JSON.encode(histograms).decode() if finite else json.dumps(histograms),
         False,
     )
 
