@@ -8,7 +8,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import semver
 import sqlalchemy as sql
@@ -619,17 +619,8 @@ class Registry:
     @staticmethod
     def _fold_window(session: Any, key: _WindowKey, shard: str, window_s: float, partial: TelemetryAggregate) -> None:
         model, version, target, start = key
-        row = session.exec(
-            select(TelemetryWindowAggregate)
-            .where(
-                TelemetryWindowAggregate.model == model,
-                TelemetryWindowAggregate.version == version,
-                TelemetryWindowAggregate.target == target,
-                TelemetryWindowAggregate.window_start == start,
-                TelemetryWindowAggregate.shard == shard,
-            )
-            .with_for_update()
-        ).first()
+        params = {"model": model, "version": version, "target": target, "start": start, "shard": shard}
+        row = session.exec(_AGGREGATE_ROW, params=params).first()
         if row is None:
             row = TelemetryWindowAggregate(
                 model=model, version=version, target=target, window_start=start, window_s=window_s, shard=shard
@@ -731,6 +722,18 @@ class Registry:
 
 
 _WindowKey = tuple[str, str, str, float]
+#: The window aggregate row a write folds into, locked; built once (building the clauses cost more than running them).
+_AGGREGATE_ROW: Final = (
+    select(TelemetryWindowAggregate)
+    .where(
+        col(TelemetryWindowAggregate.model) == sql.bindparam("model"),
+        col(TelemetryWindowAggregate.version) == sql.bindparam("version"),
+        col(TelemetryWindowAggregate.target) == sql.bindparam("target"),
+        col(TelemetryWindowAggregate.window_start) == sql.bindparam("start"),
+        col(TelemetryWindowAggregate.shard) == sql.bindparam("shard"),
+    )
+    .with_for_update()
+)
 
 
 def _window_partials(batches: Sequence[CheckedBatch], window_s: float) -> dict[_WindowKey, TelemetryAggregate]:
