@@ -148,6 +148,9 @@ class DeviceWindowSums:
 
     def _add_predictions(self, predictions: Mapping[str, int]) -> None:
         mine = self.predictions
+        if not mine:  # the first batch of most rows: a copy
+            mine.update(predictions)
+            return
         for label, count in predictions.items():
             mine[label] = mine.get(label, 0) + count
 

@@ -42,11 +42,15 @@ def rollup_window_start(window_start: float, window_s: float) -> float:
 
 def pack_sketches(sketches: Mapping[str, bytes]) -> bytes:
     """Named raw sketches as one byte string: per entry, name length (u16), bytes length (u32), name, bytes."""
-    parts: list[bytes] = []
-    for name, raw in sketches.items():
-        encoded = name.encode()
-        parts += [_ENTRY_HEADER.pack(len(encoded), len(raw)), encoded, raw]
-    return b"".join(parts)
+    pack = _ENTRY_HEADER.pack
+    return b"".join(
+        [
+            part
+            for name, raw in sketches.items()
+            for encoded in (name.encode(),)
+            for part in (pack(len(encoded), len(raw)), encoded, raw)
+        ]
+    )
 
 
 def unpack_sketches(packed: bytes) -> dict[str, bytes]:
