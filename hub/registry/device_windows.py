@@ -210,8 +210,9 @@ def _row(key: DeviceWindowKey, sums: DeviceWindowSums, *, compacted: bool) -> di
 
 
 _JSON: Final = msgspec.json.Encoder()
-_INSERT_COLUMNS = (*_KEY_COLUMNS, "batches", "requests", "errors", "first_start", "first_end", "last_end")
-_INSERT_COLUMNS += ("histograms", "compacted")
+_INSERT_COLUMNS: Final = (
+    *_KEY_COLUMNS, "batches", "requests", "errors", "first_start", "first_end", "last_end", "histograms", "compacted",
+)  # fmt: skip
 
 
 def _values(key: DeviceWindowKey, sums: DeviceWindowSums) -> tuple[Any, ...]:

@@ -17,7 +17,8 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, TypeVar
 
 from datasketches import kll_floats_sketch
 from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
@@ -149,7 +150,10 @@ def _histogram_dict(acc: HistogramAccumulator) -> dict[str, Any]:
     return acc.to_histogram().model_dump(mode="json") if acc.edges else {}
 
 
-def window_aggregate(row: TelemetryWindowAggregate) -> TelemetryAggregate:
+_Row = TypeVar("_Row", TelemetryWindowAggregate, SimpleNamespace)
+
+
+def window_aggregate(row: TelemetryWindowAggregate | SimpleNamespace) -> TelemetryAggregate:
     """The row as a `fleet.telemetry.TelemetryAggregate` (what drift analysis takes); ``devices`` is left
     empty, the ids are in the window's `TelemetryDeviceWindow` rows."""
     agg = TelemetryAggregate(
@@ -175,8 +179,9 @@ def window_aggregate(row: TelemetryWindowAggregate) -> TelemetryAggregate:
     return agg
 
 
-def fold_aggregate(row: TelemetryWindowAggregate, partial: TelemetryAggregate) -> TelemetryWindowAggregate:
-    """Merge ``partial`` (batches of the row's model, version, target and window) into ``row`` in place."""
+def fold_aggregate(row: _Row, partial: TelemetryAggregate) -> _Row:
+    """Merge ``partial`` (batches of the row's model, version, target and window) into ``row`` in place: a
+    `TelemetryWindowAggregate`, or any object with its columns as attributes (the writer's plain namespace)."""
     merged = window_aggregate(row)
     merged.merge(partial)
     row.batches, row.requests, row.errors, row.offloaded = (
