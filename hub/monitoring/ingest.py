@@ -52,8 +52,8 @@ _UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeou
 #: Raw messages the decoder takes at once at most (whatever has arrived, up to this).
 _DECODE_BLOCK: Final = 512
 #: After the first message of a block the decoder sleeps this long, so that a burst reaches it as one block
-#: rather than one wake-up (and one GIL hand-over) per message: a block's checks cost ~300 us however small.
-_DECODE_GATHER_S: Final = 0.02
+#: rather than one wake-up (and one GIL hand-over) per message.
+_DECODE_GATHER_S: Final = 0.005
 Acknowledge = Callable[[TelemetryAck], None]
 #: Decodes a block of raw messages: a batch per message (a pydantic one still to validate where the fast decoder
 #: stood aside), or None where it refused (and counted) the message.
@@ -101,9 +101,6 @@ class RetentionPolicy:
 class TelemetryIngestor:
     """One decoder and one writer thread; a write covers what arrived within ``linger_s`` of its oldest batch.
 
-    Each write has costs of its own, whatever its size (a transaction, a fold per window aggregate: a few ms of
-    CPU), so writes come at most every ``linger_s`` (250 ms) at low rates; devices wait 30 s for acknowledgements.
-
     ``aggregate_shard`` names this writer's own window-aggregate rows (`Registry.store_checked`): give each
     worker that shares telemetry a distinct one, so their writes never wait on each other.
     """
@@ -113,7 +110,7 @@ class TelemetryIngestor:
         registry: Registry,
         *,
         max_batch: int = 2000,
-        linger_s: float = 0.25,
+        linger_s: float = 0.05,
         on_stored: Callable[[list[TelemetryBatch]], None] | None = None,
         metrics: FleetMetrics | None = None,
         retention: RetentionPolicy | None = None,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -321,18 +320,3 @@ def test_a_backlog_is_written_in_writes_of_up_to_2000_batches(batches: list[Tele
     finally:
         ingestor.close()
     assert registry.sizes == [1, 999]
-
-
-def test_batches_arriving_within_a_quarter_second_share_one_write(batches: list[TelemetryBatch]) -> None:
-    """A write's own costs are paid once per ``linger_s`` (250 ms by default), not every 50 ms."""
-    registry = _HeldRegistry()
-    registry.release.set()
-    ingestor = TelemetryIngestor(registry)  # type: ignore[arg-type]  # only store_checked is used
-    try:
-        ingestor.submit(batches[0])
-        time.sleep(0.1)  # the scenario: the next batch comes 100 ms later (not a synchronisation)
-        ingestor.submit(batches[1])
-        assert ingestor.wait_idle(30)
-    finally:
-        ingestor.close()
-    assert registry.sizes == [2]
