@@ -112,8 +112,8 @@ def explain(batch: FastTelemetryBatch) -> CheckedBatch:
 def _histogram(edges: list[float], hists: list[FastHistogram]) -> Histogram | None:
     if not hists:
         return None
-    summed = np.asarray([h.counts for h in hists], dtype=np.int64).sum(axis=0)
-    return Histogram.model_construct(edges=edges, counts=summed.tolist(), total=float(sum(h.total for h in hists)))
+    summed = [sum(column) for column in zip(*[h.counts for h in hists], strict=True)]  # lists: no numpy per batch
+    return Histogram.model_construct(edges=edges, counts=summed, total=float(sum(h.total for h in hists)))
 
 
 def aggregate_checked(items: Sequence[CheckedBatch], k: int = DEFAULT_SKETCH_K) -> TelemetryAggregate:
