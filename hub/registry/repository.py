@@ -627,7 +627,7 @@ class Registry:
         if stored is not None:
             row = SimpleNamespace(**stored._asdict())
         else:
-            row = SimpleNamespace(**_NEW_AGGREGATE, **identity, window_s=window_s)
+            row = SimpleNamespace(**_new_aggregate(), **identity, window_s=window_s)
         folded = fold_aggregate(row, partial)
         values = {f"b_{name}": getattr(folded, name) for name in _FOLDED_COLUMNS}
         if stored is not None:
@@ -743,11 +743,6 @@ _AGGREGATE_ROW: Final = (
     )
     .with_for_update()
 )
-#: A new row's columns before its first fold.
-_NEW_AGGREGATE: Final = {
-    "window_end": 0.0, "batches": 0, "requests": 0, "errors": 0, "offloaded": 0, "shadow_compared": 0,
-    "shadow_agreed": 0, "latency_ms": {}, "confidence": {}, "shadow_latency_ms": {}, "predictions": {}, "sketches": b"",
-}  # fmt: skip
 #: What `fold_aggregate` changes in a row.
 _FOLDED_COLUMNS: Final = (
     "batches", "requests", "errors", "offloaded", "shadow_compared", "shadow_agreed", "window_end",
@@ -764,6 +759,15 @@ _INSERT_AGGREGATE: Final = sql.insert(_AGGREGATES).values(
         for name in (*_FOLDED_COLUMNS, "model", "version", "target", "window_start", "window_s", "shard")
     }
 )
+
+
+def _new_aggregate() -> dict[str, Any]:
+    """A new window aggregate row's columns before its first fold."""
+    return {
+        "window_end": 0.0, "batches": 0, "requests": 0, "errors": 0, "offloaded": 0, "shadow_compared": 0,
+        "shadow_agreed": 0, "latency_ms": {}, "confidence": {}, "shadow_latency_ms": {}, "predictions": {},
+        "sketches": b"",
+    }  # fmt: skip
 
 
 def _window_partials(batches: Sequence[CheckedBatch], window_s: float) -> dict[_WindowKey, TelemetryAggregate]:
