@@ -8,7 +8,9 @@ the checks of `validate_batch` including every feature sketch, COPY / multi-row 
 aggregates, acknowledgements, `FleetMetrics`).
 Each configuration ``DATABASE:WORKERS`` (``--configs``) runs on SQLite (WAL) in a temporary directory or on a
 fresh schema of the machine's PostgreSQL; with two workers, two hub processes share the telemetry through an
-MQTT shared subscription and one database. Time runs from the first publish until the last batch is in the
+MQTT shared subscription and one database: the first a full hub, the others telemetry workers (``ingest_only``,
+as docs/scale-out.md deploys them), so only one hub process consumes the device states and events that other
+work on a shared broker publishes. Time runs from the first publish until the last batch is in the
 database.
 
 ``--baseline-ref REF`` measures the hub code of that git ref too (exported to a temporary directory), in the
@@ -176,8 +178,8 @@ logging.disable(logging.WARNING)  # other tests' retained states on the shared b
 from hub.config import HubSettings
 from hub.app import Hub
 hub = Hub(HubSettings(data_dir=Path(sys.argv[2]), database_url=sys.argv[3], broker_url=sys.argv[4],
-                      hub_secret="bench", shared_telemetry=sys.argv[5] == "1", share_group=sys.argv[6],
-                      telemetry_prune_interval_s=0))
+                      hub_secret="bench", shared_telemetry=sys.argv[5] != "0", share_group=sys.argv[6],
+                      ingest_only=sys.argv[5] == "worker", telemetry_prune_interval_s=0))
 hub.start()
 print("ready", flush=True)
 cpu_at_ready = time.process_time()
@@ -222,7 +224,7 @@ def hub_throughput(
                     str(Path(tmp) / f"hub{w}"),
                     database_url,
                     broker_url,
-                    "1" if workers > 1 else "0",
+                    "0" if workers == 1 else "hub" if w == 0 else "worker",
                     group,
                 ],
                 stdin=subprocess.PIPE,
