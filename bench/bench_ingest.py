@@ -2,13 +2,16 @@
 beside the broker's own throughput for payloads of the same size, measured in the same run.
 Writes bench/results/ingest.json.
 
-Hub: the real `hub.app.Hub`, one process per worker, on the machine's Mosquitto, ingesting through
-`DeviceTraffic` (raw hand-off on the receiving thread) and the `TelemetryIngestor` (block decode, device check,
+Hub: the real `hub.app.Hub` (a telemetry worker), one process per worker, on the machine's Mosquitto, ingesting
+through `DeviceTraffic` (raw hand-off on the receiving thread) and the `TelemetryIngestor` (block decode, device check,
 the checks of `validate_batch` including every feature sketch, COPY / multi-row writes, duplicate check, window
 aggregates, acknowledgements, `FleetMetrics`).
 Each configuration ``DATABASE:WORKERS`` (``--configs``) runs on SQLite (WAL) in a temporary directory or on a
 fresh schema of the machine's PostgreSQL; with two workers, two hub processes share the telemetry through an
-MQTT shared subscription and one database. Time runs from the first publish until the last batch is in the
+MQTT shared subscription and one database. Each hub process is a telemetry worker (``ingest_only``, as
+docs/scale-out.md deploys them): a full hub would also consume the device states and events that other work on
+a shared broker publishes (in one profile ~9% of a worker's CPU, varying with that work), and the benchmark
+publishes only telemetry. Time runs from the first publish until the last batch is in the
 database.
 
 ``--baseline-ref REF`` measures the hub code of that git ref too (exported to a temporary directory), in the
@@ -177,7 +180,7 @@ from hub.config import HubSettings
 from hub.app import Hub
 hub = Hub(HubSettings(data_dir=Path(sys.argv[2]), database_url=sys.argv[3], broker_url=sys.argv[4],
                       hub_secret="bench", shared_telemetry=sys.argv[5] == "1", share_group=sys.argv[6],
-                      telemetry_prune_interval_s=0))
+                      ingest_only=True, telemetry_prune_interval_s=0))
 hub.start()
 print("ready", flush=True)
 cpu_at_ready = time.process_time()

@@ -50,7 +50,7 @@ _FLUSH = object()
 #: The database could not be reached: nothing was stored, and nothing about the batches is known to be wrong.
 _UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
 #: Raw messages the decoder takes at once at most (whatever has arrived, up to this).
-_DECODE_BLOCK: Final = 256
+_DECODE_BLOCK: Final = 512
 #: After the first message of a block the decoder sleeps this long, so that a burst reaches it as one block
 #: rather than one wake-up (and one GIL hand-over) per message.
 _DECODE_GATHER_S: Final = 0.005
@@ -109,7 +109,7 @@ class TelemetryIngestor:
         self,
         registry: Registry,
         *,
-        max_batch: int = 500,
+        max_batch: int = 2000,
         linger_s: float = 0.05,
         on_stored: Callable[[list[TelemetryBatch]], None] | None = None,
         metrics: FleetMetrics | None = None,

@@ -257,7 +257,7 @@ class FleetMetrics:
         model, version, _ = labels
         for histogram, field, scale in ((self.latency, "latency_ms", 0.001), (self.confidence, "confidence", 1.0)):
             hists = [getattr(b, field) for b in members]
-            summed = np.asarray([h.counts for h in hists], dtype=np.float64).sum(axis=0)
+            summed = [sum(column) for column in zip(*[h.counts for h in hists], strict=True)]  # exact ints
             histogram.add_counts(labels, hists[0].edges, summed, sum(h.total for h in hists), scale=scale)
         self.requests.labels(*labels).inc(sum(b.requests for b in members))
         self.errors.labels(*labels).inc(sum(b.errors for b in members))

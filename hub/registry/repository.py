@@ -8,7 +8,8 @@ import math
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from types import SimpleNamespace
+from typing import Any, Final, NamedTuple
 
 import semver
 import sqlalchemy as sql
@@ -620,23 +621,21 @@ class Registry:
     @staticmethod
     def _fold_window(session: Any, key: _WindowKey, shard: str, window_s: float, partial: TelemetryAggregate) -> None:
         model, version, target, start = key
-        row = session.exec(
-            select(TelemetryWindowAggregate)
-            .where(
-                TelemetryWindowAggregate.model == model,
-                TelemetryWindowAggregate.version == version,
-                TelemetryWindowAggregate.target == target,
-                TelemetryWindowAggregate.window_start == start,
-                TelemetryWindowAggregate.shard == shard,
-            )
-            .with_for_update()
-        ).first()
-        if row is None:
-            row = TelemetryWindowAggregate(
-                model=model, version=version, target=target, window_start=start, window_s=window_s, shard=shard
-            )
-        session.add(fold_aggregate(row, partial))
-        session.flush()  # a row another worker created meanwhile fails here: the transaction is retried
+        params = {"model": model, "version": version, "target": target, "start": start, "shard": shard}
+        connection = session.connection()  # Core statements: the ORM's loading and flushing cost more than the SQL
+        stored = connection.execute(_AGGREGATE_ROW, params).first()
+        identity = {"model": model, "version": version, "target": target, "window_start": start, "shard": shard}
+        if stored is not None:
+            row = SimpleNamespace(**stored._asdict())
+        else:
+            row = SimpleNamespace(**_new_aggregate(), **identity, window_s=window_s)
+        folded = fold_aggregate(row, partial)
+        values = {f"b_{name}": getattr(folded, name) for name in _FOLDED_COLUMNS}
+        if stored is not None:
+            connection.execute(_UPDATE_AGGREGATE, {**values, "row_id": stored.id})
+        else:  # a row another worker created meanwhile fails here: the transaction is retried
+            identity["window_s"] = window_s
+            connection.execute(_INSERT_AGGREGATE, {**values, **{f"b_{name}": v for name, v in identity.items()}})
 
     def prune_telemetry(
         self,
@@ -732,6 +731,44 @@ class Registry:
 
 
 _WindowKey = tuple[str, str, str, float]
+_AGGREGATES = TelemetryWindowAggregate.__table__  # type: ignore[attr-defined]
+#: The window aggregate row a write folds into, locked; built once (building the clauses cost more than running them).
+_AGGREGATE_ROW: Final = (
+    sql.select(_AGGREGATES)
+    .where(
+        _AGGREGATES.c.model == sql.bindparam("model"),
+        _AGGREGATES.c.version == sql.bindparam("version"),
+        _AGGREGATES.c.target == sql.bindparam("target"),
+        _AGGREGATES.c.window_start == sql.bindparam("start"),
+        _AGGREGATES.c.shard == sql.bindparam("shard"),
+    )
+    .with_for_update()
+)
+#: What `fold_aggregate` changes in a row.
+_FOLDED_COLUMNS: Final = (
+    "batches", "requests", "errors", "offloaded", "shadow_compared", "shadow_agreed", "window_end",
+    "latency_ms", "confidence", "shadow_latency_ms", "predictions", "sketches", "updated_at",
+)  # fmt: skip
+_UPDATE_AGGREGATE: Final = (
+    sql.update(_AGGREGATES)
+    .where(_AGGREGATES.c.id == sql.bindparam("row_id"))
+    .values({name: sql.bindparam(f"b_{name}") for name in _FOLDED_COLUMNS})
+)
+_INSERT_AGGREGATE: Final = sql.insert(_AGGREGATES).values(
+    {
+        name: sql.bindparam(f"b_{name}")
+        for name in (*_FOLDED_COLUMNS, "model", "version", "target", "window_start", "window_s", "shard")
+    }
+)
+
+
+def _new_aggregate() -> dict[str, Any]:
+    """A new window aggregate row's columns before its first fold."""
+    return {
+        "window_end": 0.0, "batches": 0, "requests": 0, "errors": 0, "offloaded": 0, "shadow_compared": 0,
+        "shadow_agreed": 0, "latency_ms": {}, "confidence": {}, "shadow_latency_ms": {}, "predictions": {},
+        "sketches": b"",
+    }  # fmt: skip
 
 
 def _window_partials(batches: Sequence[CheckedBatch], window_s: float) -> dict[_WindowKey, TelemetryAggregate]:

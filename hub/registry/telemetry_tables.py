@@ -17,7 +17,8 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, TypeVar
 
 from datasketches import kll_floats_sketch
 from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
@@ -42,11 +43,15 @@ def rollup_window_start(window_start: float, window_s: float) -> float:
 
 def pack_sketches(sketches: Mapping[str, bytes]) -> bytes:
     """Named raw sketches as one byte string: per entry, name length (u16), bytes length (u32), name, bytes."""
-    parts: list[bytes] = []
-    for name, raw in sketches.items():
-        encoded = name.encode()
-        parts += [_ENTRY_HEADER.pack(len(encoded), len(raw)), encoded, raw]
-    return b"".join(parts)
+    pack = _ENTRY_HEADER.pack
+    return b"".join(
+        [
+            part
+            for name, raw in sketches.items()
+            for encoded in (name.encode(),)
+            for part in (pack(len(encoded), len(raw)), encoded, raw)
+        ]
+    )
 
 
 def unpack_sketches(packed: bytes) -> dict[str, bytes]:
@@ -145,7 +150,10 @@ def _histogram_dict(acc: HistogramAccumulator) -> dict[str, Any]:
     return acc.to_histogram().model_dump(mode="json") if acc.edges else {}
 
 
-def window_aggregate(row: TelemetryWindowAggregate) -> TelemetryAggregate:
+_Row = TypeVar("_Row", TelemetryWindowAggregate, SimpleNamespace)
+
+
+def window_aggregate(row: TelemetryWindowAggregate | SimpleNamespace) -> TelemetryAggregate:
     """The row as a `fleet.telemetry.TelemetryAggregate` (what drift analysis takes); ``devices`` is left
     empty, the ids are in the window's `TelemetryDeviceWindow` rows."""
     agg = TelemetryAggregate(
@@ -171,8 +179,9 @@ def window_aggregate(row: TelemetryWindowAggregate) -> TelemetryAggregate:
     return agg
 
 
-def fold_aggregate(row: TelemetryWindowAggregate, partial: TelemetryAggregate) -> TelemetryWindowAggregate:
-    """Merge ``partial`` (batches of the row's model, version, target and window) into ``row`` in place."""
+def fold_aggregate(row: _Row, partial: TelemetryAggregate) -> _Row:
+    """Merge ``partial`` (batches of the row's model, version, target and window) into ``row`` in place: a
+    `TelemetryWindowAggregate`, or any object with its columns as attributes (the writer's plain namespace)."""
     merged = window_aggregate(row)
     merged.merge(partial)
     row.batches, row.requests, row.errors, row.offloaded = (

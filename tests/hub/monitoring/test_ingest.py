@@ -286,3 +286,37 @@ def test_raw_batches_are_refused_with_the_reasons_validate_batch_gives(
     assert refused == expected
     assert sorted(b.batch_id for b in registry.telemetry_batches()) == sorted([good.batch_id, batches[1].batch_id])
     assert ingestor.rejected == len(malformed) and ingestor.stored == 2
+
+
+class _HeldRegistry:
+    """Stores nothing; holds the first write until released and records every write's size."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def store_checked(self, batches: list[object], **_: object) -> list[object]:
+        self.sizes.append(len(batches))
+        if len(self.sizes) == 1:
+            self.entered.set()
+            assert self.release.wait(30)
+        return list(batches)
+
+
+def test_a_backlog_is_written_in_writes_of_up_to_2000_batches(batches: list[TelemetryBatch]) -> None:
+    """Each write has costs of its own (a transaction, a fold per window aggregate): a writer that fell behind
+    catches up in writes of up to 2,000 batches, not 500 (999 here: the write queue holds 1,000 submissions)."""
+    registry = _HeldRegistry()
+    ingestor = TelemetryIngestor(registry, linger_s=0.1)  # type: ignore[arg-type]  # only store_checked is used
+    backlog = [batches[i % len(batches)].model_copy(update={"batch_id": f"backlog-{i:05d}"}) for i in range(1 + 999)]
+    try:
+        ingestor.submit(backlog[0])
+        assert registry.entered.wait(30)  # the first write is under way: the rest queues behind it
+        for batch in backlog[1:]:
+            ingestor.submit(batch)
+        registry.release.set()
+        assert ingestor.wait_idle(30)
+    finally:
+        ingestor.close()
+    assert registry.sizes == [1, 999]

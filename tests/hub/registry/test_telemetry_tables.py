@@ -163,3 +163,29 @@ def test_aggregates_written_before_shards_are_kept_as_the_lone_hubs_rows(databas
         assert [(a.batches, a.devices) for _, a in Registry(db).windows.by_target("m", "1")] == [(2, {"d"})]
     finally:
         db.close()
+
+
+def test_device_window_rows_write_a_non_finite_total_as_json_dumps_does(registry: Registry) -> None:
+    """Rows are written with msgspec's JSON, which has no infinity: such a row takes json.dumps (``Infinity``:
+    SQLite keeps it, PostgreSQL refuses it, and the ingestor then refuses that batch alone)."""
+    from hub.registry.device_windows import DeviceWindowSums, insert_device_windows
+    from hub.registry.telemetry_tables import TelemetryDeviceWindow
+
+    finite, infinite = DeviceWindowSums(), DeviceWindowSums()
+    finite.latency_ms.add([1, 2], 3.5)
+    infinite.latency_ms.add([1, 2], float("inf"))
+    with registry.db.session() as session:
+        insert_device_windows(session, {("m", "1.0", "t", 0.0, "dev-a"): finite})
+    if registry.db.engine.dialect.name == "postgresql":
+        import psycopg
+
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation), registry.db.session() as session:
+            insert_device_windows(session, {("m", "1.0", "t", 0.0, "dev-b"): infinite})
+    else:
+        with registry.db.session() as session:
+            insert_device_windows(session, {("m", "1.0", "t", 0.0, "dev-b"): infinite})
+    with registry.db.session() as session:
+        rows = {r.device_id: r.histograms for r in session.exec(select(TelemetryDeviceWindow))}
+    assert rows["dev-a"] == {"latency_ms": [[1, 2], 3.5], "confidence": [], "predictions": {}, "shadow": {}}
+    if registry.db.engine.dialect.name != "postgresql":
+        assert rows["dev-b"]["latency_ms"] == [[1, 2], float("inf")]
