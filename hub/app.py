@@ -118,6 +118,7 @@ class Hub:
         """Start the embedded broker when no URL is configured, connect, wire the parts and subscribe; then
         freeze the objects built so far out of the collector's passes (`gc.freeze`, undone by `stop`)."""
         self._start()
+        gc.collect()  # what is garbage now is freed, not frozen with the rest
         gc.freeze()
 
     def _start(self) -> None:
