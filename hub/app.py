@@ -147,6 +147,8 @@ class Hub:
         # telemetry (and its acknowledgements) in bulk on a connection of its own, except where NATS queue
         # groups share it
         telemetry = None if s.nats_servers() else self.connector.subscriber("hub-telemetry")
+        # the other device channels in bulk too, on a connection of their own (not for a telemetry worker)
+        devices = None if s.nats_servers() or s.ingest_only else self.connector.subscriber("hub-devices")
         self.traffic = traffic = DeviceTraffic(
             self._shared(broker, "hub"),
             self.registry,
@@ -154,6 +156,7 @@ class Hub:
             shared_group=share,
             known=self.known,
             telemetry_source=telemetry,
+            device_source=devices,
         )
         self.ingestor = TelemetryIngestor(
             self.registry,
@@ -192,11 +195,13 @@ class Hub:
         # Fetch requests on a connection of their own: a wave's requests, which start its broadcast, are read while
         # its states and events still queue on the main one. Replicas: each answers its share of metadata
         # requests; the leader alone broadcasts chunks (on its own feed, see LeaderDuties).
+        fetch_source = None if s.nats_servers() else self.connector.subscriber("hub-fetch")
         self.fetches = DeviceTraffic(
-            self._shared(self.connector.connect("hub-fetch"), "hub-fetch"),
+            broker if fetch_source is not None else self._shared(self.connector.connect("hub-fetch"), "hub-fetch"),
             self.registry,
             shared_group=share,
             known=self.known,
+            device_source=fetch_source,
         )
         self.fetches.on_fetch(self.transfer.handle_metadata if s.replica else self.transfer.handle)
         traffic.on_capture(self._store_capture)
@@ -251,10 +256,11 @@ class Hub:
             if isinstance(self.traffic.broker, NatsQueueGroups):
                 self.traffic.broker.close()  # its MQTT connection is self.broker, closed below
         if self.fetches is not None:
-            self.fetches.stop()
-            self.fetches.broker.close()
-            if isinstance(self.fetches.broker, NatsQueueGroups):
-                self.fetches.broker.mqtt.close()
+            self.fetches.stop()  # closes its bulk connection, where it has one
+            if self.fetches.broker is not self.broker:  # a connection of its own (NATS queue groups)
+                self.fetches.broker.close()
+                if isinstance(self.fetches.broker, NatsQueueGroups):
+                    self.fetches.broker.mqtt.close()
         if self.records is not None:
             self.records.close()
         if self.transfer is not None:

@@ -32,7 +32,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from fleet.wire.backoff import Backoff
@@ -103,9 +103,10 @@ def publish_packet(topic: str, payload: bytes, *, retain: bool = False) -> bytes
     return _packet(0x31 if retain else 0x30, _string(topic) + payload)
 
 
-def subscribe_packet(topic_filter: str, qos: int) -> bytes:
-    """A SUBSCRIBE of one filter."""
-    return _packet(0x82, _SUBSCRIBE_ID.to_bytes(2, "big") + _string(topic_filter) + bytes([qos]))
+def subscribe_packet(filters: Mapping[str, int]) -> bytes:
+    """A SUBSCRIBE of every filter (topic filter -> QoS) at once."""
+    body = b"".join(_string(topic_filter) + bytes([qos]) for topic_filter, qos in filters.items())
+    return _packet(0x82, _SUBSCRIBE_ID.to_bytes(2, "big") + body)
 
 
 class _Frames:
@@ -223,8 +224,7 @@ class BulkSubscriber:
         self._first_error: str | None = None
         self._last_error: str | None = None
         self._thread: threading.Thread | None = None
-        self._filter = ""
-        self._qos = 1
+        self._filters: dict[str, int] = {}  # topic filter -> QoS, subscribed in one SUBSCRIBE
         self._sink: Handler | None = None
         self._pending = bytearray()  # bytes read after the SUBACK, before `_read` takes over
         self._last_sent = 0.0  # when a packet last went to the broker (the keepalive counts from it)
@@ -248,11 +248,20 @@ class BulkSubscriber:
 
         ``sink`` runs on this connection's thread for each message as it is parsed, before the message is
         acknowledged: it must only hand it off (queue it), never block or publish."""
+        return self.subscribe_raw_all({topic_filter: qos}, sink)
+
+    def subscribe_raw_all(self, filters: Mapping[str, int], sink: Handler) -> Unsubscribe:
+        """`subscribe_raw` for several filters (topic filter -> QoS) on this one connection: their messages
+        reach ``sink`` in the order the broker sends them."""
         if self._thread is not None:
-            raise RuntimeError("a BulkSubscriber carries one subscription; open another connection for more")
-        if qos not in (0, 1):
-            raise ValueError(f"BulkSubscriber reads QoS 0 or 1, not {qos}")
-        self._filter, self._qos, self._sink = topic_filter, qos, sink
+            raise RuntimeError("a BulkSubscriber subscribes once; open another connection for more")
+        if not filters:
+            raise ValueError("nothing to subscribe to")
+        for qos in filters.values():
+            if qos not in (0, 1):
+                raise ValueError(f"BulkSubscriber reads QoS 0 or 1, not {qos}")
+        topic_filter = ", ".join(filters)
+        self._filters, self._sink = dict(filters), sink
         self._thread = threading.Thread(target=self._run, name=f"mqtt-bulk-{self.client_id}", daemon=True)
         self._thread.start()
         # answered without an error: subscribed once (the link may be down again already: it reconnects by itself)
@@ -341,12 +350,13 @@ class BulkSubscriber:
                 raise MalformedFrame("malformed MQTT CONNACK")
             if connack[1]:
                 raise _Refused(f"broker refused the login: {_CONNECT_REFUSALS.get(connack[1], connack[1])}")
-            sock.sendall(subscribe_packet(self._filter, self._qos))
+            sock.sendall(subscribe_packet(self._filters))
             suback = self._await(sock, _SUBACK)
-            if len(suback) != 3 or int.from_bytes(suback[:2], "big") != _SUBSCRIBE_ID:
+            if len(suback) != 2 + len(self._filters) or int.from_bytes(suback[:2], "big") != _SUBSCRIBE_ID:
                 raise MalformedFrame("malformed MQTT SUBACK")
-            if suback[2] >= 0x80:
-                raise _SubscriptionRefused(f"broker refused the subscription {self._filter}")
+            refused = [f for f, code in zip(self._filters, suback[2:], strict=True) if code >= 0x80]
+            if refused:
+                raise _SubscriptionRefused(f"broker refused the subscription {', '.join(refused)}")
         except BaseException:
             sock.close()
             raise
