@@ -137,6 +137,25 @@ def test_messages_are_delivered_and_acknowledged(broker: BrokerAddress) -> None:
     assert not subscriber.connected
 
 
+def test_several_filters_on_one_connection_keep_the_brokers_order(broker: BrokerAddress) -> None:
+    inbox = Inbox()
+    device, topic = _device(broker)
+    state, events = topic.replace("/telemetry", "/state"), topic.replace("/telemetry", "/events")
+    subscriber = BulkSubscriber(broker, client_id=_hub_id())
+    unsubscribe = subscriber.subscribe_raw_all({state: 1, events: 0}, inbox)
+    try:
+        for i in range(20):
+            device.publish(events if i % 2 else state, b"%d" % i, qos=1)
+        assert inbox.wait_for(20)
+        assert [(m.topic, m.payload) for m in inbox.messages] == [
+            (events if i % 2 else state, b"%d" % i) for i in range(20)
+        ]
+        assert {m.qos for m in inbox.messages if m.topic == events} == {0}  # granted as asked
+    finally:
+        device.close()
+        unsubscribe()
+
+
 def test_replies_queued_before_close_are_sent() -> None:
     """On Mosquitto only: amqtt (the embedded broker) drops a closing client's last messages whatever it does,
     and a hub on the embedded broker stops that broker with itself anyway."""

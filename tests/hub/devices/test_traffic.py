@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fleet.wire import topics
-from fleet.wire.messages import DeviceState, encode
+from fleet.wire.messages import DeviceState, UpdateEvent, UpdateState, encode
+from fleet.wire.mqtt import BrokerAddress, PahoBroker
+from fleet.wire.mqtt_bulk import BulkSubscriber
 from fleet.wire.transport import Handler, InMemoryBroker, Message, Unsubscribe
 from hub.devices.traffic import DeviceTraffic
 from hub.registry import Database, Registry
@@ -92,3 +96,34 @@ def test_raw_telemetry_goes_to_a_raw_sink_where_the_broker_has_one(registry: Reg
     plain = RawBroker()
     DeviceTraffic(plain, registry).start()  # no raw listener: typed telemetry stays on the dispatcher
     assert plain.raw_filters == []
+
+
+def test_a_bulk_device_source_keeps_the_order_across_channels(registry: Registry) -> None:
+    """Every channel but telemetry on one bulk connection: a device's failed event is still handled before the
+    state it sent next (the rollout engine relies on that order)."""
+    device_id = f"cam-{uuid.uuid4().hex[:8]}"
+    registry.provision_device(device_id, "x86-onnx-cpu")
+    address = BrokerAddress("127.0.0.1", 1883)
+    traffic = DeviceTraffic(InMemoryBroker(), registry, device_source=BulkSubscriber(address))
+    seen: list[str] = []
+    done = threading.Event()
+    traffic.on_event(lambda event: seen.append(f"event {event.state}"))
+
+    def state(s: DeviceState) -> None:
+        seen.append(f"state {s.update_state}")
+        if s.update_state == UpdateState.FAILED:
+            done.set()
+
+    traffic.on_state(state)
+    traffic.start(channels=("state", "events"))
+    device = PahoBroker(address)
+    try:
+        failed = UpdateEvent(device_id=device_id, deployment_id="r1", state=UpdateState.FAILED, ok=False)
+        device.publish(topics.device_topic(device_id, "events"), encode(failed), qos=1)
+        after = DeviceState(device_id=device_id, online=True, update_state=UpdateState.FAILED, deployment_id="r1")
+        device.publish(topics.device_topic(device_id, "state"), encode(after), qos=1)
+        assert done.wait(10)
+        assert seen == ["event failed", "state failed"]
+    finally:
+        device.close()
+        traffic.stop()
