@@ -1,4 +1,5 @@
-"""`BulkSubscriber`: one MQTT 3.1.1 connection for one busy subscription (the hub's telemetry) and its replies.
+"""`BulkSubscriber`: one receive-only MQTT 3.1.1 connection for busy subscriptions and their QoS 0 replies (the
+hub reads telemetry on one, its other device channels on another, fetch requests on a third).
 
 paho handles each received message in several Python calls and answers each QoS 1 message with a write of its
 own, which costs about 100 us a message. Here each socket read is parsed at once: every whole PUBLISH frame
@@ -15,7 +16,8 @@ node in turn where it was given failover nodes (other nodes of a broker cluster,
 
 Its `publish` sends QoS 0 replies (the hub's telemetry acknowledgements): they queue, and the connection's
 thread writes all that queued in one write, instead of paho's wake-up and write per message. The hub's other
-traffic stays on `PahoBroker`.
+publishes (orders, metadata, chunks) stay on `PahoBroker`. `subscribe_raw_all` subscribes several filters in
+one SUBSCRIBE: their messages reach the sink in the broker's order.
 
     subscriber = BulkSubscriber(address, client_id="edgefleet-ingest-1")
     unsubscribe = subscriber.subscribe_raw("$share/hub/edgefleet/v1/devices/+/telemetry", ingestor.submit_payload)
