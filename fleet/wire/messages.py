@@ -89,6 +89,21 @@ class DeviceState(WireModel):
     ts: float = 0.0
 
 
+#: a state at most this much older than the one held (by the device's clock) is a late copy of an earlier report
+LATE_STATE_WINDOW_S = 300.0
+
+
+def late_copy(state: DeviceState, held_online: bool, held_ts: float | None) -> bool:
+    """Whether ``state`` is a late copy of a report older than the one held for its device (a QoS 1 redelivery
+    to a hub that fell behind, replicas storing in parallel): sent before it by the device's clock, by at most
+    `LATE_STATE_WINDOW_S`, with the same online status. A change of online status (the last will carries the
+    connect time) always counts, and so does a state much older: the device's clock stepped back, and its
+    reports must not stay ignored until the clock catches up."""
+    if held_ts is None or state.ts <= 0 or state.online != held_online:
+        return False
+    return held_ts - LATE_STATE_WINDOW_S <= state.ts < held_ts
+
+
 class Heartbeat(WireModel):
     """Periodic liveness message, QoS 0."""
 

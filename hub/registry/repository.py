@@ -23,7 +23,7 @@ from fleet.errors import ProtocolError
 from fleet.telemetry import TelemetryAggregate, validate_batch
 from fleet.telemetry_blocks import CheckedBatch, aggregate_checked, check_batches, explain
 from fleet.wire.fast_telemetry import FastTelemetryBatch, from_message, stored_json
-from fleet.wire.messages import DeviceState, TelemetryBatch, UpdateEvent
+from fleet.wire.messages import DeviceState, TelemetryBatch, UpdateEvent, late_copy
 from hub.errors import ConflictError, InvalidRequestError, NotFoundError
 from hub.registry.bulk import RecordRow, insert_records, stored_batch_ids
 from hub.registry.credentials import dummy_hash, hash_password, hash_secret, new_secret, verify_secret
@@ -84,8 +84,6 @@ def _id(value: int | None) -> int:
 
 
 _BLOCK = 500  # ids per IN (...) list: well below every database's limit on bound parameters
-#: a state at most this much older than the stored one (by the device's clock) is a late copy, not stored
-_LATE_WINDOW_S = 300.0
 
 
 def _apply_states(connection: Connection, states: list[DeviceState]) -> list[str]:
@@ -108,7 +106,7 @@ def _apply_states(connection: Connection, states: list[DeviceState]) -> list[str
     rows = [
         _state_row(newest[device_id], now)
         for device_id, online, stored_ts in locked
-        if not _late_copy(newest[device_id], online, stored_ts)
+        if not late_copy(newest[device_id], online, stored_ts)
     ]
     for with_active in (True, False):  # one executemany per column set
         batch = [row for row in rows if ("active_model" in row) == with_active]
@@ -164,16 +162,6 @@ def _apply_events(connection: Connection, events: list[UpdateEvent]) -> int:
         )
         connection.execute(statement, list(final.values()))
     return applied
-
-
-def _late_copy(state: DeviceState, online: bool, stored_ts: float | None) -> bool:
-    """Whether ``state`` is a late copy of an older report than the stored one: sent before it by the device's
-    clock, by at most `_LATE_WINDOW_S`, with the same online status. A change of online status (the last will
-    carries the connect time) always counts, and so does a state much older than the stored one: the device's
-    clock stepped back, and its reports must not stay ignored until the clock catches up."""
-    if stored_ts is None or state.ts <= 0 or state.online != online:
-        return False
-    return stored_ts - _LATE_WINDOW_S <= state.ts < stored_ts
 
 
 def _state_row(state: DeviceState, now: float) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from fleet.rollout import (
 )
 from fleet.rollout.inputs import BUSY_UPDATE_STATES
 from fleet.rollout_plan import RolloutPlan
-from fleet.wire.messages import DeploymentOrder, DeviceState, InstalledModel, UpdateEvent, UpdateState
+from fleet.wire.messages import DeploymentOrder, DeviceState, InstalledModel, UpdateEvent, UpdateState, late_copy
 from hub.errors import NotFoundError
 from hub.registry import Registry, Variant
 from hub.registry.repository import DeviceView
@@ -150,7 +150,7 @@ class RolloutManager:
         (`fleet.rollout.awaiting`), not every progress report of a wave of thousands."""
         with self._data_lock:
             previous = self._states.get(state.device_id)
-            if previous is not None and _superseded(state, previous):
+            if previous is not None and late_copy(state, previous.online, previous.ts):
                 return
             self._states[state.device_id] = state
             if previous is None or state.online != previous.online or state.update_state in _FAILED:
@@ -517,15 +517,6 @@ def _status(row: DeviceView, state: DeviceState | None, error: str | None) -> De
         # still reverting: its failed event, with the reason, follows
         status = status.model_copy(update={"update_state": None})
     return status
-
-
-def _superseded(state: DeviceState, held: DeviceState) -> bool:
-    """Whether ``state`` is older than the state already held for its device within the same deployment: a
-    report delivered again or late (a broker redelivering an unacknowledged QoS 1 message to a hub that fell
-    behind), which must not move a device back from ``done`` to ``install``. A change of deployment or of
-    online status (the last will carries the connect time) always counts, so a device clock that stepped
-    back cannot hide a new deployment or a disconnect."""
-    return state.deployment_id == held.deployment_id and state.online == held.online and 0 < state.ts < held.ts
 
 
 def _describe(action: Any) -> str:
