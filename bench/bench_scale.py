@@ -30,7 +30,6 @@ import os
 import platform
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,25 +46,11 @@ from bench import scale_model  # noqa: E402
 from bench.devsim import BatchTemplate, SimDevice, SimFleet  # noqa: E402
 from bench.hub_setup import TARGET, provision, register_versions  # noqa: E402
 from bench.registry_db import database  # noqa: E402
+from hub.cluster.local_replicas import LocalReplicas, ReplicaError  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "scale.json"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
-
-#: a hub process: starts from the JSON settings in argv[1], says so, runs until SIGTERM
-HUB = """
-import logging, signal, sys, threading
-from hub.app import Hub
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-from hub.config import HubSettings
-stop = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: stop.set())
-hub = Hub(HubSettings.model_validate_json(sys.argv[1]))
-hub.start()
-print("started", flush=True)
-stop.wait()
-hub.stop()
-"""
 
 
 class BenchError(RuntimeError):
@@ -105,66 +90,6 @@ class Processes:
             }
             for name in self.pids
         }
-
-
-class HubProcesses:
-    """Hub processes on shared settings (one per broker URL given), each logging to a file."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.processes: list[subprocess.Popen[str]] = []
-
-    def start(self, settings: list[Any], timeout_s: float) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        for index, hub_settings in enumerate(settings):
-            log = (self.logs / f"hub-{index}.log").open("w")
-            self.processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-c", HUB, hub_settings.model_dump_json()],
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    text=True,
-                    env=env,
-                )
-            )
-        deadline = time.monotonic() + timeout_s
-        for index, process in enumerate(self.processes):
-            assert process.stdout is not None
-            os.set_blocking(process.stdout.fileno(), True)
-            line = _readline(process, deadline - time.monotonic())
-            if line.strip() != "started":
-                raise BenchError(f"hub {index} did not start in {timeout_s:g} s: {self.tail(index)}")
-
-    def tail(self, index: int) -> str:
-        lines = (self.logs / f"hub-{index}.log").read_text().strip().splitlines()
-        return lines[-1] if lines else "no output"
-
-    def check_alive(self) -> None:
-        for index, process in enumerate(self.processes):
-            if process.poll() is not None:
-                raise BenchError(f"hub {index} exited ({process.returncode}): {self.tail(index)}")
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _readline(process: subprocess.Popen[str], timeout_s: float) -> str:
-    import selectors
-
-    assert process.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        if not selector.select(max(0.0, timeout_s)):
-            return ""
-    return process.stdout.readline()
 
 
 @contextlib.contextmanager
@@ -249,7 +174,7 @@ def progress(message: str) -> None:
 
 
 def waited(
-    fleet: SimFleet, hubs: HubProcesses, what: str, condition: Any, timeout_s: float, *, fatal: bool = True
+    fleet: SimFleet, hubs: LocalReplicas, what: str, condition: Any, timeout_s: float, *, fatal: bool = True
 ) -> float:
     """Seconds until ``condition()`` held (checked every 0.25 s against hubs, database and devices); past
     ``timeout_s``, BenchError, or with ``fatal=False`` the seconds waited (the caller reports what it got)."""
@@ -309,7 +234,7 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
         provision(publisher, ids)
         logs = args.logs or Path(tmp)
         logs.mkdir(parents=True, exist_ok=True)
-        hubs = HubProcesses(logs)
+        hubs = LocalReplicas(logs)
         fleet = SimFleet([_host_port(u) for u in urls], max_pending=args.max_pending, heartbeat_s=heartbeat_s)
         processes = Processes()
         try:
@@ -466,7 +391,7 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def qos1_probe(
-    fleet: SimFleet, hubs: HubProcesses, processes: Processes, installed: Any, args: argparse.Namespace
+    fleet: SimFleet, hubs: LocalReplicas, processes: Processes, installed: Any, args: argparse.Namespace
 ) -> dict[str, Any]:
     """More devices connecting as the agent does, subscribing at QoS 1 (on NATS each such subscription is a
     JetStream consumer): devices per second and broker CPU per device, for the estimate."""
@@ -595,7 +520,7 @@ def main() -> None:
         for size in (int(s) for s in args.sizes.split(",")):
             runs.append(measure(size, args))
             print(json.dumps(runs[-1]), flush=True)
-    except BenchError as exc:
+    except (BenchError, ReplicaError) as exc:
         raise SystemExit(f"bench_scale: {exc}") from None
     large = runs[-1]
     result: dict[str, Any] = {

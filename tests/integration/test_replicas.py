@@ -6,9 +6,6 @@ version exactly once; and two in-process replicas, of which only the leader broa
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -26,6 +23,7 @@ from fleet.wire.messages import DeploymentOrder, FetchRequest, UpdateEvent, Upda
 from fleet.wire.mqtt import BrokerAddress, PahoBroker
 from fleet.wire.transport import Message
 from hub.app import Hub
+from hub.cluster.local_replicas import LocalReplicas
 from hub.config import HubSettings
 from hub.demo.model import TrainedDigits
 from hub.registry import LeaderRow
@@ -39,62 +37,6 @@ from tests.waiting import wait_until
 
 DEVICES = 4
 TIMEOUT_S = 90.0
-
-#: a replica process: starts a hub from the JSON settings in argv[1], says so, and runs until SIGTERM (or SIGKILL)
-REPLICA = """
-import signal, sys, threading
-from hub.app import Hub
-from hub.config import HubSettings
-stop = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: stop.set())
-hub = Hub(HubSettings.model_validate_json(sys.argv[1]))
-hub.start()
-print("started", flush=True)
-stop.wait()
-hub.stop()
-"""
-
-
-class Replicas:
-    """Hub replica processes on shared settings; each one's output goes to a log file."""
-
-    def __init__(self, settings: HubSettings, logs: Path) -> None:
-        self.settings = settings
-        self.logs = logs
-        self.processes: list[subprocess.Popen[str]] = []
-
-    def start(self, count: int) -> None:
-        """Start ``count`` replicas and wait until each has started."""
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        for index in range(count):
-            log = (self.logs / f"replica-{index}.log").open("w")
-            process = subprocess.Popen(
-                [sys.executable, "-c", REPLICA, self.settings.model_dump_json()],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                env=env,
-            )
-            self.processes.append(process)
-        for process in self.processes:
-            assert process.stdout is not None
-            assert process.stdout.readline().strip() == "started", self.tail()
-
-    def by_pid(self, pid: int) -> subprocess.Popen[str]:
-        return next(p for p in self.processes if p.pid == pid)
-
-    def tail(self) -> str:
-        return "\n".join(path.read_text()[-3000:] for path in sorted(self.logs.glob("replica-*.log")))
-
-    def close(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 class Wire:
@@ -182,10 +124,10 @@ def test_the_leader_dies_mid_rollout_and_every_device_updates_once(
     publisher.publish(manifest_for(trained, "1.0.0"), trained.onnx_path, trained.golden_x, trained.golden_logits)
     prefix = f"rep-{uuid.uuid4().hex[:6]}"
     wire = Wire(prefix, shared_broker.wire_port)
-    replicas = Replicas(settings, tmp_path)
+    replicas = LocalReplicas(tmp_path)
     agents: list[Agent] = []
     try:
-        replicas.start(3)
+        replicas.start([settings] * 3)
         for index in range(DEVICES):
             device_id = f"{prefix}-d{index}"
             _, secret = publisher.registry.provision_device(device_id, TARGET)
@@ -245,7 +187,7 @@ def test_the_leader_dies_mid_rollout_and_every_device_updates_once(
     finally:
         for agent in agents:
             agent.stop()
-        replicas.close()
+        replicas.stop()
         wire.broker.close()
         publisher.db.close()
 
