@@ -22,6 +22,7 @@ seen yet), so decoding thousands of batches a second never holds up the dispatch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -61,6 +62,7 @@ Listener = Callable[[M], None]
 RejectListener = Callable[[str, Exception], None]
 
 _TELEMETRY_PREFIX: Final = f"{topics.ROOT}/devices/"
+_DISPATCH_BLOCK: Final = 1000  # messages taken at once by the device channels' dispatcher
 #: channel -> (payload type, attribute naming the device inside the payload, or None)
 _CHANNELS: dict[str, tuple[type[WireModel], str | None]] = {
     "state": (DeviceState, "device_id"),
@@ -216,7 +218,7 @@ class DeviceTraffic:
             # and the broker's order across channels (a device's failed event before the state that follows)
             read = {c: f for c, f in filters.items() if c != "telemetry"}
             handlers = {c: self._handler(c) for c in read}
-            self._dispatcher = _Dispatcher(handlers)
+            self._dispatcher = _Dispatcher(handlers, before_block=self._ask_about_senders)
             self._unsubscribes.append(
                 self.device_source.subscribe_raw_all({f: levels[c] for c, f in read.items()}, self._dispatcher.put)
             )
@@ -287,6 +289,16 @@ class DeviceTraffic:
         self._require_known(device_id, message.topic)
         return device_id, decoded
 
+    def _ask_about_senders(self, messages: Sequence[Message]) -> None:
+        """Ask the registry about a block's senders in one query (a fleet connecting at once sends thousands of
+        first messages: one query per device held the channels back)."""
+        senders = set()
+        for message in messages:
+            with contextlib.suppress(ProtocolError):
+                senders.add(topics.parse_device_topic(message.topic)[0])
+        if len(senders) > 1:
+            self.known.provisioned(senders)
+
     def _require_known(self, device_id: str, topic: str) -> None:
         """Accept data only from provisioned devices (another hub may share the broker; a removed device)."""
         if not self.known.is_provisioned(device_id):
@@ -295,10 +307,16 @@ class DeviceTraffic:
 
 class _Dispatcher:
     """Runs each device channel's handler, in arrival order, on a thread of its own (a bulk connection's sink
-    only queues)."""
+    only queues). What has queued up is taken as a block, shown to ``before_block`` first."""
 
-    def __init__(self, handlers: dict[str, Callable[[Message], None]]) -> None:
+    def __init__(
+        self,
+        handlers: dict[str, Callable[[Message], None]],
+        *,
+        before_block: Callable[[Sequence[Message]], None] = lambda _block: None,
+    ) -> None:
         self.handlers = handlers
+        self.before_block = before_block
         self._inbox: queue.Queue[Message | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="edgefleet-device-dispatch", daemon=True)
         self._thread.start()
@@ -313,11 +331,28 @@ class _Dispatcher:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        while (message := self._inbox.get()) is not None:
-            handler = self.handlers.get(message.topic.rsplit("/", 1)[-1])
-            if handler is None:
-                continue
+        while True:
+            block = [self._inbox.get()]
+            while block[-1] is not None and len(block) < _DISPATCH_BLOCK:
+                try:
+                    block.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            messages = [m for m in block if m is not None]
             try:
-                handler(message)
-            except Exception:  # a bad message must never stop the device channels
-                log.exception("device message on %s failed", message.topic)
+                self.before_block(messages)
+            except Exception:  # each message still gets its own answer below
+                log.exception("preparing a block of %d device messages failed", len(messages))
+            for message in messages:
+                self._handle(message)
+            if block[-1] is None:
+                return
+
+    def _handle(self, message: Message) -> None:
+        handler = self.handlers.get(message.topic.rsplit("/", 1)[-1])
+        if handler is None:
+            return
+        try:
+            handler(message)
+        except Exception:  # a bad message must never stop the device channels
+            log.exception("device message on %s failed", message.topic)

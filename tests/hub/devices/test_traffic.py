@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from fleet.wire.mqtt_bulk import BulkSubscriber
 from fleet.wire.transport import Handler, InMemoryBroker, Message, Unsubscribe
 from hub.devices.traffic import DeviceTraffic
 from hub.registry import Database, Registry
+from tests.waiting import wait_until
 
 CHANNELS = ("state", "events", "fetch", "telemetry", "heartbeat", "capture", "certificate-request")
 
@@ -127,3 +128,56 @@ def test_a_bulk_device_source_keeps_the_order_across_channels(registry: Registry
     finally:
         device.close()
         traffic.stop()
+
+
+class CountingRegistry(Registry):
+    """The real registry, counting the provisioning queries it answers."""
+
+    queries = 0
+
+    def existing_devices(self, device_ids: Iterable[str]) -> set[str]:
+        self.queries += 1
+        return super().existing_devices(device_ids)
+
+
+def test_a_burst_of_new_devices_costs_one_provisioning_query_per_block(tmp_path: Path) -> None:
+    """A fleet connecting at once: the dispatcher asks the registry about all the senders it has queued up in one
+    query, not one per device."""
+    db = Database(f"sqlite:///{tmp_path / 'burst.db'}")
+    registry = CountingRegistry(db)
+    run = uuid.uuid4().hex[:6]
+    ids = [f"cam-{run}-{i:02d}" for i in range(50)]
+    for device_id in ids:
+        registry.provision_device(device_id, "x86-onnx-cpu")
+    address = BrokerAddress("127.0.0.1", 1883)
+    traffic = DeviceTraffic(InMemoryBroker(), registry, device_source=BulkSubscriber(address))
+    holding, release, handled = threading.Event(), threading.Event(), []
+    all_handled = threading.Event()
+
+    def state(s: DeviceState) -> None:
+        holding.set()
+        release.wait(10)  # the first state holds the dispatcher while the others queue up
+        handled.append(s.device_id)
+        if len(handled) == len(ids):
+            all_handled.set()
+
+    traffic.on_state(state)
+    traffic.start(channels=("state",))
+    device = PahoBroker(address)
+    try:
+        for index, device_id in enumerate(ids):
+            state_message = encode(DeviceState(device_id=device_id, online=True))
+            device.publish(topics.device_topic(device_id, "state"), state_message, qos=1)
+            if index == 0:
+                assert holding.wait(10)
+        assert wait_until(lambda: traffic._dispatcher is not None and traffic._dispatcher._inbox.qsize() == 49, 10)
+        queries = registry.queries
+        release.set()
+        assert all_handled.wait(10)
+        assert handled == ids  # in order
+        assert registry.queries == queries + 1  # one query for the 49 queued, not 49
+    finally:
+        release.set()
+        device.close()
+        traffic.stop()
+        db.close()
