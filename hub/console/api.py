@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 
 from hub.auth import Role, allow
 from hub.console.views import feature_distributions, fleet_summary, telemetry_series
+from hub.monitoring.queries import version_aggregate
 from hub.registry.rollouts import RolloutStore
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def create_console_router(hub: Hub) -> APIRouter:
         registry.get_version(name, version)
         source = hub.monitoring.source()
         since = time.time() - last_hours * 3600 if last_hours else None
-        current = source.telemetry(name, version, since=since).batches
+        current = version_aggregate(source, name, version, since=since)
         return feature_distributions(source.reference(name, version), current)
 
     return router

@@ -67,11 +67,10 @@ def _finite(value: float) -> float | None:
 
 
 def feature_distributions(
-    reference: ReferenceProfile, batches: Iterable[TelemetryBatch], bins: int = DISTRIBUTION_BINS
+    reference: ReferenceProfile, current: TelemetryAggregate, bins: int = DISTRIBUTION_BINS
 ) -> list[dict[str, Any]]:
     """Per feature of the reference: bin labels and the share of reference and current values in each bin
     (numerical: equal-width bins over both ranges; categorical: one bin per category)."""
-    current = TelemetryAggregate.from_batches(batches)
     result = []
     for name, text in sorted(reference.feature_sketches.items()):
         ref = deserialize_sketch(text)

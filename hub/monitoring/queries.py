@@ -16,6 +16,7 @@ them, taking whole windows for a time range (a window counts when one of its bat
   dimension, no selector) reads the version's aggregate rows (tens of rows, not every device's batch);
 - contract violation reports and policies count each device's requests and contract checks from its
   per-device window rows (`device_counts_for`), for any cohorts;
+- `version_aggregate` (the console's feature distributions) merges the version's aggregate rows;
 - a canary report reads the model's aggregate and per-device window rows in the rollout's time range
   (`hub.monitoring.canary_windows`: one narrow row per device and window, the groups' input sketches pooled
   per cohort window).
@@ -65,6 +66,7 @@ __all__ = [
     "drift_report_for",
     "rollout_groups",
     "split_rollout_batches",
+    "version_aggregate",
     "violation_report_for",
 ]
 
@@ -261,6 +263,21 @@ def drift_report_for(
         config=config,
     )
     return report.model_copy(update={"skipped_batches": skipped})
+
+
+def version_aggregate(
+    source: MonitoringSource, model: str, version: str, *, since: float | None = None, until: float | None = None
+) -> TelemetryAggregate:
+    """Every device's telemetry of ``model:version`` in ``[since, until]`` merged into one aggregate: from the
+    window aggregates where the source keeps them (whole windows, tens of rows), else from the batches."""
+    if isinstance(source, AggregateSource):
+        windows = source.target_aggregates(model, version, since=since, until=until)
+        if windows:
+            merged = TelemetryAggregate()
+            for _target, aggregate in windows:
+                merged.merge(aggregate)
+            return merged
+    return TelemetryAggregate.from_batches(source.telemetry(model, version, since=since, until=until).batches)
 
 
 def device_counts_for(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleet.canary import CanaryMetric, Verdict
-from fleet.telemetry import ReferenceProfile
+from fleet.telemetry import ReferenceProfile, TelemetryAggregate
 from fleet.wire.messages import TelemetryBatch
 from hub.errors import NotFoundError
 from hub.monitoring.queries import (
@@ -18,6 +18,7 @@ from hub.monitoring.queries import (
     drift_report,
     drift_report_for,
     split_rollout_batches,
+    version_aggregate,
 )
 from hub.monitoring.registry_source import RegistrySource
 from tests.hub.monitoring.telemetry_scenario import BASELINE, CANARY, CANDIDATE, MODEL, scenario
@@ -217,5 +218,32 @@ def test_drift_by_target_reads_the_window_aggregates_and_matches_the_batches(dat
         assert {n: (c.devices, [f.drifted for f in c.features]) for n, c in pruned.items()} == {
             n: (c.devices, [f.drifted for f in c.features]) for n, c in mine.items()
         }
+    finally:
+        db.close()
+
+
+def test_a_versions_merged_telemetry_comes_from_the_window_aggregates(database_url: str) -> None:
+    """`version_aggregate` (the console's distributions) equals merging every batch, and still answers once the
+    raw batches are pruned: it read the aggregate rows."""
+    from hub.registry import Database, Registry
+
+    db = Database(database_url)
+    registry = Registry(db)
+    try:
+        dump = scenario(jetson_shift=1.0)
+        registry.store_telemetry([TelemetryBatch.model_validate(b) for b in dump["batches"]])
+        source = RegistrySource(registry, reference=lambda _m, _v: ReferenceProfile.model_validate(dump["reference"]))
+        expected = TelemetryAggregate.from_batches(registry.telemetry_batches(MODEL, BASELINE))
+        registry.prune_telemetry(max_rows=0)
+        merged = version_aggregate(source, MODEL, BASELINE)
+        assert (merged.requests, merged.errors, merged.devices) == (
+            expected.requests,
+            expected.errors,
+            expected.devices,
+        )
+        assert sorted(merged.sketches) == sorted(expected.sketches)
+        for name, sketch in expected.sketches.items():
+            assert merged.sketches[name].n == sketch.n
+            assert merged.sketches[name].get_quantile(0.5) == pytest.approx(sketch.get_quantile(0.5), abs=0.1)
     finally:
         db.close()
