@@ -1,8 +1,9 @@
-"""``edgefleet broker auth-files``: Mosquitto's password and ACL files, fetched from the hub's REST API (admin token).
+"""``edgefleet broker auth-files``: Mosquitto's password and ACL files, or with ``--broker nats`` a NATS server's
+authorization include file, fetched from the hub's REST API (admin token).
 
 It runs on the broker's host, which need not be the hub's: the hub renders the files from its inventory
-(``GET /broker/auth-files``), the command writes them atomically and prints the listener configuration to include.
-A hub with ``broker_auth_dir`` keeps such files current by itself when Mosquitto shares its host.
+(``GET /broker/auth-files``), the command writes them atomically and prints the configuration to include.
+A hub with ``broker_auth_dir`` keeps Mosquitto's files current by itself when Mosquitto shares its host.
 """
 
 from __future__ import annotations
@@ -26,17 +27,30 @@ def register(app: typer.Typer) -> None:
 
 
 def auth_files(
-    out: Path = typer.Option(..., help="directory for the password and ACL files"),
+    out: Path = typer.Option(..., help="directory for the password and ACL files (NATS: nats-auth.conf)"),
+    broker: str = typer.Option("mosquitto", help="the broker they are for: mosquitto or nats"),
     port: int = typer.Option(1883, help="the device listener's port (8883 is usual with TLS)"),
     host: str = typer.Option("127.0.0.1", help="the device listener's address"),
     tls_cert: Path | None = typer.Option(None, help="serve TLS with this certificate (`edgefleet pki issue`)"),
     tls_key: Path | None = typer.Option(None, help="its private key"),
     client_ca: Path | None = typer.Option(None, help="CA of device certificates (mutual TLS)"),
     require_client_cert: bool = typer.Option(False, help="devices must present a certificate; its CN is the login"),
+    config_dir: Path | None = typer.Option(
+        None, help="NATS: directory of the config file that includes the auth file (default: --out)"
+    ),
+    replicas: int | None = typer.Option(
+        None, min=1, help="NATS: stream and consumer replicas of MQTT's state (the cluster's node count)"
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Write Mosquitto's password and ACL files from the hub's inventory (reload Mosquitto with SIGHUP after),
-    and print the listener configuration to include."""
+    or with ``--broker nats`` NATS's authorization include file (devices log in with their certificate; reload
+    with ``nats-server --signal reload``), and print the configuration to include."""
+    if broker == "nats":
+        _nats_auth_file(out, port, host, tls_cert, tls_key, client_ca, config_dir, replicas, as_json)
+        return
+    if broker != "mosquitto":
+        fail(f"--broker must be mosquitto or nats, not {broker!r}", code=2)
     from hub.devices.mosquitto import mosquitto_config, write_auth_files
     from hub.devices.pki import ServerTls
 
@@ -64,5 +78,42 @@ def auth_files(
     def show(_: object) -> None:
         typer.echo(config)
         console.print(f"{answer['devices']} devices and the hub written to {files.password_file} and {files.acl_file}")
+
+    emit(result, as_json, show)
+
+
+def _nats_auth_file(
+    out: Path,
+    port: int,
+    host: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    client_ca: Path | None,
+    config_dir: Path | None,
+    replicas: int | None,
+    as_json: bool,
+) -> None:
+    """``--broker nats``: write ``nats-auth.conf`` (owner-only) and print the include and MQTT listener lines."""
+    from hub.devices.nats_auth import nats_config, write_nats_auth
+    from hub.devices.pki import ServerTls
+
+    if tls_cert is None or tls_key is None or client_ca is None:
+        fail("--broker nats needs --tls-cert, --tls-key and --client-ca: devices log in with their certificate", code=2)
+    with hub_session() as hub:
+        answer = hub.get("/broker/auth-files", broker="nats")
+    try:
+        path = write_nats_auth(out, answer["authorization"])
+    except OSError as exc:
+        fail(f"cannot write the NATS auth file to {out}: {exc}")
+    tls = ServerTls(str(tls_cert), str(tls_key), str(client_ca), True)
+    config = nats_config(path, config_dir=config_dir, port=port, host=host, tls=tls, replicas=replicas)
+    result = {"broker": "nats", "auth_file": str(path), "devices": answer["devices"], "config": config}
+
+    def show(_: object) -> None:
+        typer.echo(config)
+        console.print(
+            f"{answer['devices']} devices (certificate logins, CN = device id) and the hub written to {path}; "
+            "reload with `nats-server --signal reload`"
+        )
 
     emit(result, as_json, show)

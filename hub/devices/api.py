@@ -9,7 +9,7 @@ and with ``broker_auth_dir`` Mosquitto's password and ACL files are rewritten wi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
@@ -18,6 +18,7 @@ from fleet.wire import topics
 from fleet.wire.messages import DeviceId, Name
 from hub.auth import Role, allow
 from hub.devices.broker_acl import BrokerUser, hub_user, render_acl, render_password_file, write_broker_auth
+from hub.devices.nats_auth import render_nats_authorization
 from hub.devices.pki import CertificateAuthority
 from hub.devices.provisioning import DeviceKit, kit_archive
 from hub.registry.tables import DEVICE_SECRET_FIELDS
@@ -61,15 +62,26 @@ def refresh_broker_auth(hub: Hub) -> None:
 
 
 def create_broker_router(hub: Hub) -> APIRouter:
-    """``GET /broker/auth-files``: Mosquitto's password and ACL files for a broker on another host."""
+    """``GET /broker/auth-files``: Mosquitto's password and ACL files, or NATS's authorization include file
+    (``?broker=nats``), for a broker on another host."""
     router = APIRouter(prefix="/broker", tags=["devices"])
 
     @router.get("/auth-files", dependencies=allow(Role.ADMIN))
-    def auth_files() -> dict[str, Any]:
-        """The texts of Mosquitto's ``passwd`` (the hub's and each device's PBKDF2 hash) and ``acl`` files, from
-        the inventory now; admin only, since the hashes are the broker's credentials."""
+    def auth_files(broker: Literal["mosquitto", "nats"] = "mosquitto") -> dict[str, Any]:
+        """Mosquitto: the texts of its ``passwd`` (the hub's and each device's PBKDF2 hash) and ``acl`` files.
+        NATS: its ``authorization`` block, a certificate user per provisioned device and the hub's logins (its
+        certificate, and a bcrypt hash of its secret for NATS clients). From the inventory now; admin only, since
+        the hashes are the broker's credentials."""
+        if broker == "nats":
+            devices = [d.id for d in hub.registry.list_devices()]
+            return {
+                "broker": "nats",
+                "authorization": render_nats_authorization(devices, hub.hub_secret),
+                "devices": len(devices),
+            }
         users = broker_users(hub)
         return {
+            "broker": "mosquitto",
             "passwd": render_password_file(users),
             "acl": render_acl(users),
             "devices": sum(1 for u in users if u.role == "device"),

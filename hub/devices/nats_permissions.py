@@ -11,13 +11,15 @@ subject itself (``#`` stops at ``$`` subjects, and a wildcard over another devic
              *(nats_user(d, password, device_rules(d)) for d, password in devices)]
     Path("auth.conf").write_text(render_authorization(users))  # `include auth.conf` in every node's config
 
-Passwords may be given in clear or as bcrypt hashes (``nats server passwd``), which NATS compares itself.
+Passwords may be given in clear or as bcrypt hashes (``nats server passwd``), which NATS compares itself; a user
+mapped from a TLS certificate (``verify_and_map``) has none. ``connection_types`` limits where a user may log in
+(``MQTT``, ``STANDARD`` for NATS clients); `hub.devices.nats_auth` builds the fleet's users from the inventory.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fleet.wire.acl import Rule
@@ -29,8 +31,9 @@ _QOS1_DELIVERY = "$MQTT.sub.>"
 
 
 def mqtt_subject(topic_filter: str) -> str:
-    """The NATS subject (with NATS wildcards) that an MQTT topic filter maps to."""
-    return ".".join({"+": "*", "#": ">"}.get(level, level) for level in topic_filter.split("/"))
+    """The NATS subject (with NATS wildcards) that an MQTT topic filter maps to (a ``.`` inside a level is ``//``,
+    as NATS 2.10 maps it; 2.9 refuses such topics, so a device id with a dot gets no wider access either way)."""
+    return ".".join({"+": "*", "#": ">"}.get(level, level.replace(".", "//")) for level in topic_filter.split("/"))
 
 
 def _subjects(pattern: str) -> set[str]:
@@ -39,16 +42,23 @@ def _subjects(pattern: str) -> set[str]:
     return {subject, subject[: -len(".>")]} if subject.endswith(".>") else {subject}
 
 
-def nats_user(username: str, password: str, rules: Iterable[Rule]) -> dict[str, Any]:
-    """One entry of the ``users`` list: publish what ``rules`` let it write, subscribe to what they let it read."""
+def nats_user(
+    username: str, password: str | None, rules: Iterable[Rule], *, connection_types: Sequence[str] = ()
+) -> dict[str, Any]:
+    """One entry of the ``users`` list: publish what ``rules`` let it write, subscribe to what they let it read.
+
+    ``password`` None: a user only a TLS certificate maps to; ``connection_types``: NATS's
+    ``allowed_connection_types`` (any kind when empty)."""
     rules = list(rules)
     publish = sorted(set().union(*(_subjects(r.pattern) for r in rules if r.access == "write")))
     subscribe = sorted(set().union(*(_subjects(r.pattern) for r in rules if r.access == "read"), {_QOS1_DELIVERY}))
-    return {
-        "user": username,
-        "password": password,
-        "permissions": {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}},
-    }
+    user: dict[str, Any] = {"user": username}
+    if password is not None:
+        user["password"] = password
+    if connection_types:
+        user["allowed_connection_types"] = list(connection_types)
+    user["permissions"] = {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
+    return user
 
 
 def render_authorization(users: Iterable[dict[str, Any]]) -> str:

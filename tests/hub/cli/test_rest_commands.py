@@ -172,6 +172,24 @@ def test_broker_files_come_from_the_hub_for_an_admin(live: LiveHub, tmp_path: Pa
     assert "--tls-cert and --tls-key go together" in _one_line(half_tls, code=2)
 
 
+def test_nats_auth_file_comes_from_the_hub_for_an_admin(live: LiveHub, tmp_path: Path) -> None:
+    out = tmp_path / "nats"
+    tls = ["--tls-cert", "b.crt", "--tls-key", "b.key", "--client-ca", "ca.crt"]
+    written = live.json(Role.ADMIN, "broker", "auth-files", "--broker", "nats", "--out", str(out), *tls)
+    assert isinstance(written, dict) and written["devices"] == 1 and written["auth_file"] == str(out / "nats-auth.conf")
+    text = (out / "nats-auth.conf").read_text()
+    assert '"user": "CN=cam-1"' in text and f'"user": "{HUB_USERNAME}"' in text and live.hub.hub_secret not in text
+    assert (out / "nats-auth.conf").stat().st_mode & 0o777 == 0o600
+    assert 'include "nats-auth.conf"' in written["config"] and "verify_and_map: true" in written["config"]
+
+    no_ca = live.run(Role.ADMIN, "broker", "auth-files", "--broker", "nats", "--out", str(out), *tls[:4])
+    assert "--broker nats needs --tls-cert, --tls-key and --client-ca" in _one_line(no_ca, code=2)
+    denied = live.run(Role.OPERATOR, "broker", "auth-files", "--broker", "nats", "--out", str(tmp_path / "op"), *tls)
+    assert _one_line(denied).startswith("error: HTTP 403: ") and not (tmp_path / "op").exists()
+    unknown = live.run(Role.ADMIN, "broker", "auth-files", "--broker", "emqx", "--out", str(tmp_path / "e"))
+    assert "--broker must be mosquitto or nats" in _one_line(unknown, code=2)
+
+
 def _tiny_conversion(root: Path) -> tuple[Path, Path]:
     """A real one-variant conversion of a 4-in, 3-out ONNX MatMul, and a vectors file for it."""
     import onnx
