@@ -94,7 +94,7 @@ def _nats_auth_file(
     as_json: bool,
 ) -> None:
     """``--broker nats``: write ``nats-auth.conf`` (owner-only) and print the include and MQTT listener lines."""
-    from hub.devices.nats_auth import nats_config, write_nats_auth
+    from hub.devices.nats_config import nats_config, write_nats_auth
     from hub.devices.pki import ServerTls
 
     if tls_cert is None or tls_key is None or client_ca is None:
@@ -107,13 +107,27 @@ def _nats_auth_file(
         fail(f"cannot write the NATS auth file to {out}: {exc}")
     tls = ServerTls(str(tls_cert), str(tls_key), str(client_ca), True)
     config = nats_config(path, config_dir=config_dir, port=port, host=host, tls=tls, replicas=replicas)
-    result = {"broker": "nats", "auth_file": str(path), "devices": answer["devices"], "config": config}
+    left_out = list(answer["left_out"])
+    result = {
+        "broker": "nats",
+        "auth_file": str(path),
+        "devices": answer["devices"],
+        "left_out": left_out,
+        "config": config,
+    }
 
     def show(_: object) -> None:
         typer.echo(config)
         console.print(
-            f"{answer['devices']} devices (certificate logins, CN = device id) and the hub written to {path}; "
+            f"{answer['devices']} devices (certificate CN = device id, plus its secret) and the hub written to {path}; "
             "reload with `nats-server --signal reload`"
         )
+        if left_out:
+            names = ", ".join(left_out[:10]) + (f" and {len(left_out) - 10} more" if len(left_out) > 10 else "")
+            console.print(
+                f"warning: {len(left_out)} devices provisioned before NATS password hashes were stored are left out "
+                f"and cannot log in to NATS ({names}): provision each again (`edgefleet devices remove ID`, then "
+                "`edgefleet devices add ID --target T --out DIR`) to give it a new secret"
+            )
 
     emit(result, as_json, show)

@@ -69,16 +69,12 @@ def create_broker_router(hub: Hub) -> APIRouter:
     @router.get("/auth-files", dependencies=allow(Role.ADMIN))
     def auth_files(broker: Literal["mosquitto", "nats"] = "mosquitto") -> dict[str, Any]:
         """Mosquitto: the texts of its ``passwd`` (the hub's and each device's PBKDF2 hash) and ``acl`` files.
-        NATS: its ``authorization`` block, a certificate user per provisioned device and the hub's logins (its
-        certificate, and a bcrypt hash of its secret for NATS clients). From the inventory now; admin only, since
-        the hashes are the broker's credentials."""
+        NATS: its ``authorization`` block, a certificate user per provisioned device (with the bcrypt hash of its
+        secret) and the hub's logins; ``left_out`` names the devices provisioned before such hashes were stored.
+        From the inventory now; admin only, since the hashes are the broker's credentials."""
         if broker == "nats":
-            devices = [d.id for d in hub.registry.list_devices()]
-            return {
-                "broker": "nats",
-                "authorization": render_nats_authorization(devices, hub.hub_secret),
-                "devices": len(devices),
-            }
+            auth = render_nats_authorization({d.id: d.nats_hash for d in hub.registry.list_devices()}, hub.hub_secret)
+            return {"broker": "nats", "authorization": auth.text, "devices": auth.devices, "left_out": auth.left_out}
         users = broker_users(hub)
         return {
             "broker": "mosquitto",

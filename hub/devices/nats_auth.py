@@ -1,52 +1,49 @@
 """NATS's side of broker access control: the ``authorization`` include file for a NATS server (or cluster) with
 MQTT, rendered from the inventory, and the configuration lines that use it.
 
-Devices log in with their TLS client certificate, no secret: the fleet CA (`hub.devices.pki`) writes the device id
-as the certificate's only subject attribute, and NATS's ``verify_and_map`` makes a certificate the user named by
-its subject as Go prints it, ``CN=cam-1``. The hub has two logins: ``CN=edgefleet-hub``, its own certificate, on
-MQTT, and ``edgefleet-hub`` with a bcrypt hash of its broker secret for NATS client connections (``share_nats_url``
-carries the password in the URL; the secret itself never enters the file)::
+Devices log in with their TLS client certificate and their secret. NATS's ``verify_and_map`` makes a certificate
+the user named by its subject as Go prints it, ``CN=cam-1`` (the fleet CA, `hub.devices.pki`, writes the device id
+as the only subject attribute), and then still compares the password the client sends with that user's, and the
+agent always sends its secret: so each device user carries the bcrypt hash of its secret stored at provisioning
+(``Device.nats_hash``; NATS checks no other hash). Devices provisioned before those hashes were stored are left out
+and named (`NatsAuth.left_out`). The hub has two logins with a bcrypt hash of its broker secret: ``CN=edgefleet-hub``,
+its own certificate, on MQTT, and ``edgefleet-hub`` for NATS client connections (``share_nats_url``)::
 
-    text = render_nats_authorization(["cam-1", "cam-2"], hub_secret)   # on the hub (GET /broker/auth-files)
-    path = write_nats_auth(Path("/etc/nats/edgefleet"), text)          # on the broker's host, owner-only
-    print(nats_config(path, port=8883, host="0.0.0.0", tls=ServerTls("b.crt", "b.key", "ca.crt", True)))
-    # then `nats-server --signal reload`: it re-reads the users without dropping connections
+    auth = render_nats_authorization({"cam-1": device.nats_hash}, hub_secret)  # on the hub (GET /broker/auth-files)
+    path = write_nats_auth(Path("/etc/nats/edgefleet"), auth.text)           # hub.devices.nats_config, on the
+    print(nats_config(path, tls=ServerTls("b.crt", "b.key", "ca.crt", True)))  # broker's host; then reload NATS
 
-Certificate users have no password, so they are allowed on MQTT connections only, where ``verify_and_map`` is the
-only way in (a NATS client naming ``CN=cam-1`` with an empty password is refused); the file is meant for an MQTT
-listener with ``verify_and_map``, which `nats_config` always prints. A device without a certificate (provisioned
-before the hub had ``device_ca_dir``) cannot log in until it gets one (``edgefleet pki issue device ID``).
+Device users are allowed on MQTT connections only (``allowed_connection_types``), where ``verify_and_map`` also
+demands the certificate: on the NATS client port a device's secret alone would open ``$MQTT.sub.>``, where NATS
+delivers every device's QoS 1 messages.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Iterable
-from pathlib import Path
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from fleet.errors import ProtocolError
 from fleet.wire.acl import HUB_USERNAME, device_rules, hub_rules
 from fleet.wire.topics import validate_device_id
 from hub.devices.nats_permissions import nats_user, render_authorization
-from hub.devices.pki import ServerTls
 from hub.errors import InvalidRequestError
-from hub.private_files import write_private
+from hub.registry.credentials import hash_bcrypt
 
 __all__ = [
-    "NATS_AUTH_FILE",
-    "bcrypt_hash",
+    "NatsAuth",
     "certificate_username",
-    "nats_config",
     "nats_users",
     "render_nats_authorization",
-    "write_nats_auth",
 ]
 
-NATS_AUTH_FILE: Final = "nats-auth.conf"
-#: ``nats server passwd``'s default cost: about 0.1-0.2 s per check, paid once per NATS client connection
-BCRYPT_ROUNDS: Final = 11
+#: ``nats server passwd``'s default cost for the hub's secret, which an operator may choose (``hub_secret``):
+#: about 0.15 s per check, once per hub connection
+HUB_BCRYPT_ROUNDS: Final = 11
+#: what NATS takes for a bcrypt hash (anything else it compares in clear)
+_BCRYPT: Final = re.compile(r"^\$2[abxy]\$\d{2}\$.+")
 _MQTT: Final = ("MQTT",)
 _NATS_CLIENT: Final = ("STANDARD",)
 
@@ -59,93 +56,48 @@ def certificate_username(common_name: str) -> str:
         raise InvalidRequestError(f"no NATS certificate user for {common_name!r}: {exc}") from exc
 
 
-def bcrypt_hash(password: str, *, rounds: int = BCRYPT_ROUNDS) -> str:
-    """``password`` as a bcrypt hash NATS checks itself (``$2b$...``, like ``nats server passwd``)."""
-    import bcrypt
+@dataclass(frozen=True, slots=True)
+class NatsAuth:
+    """The include file's text, how many devices it lets in, and the devices left out for want of a hash."""
 
-    secret = password.encode()
-    if not secret or len(secret) > 72:
-        raise InvalidRequestError("a NATS password must be 1-72 bytes for bcrypt (set a shorter hub_secret)")
-    return bcrypt.hashpw(secret, bcrypt.gensalt(rounds)).decode()
+    text: str
+    devices: int
+    left_out: tuple[str, ...]
 
 
 def nats_users(
-    device_ids: Iterable[str], hub_secret: str, *, rounds: int = BCRYPT_ROUNDS, hub_username: str = HUB_USERNAME
+    devices: Mapping[str, str | None], hub_secret: str, *, hub_rounds: int = HUB_BCRYPT_ROUNDS
 ) -> list[dict[str, Any]]:
-    """The hub's two logins and one certificate login per device, each with its `fleet.wire.acl` rules."""
-    ids = sorted(set(device_ids))
-    if hub_username in ids:
-        raise InvalidRequestError(f"device id {hub_username!r} clashes with the hub's broker username")
+    """The hub's two logins and a certificate login per device with a bcrypt hash (``devices``: id -> hash),
+    each with its `fleet.wire.acl` rules."""
+    if HUB_USERNAME in devices:
+        raise InvalidRequestError(f"device id {HUB_USERNAME!r} clashes with the hub's broker username")
+    hub_hash = hash_bcrypt(hub_secret, rounds=hub_rounds)
     users = [
-        nats_user(certificate_username(hub_username), None, hub_rules(), connection_types=_MQTT),
-        nats_user(hub_username, bcrypt_hash(hub_secret, rounds=rounds), hub_rules(), connection_types=_NATS_CLIENT),
+        nats_user(certificate_username(HUB_USERNAME), hub_hash, hub_rules(), connection_types=_MQTT),
+        nats_user(HUB_USERNAME, hub_hash, hub_rules(), connection_types=_NATS_CLIENT),
     ]
-    for device_id in ids:
+    for device_id, password_hash in sorted(devices.items()):
+        if password_hash is None:
+            continue
+        if not _BCRYPT.match(password_hash):
+            raise InvalidRequestError(f"device {device_id!r} has no bcrypt hash NATS could check")
         try:
             rules = device_rules(device_id)
         except ProtocolError as exc:
             raise InvalidRequestError(f"cannot build broker rules for {device_id!r}: {exc}") from exc
-        users.append(nats_user(certificate_username(device_id), None, rules, connection_types=_MQTT))
+        users.append(nats_user(certificate_username(device_id), password_hash, rules, connection_types=_MQTT))
     return users
 
 
 def render_nats_authorization(
-    device_ids: Iterable[str], hub_secret: str, *, rounds: int = BCRYPT_ROUNDS, hub_username: str = HUB_USERNAME
-) -> str:
-    """The include file's text: a comment and the ``authorization`` block of `nats_users`."""
+    devices: Mapping[str, str | None], hub_secret: str, *, hub_rounds: int = HUB_BCRYPT_ROUNDS
+) -> NatsAuth:
+    """The include file: a comment and the ``authorization`` block of `nats_users`."""
     header = (
         "# Generated by EdgeFleet from the device inventory (edgefleet broker auth-files --broker nats); do not edit.\n"
-        "# Devices log in with their certificate (mqtt tls verify_and_map: user = its subject, CN=<device id>).\n"
+        "# Users: CN=<device id> = the device's certificate subject (mqtt tls verify_and_map) plus its secret.\n"
     )
-    return header + render_authorization(nats_users(device_ids, hub_secret, rounds=rounds, hub_username=hub_username))
-
-
-def write_nats_auth(directory: Path, text: str) -> Path:
-    """Write ``text`` to ``directory/nats-auth.conf`` atomically and owner-only (it holds the hub's bcrypt hash;
-    run this as the user NATS runs as)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / NATS_AUTH_FILE
-    write_private(path, text.encode())
-    return path
-
-
-def nats_config(
-    auth_file: Path,
-    *,
-    config_dir: Path | None = None,
-    port: int = 8883,
-    host: str = "0.0.0.0",
-    tls: ServerTls,
-    replicas: int | None = None,
-) -> str:
-    """The lines for each node's configuration: include ``auth_file``, and an MQTT listener that speaks TLS only,
-    requires a client certificate signed by ``tls.client_ca_file`` and maps it to its user (``verify_and_map``).
-
-    NATS resolves an ``include`` path from the directory of the file that includes it, even an absolute one, so
-    the path is written relative to ``config_dir`` (default: ``auth_file``'s own directory). ``replicas``: the
-    stream and consumer replicas of a cluster's MQTT state (its node count)."""
-    if not tls.client_ca_file:
-        raise InvalidRequestError("NATS maps device certificates to users: give the CA of device certificates")
-
-    def quoted(value: object) -> str:
-        return json.dumps(str(value))
-
-    lines = [
-        "# EdgeFleet: the fleet's NATS users and MQTT listener (edgefleet broker auth-files --broker nats)",
-        f"include {quoted(os.path.relpath(auth_file.absolute(), (config_dir or auth_file.parent).absolute()))}",
-        "mqtt {",
-        f"  listen: {quoted(f'{host}:{port}')}",
-    ]
-    if replicas is not None:
-        lines += [f"  stream_replicas: {replicas}", f"  consumer_replicas: {replicas}"]
-    lines += [
-        "  tls {",
-        f"    cert_file: {quoted(tls.cert_file)}",
-        f"    key_file: {quoted(tls.key_file)}",
-        f"    ca_file: {quoted(tls.client_ca_file)}",
-        "    verify_and_map: true",
-        "  }",
-        "}",
-        "",
-    ]
-    return "\n".join(lines)
+    users = nats_users(devices, hub_secret, hub_rounds=hub_rounds)
+    left_out = tuple(sorted(d for d, h in devices.items() if h is None))
+    return NatsAuth(header + render_authorization(users), len(devices) - len(left_out), left_out)

@@ -26,7 +26,7 @@ from fleet.wire.fast_telemetry import FastTelemetryBatch, from_message, stored_j
 from fleet.wire.messages import DeviceState, TelemetryBatch, UpdateEvent, late_copy
 from hub.errors import ConflictError, InvalidRequestError, NotFoundError
 from hub.registry.bulk import RecordRow, insert_records, stored_batch_ids
-from hub.registry.credentials import dummy_hash, hash_password, hash_secret, new_secret, verify_secret
+from hub.registry.credentials import dummy_hash, hash_bcrypt, hash_password, hash_secret, new_secret, verify_secret
 from hub.registry.db import Database
 from hub.registry.device_windows import compact_device_windows, device_window_partials, insert_device_windows
 from hub.registry.tables import (
@@ -339,6 +339,7 @@ class Registry:
                     labels=labels or {},
                     credential_hash=hash_secret(secret),
                     broker_hash=hash_password(secret),
+                    nats_hash=hash_bcrypt(secret),
                 )
                 session.add(device)
                 session.flush()

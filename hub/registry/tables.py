@@ -63,6 +63,7 @@ class Device(SQLModel, table=True):
     labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
     credential_hash: str = Field(max_length=256)
     broker_hash: str | None = Field(default=None, max_length=256, description="Mosquitto PBKDF2-SHA512 hash")
+    nats_hash: str | None = Field(default=None, max_length=128, description="bcrypt hash for NATS (None: before 0011)")
     online: bool = False
     last_seen: float | None = None
     active_model: str | None = None
@@ -75,7 +76,7 @@ class Device(SQLModel, table=True):
 
 
 #: Device columns that never leave the hub (REST answers and CLI listings drop them).
-DEVICE_SECRET_FIELDS = frozenset({"credential_hash", "broker_hash"})
+DEVICE_SECRET_FIELDS = frozenset({"credential_hash", "broker_hash", "nats_hash"})
 
 
 class Deployment(SQLModel, table=True):

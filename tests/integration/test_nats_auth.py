@@ -1,8 +1,9 @@
 """The NATS auth file `edgefleet broker auth-files --broker nats` writes (hub/devices/nats_auth.py), on a real
-nats-server with the MQTT listener it prints (TLS, ``verify_and_map``): a device logs in with its certificate alone,
-gets its own order and reports its own state but not another device's; a certificate of an unprovisioned device, no
-certificate, or a device user on the NATS client port is refused; the hub logs in with its certificate on MQTT and
-with its password on the NATS port, where it takes device traffic in a queue group (share_nats_url)."""
+nats-server with the MQTT listener it prints (TLS, ``verify_and_map``): a device logs in as the agent does (its
+certificate, its id and secret), gets its own order and reports its own state but not another device's; a
+certificate of an unprovisioned device, a device left out for want of a hash, a wrong secret, no certificate, or a
+device user on the NATS client port is refused; the hub logs in with its own connections, its certificate on MQTT and
+its password on the NATS port, where it takes device traffic in a queue group (share_nats_url)."""
 
 from __future__ import annotations
 
@@ -20,15 +21,20 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from fleet.wire.acl import HUB_USERNAME
+from fleet.wire.mqtt import TlsFiles
 from fleet.wire.transport import Message
-from hub.devices.nats_auth import nats_config, render_nats_authorization, write_nats_auth
+from hub.devices.connection import BrokerConnector
+from hub.devices.nats_auth import render_nats_authorization
+from hub.devices.nats_config import nats_config, write_nats_auth
 from hub.devices.nats_queue import NatsQueueGroups
 from hub.devices.pki import CertificateAuthority, ServerTls
+from hub.registry.credentials import hash_bcrypt
 from tests.integration.nats_cluster import NATS_SERVER, _free_ports
 from tests.waiting import wait_until
 
 WAIT_S = 10.0
 HUB_SECRET = "hub-secret"
+SECRETS = {"cam-1": "cam-1-secret", "cam-2": "cam-2-secret", "cam-old": "cam-old-secret", "cam-9": "cam-9-secret"}
 
 
 @dataclass
@@ -55,16 +61,19 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     pki = root / "pki"
     ca = CertificateAuthority.create(pki)
     broker = ca.issue_server(pki / "broker", hosts=["127.0.0.1"])
-    for name in ("cam-1", "cam-9", HUB_USERNAME):  # cam-9 has a certificate but is not provisioned
+    for name in ("cam-1", "cam-old", "cam-9", HUB_USERNAME):  # cam-9 has a certificate but is not provisioned
         ca.issue_client(pki / name, name)
-    auth = write_nats_auth(root / "auth", render_nats_authorization(["cam-1", "cam-2"], HUB_SECRET, rounds=4))
+    inventory = {"cam-1": hash_bcrypt(SECRETS["cam-1"]), "cam-2": hash_bcrypt(SECRETS["cam-2"]), "cam-old": None}
+    auth = render_nats_authorization(inventory, HUB_SECRET, hub_rounds=4)
+    assert auth.left_out == ("cam-old",)  # provisioned before the hashes were stored
+    auth_file = write_nats_auth(root / "auth", auth.text)
     nats_port, monitor_port, mqtt_port = _free_ports(3)
     tls = ServerTls(str(broker.cert_file), str(broker.key_file), str(ca.cert_file), True)
     config = root / "nats.conf"
     config.write_text(
         f"server_name: auth0\nlisten: 127.0.0.1:{nats_port}\nhttp: 127.0.0.1:{monitor_port}\n"
         f'jetstream {{ store_dir: "{root / "js"}" }}\n'
-        + nats_config(auth, config_dir=root, port=mqtt_port, host="127.0.0.1", tls=tls, replicas=1)
+        + nats_config(auth_file, config_dir=root, port=mqtt_port, host="127.0.0.1", tls=tls, replicas=1)
     )
     log = root / "nats.log"
     with log.open("ab") as out:
@@ -79,19 +88,23 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
 
 class Client:
-    """A paho client over TLS with ``name``'s certificate (none: no certificate)."""
+    """A paho client over TLS with ``cert``'s certificate (None: none), logging in as ``user`` with ``password``
+    (the agent sends its id and secret, the hub its username and secret)."""
 
-    def __init__(self, node: Node, name: str | None, *, client_id: str | None = None) -> None:
+    def __init__(
+        self, node: Node, cert: str | None, user: str | None = None, password: str | None = None, *, client_id: str
+    ) -> None:
         self.received: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.subacks: queue.Queue[bool] = queue.Queue()
         self.connack: queue.Queue[bool] = queue.Queue()
-        self.paho = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"{name}-test"
-        )
+        self.paho = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
         context = ssl.create_default_context(cafile=str(node.pki / "ca.crt"))
-        if name is not None:
-            context.load_cert_chain(node.pki / name / f"{name}.crt", node.pki / name / f"{name}.key")
+        if cert is not None:
+            context.load_cert_chain(node.pki / cert / f"{cert}.crt", node.pki / cert / f"{cert}.key")
         self.paho.tls_set_context(context)
+        if user is not None:
+            self.paho.username_pw_set(user, password)
+        self.paho.reconnect_delay_set(0.05, 0.05)  # a refused client's loop thread stops at once when closed
         self.paho.on_connect = lambda _c, _u, _f, code, _p: self.connack.put(not code.is_failure)
         self.paho.on_message = lambda _c, _u, m: self.received.put((m.topic, m.payload))
         self.paho.on_subscribe = lambda _c, _u, _mid, codes, _p: self.subacks.put(not codes[0].is_failure)
@@ -128,8 +141,14 @@ class Client:
         self.paho.loop_stop()
 
 
+def _device(node: Node, device_id: str = "cam-1") -> Client:
+    """A device logging in as the agent does: its certificate, its id and its secret, its id as client id."""
+    return Client(node, device_id, device_id, SECRETS[device_id], client_id=device_id)
+
+
 def test_a_device_logs_in_with_its_certificate_and_reaches_its_own_topics_only(node: Node) -> None:
-    hub, device = Client(node, HUB_USERNAME), Client(node, "cam-1")
+    hub = Client(node, HUB_USERNAME, HUB_USERNAME, HUB_SECRET, client_id="edgefleet-hub-test")
+    device = _device(node)
     try:
         assert hub.accepted() and device.accepted()
         assert hub.subscribe("edgefleet/v1/devices/+/state")
@@ -146,34 +165,57 @@ def test_a_device_logs_in_with_its_certificate_and_reaches_its_own_topics_only(n
         device.close()
 
 
-@pytest.mark.parametrize("name", ["cam-9", None], ids=["unprovisioned-certificate", "no-certificate"])
-def test_a_certificate_of_no_provisioned_device_or_none_is_refused(node: Node, name: str | None) -> None:
-    client = Client(node, name, client_id="intruder")
+@pytest.mark.parametrize(
+    ("cert", "user", "password"),
+    [
+        ("cam-9", "cam-9", SECRETS["cam-9"]),
+        ("cam-old", "cam-old", SECRETS["cam-old"]),
+        ("cam-1", "cam-1", SECRETS["cam-2"]),
+        (None, "cam-1", SECRETS["cam-1"]),
+        (None, None, None),
+    ],
+    ids=["unprovisioned", "left-out-without-hash", "wrong-secret", "no-certificate", "no-credentials"],
+)
+def test_a_login_without_a_provisioned_certificate_and_its_secret_is_refused(
+    node: Node, cert: str | None, user: str | None, password: str | None
+) -> None:
+    client = Client(node, cert, user, password, client_id="intruder")
     try:
         assert not client.accepted()
     finally:
         client.close()
 
 
-def test_the_hub_takes_device_traffic_on_the_nats_port_with_its_password(node: Node) -> None:
-    hub_mqtt = Client(node, HUB_USERNAME)
-    device = Client(node, "cam-1")
-    received: queue.Queue[Message] = queue.Queue()
-    shared = None
+def test_the_hub_logs_in_as_it_does_in_production(node: Node) -> None:
+    """The hub's own connections: MQTT from `BrokerConnector` (its certificate, plus the username and password it
+    always sends, which ``verify_and_map`` ignores) and the NATS queue groups of ``share_nats_url``."""
+    key = node.pki / HUB_USERNAME / HUB_USERNAME
+    tls = TlsFiles(str(node.pki / "ca.crt"), f"{key}.crt", f"{key}.key")
+    hub_mqtt = BrokerConnector.from_url(f"mqtts://127.0.0.1:{node.mqtt_port}", hub_secret=HUB_SECRET, tls=tls).connect(
+        "hub"
+    )
+    url = f"nats://{HUB_USERNAME}:{HUB_SECRET}@127.0.0.1:{node.nats_port}"
+    shared = NatsQueueGroups(hub_mqtt, [url], name="hub-test", connect_timeout_s=WAIT_S)
+    device = _device(node)
+    states: queue.Queue[Message] = queue.Queue()
+    telemetry: queue.Queue[Message] = queue.Queue()
     try:
-        assert hub_mqtt.accepted() and device.accepted()
-        url = f"nats://{HUB_USERNAME}:{HUB_SECRET}@127.0.0.1:{node.nats_port}"
-        shared = NatsQueueGroups(_Unused(), [url], name="hub-test", connect_timeout_s=WAIT_S)
-        shared.subscribe("$share/edgefleet-hub/edgefleet/v1/devices/+/telemetry", received.put)
+        shared.subscribe("edgefleet/v1/devices/+/state", states.put)  # MQTT
+        shared.subscribe("$share/edgefleet-hub/edgefleet/v1/devices/+/telemetry", telemetry.put)  # NATS queue group
+        assert hub_mqtt.wait_subscribed(WAIT_S)
+        assert hub_mqtt.publish_and_wait("edgefleet/v1/devices/cam-1/deployment", b"the hub's order", retain=True)
+        assert device.accepted() and device.subscribe("edgefleet/v1/devices/cam-1/deployment")
+        assert device.next() == ("edgefleet/v1/devices/cam-1/deployment", b"the hub's order")
         device.publish("edgefleet/v1/devices/cam-1/telemetry", b"batch")
-        message = received.get(timeout=WAIT_S)
-        assert (message.topic, message.payload) == ("edgefleet/v1/devices/cam-1/telemetry", b"batch")
+        device.publish("edgefleet/v1/devices/cam-1/state", b"state")
+        for received, topic, payload in ((telemetry, "telemetry", b"batch"), (states, "state", b"state")):
+            message = received.get(timeout=WAIT_S)
+            assert (message.topic, message.payload) == (f"edgefleet/v1/devices/cam-1/{topic}", payload)
     finally:
-        if shared is not None:
-            shared.close()
+        shared.close()
         hub_mqtt.close()
         device.close()
-    assert not _nats_login(node.nats_port, "CN=cam-1", "")  # certificate users are MQTT-only
+    assert not _nats_login(node.nats_port, "CN=cam-1", SECRETS["cam-1"])  # device users are MQTT-only
     assert not _nats_login(node.nats_port, HUB_USERNAME, "wrong")
 
 
@@ -197,16 +239,3 @@ def _nats_login(port: int, user: str, password: str) -> bool:
         return True
 
     return asyncio.run(attempt())
-
-
-class _Unused:
-    """The MQTT side of `NatsQueueGroups`, which these tests never reach."""
-
-    def publish(self, *_: object, **__: object) -> None:
-        raise AssertionError("not used")
-
-    def subscribe(self, *_: object, **__: object) -> None:
-        raise AssertionError("not used")
-
-    def close(self) -> None:
-        pass

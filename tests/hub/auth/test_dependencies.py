@@ -110,7 +110,7 @@ def test_device_listings_carry_no_credentials_or_hashes(hub: Hub, app: FastAPI) 
     for answer in (admin.get("/devices"), admin.get("/devices/cam-1")):
         assert answer.status_code == 200
         assert not DEVICE_SECRET_FIELDS & set(answer.json()[0] if isinstance(answer.json(), list) else answer.json())
-        for value in (secret, row.credential_hash, row.broker_hash):
+        for value in (secret, row.credential_hash, row.broker_hash, row.nats_hash):
             assert value and value not in answer.text
 
 

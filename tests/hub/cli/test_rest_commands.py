@@ -22,6 +22,7 @@ from hub.auth import Role
 from hub.cli import app
 from hub.config import HubSettings
 from hub.registry.credentials import verify_password
+from hub.registry.tables import Device
 from tests.http_server import running_server
 from tests.hub.auth.clients import token_for
 
@@ -176,11 +177,23 @@ def test_nats_auth_file_comes_from_the_hub_for_an_admin(live: LiveHub, tmp_path:
     out = tmp_path / "nats"
     tls = ["--tls-cert", "b.crt", "--tls-key", "b.key", "--client-ca", "ca.crt"]
     written = live.json(Role.ADMIN, "broker", "auth-files", "--broker", "nats", "--out", str(out), *tls)
-    assert isinstance(written, dict) and written["devices"] == 1 and written["auth_file"] == str(out / "nats-auth.conf")
+    assert isinstance(written, dict) and written["devices"] == 1 and written["left_out"] == []
+    assert written["auth_file"] == str(out / "nats-auth.conf")
     text = (out / "nats-auth.conf").read_text()
     assert '"user": "CN=cam-1"' in text and f'"user": "{HUB_USERNAME}"' in text and live.hub.hub_secret not in text
     assert (out / "nats-auth.conf").stat().st_mode & 0o777 == 0o600
     assert 'include "nats-auth.conf"' in written["config"] and "verify_and_map: true" in written["config"]
+
+    with live.hub.db.session() as session:  # provisioned before migration 0011: no bcrypt hash
+        session.add(Device(id="cam-old", target="x86-onnx-cpu", credential_hash="-", broker_hash=None))
+    try:
+        table = live.run(Role.ADMIN, "broker", "auth-files", "--broker", "nats", "--out", str(out), *tls)
+    finally:
+        live.hub.registry.remove_device("cam-old")
+    assert table.exit_code == 0 and "verify_and_map: true" in table.stdout
+    warning = " ".join(table.stderr.split())
+    assert "1 devices provisioned before NATS password hashes were stored are left out" in warning
+    assert "(cam-old)" in warning and "CN=cam-old" not in (out / "nats-auth.conf").read_text()
 
     no_ca = live.run(Role.ADMIN, "broker", "auth-files", "--broker", "nats", "--out", str(out), *tls[:4])
     assert "--broker nats needs --tls-cert, --tls-key and --client-ca" in _one_line(no_ca, code=2)
