@@ -21,7 +21,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from fleet.wire.acl import HUB_USERNAME
-from fleet.wire.mqtt import TlsFiles
+from fleet.wire.mqtt import BrokerAddress, PahoBroker, TlsFiles, Will
+from fleet.wire.topics import device_topic
 from fleet.wire.transport import Message
 from hub.devices.connection import BrokerConnector
 from hub.devices.nats_auth import render_nats_authorization
@@ -186,9 +187,10 @@ def test_a_login_without_a_provisioned_certificate_and_its_secret_is_refused(
         client.close()
 
 
-def test_the_hub_logs_in_as_it_does_in_production(node: Node) -> None:
-    """The hub's own connections: MQTT from `BrokerConnector` (its certificate, plus the username and password it
-    always sends, which ``verify_and_map`` ignores) and the NATS queue groups of ``share_nats_url``."""
+def test_the_hub_and_an_agent_log_in_as_they_do_in_production(node: Node) -> None:
+    """The hub's own connections, MQTT from `BrokerConnector` (its certificate, its username, which
+    ``verify_and_map`` ignores, and its secret, which NATS checks) and the NATS queue groups of ``share_nats_url``;
+    a device connected the way the agent connects (`PahoBroker`, id and secret, certificate, a last will)."""
     key = node.pki / HUB_USERNAME / HUB_USERNAME
     tls = TlsFiles(str(node.pki / "ca.crt"), f"{key}.crt", f"{key}.key")
     hub_mqtt = BrokerConnector.from_url(f"mqtts://127.0.0.1:{node.mqtt_port}", hub_secret=HUB_SECRET, tls=tls).connect(
@@ -196,25 +198,35 @@ def test_the_hub_logs_in_as_it_does_in_production(node: Node) -> None:
     )
     url = f"nats://{HUB_USERNAME}:{HUB_SECRET}@127.0.0.1:{node.nats_port}"
     shared = NatsQueueGroups(hub_mqtt, [url], name="hub-test", connect_timeout_s=WAIT_S)
-    device = _device(node)
+    device_key = node.pki / "cam-1" / "cam-1"
+    device_tls = TlsFiles(str(node.pki / "ca.crt"), f"{device_key}.crt", f"{device_key}.key")
+    agent_address = BrokerAddress("127.0.0.1", node.mqtt_port, tls=device_tls).with_credentials(
+        "cam-1", SECRETS["cam-1"]
+    )
+    will = Will(device_topic("cam-1", "state"), b"offline")
     states: queue.Queue[Message] = queue.Queue()
     telemetry: queue.Queue[Message] = queue.Queue()
+    orders: queue.Queue[Message] = queue.Queue()
+    device = None
     try:
         shared.subscribe("edgefleet/v1/devices/+/state", states.put)  # MQTT
         shared.subscribe("$share/edgefleet-hub/edgefleet/v1/devices/+/telemetry", telemetry.put)  # NATS queue group
         assert hub_mqtt.wait_subscribed(WAIT_S)
-        assert hub_mqtt.publish_and_wait("edgefleet/v1/devices/cam-1/deployment", b"the hub's order", retain=True)
-        assert device.accepted() and device.subscribe("edgefleet/v1/devices/cam-1/deployment")
-        assert device.next() == ("edgefleet/v1/devices/cam-1/deployment", b"the hub's order")
-        device.publish("edgefleet/v1/devices/cam-1/telemetry", b"batch")
-        device.publish("edgefleet/v1/devices/cam-1/state", b"state")
-        for received, topic, payload in ((telemetry, "telemetry", b"batch"), (states, "state", b"state")):
+        assert hub_mqtt.publish_and_wait(device_topic("cam-1", "deployment"), b"the hub's order", retain=True)
+        device = PahoBroker(agent_address, client_id="cam-1", will=will)
+        device.subscribe(device_topic("cam-1", "deployment"), orders.put)
+        assert device.wait_subscribed(WAIT_S)
+        assert orders.get(timeout=WAIT_S).payload == b"the hub's order"
+        device.publish(device_topic("cam-1", "telemetry"), b"batch")
+        device.publish(device_topic("cam-1", "state"), b"state")
+        for received, channel, payload in ((telemetry, "telemetry", b"batch"), (states, "state", b"state")):
             message = received.get(timeout=WAIT_S)
-            assert (message.topic, message.payload) == (f"edgefleet/v1/devices/cam-1/{topic}", payload)
+            assert (message.topic, message.payload) == (device_topic("cam-1", channel), payload)
     finally:
+        if device is not None:
+            device.close()
         shared.close()
         hub_mqtt.close()
-        device.close()
     assert not _nats_login(node.nats_port, "CN=cam-1", SECRETS["cam-1"])  # device users are MQTT-only
     assert not _nats_login(node.nats_port, HUB_USERNAME, "wrong")
 
