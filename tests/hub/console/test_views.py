@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fleet.telemetry import ReferenceProfile
+from fleet.telemetry import ReferenceProfile, TelemetryAggregate
 from fleet.wire.messages import Histogram, TelemetryBatch
 from fleet.wire.sketches import LATENCY_BUCKETS_MS, HistogramAccumulator, serialize_sketch, sketch_from_values
 from hub.console.views import feature_distributions, fleet_summary, telemetry_series
@@ -75,7 +75,8 @@ def test_feature_distributions_overlay_reference_and_current_on_common_bins() ->
     rng = np.random.default_rng(0)
     reference = ReferenceProfile(feature_sketches={"x": serialize_sketch(sketch_from_values(rng.normal(0, 1, 2000)))})
     shifted = serialize_sketch(sketch_from_values(rng.normal(3, 1, 2000)))
-    (x,) = feature_distributions(reference, [_batch("cam-01", 100.0, [1.0], sketches={"x": shifted})], bins=10)
+    current = TelemetryAggregate.from_batches([_batch("cam-01", 100.0, [1.0], sketches={"x": shifted})])
+    (x,) = feature_distributions(reference, current, bins=10)
 
     assert x["feature"] == "x" and x["n_current"] == 2000 and len(x["bins"]) == 10
     assert sum(x["reference"]) == pytest.approx(1.0, abs=1e-3) and sum(x["current"]) == pytest.approx(1.0, abs=1e-3)
@@ -87,6 +88,6 @@ def test_feature_distributions_without_current_telemetry_draw_the_reference_only
     reference = ReferenceProfile(
         feature_sketches={"c": serialize_sketch(sketch_from_values([0, 0, 1, 2]))}, feature_kinds={"c": "categorical"}
     )
-    (c,) = feature_distributions(reference, [])
+    (c,) = feature_distributions(reference, TelemetryAggregate())
     assert c["bins"] == ["0", "1", "2"] and c["reference"] == [0.5, 0.25, 0.25]
     assert c["current"] == [0.0, 0.0, 0.0] and c["n_current"] == 0
