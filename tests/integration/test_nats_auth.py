@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from fleet.wire.acl import HUB_USERNAME
@@ -31,6 +30,7 @@ from hub.devices.nats_queue import NatsQueueGroups
 from hub.devices.pki import CertificateAuthority, ServerTls
 from hub.registry.credentials import hash_bcrypt
 from tests.integration.nats_cluster import NATS_SERVER, _free_ports
+from tests.integration.probe_client import ProbeClient
 from tests.waiting import wait_until
 
 WAIT_S = 10.0
@@ -88,67 +88,24 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         process.wait()
 
 
-class Client:
-    """A paho client over TLS with ``cert``'s certificate (None: none), logging in as ``user`` with ``password``
-    (the agent sends its id and secret, the hub its username and secret)."""
-
-    def __init__(
-        self, node: Node, cert: str | None, user: str | None = None, password: str | None = None, *, client_id: str
-    ) -> None:
-        self.received: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        self.subacks: queue.Queue[bool] = queue.Queue()
-        self.connack: queue.Queue[bool] = queue.Queue()
-        self.paho = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-        context = ssl.create_default_context(cafile=str(node.pki / "ca.crt"))
-        if cert is not None:
-            context.load_cert_chain(node.pki / cert / f"{cert}.crt", node.pki / cert / f"{cert}.key")
-        self.paho.tls_set_context(context)
-        if user is not None:
-            self.paho.username_pw_set(user, password)
-        self.paho.reconnect_delay_set(0.05, 0.05)  # a refused client's loop thread stops at once when closed
-        self.paho.on_connect = lambda _c, _u, _f, code, _p: self.connack.put(not code.is_failure)
-        self.paho.on_message = lambda _c, _u, m: self.received.put((m.topic, m.payload))
-        self.paho.on_subscribe = lambda _c, _u, _mid, codes, _p: self.subacks.put(not codes[0].is_failure)
-        self.paho.on_disconnect = lambda *_: self.connack.put(False)  # closed before or instead of a CONNACK
-        self.error: Exception | None = None
-        try:
-            self.paho.connect("127.0.0.1", node.mqtt_port)
-        except (OSError, ssl.SSLError) as exc:  # the TLS handshake itself refused
-            self.error = exc
-            return
-        self.paho.loop_start()
-
-    def accepted(self) -> bool:
-        """Whether the broker accepted the session (False: refused in CONNACK, TLS or by closing)."""
-        if self.error is not None:
-            return False
-        try:
-            return self.connack.get(timeout=WAIT_S)
-        except queue.Empty:
-            return False
-
-    def subscribe(self, topic: str) -> bool:
-        self.paho.subscribe(topic, qos=1)
-        return self.subacks.get(timeout=WAIT_S)
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        self.paho.publish(topic, payload, qos=1, retain=retain).wait_for_publish(WAIT_S)
-
-    def next(self) -> tuple[str, bytes]:
-        return self.received.get(timeout=WAIT_S)
-
-    def close(self) -> None:
-        self.paho.disconnect()
-        self.paho.loop_stop()
+def _client(
+    node: Node, cert: str | None, user: str | None = None, password: str | None = None, *, client_id: str
+) -> ProbeClient:
+    """A client over TLS with ``cert``'s certificate (None: none), logging in as ``user`` with ``password`` (the
+    agent sends its id and secret, the hub its username and secret)."""
+    context = ssl.create_default_context(cafile=str(node.pki / "ca.crt"))
+    if cert is not None:
+        context.load_cert_chain(node.pki / cert / f"{cert}.crt", node.pki / cert / f"{cert}.key")
+    return ProbeClient(node.mqtt_port, client_id=client_id, user=user, password=password, tls=context)
 
 
-def _device(node: Node, device_id: str = "cam-1") -> Client:
+def _device(node: Node, device_id: str = "cam-1") -> ProbeClient:
     """A device logging in as the agent does: its certificate, its id and its secret, its id as client id."""
-    return Client(node, device_id, device_id, SECRETS[device_id], client_id=device_id)
+    return _client(node, device_id, device_id, SECRETS[device_id], client_id=device_id)
 
 
 def test_a_device_logs_in_with_its_certificate_and_reaches_its_own_topics_only(node: Node) -> None:
-    hub = Client(node, HUB_USERNAME, HUB_USERNAME, HUB_SECRET, client_id="edgefleet-hub-test")
+    hub = _client(node, HUB_USERNAME, HUB_USERNAME, HUB_SECRET, client_id="edgefleet-hub-test")
     device = _device(node)
     try:
         assert hub.accepted() and device.accepted()
@@ -180,7 +137,7 @@ def test_a_device_logs_in_with_its_certificate_and_reaches_its_own_topics_only(n
 def test_a_login_without_a_provisioned_certificate_and_its_secret_is_refused(
     node: Node, cert: str | None, user: str | None, password: str | None
 ) -> None:
-    client = Client(node, cert, user, password, client_id="intruder")
+    client = _client(node, cert, user, password, client_id="intruder")
     try:
         assert not client.accepted()
     finally:

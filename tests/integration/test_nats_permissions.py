@@ -5,17 +5,15 @@ report for another device, read another device's order, or read the consumers' d
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from fleet.wire.acl import HUB_USERNAME, Rule, device_rules, hub_rules
 from hub.devices.nats_permissions import mqtt_subject, nats_user, render_authorization
 from tests.integration.nats_cluster import NATS_SERVER, NatsCluster
+from tests.integration.probe_client import ProbeClient
 
 WAIT_S = 15.0
 PASSWORDS = {HUB_USERNAME: "hub-secret", "cam-1": "cam-1-secret"}
@@ -38,35 +36,11 @@ def node(tmp_path: Path) -> Iterator[NatsCluster]:
         server.stop()
 
 
-class Client:
-    """A paho client that queues what it receives and reports each SUBACK."""
-
-    def __init__(self, node: NatsCluster, user: str) -> None:
-        self.received: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        self.subacks: queue.Queue[bool] = queue.Queue()
-        connected = threading.Event()
-        self.paho = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=f"{user}-test")
-        self.paho.username_pw_set(user, PASSWORDS[user])
-        self.paho.on_connect = lambda *_: connected.set()
-        self.paho.on_message = lambda _c, _u, m: self.received.put((m.topic, m.payload))
-        self.paho.on_subscribe = lambda _c, _u, _mid, codes, _p: self.subacks.put(not codes[0].is_failure)
-        self.paho.connect("127.0.0.1", node.mqtt_ports[0])
-        self.paho.loop_start()
-        assert connected.wait(WAIT_S)
-
-    def subscribe(self, topic: str) -> bool:
-        self.paho.subscribe(topic, qos=1)
-        return self.subacks.get(timeout=WAIT_S)
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        self.paho.publish(topic, payload, qos=1, retain=retain).wait_for_publish(WAIT_S)
-
-    def next(self) -> tuple[str, bytes]:
-        return self.received.get(timeout=WAIT_S)
-
-    def close(self) -> None:
-        self.paho.disconnect()
-        self.paho.loop_stop()
+def _login(node: NatsCluster, user: str) -> ProbeClient:
+    """A client logged in as ``user``."""
+    client = ProbeClient(node.mqtt_ports[0], client_id=f"{user}-test", user=user, password=PASSWORDS[user])
+    assert client.accepted()
+    return client
 
 
 def test_topics_map_to_subjects() -> None:
@@ -75,7 +49,7 @@ def test_topics_map_to_subjects() -> None:
 
 
 def test_a_device_reaches_its_own_topics_only(node: NatsCluster) -> None:
-    hub, device = Client(node, HUB_USERNAME), Client(node, "cam-1")
+    hub, device = _login(node, HUB_USERNAME), _login(node, "cam-1")
     try:
         assert hub.subscribe("edgefleet/v1/devices/+/state")
         hub.publish("edgefleet/v1/devices/cam-1/deployment", b"order for cam-1", retain=True)
