@@ -8,8 +8,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from types import SimpleNamespace
-from typing import Any, Final, NamedTuple
+from typing import Any, NamedTuple
 
 import semver
 import sqlalchemy as sql
@@ -39,13 +38,12 @@ from hub.registry.tables import (
     Variant,
 )
 from hub.registry.telemetry_tables import (
-    TelemetryWindowAggregate,
-    fold_aggregate,
     pack_sketches,
     rollup_window_start,
     unpack_sketches,
 )
 from hub.registry.telemetry_windows import TelemetryWindows
+from hub.registry.window_folds import WindowFolds, WindowKey
 from targets import TargetError, get_target
 
 _WRITE_ATTEMPTS = 5
@@ -209,6 +207,8 @@ class Registry:
         self.db = database
         self.windows = TelemetryWindows(database)
         """The window aggregates of stored telemetry (what reports read)."""
+        self.folds = WindowFolds()
+        """Folds each write into its window aggregate rows (keeping the rows it wrote deserialised)."""
 
     # -- models and versions ---------------------------------------------------------------------------
 
@@ -581,7 +581,7 @@ class Registry:
         per_device = device_window_partials((c.batch for c in unique.values()), aggregate_window_s)
         for attempt in range(_WRITE_ATTEMPTS):
             try:
-                with self.db.session() as session:
+                with self.folds.transaction() as staged, self.db.session() as session:
                     seen = stored_batch_ids(session.connection(), list(unique))
                     fresh = [c for batch_id, c in unique.items() if batch_id not in seen]
                     if not fresh:
@@ -592,7 +592,7 @@ class Registry:
                         per_device = device_window_partials((c.batch for c in fresh), aggregate_window_s)
                     insert_device_windows(session, per_device)
                     for key in sorted(mine):  # one lock order across workers: no deadlocks
-                        self._fold_window(session, key, shard, aggregate_window_s, mine[key])
+                        self.folds.fold(session.connection(), staged, key, shard, aggregate_window_s, mine[key])
                 return fresh
             except IntegrityError:
                 if attempt == _WRITE_ATTEMPTS - 1:
@@ -606,25 +606,6 @@ class Registry:
             return set()
         with self.db.session() as session:
             return set(session.exec(select(Device.id).where(col(Device.id).in_(wanted))))
-
-    @staticmethod
-    def _fold_window(session: Any, key: _WindowKey, shard: str, window_s: float, partial: TelemetryAggregate) -> None:
-        model, version, target, start = key
-        params = {"model": model, "version": version, "target": target, "start": start, "shard": shard}
-        connection = session.connection()  # Core statements: the ORM's loading and flushing cost more than the SQL
-        stored = connection.execute(_AGGREGATE_ROW, params).first()
-        identity = {"model": model, "version": version, "target": target, "window_start": start, "shard": shard}
-        if stored is not None:
-            row = SimpleNamespace(**stored._asdict())
-        else:
-            row = SimpleNamespace(**_new_aggregate(), **identity, window_s=window_s)
-        folded = fold_aggregate(row, partial)
-        values = {f"b_{name}": getattr(folded, name) for name in _FOLDED_COLUMNS}
-        if stored is not None:
-            connection.execute(_UPDATE_AGGREGATE, {**values, "row_id": stored.id})
-        else:  # a row another worker created meanwhile fails here: the transaction is retried
-            identity["window_s"] = window_s
-            connection.execute(_INSERT_AGGREGATE, {**values, **{f"b_{name}": v for name, v in identity.items()}})
 
     def prune_telemetry(
         self,
@@ -719,50 +700,9 @@ class Registry:
             return int(session.exec(query).one())
 
 
-_WindowKey = tuple[str, str, str, float]
-_AGGREGATES = TelemetryWindowAggregate.__table__  # type: ignore[attr-defined]
-#: The window aggregate row a write folds into, locked; built once (building the clauses cost more than running them).
-_AGGREGATE_ROW: Final = (
-    sql.select(_AGGREGATES)
-    .where(
-        _AGGREGATES.c.model == sql.bindparam("model"),
-        _AGGREGATES.c.version == sql.bindparam("version"),
-        _AGGREGATES.c.target == sql.bindparam("target"),
-        _AGGREGATES.c.window_start == sql.bindparam("start"),
-        _AGGREGATES.c.shard == sql.bindparam("shard"),
-    )
-    .with_for_update()
-)
-#: What `fold_aggregate` changes in a row.
-_FOLDED_COLUMNS: Final = (
-    "batches", "requests", "errors", "offloaded", "shadow_compared", "shadow_agreed", "window_end",
-    "latency_ms", "confidence", "shadow_latency_ms", "predictions", "sketches", "updated_at",
-)  # fmt: skip
-_UPDATE_AGGREGATE: Final = (
-    sql.update(_AGGREGATES)
-    .where(_AGGREGATES.c.id == sql.bindparam("row_id"))
-    .values({name: sql.bindparam(f"b_{name}") for name in _FOLDED_COLUMNS})
-)
-_INSERT_AGGREGATE: Final = sql.insert(_AGGREGATES).values(
-    {
-        name: sql.bindparam(f"b_{name}")
-        for name in (*_FOLDED_COLUMNS, "model", "version", "target", "window_start", "window_s", "shard")
-    }
-)
-
-
-def _new_aggregate() -> dict[str, Any]:
-    """A new window aggregate row's columns before its first fold."""
-    return {
-        "window_end": 0.0, "batches": 0, "requests": 0, "errors": 0, "offloaded": 0, "shadow_compared": 0,
-        "shadow_agreed": 0, "latency_ms": {}, "confidence": {}, "shadow_latency_ms": {}, "predictions": {},
-        "sketches": b"",
-    }  # fmt: skip
-
-
-def _window_partials(batches: Sequence[CheckedBatch], window_s: float) -> dict[_WindowKey, TelemetryAggregate]:
+def _window_partials(batches: Sequence[CheckedBatch], window_s: float) -> dict[WindowKey, TelemetryAggregate]:
     """``batches`` merged per model, version, target and aggregate window, sketches in bulk."""
-    groups: dict[_WindowKey, list[CheckedBatch]] = {}
+    groups: dict[WindowKey, list[CheckedBatch]] = {}
     for checked in batches:
         b = checked.batch
         groups.setdefault((b.model, b.version, b.target, rollup_window_start(b.window_start, window_s)), []).append(

@@ -179,11 +179,10 @@ def window_aggregate(row: TelemetryWindowAggregate | SimpleNamespace) -> Telemet
     return agg
 
 
-def fold_aggregate(row: _Row, partial: TelemetryAggregate) -> _Row:
-    """Merge ``partial`` (batches of the row's model, version, target and window) into ``row`` in place: a
-    `TelemetryWindowAggregate`, or any object with its columns as attributes (the writer's plain namespace)."""
-    merged = window_aggregate(row)
-    merged.merge(partial)
+def store_merged(row: _Row, merged: TelemetryAggregate, partial: TelemetryAggregate) -> _Row:
+    """Set ``row``'s columns to ``merged``: the row's aggregate (`window_aggregate`) with ``partial`` (batches of
+    the row's model, version, target and window) merged in; ``row`` is a `TelemetryWindowAggregate`, or any
+    object with its columns as attributes (the writer's plain namespace)."""
     row.batches, row.requests, row.errors, row.offloaded = (
         merged.batches,
         merged.requests,

@@ -189,3 +189,34 @@ def test_device_window_rows_write_a_non_finite_total_as_json_dumps_does(registry
     assert rows["dev-a"] == {"latency_ms": [[1, 2], 3.5], "confidence": [], "predictions": {}, "shadow": {}}
     if registry.db.engine.dialect.name != "postgresql":
         assert rows["dev-b"]["latency_ms"] == [[1, 2], float("inf")]
+
+
+def test_a_writer_folds_into_rows_it_wrote_without_reading_them_and_reads_rows_another_changed(
+    registry: Registry, batches: list[TelemetryBatch], database_url: str
+) -> None:
+    """The writer keeps the rows it wrote deserialised (`WindowFolds`); another writer of the same shard (its own
+    registry) changing them in between makes it read them again, and every batch is counted once."""
+    mine = [b for b in batches if b.version == BASELINE]
+    groups: dict[tuple[str, float], list[TelemetryBatch]] = {}
+    for b in mine:
+        groups.setdefault((b.target, b.window_start // 60.0), []).append(b)
+    parts = [[b for group in groups.values() for b in group[i::4]] for i in range(4)]
+    assert all(len(group) >= 4 for group in groups.values())  # each part touches every row
+    other_db = Database(database_url)
+    try:
+        registry.store_telemetry(parts[0], aggregate_window_s=60.0)
+        assert registry.folds.reads == len(groups)
+        registry.store_telemetry(parts[1], aggregate_window_s=60.0)
+        assert registry.folds.reads == len(groups)  # its own rows: merged in memory, no read
+        Registry(other_db).store_telemetry(parts[2], aggregate_window_s=60.0)
+        registry.store_telemetry(parts[3] + parts[2][:2], aggregate_window_s=60.0)  # duplicates add nothing
+        assert registry.folds.reads == 2 * len(groups)  # changed by the other writer: read again
+    finally:
+        other_db.close()
+    windows = registry.windows.by_target(MODEL, BASELINE)
+    assert len(windows) == len(groups)
+    for target in {b.target for b in mine}:
+        merged = TelemetryAggregate()
+        for _, agg in (w for w in windows if w[0] == target):
+            merged.merge(agg)
+        _same(merged, TelemetryAggregate.from_batches(b for b in mine if b.target == target))
