@@ -26,8 +26,19 @@ rates swing with the load; this stays put, so it is the figure to compare trees 
 Broker: the same publisher sends the same payloads (QoS 1) to a topic one plain subscriber reads; time runs
 from the first publish until the last message is received.
 
+A second, separate measurement, worker capacity by drain (``drain`` and ``two_workers_over_one_drain`` in the
+JSON; ``--drain-configs``): the broker's rate caps what any number of workers can show against a live publisher
+(once one worker stores 0.6x of it, two cannot store 1.7x as much), so here the workers' consumption is held
+back. On a private Mosquitto started by the benchmark (``max_queued_messages 0``: it queues every QoS 1 message
+for a subscriber that does not read; the machine's broker keeps 1,000 per client and drops the rest) the hub
+workers subscribe, are stopped (SIGSTOP), every batch is published and acknowledged by the broker, and the
+workers are continued (SIGCONT): time runs from then until the last batch is in the database, and the run
+checks that every published batch was stored. Not comparable with ``share_of_broker_rate``: no publisher runs
+during the drain.
+
     .venv/bin/python bench/bench_ingest.py [--batches 5000] [--devices 500] [--features 8]
-        [--configs sqlite:1,postgresql:1,postgresql:2] [--baseline-ref main]
+        [--configs sqlite:1,postgresql:1,postgresql:2] [--drain-configs postgresql:1,postgresql:2]
+        [--baseline-ref main]
 """
 
 from __future__ import annotations
@@ -37,6 +48,9 @@ import contextlib
 import json
 import os
 import platform
+import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -192,17 +206,43 @@ print(ingestor.received if ingestor else 0, ingestor.stored if ingestor else 0, 
 """
 
 
-def hub_throughput(
-    address: BrokerAddress,
-    broker_url: str,
-    payloads: list[tuple[str, bytes]],
-    devices: int,
-    workers: int,
-    kind: str,
-    code_root: Path,
-) -> dict[str, Any]:
-    """Batches per second stored by ``workers`` hub processes running the code under ``code_root`` (a shared
-    subscription when more than one) on a fresh ``kind`` database."""
+class _Workers:
+    """Hub worker processes on a fresh database (`_workers`): their pids, and the stored count to poll."""
+
+    def __init__(self, procs: list[subprocess.Popen[str]], stored: Callable[[], int]) -> None:
+        self.procs = procs
+        self.stored = stored
+        self.outputs: list[list[str]] = []
+        """Per worker, once stopped: received, stored and CPU seconds from ready to the end."""
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to every worker process."""
+        for proc in self.procs:
+            os.kill(proc.pid, signum)
+
+    def wait_stored(self, expected: int) -> tuple[int, float]:
+        """Poll the database until ``expected`` batches are stored or none was stored for `STALL_S`; return the
+        count and when (perf_counter) it last grew, or now when all are in."""
+        count, progress_at = self.stored(), time.monotonic()
+        while count < expected and time.monotonic() - progress_at < STALL_S:
+            time.sleep(0.02)  # polling the database the workers write to
+            if (now_count := self.stored()) > count:
+                count, progress_at = now_count, time.monotonic()
+        end = time.perf_counter() if count == expected else progress_at - time.monotonic() + time.perf_counter()
+        return count, end
+
+    def report(self) -> dict[str, Any]:
+        """Per-worker received counts and the workers' CPU seconds (all threads; not the database server's)."""
+        return {
+            "received_per_worker": [int(o[-3]) for o in self.outputs if len(o) >= 3],
+            "hub_cpu_s": sum(float(o[-1]) for o in self.outputs if len(o) >= 3),
+        }
+
+
+@contextlib.contextmanager
+def _workers(broker_url: str, devices: int, workers: int, kind: str, code_root: Path) -> Iterator[_Workers]:
+    """``workers`` hub processes running the code under ``code_root`` (a shared subscription when more than one)
+    on a fresh ``kind`` database, each ready (subscribed); stopped (stdin closed) when the block ends."""
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp, database(kind, Path(tmp)) as database_url:
         group = f"bench-{uuid.uuid4().hex[:8]}"
         # provisioned by the code under test (its schema), without hashing hundreds of credentials
@@ -234,24 +274,36 @@ def hub_throughput(
             )
             for w in range(workers)
         ]
+        running = _Workers(procs, stored)
         try:
             for proc in procs:
                 assert proc.stdout is not None
                 if proc.stdout.readline().strip() != "ready":
                     raise RuntimeError("a hub worker did not start")
-            start = time.perf_counter()
-            published = publish_all(address, payloads, stored)
-            count, progress_at = stored(), time.monotonic()
-            while count < len(payloads) and time.monotonic() - progress_at < STALL_S:
-                time.sleep(0.02)  # polling the database the workers write to
-                if (now_count := stored()) > count:
-                    count, progress_at = now_count, time.monotonic()
-            end = (
-                time.perf_counter() if count == len(payloads) else progress_at - time.monotonic() + time.perf_counter()
-            )
+            yield running
         finally:
-            outputs = [proc.communicate("", timeout=60)[0].split() for proc in procs]
+            with contextlib.suppress(ProcessLookupError):
+                running.signal(signal.SIGCONT)  # a worker stopped by a failed drain run still ends
+            running.outputs = [proc.communicate("", timeout=60)[0].split() for proc in procs]
             engine.dispose()
+
+
+def hub_throughput(
+    address: BrokerAddress,
+    broker_url: str,
+    payloads: list[tuple[str, bytes]],
+    devices: int,
+    workers: int,
+    kind: str,
+    code_root: Path,
+) -> dict[str, Any]:
+    """Batches per second stored by ``workers`` hub processes running the code under ``code_root`` (a shared
+    subscription when more than one) on a fresh ``kind`` database."""
+    with _workers(broker_url, devices, workers, kind, code_root) as running:
+        start = time.perf_counter()
+        published = publish_all(address, payloads, running.stored)
+        count, end = running.wait_stored(len(payloads))
+    report = running.report()
     return {
         "database": kind,
         "workers": workers,
@@ -260,10 +312,76 @@ def hub_throughput(
         "seconds": end - start,
         "batches_per_s": count / (end - start),
         "publish_s": published - start,
-        "received_per_worker": [int(o[-3]) for o in outputs if len(o) >= 3],
+        "received_per_worker": report["received_per_worker"],
         # CPU of the hub processes from ready to the end of the run (all threads; not the database server's):
         # far steadier than the rates on a shared machine
-        "hub_cpu_us_per_batch": 1e6 * sum(float(o[-1]) for o in outputs if len(o) >= 3) / max(count, 1),
+        "hub_cpu_us_per_batch": 1e6 * report["hub_cpu_s"] / max(count, 1),
+    }
+
+
+#: The drain's private broker: every QoS 1 message queued for a subscriber that does not read (no limit), no
+#: persistence. In-flight messages per client as the broker's default (20).
+PRIVATE_BROKER_CONF = """listener {port} 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages 0
+max_queued_bytes 0
+"""
+
+
+@contextlib.contextmanager
+def private_broker() -> Iterator[str]:
+    """The URL of a Mosquitto of the benchmark's own on a free local port, stopped afterwards."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-broker-") as tmp:
+        conf = Path(tmp) / "mosquitto.conf"
+        conf.write_text(PRIVATE_BROKER_CONF.format(port=port))
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                with socket.socket() as sock:
+                    if sock.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the private Mosquitto did not start on port {port}")
+                time.sleep(0.05)
+            yield f"mqtt://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def hub_drain(
+    broker_url: str, payloads: list[tuple[str, bytes]], devices: int, workers: int, kind: str, code_root: Path
+) -> dict[str, Any]:
+    """Batches per second ``workers`` hub processes store from a backlog of every payload queued at the broker
+    at ``broker_url`` (the private one) while they were stopped; see the module docstring."""
+    address = BrokerAddress.from_url(broker_url)
+    with _workers(broker_url, devices, workers, kind, code_root) as running:
+        running.signal(signal.SIGSTOP)
+        publish_start = time.perf_counter()
+        published_at = publish_all(address, payloads, lambda: 0, window=len(payloads))  # nothing read meanwhile
+        held = running.stored()
+        start = time.perf_counter()
+        running.signal(signal.SIGCONT)
+        count, end = running.wait_stored(len(payloads))
+    report = running.report()
+    return {
+        "database": kind,
+        "workers": workers,
+        "published": len(payloads),
+        "stored_while_held": held,
+        "stored": count,
+        "all_delivered": count == len(payloads),
+        "seconds": end - start,
+        "batches_per_s": count / (end - start),
+        "publish_s_before_drain": published_at - publish_start,
+        "received_per_worker": report["received_per_worker"],
+        "hub_cpu_us_per_batch": 1e6 * report["hub_cpu_s"] / max(count, 1),
     }
 
 
@@ -292,6 +410,35 @@ def summarise(runs: dict[str, list[dict[str, Any]]], broker_rate: float) -> dict
     }
 
 
+DRAIN_METHOD = (
+    "workers subscribed and stopped (SIGSTOP); every batch published (QoS 1) to a private Mosquitto with "
+    "max_queued_messages 0 and acknowledged by it; workers continued (SIGCONT); time from then until the last "
+    "batch is in the database; no publisher runs meanwhile, so not comparable with share_of_broker_rate"
+)
+
+
+def summarise_drain(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Median drain rate and CPU per configuration, and whether every run stored every published batch."""
+    return {
+        config: {
+            "batches_per_s_median": statistics.median(r["batches_per_s"] for r in config_runs),
+            "hub_cpu_us_per_batch_median": statistics.median(r["hub_cpu_us_per_batch"] for r in config_runs),
+            "all_delivered": all(r["all_delivered"] for r in config_runs),
+            "runs": config_runs,
+        }
+        for config, config_runs in runs.items()
+    }
+
+
+def drain_scaling(drain: dict[str, Any]) -> dict[str, float]:
+    """Two workers' drain rate over one worker's, per database measured with both."""
+    return {
+        kind: drain[f"{kind}:2"]["batches_per_s_median"] / drain[f"{kind}:1"]["batches_per_s_median"]
+        for kind in ("sqlite", "postgresql")
+        if f"{kind}:1" in drain and f"{kind}:2" in drain
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=5000)
@@ -301,6 +448,11 @@ def main() -> None:
     parser.add_argument(
         "--configs", default="sqlite:1,postgresql:1,postgresql:2", help="DATABASE:WORKERS to measure, comma-separated"
     )
+    parser.add_argument(
+        "--drain-configs",
+        default="postgresql:1,postgresql:2",
+        help="DATABASE:WORKERS whose capacity to drain a held-back backlog is measured (empty: none)",
+    )
     parser.add_argument("--baseline-ref", default=None, help="also measure the hub code of this git ref")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--broker-url", default="mqtt://127.0.0.1:1883")
@@ -309,6 +461,7 @@ def main() -> None:
 
     address = BrokerAddress.from_url(args.broker_url)
     configs = [(kind, int(workers)) for kind, workers in (c.split(":") for c in args.configs.split(","))]
+    drain_configs = [(kind, int(n)) for kind, n in (c.split(":") for c in args.drain_configs.split(",") if c)]
     t0 = time.perf_counter()
     payloads = make_payloads(args.batches, args.devices, args.features, args.values)
     setup_s = time.perf_counter() - t0
@@ -316,7 +469,10 @@ def main() -> None:
     broker_runs: list[dict[str, Any]] = []
     hub_runs: dict[str, list[dict[str, Any]]] = {}
     baseline_runs: dict[str, list[dict[str, Any]]] = {}
-    with exported(args.baseline_ref) as baseline_root:
+    drain_runs: dict[str, list[dict[str, Any]]] = {}
+    baseline_drain_runs: dict[str, list[dict[str, Any]]] = {}
+    drain_broker = private_broker() if drain_configs else contextlib.nullcontext(None)
+    with exported(args.baseline_ref) as baseline_root, drain_broker as drain_url:
         trees = [(ROOT, hub_runs)] + ([(baseline_root, baseline_runs)] if baseline_root is not None else [])
         for _ in range(args.repeats):  # interleaved, so all see the same machine load
             broker_runs.append(broker_throughput(address, payloads))
@@ -331,6 +487,20 @@ def main() -> None:
                         f"{run['hub_cpu_us_per_batch']:.0f} us hub CPU per batch",
                         flush=True,
                     )
+            for kind, workers in drain_configs:
+                assert drain_url is not None
+                for root, runs in [(ROOT, drain_runs)] + (
+                    [(baseline_root, baseline_drain_runs)] if baseline_root is not None else []
+                ):
+                    run = hub_drain(drain_url, payloads, args.devices, workers, kind, root)
+                    runs.setdefault(f"{kind}:{workers}", []).append(run)
+                    label = "baseline " if runs is baseline_drain_runs else ""
+                    print(
+                        f"{label}drain {kind} x{workers}: {run['batches_per_s']:.0f} batches/s, "
+                        f"{run['stored']}/{run['published']} stored, "
+                        f"{run['hub_cpu_us_per_batch']:.0f} us hub CPU per batch",
+                        flush=True,
+                    )
     broker_rate = statistics.median(r["messages_per_s"] for r in broker_runs)
     hub_results = summarise(hub_runs, broker_rate)
     scaling = {
@@ -339,6 +509,8 @@ def main() -> None:
         if f"{kind}:1" in hub_results and f"{kind}:2" in hub_results
     }
     baseline = summarise(baseline_runs, broker_rate) if baseline_runs else None
+    drain = summarise_drain(drain_runs)
+    baseline_drain = summarise_drain(baseline_drain_runs) if baseline_drain_runs else None
     result = {
         "benchmark": "ingest",
         "params": {
@@ -351,6 +523,7 @@ def main() -> None:
             "qos": 1,
             "configs": args.configs,
             "baseline_ref": args.baseline_ref,
+            "drain_configs": args.drain_configs,
         },
         "payload_bytes": {"mean": statistics.mean(sizes), "min": min(sizes), "max": max(sizes)},
         "setup_s": setup_s,
@@ -358,6 +531,12 @@ def main() -> None:
         "hub": hub_results,
         "two_workers_over_one": scaling,
         "baseline": baseline,
+        # worker capacity, not capped by the publisher (module docstring): not comparable with the rates above
+        "drain": {"method": DRAIN_METHOD, **drain},
+        "two_workers_over_one_drain": drain_scaling(drain),
+        "baseline_drain": None
+        if baseline_drain is None
+        else {**baseline_drain, "two_workers_over_one_drain": drain_scaling(baseline_drain)},
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),
@@ -379,6 +558,11 @@ def main() -> None:
                 "share_of_broker_rate": summary,
                 "hub_cpu_us_per_batch": cpu,
                 "x2": scaling,
+                "drain_batches_per_s": {c: round(v["batches_per_s_median"]) for c, v in drain.items()},
+                "two_workers_over_one_drain": drain_scaling(drain),
+                "baseline_two_workers_over_one_drain": None
+                if baseline_drain is None
+                else drain_scaling(baseline_drain),
             }
         )
     )
