@@ -355,6 +355,16 @@ def private_broker() -> Iterator[str]:
             proc.wait(10)
 
 
+def _cpu_times() -> tuple[float, float] | None:
+    """The machine's busy and total CPU time so far (jiffies, every CPU; /proc/stat), or None off Linux."""
+    try:
+        fields = [float(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle and iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def hub_drain(
     broker_url: str, payloads: list[tuple[str, bytes]], devices: int, workers: int, kind: str, code_root: Path
 ) -> dict[str, Any]:
@@ -366,10 +376,15 @@ def hub_drain(
         publish_start = time.perf_counter()
         published_at = publish_all(address, payloads, lambda: 0, window=len(payloads))  # nothing read meanwhile
         held = running.stored()
+        cpu_before = _cpu_times()
         start = time.perf_counter()
         running.signal(signal.SIGCONT)
         count, end = running.wait_stored(len(payloads))
+        cpu_after = _cpu_times()
     report = running.report()
+    busy = None
+    if cpu_before is not None and cpu_after is not None and cpu_after[1] > cpu_before[1]:
+        busy = (cpu_after[0] - cpu_before[0]) / (cpu_after[1] - cpu_before[1])
     return {
         "database": kind,
         "workers": workers,
@@ -382,6 +397,10 @@ def hub_drain(
         "publish_s_before_drain": published_at - publish_start,
         "received_per_worker": report["received_per_worker"],
         "hub_cpu_us_per_batch": 1e6 * report["hub_cpu_s"] / max(count, 1),
+        # how busy the machine's CPUs were during the drain (every process: workers, database, broker, others):
+        # near 1, the drain is bound by the cores, not by the workers
+        "machine_cpu_busy_share": busy,
+        "cpus": os.cpu_count(),
     }
 
 
@@ -424,6 +443,7 @@ def summarise_drain(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "batches_per_s_median": statistics.median(r["batches_per_s"] for r in config_runs),
             "hub_cpu_us_per_batch_median": statistics.median(r["hub_cpu_us_per_batch"] for r in config_runs),
             "all_delivered": all(r["all_delivered"] for r in config_runs),
+            "machine_cpu_busy_share_median": statistics.median(r["machine_cpu_busy_share"] or 0.0 for r in config_runs),
             "runs": config_runs,
         }
         for config, config_runs in runs.items()
@@ -498,7 +518,8 @@ def main() -> None:
                     print(
                         f"{label}drain {kind} x{workers}: {run['batches_per_s']:.0f} batches/s, "
                         f"{run['stored']}/{run['published']} stored, "
-                        f"{run['hub_cpu_us_per_batch']:.0f} us hub CPU per batch",
+                        f"{run['hub_cpu_us_per_batch']:.0f} us hub CPU per batch, "
+                        f"machine CPU {100 * (run['machine_cpu_busy_share'] or 0):.0f}% busy",
                         flush=True,
                     )
     broker_rate = statistics.median(r["messages_per_s"] for r in broker_runs)
