@@ -34,7 +34,9 @@ for a subscriber that does not read; the machine's broker keeps 1,000 per client
 workers subscribe, are stopped (SIGSTOP), every batch is published and acknowledged by the broker, and the
 workers are continued (SIGCONT): time runs from then until the last batch is in the database, and the run
 checks that every published batch was stored. Not comparable with ``share_of_broker_rate``: no publisher runs
-during the drain.
+during the drain. Each run also reports how busy the machine's CPUs were (``machine_cpu_busy_share``); beside the
+median-based ``two_workers_over_one_drain``, ``two_workers_over_one_drain_best`` compares each configuration's
+least disturbed run.
 
     .venv/bin/python bench/bench_ingest.py [--batches 5000] [--devices 500] [--features 8]
         [--configs sqlite:1,postgresql:1,postgresql:2] [--drain-configs postgresql:1,postgresql:2]
@@ -441,6 +443,8 @@ def summarise_drain(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return {
         config: {
             "batches_per_s_median": statistics.median(r["batches_per_s"] for r in config_runs),
+            # the least disturbed run: on a machine shared with other work, what the workers can do when not starved
+            "batches_per_s_best": max(r["batches_per_s"] for r in config_runs),
             "hub_cpu_us_per_batch_median": statistics.median(r["hub_cpu_us_per_batch"] for r in config_runs),
             "all_delivered": all(r["all_delivered"] for r in config_runs),
             "machine_cpu_busy_share_median": statistics.median(r["machine_cpu_busy_share"] or 0.0 for r in config_runs),
@@ -450,10 +454,11 @@ def summarise_drain(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     }
 
 
-def drain_scaling(drain: dict[str, Any]) -> dict[str, float]:
-    """Two workers' drain rate over one worker's, per database measured with both."""
+def drain_scaling(drain: dict[str, Any], statistic: str = "median") -> dict[str, float]:
+    """Two workers' drain rate over one worker's (``median`` or ``best`` runs), per database measured with both."""
+    key = f"batches_per_s_{statistic}"
     return {
-        kind: drain[f"{kind}:2"]["batches_per_s_median"] / drain[f"{kind}:1"]["batches_per_s_median"]
+        kind: drain[f"{kind}:2"][key] / drain[f"{kind}:1"][key]
         for kind in ("sqlite", "postgresql")
         if f"{kind}:1" in drain and f"{kind}:2" in drain
     }
@@ -555,9 +560,14 @@ def main() -> None:
         # worker capacity, not capped by the publisher (module docstring): not comparable with the rates above
         "drain": {"method": DRAIN_METHOD, **drain},
         "two_workers_over_one_drain": drain_scaling(drain),
+        "two_workers_over_one_drain_best": drain_scaling(drain, "best"),
         "baseline_drain": None
         if baseline_drain is None
-        else {**baseline_drain, "two_workers_over_one_drain": drain_scaling(baseline_drain)},
+        else {
+            **baseline_drain,
+            "two_workers_over_one_drain": drain_scaling(baseline_drain),
+            "two_workers_over_one_drain_best": drain_scaling(baseline_drain, "best"),
+        },
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),
@@ -581,6 +591,7 @@ def main() -> None:
                 "x2": scaling,
                 "drain_batches_per_s": {c: round(v["batches_per_s_median"]) for c, v in drain.items()},
                 "two_workers_over_one_drain": drain_scaling(drain),
+                "two_workers_over_one_drain_best": drain_scaling(drain, "best"),
                 "baseline_two_workers_over_one_drain": None
                 if baseline_drain is None
                 else drain_scaling(baseline_drain),
