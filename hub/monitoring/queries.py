@@ -33,6 +33,7 @@ Unknown rollouts or missing references raise `hub.errors.NotFoundError`.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
@@ -43,6 +44,7 @@ from fleet.canary import CanaryConfig, CanaryReport, analyse_canary, device_metr
 from fleet.drift import DriftConfig, DriftReport, analyse_drift, group_cohorts
 from fleet.drift.cohorts import CohortNamer
 from fleet.errors import ProtocolError
+from fleet.selection import parse_selector
 from fleet.telemetry import ReferenceProfile, TelemetryAggregate, validate_batch
 from fleet.wire.messages import TelemetryBatch
 from hub.errors import NotFoundError
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AggregateSource",
     "FileSource",
+    "LabelAggregateSource",
+    "LabelAggregates",
     "MonitoringSource",
     "RolloutView",
     "TelemetryRead",
@@ -136,6 +140,26 @@ class AggregateSource(Protocol):
 
     def canary_report(self, rollout: RolloutView, config: CanaryConfig) -> CanaryReport:
         """The rollout's canary report from the aggregates."""
+        ...
+
+
+class LabelAggregates(NamedTuple):
+    """A version's window aggregates of every batch as (target, aggregate with its devices), and the label rows
+    of the same windows as (target, label key, label value, aggregate with its devices)."""
+
+    targets: list[tuple[str, TelemetryAggregate]]
+    labels: list[tuple[str, str, str, TelemetryAggregate]]
+
+
+@runtime_checkable
+class LabelAggregateSource(Protocol):
+    """A source whose window aggregates also keep one row per device label (as labelled at ingestion)."""
+
+    def label_aggregates(
+        self, model: str, version: str, keys: set[str], *, since: float | None = None, until: float | None = None
+    ) -> LabelAggregates | None:
+        """The version's window aggregates and the label rows of ``keys`` in the same windows; None when a window
+        was stored before label rows were kept (its label rows miss batches)."""
         ...
 
 
@@ -243,6 +267,10 @@ def drift_report_for(
     """`drift_report` on what ``source`` holds (``reference`` overrides the source's)."""
     ref = reference if reference is not None else source.reference(model, version)
     namer = CohortNamer(by=by, selectors=selectors)
+    if namer.needs_devices and isinstance(source, LabelAggregateSource):
+        from_labels = _label_cohorts(source, model, version, by, selectors or {}, since, until)
+        if from_labels is not None:
+            return analyse_drift(ref, from_labels, config, model=model, version=version)
     if not namer.needs_devices and isinstance(source, AggregateSource):
         windows = source.target_aggregates(model, version, since=since, until=until)
         if windows:
@@ -263,6 +291,62 @@ def drift_report_for(
         config=config,
     )
     return report.model_copy(update={"skipped_batches": skipped})
+
+
+def _single_label(selector: str) -> tuple[str, str] | None:
+    """(key, value) of a selector that is one ``key=value`` clause on a device label, else None."""
+    requirements = parse_selector(selector).requirements
+    if len(requirements) != 1 or requirements[0].op != "=" or requirements[0].key == "target":
+        return None  # a device's target counts as a label ``target`` to selectors: not in the label rows
+    return requirements[0].key, requirements[0].values[0]
+
+
+def _label_cohorts(
+    source: LabelAggregateSource,
+    model: str,
+    version: str,
+    by: Sequence[str],
+    selectors: Mapping[str, str],
+    since: float | None,
+    until: float | None,
+) -> dict[str, TelemetryAggregate] | None:
+    """The cohorts of a drift report by one label dimension (with target, version or model) and selectors of one
+    ``key=value`` each, from the window aggregates' label rows; None when they cannot answer: other cohorts, no
+    aggregates, windows stored before label rows were kept, or batches from devices without the ``by`` label in
+    those windows (their ``(none)`` cohort has no row)."""
+    label_dims = [d for d in by if d.startswith("label:")]
+    wanted = {name: _single_label(s) for name, s in selectors.items()}
+    if len(label_dims) > 1 or any(w is None for w in wanted.values()):
+        return None
+    by_key = label_dims[0][len("label:") :] if label_dims else None
+    keys = {w[0] for w in wanted.values() if w is not None} | ({by_key} if by_key else set())
+    read = source.label_aggregates(model, version, keys, since=since, until=until)
+    if read is None or not read.targets:
+        return None
+    if by_key is not None:
+        batches: Counter[tuple[str, float]] = Counter()
+        for target, agg in read.targets:
+            batches[(target, agg.window_start)] += agg.batches
+        for target, key, _value, agg in read.labels:
+            if key == by_key:
+                batches[(target, agg.window_start)] -= agg.batches
+        if any(batches.values()):
+            return None
+    cohorts: dict[str, TelemetryAggregate] = {}
+    of_targets = CohortNamer(by=by if by_key is None else ())  # "all", and the ``by`` cohorts without a label
+    for target, agg in read.targets:
+        for name in of_targets.names(_TargetCohort("", model, version, target)):
+            cohorts.setdefault(name, TelemetryAggregate()).merge(agg)
+    namer = CohortNamer(by=by, device_labels={"": {}}, include_all=False)
+    for target, key, value, agg in read.labels:
+        if key == by_key:
+            namer.labels = {"": {key: value}}
+            for name in namer.names(_TargetCohort("", model, version, target)):
+                cohorts.setdefault(name, TelemetryAggregate()).merge(agg)
+        for name, label in wanted.items():
+            if label == (key, value):
+                cohorts.setdefault(name, TelemetryAggregate()).merge(agg)
+    return cohorts
 
 
 def version_aggregate(

@@ -14,7 +14,7 @@ from fleet.telemetry import ReferenceProfile, TelemetryAggregate
 from hub.errors import NotFoundError
 from hub.monitoring.canary_windows import canary_from_windows
 from hub.monitoring.device_counts import DeviceCounts
-from hub.monitoring.queries import RolloutView, TelemetryRead, batch_in_range, rollout_groups
+from hub.monitoring.queries import LabelAggregates, RolloutView, TelemetryRead, batch_in_range, rollout_groups
 from hub.registry import Registry
 from hub.registry.device_windows import DeviceWindowSums
 from hub.registry.telemetry_windows import DeviceWindowRow
@@ -48,6 +48,23 @@ class RegistrySource:
         self, model: str, version: str, *, since: float | None = None, until: float | None = None
     ) -> list[tuple[str, TelemetryAggregate]]:
         return self._registry.windows.by_target(model, version, since, until)
+
+    def label_aggregates(
+        self, model: str, version: str, keys: set[str], *, since: float | None = None, until: float | None = None
+    ) -> LabelAggregates | None:
+        """The label rows' ``devices`` are those of their window whose current labels put them in the cohort
+        (the rows keep no device ids): they differ from the batches' only for devices relabelled since."""
+        read = self._registry.windows.by_label(model, version, keys, since, until)
+        if not read.complete:
+            return None
+        members: dict[tuple[str, float], set[str]] = {}
+        for target, agg in read.targets:
+            members.setdefault((target, agg.window_start), set()).update(agg.devices)
+        labels = self.device_labels() if read.labels else {}
+        for target, key, value, agg in read.labels:
+            window = members.get((target, agg.window_start), set())
+            agg.devices = {d for d in window if labels.get(d, {}).get(key) == value}
+        return LabelAggregates(read.targets, read.labels)
 
     def device_counts(
         self, model: str, version: str, *, since: float | None = None, until: float | None = None

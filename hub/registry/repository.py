@@ -28,6 +28,7 @@ from hub.registry.bulk import RecordRow, insert_records, stored_batch_ids
 from hub.registry.credentials import dummy_hash, hash_bcrypt, hash_password, hash_secret, new_secret, verify_secret
 from hub.registry.db import Database
 from hub.registry.device_windows import compact_device_windows, device_window_partials, insert_device_windows
+from hub.registry.label_cache import DeviceLabelCache
 from hub.registry.tables import (
     Deployment,
     DeploymentDevice,
@@ -38,6 +39,7 @@ from hub.registry.tables import (
     Variant,
 )
 from hub.registry.telemetry_tables import (
+    label_cohort,
     pack_sketches,
     rollup_window_start,
     unpack_sketches,
@@ -209,6 +211,8 @@ class Registry:
         """The window aggregates of stored telemetry (what reports read)."""
         self.folds = WindowFolds()
         """Folds each write into its window aggregate rows (keeping the rows it wrote deserialised)."""
+        self.device_labels = DeviceLabelCache(database)
+        """The labelled devices' labels, for the label cohort rows of the window aggregates."""
 
     # -- models and versions ---------------------------------------------------------------------------
 
@@ -343,9 +347,11 @@ class Registry:
                 )
                 session.add(device)
                 session.flush()
-                return device, secret
         except IntegrityError as exc:
             raise ConflictError(f"device {device_id} is already provisioned") from exc
+        if labels:
+            self.device_labels.invalidate()
+        return device, secret
 
     def set_device_labels(self, device_id: str, labels: dict[str, str], remove: list[str] | None = None) -> Device:
         """Set ``labels`` on a device and drop the keys in ``remove``; return the updated row."""
@@ -358,7 +364,8 @@ class Registry:
             session.add(device)
             session.flush()
             session.refresh(device)
-            return device
+        self.device_labels.invalidate()
+        return device
 
     def remove_device(self, device_id: str) -> None:
         """Decommission a device: its row and per-deployment rows go, so its credential no longer checks."""
@@ -370,6 +377,7 @@ class Registry:
                 session.delete(row)
             session.flush()
             session.delete(device)
+        self.device_labels.invalidate()
 
     def check_device_secret(self, device_id: str, secret: str) -> bool:
         """Whether ``secret`` is the device's credential; an unknown id costs the same hashing as a known one."""
@@ -572,12 +580,17 @@ class Registry:
         these aggregate rows, for writers sharing a shard) between our read and our commit, the transaction is
         retried (it then sees that id as stored), so a batch is stored, aggregated and returned exactly once
         across workers. Workers with shards of their own never wait on each other's rows.
+
+        A batch from a labelled device is also merged, the same way, into one row per label of the device
+        (cohort ``key=value``), as the device is labelled now (`DeviceLabelCache`: refreshed, not read per
+        write): relabelling a device leaves its earlier windows in its former cohorts.
         """
         unique = {c.batch.batch_id: c for c in batches}
         if not unique:
             return []
         rows = {batch_id: _record_row(c.batch) for batch_id, c in unique.items()}  # outside the transaction
-        partials = _window_partials(list(unique.values()), aggregate_window_s)
+        labels = self.device_labels.labels()
+        partials = _window_partials(list(unique.values()), aggregate_window_s, labels)
         per_device = device_window_partials((c.batch for c in unique.values()), aggregate_window_s)
         for attempt in range(_WRITE_ATTEMPTS):
             try:
@@ -587,7 +600,7 @@ class Registry:
                     if not fresh:
                         return []
                     insert_records(session.connection(), [rows[c.batch.batch_id] for c in fresh])
-                    mine = partials if not seen else _window_partials(fresh, aggregate_window_s)
+                    mine = partials if not seen else _window_partials(fresh, aggregate_window_s, labels)
                     if seen:
                         per_device = device_window_partials((c.batch for c in fresh), aggregate_window_s)
                     insert_device_windows(session, per_device)
@@ -700,14 +713,20 @@ class Registry:
             return int(session.exec(query).one())
 
 
-def _window_partials(batches: Sequence[CheckedBatch], window_s: float) -> dict[WindowKey, TelemetryAggregate]:
-    """``batches`` merged per model, version, target and aggregate window, sketches in bulk."""
+def _window_partials(
+    batches: Sequence[CheckedBatch], window_s: float, labels: Mapping[str, Mapping[str, str]]
+) -> dict[WindowKey, TelemetryAggregate]:
+    """``batches`` merged per model, version, target and aggregate window (cohort ""), and those of labelled
+    devices also per label of their device (cohort ``key=value``), sketches in bulk."""
     groups: dict[WindowKey, list[CheckedBatch]] = {}
     for checked in batches:
         b = checked.batch
-        groups.setdefault((b.model, b.version, b.target, rollup_window_start(b.window_start, window_s)), []).append(
-            checked
-        )
+        start = rollup_window_start(b.window_start, window_s)
+        groups.setdefault((b.model, b.version, b.target, start, ""), []).append(checked)
+        mine = labels.get(b.device_id)
+        if mine:
+            for key, value in mine.items():
+                groups.setdefault((b.model, b.version, b.target, start, label_cohort(key, value)), []).append(checked)
     return {key: aggregate_checked(members) for key, members in groups.items()}
 
 

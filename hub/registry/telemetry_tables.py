@@ -41,6 +41,16 @@ def rollup_window_start(window_start: float, window_s: float) -> float:
     return (window_start // window_s) * window_s
 
 
+UNLABELLED_WINDOW = "*"
+"""The ``cohort`` of a marker row beside each window stored before label rows were kept (migration 0012): the
+window's label rows, if any, miss the batches stored before."""
+
+
+def label_cohort(key: str, value: str) -> str:
+    """The ``cohort`` of the aggregate rows of devices labelled ``key=value``."""
+    return f"{key}={value}"
+
+
 def pack_sketches(sketches: Mapping[str, bytes]) -> bytes:
     """Named raw sketches as one byte string: per entry, name length (u16), bytes length (u32), name, bytes."""
     pack = _ENTRY_HEADER.pack
@@ -77,13 +87,23 @@ class TelemetryWindowAggregate(SQLModel, table=True):
     on each other's rows). A window's rows add up to all its batches: readers (`TelemetryWindows`) merge every
     row they read.
 
+    ``cohort`` is "" for the row of every batch; ``"key=value"`` for the row of the batches from devices that
+    carried that label when the batch was stored (each labelled batch is in its target row and in one row per
+    label of its device; `label_cohort`); `UNLABELLED_WINDOW` marks windows stored before label rows were kept.
+
     ``sketches`` holds the merged KLL sketches (`pack_sketches`); histograms are `Histogram` dicts (or empty).
     """
 
     __tablename__ = "telemetry_window_aggregate"
     __table_args__ = (
         UniqueConstraint(
-            "model", "version", "target", "window_start", "shard", name="uq_telemetry_window_aggregate_shard"
+            "model",
+            "version",
+            "target",
+            "window_start",
+            "shard",
+            "cohort",
+            name="uq_telemetry_window_aggregate_cohort",
         ),
         Index("ix_telemetry_window_aggregate_model_window_end", "model", "window_end"),
     )
@@ -94,6 +114,7 @@ class TelemetryWindowAggregate(SQLModel, table=True):
     window_start: float
     window_s: float
     shard: str = Field(default="", max_length=64)
+    cohort: str = Field(default="", max_length=255)
     window_end: float = 0.0
     """Latest end of a batch window merged in."""
     batches: int = 0

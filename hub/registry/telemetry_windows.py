@@ -1,6 +1,7 @@
 """Reading and pruning the window aggregates (`TelemetryWindowAggregate`, `TelemetryDeviceWindow`).
 
-Drift by device class reads a version's aggregate rows with the ids of their devices (`by_target`); contract
+Drift by device class reads a version's aggregate rows with the ids of their devices (`by_target`), drift by
+device label also the label rows of those windows (`by_label`); contract
 violations and policies read the device rows of those windows (`device_rows`); canary analysis reads a model's
 rows whose batches end in a time range, with every device row of those windows (`in_range`); retention deletes
 the windows that started before a cut-off (`prune`), both tables together.
@@ -11,6 +12,7 @@ the aggregate row's start and latest batch end tell.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,13 +23,29 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from fleet.telemetry import TelemetryAggregate
 from hub.registry.db import Database
-from hub.registry.telemetry_tables import TelemetryDeviceWindow, TelemetryWindowAggregate, window_aggregate
+from hub.registry.telemetry_tables import (
+    UNLABELLED_WINDOW,
+    TelemetryDeviceWindow,
+    TelemetryWindowAggregate,
+    window_aggregate,
+)
 
-__all__ = ["DeviceWindowRow", "TelemetryWindows", "WindowsRead"]
+__all__ = ["DeviceWindowRow", "LabelWindows", "TelemetryWindows", "WindowsRead"]
 
 
 DeviceWindowRow = Row[Any]
 """A `TelemetryDeviceWindow` row as read (its columns as attributes; no ORM object: thousands are read)."""
+
+
+@dataclass(frozen=True)
+class LabelWindows:
+    """A version's aggregate rows of every batch as (target, aggregate with its devices), and the label rows of
+    the same windows as (target, label key, label value, aggregate)."""
+
+    targets: list[tuple[str, TelemetryAggregate]]
+    labels: list[tuple[str, str, str, TelemetryAggregate]]
+    complete: bool
+    """False when a window was stored (in part) before label rows were kept: its label rows miss batches."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,7 @@ def _version_rows(
         .where(
             TelemetryWindowAggregate.model == model,
             TelemetryWindowAggregate.version == version,
+            TelemetryWindowAggregate.cohort == "",
             *_in_time_range(since, until),
         )
         .order_by(col(TelemetryWindowAggregate.window_start), col(TelemetryWindowAggregate.target))
@@ -109,6 +128,44 @@ class TelemetryWindows:
             out.append((row.target, agg))
         return out
 
+    def by_label(
+        self, model: str, version: str, keys: Iterable[str], since: float | None = None, until: float | None = None
+    ) -> LabelWindows:
+        """The version's aggregate rows of every batch (whole windows in ``[since, until]`` when given) as
+        `by_target` reads them, and the label rows (cohort ``key=value``, ``key`` in ``keys``) of the same
+        windows as (target, key, value, aggregate), their ``devices`` left empty; ``complete`` is False when one
+        of those windows was stored before label rows were kept (migration 0012 marked it)."""
+        targets = self.by_target(model, version, since, until)
+        wanted = set(keys)
+        if not targets or not wanted:
+            return LabelWindows(targets, [], True)
+        windows = {(target, agg.window_start) for target, agg in targets}
+        starts = [start for _, start in windows]
+        a = TelemetryWindowAggregate
+        query = (
+            select(a)
+            .where(
+                a.model == model,
+                a.version == version,
+                a.cohort != "",
+                col(a.window_start).between(min(starts), max(starts)),
+            )
+            .order_by(col(a.window_start), col(a.target), col(a.cohort))
+        )
+        labels = []
+        complete = True
+        with self.db.session() as session:
+            for row in session.exec(query):
+                if (row.target, row.window_start) not in windows:
+                    continue
+                if row.cohort == UNLABELLED_WINDOW:
+                    complete = False
+                    continue
+                key, _, value = row.cohort.partition("=")
+                if key in wanted:
+                    labels.append((row.target, key, value, window_aggregate(row)))
+        return LabelWindows(targets, labels, complete)
+
     def device_rows(
         self, model: str, version: str, since: float | None = None, until: float | None = None
     ) -> list[DeviceWindowRow]:
@@ -116,7 +173,7 @@ class TelemetryWindows:
         given), several per device and window until compaction merges them."""
         a = TelemetryWindowAggregate
         windows = select(a.target, a.window_start).where(
-            a.model == model, a.version == version, *_in_time_range(since, until)
+            a.model == model, a.version == version, a.cohort == "", *_in_time_range(since, until)
         )
         table = TelemetryDeviceWindow.__table__  # type: ignore[attr-defined]
         with self.db.session() as session:
@@ -136,7 +193,9 @@ class TelemetryWindows:
         """The model's aggregate rows holding a batch whose window ends in ``[since, until]`` (as far as their
         earliest start and latest end tell), and every device row of the windows they span."""
         query = select(TelemetryWindowAggregate).where(
-            TelemetryWindowAggregate.model == model, *_in_time_range(since, until)
+            TelemetryWindowAggregate.model == model,
+            TelemetryWindowAggregate.cohort == "",
+            *_in_time_range(since, until),
         )
         with self.db.session() as session:
             aggregates = list(session.exec(query))

@@ -27,8 +27,9 @@ from hub.registry.telemetry_tables import TelemetryWindowAggregate, store_merged
 
 __all__ = ["WindowFolds", "WindowKey"]
 
-WindowKey = tuple[str, str, str, float]
-"""Model, version, target and window start of an aggregate row (with the writer's shard, the row)."""
+WindowKey = tuple[str, str, str, float, str]
+"""Model, version, target, window start and cohort ("" or a device label) of an aggregate row (with the writer's
+shard, the row)."""
 
 _AGGREGATES = TelemetryWindowAggregate.__table__  # type: ignore[attr-defined]
 #: The window aggregate row a write folds into, locked; built once (building the clauses cost more than running them).
@@ -40,6 +41,7 @@ _AGGREGATE_ROW: Final = (
         _AGGREGATES.c.target == sql.bindparam("target"),
         _AGGREGATES.c.window_start == sql.bindparam("start"),
         _AGGREGATES.c.shard == sql.bindparam("shard"),
+        _AGGREGATES.c.cohort == sql.bindparam("cohort"),
     )
     .with_for_update()
 )
@@ -66,7 +68,7 @@ _UPDATE_IF_UNCHANGED: Final = (
 _INSERT_AGGREGATE: Final = sql.insert(_AGGREGATES).values(
     {
         name: sql.bindparam(f"b_{name}")
-        for name in (*_FOLDED_COLUMNS, "model", "version", "target", "window_start", "window_s", "shard")
+        for name in (*_FOLDED_COLUMNS, "model", "version", "target", "window_start", "window_s", "shard", "cohort")
     }
 )
 #: Rows kept deserialised at most (the oldest are dropped): a writer touches a few per write.
@@ -133,13 +135,15 @@ class WindowFolds:
                 staged[(key, shard)] = kept
                 return
         self.reads += 1
-        model, version, target, start = key
+        model, version, target, start, cohort = key
         params = {"model": model, "version": version, "target": target, "start": start, "shard": shard}
+        params["cohort"] = cohort
         stored = connection.execute(_AGGREGATE_ROW, params).first()
         if stored is not None:
             row = SimpleNamespace(**stored._asdict())
         else:
             identity = {"model": model, "version": version, "target": target, "window_start": start, "shard": shard}
+            identity["cohort"] = cohort
             row = SimpleNamespace(**_new_aggregate(), **identity, window_s=window_s, id=None)
         merged = window_aggregate(row)
         merged.merge(partial)
@@ -149,7 +153,7 @@ class WindowFolds:
             connection.execute(_UPDATE_AGGREGATE, {**_bound(row), "row_id": row.id})
             staged[(key, shard)] = _Kept(row, merged)
         else:  # a row another worker created meanwhile fails here: the transaction is retried
-            identity_columns = ("model", "version", "target", "window_start", "window_s", "shard")
+            identity_columns = ("model", "version", "target", "window_start", "window_s", "shard", "cohort")
             values = _bound(row) | {f"b_{name}": getattr(row, name) for name in identity_columns}
             inserted = connection.execute(_INSERT_AGGREGATE.returning(_AGGREGATES.c.id), values).scalar_one()
             row.id = inserted

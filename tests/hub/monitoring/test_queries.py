@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from fleet.canary import CanaryMetric, Verdict
+from fleet.drift import DriftReport
 from fleet.telemetry import ReferenceProfile, TelemetryAggregate
 from fleet.wire.messages import TelemetryBatch
 from hub.errors import NotFoundError
@@ -22,6 +24,9 @@ from hub.monitoring.queries import (
 )
 from hub.monitoring.registry_source import RegistrySource
 from tests.hub.monitoring.telemetry_scenario import BASELINE, CANARY, CANDIDATE, MODEL, scenario
+
+if TYPE_CHECKING:
+    from hub.registry import Registry
 
 
 def _source(tmp_path: Path, **kw: object) -> FileSource:
@@ -129,7 +134,8 @@ def test_registry_source_reads_telemetry_and_labels(tmp_path: Path) -> None:
 def test_one_devices_unusable_stored_rows_are_skipped_and_counted_never_failing_a_report(database_url: str) -> None:
     """Rows stored before validation covered everything: odd histogram edges, a payload that no longer
     parses. Drift, canary and pruning go on without them, and the drift report (from the batches, as a
-    label cohort asks) says how many were left out; the canary reads the aggregates, which never held them."""
+    selector of more than one label value asks) says how many were left out; the canary reads the aggregates,
+    which never held them."""
     from hub.registry import Database, Registry, TelemetryRecord
 
     db = Database(database_url)
@@ -163,7 +169,7 @@ def test_one_devices_unusable_stored_rows_are_skipped_and_counted_never_failing_
         reference = ReferenceProfile.model_validate(dump["reference"])
         view = RolloutView.model_validate(dump["rollouts"]["ro-1"])
         source = RegistrySource(registry, reference=lambda _m, _v: reference, rollout=lambda _r: view)
-        drift = drift_report_for(source, MODEL, CANDIDATE, selectors={"eu": "region=eu"})
+        drift = drift_report_for(source, MODEL, CANDIDATE, selectors={"eu-us": "region in (eu,us)"})
         canary = canary_report_for(source, "ro-1")
         assert drift.skipped_batches == 2 and canary.skipped_batches == 0
         assert canary.verdict == Verdict.PASS
@@ -218,6 +224,60 @@ def test_drift_by_target_reads_the_window_aggregates_and_matches_the_batches(dat
         assert {n: (c.devices, [f.drifted for f in c.features]) for n, c in pruned.items()} == {
             n: (c.devices, [f.drifted for f in c.features]) for n, c in mine.items()
         }
+    finally:
+        db.close()
+
+
+def _add_devices(registry: Registry, labels: dict[str, dict[str, str]]) -> None:
+    """The scenario's devices with ``labels``, added as rows (provisioning hashes a secret per device)."""
+    from hub.registry import Device
+
+    with registry.db.session() as session:
+        for device, mine in labels.items():
+            target = "jetson-orin" if device.startswith("jet") else "rpi4-arm64"
+            session.add(Device(id=device, target=target, labels=mine, credential_hash="-"))
+    registry.device_labels.invalidate()
+
+
+def _cohorts(report: DriftReport) -> dict[str, tuple[int, int, list[bool | None]]]:
+    return {c.cohort: (c.devices, c.requests, [f.drifted for f in c.features]) for c in report.cohorts}
+
+
+def test_drift_by_label_reads_the_label_aggregates_and_matches_the_batches(database_url: str) -> None:
+    """Label cohorts (alone or with target) and one-label selectors come from the label rows written at ingestion
+    and match the batch path, also once the batches are pruned; a label some devices lack (its ``(none)`` cohort
+    has no row) and other selectors read the batches."""
+    from hub.registry import Database, Registry
+
+    db = Database(database_url)
+    registry = Registry(db)
+    try:
+        dump = scenario(jetson_shift=1.0)
+        labels = {d: mine | ({"tier": "edge"} if d.startswith("jet") else {}) for d, mine in dump["labels"].items()}
+        _add_devices(registry, labels)
+        registry.store_telemetry([TelemetryBatch.model_validate(b) for b in dump["batches"]])
+        reference = ReferenceProfile.model_validate(dump["reference"])
+        source = RegistrySource(registry, reference=lambda _m, _v: reference)
+        batches = registry.telemetry_batches(MODEL, BASELINE)
+        asks: list[dict[str, Any]] = [
+            {"by": ["label:region"]},
+            {"by": ["label:region", "target"]},
+            {"by": ["target"], "selectors": {"eu": "region=eu", "edge": "tier=edge"}},
+        ]
+        from_aggregates = []
+        for ask in asks:
+            mine = drift_report_for(source, MODEL, BASELINE, **ask)
+            theirs = drift_report(reference, batches, model=MODEL, version=BASELINE, device_labels=labels, **ask)
+            assert _cohorts(mine) == _cohorts(theirs)
+            assert mine.drifted_cohorts == theirs.drifted_cohorts
+            from_aggregates.append(_cohorts(mine))
+        assert from_aggregates[1]["label:region=eu,target=jetson-orin"][:2] == (3, 1800)  # 3 devices x 3 windows
+        assert from_aggregates[2]["edge"][2] == [True, False]  # feature x drifts on the jetson devices
+        fallback = drift_report_for(source, MODEL, BASELINE, by=["label:tier"], selectors={"not-eu": "region!=eu"})
+        assert "label:tier=(none)" in _cohorts(fallback) and "not-eu" in _cohorts(fallback)
+        registry.prune_telemetry(max_rows=0)
+        assert registry.telemetry_count() == 0
+        assert [_cohorts(drift_report_for(source, MODEL, BASELINE, **ask)) for ask in asks] == from_aggregates
     finally:
         db.close()
 

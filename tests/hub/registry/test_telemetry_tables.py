@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy
 from alembic import command
-from sqlmodel import select
+from sqlmodel import col, select
 
 from fleet.errors import ProtocolError
 from fleet.telemetry import TelemetryAggregate
@@ -158,8 +158,10 @@ def test_aggregates_written_before_shards_are_kept_as_the_lone_hubs_rows(databas
     db = Database(database_url)  # upgrades to head
     try:
         with db.session() as session:
-            (row,) = session.exec(select(TelemetryWindowAggregate)).all()
-        assert (row.shard, row.batches, row.requests) == ("", 2, 20)
+            query = select(TelemetryWindowAggregate).order_by(col(TelemetryWindowAggregate.id))
+            row, marker = session.exec(query).all()
+        assert (row.shard, row.cohort, row.batches, row.requests) == ("", "", 2, 20)
+        assert (marker.cohort, marker.window_start) == ("*", 0)  # 0012: stored before label rows were kept
         assert [(a.batches, a.devices) for _, a in Registry(db).windows.by_target("m", "1")] == [(2, {"d"})]
     finally:
         db.close()
