@@ -717,17 +717,36 @@ def _window_partials(
     batches: Sequence[CheckedBatch], window_s: float, labels: Mapping[str, Mapping[str, str]]
 ) -> dict[WindowKey, TelemetryAggregate]:
     """``batches`` merged per model, version, target and aggregate window (cohort ""), and those of labelled
-    devices also per label of their device (cohort ``key=value``), sketches in bulk."""
-    groups: dict[WindowKey, list[CheckedBatch]] = {}
+    devices also per label of their device (cohort ``key=value``).
+
+    Sketches are built in bulk once per batch: per window and set of device labels (one set, no labels, for an
+    unlabelled fleet: its partial is the window's), whose partials are merged into the window's and the labels'."""
+    groups: dict[tuple[str, str, str, float, tuple[tuple[str, str], ...]], list[CheckedBatch]] = {}
     for checked in batches:
         b = checked.batch
-        start = rollup_window_start(b.window_start, window_s)
-        groups.setdefault((b.model, b.version, b.target, start, ""), []).append(checked)
         mine = labels.get(b.device_id)
-        if mine:
-            for key, value in mine.items():
-                groups.setdefault((b.model, b.version, b.target, start, label_cohort(key, value)), []).append(checked)
-    return {key: aggregate_checked(members) for key, members in groups.items()}
+        label_set = tuple(sorted(mine.items())) if mine else ()
+        groups.setdefault(
+            (b.model, b.version, b.target, rollup_window_start(b.window_start, window_s), label_set), []
+        ).append(checked)
+    out: dict[WindowKey, TelemetryAggregate] = {}
+    shared: set[WindowKey] = set()  # keys whose partial is still one label set's (copied before a merge)
+    for (model, version, target, start, label_set), members in groups.items():
+        partial = aggregate_checked(members)
+        keys = [(model, version, target, start, "")]
+        keys += [(model, version, target, start, label_cohort(key, value)) for key, value in label_set]
+        for key in keys:
+            mine_now = out.get(key)
+            if mine_now is None:  # partials are only read by the folds: one may serve several keys
+                out[key] = partial
+                shared.add(key)
+                continue
+            if key in shared:
+                merged = out[key] = TelemetryAggregate(k=mine_now.k)
+                merged.merge(mine_now)
+                shared.discard(key)
+            out[key].merge(partial)
+    return out
 
 
 def _record_row(batch: FastTelemetryBatch) -> RecordRow:
