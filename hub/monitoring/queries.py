@@ -21,7 +21,12 @@ them, taking whole windows for a time range (a window counts when one of its bat
   (`hub.monitoring.canary_windows`: one narrow row per device and window, the groups' input sketches pooled
   per cohort window).
 
-Drift by label or selector reads the batches: the aggregates keep input sketches per target, not per device.
+- a drift report by one label dimension (``label:KEY``, alone or with target, version or model) and selectors of
+  one ``key=value`` each reads the same rows and the label rows of those windows (`LabelAggregateSource`: one
+  row per device label, as labelled when the batch was stored).
+
+Drift by any other selector, by several label dimensions, or by a label some devices of the windows lack (its
+``(none)`` cohort has no row) reads the batches.
 
 A source hands over only batches analysis can use (`fleet.telemetry.validate_batch`); the others are skipped
 and counted in the report's ``skipped_batches``, so one device's bad data never fails a report (the
