@@ -16,7 +16,7 @@ from sqlmodel import col, select
 from fleet.errors import ProtocolError
 from fleet.telemetry import TelemetryAggregate
 from fleet.wire.messages import TelemetryBatch
-from hub.registry import Database, Registry, TelemetryRecord, TelemetryWindowAggregate
+from hub.registry import Database, Device, Registry, TelemetryRecord, TelemetryWindowAggregate
 from hub.registry.migrations import alembic_config
 from hub.registry.telemetry_tables import pack_sketches, unpack_sketches
 from tests.hub.monitoring.telemetry_scenario import BASELINE, MODEL, scenario
@@ -87,6 +87,11 @@ def test_concurrent_writers_aggregate_every_batch_exactly_once(
 ) -> None:
     mine = [b for b in batches if b.version == BASELINE]
     errors: list[BaseException] = []
+    labels = scenario()["labels"]
+    with registry.db.session() as session:  # the label rows are folded exactly once too
+        for device, region in labels.items():
+            session.add(Device(id=device, target="t", labels=region, credential_hash="-"))
+    registry.device_labels.invalidate()
 
     def write(part: list[TelemetryBatch]) -> None:
         try:
@@ -102,6 +107,10 @@ def test_concurrent_writers_aggregate_every_batch_exactly_once(
         t.join()
     assert not errors
     assert sum(a.batches for _, a in registry.windows.by_target(MODEL, BASELINE)) == len(mine)
+    read = registry.windows.by_label(MODEL, BASELINE, {"region"})
+    for region in ("eu", "us"):
+        expected = sum(labels[b.device_id]["region"] == region for b in mine)
+        assert sum(a.batches for _, _, value, a in read.labels if value == region) == expected
 
 
 def test_workers_fold_into_their_own_rows_without_waiting_and_reads_merge_them(
