@@ -28,6 +28,7 @@ WINDOW_S = 60.0
 START = 1_900_000_020.0  # a window boundary
 RPI = [f"rpi-{i}" for i in range(3)]
 JET = [f"jet-{i}" for i in range(2)]
+LABELS = {device: {"class": device.split("-")[0]} for device in RPI + JET}
 POLICY = {
     "max_drift_share": 0.5,
     "max_violation_rate": 0.2,
@@ -76,11 +77,13 @@ class _Deployments:
         return f"dep-{len(self.made)}"
 
 
-def _evaluator(db: Database, source: Callable[[], MonitoringSource], deploy: _Deployments) -> PolicyEvaluator:
+def _evaluator(
+    db: Database, source: Callable[[], MonitoringSource], deploy: _Deployments, by: list[str]
+) -> PolicyEvaluator:
     registry = Registry(db)
     registry.add_version("digits", "2.0.0")
     store = PolicyStore(db)
-    store.put("digits", "2.0.0", POLICY, now=START)
+    store.put("digits", "2.0.0", POLICY | {"by": by}, now=START)
     return PolicyEvaluator(store, registry, RolloutStore(db), source, deploy, CollectorRegistry())
 
 
@@ -93,21 +96,29 @@ def registry(database_url: str) -> Iterator[Registry]:
     db = Database(database_url)
     registry = Registry(db)
     for device in RPI + JET:
-        registry.provision_device(device, "rpi4-arm64" if device in RPI else "jetson-orin")
+        registry.provision_device(device, "rpi4-arm64" if device in RPI else "jetson-orin", LABELS[device])
     yield registry
     db.close()
 
 
-def test_decisions_from_the_aggregates_equal_those_from_the_raw_batches(registry: Registry, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("by", "rpi", "jet"),
+    [(["target"], "target=rpi4-arm64", "target=jetson-orin"), (["label:class"], "label:class=rpi", "label:class=jet")],
+)
+def test_decisions_from_the_aggregates_equal_those_from_the_raw_batches(
+    registry: Registry, tmp_path: Path, by: list[str], rpi: str, jet: str
+) -> None:
+    """Cohorts by target, or by device label (the label rows of the aggregates)."""
     reference = _reference()
     dump = tmp_path / "telemetry.json"
     batches: list[dict[str, Any]] = []
     raw_db = Database(f"sqlite:///{tmp_path / 'raw.db'}")
-    from_raw = _evaluator(raw_db, lambda: FileSource(dump), raw_deployments := _Deployments())
+    from_raw = _evaluator(raw_db, lambda: FileSource(dump), raw_deployments := _Deployments(), by)
     from_windows = _evaluator(
         registry.db,
         lambda: RegistrySource(registry, reference=lambda _m, _v: reference),
         window_deployments := _Deployments(),
+        by,
     )
     rng = np.random.default_rng(7)
     decisions: list[tuple[int, int]] = []
@@ -119,7 +130,8 @@ def test_decisions_from_the_aggregates_equal_those_from_the_raw_batches(registry
                     batches += [b.model_dump(mode="json") for b in write]
                 registry.prune_telemetry(max_rows=0)  # also merges each device's rows of a window into one
                 assert registry.telemetry_count() == 0
-                dump.write_text(json.dumps({"batches": batches, "reference": reference.model_dump(mode="json")}))
+                raw = {"batches": batches, "reference": reference.model_dump(mode="json"), "labels": LABELS}
+                dump.write_text(json.dumps(raw))
                 clock.move_to(START + WINDOW_S * (step + 1))
                 decisions.append((from_raw.evaluate(), from_windows.evaluate()))
     finally:
@@ -137,8 +149,8 @@ def test_decisions_from_the_aggregates_equal_those_from_the_raw_batches(registry
     assert [(e["action"], e["cohort"]) for e in events] == [
         ("alert", "all"),
         ("rollback", "all"),
-        ("alert", "target=rpi4-arm64"),
-        ("alert", "target=jetson-orin"),
-        ("rollback", "target=jetson-orin"),
+        ("alert", rpi),
+        ("alert", jet),
+        ("rollback", jet),
     ]
     assert events[3]["evidence"]["breaches"][0]["rows"] == 1200  # 3 windows of 2 devices x 2 batches x 100
