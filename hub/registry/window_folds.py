@@ -50,12 +50,7 @@ _FOLDED_COLUMNS: Final = (
     "batches", "requests", "errors", "offloaded", "shadow_compared", "shadow_agreed", "window_end",
     "latency_ms", "confidence", "shadow_latency_ms", "predictions", "sketches", "updated_at",
 )  # fmt: skip
-_UPDATE_AGGREGATE: Final = (
-    sql.update(_AGGREGATES)
-    .where(_AGGREGATES.c.id == sql.bindparam("row_id"))
-    .values({name: sql.bindparam(f"b_{name}") for name in _FOLDED_COLUMNS})
-)
-#: The same update, applied only while the row is at the version this writer last wrote.
+#: What `store_merged` wrote to a row, applied only while the row is at the version read or last written.
 _UPDATE_IF_UNCHANGED: Final = (
     sql.update(_AGGREGATES)
     .where(
@@ -127,37 +122,38 @@ class WindowFolds:
         with self._lock:
             kept = self._kept.pop((key, shard), None)
         if kept is not None:
-            was = {"row_id": kept.row.id, "was_batches": kept.row.batches, "was_updated_at": kept.row.updated_at}
             kept.merged.merge(partial)
-            kept.merged.devices.clear()  # the device ids are in the window's device rows, not kept here
-            store_merged(kept.row, kept.merged, partial)
-            if connection.execute(_UPDATE_IF_UNCHANGED, {**_bound(kept.row), **was}).rowcount == 1:
+            if self._write(connection, kept.row, kept.merged, partial):
                 staged[(key, shard)] = kept
                 return
         self.reads += 1
         model, version, target, start, cohort = key
-        params = {"model": model, "version": version, "target": target, "start": start, "shard": shard}
-        params["cohort"] = cohort
-        stored = connection.execute(_AGGREGATE_ROW, params).first()
+        identity = {"model": model, "version": version, "target": target, "shard": shard, "cohort": cohort}
+        stored = connection.execute(_AGGREGATE_ROW, {**identity, "start": start}).first()
         if stored is not None:
             row = SimpleNamespace(**stored._asdict())
         else:
-            identity = {"model": model, "version": version, "target": target, "window_start": start, "shard": shard}
-            identity["cohort"] = cohort
-            row = SimpleNamespace(**_new_aggregate(), **identity, window_s=window_s, id=None)
+            row = SimpleNamespace(**_new_aggregate(), **identity, window_start=start, window_s=window_s, id=None)
         merged = window_aggregate(row)
         merged.merge(partial)
-        merged.devices.clear()
-        store_merged(row, merged, partial)
         if stored is not None:
-            connection.execute(_UPDATE_AGGREGATE, {**_bound(row), "row_id": row.id})
-            staged[(key, shard)] = _Kept(row, merged)
+            if not self._write(connection, row, merged, partial):  # locked by the read: it cannot have moved
+                raise RuntimeError(f"window aggregate row {row.id} changed under its lock")
         else:  # a row another worker created meanwhile fails here: the transaction is retried
+            merged.devices.clear()
+            store_merged(row, merged, partial)
             identity_columns = ("model", "version", "target", "window_start", "window_s", "shard", "cohort")
             values = _bound(row) | {f"b_{name}": getattr(row, name) for name in identity_columns}
-            inserted = connection.execute(_INSERT_AGGREGATE.returning(_AGGREGATES.c.id), values).scalar_one()
-            row.id = inserted
-            staged[(key, shard)] = _Kept(row, merged)
+            row.id = connection.execute(_INSERT_AGGREGATE.returning(_AGGREGATES.c.id), values).scalar_one()
+        staged[(key, shard)] = _Kept(row, merged)
+
+    @staticmethod
+    def _write(connection: Connection, row: SimpleNamespace, merged: TelemetryAggregate, partial: Any) -> bool:
+        """Store ``merged`` in ``row`` and update it if it is still at the version ``row`` held; whether it was."""
+        was = {"row_id": row.id, "was_batches": row.batches, "was_updated_at": row.updated_at}
+        merged.devices.clear()  # the device ids are in the window's device rows, not kept here
+        store_merged(row, merged, partial)
+        return bool(connection.execute(_UPDATE_IF_UNCHANGED, {**_bound(row), **was}).rowcount == 1)
 
     def forget(self) -> None:
         """Drop every kept row (the next fold of each reads it)."""

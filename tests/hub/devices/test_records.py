@@ -10,27 +10,16 @@ from sqlalchemy import text
 from fleet.wire.messages import DeviceState, InstalledModel, UpdateEvent, UpdateState
 from hub.devices.records import DeviceRecords
 from hub.registry import Database, Registry
+from tests.hub.registry.variants import SHA, add_variant
 from tests.pg_schema import fresh_schema
 from tests.waiting import wait_until
 
-SHA = "a" * 64
 TARGET = "x86-onnx-cpu"
 
 
 def _deployment(registry: Registry) -> str:
     registry.add_version("m", "1.0.0")
-    registry.add_variant(
-        "m",
-        "1.0.0",
-        target=TARGET,
-        runtime="onnxruntime",
-        precision="fp32",
-        artifact_sha256=SHA,
-        size_bytes=10,
-        bundle_sha256=SHA,
-        bundle_size=20,
-        tuf_target=f"bundles/m/1.0.0/{TARGET}.zip",
-    )
+    add_variant(registry, "1.0.0", TARGET)
     registry.provision_device("pc-1", TARGET)
     deployment, _ = registry.create_deployment("m", "1.0.0", ["pc-1"])
     return deployment.id

@@ -9,6 +9,7 @@ import numpy as np
 from fleet.telemetry import ReferenceProfile
 from fleet.wire.messages import ShadowStats, TelemetryBatch
 from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS, FeatureSketcher, HistogramAccumulator
+from hub.registry import Device, Registry
 
 MODEL = "digits"
 BASELINE, CANDIDATE = "1.0", "1.1"
@@ -95,3 +96,12 @@ def scenario(*, slow_candidate: bool = False, jetson_shift: float = 0.0, seed: i
         "labels": labels,
         "rollouts": {"ro-1": rollout},
     }
+
+
+def add_scenario_devices(registry: Registry, labels: dict[str, dict[str, str]]) -> None:
+    """The scenario's devices with ``labels``, added as rows (provisioning hashes a secret per device)."""
+    with registry.db.session() as session:
+        for device, mine in labels.items():
+            target = "jetson-orin" if device.startswith("jet") else "rpi4-arm64"
+            session.add(Device(id=device, target=target, labels=mine, credential_hash="-"))
+    registry.device_labels.invalidate()

@@ -23,10 +23,10 @@ from hub.monitoring.queries import (
     version_aggregate,
 )
 from hub.monitoring.registry_source import RegistrySource
-from tests.hub.monitoring.telemetry_scenario import BASELINE, CANARY, CANDIDATE, MODEL, scenario
+from tests.hub.monitoring.telemetry_scenario import BASELINE, CANARY, CANDIDATE, MODEL, add_scenario_devices, scenario
 
 if TYPE_CHECKING:
-    from hub.registry import Registry
+    pass
 
 
 def _source(tmp_path: Path, **kw: object) -> FileSource:
@@ -228,17 +228,6 @@ def test_drift_by_target_reads_the_window_aggregates_and_matches_the_batches(dat
         db.close()
 
 
-def _add_devices(registry: Registry, labels: dict[str, dict[str, str]]) -> None:
-    """The scenario's devices with ``labels``, added as rows (provisioning hashes a secret per device)."""
-    from hub.registry import Device
-
-    with registry.db.session() as session:
-        for device, mine in labels.items():
-            target = "jetson-orin" if device.startswith("jet") else "rpi4-arm64"
-            session.add(Device(id=device, target=target, labels=mine, credential_hash="-"))
-    registry.device_labels.invalidate()
-
-
 def _cohorts(report: DriftReport) -> dict[str, tuple[int, int, list[bool | None]]]:
     return {c.cohort: (c.devices, c.requests, [f.drifted for f in c.features]) for c in report.cohorts}
 
@@ -254,7 +243,7 @@ def test_drift_by_label_reads_the_label_aggregates_and_matches_the_batches(datab
     try:
         dump = scenario(jetson_shift=1.0)
         labels = {d: mine | ({"tier": "edge"} if d.startswith("jet") else {}) for d, mine in dump["labels"].items()}
-        _add_devices(registry, labels)
+        add_scenario_devices(registry, labels)
         registry.store_telemetry([TelemetryBatch.model_validate(b) for b in dump["batches"]])
         reference = ReferenceProfile.model_validate(dump["reference"])
         source = RegistrySource(registry, reference=lambda _m, _v: reference)

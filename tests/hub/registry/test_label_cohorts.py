@@ -15,10 +15,10 @@ from fleet.telemetry import ReferenceProfile
 from fleet.wire.messages import TelemetryBatch
 from hub.monitoring.queries import drift_report, drift_report_for
 from hub.monitoring.registry_source import RegistrySource
-from hub.registry import Database, Device, Registry, TelemetryWindowAggregate
+from hub.registry import Database, Registry, TelemetryWindowAggregate
 from hub.registry.label_cache import DeviceLabelCache
 from hub.registry.migrations import alembic_config
-from tests.hub.monitoring.telemetry_scenario import BASELINE, MODEL, scenario
+from tests.hub.monitoring.telemetry_scenario import BASELINE, MODEL, add_scenario_devices, scenario
 
 
 @pytest.fixture
@@ -26,14 +26,6 @@ def registry(database_url: str) -> Iterator[Registry]:
     db = Database(database_url)
     yield Registry(db)
     db.close()
-
-
-def _add_devices(registry: Registry, labels: dict[str, dict[str, str]]) -> None:
-    with registry.db.session() as session:
-        for device, mine in labels.items():
-            target = "jetson-orin" if device.startswith("jet") else "rpi4-arm64"
-            session.add(Device(id=device, target=target, labels=mine, credential_hash="-"))
-    registry.device_labels.invalidate()
 
 
 def _batches_by_cohort(registry: Registry) -> dict[tuple[str, float, str], int]:
@@ -49,7 +41,9 @@ def _batches_by_cohort(registry: Registry) -> dict[tuple[str, float, str], int]:
 def test_labelled_batches_fold_once_per_label_as_labelled_when_stored(registry: Registry) -> None:
     batches = [TelemetryBatch.model_validate(b) for b in scenario()["batches"]]
     mine = [b for b in batches if b.device_id in ("rpi-10", "rpi-11", "jet-05")]
-    _add_devices(registry, {"rpi-10": {"region": "eu", "tier": "edge"}, "rpi-11": {}, "jet-05": {"region": "us"}})
+    add_scenario_devices(
+        registry, {"rpi-10": {"region": "eu", "tier": "edge"}, "rpi-11": {}, "jet-05": {"region": "us"}}
+    )
     first = [b for b in mine if b.window_start == 1000.0]
     assert len(registry.store_telemetry(first, aggregate_window_s=60.0)) == 3
     assert registry.store_telemetry(first, aggregate_window_s=60.0) == []  # stored once, folded once
@@ -78,7 +72,7 @@ def test_device_labels_are_read_once_per_refresh_and_again_after_a_change(databa
         now = [0.0]
         cache = DeviceLabelCache(db, refresh_s=30.0, clock=lambda: now[0])
         registry = Registry(db)
-        _add_devices(registry, {"a": {"region": "eu"}, "b": {}})
+        add_scenario_devices(registry, {"a": {"region": "eu"}, "b": {}})
         assert cache.labels() == {"a": {"region": "eu"}}  # unlabelled devices are left out
         registry.set_device_labels("b", {"region": "us"})
         assert cache.labels() == {"a": {"region": "eu"}} and cache.reads == 1  # another registry's change
@@ -99,7 +93,7 @@ def test_windows_stored_before_label_rows_are_marked_and_reports_by_label_read_t
     db = Database(database_url)
     try:
         registry = Registry(db)
-        _add_devices(registry, dump["labels"])
+        add_scenario_devices(registry, dump["labels"])
         registry.store_telemetry([TelemetryBatch.model_validate(b) for b in dump["batches"]])
     finally:
         db.close()

@@ -8,8 +8,7 @@ from fleet.wire.messages import DeviceState, InstalledModel, TelemetryBatch, Upd
 from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS, HistogramAccumulator
 from hub.errors import ConflictError, InvalidRequestError, NotFoundError
 from hub.registry import Database, Registry
-
-SHA = "a" * 64
+from tests.hub.registry.variants import SHA, add_variant
 
 
 @pytest.fixture
@@ -17,21 +16,6 @@ def registry(database_url: str):
     db = Database(database_url)
     yield Registry(db)
     db.close()
-
-
-def _variant(registry: Registry, version: str, target: str = "x86-onnx-cpu") -> None:
-    registry.add_variant(
-        "m",
-        version,
-        target=target,
-        runtime="onnxruntime",
-        precision="fp32",
-        artifact_sha256=SHA,
-        size_bytes=10,
-        bundle_sha256=SHA,
-        bundle_size=20,
-        tuf_target=f"bundles/m/{version}/{target}.zip",
-    )
 
 
 def test_versions_order_by_semver_not_text(registry: Registry) -> None:
@@ -50,13 +34,13 @@ def test_duplicate_version_and_bad_semver_are_refused(registry: Registry) -> Non
 
 def test_variant_needs_known_target_and_registered_version(registry: Registry) -> None:
     with pytest.raises(NotFoundError):
-        _variant(registry, "3.0.0")
+        add_variant(registry, "3.0.0")
     registry.add_version("m", "3.0.0")
     with pytest.raises(InvalidRequestError, match="unknown target"):
-        _variant(registry, "3.0.0", target="toaster")
-    _variant(registry, "3.0.0")
+        add_variant(registry, "3.0.0", target="toaster")
+    add_variant(registry, "3.0.0")
     with pytest.raises(ConflictError):
-        _variant(registry, "3.0.0")
+        add_variant(registry, "3.0.0")
 
 
 def test_device_credentials_are_hashed_and_checked(registry: Registry) -> None:
@@ -73,7 +57,7 @@ def test_device_credentials_are_hashed_and_checked(registry: Registry) -> None:
 
 def test_deployment_refuses_devices_without_a_variant_for_their_target(registry: Registry) -> None:
     registry.add_version("m", "1.0.0")
-    _variant(registry, "1.0.0")
+    add_variant(registry, "1.0.0")
     registry.provision_device("pc-1", "x86-onnx-cpu")
     registry.provision_device("pi-1", "rpi4-arm64")
     with pytest.raises(InvalidRequestError, match=r"pi-1 \(rpi4-arm64\)"):
@@ -94,7 +78,7 @@ def test_device_state_updates_inventory(registry: Registry) -> None:
 
 def test_a_batch_of_states_and_events_is_applied_as_if_one_by_one(registry: Registry) -> None:
     registry.add_version("m", "1.0.0")
-    _variant(registry, "1.0.0")
+    add_variant(registry, "1.0.0")
     for name in ("pc-1", "pc-2", "pc-3"):
         registry.provision_device(name, "x86-onnx-cpu")
     installed = InstalledModel(model="m", version="1.0.0", sha256=SHA, target="x86-onnx-cpu")
