@@ -23,22 +23,17 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fleet.wire.acl import Rule
+from hub.devices.nats_queue import mqtt_filter_to_subject
 
-__all__ = ["mqtt_subject", "nats_user", "render_authorization"]
+__all__ = ["nats_user", "render_authorization"]
 
 #: where NATS delivers a QoS 1 subscription's messages (its JetStream consumer's delivery subjects)
 _QOS1_DELIVERY = "$MQTT.sub.>"
 
 
-def mqtt_subject(topic_filter: str) -> str:
-    """The NATS subject (with NATS wildcards) that an MQTT topic filter maps to (a ``.`` inside a level is ``//``,
-    as NATS 2.10 maps it; 2.9 refuses such topics, so a device id with a dot gets no wider access either way)."""
-    return ".".join({"+": "*", "#": ">"}.get(level, level.replace(".", "//")) for level in topic_filter.split("/"))
-
-
 def _subjects(pattern: str) -> set[str]:
     """The subjects an MQTT pattern covers: ``a/#`` also matches ``a`` itself, and NATS subscribes to both."""
-    subject = mqtt_subject(pattern)
+    subject = mqtt_filter_to_subject(pattern)  # the mapping NATS's MQTT gateway uses
     return {subject, subject[: -len(".>")]} if subject.endswith(".>") else {subject}
 
 

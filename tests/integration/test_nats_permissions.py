@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from fleet.wire.acl import HUB_USERNAME, Rule, device_rules, hub_rules
-from hub.devices.nats_permissions import mqtt_subject, nats_user, render_authorization
+from hub.devices.nats_permissions import nats_user, render_authorization
+from hub.devices.nats_queue import mqtt_filter_to_subject
 from tests.integration.nats_cluster import NATS_SERVER, NatsCluster
 from tests.integration.probe_client import ProbeClient
 
@@ -44,8 +45,8 @@ def _login(node: NatsCluster, user: str) -> ProbeClient:
 
 
 def test_topics_map_to_subjects() -> None:
-    assert mqtt_subject("edgefleet/v1/devices/+/state") == "edgefleet.v1.devices.*.state"
-    assert mqtt_subject("edgefleet/v1/bundles/#") == "edgefleet.v1.bundles.>"
+    assert mqtt_filter_to_subject("edgefleet/v1/devices/+/state") == "edgefleet.v1.devices.*.state"
+    assert mqtt_filter_to_subject("edgefleet/v1/bundles/#") == "edgefleet.v1.bundles.>"
 
 
 def test_a_device_reaches_its_own_topics_only(node: NatsCluster) -> None:
