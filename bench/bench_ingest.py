@@ -17,7 +17,11 @@ database.
 ``--baseline-ref REF`` measures the hub code of that git ref too (exported to a temporary directory), in the
 same run and interleaved, so before/after compare under the same machine load.
 
-Both are closed-loop: the publisher keeps at most 500 messages in flight (see `publish_all`).
+Both are closed-loop: the publisher keeps at most 500 messages published and not yet taken off the broker by
+the hub workers (or by the reference's subscriber), so Mosquitto never holds more than its 1,000 per subscriber
+(see `publish_all`); each worker reports what it received every 10 ms. Each configuration also runs with the
+window counted on batches stored instead (``DATABASE:WORKERS:stored``), which charges the hub's whole write
+latency to the publisher as well: a lower bound of the same throughput.
 
 Each hub run also reports ``hub_cpu_us_per_batch``: the CPU the hub processes used (every thread, not the
 database server's) from ready to the end of the run, per stored batch. On a machine shared with other work the
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -80,6 +85,9 @@ TARGETS = ("rpi4-arm64", "jetson-orin", "x86-onnx-cpu")
 #: A run ends when no batch was stored for this long: a batch the broker dropped is then counted as lost
 #: (``stored`` < ``batches``) and the rate is what was stored until the last progress.
 STALL_S = 20.0
+#: What the publisher's window counts for the hub: ``received`` (taken off the broker by the workers, the rule of
+#: the broker's reference: ``share_of_broker_rate``) and ``stored`` (in the database: configurations ``...:stored``).
+PACES = ("received", "stored")
 
 
 def make_payloads(n: int, devices: int, features: int, values: int, seed: int = 0) -> list[tuple[str, bytes]]:
@@ -188,7 +196,7 @@ db.close()
 """
 
 WORKER = """
-import logging, sys, time
+import logging, sys, threading, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 logging.disable(logging.WARNING)  # other tests' retained states on the shared broker are refused noisily
@@ -200,6 +208,15 @@ hub = Hub(HubSettings(data_dir=Path(sys.argv[2]), database_url=sys.argv[3], brok
 hub.start()
 print("ready", flush=True)
 cpu_at_ready = time.process_time()
+
+
+def report_received():
+    while True:  # what this worker took off the broker, for the publisher's window
+        time.sleep(0.01)
+        print("received", hub.ingestor.received if hub.ingestor else 0, flush=True)
+
+
+threading.Thread(target=report_received, daemon=True).start()
 sys.stdin.read()
 cpu_s = time.process_time() - cpu_at_ready
 ingestor = hub.ingestor
@@ -209,13 +226,50 @@ print(ingestor.received if ingestor else 0, ingestor.stored if ingestor else 0, 
 
 
 class _Workers:
-    """Hub worker processes on a fresh database (`_workers`): their pids, and the stored count to poll."""
+    """Hub worker processes on a fresh database (`_workers`): their pids, the stored count to poll and the
+    received count they report (every 10 ms)."""
 
     def __init__(self, procs: list[subprocess.Popen[str]], stored: Callable[[], int]) -> None:
         self.procs = procs
         self.stored = stored
         self.outputs: list[list[str]] = []
         """Per worker, once stopped: received, stored and CPU seconds from ready to the end."""
+        self._received = [0] * len(procs)
+        self._finals: list[list[str]] = [[] for _ in procs]
+        self._readers = [
+            threading.Thread(target=self._read, args=(i,), daemon=True, name=f"worker-{i}-stdout")
+            for i in range(len(procs))
+        ]
+
+    def start_reading(self) -> None:
+        """Follow the workers' output (once each said it is ready)."""
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, worker: int) -> None:
+        stdout = self.procs[worker].stdout
+        assert stdout is not None
+        for line in stdout:
+            words = line.split()
+            if words[:1] == ["received"]:
+                self._received[worker] = int(words[1])
+            else:
+                self._finals[worker].extend(words)
+
+    def received(self) -> int:
+        """Batches the workers took off the broker so far (as last reported)."""
+        return sum(self._received)
+
+    def finish(self) -> None:
+        """Stop the workers (stdin closed) and keep what each printed last."""
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.close()
+        for proc, reader in zip(self.procs, self._readers, strict=True):
+            proc.wait(timeout=60)
+            if reader.ident is not None:  # started
+                reader.join(timeout=10)
+        self.outputs = self._finals
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to every worker process."""
@@ -282,11 +336,12 @@ def _workers(broker_url: str, devices: int, workers: int, kind: str, code_root: 
                 assert proc.stdout is not None
                 if proc.stdout.readline().strip() != "ready":
                     raise RuntimeError("a hub worker did not start")
+            running.start_reading()
             yield running
         finally:
             with contextlib.suppress(ProcessLookupError):
                 running.signal(signal.SIGCONT)  # a worker stopped by a failed drain run still ends
-            running.outputs = [proc.communicate("", timeout=60)[0].split() for proc in procs]
+            running.finish()
             engine.dispose()
 
 
@@ -298,17 +353,20 @@ def hub_throughput(
     workers: int,
     kind: str,
     code_root: Path,
+    pace: str,
 ) -> dict[str, Any]:
     """Batches per second stored by ``workers`` hub processes running the code under ``code_root`` (a shared
-    subscription when more than one) on a fresh ``kind`` database."""
+    subscription when more than one) on a fresh ``kind`` database, the publisher's window counted on what the
+    workers ``received`` (as for the broker's reference) or ``stored``."""
     with _workers(broker_url, devices, workers, kind, code_root) as running:
         start = time.perf_counter()
-        published = publish_all(address, payloads, running.stored)
+        published = publish_all(address, payloads, running.received if pace == "received" else running.stored)
         count, end = running.wait_stored(len(payloads))
     report = running.report()
     return {
         "database": kind,
         "workers": workers,
+        "paced_by": pace,
         "batches": len(payloads),
         "stored": count,
         "seconds": end - start,
@@ -503,12 +561,13 @@ def main() -> None:
             broker_runs.append(broker_throughput(address, payloads))
             print(f"broker: {broker_runs[-1]['messages_per_s']:.0f} msg/s", flush=True)
             for kind, workers in configs:
-                for root, runs in trees:
-                    run = hub_throughput(address, args.broker_url, payloads, args.devices, workers, kind, root)
-                    runs.setdefault(f"{kind}:{workers}", []).append(run)
+                for (root, runs), pace in itertools.product(trees, PACES):
+                    run = hub_throughput(address, args.broker_url, payloads, args.devices, workers, kind, root, pace)
+                    config = f"{kind}:{workers}" + ("" if pace == "received" else ":stored")
+                    runs.setdefault(config, []).append(run)
                     label = "baseline " if runs is baseline_runs else ""
                     print(
-                        f"{label}hub {kind} x{workers}: {run['batches_per_s']:.0f} batches/s, "
+                        f"{label}hub {config}: {run['batches_per_s']:.0f} batches/s, "
                         f"{run['hub_cpu_us_per_batch']:.0f} us hub CPU per batch",
                         flush=True,
                     )

@@ -3,13 +3,15 @@
 Raw messages (`submit_payload`, what the MQTT dispatcher hands over, untouched) are queued. A decoder thread
 takes whatever has arrived as one block: ``decode`` (`DeviceTraffic.decode_telemetry_block`, which checks the
 senders and counts what it refuses) decodes it, `fleet.telemetry_blocks.check_batches` validates it, every
-feature sketch of the block in one numpy pass, and the block joins the write queue. The writer thread writes
-what arrived within ``linger_s`` of the oldest waiting batch (about ``max_batch`` at most) in one transaction,
-so decoding overlaps the database round trips. `submit` takes an already decoded batch and validates it at
+feature sketch of the block in one numpy pass, and the block joins the write queue. The preparer thread
+gathers what arrived within ``linger_s`` of the oldest waiting batch (about ``max_batch`` at most) and prepares
+its write without the database (`Registry.prepare_checked`: rows, window aggregates); the writer thread stores
+each prepared write in one transaction (`Registry.store_prepared`). So decoding and preparing the next write
+overlap the database's work on this one. `submit` takes an already decoded batch and validates it at
 the call. A batch that fails validation is rejected, counted and refused to its device with the one-line
 reason of `fleet.telemetry.validate_batch`.
 
-Each write stores the batches whose id is new (`Registry.store_checked`), merging them per model version,
+Each write stores the batches whose id is new, merging them per model version,
 device class and window into the aggregates in the same transaction; only those reach `FleetMetrics` and
 the ``on_stored`` callback, duplicates are counted. A write the database refuses is split in halves and
 retried, so one batch it cannot store is rejected alone (and counted) and the others are stored; a write
@@ -42,6 +44,7 @@ from fleet.wire.messages import MAX_ACK_BATCHES, TelemetryAck, TelemetryBatch, e
 from fleet.wire.transport import Message, Publisher
 from hub.monitoring.metrics import FleetMetrics
 from hub.registry import Registry
+from hub.registry.telemetry_writes import PreparedTelemetry
 
 __all__ = ["Acknowledge", "BlockDecoder", "RetentionPolicy", "TelemetryIngestor", "publish_acks"]
 
@@ -99,9 +102,10 @@ class RetentionPolicy:
 
 
 class TelemetryIngestor:
-    """One decoder and one writer thread; a write covers what arrived within ``linger_s`` of its oldest batch.
+    """A decoder, a preparer and a writer thread; a write covers what arrived within ``linger_s`` of its oldest
+    batch.
 
-    ``aggregate_shard`` names this writer's own window-aggregate rows (`Registry.store_checked`): give each
+    ``aggregate_shard`` names this writer's own window-aggregate rows (`Registry.store_prepared`): give each
     worker that shares telemetry a distinct one, so their writes never wait on each other.
     """
 
@@ -131,7 +135,8 @@ class TelemetryIngestor:
         self._retention = retention
         self._last_prune = time.monotonic()
         self._prune_lock = threading.Lock()
-        self._queue: queue.Queue[list[CheckedBatch] | None] = queue.Queue(maxsize=1_000)  # None: flush
+        # (when queued, block); None: flush
+        self._queue: queue.Queue[tuple[float, list[CheckedBatch]] | None] = queue.Queue(maxsize=1_000)
         self._stop = threading.Event()
         self._idle = threading.Condition()
         self._pending = 0
@@ -147,7 +152,11 @@ class TelemetryIngestor:
         if decode is not None:
             self._decoder = threading.Thread(target=self._run_decoder, name="telemetry-decoder", daemon=True)
             self._decoder.start()
-        self._thread = threading.Thread(target=self._run, name="telemetry-writer", daemon=True)
+        # (batches, their write prepared or None where preparing failed); None: stop
+        self._prepared: queue.Queue[tuple[list[CheckedBatch], PreparedTelemetry | None] | None] = queue.Queue(maxsize=1)
+        self._preparer = threading.Thread(target=self._run_preparer, name="telemetry-preparer", daemon=True)
+        self._preparer.start()
+        self._thread = threading.Thread(target=self._run_writer, name="telemetry-writer", daemon=True)
         self._thread.start()
 
     def submit(self, batch: TelemetryBatch) -> None:
@@ -164,7 +173,7 @@ class TelemetryIngestor:
         with self._idle:
             self._pending += 1
             self.received += 1
-        self._queue.put([checked])
+        self._queue.put((time.monotonic(), [checked]))
 
     def submit_payload(self, message: Message) -> None:
         """Queue a raw telemetry message; the decoder thread decodes and validates it (needs ``decode``).
@@ -235,7 +244,7 @@ class TelemetryIngestor:
             except Exception:
                 log.exception("refusing %d telemetry batches failed", len(refused))
         if good:
-            self._queue.put(good)
+            self._queue.put((time.monotonic(), good))
 
     def _done(self, n: int) -> None:
         with self._idle:
@@ -274,33 +283,57 @@ class TelemetryIngestor:
         return pruned
 
     def close(self) -> None:
-        """Decode and write what is queued and stop the decoder and the writer."""
+        """Decode and write what is queued and stop the decoder, the preparer and the writer."""
         self._closing.set()
         if self._decoder is not None:
             self._raw.put(_FLUSH)
             self._decoder.join(timeout=30)
-        self._stop.set()  # only now: the writer stops once the queue is empty, the decoder fills it
+        self._stop.set()  # only now: the preparer stops once the queue is empty, the decoder fills it
         self._queue.put(None)
+        self._preparer.join(timeout=30)
+        self._prepared.put(None)
         self._thread.join(timeout=30)
 
-    def _run(self) -> None:
+    def _run_preparer(self) -> None:
         while not (self._stop.is_set() and self._queue.empty()):
             try:
                 first = self._queue.get(timeout=0.5)
             except queue.Empty:
-                self._maybe_prune()
                 continue
-            items = list(first or [])
-            deadline = time.monotonic() + self._linger_s
-            while first is not None and len(items) < self._max_batch:
+            if first is None:
+                continue
+            queued_at, items = first[0], list(first[1])
+            # lingers for the oldest waiting batch only: a block that waited through the previous write goes
+            # out with what has arrived since, at once
+            deadline = queued_at + self._linger_s
+            while len(items) < self._max_batch:
                 try:
                     block = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if block is None:  # closing: write what is here now
                     break
-                items.extend(block)
-            self._write(items)
+                items.extend(block[1])
+            self._prepared.put((items, self._prepare(items)))
+
+    def _prepare(self, batches: list[CheckedBatch]) -> PreparedTelemetry | None:
+        try:
+            return self._registry.prepare_checked(
+                batches, aggregate_window_s=self._aggregate_window_s, shard=self._aggregate_shard
+            )
+        except Exception:  # the writer stores them in parts, refusing the batch that cannot be stored alone
+            return None
+
+    def _run_writer(self) -> None:
+        while True:
+            try:
+                job = self._prepared.get(timeout=0.5)
+            except queue.Empty:
+                self._maybe_prune()
+                continue
+            if job is None:
+                return
+            self._write(*job)
             self._maybe_prune()
 
     def _maybe_prune(self) -> None:
@@ -312,10 +345,10 @@ class TelemetryIngestor:
         except Exception:
             log.exception("pruning telemetry failed; retried in %.0f s", policy.interval_s)
 
-    def _write(self, batches: list[CheckedBatch]) -> None:
+    def _write(self, batches: list[CheckedBatch], prepared: PreparedTelemetry | None) -> None:
         if not batches:
             return
-        result = self._store_isolating(batches)
+        result = self._store_isolating(batches, prepared)
         duplicates = len(result.committed) - len(result.fresh)
         with self._idle:
             self.stored += len(result.fresh)
@@ -340,12 +373,16 @@ class TelemetryIngestor:
             log.exception("observing %d stored telemetry batches failed", len(result.fresh))
         self._done(len(batches))
 
-    def _store_isolating(self, batches: list[CheckedBatch]) -> _WriteResult:
-        """Store ``batches`` in one write; when the database refuses it, store each half on its own, down to
-        the single batch it cannot store, which is refused with the database's reason."""
+    def _store_isolating(self, batches: list[CheckedBatch], prepared: PreparedTelemetry | None = None) -> _WriteResult:
+        """Store ``batches`` (``prepared`` where it is) in one write; when the database refuses it, store each
+        half on its own, down to the single batch it cannot store, which is refused with the database's reason."""
         try:
-            fresh = self._registry.store_checked(
-                batches, aggregate_window_s=self._aggregate_window_s, shard=self._aggregate_shard
+            fresh = (
+                self._registry.store_prepared(prepared)
+                if prepared is not None
+                else self._registry.store_checked(
+                    batches, aggregate_window_s=self._aggregate_window_s, shard=self._aggregate_shard
+                )
             )
         except _UNAVAILABLE as exc:
             log.warning("database unavailable, %d telemetry batches not stored (devices resend): %s", len(batches), exc)

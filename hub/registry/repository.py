@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import math
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -19,15 +18,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 
 from fleet.errors import ProtocolError
-from fleet.telemetry import TelemetryAggregate, validate_batch
-from fleet.telemetry_blocks import CheckedBatch, aggregate_checked, check_batches, explain
-from fleet.wire.fast_telemetry import FastTelemetryBatch, from_message, stored_json
+from fleet.telemetry import validate_batch
+from fleet.telemetry_blocks import CheckedBatch, check_batches, explain
+from fleet.wire.fast_telemetry import from_message
 from fleet.wire.messages import DeviceState, TelemetryBatch, UpdateEvent, late_copy
 from hub.errors import ConflictError, InvalidRequestError, NotFoundError
-from hub.registry.bulk import RecordRow, insert_records, stored_batch_ids
+from hub.registry.bulk import insert_records, stored_batch_ids
 from hub.registry.credentials import dummy_hash, hash_bcrypt, hash_password, hash_secret, new_secret, verify_secret
 from hub.registry.db import Database
-from hub.registry.device_windows import compact_device_windows, device_window_partials, insert_device_windows
+from hub.registry.device_windows import compact_device_windows, insert_device_windows
 from hub.registry.label_cache import DeviceLabelCache
 from hub.registry.tables import (
     Deployment,
@@ -39,13 +38,11 @@ from hub.registry.tables import (
     Variant,
 )
 from hub.registry.telemetry_tables import (
-    label_cohort,
-    pack_sketches,
-    rollup_window_start,
     unpack_sketches,
 )
 from hub.registry.telemetry_windows import TelemetryWindows
-from hub.registry.window_folds import WindowFolds, WindowKey
+from hub.registry.telemetry_writes import PreparedTelemetry, prepare_telemetry
+from hub.registry.window_folds import WindowFolds
 from targets import TargetError, get_target
 
 _WRITE_ATTEMPTS = 5
@@ -570,43 +567,49 @@ class Registry:
         self, batches: Sequence[CheckedBatch], *, aggregate_window_s: float = 3600.0, shard: str = ""
     ) -> list[CheckedBatch]:
         """Store batches that passed `validate_batch` in one transaction, skipping batch ids already stored;
-        return the newly stored ones.
+        return the newly stored ones (`prepare_checked`, then `store_prepared`)."""
+        return self.store_prepared(self.prepare_checked(batches, aggregate_window_s=aggregate_window_s, shard=shard))
+
+    def prepare_checked(
+        self, batches: Sequence[CheckedBatch], *, aggregate_window_s: float = 3600.0, shard: str = ""
+    ) -> PreparedTelemetry:
+        """A write of ``batches`` ready for `store_prepared`, its CPU work done without the database: the rows,
+        and the window aggregates (windows of ``aggregate_window_s``; this writer's ``shard`` of them) per
+        cohort, devices labelled as they are now (`DeviceLabelCache`: refreshed, not read per write).
+        A batch with a non-finite time window raises `ValueError`."""
+        return prepare_telemetry(batches, window_s=aggregate_window_s, shard=shard, labels=self.device_labels.labels())
+
+    def store_prepared(self, prepared: PreparedTelemetry) -> list[CheckedBatch]:
+        """Store a prepared write in one transaction, skipping batch ids already stored; return the newly
+        stored batches.
 
         The new batches are written in bulk (COPY on PostgreSQL, one multi-row statement on SQLite; sketches
-        as raw bytes) and merged, in the same transaction, into their `TelemetryWindowAggregate` rows
-        (windows of ``aggregate_window_s``; this writer's ``shard`` of them) and added as
-        `TelemetryDeviceWindow` rows, so each batch is counted in the aggregates exactly when it is stored.
-        Several hub workers may write at once: when another writer stored one of these ids (or created one of
-        these aggregate rows, for writers sharing a shard) between our read and our commit, the transaction is
-        retried (it then sees that id as stored), so a batch is stored, aggregated and returned exactly once
-        across workers. Workers with shards of their own never wait on each other's rows.
+        as raw bytes) and merged, in the same transaction, into their `TelemetryWindowAggregate` rows and
+        added as `TelemetryDeviceWindow` rows, so each batch is counted in the aggregates exactly when it is
+        stored. Several hub workers may write at once: when another writer stored one of these ids (or created
+        one of these aggregate rows, for writers sharing a shard) between our read and our commit, the
+        transaction is retried (it then sees that id as stored), so a batch is stored, aggregated and returned
+        exactly once across workers. Workers with shards of their own never wait on each other's rows.
 
         A batch from a labelled device is also merged, the same way, into one row per label of the device
-        (cohort ``key=value``), as the device is labelled now (`DeviceLabelCache`: refreshed, not read per
-        write): relabelling a device leaves its earlier windows in its former cohorts.
+        (cohort ``key=value``): relabelling a device leaves its earlier windows in its former cohorts.
         """
-        unique = {c.batch.batch_id: c for c in batches}
-        if not unique:
+        if not prepared.batches:
             return []
-        rows = {batch_id: _record_row(c.batch) for batch_id, c in unique.items()}  # outside the transaction
-        labels = self.device_labels.labels()
-        partials = _window_partials(list(unique.values()), aggregate_window_s, labels)
-        per_device = device_window_partials((c.batch for c in unique.values()), aggregate_window_s)
         for attempt in range(_WRITE_ATTEMPTS):
             try:
                 with self.folds.transaction() as staged, self.db.session() as session:
-                    seen = stored_batch_ids(session.connection(), list(unique))
-                    fresh = [c for batch_id, c in unique.items() if batch_id not in seen]
-                    if not fresh:
+                    seen = stored_batch_ids(session.connection(), list(prepared.batches))
+                    write = prepared.without(seen) if seen else prepared
+                    if not write.batches:
                         return []
-                    insert_records(session.connection(), [rows[c.batch.batch_id] for c in fresh])
-                    mine = partials if not seen else _window_partials(fresh, aggregate_window_s, labels)
-                    if seen:
-                        per_device = device_window_partials((c.batch for c in fresh), aggregate_window_s)
-                    insert_device_windows(session, per_device)
-                    for key in sorted(mine):  # one lock order across workers: no deadlocks
-                        self.folds.fold(session.connection(), staged, key, shard, aggregate_window_s, mine[key])
-                return fresh
+                    insert_records(session.connection(), list(write.rows.values()))
+                    insert_device_windows(session, write.per_device)
+                    for key in sorted(write.partials):  # one lock order across workers: no deadlocks
+                        self.folds.fold(
+                            session.connection(), staged, key, write.shard, write.window_s, write.partials[key]
+                        )
+                return list(write.batches.values())
             except IntegrityError:
                 if attempt == _WRITE_ATTEMPTS - 1:
                     raise
@@ -711,65 +714,6 @@ class Registry:
             query = query.where(TelemetryRecord.version == version)
         with self.db.session() as session:
             return int(session.exec(query).one())
-
-
-def _window_partials(
-    batches: Sequence[CheckedBatch], window_s: float, labels: Mapping[str, Mapping[str, str]]
-) -> dict[WindowKey, TelemetryAggregate]:
-    """``batches`` merged per model, version, target and aggregate window (cohort ""), and those of labelled
-    devices also per label of their device (cohort ``key=value``).
-
-    Sketches are built in bulk once per batch: per window and set of device labels (one set, no labels, for an
-    unlabelled fleet: its partial is the window's), whose partials are merged into the window's and the labels'."""
-    groups: dict[tuple[str, str, str, float, tuple[tuple[str, str], ...]], list[CheckedBatch]] = {}
-    for checked in batches:
-        b = checked.batch
-        mine = labels.get(b.device_id)
-        label_set = tuple(sorted(mine.items())) if mine else ()
-        groups.setdefault(
-            (b.model, b.version, b.target, rollup_window_start(b.window_start, window_s), label_set), []
-        ).append(checked)
-    out: dict[WindowKey, TelemetryAggregate] = {}
-    shared: set[WindowKey] = set()  # keys whose partial is still one label set's (copied before a merge)
-    for (model, version, target, start, label_set), members in groups.items():
-        partial = aggregate_checked(members)
-        keys = [(model, version, target, start, "")]
-        keys += [(model, version, target, start, label_cohort(key, value)) for key, value in label_set]
-        for key in keys:
-            mine_now = out.get(key)
-            if mine_now is None:  # partials are only read by the folds: one may serve several keys
-                out[key] = partial
-                shared.add(key)
-                continue
-            if key in shared:
-                merged = out[key] = TelemetryAggregate(k=mine_now.k)
-                merged.merge(mine_now)
-                shared.discard(key)
-            out[key].merge(partial)
-    return out
-
-
-def _record_row(batch: FastTelemetryBatch) -> RecordRow:
-    """The `TelemetryRecord` columns of a batch (`RECORD_COLUMNS`), its sketches as raw bytes beside the JSON of
-    the rest.
-
-    A non-finite time window raises `ValueError` (the decoder refuses them; PostgreSQL would store it)."""
-    if not (math.isfinite(batch.window_start) and math.isfinite(batch.window_end)):
-        raise ValueError(f"batch {batch.batch_id} has a non-finite time window")
-    return (
-        batch.batch_id,
-        batch.device_id,
-        batch.target,
-        batch.model,
-        batch.version,
-        batch.window_start,
-        batch.window_end,
-        batch.requests,
-        batch.errors,
-        stored_json(batch),
-        pack_sketches(batch.feature_sketches),
-        time.time(),
-    )
 
 
 def _stored_payload(payload: Mapping[str, Any], sketches: bytes | None) -> Mapping[str, Any]:

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from fleet.errors import ProtocolError
+from fleet.telemetry_blocks import CheckedBatch
 from fleet.wire.messages import Histogram, TelemetryAck, TelemetryBatch
 from hub.monitoring.ingest import TelemetryIngestor
 from hub.monitoring.metrics import FleetMetrics
@@ -289,14 +290,24 @@ def test_raw_batches_are_refused_with_the_reasons_validate_batch_gives(
 
 
 class _HeldRegistry:
-    """Stores nothing; holds the first write until released and records every write's size."""
+    """Stores nothing; holds the first write, and the write prepared while it is held, until released; records
+    every write's size and what was prepared while the first write was held."""
 
     def __init__(self) -> None:
         self.sizes: list[int] = []
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.prepared_while_held: list[str] = []
+        self.second_prepared = threading.Event()
 
-    def store_checked(self, batches: list[object], **_: object) -> list[object]:
+    def prepare_checked(self, batches: list[CheckedBatch], **_: object) -> list[CheckedBatch]:
+        if self.entered.is_set() and not self.release.is_set():
+            self.prepared_while_held += [c.batch.batch_id for c in batches]
+            self.second_prepared.set()
+            assert self.release.wait(30)
+        return list(batches)
+
+    def store_prepared(self, batches: list[CheckedBatch]) -> list[CheckedBatch]:
         self.sizes.append(len(batches))
         if len(self.sizes) == 1:
             self.entered.set()
@@ -304,19 +315,26 @@ class _HeldRegistry:
         return list(batches)
 
 
-def test_a_backlog_is_written_in_writes_of_up_to_2000_batches(batches: list[TelemetryBatch]) -> None:
-    """Each write has costs of its own (a transaction, a fold per window aggregate): a writer that fell behind
-    catches up in writes of up to 2,000 batches, not 500 (999 here: the write queue holds 1,000 submissions)."""
+def test_the_next_write_is_prepared_during_this_one_and_a_backlog_goes_in_writes_of_up_to_2000(
+    batches: list[TelemetryBatch],
+) -> None:
+    """The next write's rows and aggregates are computed while the current write's transaction runs, not after
+    it. Each write has costs of its own (a transaction, a fold per window aggregate): a writer that fell behind
+    catches up in writes of up to 2,000 batches, not 500 (998 here: the write queue holds 1,000 submissions)."""
     registry = _HeldRegistry()
-    ingestor = TelemetryIngestor(registry, linger_s=0.1)  # type: ignore[arg-type]  # only store_checked is used
-    backlog = [batches[i % len(batches)].model_copy(update={"batch_id": f"backlog-{i:05d}"}) for i in range(1 + 999)]
+    ingestor = TelemetryIngestor(registry, linger_s=0.1)  # type: ignore[arg-type]  # a stand-in registry
+    backlog = [batches[i % len(batches)].model_copy(update={"batch_id": f"backlog-{i:05d}"}) for i in range(1000)]
     try:
         ingestor.submit(backlog[0])
-        assert registry.entered.wait(30)  # the first write is under way: the rest queues behind it
-        for batch in backlog[1:]:
+        assert registry.entered.wait(30)  # the first write is under way
+        ingestor.submit(backlog[1])
+        assert registry.second_prepared.wait(30)  # ... and the next is being prepared: the rest queues
+        for batch in backlog[2:]:
             ingestor.submit(batch)
         registry.release.set()
         assert ingestor.wait_idle(30)
     finally:
+        registry.release.set()
         ingestor.close()
-    assert registry.sizes == [1, 999]
+    assert registry.prepared_while_held == [backlog[1].batch_id]
+    assert registry.sizes == [1, 1, 998]
