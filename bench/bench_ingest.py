@@ -210,14 +210,20 @@ print("ready", flush=True)
 cpu_at_ready = time.process_time()
 
 
+reporting = threading.Event()
+
+
 def report_received():
-    while True:  # what this worker took off the broker, for the publisher's window
-        time.sleep(0.01)
-        print("received", hub.ingestor.received if hub.ingestor else 0, flush=True)
+    while not reporting.wait(0.01):  # what this worker took off the broker, for the publisher's window
+        sys.stdout.write(f"received {hub.ingestor.received if hub.ingestor else 0}\\n")
+        sys.stdout.flush()
 
 
-threading.Thread(target=report_received, daemon=True).start()
+reporter = threading.Thread(target=report_received, daemon=True)
+reporter.start()
 sys.stdin.read()
+reporting.set()
+reporter.join()
 cpu_s = time.process_time() - cpu_at_ready
 ingestor = hub.ingestor
 hub.stop()
@@ -334,8 +340,8 @@ def _workers(broker_url: str, devices: int, workers: int, kind: str, code_root: 
         try:
             for proc in procs:
                 assert proc.stdout is not None
-                if proc.stdout.readline().strip() != "ready":
-                    raise RuntimeError("a hub worker did not start")
+                if (line := proc.stdout.readline().strip()) != "ready":
+                    raise RuntimeError(f"a hub worker did not start: {line[:200]!r}")
             running.start_reading()
             yield running
         finally:
