@@ -9,6 +9,7 @@ telemetry rates cost about 40 us of CPU a batch. ``stop()`` unfreezes them, so n
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import secrets
@@ -38,6 +39,7 @@ from hub.devices.certificates import CertificateSigner
 from hub.devices.connection import BrokerConnector
 from hub.devices.embedded_broker import EmbeddedBroker
 from hub.devices.known_devices import KnownDevices
+from hub.devices.nats_auth import HUB_BCRYPT_ROUNDS
 from hub.devices.nats_queue import NatsQueueGroups
 from hub.devices.orders import BundleSources, DeploymentOrders
 from hub.devices.pki import CertificateAuthority
@@ -52,6 +54,7 @@ from hub.policies.evaluator import PolicyEvaluator
 from hub.private_files import create_private, private_dir
 from hub.registry import Database, Deployment, Registry
 from hub.registry.captures import CaptureStore
+from hub.registry.credentials import hash_bcrypt
 from hub.registry.policies import PolicyStore
 from hub.registry.rollouts import RolloutStore
 from hub.rollouts.manager import RolloutManager
@@ -235,6 +238,11 @@ class Hub:
             return connection
         name = f"edgefleet-{role}-{secrets.token_hex(4)}"
         return NatsQueueGroups(connection, servers, name=name, tls=self.settings.nats_tls())
+
+    @functools.cached_property
+    def nats_hub_hash(self) -> str:
+        """A bcrypt hash of the hub's broker secret for NATS's authorization file, made once (about 0.15 s)."""
+        return hash_bcrypt(self.hub_secret, rounds=HUB_BCRYPT_ROUNDS)
 
     def stop(self) -> None:
         """Stop in reverse order; safe to call twice."""

@@ -60,6 +60,9 @@ class HubSettings(BaseModel):
     broker_auth_dir: Path | None = Field(
         default=None, description="rewrite Mosquitto's password and ACL files here when devices come and go"
     )
+    nats_auth_dir: Path | None = Field(
+        default=None, description="rewrite NATS's authorization include file here when devices come and go"
+    )
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(default=0, ge=0, le=65535, description="embedded broker port; 0 picks a free one")
     hub_secret: str | None = Field(default=None, description="hub's broker password; generated when omitted")

@@ -9,6 +9,7 @@ and with ``broker_auth_dir`` Mosquitto's password and ACL files are rewritten wi
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Response
@@ -19,12 +20,15 @@ from fleet.wire.messages import DeviceId, Name
 from hub.auth import Role, allow
 from hub.devices.broker_acl import BrokerUser, hub_user, render_acl, render_password_file, write_broker_auth
 from hub.devices.nats_auth import render_nats_authorization
+from hub.devices.nats_config import write_nats_auth
 from hub.devices.pki import CertificateAuthority
 from hub.devices.provisioning import DeviceKit, kit_archive
 from hub.registry.tables import DEVICE_SECRET_FIELDS
 
 if TYPE_CHECKING:
     from hub.app import Hub
+
+log = logging.getLogger(__name__)
 
 LabelKey = Annotated[str, Field(max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
 LabelValue = Annotated[str, Field(max_length=256, pattern=r"^[^\x00-\x1f]*$")]
@@ -54,11 +58,24 @@ def broker_users(hub: Hub) -> list[BrokerUser]:
 
 
 def refresh_broker_auth(hub: Hub) -> None:
-    """Rewrite Mosquitto's password and ACL files in ``broker_auth_dir`` from the inventory (reload Mosquitto
-    with SIGHUP to apply them); nothing without that setting."""
+    """Rewrite Mosquitto's password and ACL files in ``broker_auth_dir`` (reload Mosquitto with SIGHUP to apply
+    them) and NATS's authorization include file in ``nats_auth_dir`` (``nats-server --signal reload``) from the
+    inventory; nothing without those settings."""
     directory = hub.settings.broker_auth_dir
     if directory is not None:
         write_broker_auth(directory, broker_users(hub))
+    nats_directory = hub.settings.nats_auth_dir
+    if nats_directory is not None:
+        auth = render_nats_authorization(
+            {d.id: d.nats_hash for d in hub.registry.list_devices()}, hub.hub_secret, hub_hash=hub.nats_hub_hash
+        )
+        write_nats_auth(nats_directory, auth.text)
+        if auth.left_out:
+            log.warning(
+                "%d devices provisioned before NATS hashes were stored cannot log in to NATS: %s",
+                len(auth.left_out),
+                ", ".join(auth.left_out[:10]),
+            )
 
 
 def create_broker_router(hub: Hub) -> APIRouter:

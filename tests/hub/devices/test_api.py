@@ -4,6 +4,7 @@ device off at once."""
 from __future__ import annotations
 
 import asyncio
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,3 +157,29 @@ def test_with_a_fleet_ca_the_kit_connects_over_mutual_tls(tmp_path: Path, listen
         connection.close()
     finally:
         hub.stop()
+
+
+def test_nats_authorization_follows_the_inventory_with_one_hub_hash(tmp_path: Path) -> None:
+    """With ``nats_auth_dir`` the hub rewrites NATS's include file (owner-only) when a device is provisioned or
+    removed, as it does Mosquitto's files; the hub's own bcrypt hash is made once, not per rewrite."""
+    hub = Hub(HubSettings(data_dir=tmp_path / "hub", nats_auth_dir=tmp_path / "nats"))
+    hub.start()
+    auth_file = tmp_path / "nats" / "nats-auth.conf"
+    try:
+        client = bearer_client(create_app(hub), token_for(hub, Role.OPERATOR))
+        assert client.post("/devices/kit", json={"device_id": "cam-1", "target": "x86-onnx-cpu"}).status_code == 201
+        first = auth_file.read_text()
+        assert "CN=cam-1" in first and stat.S_IMODE(auth_file.stat().st_mode) == 0o600
+        assert bcrypt_hashes(first) == {hub.nats_hub_hash, hub.registry.get_device("cam-1").nats_hash}
+        assert client.post("/devices/kit", json={"device_id": "cam-2", "target": "x86-onnx-cpu"}).status_code == 201
+        assert client.delete("/devices/cam-1").status_code == 204
+        last = auth_file.read_text()
+        assert "CN=cam-1" not in last and "CN=cam-2" in last
+        assert hub.nats_hub_hash in last
+    finally:
+        hub.stop()
+
+
+def bcrypt_hashes(text: str) -> set[str]:
+    """The bcrypt hashes an include file holds."""
+    return set(re.findall(r"\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}", text))
