@@ -549,7 +549,7 @@ def main() -> None:
     args = parser.parse_args()
 
     address = BrokerAddress.from_url(args.broker_url)
-    configs = [(kind, int(workers)) for kind, workers in (c.split(":") for c in args.configs.split(","))]
+    configs = [(kind, int(workers)) for kind, workers in (c.split(":") for c in args.configs.split(",") if c)]
     drain_configs = [(kind, int(n)) for kind, n in (c.split(":") for c in args.drain_configs.split(",") if c)]
     t0 = time.perf_counter()
     payloads = make_payloads(args.batches, args.devices, args.features, args.values)
