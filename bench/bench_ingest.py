@@ -238,10 +238,9 @@ class _Workers:
     def __init__(self, procs: list[subprocess.Popen[str]], stored: Callable[[], int]) -> None:
         self.procs = procs
         self.stored = stored
-        self.outputs: list[list[str]] = []
+        self.outputs: list[list[str]] = [[] for _ in procs]
         """Per worker, once stopped: received, stored and CPU seconds from ready to the end."""
         self._received = [0] * len(procs)
-        self._finals: list[list[str]] = [[] for _ in procs]
         self._readers = [
             threading.Thread(target=self._read, args=(i,), daemon=True, name=f"worker-{i}-stdout")
             for i in range(len(procs))
@@ -260,14 +259,14 @@ class _Workers:
             if words[:1] == ["received"]:
                 self._received[worker] = int(words[1])
             else:
-                self._finals[worker].extend(words)
+                self.outputs[worker].extend(words)
 
     def received(self) -> int:
         """Batches the workers took off the broker so far (as last reported)."""
         return sum(self._received)
 
     def finish(self) -> None:
-        """Stop the workers (stdin closed) and keep what each printed last."""
+        """Stop the workers (stdin closed) and wait for what each prints last."""
         for proc in self.procs:
             assert proc.stdin is not None
             proc.stdin.close()
@@ -275,7 +274,6 @@ class _Workers:
             proc.wait(timeout=60)
             if reader.ident is not None:  # started
                 reader.join(timeout=10)
-        self.outputs = self._finals
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to every worker process."""

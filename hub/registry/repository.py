@@ -37,9 +37,7 @@ from hub.registry.tables import (
     TelemetryRecord,
     Variant,
 )
-from hub.registry.telemetry_tables import (
-    unpack_sketches,
-)
+from hub.registry.telemetry_tables import unpack_sketches
 from hub.registry.telemetry_windows import TelemetryWindows
 from hub.registry.telemetry_writes import PreparedTelemetry, prepare_telemetry
 from hub.registry.window_folds import WindowFolds

@@ -42,15 +42,8 @@ class PreparedTelemetry:
         """The same write less the batch ids in ``stored`` (another writer stored them first): its aggregates
         computed again from the rest."""
         fresh = {batch_id: c for batch_id, c in self.batches.items() if batch_id not in stored}
-        return PreparedTelemetry(
-            batches=fresh,
-            rows={batch_id: self.rows[batch_id] for batch_id in fresh},
-            partials=window_partials(list(fresh.values()), self.window_s, self.labels),
-            per_device=device_window_partials((c.batch for c in fresh.values()), self.window_s),
-            labels=self.labels,
-            window_s=self.window_s,
-            shard=self.shard,
-        )
+        rows = {batch_id: self.rows[batch_id] for batch_id in fresh}
+        return _aggregated(fresh, rows, window_s=self.window_s, shard=self.shard, labels=self.labels)
 
 
 def prepare_telemetry(
@@ -59,11 +52,19 @@ def prepare_telemetry(
     """``batches`` ready to store in windows of ``window_s`` (this writer's ``shard`` of the aggregates), devices
     labelled as ``labels`` says. A non-finite time window raises `ValueError`."""
     unique = {c.batch.batch_id: c for c in batches}
+    rows = {batch_id: record_row(c.batch) for batch_id, c in unique.items()}
+    return _aggregated(unique, rows, window_s=window_s, shard=shard, labels=labels)
+
+
+def _aggregated(
+    batches: dict[str, CheckedBatch], rows: dict[str, RecordRow], *, window_s: float, shard: str, labels: Labels
+) -> PreparedTelemetry:
+    """A write of ``batches`` and their ``rows`` with its window aggregates and per-device sums computed."""
     return PreparedTelemetry(
-        batches=unique,
-        rows={batch_id: record_row(c.batch) for batch_id, c in unique.items()},
-        partials=window_partials(list(unique.values()), window_s, labels),
-        per_device=device_window_partials((c.batch for c in unique.values()), window_s),
+        batches=batches,
+        rows=rows,
+        partials=window_partials(list(batches.values()), window_s, labels),
+        per_device=device_window_partials((c.batch for c in batches.values()), window_s),
         labels=labels,
         window_s=window_s,
         shard=shard,
