@@ -137,9 +137,23 @@ class DeploymentOrder(WireModel):
     transport: Literal["mqtt", "http"] = "mqtt"
     mirrors: list[BaseUrl] = Field(default_factory=list, max_length=MAX_MIRRORS)
     hub_url: BaseUrl | None = None
+    # "mqtt" only: the broker keeps every chunk retained on `topics.retained_chunk_topic` while the rollout runs,
+    # so the device subscribes to `topics.retained_chunks_filter` and is sent the whole bundle by the broker at
+    # once; it asks the hub (fetch) only for chunks that have not arrived within its chunk timeout.
+    retained_chunks: bool = False
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_retained(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Added within v1: an order without retained chunks stays byte for byte what older agents accept.
+        data: dict[str, Any] = handler(self)
+        if not self.retained_chunks:
+            data.pop("retained_chunks", None)
+        return data
 
     @model_validator(mode="after")
     def _sources_fit_transport(self) -> DeploymentOrder:
+        if self.transport == "http" and self.retained_chunks:
+            raise ValueError("an http order has no retained chunks")
         if self.transport == "http" and not (self.mirrors or self.hub_url):
             raise ValueError("an http order names at least one mirror or the hub_url")
         if self.transport == "mqtt" and (self.mirrors or self.hub_url):

@@ -16,6 +16,7 @@
     edgefleet/v1/devices/{id}/certificate  hub -> device   the renewed certificate (or why not), QoS 1
     edgefleet/v1/bundles/{sha256}          hub -> devices  broadcast bundle chunks, QoS 1
     edgefleet/v1/bundles/{sha256}/pieces   hub -> devices  broadcast content-defined pieces (delta updates), QoS 1
+    edgefleet/v1/bundles/{sha256}/retained/{index} hub -> devices  one chunk, retained while a rollout ships it, QoS 1
     edgefleet/v1/broadcast/{name}          hub -> devices  read-only fleet-wide notices (retained)
 
 A device's broker ACL grants write on its own ``devices/{id}/`` subtree (state, heartbeat, events,
@@ -84,6 +85,18 @@ def bundle_topic(sha256: str) -> str:
 def bundle_pieces_topic(sha256: str) -> str:
     """Broadcast topic carrying the content-defined pieces of one bundle (see `fleet.wire.chunk_index`)."""
     return f"{bundle_topic(sha256)}/pieces"
+
+
+def retained_chunk_topic(sha256: str, index: int) -> str:
+    """Topic on which the broker keeps chunk ``index`` of a bundle retained (orders with ``retained_chunks``)."""
+    if index < 0:
+        raise ProtocolError(f"invalid chunk index {index}")
+    return f"{bundle_topic(sha256)}/retained/{index}"
+
+
+def retained_chunks_filter(sha256: str) -> str:
+    """Filter matching every retained chunk of a bundle: subscribing delivers all the broker keeps at once."""
+    return f"{bundle_topic(sha256)}/retained/+"
 
 
 def broadcast_topic(name: str) -> str:
