@@ -142,14 +142,6 @@ class DeploymentOrder(WireModel):
     # once; it asks the hub (fetch) only for chunks that have not arrived within its chunk timeout.
     retained_chunks: bool = False
 
-    @model_serializer(mode="wrap")
-    def _omit_unused_retained(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Added within v1: an order without retained chunks stays byte for byte what older agents accept.
-        data: dict[str, Any] = handler(self)
-        if not self.retained_chunks:
-            data.pop("retained_chunks", None)
-        return data
-
     @model_validator(mode="after")
     def _sources_fit_transport(self) -> DeploymentOrder:
         if self.transport == "http" and self.retained_chunks:
@@ -162,12 +154,14 @@ class DeploymentOrder(WireModel):
 
     @model_serializer(mode="wrap")
     def _without_default_transport(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Leave the transport fields out of MQTT orders, so an agent from before HTTP downloads (which refuses
-        unknown fields) still accepts them."""
+        """Leave the transport fields out of MQTT orders, and ``retained_chunks`` out when false, so an agent
+        from before HTTP downloads or retained chunks (which refuses unknown fields) still accepts them."""
         data: dict[str, Any] = handler(self)
         if self.transport == "mqtt":
             for key in ("transport", "mirrors", "hub_url"):
                 data.pop(key, None)
+        if not self.retained_chunks:
+            data.pop("retained_chunks", None)
         return data
 
 
