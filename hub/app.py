@@ -184,6 +184,7 @@ class Hub:
             rebroadcast_window_s=s.rebroadcast_window_s,
             gather_s=s.chunk_gather_s,
             wave_wait_s=s.chunk_wave_wait_s,
+            retained_max_chunks=s.retained_chunks_max if s.bundle_transport == "mqtt" else 0,
         )
         sources = BundleSources(s.bundle_transport, tuple(s.bundle_mirrors), s.device_bundle_url())
         self.orders = DeploymentOrders(broker, self.store, self.registry, chunk_size=s.chunk_size, sources=sources)
@@ -224,6 +225,7 @@ class Hub:
             on_manager=self._set_rollouts,
             push=push,
             fetch=self.transfer.handle_chunks,
+            retainer=self.transfer,
         )
         self.leadership.start(on_elected=self._lead, on_deposed=self._step_down)
         self.fetches.start(channels=("fetch",))

@@ -76,6 +76,14 @@ class HubSettings(BaseModel):
     chunk_wave_wait_s: float = Field(
         default=3.0, ge=0, le=60, description="a wave's broadcast waits at most this long for its devices to ask"
     )
+    retained_chunks_max: int = Field(
+        default=512,
+        ge=0,
+        description="a rollout of a bundle of at most this many chunks keeps them retained on the broker while it "
+        "runs, so devices receive the bundle when they subscribe, without asking the hub (0: off; agents from before "
+        "retained chunks refuse such orders; keep it within the broker's per-client queue, Mosquitto's "
+        "max_queued_messages)",
+    )
     artifact_store: str | None = Field(
         default=None,
         pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,62}|file:)",

@@ -99,6 +99,7 @@ class BundleTransfer:
         gather_s: float = 0.0,
         wave_wait_s: float = 3.0,
         flow_window: int = 16,
+        retained_max_chunks: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.broker = broker
@@ -109,6 +110,7 @@ class BundleTransfer:
         self.gather_s = gather_s
         self.wave_wait_s = wave_wait_s
         self.flow_window = max(1, flow_window)
+        self.retained_max_chunks = retained_max_chunks
         self.clock = clock
         self.egress_bytes = 0
         self.broadcasts = 0
@@ -122,7 +124,7 @@ class BundleTransfer:
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._send_lock = threading.Lock()  # one broadcast at a time, in key order
+        self._send_lock = threading.RLock()  # one broadcast at a time, in key order
 
     # -- requests ----------------------------------------------------------------------------------------------
 
@@ -161,6 +163,28 @@ class BundleTransfer:
                 wave.latest = now + self.wave_wait_s
                 self._time_wave(wave, now)
             self._forget_idle_waves(now)
+
+    # -- retained chunks ---------------------------------------------------------------------------------------
+
+    def retainable(self, sha256: str) -> bool:
+        """Whether ``sha256`` is small enough (``retained_max_chunks``) for the broker to keep retained."""
+        return 0 < self._chunk_count(sha256) <= self.retained_max_chunks
+
+    def retain(self, sha256: str) -> None:
+        """Publish every chunk of ``sha256`` retained on its `topics.retained_chunk_topic`, paced by the broker:
+        a device that subscribes to `topics.retained_chunks_filter` is then sent the whole bundle by the broker."""
+        count = self._chunk_count(sha256)
+        frames = self._chunk_frames(sha256, list(range(count)), count, retained=True)
+        self._publish_frames(sorted(frames.items()), retain=True)
+
+    def clear_retained(self, sha256: str) -> None:
+        """Clear the retained chunks of ``sha256`` (an empty retained message per chunk topic)."""
+        with self._send_lock:
+            for index in range(self._chunk_count(sha256)):
+                self.broker.publish(topics.retained_chunk_topic(sha256, index), b"", qos=1, retain=True)
+
+    def _chunk_count(self, sha256: str) -> int:
+        return max(1, math.ceil(self._size(sha256) / self.chunk_size))
 
     # -- metadata ----------------------------------------------------------------------------------------------
 
@@ -207,11 +231,10 @@ class BundleTransfer:
         if request.sha256 is None:
             raise ProtocolError("chunk request without sha256")
         try:
-            size = self._size(request.sha256)
+            count = self._chunk_count(request.sha256)
         except NotFoundError:
             self._refuse(device_id, request, request.sha256, f"the hub has no bundle {request.sha256}")
             return
-        count = max(1, math.ceil(size / self.chunk_size))
         wanted = sorted(set(request.chunks))
         if wanted and wanted[-1] >= count:
             self._refuse(
@@ -232,11 +255,14 @@ class BundleTransfer:
                 self._sizes[sha256] = size
         return size
 
-    def _chunk_frames(self, sha256: str, indices: list[int], count: int) -> dict[_Key, _Frame]:
-        topic = topics.bundle_topic(sha256)
+    def _chunk_frames(
+        self, sha256: str, indices: list[int], count: int, *, retained: bool = False
+    ) -> dict[_Key, _Frame]:
+        broadcast = topics.bundle_topic(sha256)
 
         def chunk(index: int) -> _Frame:
             offset = index * self.chunk_size
+            topic = topics.retained_chunk_topic(sha256, index) if retained else broadcast
             return lambda: (
                 topic,
                 encode_chunk(sha256, index, count, self.store.read_range(sha256, offset, self.chunk_size)),
@@ -352,18 +378,24 @@ class BundleTransfer:
                     wave = self._waves.get(sha)
                     if wave is not None and wave.asked and not (wave.keys & self._pending.keys()):
                         del self._waves[sha]  # sent: whoever asks now is a late joiner
+            self._publish_frames(batch, paced=paced)
+
+    def _publish_frames(self, batch: list[tuple[_Key, _Frame]], *, paced: bool = True, retain: bool = False) -> None:
+        """Publish frames in order (holding the send lock), waiting for the broker every ``flow_window``."""
+        with self._send_lock:
             acknowledging = paced and isinstance(self.broker, _Acknowledging)
             for position, (key, read) in enumerate(batch, start=1):
                 topic, frame = read()
-                with self._lock:
-                    self._recent[key] = self.clock()
+                if not retain:
+                    with self._lock:
+                        self._recent[key] = self.clock()
                 self._count(len(frame), broadcast=True)
                 if acknowledging and (position % self.flow_window == 0 or position == len(batch)):
                     assert isinstance(self.broker, _Acknowledging)
-                    if not self.broker.publish_and_wait(topic, frame, qos=1, timeout_s=30.0):
+                    if not self.broker.publish_and_wait(topic, frame, qos=1, retain=retain, timeout_s=30.0):
                         log.warning("broker did not take chunk %d of %s in time", key[2], key[0][:12])
                 else:
-                    self.broker.publish(topic, frame, qos=1)
+                    self.broker.publish(topic, frame, qos=1, retain=retain)
 
     def _count(self, size: int, *, broadcast: bool) -> None:
         with self._lock:

@@ -26,7 +26,7 @@ from hub.cluster.leadership import FencedError, Leadership
 from hub.devices.records import DeviceRecords
 from hub.devices.traffic import DeviceTraffic
 from hub.registry import Registry
-from hub.rollouts.manager import OrderSink, RolloutManager
+from hub.rollouts.manager import ChunkRetainer, OrderSink, RolloutManager
 
 __all__ = ["FencedOrders", "LeaderDuties"]
 
@@ -100,6 +100,7 @@ class LeaderDuties:
         on_manager: Callable[[RolloutManager | None], None] = lambda _manager: None,
         push: Callable[[str, Collection[str]], None] | None = None,
         fetch: Callable[[str, FetchRequest], None] | None = None,
+        retainer: ChunkRetainer | None = None,
     ) -> None:
         self.registry = registry
         self.orders = FencedOrders(orders, leadership)
@@ -110,6 +111,7 @@ class LeaderDuties:
         self.on_manager = on_manager
         self.push = push  # the rollout manager's wave push (`BundleTransfer.push`)
         self.fetch = fetch  # chunk and piece requests on the leader's own feed (`BundleTransfer.handle_chunks`)
+        self.retainer = retainer  # keeps rollout bundles retained on the broker (`BundleTransfer`)
         self.manager: RolloutManager | None = None
         self._done_records: DeviceRecords | None = None  # retained done states, written in batches
         self._recorded: set[tuple[str, str]] = set()  # (device, deployment) done states already queued
@@ -119,7 +121,9 @@ class LeaderDuties:
     def lead(self, epoch: int) -> None:
         """Start the duties (called by the leadership on election)."""
         with self._lock:
-            manager = RolloutManager(self.registry, self.orders, fence=self.leadership.fence, push=self.push)
+            manager = RolloutManager(
+                self.registry, self.orders, fence=self.leadership.fence, push=self.push, retainer=self.retainer
+            )
             self._unsubscribes = [self.feed.on_state(manager.observe_state), self.feed.on_event(manager.observe_event)]
             if self.own_feed:
                 self._done_records = DeviceRecords(self.registry, on_events=lambda _events: None)

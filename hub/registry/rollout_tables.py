@@ -61,3 +61,13 @@ class RolloutDeviceError(SQLModel, table=True):
     rollout_id: str = Field(index=True, max_length=100)
     detail: str = Field(sa_column=Column(Text, nullable=False))
     updated_at: float = Field(default_factory=_now)
+
+
+class RolloutRetainedBundle(SQLModel, table=True):
+    """A bundle whose chunks the broker keeps retained for a running rollout: written before they are published,
+    removed once they are cleared, so a hub that stopped in between clears them after its restart."""
+
+    __tablename__ = "rollout_retained_bundle"
+    rollout_id: str = Field(primary_key=True, max_length=100)
+    sha256: str = Field(primary_key=True, max_length=64)
+    created_at: float = Field(default_factory=_now)

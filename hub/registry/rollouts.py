@@ -17,7 +17,13 @@ from sqlmodel import Session, col, select
 from fleet.rollout import Action, Command, RolloutSnapshot, dump_actions, load_actions
 from hub.errors import ConflictError, NotFoundError
 from hub.registry.db import Database
-from hub.registry.rollout_tables import RolloutCommandRow, RolloutDeviceError, RolloutOutbox, RolloutRow
+from hub.registry.rollout_tables import (
+    RolloutCommandRow,
+    RolloutDeviceError,
+    RolloutOutbox,
+    RolloutRetainedBundle,
+    RolloutRow,
+)
 from hub.registry.tables import Deployment, DeploymentDevice
 
 __all__ = ["ROLLBACK_SUFFIX", "RolloutStore"]
@@ -228,6 +234,32 @@ class RolloutStore:
                 .where(col(RolloutRow.final).is_(False))
             )
             return {(r.device_id, r.deployment_id): r.detail for r in session.exec(query)}
+
+    def hold_retained(self, rollout_id: str, sha256: str) -> None:
+        """Record that the broker is about to keep ``sha256``'s chunks retained for ``rollout_id`` (before they
+        are published: a hub stopping in between still knows to clear them)."""
+        with self.db.session() as session:
+            if self.fence is not None:
+                self.fence(session)
+            if session.get(RolloutRetainedBundle, (rollout_id, sha256)) is None:
+                session.add(RolloutRetainedBundle(rollout_id=rollout_id, sha256=sha256))
+
+    def retained(self) -> dict[str, set[str]]:
+        """Bundles held retained: rollout id -> bundle digests."""
+        held: dict[str, set[str]] = {}
+        with self.db.session() as session:
+            for row in session.exec(select(RolloutRetainedBundle)):
+                held.setdefault(row.rollout_id, set()).add(row.sha256)
+        return held
+
+    def drop_retained(self, rollout_id: str) -> None:
+        """Forget the bundles held retained for ``rollout_id`` (after their chunks were cleared)."""
+        with self.db.session() as session:
+            if self.fence is not None:
+                self.fence(session)
+            query = select(RolloutRetainedBundle).where(col(RolloutRetainedBundle.rollout_id) == rollout_id)
+            for row in session.exec(query):
+                session.delete(row)
 
 
 def _mirrored(deployment_id: str) -> bool:

@@ -8,7 +8,11 @@ arriving during a tick are handled together by the next one, which starts no soo
 (at most ``_MAX_SPACING_S`` later), so a wave of thousands costs a few ticks, not one per report.
 
 Each step turns ``DeployTo`` into retained `DeploymentOrder`s (``deployment_id`` = the rollout id; a wave's
-sequences reserved in one transaction, its devices announced to `BundleTransfer.push` first), ``RollBack`` into
+sequences reserved in one transaction). A bundle the ``retainer`` can keep (`BundleTransfer.retainable`) is
+published retained once per rollout before its first orders, which then say ``retained_chunks``: each device
+receives it from the broker as it subscribes. The bundles held are recorded before they are published and
+cleared when the rollout ends (or, after a restart, at `start`). Otherwise a wave's devices are announced to
+`BundleTransfer.push` first, so the broadcast waits for their requests. ``RollBack`` turns into
 orders for each device's last known good model (``allow_downgrade``), and answers ``RequestGate`` with the gate
 analysis (`hub.rollouts.gate.canary_gate` by default). Persist, then act: each step is stored with its actions
 (`hub.registry.rollouts.RolloutStore`) before they are carried out, so a restarted hub drains the outbox and
@@ -65,7 +69,7 @@ from hub.registry.rollouts import RolloutStore
 from hub.rollouts.gate import GateAnalysis, canary_gate
 from hub.rollouts.operations import create_rollout, request_command, rollout_status
 
-__all__ = ["OrderSink", "RolloutManager"]
+__all__ = ["ChunkRetainer", "OrderSink", "RolloutManager"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,22 @@ class OrderSink(Protocol):
         ...
 
 
+class ChunkRetainer(Protocol):
+    """Keeps a bundle's chunks retained on the broker (`hub.bundles.transfer.BundleTransfer` in a hub)."""
+
+    def retainable(self, sha256: str) -> bool:
+        """Whether the bundle is small enough to keep retained."""
+        ...
+
+    def retain(self, sha256: str) -> None:
+        """Publish every chunk retained."""
+        ...
+
+    def clear_retained(self, sha256: str) -> None:
+        """Clear the retained chunks."""
+        ...
+
+
 class RolloutManager:
     """Steps every open rollout, persists each step with its actions, then carries the actions out."""
 
@@ -114,6 +134,7 @@ class RolloutManager:
         clock: Callable[[], float] = time.time,
         fence: Callable[[Session], None] | None = None,
         push: Callable[[str, Collection[str]], None] | None = None,
+        retainer: ChunkRetainer | None = None,
     ) -> None:
         self.registry = registry
         self.orders = orders
@@ -121,6 +142,10 @@ class RolloutManager:
         # Told a bundle's digest and the wave's devices before their orders go out, so the bundle is broadcast
         # once the whole wave is listening instead of in answer to each request (`BundleTransfer.push`).
         self.push = push
+        # Keeps a rollout's bundle retained on the broker while it runs: its orders say so, devices receive the
+        # bundle as they subscribe and ask for nothing, so a wave waits for no one and late joiners cost no egress.
+        self.retainer = retainer
+        self._retained: set[str] = set()  # digests this manager published retained since it started
         self.tick_s = tick_s
         self.analyse = analyse or canary_gate(registry)
         self.clock = clock
@@ -221,6 +246,7 @@ class RolloutManager:
         stored = self.store.errors()  # failure reasons reported before a restart
         with self._data_lock:
             self._errors = {**stored, **self._errors}
+        self._reconcile_retained()
         self.drain_outbox()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="edgefleet-rollouts", daemon=True)
@@ -378,9 +404,12 @@ class RolloutManager:
             verdict = self._act(snapshot, actions, statuses)
             self.store.mark_done(outbox_id)
             if verdict is None:
-                return snapshot
+                break
             snapshot, actions = step(snapshot, self.clock(), statuses, gate_verdict=verdict)
-        log.warning("rollout %s: gate kept asking within one tick", snapshot.rollout_id)
+        else:
+            log.warning("rollout %s: gate kept asking within one tick", snapshot.rollout_id)
+        if snapshot.final:
+            self._release_retained(snapshot.rollout_id)
         return snapshot
 
     def _act(
@@ -420,11 +449,51 @@ class RolloutManager:
             dict.fromkeys(action.device_ids, row.id),
             status=snapshot.state.value,
         )
-        if self.push is not None:
+        if self._retain(snapshot.rollout_id, row.bundle_sha256):
+            order = order.model_copy(update={"retained_chunks": True})
+        elif self.push is not None:
             with self._data_lock:  # online ones only: the broadcast waits for their requests, not for the offline
                 online = [d for d in action.device_ids if (state := self._states.get(d)) is not None and state.online]
             self.push(row.bundle_sha256, online)
         self.orders.send_all(dict.fromkeys(action.device_ids, order))
+
+    # -- retained chunks ------------------------------------------------------------------------------------
+
+    def _retain(self, rollout_id: str, sha256: str) -> bool:
+        """Keep ``sha256`` retained for the rollout (recorded before it is published); whether it is."""
+        if self.retainer is None or not self.retainer.retainable(sha256):
+            return False
+        self.store.hold_retained(rollout_id, sha256)
+        if sha256 not in self._retained:
+            self.retainer.retain(sha256)
+            self._retained.add(sha256)
+        return True
+
+    def _release_retained(self, rollout_id: str) -> None:
+        """Clear the chunks kept retained for a rollout that ended, unless another rollout still ships them."""
+        held = self.store.retained()
+        mine = held.pop(rollout_id, set())
+        if not mine:
+            return
+        if self.retainer is None:
+            log.warning("rollout %s: no broker connection to clear %d retained bundle(s)", rollout_id, len(mine))
+            return
+        for sha256 in sorted(mine - set().union(*held.values())):
+            self.retainer.clear_retained(sha256)
+            self._retained.discard(sha256)
+        self.store.drop_retained(rollout_id)
+
+    def _reconcile_retained(self) -> None:
+        """At start: clear what rollouts that ended meanwhile left retained, publish again what open ones hold
+        (a broker restarted without persistence lost it)."""
+        open_ids = set(self.store.open_ids())
+        for rollout_id, held in sorted(self.store.retained().items()):
+            if rollout_id not in open_ids:
+                self._release_retained(rollout_id)
+            elif self.retainer is not None:
+                for sha256 in sorted(held - self._retained):
+                    self.retainer.retain(sha256)
+                    self._retained.add(sha256)
 
     def _roll_back(self, snapshot: RolloutSnapshot, action: RollBack) -> None:
         with self._data_lock:
