@@ -14,6 +14,7 @@ from fleet.rollout import GateVerdict, RequestGate, RolloutSnapshot, RolloutStat
 from fleet.rollout_plan import RolloutPlan, plan_from_cli
 from fleet.wire import topics
 from fleet.wire.messages import (
+    ChunkFrame,
     DeploymentOrder,
     DeviceState,
     Histogram,
@@ -21,10 +22,12 @@ from fleet.wire.messages import (
     UpdateEvent,
     UpdateState,
     decode,
+    decode_chunk,
 )
 from fleet.wire.sketches import CONFIDENCE_BUCKETS, LATENCY_BUCKETS_MS
 from fleet.wire.transport import InMemoryBroker, Message
 from hub.app import Hub
+from hub.bundles.transfer import BundleTransfer
 from hub.config import HubSettings
 from hub.devices.orders import DeploymentOrders
 from hub.devices.traffic import DeviceTraffic
@@ -74,12 +77,12 @@ class Fleet:
         device_id, _ = topics.parse_device_topic(message.topic)
         self.orders[device_id] = decode(DeploymentOrder, message.payload) if message.payload else None
 
-    def manager(self) -> RolloutManager:
+    def manager(self, retainer: BundleTransfer | None = None) -> RolloutManager:
         def analyse(request: RequestGate, snapshot: RolloutSnapshot) -> GateVerdict | None:
             self.gate_requests.append(request)
             return self.verdict
 
-        manager = RolloutManager(self.hub.registry, self.orders_sink, analyse=analyse)
+        manager = RolloutManager(self.hub.registry, self.orders_sink, analyse=analyse, retainer=retainer)
         traffic = DeviceTraffic(self.broker, self.hub.registry)  # as in a hub: wired, then subscribed
         traffic.on_event(manager.observe_event)
         traffic.on_state(manager.observe_state)
@@ -632,3 +635,67 @@ def test_a_report_delivered_again_after_a_newer_one_does_not_move_the_device_bac
         done.model_copy(update={"deployment_id": "r2", "update_state": UpdateState.DOWNLOAD, "ts": 2.0})
     )
     assert update_state() == UpdateState.DOWNLOAD
+
+
+def _transfer(broker: InMemoryBroker, fleet: Fleet, *, max_chunks: int = 64) -> BundleTransfer:
+    return BundleTransfer(broker, fleet.hub.store, fleet.hub.tuf, chunk_size=1024, retained_max_chunks=max_chunks)
+
+
+def _retained_frames(broker: InMemoryBroker, sha256: str) -> list[ChunkFrame]:
+    """What a device subscribing to the bundle's retained chunks is sent at once."""
+    frames: list[ChunkFrame] = []
+    broker.subscribe(topics.retained_chunks_filter(sha256), lambda m: frames.append(decode_chunk(m.payload)))()
+    return sorted(frames, key=lambda f: f.index)
+
+
+def test_a_rollout_keeps_its_bundle_retained_while_it_runs_and_clears_it_when_it_ends(fleet: Fleet) -> None:
+    [fleet.device(f"d{i}") for i in range(4)]
+    transfer = _transfer(fleet.broker, fleet)
+    manager = fleet.manager(retainer=transfer)
+    pushed: list[str] = []
+    manager.push = lambda sha, _devices: pushed.append(sha)
+    manager.start_rollout(_plan(canary="1", waves="100"), rollout_id="ro-keep")
+    bundle = fleet.hub.registry.list_variants("digits", "2.0.0")[0].bundle_sha256
+    assert [o.retained_chunks for o in fleet.orders.values() if o is not None] == [True]
+    frames = _retained_frames(fleet.broker, bundle)
+    assert b"".join(f.data for f in frames) == fleet.hub.store.read(bundle)  # the whole bundle, nobody asked
+    assert [f.index for f in frames] == [0, 1] and not pushed  # no wave waits for requests
+    assert manager.store.retained() == {"ro-keep": {bundle}}
+    assert _drive(fleet, manager, "ro-keep").state == RolloutState.COMPLETED
+    assert all(o.retained_chunks for o in fleet.orders.values() if o is not None)
+    assert _retained_frames(fleet.broker, bundle) == [] and manager.store.retained() == {}
+    published = [m.topic for m in fleet.broker.published if "/retained/" in m.topic and m.payload]
+    assert published == [topics.retained_chunk_topic(bundle, i) for i in (0, 1)]  # once for both waves
+
+
+def test_a_bundle_with_more_chunks_than_the_limit_is_broadcast_to_each_wave_as_before(fleet: Fleet) -> None:
+    [fleet.device(f"d{i}") for i in range(4)]
+    manager = fleet.manager(retainer=_transfer(fleet.broker, fleet, max_chunks=1))  # the bundle has 2
+    pushed: list[str] = []
+    manager.push = lambda sha, _devices: pushed.append(sha)
+    manager.start_rollout(_plan(canary="1", waves="100"), rollout_id="ro-big")
+    assert _drive(fleet, manager, "ro-big").state == RolloutState.COMPLETED
+    assert len(pushed) == 2 and not any(o.retained_chunks for o in fleet.orders.values() if o is not None)
+    assert not any(m.retain for m in fleet.broker.published if "/bundles/" in m.topic)
+
+
+def test_a_restarted_manager_clears_chunks_of_rollouts_that_ended_and_publishes_open_ones_again(
+    fleet: Fleet,
+) -> None:
+    [fleet.device(f"d{i}") for i in range(4)]
+    bundle = fleet.hub.registry.list_variants("digits", "2.0.0")[0].bundle_sha256
+    fleet.manager(retainer=_transfer(fleet.broker, fleet)).start_rollout(_plan(), rollout_id="ro-open")
+    assert len(_retained_frames(fleet.broker, bundle)) == 2
+    # a broker restarted without persistence has lost them; a new leader publishes them again
+    restarted = InMemoryBroker()
+    manager = fleet.manager(retainer=_transfer(restarted, fleet))
+    manager.start()
+    manager.stop()
+    assert len(_retained_frames(restarted, bundle)) == 2
+    # the rollout ends on a hub that stops before clearing them (here: one with no broker to clear them on)
+    assert _drive(fleet, fleet.manager(), "ro-open").state == RolloutState.COMPLETED
+    assert manager.store.retained() == {"ro-open": {bundle}}
+    again = fleet.manager(retainer=_transfer(restarted, fleet))
+    again.start()
+    again.stop()
+    assert _retained_frames(restarted, bundle) == [] and again.store.retained() == {}
