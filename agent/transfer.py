@@ -11,6 +11,10 @@ removes its partial files.
 Given the installed bundle as a base and a source of chunk indexes, `ChunkDownloader` first tries a delta
 download (`agent.delta`): only the pieces the base lacks travel. When no delta is possible it downloads the
 whole bundle.
+
+For an order with ``retained_chunks`` the broker keeps every chunk retained on the bundle's retained topics:
+a whole download subscribes to them too, takes what the broker sends at once, and asks the hub only for the
+chunks still missing once they stop arriving (a broker that dropped or lost some, a hub that cleared them).
 """
 
 from __future__ import annotations
@@ -87,8 +91,11 @@ class BundleDownload:
             return [i for i in range(self.order.chunk_count) if i not in self.have]
 
     def on_chunk(self, message: Message) -> None:
-        """Write one chunk frame of this bundle; drop (and count) corrupt or mis-sized ones."""
+        """Write one chunk frame of this bundle; drop (and count) corrupt or mis-sized ones. An empty payload
+        (the hub clearing a retained chunk) is no frame and is ignored."""
         order = self.order
+        if not message.payload:
+            return
         try:
             frame = decode_chunk(message.payload, topic=message.topic)
         except ProtocolError as exc:
@@ -185,9 +192,11 @@ class ChunkDownloader:
 
     The first request goes out as soon as the device listens on the bundle's topic: it tells the hub the device
     is ready, and the hub broadcasts a wave's bundle once all its devices asked. With ``ask_after_s`` the device
-    first waits that long for chunks other devices asked for. ``index_source`` fetches a chunk index by its
-    metadata name (`MetadataClient.get`); without it every download is whole. ``delta_reused_bytes`` and
-    ``delta_fetched_bytes`` count what delta downloads took from the installed bundle and from the hub.
+    first waits that long for chunks other devices asked for. An order with ``retained_chunks`` is first served
+    by the broker from the retained topics; the device asks only once no chunk came for ``chunk_timeout_s``.
+    ``index_source`` fetches a chunk index by its metadata name (`MetadataClient.get`); without it every download
+    is whole. ``delta_reused_bytes`` and ``delta_fetched_bytes`` count what delta downloads took from the
+    installed bundle and from the hub.
     Orders with the ``http`` transport go to ``http``; ``note`` says which of their sources the last download
     had to leave and why ("" for MQTT downloads and when the first source served the bundle).
     """
@@ -231,7 +240,9 @@ class ChunkDownloader:
         base: tuple[str, Path] | None = None,
     ) -> Path:
         """Fetch the order's bundle and return its path: as a delta against ``base`` (the installed bundle's
-        digest and path) when the hub serves chunk indexes, else whole, resuming any earlier partial download."""
+        digest and path) when the hub serves chunk indexes, else whole, resuming any earlier partial download.
+        A whole download of a ``retained_chunks`` order takes the broker's retained chunks before asking the hub
+        for any (a delta does not: it would pull the whole bundle)."""
         final = self.final_path(order.sha256)
         self.note = ""
         if final.exists() and sha256_file(final) == order.sha256:
@@ -266,8 +277,14 @@ class ChunkDownloader:
             self.broker.subscribe(topics.device_topic(self.device_id, "refused"), job.on_refused, qos=1)
         )
         try:
-            if self.ask_after_s > 0 and job.missing():
-                job.wait_for_chunks(self.ask_after_s)
+            if order.retained_chunks:
+                # Chunks already held (a resumed download) come again and are skipped by `on_chunk`.
+                unsubscribes.append(
+                    self.broker.subscribe(topics.retained_chunks_filter(order.sha256), job.on_chunk, qos=1)
+                )
+            first_wait_s = self.chunk_timeout_s if order.retained_chunks else self.ask_after_s
+            if first_wait_s > 0 and job.missing():
+                job.wait_for_chunks(first_wait_s)
             while missing := job.missing():
                 if progress is not None:
                     progress(1 - len(missing) / order.chunk_count)

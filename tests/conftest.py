@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.pg_schema import fresh_schema
+
+if TYPE_CHECKING:
+    from fleet.wire.mqtt import BrokerAddress
 
 MOSQUITTO = ("127.0.0.1", 1883)
 
@@ -26,6 +30,16 @@ def broker_url(request: pytest.FixtureRequest) -> str | None:
     if not _port_open(*MOSQUITTO):
         pytest.fail("Mosquitto is not running on 127.0.0.1:1883 (.ci/run starts it)")
     return f"mqtt://{MOSQUITTO[0]}:{MOSQUITTO[1]}"
+
+
+@pytest.fixture
+def mqtt_address(broker_url: str | None) -> Iterator[BrokerAddress]:
+    """A running broker for tests that play the hub and devices themselves (`tests.mqtt_broker`): a fresh embedded
+    one that checks logins and ACLs, or Mosquitto."""
+    from tests.mqtt_broker import running_broker  # imports amqtt: only for the tests that need a broker
+
+    with running_broker(broker_url) as address:
+        yield address
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -7,9 +7,11 @@ What it sends and subscribes to follows `agent/daemon.py`, `agent/transfer.py` a
 - on a deployment order: subscribe to the bundle's broadcast topic and its ``refused`` topic, report
   ``download`` (event and retained state), ask for every chunk at once (the agent's ``chunk_ask_after_s = 0``),
   ask again for missing ones after ``chunk_timeout_s`` without progress, check each chunk's and the bundle's
-  sha256; then ``verify`` with the TUF metadata the agent's ngclient asks for (the next root, timestamp, and the
-  snapshot and targets versions they name), then ``install``, ``health_check``, ``commit`` and ``done``, each an
-  event plus a retained state, as `agent.daemon.Agent._report` does;
+  sha256; an order with ``retained_chunks`` also subscribes to the bundle's retained chunks and asks only for
+  what has not arrived within ``chunk_timeout_s`` (on a resumed session too); then ``verify`` with the TUF
+  metadata the agent's ngclient asks for (the next root, timestamp, and the snapshot and targets versions they
+  name), then ``install``, ``health_check``, ``commit`` and ``done``, each an event plus a retained state, as
+  `agent.daemon.Agent._report` does;
 - telemetry: `send_telemetry` publishes one batch (QoS 1), which stays outstanding until the hub's
   `TelemetryAck` names it and is sent again (same id) after ``ack_timeout_s``; heartbeats at QoS 0.
 
@@ -150,9 +152,11 @@ class SimDevice:
         session.subscribe([(topics.device_topic(self.device_id, c), self.qos) for c in channels])
         self._announce()
         if self.downloading() and self.order is not None:  # a new session after a lost one: resume the download
-            bundle, refused = topics.bundle_topic(self.order.sha256), topics.device_topic(self.device_id, "refused")
-            session.subscribe([(bundle, self.qos), (refused, self.qos)])
-            self.request_missing()
+            session.subscribe([(f, self.qos) for f in self._download_filters(self.order)])
+            if self.order.retained_chunks:  # the broker sends the retained chunks again; `tick` asks after them
+                self.last_progress = time.monotonic()
+            else:
+                self.request_missing()
 
     def on_subscribed(self) -> None:
         first = not self.ready
@@ -166,8 +170,9 @@ class SimDevice:
     def on_message(self, topic: str, payload: bytes) -> None:
         channel = topic.rsplit("/", 1)[1]
         try:
-            if topic.startswith(f"{topics.ROOT}/bundles/"):
-                self._on_chunk(payload)
+            if topic.startswith(f"{topics.ROOT}/bundles/"):  # broadcast and retained chunks
+                if payload:  # empty: the hub clearing a retained chunk
+                    self._on_chunk(payload)
             elif channel == "deployment":
                 if payload:
                     self._start(decode(DeploymentOrder, payload, topic=topic))
@@ -246,12 +251,27 @@ class SimDevice:
         self.order, self.chunks, self.last_progress, self.failure = order, {}, time.monotonic(), None
         self.order_at, self.asked_at, self.finished_at, self.done_at = time.time(), None, None, None
         self.requests, self.frames = 0, 0
-        self.session.subscribe(
-            [(topics.bundle_topic(order.sha256), self.qos), (topics.device_topic(self.device_id, "refused"), self.qos)]
-        )
+        self.session.subscribe([(f, self.qos) for f in self._download_filters(order)])
         self._report(UpdateState.DOWNLOAD)
-        if self.ask_after_s == 0:  # else `tick` asks once ask_after_s passed without chunks
+        if self.ask_after_s == 0 and not order.retained_chunks:  # else `tick` asks when `_ask_due`
             self.request_missing()
+
+    def _download_filters(self, order: DeploymentOrder) -> list[str]:
+        """What a download listens on: the broadcast chunks, refusals, and the retained chunks if kept."""
+        filters = [topics.bundle_topic(order.sha256), topics.device_topic(self.device_id, "refused")]
+        if order.retained_chunks:
+            filters.append(topics.retained_chunks_filter(order.sha256))
+        return filters
+
+    def _ask_due(self, now: float) -> bool:
+        """Whether the download has waited long enough without a chunk to ask (again), as `ChunkDownloader`: the
+        first request waits ``ask_after_s``, or ``chunk_timeout_s`` for retained chunks; later ones
+        ``chunk_timeout_s``."""
+        order = self.order
+        if order is None or self.finished_at is not None:
+            return False
+        first_s = self.chunk_timeout_s if order.retained_chunks else self.ask_after_s
+        return now - self.last_progress > (self.chunk_timeout_s if self.requests else first_s)
 
     def downloading(self) -> bool:
         return self.order is not None and self.finished_at is None
@@ -280,7 +300,7 @@ class SimDevice:
             return
         self.finished_at = time.time()
         assert self.session is not None
-        self.session.unsubscribe([topics.bundle_topic(order.sha256), topics.device_topic(self.device_id, "refused")])
+        self.session.unsubscribe(self._download_filters(order))
         data = b"".join(self.chunks[i] for i in range(order.chunk_count))
         self.chunks = {}
         if hashlib.sha256(data).hexdigest() != order.sha256:
@@ -354,9 +374,7 @@ class SimDevice:
 
     def tick(self, now: float) -> None:
         """Timers (called every fraction of a second): ask again for chunks or metadata the hub did not send."""
-        if self.downloading() and now - self.last_progress > (
-            self.chunk_timeout_s if self.requests else self.ask_after_s
-        ):
+        if self._ask_due(now):
             self.request_missing()
         for batch_id, (sent_at, payload) in list(self.outstanding.items()):
             if now - sent_at > self.ack_timeout_s:  # the hub never stored it, or its acknowledgement was lost

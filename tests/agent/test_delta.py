@@ -7,11 +7,13 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from agent.transfer import ChunkDownloader, MetadataClient, sha256_file
 from fleet.wire import topics
 from fleet.wire.chunk_index import index_name
-from fleet.wire.messages import DeploymentOrder, FetchRequest, UpdateState, decode
+from fleet.wire.messages import DeploymentOrder, FetchRequest, UpdateState, decode, encode_chunk
+from fleet.wire.transport import Handler, Unsubscribe
 from hub.bundles.chunking import chunk_index
 from hub.bundles.publish import build_bundle
 from tests.agent.conftest import DEVICE, Device, MemoryHub, manifest
@@ -127,6 +129,34 @@ def test_a_tampered_reused_piece_still_fails_tuf_verification(device: Device, me
     assert state is UpdateState.FAILED and not ok
     assert "does not match its signed length and sha256" in detail
     assert device.updater.state.active is not None and device.updater.state.active.version == "1.0.0"
+
+
+def test_a_delta_does_not_take_the_retained_chunks_of_the_whole_bundle(
+    device: Device, memory_hub: MemoryHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    delta_device(device)
+    first, _ = publish(memory_hub, "1.0.0", head(1))
+    assert device.updater.apply(first) is UpdateState.DONE
+    published, data = publish(memory_hub, "2.0.0", head(2))
+    second = published.model_copy(update={"retained_chunks": True})
+    for i in range(second.chunk_count):  # the whole bundle, kept by the broker for devices without a base
+        chunk = data[i * second.chunk_size : (i + 1) * second.chunk_size]
+        memory_hub.broker.publish(
+            topics.retained_chunk_topic(second.sha256, i),
+            encode_chunk(second.sha256, i, second.chunk_count, chunk),
+            retain=True,
+        )
+    filters: list[str] = []
+    subscribe = memory_hub.broker.subscribe
+
+    def recording(topic_filter: str, handler: Handler, *, qos: int = 1) -> Unsubscribe:
+        filters.append(topic_filter)
+        return subscribe(topic_filter, handler, qos=qos)
+
+    monkeypatch.setattr(memory_hub.broker, "subscribe", recording)
+    assert device.updater.apply(second) is UpdateState.DONE
+    assert fetch_requests(memory_hub, "pieces") and device.downloader.delta_fetched_bytes < len(data) // 2
+    assert topics.retained_chunks_filter(second.sha256) not in filters  # the broker never sent it the whole bundle
 
 
 def test_without_a_chunk_index_the_whole_bundle_is_downloaded(device: Device, memory_hub: MemoryHub) -> None:

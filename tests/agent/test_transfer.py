@@ -1,11 +1,15 @@
 """Bundle download: resumes from a partial file, re-asks for corrupt chunks, times out, stops on a full disk
-or a hub refusal (removing its partial files)."""
+or a hub refusal (removing its partial files); takes retained chunks from the broker before asking for any."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
+import math
+import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -15,9 +19,11 @@ import hub.bundles.transfer as hub_transfer
 from agent.errors import StorageError, TransferError
 from agent.transfer import BundleDownload, ChunkDownloader, metadata_waits, sha256_file
 from fleet.wire import topics
-from fleet.wire.messages import FetchRequest, decode, encode_chunk
+from fleet.wire.messages import DeploymentOrder, FetchRequest, decode, encode_chunk
+from fleet.wire.mqtt import BrokerAddress
 from fleet.wire.transport import InMemoryBroker
 from tests.agent.conftest import CHUNK, DEVICE, MemoryHub, bundle_bytes
+from tests.mqtt_broker import clear_retained, device_client, hub_client, unique_device_id
 from tests.waiting import wait_until
 
 
@@ -152,3 +158,96 @@ def test_metadata_requests_wait_longer_each_time_within_the_timeout() -> None:
     waits = metadata_waits(60.0, 4)
     assert waits == pytest.approx([4.0, 8.0, 16.0, 32.0])  # a swamped hub is asked again less and less often
     assert sum(waits) == pytest.approx(60.0)
+
+
+# -- retained chunks --------------------------------------------------------------------------------------------
+
+
+def _retained_order(hub: MemoryHub, version: str = "1.0.0") -> tuple[DeploymentOrder, bytes]:
+    """A published bundle's order with ``retained_chunks``, and the bundle's bytes."""
+    published = hub.publish(version)
+    order = hub.order(published.sha256, published.size_bytes, version=version, retained_chunks=True)
+    return order, hub.store.path(order.sha256).read_bytes()
+
+
+def _retain(broker: InMemoryBroker, order: DeploymentOrder, data: bytes, indexes: Iterable[int]) -> list[str]:
+    """Publish chunks ``indexes`` retained on their retained topics, as the hub does; return the topics."""
+    retained = []
+    for index in indexes:
+        topic = topics.retained_chunk_topic(order.sha256, index)
+        chunk = data[index * order.chunk_size : (index + 1) * order.chunk_size]
+        broker.publish(topic, encode_chunk(order.sha256, index, order.chunk_count, chunk), qos=1, retain=True)
+        retained.append(topic)
+    return retained
+
+
+def test_every_chunk_retained_completes_without_a_request(memory_hub: MemoryHub, tmp_path: Path) -> None:
+    order, data = _retained_order(memory_hub)
+    _retain(memory_hub.broker, order, data, range(order.chunk_count))
+    downloader = _downloader(memory_hub.broker, tmp_path, chunk_timeout_s=30)  # a request would wait 30 s
+    assert sha256_file(downloader.download(order, timeout_s=60)) == order.sha256
+    assert downloader.requests_sent == 0 and _chunk_requests(memory_hub.broker) == []
+    assert not [f for f, _ in memory_hub.broker._handlers if "/bundles/" in f]  # retained filter unsubscribed too
+
+
+def test_a_chunk_missing_from_the_retained_ones_is_asked_for_alone(memory_hub: MemoryHub, tmp_path: Path) -> None:
+    order, data = _retained_order(memory_hub)
+    assert order.chunk_count >= 3
+    _retain(memory_hub.broker, order, data, (i for i in range(order.chunk_count) if i != 1))
+    downloader = _downloader(memory_hub.broker, tmp_path, chunk_timeout_s=0.05)
+    assert sha256_file(downloader.download(order, timeout_s=30)) == order.sha256
+    assert _chunk_requests(memory_hub.broker) == [[1]]  # after the retained ones stopped, only what they lacked
+
+
+def test_a_resumed_download_takes_the_rest_from_retained_chunks(memory_hub: MemoryHub, tmp_path: Path) -> None:
+    order, data = _retained_order(memory_hub)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / f"{order.sha256}.part").write_bytes(data[:CHUNK] + bytes(order.size_bytes - CHUNK))
+    (downloads / f"{order.sha256}.have").write_text(json.dumps({"have": [0], "chunk_size": CHUNK}))
+    _retain(memory_hub.broker, order, data, range(1, order.chunk_count))  # all but the chunk held
+    downloader = _downloader(memory_hub.broker, tmp_path, chunk_timeout_s=30)
+    assert sha256_file(downloader.download(order, timeout_s=60)) == order.sha256
+    assert downloader.requests_sent == 0
+
+
+def test_a_cleared_retained_chunk_is_not_counted_as_corrupt(memory_hub: MemoryHub, tmp_path: Path) -> None:
+    order, data = _retained_order(memory_hub)
+    job = BundleDownload(order, tmp_path)
+    job.prepare()
+    memory_hub.broker.subscribe(topics.retained_chunks_filter(order.sha256), job.on_chunk)
+    (topic,) = _retain(memory_hub.broker, order, data, [0])
+    memory_hub.broker.publish(topic, b"", retain=True)  # the hub clears it: subscribers get an empty payload
+    assert job.have == {0} and job.corrupt_chunks == 0
+
+
+def test_retained_chunks_on_a_real_broker_need_no_request(mqtt_address: BrokerAddress, tmp_path: Path) -> None:
+    data = os.urandom(5 * CHUNK + 17)  # a digest no earlier run left retained on Mosquitto
+    sha = hashlib.sha256(data).hexdigest()
+    order = DeploymentOrder(
+        deployment_id="dep-retained",
+        model="m",
+        version="1.0.0",
+        target="x86-onnx-cpu",
+        tuf_target="bundles/m/1.0.0/x86-onnx-cpu.zip",
+        sha256=sha,
+        size_bytes=len(data),
+        chunk_size=CHUNK,
+        chunk_count=math.ceil(len(data) / CHUNK),
+        retained_chunks=True,
+    )
+    hub = hub_client(mqtt_address)
+    device_id = unique_device_id()
+    device = device_client(mqtt_address, device_id)
+    retained = [topics.retained_chunk_topic(sha, i) for i in range(order.chunk_count)]
+    try:
+        for index, topic in enumerate(retained):
+            frame = encode_chunk(sha, index, order.chunk_count, data[index * CHUNK : (index + 1) * CHUNK])
+            assert hub.publish_and_wait(topic, frame, retain=True, timeout_s=30)  # kept before the device asks
+        downloader = ChunkDownloader(device, device_id, tmp_path / "downloads", chunk_timeout_s=10)
+        assert sha256_file(downloader.download(order, timeout_s=30)) == sha
+        assert downloader.requests_sent == 0
+    finally:
+        device.close()
+        clear_retained(hub, retained)
+        hub.close()

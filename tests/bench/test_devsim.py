@@ -1,13 +1,29 @@
-"""The device simulator's MQTT codec (bench/devsim/mqtt_codec.py) against the MQTT 3.1.1 byte layout, and its
-telemetry template against the wire protocol's own decoder: a simulated device must send what a real one does."""
+"""The device simulator's MQTT codec (bench/devsim/mqtt_codec.py) against the MQTT 3.1.1 byte layout, its
+telemetry template against the wire protocol's own decoder, and its download of retained chunks on real brokers:
+a simulated device must send what a real one does."""
 
 from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
 
 import pytest
 
 from bench.devsim import mqtt_codec as codec
+from bench.devsim.device import SimDevice
+from bench.devsim.fleet import SimFleet
 from bench.devsim.telemetry import BatchTemplate
-from fleet.wire.messages import TelemetryBatch, decode
+from fleet.wire import topics
+from fleet.wire.messages import DeploymentOrder, FetchRequest, TelemetryBatch, decode, encode, encode_chunk
+from fleet.wire.mqtt import BrokerAddress
+from fleet.wire.transport import Message
+from hub.bundles.store import ArtifactStore
+from hub.bundles.transfer import BundleTransfer
+from hub.bundles.tuf_repository import TufRepository
+from tests.mqtt_broker import WAIT_S, clear_retained, hub_client, unique_device_id
+
+CHUNK = 256
 
 
 def test_publish_subscribe_and_unsubscribe_bytes_follow_the_spec() -> None:
@@ -59,3 +75,86 @@ def test_telemetry_template_renders_batches_the_hub_accepts() -> None:
     assert (batch.batch_id, batch.device_id, batch.window_start, batch.window_end) == (first_id, "dev-1", 990.0, 1000.0)
     assert len(batch.feature_sketches) == 3 and batch.requests == 50
     assert second_id != first_id
+
+
+@pytest.mark.parametrize("missing", [None, 2], ids=["all-retained", "one-missing"])
+def test_a_retained_chunks_order_asks_only_for_what_the_broker_did_not_keep(
+    mqtt_address: BrokerAddress, tmp_path: Path, missing: int | None
+) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    data = os.urandom(5 * CHUNK + 17)  # a digest no earlier run left retained on Mosquitto
+    sha = store.put_bytes(data)
+    count = math.ceil(len(data) / CHUNK)
+    device_id = unique_device_id()
+    order = DeploymentOrder(
+        deployment_id="dep-retained",
+        model="m",
+        version="1.0.0",
+        target="x86-onnx-cpu",
+        tuf_target="bundles/m/1.0.0/x86-onnx-cpu.zip",
+        sha256=sha,
+        size_bytes=len(data),
+        chunk_size=CHUNK,
+        chunk_count=count,
+        retained_chunks=True,
+    )
+    hub = hub_client(mqtt_address)
+    transfer = BundleTransfer(hub, store, TufRepository(tmp_path / "tuf"), chunk_size=CHUNK, rebroadcast_window_s=0)
+    asked: list[list[int]] = []
+
+    def on_fetch(message: Message) -> None:
+        request = decode(FetchRequest, message.payload)
+        asked.append(request.chunks)
+        transfer.handle(device_id, request)
+
+    hub.subscribe(topics.device_topic(device_id, "fetch"), on_fetch)
+    assert hub.wait_subscribed(WAIT_S)
+    retained = [topics.retained_chunk_topic(sha, i) for i in range(count) if i != missing]
+    fleet = SimFleet([(mqtt_address.host, mqtt_address.port)], heartbeat_s=0)
+    device = SimDevice(device_id, "x86-onnx-cpu", None, fleet, chunk_timeout_s=2.0, verify=False)
+    try:
+        for topic in retained:
+            index = int(topic.rsplit("/", 1)[1])
+            frame = encode_chunk(sha, index, count, data[index * CHUNK : (index + 1) * CHUNK])
+            assert hub.publish_and_wait(topic, frame, retain=True, timeout_s=WAIT_S)
+        fleet.start([device])
+        assert fleet.wait_for(lambda f: f.ready == 1, WAIT_S)
+        assert hub.publish_and_wait(topics.device_topic(device_id, "deployment"), encode(order), timeout_s=WAIT_S)
+        assert fleet.wait_for(lambda f: f.finished + f.failed == 1, WAIT_S)
+        assert fleet.finished == 1 and device.failure is None
+        assert asked == ([] if missing is None else [[missing]])  # asked once the retained chunks stopped
+    finally:
+        fleet.stop()
+        clear_retained(hub, retained)
+        transfer.close()
+        hub.close()
+
+
+class LostRecorder:
+    """`FleetHooks` that keeps why a device was lost (and ignores the rest)."""
+
+    def __init__(self) -> None:
+        self.lost: list[str] = []
+
+    def device_ready(self, device: SimDevice, first: bool) -> None:
+        return None
+
+    def device_lost(self, device: SimDevice, reason: str) -> None:
+        self.lost.append(reason)
+
+    def device_finished(self, device: SimDevice, ok: bool) -> None:
+        return None
+
+    def telemetry_acked(self, device: SimDevice, stored: int, rejected: int) -> None:
+        return None
+
+    def other_message(self, device: SimDevice, topic: str, payload: bytes) -> None:
+        return None
+
+
+def test_a_cleared_retained_chunk_does_not_end_the_session() -> None:
+    hooks = LostRecorder()
+    device = SimDevice("sim-1", "x86-onnx-cpu", None, hooks)
+    device.on_message(topics.retained_chunk_topic("ab" * 32, 0), b"")  # the hub clearing it once a rollout ends
+    device.on_message(topics.bundle_topic("ab" * 32), b"junk")  # a broken frame still does
+    assert len(hooks.lost) == 1 and "bad magic" in hooks.lost[0]
