@@ -5,7 +5,9 @@ bench/results/rollout.json.
 The hub is the real one (`hub.app.Hub` with its `RolloutManager`), in a process of its own as on its own
 machine (it shares no interpreter lock with the devices), on a Mosquitto of the run's own. Devices are
 `bench.devsim` simulated devices (one MQTT session each, all on one event loop), not full agents, with
-``verify=False``: each reports a retained state, takes its retained deployment order, subscribes to the bundle's
+``verify=False``: each reports a retained state, takes its retained deployment order, and either (the hub's
+default, ``--retained-chunks-max`` 512) receives the chunks the hub keeps retained for the rollout as it subscribes,
+asking for nothing, or (``--retained-chunks-max 0``, or a bundle with more chunks) subscribes to the bundle's
 broadcast topic and asks for the chunks at once (as the agent does: the request tells the hub it listens), asks
 again for missing ones after ``--chunk-timeout`` of silence, checks the sha256 and reports done (no TUF
 metadata, no install steps; `bench_scale.py` runs the full update). The rollout is a canary of 1% and
@@ -206,7 +208,7 @@ def where_time_goes(timeline: list[dict[str, Any]]) -> dict[str, float]:
     phases = {
         "engine: wave complete to first order received (tick, stores, sequences, publish)": 0.0,
         "orders reaching the wave's devices and their requests (broker, devices)": 0.0,
-        "hub: last request to first bundle complete (reading the wave's messages, broadcast)": 0.0,
+        "last order or request to first bundle complete (hub broadcast, or retained chunks)": 0.0,
         "chunk fan-out: first to last bundle complete (broker, devices)": 0.0,
         "hub: last bundle complete to wave complete (reading outcomes, tick)": 0.0,
     }
@@ -215,9 +217,11 @@ def where_time_goes(timeline: list[dict[str, Any]]) -> dict[str, float]:
     for wave in timeline:
         orders, requests, bundles = wave["orders_received_s"], wave["requests_sent_s"], wave["bundles_complete_s"]
         complete = wave["wave_complete_s"]
-        if not (orders and requests and bundles and complete is not None):
+        if not (orders and bundles and complete is not None):
             continue
-        marks = [previous, orders[0], max(orders[1], requests[1]), bundles[0], bundles[1], complete]
+        # retained chunks: devices ask for nothing, and the first bundles complete while orders still go out
+        last_asked = max(orders[1], requests[1]) if requests else orders[0]
+        marks = [previous, orders[0], last_asked, max(last_asked, bundles[0]), bundles[1], complete]
         for name, start, end in zip(names, marks[:-1], marks[1:], strict=True):
             phases[name] += max(0.0, end - start)
         previous = complete
@@ -410,6 +414,8 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path, broker_pid: int
 
     address = BrokerAddress.from_url(broker_url)
     waits = {"chunk_wave_wait_s": args.wave_wait} if "chunk_wave_wait_s" in HubSettings.model_fields else {}
+    if "retained_chunks_max" in HubSettings.model_fields:  # (a hub from before retained chunks has no such setting)
+        waits["retained_chunks_max"] = args.retained_chunks_max
     settings = HubSettings(
         data_dir=tmp / "hub",
         database_url=args.database_url,
@@ -510,6 +516,7 @@ def run_on(args: argparse.Namespace, broker_url: str, tmp: Path, broker_pid: int
             "unicast_egress_bytes_would_be": bundle * on_version,
             "chunk_gather_s": args.gather,
             "chunk_wave_wait_s": args.wave_wait,
+            "retained_chunks_max": args.retained_chunks_max,
             "rebroadcast_window_s": args.rebroadcast_window,
             "chunk_timeout_s": args.chunk_timeout,
             "ask_after_s": args.ask_after,
@@ -540,6 +547,9 @@ def main() -> None:
     parser.add_argument("--chunk-timeout", type=float, default=2.0)
     parser.add_argument("--gather", type=float, default=0.3, help="hub: a request outside a wave waits this long")
     parser.add_argument("--wave-wait", type=float, default=3.0, help="hub: a wave's broadcast waits at most this long")
+    parser.add_argument(
+        "--retained-chunks-max", type=int, default=512, help="hub: retained chunks up to this many (0: broadcast)"
+    )
     parser.add_argument("--ask-after", type=float, default=0.0, help="device's first ask waits this long")
     parser.add_argument("--fanout-rounds", type=int, default=3, help="reference fan-out runs (median kept)")
     parser.add_argument("--timeout", type=float, default=600.0)
