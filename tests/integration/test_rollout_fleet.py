@@ -143,6 +143,9 @@ def test_good_model_reaches_every_device_of_every_class(fleet: MixedFleet) -> No
     assert canary == set(TARGETS)  # the canary represents every class
     assert fleet.versions() == {"1.0.0"}
     _on(agents, "1.0.0")
+    # the broker sent each device its bundle from the chunks kept retained for the rollout: nobody asked
+    assert [a.updater.downloader.requests_sent for a in agents] == [0] * len(agents)
+    assert fleet.hub.rollouts is not None and fleet.hub.rollouts.store.retained() == {}  # cleared at the end
 
 
 def test_self_test_failure_on_one_class_aborts_and_rolls_back(fleet: MixedFleet) -> None:
