@@ -370,9 +370,10 @@ class RolloutManager:
             self._ticked.notify_all()
 
     def wait(self, rollout_id: str, until: Callable[[RolloutSnapshot], bool], timeout_s: float) -> RolloutSnapshot:
-        """Block until ``until(snapshot)`` holds after a tick (or ``timeout_s`` passes); return the snapshot."""
-        self.wait_for(lambda: until(self.store.load(rollout_id)), timeout_s)
-        return self.store.load(rollout_id)
+        """Block until ``until(snapshot)`` holds after a tick (or ``timeout_s`` passes); return the snapshot.
+        Each check parses the stored snapshot only when it is not the one this manager saved last."""
+        self.wait_for(lambda: until(self._load(rollout_id)), timeout_s)
+        return self._load(rollout_id)
 
     def wait_for(self, condition: Callable[[], bool], timeout_s: float) -> bool:
         """Block until ``condition()`` holds, checked now and after every tick; return whether it does.
