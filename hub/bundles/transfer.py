@@ -166,9 +166,11 @@ class BundleTransfer:
 
     # -- retained chunks ---------------------------------------------------------------------------------------
 
-    def retainable(self, sha256: str) -> bool:
-        """Whether ``sha256`` is small enough (``retained_max_chunks``) for the broker to keep retained."""
-        return 0 < self._chunk_count(sha256) <= self.retained_max_chunks
+    def retainable(self, sha256: str) -> int:
+        """The chunk count of ``sha256`` when the broker may keep it retained (at most ``retained_max_chunks``),
+        else 0."""
+        count = self._chunk_count(sha256)
+        return count if count <= self.retained_max_chunks else 0
 
     def retain(self, sha256: str) -> None:
         """Publish every chunk of ``sha256`` retained on its `topics.retained_chunk_topic`, paced by the broker:
@@ -177,10 +179,11 @@ class BundleTransfer:
         frames = self._chunk_frames(sha256, list(range(count)), count, retained=True)
         self._publish_frames(sorted(frames.items()), retain=True)
 
-    def clear_retained(self, sha256: str) -> None:
-        """Clear the retained chunks of ``sha256`` (an empty retained message per chunk topic)."""
+    def clear_retained(self, sha256: str, chunk_count: int) -> None:
+        """Clear the ``chunk_count`` retained chunks of ``sha256`` (an empty retained message per chunk topic;
+        the bundle need not be in the store any more)."""
         with self._send_lock:
-            for index in range(self._chunk_count(sha256)):
+            for index in range(chunk_count):
                 self.broker.publish(topics.retained_chunk_topic(sha256, index), b"", qos=1, retain=True)
 
     def _chunk_count(self, sha256: str) -> int:

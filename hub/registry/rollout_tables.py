@@ -70,4 +70,5 @@ class RolloutRetainedBundle(SQLModel, table=True):
     __tablename__ = "rollout_retained_bundle"
     rollout_id: str = Field(primary_key=True, max_length=100)
     sha256: str = Field(primary_key=True, max_length=64)
+    chunk_count: int  # what to clear, even once the bundle itself is gone from the store
     created_at: float = Field(default_factory=_now)

@@ -235,21 +235,21 @@ class RolloutStore:
             )
             return {(r.device_id, r.deployment_id): r.detail for r in session.exec(query)}
 
-    def hold_retained(self, rollout_id: str, sha256: str) -> None:
+    def hold_retained(self, rollout_id: str, sha256: str, chunk_count: int) -> None:
         """Record that the broker is about to keep ``sha256``'s chunks retained for ``rollout_id`` (before they
         are published: a hub stopping in between still knows to clear them)."""
         with self.db.session() as session:
             if self.fence is not None:
                 self.fence(session)
             if session.get(RolloutRetainedBundle, (rollout_id, sha256)) is None:
-                session.add(RolloutRetainedBundle(rollout_id=rollout_id, sha256=sha256))
+                session.add(RolloutRetainedBundle(rollout_id=rollout_id, sha256=sha256, chunk_count=chunk_count))
 
-    def retained(self) -> dict[str, set[str]]:
-        """Bundles held retained: rollout id -> bundle digests."""
-        held: dict[str, set[str]] = {}
+    def retained(self) -> dict[str, dict[str, int]]:
+        """Bundles held retained: rollout id -> {bundle digest: chunk count}."""
+        held: dict[str, dict[str, int]] = {}
         with self.db.session() as session:
             for row in session.exec(select(RolloutRetainedBundle)):
-                held.setdefault(row.rollout_id, set()).add(row.sha256)
+                held.setdefault(row.rollout_id, {})[row.sha256] = row.chunk_count
         return held
 
     def drop_retained(self, rollout_id: str) -> None:

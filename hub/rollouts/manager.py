@@ -108,15 +108,15 @@ class OrderSink(Protocol):
 class ChunkRetainer(Protocol):
     """Keeps a bundle's chunks retained on the broker (`hub.bundles.transfer.BundleTransfer` in a hub)."""
 
-    def retainable(self, sha256: str) -> bool:
-        """Whether the bundle is small enough to keep retained."""
+    def retainable(self, sha256: str) -> int:
+        """The bundle's chunk count when it is small enough to keep retained, else 0."""
         ...
 
     def retain(self, sha256: str) -> None:
         """Publish every chunk retained."""
         ...
 
-    def clear_retained(self, sha256: str) -> None:
+    def clear_retained(self, sha256: str, chunk_count: int) -> None:
         """Clear the retained chunks."""
         ...
 
@@ -462,9 +462,10 @@ class RolloutManager:
 
     def _retain(self, rollout_id: str, sha256: str) -> bool:
         """Keep ``sha256`` retained for the rollout (recorded before it is published); whether it is."""
-        if self.retainer is None or not self.retainer.retainable(sha256):
+        count = self.retainer.retainable(sha256) if self.retainer is not None else 0
+        if self.retainer is None or not count:
             return False
-        self.store.hold_retained(rollout_id, sha256)
+        self.store.hold_retained(rollout_id, sha256, count)
         if sha256 not in self._retained:
             self.retainer.retain(sha256)
             self._retained.add(sha256)
@@ -473,15 +474,17 @@ class RolloutManager:
     def _release_retained(self, rollout_id: str) -> None:
         """Clear the chunks kept retained for a rollout that ended, unless another rollout still ships them."""
         held = self.store.retained()
-        mine = held.pop(rollout_id, set())
+        mine = held.pop(rollout_id, {})
         if not mine:
             return
         if self.retainer is None:
             log.warning("rollout %s: no broker connection to clear %d retained bundle(s)", rollout_id, len(mine))
             return
-        for sha256 in sorted(mine - set().union(*held.values())):
-            self.retainer.clear_retained(sha256)
-            self._retained.discard(sha256)
+        shipped_elsewhere = {sha256 for bundles in held.values() for sha256 in bundles}
+        for sha256, count in sorted(mine.items()):
+            if sha256 not in shipped_elsewhere:
+                self.retainer.clear_retained(sha256, count)
+                self._retained.discard(sha256)
         self.store.drop_retained(rollout_id)
 
     def _reconcile_retained(self) -> None:
@@ -492,7 +495,7 @@ class RolloutManager:
             if rollout_id not in open_ids:
                 self._release_retained(rollout_id)
             elif self.retainer is not None:
-                for sha256 in sorted(held - self._retained):
+                for sha256 in sorted(held.keys() - self._retained):
                     self.retainer.retain(sha256)
                     self._retained.add(sha256)
 

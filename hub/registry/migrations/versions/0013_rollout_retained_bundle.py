@@ -24,6 +24,7 @@ def upgrade() -> None:
         "rollout_retained_bundle",
         sa.Column("rollout_id", sa.String(length=100), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("chunk_count", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("rollout_id", "sha256"),
     )
