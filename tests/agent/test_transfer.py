@@ -23,6 +23,7 @@ from fleet.wire.messages import DeploymentOrder, FetchRequest, decode, encode_ch
 from fleet.wire.mqtt import BrokerAddress
 from fleet.wire.transport import InMemoryBroker
 from tests.agent.conftest import CHUNK, DEVICE, MemoryHub, bundle_bytes
+from tests.integration.nats_cluster import NATS_SERVER, NatsCluster
 from tests.mqtt_broker import clear_retained, device_client, hub_client, unique_device_id
 from tests.waiting import wait_until
 
@@ -222,6 +223,23 @@ def test_a_cleared_retained_chunk_is_not_counted_as_corrupt(memory_hub: MemoryHu
 
 
 def test_retained_chunks_on_a_real_broker_need_no_request(mqtt_address: BrokerAddress, tmp_path: Path) -> None:
+    _download_retained(mqtt_address, tmp_path)
+
+
+def test_retained_chunks_on_nats_need_no_request(tmp_path: Path) -> None:
+    if not os.access(NATS_SERVER, os.X_OK):
+        pytest.skip("nats-server is not installed (.ci/run installs the Debian package nats-server)")
+    (tmp_path / "nats").mkdir()
+    node = NatsCluster(tmp_path / "nats", size=1)  # MQTT's retained messages live in a JetStream stream here
+    node.start()
+    try:
+        _download_retained(BrokerAddress.from_url(node.url(0)), tmp_path)
+    finally:
+        node.stop()
+
+
+def _download_retained(address: BrokerAddress, tmp_path: Path) -> None:
+    """The hub keeps a bundle's chunks retained; a device downloads it from them without asking."""
     data = os.urandom(5 * CHUNK + 17)  # a digest no earlier run left retained on Mosquitto
     sha = hashlib.sha256(data).hexdigest()
     order = DeploymentOrder(
@@ -236,9 +254,9 @@ def test_retained_chunks_on_a_real_broker_need_no_request(mqtt_address: BrokerAd
         chunk_count=math.ceil(len(data) / CHUNK),
         retained_chunks=True,
     )
-    hub = hub_client(mqtt_address)
+    hub = hub_client(address)
     device_id = unique_device_id()
-    device = device_client(mqtt_address, device_id)
+    device = device_client(address, device_id)
     retained = [topics.retained_chunk_topic(sha, i) for i in range(order.chunk_count)]
     try:
         for index, topic in enumerate(retained):
