@@ -3,11 +3,14 @@ checked, topic ACLs enforced), or the machine's Mosquitto (anonymous: any login 
 
 from __future__ import annotations
 
+import hashlib
+import math
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from fleet.wire.acl import HUB_USERNAME
+from fleet.wire.messages import DeploymentOrder
 from fleet.wire.mqtt import BrokerAddress, PahoBroker
 from hub.devices.embedded_broker import EmbeddedBroker
 
@@ -54,3 +57,19 @@ def clear_retained(client: PahoBroker, topics: Iterable[str]) -> None:
     """Remove the retained messages of ``topics`` (an empty retained payload), waiting for each acknowledgement."""
     for topic in topics:
         assert client.publish_and_wait(topic, b"", retain=True, timeout_s=WAIT_S)
+
+
+def retained_order(data: bytes, chunk_size: int) -> DeploymentOrder:
+    """An order for bundle ``data`` whose chunks the hub keeps retained."""
+    return DeploymentOrder(
+        deployment_id="dep-retained",
+        model="m",
+        version="1.0.0",
+        target="x86-onnx-cpu",
+        tuf_target="bundles/m/1.0.0/x86-onnx-cpu.zip",
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        chunk_size=chunk_size,
+        chunk_count=math.ceil(len(data) / chunk_size),
+        retained_chunks=True,
+    )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import math
 import os
 import threading
 from collections.abc import Iterable
@@ -24,7 +23,7 @@ from fleet.wire.mqtt import BrokerAddress
 from fleet.wire.transport import InMemoryBroker
 from tests.agent.conftest import CHUNK, DEVICE, MemoryHub, bundle_bytes
 from tests.integration.nats_cluster import NATS_SERVER, NatsCluster
-from tests.mqtt_broker import clear_retained, device_client, hub_client, unique_device_id
+from tests.mqtt_broker import clear_retained, device_client, hub_client, retained_order, unique_device_id
 from tests.waiting import wait_until
 
 
@@ -242,18 +241,7 @@ def _download_retained(address: BrokerAddress, tmp_path: Path) -> None:
     """The hub keeps a bundle's chunks retained; a device downloads it from them without asking."""
     data = os.urandom(5 * CHUNK + 17)  # a digest no earlier run left retained on Mosquitto
     sha = hashlib.sha256(data).hexdigest()
-    order = DeploymentOrder(
-        deployment_id="dep-retained",
-        model="m",
-        version="1.0.0",
-        target="x86-onnx-cpu",
-        tuf_target="bundles/m/1.0.0/x86-onnx-cpu.zip",
-        sha256=sha,
-        size_bytes=len(data),
-        chunk_size=CHUNK,
-        chunk_count=math.ceil(len(data) / CHUNK),
-        retained_chunks=True,
-    )
+    order = retained_order(data, CHUNK)
     hub = hub_client(address)
     device_id = unique_device_id()
     device = device_client(address, device_id)

@@ -15,13 +15,13 @@ from bench.devsim.device import SimDevice
 from bench.devsim.fleet import SimFleet
 from bench.devsim.telemetry import BatchTemplate
 from fleet.wire import topics
-from fleet.wire.messages import DeploymentOrder, FetchRequest, TelemetryBatch, decode, encode, encode_chunk
+from fleet.wire.messages import FetchRequest, TelemetryBatch, decode, encode, encode_chunk
 from fleet.wire.mqtt import BrokerAddress
 from fleet.wire.transport import Message
 from hub.bundles.store import ArtifactStore
 from hub.bundles.transfer import BundleTransfer
 from hub.bundles.tuf_repository import TufRepository
-from tests.mqtt_broker import WAIT_S, clear_retained, hub_client, unique_device_id
+from tests.mqtt_broker import WAIT_S, clear_retained, hub_client, retained_order, unique_device_id
 
 CHUNK = 256
 
@@ -86,18 +86,7 @@ def test_a_retained_chunks_order_asks_only_for_what_the_broker_did_not_keep(
     sha = store.put_bytes(data)
     count = math.ceil(len(data) / CHUNK)
     device_id = unique_device_id()
-    order = DeploymentOrder(
-        deployment_id="dep-retained",
-        model="m",
-        version="1.0.0",
-        target="x86-onnx-cpu",
-        tuf_target="bundles/m/1.0.0/x86-onnx-cpu.zip",
-        sha256=sha,
-        size_bytes=len(data),
-        chunk_size=CHUNK,
-        chunk_count=count,
-        retained_chunks=True,
-    )
+    order = retained_order(data, CHUNK)
     hub = hub_client(mqtt_address)
     transfer = BundleTransfer(hub, store, TufRepository(tmp_path / "tuf"), chunk_size=CHUNK, rebroadcast_window_s=0)
     asked: list[list[int]] = []
