@@ -24,7 +24,7 @@ from hub.bundles.api import create_bundles_router
 from hub.bundles.upload_api import create_upload_router
 from hub.captures.api import create_captures_router
 from hub.console import mount_console
-from hub.devices.api import create_broker_router, create_devices_router
+from hub.devices.api import create_broker_router, create_devices_router, refresh_broker_auth, secret_answer
 from hub.errors import HubError, NotFoundError
 from hub.monitoring.api import create_monitoring_router
 from hub.policies.api import create_policies_router
@@ -161,12 +161,8 @@ def create_app(hub: Hub) -> FastAPI:
         """Provision a device; the secret appears only in this answer, with the TUF trust root."""
         device, secret = registry.provision_device(body.device_id, body.target, body.labels)
         hub.known.forget(device.id)  # it may have been heard of while unprovisioned
-        return {
-            "device_id": device.id,
-            "target": device.target,
-            "secret": secret,
-            "trust_root": hub.tuf.trusted_root().decode(),
-        }
+        refresh_broker_auth(hub)  # as POST /devices/kit does: Mosquitto and NATS learn the new login
+        return secret_answer(hub, device, secret)
 
     @app.get("/devices/{device_id}", dependencies=allow(Role.VIEWER, Role.PROVISIONER))
     def device(device_id: str) -> dict[str, Any]:

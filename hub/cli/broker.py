@@ -126,8 +126,8 @@ def _nats_auth_file(
             names = ", ".join(left_out[:10]) + (f" and {len(left_out) - 10} more" if len(left_out) > 10 else "")
             console.print(
                 f"warning: {len(left_out)} devices provisioned before NATS password hashes were stored are left out "
-                f"and cannot log in to NATS ({names}): provision each again (`edgefleet devices remove ID`, then "
-                "`edgefleet devices add ID --target T --out DIR`) to give it a new secret"
+                f"and cannot log in to NATS ({names}): give each a new secret and kit "
+                "(`edgefleet devices rekey ID --out DIR`), then run this command again"
             )
 
     emit(result, as_json, show)

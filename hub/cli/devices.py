@@ -1,7 +1,8 @@
-"""``edgefleet devices add|list|show|label|remove``: the device inventory, through the hub's REST API.
+"""``edgefleet devices add|rekey|list|show|label|remove``: the device inventory, through the hub's REST API.
 
 ``devices add ID --target T --out DIR`` provisions the device and writes its kit into DIR (owner-only): a ready
 ``agent.toml``, the secret, the trust root, the broker's CA and, when the hub has a fleet CA, the certificate.
+``devices rekey ID --out DIR`` gives a provisioned device a new secret and writes its new kit the same way.
 """
 
 from __future__ import annotations
@@ -42,30 +43,31 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Provision a device: with --out write everything it needs, else print its secret (shown once)."""
-        from hub.devices.provisioning import AGENT_CONFIG, extract_device_kit
-
         body = {"device_id": device_id, "target": target, "labels": _labels(label)}
-        if out is not None and out.exists() and any(out.iterdir()):
-            fail(f"{out} is not empty; give a new directory")
+        _refuse_used(out)
         with hub_session() as hub:
             if out is None:
                 answer = hub.post("/devices", body)
                 emit(answer, True, print)
                 return
             archive = hub.post_bytes("/devices/kit", body)
-        try:
-            config = extract_device_kit(archive, out)
-        except (tarfile.TarError, OSError) as exc:
-            fail(f"the hub's kit could not be written to {out}: {exc}")
-        files = sorted(p.name for p in out.iterdir())
-        emit(
-            {"device_id": device_id, "target": target, "directory": str(out), "files": files},
-            as_json,
-            lambda _: typer.echo(
-                f"{device_id}: kit in {out} ({', '.join(files)}); run: edgefleet-agent run "
-                f"--config {config.parent / AGENT_CONFIG}"
-            ),
-        )
+        _write_kit(archive, out, {"device_id": device_id, "target": target}, as_json)
+
+    @devices_app.command("rekey")
+    def rekey(
+        device_id: str,
+        out: Path | None = typer.Option(None, help="write the device's new kit (agent.toml, secret, trust root) here"),
+        as_json: bool = JSON_OPTION,
+    ) -> None:
+        """Give a device a new secret; the old one stops working at once. With --out write its new kit, else
+        print the new secret (shown once)."""
+        _refuse_used(out)
+        with hub_session() as hub:
+            if out is None:
+                emit(hub.post(f"/devices/{device_id}/secret?format=json"), True, print)
+                return
+            archive = hub.post_bytes(f"/devices/{device_id}/secret", None)
+        _write_kit(archive, out, {"device_id": device_id}, as_json)
 
     @devices_app.command("list")
     def list_devices(as_json: bool = JSON_OPTION) -> None:
@@ -98,6 +100,32 @@ def register(app: typer.Typer) -> None:
         with hub_session() as hub:
             hub.delete(f"/devices/{device_id}")
         emit({"device_id": device_id, "removed": True}, as_json, lambda _: typer.echo(f"{device_id} removed"))
+
+
+def _refuse_used(out: Path | None) -> None:
+    """End the command before calling the hub when ``out`` holds anything (a kit is never written over)."""
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        fail(f"{out} is not empty; give a new directory")
+
+
+def _write_kit(archive: bytes, out: Path, summary: dict[str, Any], as_json: bool) -> None:
+    """Unpack the hub's kit into ``out`` and say what was written (``summary`` plus the directory and files)."""
+    from hub.devices.provisioning import AGENT_CONFIG, extract_device_kit
+
+    try:
+        config = extract_device_kit(archive, out)
+    except (tarfile.TarError, OSError) as exc:
+        fail(f"the hub's kit could not be written to {out}: {exc}")
+    files = sorted(p.name for p in out.iterdir())
+    device_id = summary["device_id"]
+    emit(
+        {**summary, "directory": str(out), "files": files},
+        as_json,
+        lambda _: typer.echo(
+            f"{device_id}: kit in {out} ({', '.join(files)}); run: edgefleet-agent run "
+            f"--config {config.parent / AGENT_CONFIG}"
+        ),
+    )
 
 
 def _print_devices(devices: list[dict[str, Any]]) -> None:

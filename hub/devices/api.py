@@ -2,9 +2,12 @@
 
 ``POST /devices/kit`` provisions a device and answers its directory (`hub.devices.provisioning.kit_archive`) as a
 gzipped tar: ``agent.toml``, the owner-only secret, the TUF trust root, the broker's CA and, when the hub has a fleet
-CA (``device_ca_dir``), the device's certificate. ``DELETE /devices/{id}`` decommissions a device at once: its
-credential stops checking, its session on the embedded broker is closed, its retained order and state are cleared,
-and with ``broker_auth_dir`` Mosquitto's password and ACL files are rewritten without it.
+CA (``device_ca_dir``), the device's certificate. ``POST /devices/{id}/secret`` gives a device a new secret (a leaked
+one, or one provisioned before NATS hashes were stored) and answers its new kit the same way (``?format=json``: the
+secret as ``POST /devices`` answers it); the old secret stops checking and the device's session on the embedded
+broker is closed. ``DELETE /devices/{id}`` decommissions a device at once: its credential stops checking, its
+session on the embedded broker is closed, its retained order and state are cleared. After each, with
+``broker_auth_dir`` Mosquitto's password and ACL files are rewritten (and with ``nats_auth_dir`` NATS's).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from fleet.wire import topics
@@ -23,7 +26,7 @@ from hub.devices.nats_auth import render_nats_authorization
 from hub.devices.nats_config import write_nats_auth
 from hub.devices.pki import CertificateAuthority
 from hub.devices.provisioning import DeviceKit, kit_archive
-from hub.registry.tables import DEVICE_SECRET_FIELDS
+from hub.registry.tables import DEVICE_SECRET_FIELDS, Device
 
 if TYPE_CHECKING:
     from hub.app import Hub
@@ -72,10 +75,44 @@ def refresh_broker_auth(hub: Hub) -> None:
         write_nats_auth(nats_directory, auth.text)
         if auth.left_out:
             log.warning(
-                "%d devices provisioned before NATS hashes were stored cannot log in to NATS: %s",
+                "%d devices provisioned before NATS hashes were stored cannot log in to NATS (give each a new "
+                "secret: `edgefleet devices rekey ID --out DIR`): %s",
                 len(auth.left_out),
                 ", ".join(auth.left_out[:10]),
             )
+
+
+def secret_answer(hub: Hub, device: Device, secret: str) -> dict[str, Any]:
+    """A device's new secret as JSON, with the TUF trust root (``POST /devices``, ``?format=json``)."""
+    return {
+        "device_id": device.id,
+        "target": device.target,
+        "secret": secret,
+        "trust_root": hub.tuf.trusted_root().decode(),
+    }
+
+
+def kit_response(hub: Hub, device: Device, secret: str, *, status_code: int) -> Response:
+    """A device's kit (`kit_archive`) as a gzipped tar attachment, for the hub's broker and fleet CA."""
+    settings = hub.settings
+    overrides: dict[str, Any] = {"broker_url": settings.device_broker_url} if settings.device_broker_url else {}
+    if settings.device_broker_failover_urls:
+        overrides["broker_failover_urls"] = list(settings.device_broker_failover_urls)
+    kit = DeviceKit(
+        device_id=device.id,
+        target=device.target,
+        secret=secret,
+        broker=hub.broker_address,
+        trust_root=hub.tuf.trusted_root(),
+        settings=overrides,
+    )
+    ca = CertificateAuthority(settings.device_ca_dir) if settings.device_ca_dir else None
+    return Response(
+        kit_archive(kit, ca=ca),
+        status_code=status_code,
+        media_type="application/gzip",
+        headers={"Content-Disposition": f'attachment; filename="{device.id}.tar.gz"'},
+    )
 
 
 def create_broker_router(hub: Hub) -> APIRouter:
@@ -119,27 +156,36 @@ def create_devices_router(hub: Hub) -> APIRouter:
         """Provision a device and answer everything it needs as a tar.gz (its secret appears only here)."""
         device, secret = registry.provision_device(body.device_id, body.target, body.labels)
         hub.known.forget(device.id)  # it may have been heard of while unprovisioned
-        settings = hub.settings
-        overrides: dict[str, Any] = {"broker_url": settings.device_broker_url} if settings.device_broker_url else {}
-        if settings.device_broker_failover_urls:
-            overrides["broker_failover_urls"] = list(settings.device_broker_failover_urls)
-        kit = DeviceKit(
-            device_id=device.id,
-            target=device.target,
-            secret=secret,
-            broker=hub.broker_address,
-            trust_root=hub.tuf.trusted_root(),
-            settings=overrides,
-        )
-        ca = CertificateAuthority(settings.device_ca_dir) if settings.device_ca_dir else None
-        archive = kit_archive(kit, ca=ca)
+        answer = kit_response(hub, device, secret, status_code=201)
         refresh_broker_auth(hub)
-        return Response(
-            archive,
-            status_code=201,
-            media_type="application/gzip",
-            headers={"Content-Disposition": f'attachment; filename="{device.id}.tar.gz"'},
+        return answer
+
+    @router.post(
+        "/{device_id}/secret",
+        dependencies=allow(Role.PROVISIONER),
+        response_model=None,
+        responses={
+            200: {
+                "content": {"application/gzip": {}, "application/json": {}},
+                "description": "the device's new kit, tar.gz (with ?format=json: its new secret and trust root)",
+            }
+        },
+    )
+    def renew_secret(
+        device_id: str, answer_format: Literal["kit", "json"] = Query("kit", alias="format")
+    ) -> Response | dict[str, Any]:
+        """Give a device a new secret (its old one stops working at once, its embedded-broker session is closed)
+        and answer its new kit, or with ``?format=json`` the secret (it appears only here)."""
+        device, secret = registry.renew_device_secret(device_id)
+        answer = (
+            secret_answer(hub, device, secret)
+            if answer_format == "json"
+            else kit_response(hub, device, secret, status_code=200)
         )
+        if hub.embedded is not None:
+            hub.embedded.disconnect(device_id)  # a session opened with the old secret
+        refresh_broker_auth(hub)
+        return answer
 
     @router.patch("/{device_id}/labels", dependencies=allow(Role.OPERATOR))
     def labels(device_id: str, body: LabelsIn) -> dict[str, Any]:

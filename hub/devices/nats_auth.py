@@ -6,8 +6,9 @@ the user named by its subject as Go prints it, ``CN=cam-1`` (the fleet CA, `hub.
 as the only subject attribute), and then still compares the password the client sends with that user's, and the
 agent always sends its secret: so each device user carries the bcrypt hash of its secret stored at provisioning
 (``Device.nats_hash``; NATS checks no other hash). Devices provisioned before those hashes were stored are left out
-and named (`NatsAuth.left_out`). The hub has two logins with a bcrypt hash of its broker secret: ``CN=edgefleet-hub``,
-its own certificate, on MQTT, and ``edgefleet-hub`` for NATS client connections (``share_nats_url``)::
+and named (`NatsAuth.left_out`) until they get a new secret (``edgefleet devices rekey``). The hub has two logins
+with a bcrypt hash of its broker secret: ``CN=edgefleet-hub``, its own certificate, on MQTT, and ``edgefleet-hub``
+for NATS client connections (``share_nats_url``)::
 
     auth = render_nats_authorization({"cam-1": device.nats_hash}, hub_secret)  # on the hub (GET /broker/auth-files)
     path = write_nats_auth(Path("/etc/nats/edgefleet"), auth.text)           # hub.devices.nats_config, on the

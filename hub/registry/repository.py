@@ -348,6 +348,27 @@ class Registry:
             self.device_labels.invalidate()
         return device, secret
 
+    def renew_device_secret(self, device_id: str) -> tuple[Device, str]:
+        """Give a provisioned device a fresh secret, replacing all three hashes in one transaction (a device
+        provisioned before 0011 gets its NATS hash); the old secret stops checking at once. Return the row and
+        the clear-text secret (shown once), or `NotFoundError`."""
+        secret = new_secret()
+        hashes = {  # hashed before the transaction: scrypt is slow on purpose
+            "credential_hash": hash_secret(secret),
+            "broker_hash": hash_password(secret),
+            "nats_hash": hash_bcrypt(secret),
+        }
+        with self.db.session() as session:
+            device = session.get(Device, device_id)
+            if device is None:
+                raise NotFoundError(f"device {device_id} is not provisioned")
+            for name, value in hashes.items():
+                setattr(device, name, value)
+            session.add(device)
+            session.flush()
+            session.refresh(device)
+        return device, secret
+
     def set_device_labels(self, device_id: str, labels: dict[str, str], remove: list[str] | None = None) -> Device:
         """Set ``labels`` on a device and drop the keys in ``remove``; return the updated row."""
         with self.db.session() as session:

@@ -194,6 +194,7 @@ def test_nats_auth_file_comes_from_the_hub_for_an_admin(live: LiveHub, tmp_path:
     warning = " ".join(table.stderr.split())
     assert "1 devices provisioned before NATS password hashes were stored are left out" in warning
     assert "(cam-old)" in warning and "CN=cam-old" not in (out / "nats-auth.conf").read_text()
+    assert "`edgefleet devices rekey ID --out DIR`" in warning
 
     no_ca = live.run(Role.ADMIN, "broker", "auth-files", "--broker", "nats", "--out", str(out), *tls[:4])
     assert "--broker nats needs --tls-cert, --tls-key and --client-ca" in _one_line(no_ca, code=2)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from agent.config import AgentConfig
@@ -17,9 +18,13 @@ from hub.api import create_app
 from hub.app import Hub
 from hub.auth import Role
 from hub.config import HubSettings
+from hub.devices.mosquitto import BrokerAuthFiles, mosquitto_config
 from hub.devices.provisioning import extract_device_kit
+from hub.registry.access import AccessStore
+from hub.registry.credentials import verify_password
 from tests.hub.auth.clients import bearer_client, token_for
 from tests.hub.devices.mqtt_client import WAIT_S, Client
+from tests.integration.private_mosquitto import MOSQUITTO, PrivateMosquitto
 
 
 @pytest.fixture
@@ -46,6 +51,15 @@ def test_a_kit_holds_a_ready_agent_config_with_a_working_secret(
     assert hub.registry.check_device_secret("cam-1", config.secret())
     assert "cam-1:" in (tmp_path / "mosquitto" / "passwd").read_text()  # Mosquitto's files follow the inventory
     assert client.post("/devices/kit", json={"device_id": "cam-1", "target": "x86-onnx-cpu"}).status_code == 409
+
+
+def test_a_device_provisioned_without_a_kit_is_in_mosquittos_files_too(
+    started: tuple[Hub, TestClient], tmp_path: Path
+) -> None:
+    _, client = started
+    secret = client.post("/devices", json={"device_id": "cam-2", "target": "x86-onnx-cpu"}).json()["secret"]
+    hashes = dict(line.split(":", 1) for line in (tmp_path / "mosquitto" / "passwd").read_text().split())
+    assert verify_password(secret, hashes["cam-2"])
 
 
 def test_a_kit_names_the_failover_nodes_of_a_clustered_broker(tmp_path: Path) -> None:
@@ -102,6 +116,98 @@ def test_a_removed_device_is_disconnected_and_cannot_log_in_again(
     assert client.get("/devices/cam-3").status_code == 404
     assert client.delete("/devices/cam-3").status_code == 404
     assert "cam-3" not in (tmp_path / "mosquitto" / "passwd").read_text()
+
+
+def test_a_renewed_secret_cuts_the_old_one_off_and_the_new_kit_logs_in(
+    started: tuple[Hub, TestClient], tmp_path: Path
+) -> None:
+    """``POST /devices/{id}/secret`` (provisioner): the old secret's broker session is closed and it is refused by
+    the embedded broker, by HTTP Basic (even just after a remembered success) and by Mosquitto's password file."""
+    hub, operator = started
+    assert hub.embedded is not None
+    _, old = hub.registry.provision_device("cam-5", "x86-onnx-cpu")
+    device = Client("cam-5", old, hub.embedded.port).connect()
+    downloads = TestClient(operator.app)
+    assert downloads.get(f"/bundles/{'0' * 64}", auth=("cam-5", old)).status_code == 404  # logged in, remembered
+    provisioner = client_as(operator, hub, Role.PROVISIONER)
+
+    answer = provisioner.post("/devices/cam-5/secret")
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/gzip"
+    config = AgentConfig.load(extract_device_kit(answer.content, tmp_path / "cam-5"))
+    secret = config.secret()
+    assert (
+        secret is not None
+        and config.device_id == "cam-5"
+        and config.broker_url == hub.broker_address.url
+        and secret != old
+    )
+    assert config.trust_root.read_bytes() == hub.tuf.trusted_root()
+    assert device.disconnected.wait(WAIT_S), "the session opened with the old secret was kept"
+    device.close()
+    Client("cam-5", secret, hub.embedded.port).connect().close()
+    refused = Client("cam-5", old, hub.embedded.port).start()
+    assert refused.refused.wait(WAIT_S)
+    refused.close()
+    assert downloads.get(f"/bundles/{'0' * 64}", auth=("cam-5", old)).status_code == 401
+    assert downloads.get(f"/bundles/{'0' * 64}", auth=("cam-5", secret)).status_code == 404
+    hashes = dict(line.split(":", 1) for line in (tmp_path / "mosquitto" / "passwd").read_text().split())
+    assert verify_password(secret, hashes["cam-5"]) and not verify_password(old, hashes["cam-5"])
+    audited = AccessStore(hub.db).audit_entries(limit=1)[0]
+    assert (audited.method, audited.route, audited.role, audited.status) == (
+        "POST",
+        "/devices/{device_id}/secret",
+        "provisioner",
+        200,
+    )
+
+
+def test_mosquitto_with_the_rewritten_files_takes_the_new_secret_only(
+    started: tuple[Hub, TestClient], tmp_path: Path
+) -> None:
+    """A Mosquitto (re)started on the files the hub rewrote after a renewal logs the device in with its new
+    secret and refuses the old one."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed")
+    _, operator = started
+    kit = operator.post("/devices/kit", json={"device_id": "cam-8", "target": "x86-onnx-cpu"}).content
+    old = AgentConfig.load(extract_device_kit(kit, tmp_path / "kit")).secret()  # the files now hold its hash
+    assert old is not None
+    secret = operator.post("/devices/cam-8/secret", params={"format": "json"}).json()["secret"]
+    files = BrokerAuthFiles(tmp_path / "mosquitto" / "passwd", tmp_path / "mosquitto" / "acl")
+    mosquitto = PrivateMosquitto(tmp_path, listener=lambda port: mosquitto_config(files, port=port))
+    mosquitto.start()
+    try:
+        Client("cam-8", secret, mosquitto.port).connect().close()
+        refused = Client("cam-8", old, mosquitto.port).start()
+        assert refused.refused.wait(WAIT_S), "Mosquitto took the old secret"
+        refused.close()
+    finally:
+        mosquitto.stop()
+
+
+def test_a_renewed_secret_is_answered_as_json_when_asked(started: tuple[Hub, TestClient]) -> None:
+    hub, operator = started
+    hub.registry.provision_device("cam-6", "x86-onnx-cpu")
+    answer = operator.post("/devices/cam-6/secret", params={"format": "json"})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert (body["device_id"], body["target"], body["trust_root"]) == (
+        "cam-6",
+        "x86-onnx-cpu",
+        hub.tuf.trusted_root().decode(),
+    )
+    assert hub.registry.check_device_secret("cam-6", body["secret"])
+    assert operator.post("/devices/cam-6/secret", params={"format": "yaml"}).status_code == 422
+
+
+def test_only_a_provisioner_renews_a_secret_of_a_provisioned_device(started: tuple[Hub, TestClient]) -> None:
+    hub, operator = started
+    _, secret = hub.registry.provision_device("cam-7", "x86-onnx-cpu")
+    assert client_as(operator, hub, Role.VIEWER).post("/devices/cam-7/secret").status_code == 403
+    assert client_as(operator, hub, None).post("/devices/cam-7/secret").status_code == 401
+    assert hub.registry.check_device_secret("cam-7", secret)  # refused calls changed nothing
+    missing = operator.post("/devices/ghost/secret")
+    assert missing.status_code == 404 and missing.json()["detail"] == "device ghost is not provisioned"
 
 
 def test_a_device_sending_a_packet_as_it_is_removed_is_still_cut_off(started: tuple[Hub, TestClient]) -> None:
@@ -178,6 +284,38 @@ def test_nats_authorization_follows_the_inventory_with_one_hub_hash(tmp_path: Pa
         assert hub.nats_hub_hash in last
     finally:
         hub.stop()
+
+
+def test_a_device_without_a_nats_hash_gets_one_with_a_new_secret(tmp_path: Path) -> None:
+    """A device provisioned before migration 0011 is left out of NATS's include file until its secret is renewed;
+    then the file carries the bcrypt hash of the new secret."""
+    import bcrypt
+
+    from hub.registry.tables import Device
+
+    hub = Hub(HubSettings(data_dir=tmp_path / "hub", nats_auth_dir=tmp_path / "nats"))
+    hub.start()
+    auth_file = tmp_path / "nats" / "nats-auth.conf"
+    try:
+        with hub.db.session() as session:
+            session.add(Device(id="cam-old", target="x86-onnx-cpu", credential_hash="-", broker_hash=None))
+        client = bearer_client(create_app(hub), token_for(hub, Role.PROVISIONER))
+        assert client.post("/devices/kit", json={"device_id": "cam-1", "target": "x86-onnx-cpu"}).status_code == 201
+        assert "CN=cam-old" not in auth_file.read_text()
+        secret = client.post("/devices/cam-old/secret", params={"format": "json"}).json()["secret"]
+        text = auth_file.read_text()
+        device_hashes = bcrypt_hashes(text) - {hub.nats_hub_hash, hub.registry.get_device("cam-1").nats_hash}
+        assert "CN=cam-old" in text and len(device_hashes) == 1
+        assert bcrypt.checkpw(secret.encode(), device_hashes.pop().encode())
+    finally:
+        hub.stop()
+
+
+def client_as(client: TestClient, hub: Hub, role: Role | None) -> TestClient:
+    """A client of ``client``'s app with a fresh token of ``role`` (none when None)."""
+    assert isinstance(client.app, FastAPI)
+    token = token_for(hub, role) if role is not None else None
+    return bearer_client(client.app, token, raise_server_exceptions=False)
 
 
 def bcrypt_hashes(text: str) -> set[str]:

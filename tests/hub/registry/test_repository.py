@@ -55,6 +55,30 @@ def test_device_credentials_are_hashed_and_checked(registry: Registry) -> None:
         registry.provision_device("../etc", "rpi4-arm64")
 
 
+def test_a_renewed_secret_replaces_every_hash_and_the_old_secret_stops_checking(registry: Registry) -> None:
+    import bcrypt
+
+    from hub.registry.credentials import verify_password
+    from hub.registry.tables import Device
+
+    before, old = registry.provision_device("cam-1", "rpi4-arm64", {"site": "a"})
+    with registry.db.session() as session:  # provisioned before migration 0011: no NATS hash
+        row = session.get(Device, "cam-1")
+        assert row is not None
+        row.nats_hash = None
+        session.add(row)
+    after, secret = registry.renew_device_secret("cam-1")
+    assert secret != old and (after.id, after.target, after.labels) == ("cam-1", "rpi4-arm64", {"site": "a"})
+    stored = registry.get_device("cam-1")
+    assert stored.credential_hash != before.credential_hash and stored.broker_hash != before.broker_hash
+    assert registry.check_device_secret("cam-1", secret) and not registry.check_device_secret("cam-1", old)
+    assert stored.broker_hash is not None and verify_password(secret, stored.broker_hash)
+    assert not verify_password(old, stored.broker_hash)
+    assert stored.nats_hash is not None and bcrypt.checkpw(secret.encode(), stored.nats_hash.encode())
+    with pytest.raises(NotFoundError):
+        registry.renew_device_secret("cam-2")
+
+
 def test_deployment_refuses_devices_without_a_variant_for_their_target(registry: Registry) -> None:
     registry.add_version("m", "1.0.0")
     add_variant(registry, "1.0.0")
