@@ -139,7 +139,8 @@ class Hub:
             self.connector = BrokerConnector.from_url(
                 s.broker_url, hub_secret=self.hub_secret, tls=s.broker_tls(), failover_urls=s.broker_failover_urls
             )
-        self.broker = broker = self.connector.connect("hub")
+        # a broker that came back may have lost its retained messages (no persistence): a rollout's chunks again
+        self.broker = broker = self.connector.connect("hub", on_connect=self._broker_connected)
         retention = RetentionPolicy(
             max_age_s=s.telemetry_max_age_s,
             max_rows=s.telemetry_max_rows,
@@ -396,6 +397,11 @@ class Hub:
 
     def _set_rollouts(self, manager: RolloutManager | None) -> None:
         self.rollouts = manager
+
+    def _broker_connected(self) -> None:
+        manager = self.rollouts
+        if manager is not None:  # not on the first connection: no one leads yet
+            manager.broker_reconnected()
 
     def _apply_state(self, state: DeviceState) -> None:
         assert self.records is not None  # set before subscribing

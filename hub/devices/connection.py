@@ -7,7 +7,7 @@ credentials, else the hub user with the hub's secret), so every connection the h
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from fleet.wire.acl import HUB_USERNAME
 from fleet.wire.mqtt import BrokerAddress, PahoBroker, TlsFiles
@@ -45,13 +45,15 @@ class BrokerConnector:
         """Where devices connect, without the hub's credentials."""
         return BrokerAddress(self.address.host, self.address.port, tls=self.address.tls)
 
-    def connect(self, role: str) -> PahoBroker:
-        """A new connection with a unique client id naming its ``role`` (e.g. ``hub``, ``ingest``)."""
+    def connect(self, role: str, *, on_connect: Callable[[], None] | None = None) -> PahoBroker:
+        """A new connection with a unique client id naming its ``role`` (e.g. ``hub``, ``ingest``);
+        ``on_connect`` runs on its dispatcher thread each time it is connected and subscribed again."""
         return PahoBroker(
             self.address,
             client_id=f"edgefleet-{role}-{secrets.token_hex(4)}",
             max_inflight=_HUB_INFLIGHT,
             failover=self.failover,
+            on_connect=on_connect,
         )
 
     def subscriber(self, role: str) -> BulkSubscriber:

@@ -146,6 +146,7 @@ class RolloutManager:
         # bundle as they subscribe and ask for nothing, so a wave waits for no one and late joiners cost no egress.
         self.retainer = retainer
         self._retained: set[str] = set()  # digests this manager published retained since it started
+        self._republish = False  # the broker connection came back: publish the retained chunks again
         self.tick_s = tick_s
         self.analyse = analyse or canary_gate(registry)
         self.clock = clock
@@ -264,6 +265,14 @@ class RolloutManager:
         """Ask the worker for a tick now."""
         self._wake.set()
 
+    def broker_reconnected(self) -> None:
+        """The hub's broker connection came back, perhaps to a broker restarted without its retained messages:
+        the next tick publishes the retained chunks of open rollouts again (on the worker, not the caller's
+        thread, since publishing waits for the broker)."""
+        with self._data_lock:
+            self._republish = True
+        self._wake.set()
+
     def _run(self) -> None:
         while not self._stop.is_set():
             due_in = self._next_due - self.clock() if self._next_due is not None else self.tick_s
@@ -337,6 +346,10 @@ class RolloutManager:
             with self._data_lock:  # this tick sees every report so far; later outcomes are checked after it
                 self._reported = set()
                 self._wake.clear()
+                republish, self._republish = self._republish, False
+            if republish:
+                self._retained.clear()
+                self._reconcile_retained()
             commands, open_ids = self.store.pending_commands(), self.store.open_ids()
             statuses = self.statuses() if commands or open_ids else []
             for command in commands:

@@ -700,3 +700,17 @@ def test_a_restarted_manager_clears_chunks_of_rollouts_that_ended_and_publishes_
     again.start()
     again.stop()
     assert _retained_frames(restarted, bundle) == [] and again.store.retained() == {}
+
+
+def test_chunks_a_broker_lost_are_published_again_when_the_hub_reconnects(fleet: Fleet) -> None:
+    [fleet.device(f"d{i}") for i in range(4)]
+    manager = fleet.manager(retainer=_transfer(fleet.broker, fleet))
+    manager.start_rollout(_plan(), rollout_id="ro-lost")
+    bundle = fleet.hub.registry.list_variants("digits", "2.0.0")[0].bundle_sha256
+    for index in (0, 1):  # what a broker restarted without persistence keeps of them
+        fleet.broker.publish(topics.retained_chunk_topic(bundle, index), b"", retain=True)
+    manager.tick()
+    assert _retained_frames(fleet.broker, bundle) == []  # nothing told the manager
+    manager.broker_reconnected()
+    manager.tick()
+    assert len(_retained_frames(fleet.broker, bundle)) == 2
