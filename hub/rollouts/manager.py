@@ -501,8 +501,8 @@ class RolloutManager:
         self.store.drop_retained(rollout_id)
 
     def _reconcile_retained(self) -> None:
-        """At start: clear what rollouts that ended meanwhile left retained, publish again what open ones hold
-        (a broker restarted without persistence lost it)."""
+        """At start and after the broker connection came back: clear what rollouts that ended meanwhile left
+        retained, publish again what open ones hold (a broker restarted without persistence lost it)."""
         open_ids = set(self.store.open_ids())
         for rollout_id, held in sorted(self.store.retained().items()):
             if rollout_id not in open_ids:
