@@ -124,7 +124,7 @@ class BundleTransfer:
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._send_lock = threading.RLock()  # one broadcast at a time, in key order
+        self._send_lock = threading.Lock()  # one broadcast at a time, in key order
 
     # -- requests ----------------------------------------------------------------------------------------------
 
@@ -177,7 +177,8 @@ class BundleTransfer:
         a device that subscribes to `topics.retained_chunks_filter` is then sent the whole bundle by the broker."""
         count = self._chunk_count(sha256)
         frames = self._chunk_frames(sha256, list(range(count)), count, retained=True)
-        self._publish_frames(sorted(frames.items()), retain=True)
+        with self._send_lock:
+            self._publish_frames(sorted(frames.items()), retain=True)
 
     def clear_retained(self, sha256: str, chunk_count: int) -> None:
         """Clear the ``chunk_count`` retained chunks of ``sha256`` (an empty retained message per chunk topic;
@@ -384,21 +385,21 @@ class BundleTransfer:
             self._publish_frames(batch, paced=paced)
 
     def _publish_frames(self, batch: list[tuple[_Key, _Frame]], *, paced: bool = True, retain: bool = False) -> None:
-        """Publish frames in order (holding the send lock), waiting for the broker every ``flow_window``."""
-        with self._send_lock:
-            acknowledging = paced and isinstance(self.broker, _Acknowledging)
-            for position, (key, read) in enumerate(batch, start=1):
-                topic, frame = read()
-                if not retain:
-                    with self._lock:
-                        self._recent[key] = self.clock()
-                self._count(len(frame), broadcast=True)
-                if acknowledging and (position % self.flow_window == 0 or position == len(batch)):
-                    assert isinstance(self.broker, _Acknowledging)
-                    if not self.broker.publish_and_wait(topic, frame, qos=1, retain=retain, timeout_s=30.0):
-                        log.warning("broker did not take chunk %d of %s in time", key[2], key[0][:12])
-                else:
-                    self.broker.publish(topic, frame, qos=1, retain=retain)
+        """Publish frames in order, waiting for the broker every ``flow_window`` (the caller holds the send lock);
+        broadcasts open their chunks' repair window, retained chunks open none."""
+        acknowledging = paced and isinstance(self.broker, _Acknowledging)
+        for position, (key, read) in enumerate(batch, start=1):
+            topic, frame = read()
+            if not retain:
+                with self._lock:
+                    self._recent[key] = self.clock()
+            self._count(len(frame), broadcast=True)
+            if acknowledging and (position % self.flow_window == 0 or position == len(batch)):
+                assert isinstance(self.broker, _Acknowledging)
+                if not self.broker.publish_and_wait(topic, frame, qos=1, retain=retain, timeout_s=30.0):
+                    log.warning("broker did not take chunk %d of %s in time", key[2], key[0][:12])
+            else:
+                self.broker.publish(topic, frame, qos=1, retain=retain)
 
     def _count(self, size: int, *, broadcast: bool) -> None:
         with self._lock:

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 import semver
 import sqlalchemy as sql
@@ -197,6 +197,19 @@ class DeviceView(NamedTuple):
     active_version: str | None
 
 
+class _CredentialHashes(TypedDict):
+    credential_hash: str  # scrypt: REST and the embedded broker
+    broker_hash: str  # $7$: Mosquitto's password file
+    nats_hash: str  # bcrypt: NATS's authorization file
+
+
+def _credential_hashes(secret: str) -> _CredentialHashes:
+    """A device secret's hashes, one per checker of device logins."""
+    return _CredentialHashes(
+        credential_hash=hash_secret(secret), broker_hash=hash_password(secret), nats_hash=hash_bcrypt(secret)
+    )
+
+
 class Registry:
     """Models, versions, variants, devices, deployments and telemetry records."""
 
@@ -332,14 +345,7 @@ class Registry:
         secret = new_secret()
         try:
             with self.db.session() as session:
-                device = Device(
-                    id=device_id,
-                    target=target,
-                    labels=labels or {},
-                    credential_hash=hash_secret(secret),
-                    broker_hash=hash_password(secret),
-                    nats_hash=hash_bcrypt(secret),
-                )
+                device = Device(id=device_id, target=target, labels=labels or {}, **_credential_hashes(secret))
                 session.add(device)
                 session.flush()
         except IntegrityError as exc:
@@ -353,11 +359,7 @@ class Registry:
         provisioned before 0011 gets its NATS hash); the old secret stops checking at once. Return the row and
         the clear-text secret (shown once), or `NotFoundError`."""
         secret = new_secret()
-        hashes = {  # hashed before the transaction: scrypt is slow on purpose
-            "credential_hash": hash_secret(secret),
-            "broker_hash": hash_password(secret),
-            "nats_hash": hash_bcrypt(secret),
-        }
+        hashes = _credential_hashes(secret)  # before the transaction: scrypt is slow on purpose
         with self.db.session() as session:
             device = session.get(Device, device_id)
             if device is None:

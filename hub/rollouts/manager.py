@@ -146,6 +146,7 @@ class RolloutManager:
         # bundle as they subscribe and ask for nothing, so a wave waits for no one and late joiners cost no egress.
         self.retainer = retainer
         self._retained: set[str] = set()  # digests this manager published retained since it started
+        self._held: set[tuple[str, str]] = set()  # (rollout, digest) recorded in the store, so each wave skips it
         self._republish = False  # the broker connection came back: publish the retained chunks again
         self.tick_s = tick_s
         self.analyse = analyse or canary_gate(registry)
@@ -478,7 +479,9 @@ class RolloutManager:
         count = self.retainer.retainable(sha256) if self.retainer is not None else 0
         if self.retainer is None or not count:
             return False
-        self.store.hold_retained(rollout_id, sha256, count)
+        if (rollout_id, sha256) not in self._held:
+            self.store.hold_retained(rollout_id, sha256, count)
+            self._held.add((rollout_id, sha256))
         if sha256 not in self._retained:
             self.retainer.retain(sha256)
             self._retained.add(sha256)
@@ -499,6 +502,7 @@ class RolloutManager:
                 self.retainer.clear_retained(sha256, count)
                 self._retained.discard(sha256)
         self.store.drop_retained(rollout_id)
+        self._held = {held for held in self._held if held[0] != rollout_id}
 
     def _reconcile_retained(self) -> None:
         """At start and after the broker connection came back: clear what rollouts that ended meanwhile left
@@ -508,6 +512,7 @@ class RolloutManager:
             if rollout_id not in open_ids:
                 self._release_retained(rollout_id)
             elif self.retainer is not None:
+                self._held.update((rollout_id, sha256) for sha256 in held)
                 for sha256 in sorted(held.keys() - self._retained):
                     self.retainer.retain(sha256)
                     self._retained.add(sha256)

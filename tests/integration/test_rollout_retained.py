@@ -3,7 +3,6 @@ publishes its chunks again once its connection comes back, so devices still rece
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 
@@ -15,32 +14,13 @@ from fleet.wire import topics
 from fleet.wire.messages import DeviceState, InstalledModel, encode
 from hub.app import Hub
 from hub.config import HubSettings
+from tests.hub.registry.variants import add_stored_version
 from tests.integration.private_mosquitto import PrivateMosquitto
 from tests.waiting import wait_until
 
 TARGET = "x86-onnx-cpu"
 PING = "test/ping"
 WAIT_S = 30.0
-
-
-def _add_version(hub: Hub, version: str) -> str:
-    """Register a version with one variant whose bundle has two 1 KiB chunks; return the bundle's digest."""
-    bundle = f"bundle {version}".encode() * 100
-    sha = hub.store.put_bytes(bundle)
-    hub.registry.add_version("digits", version)
-    hub.registry.add_variant(
-        "digits",
-        version,
-        target=TARGET,
-        runtime="onnxruntime",
-        precision="fp32",
-        artifact_sha256=hashlib.sha256(bundle).hexdigest(),
-        size_bytes=len(bundle),
-        bundle_sha256=sha,
-        bundle_size=len(bundle),
-        tuf_target=f"digits/{version}/{TARGET}",
-    )
-    return sha
 
 
 def _client(port: int) -> paho.Client:
@@ -88,7 +68,7 @@ def test_the_hub_publishes_a_rollouts_chunks_again_on_a_broker_restarted_without
     hub = Hub(HubSettings(data_dir=tmp_path / "hub", broker_url=broker.url, chunk_size=1024))
     hub.start()
     try:
-        old, new = _add_version(hub, "1.0.0"), _add_version(hub, "2.0.0")
+        old, new = add_stored_version(hub, "1.0.0", TARGET), add_stored_version(hub, "2.0.0", TARGET)
         hub.registry.provision_device("cam-1", TARGET)
         device = _client(broker.port)
         state = DeviceState(

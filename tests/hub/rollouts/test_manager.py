@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -36,6 +35,7 @@ from hub.registry.rollouts import RolloutStore
 from hub.rollouts.manager import RolloutManager
 from hub.rollouts.operations import create_rollout, request_command
 from tests.hub.auth.clients import api_client
+from tests.hub.registry.variants import add_stored_version
 
 TARGET = "x86-onnx-cpu"
 
@@ -56,22 +56,7 @@ class Fleet:
         self.gate_requests: list[RequestGate] = []
 
     def add_version(self, version: str) -> None:
-        registry = self.hub.registry
-        registry.add_version("digits", version)
-        bundle = f"bundle {version}".encode() * 100
-        sha = self.hub.store.put_bytes(bundle)
-        registry.add_variant(
-            "digits",
-            version,
-            target=TARGET,
-            runtime="onnxruntime",
-            precision="fp32",
-            artifact_sha256=hashlib.sha256(bundle).hexdigest(),
-            size_bytes=len(bundle),
-            bundle_sha256=sha,
-            bundle_size=len(bundle),
-            tuf_target=f"digits/{version}/{TARGET}",
-        )
+        add_stored_version(self.hub, version, TARGET)
 
     def _on_order(self, message: Message) -> None:
         device_id, _ = topics.parse_device_topic(message.topic)
